@@ -1,0 +1,159 @@
+//! Which LSN may be confirmed to the server.
+//!
+//! Every transaction is tracked from its Begin until each of its events is
+//! settled (delivered, parked, or dropped by the state rules). The confirmed
+//! position is the commit end of the newest transaction before which
+//! everything is settled; with nothing pending it follows the server's WAL
+//! end from keepalives, so an idle database never pins WAL.
+//!
+//! A [`Ticket`] is settled only by an explicit call: dropping one (a task
+//! cancelled at shutdown, a crash) leaves its transaction unconfirmed, so it
+//! is delivered again after a restart instead of lost.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::pgoutput::Lsn;
+
+#[derive(Debug)]
+struct TxnState {
+    /// Unsettled events, plus one held by the reader until the Commit.
+    pending: AtomicUsize,
+    /// Commit end LSN, 0 until the Commit arrives.
+    end: AtomicU64,
+}
+
+/// One event's claim on its transaction.
+#[derive(Debug)]
+#[must_use = "a ticket holds its transaction unconfirmed until settled"]
+pub struct Ticket(Arc<TxnState>);
+
+impl Ticket {
+    /// The event is delivered, parked or deliberately dropped.
+    pub fn settle(self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The transaction currently being read.
+#[derive(Debug)]
+pub struct OpenTxn(Arc<TxnState>);
+
+impl OpenTxn {
+    /// A ticket for one more event of this transaction.
+    pub fn ticket(&self) -> Ticket {
+        self.0.pending.fetch_add(1, Ordering::AcqRel);
+        Ticket(Arc::clone(&self.0))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Checkpoint {
+    txns: VecDeque<Arc<TxnState>>,
+    in_txn: bool,
+    /// Highest position known to contain nothing unread.
+    idle_position: Lsn,
+    confirmed: Lsn,
+}
+
+impl Checkpoint {
+    /// Start from the slot's confirmed position.
+    pub fn new(confirmed: Lsn) -> Checkpoint {
+        Checkpoint {
+            confirmed,
+            idle_position: confirmed,
+            ..Checkpoint::default()
+        }
+    }
+
+    pub fn begin(&mut self) -> OpenTxn {
+        let state = Arc::new(TxnState {
+            pending: AtomicUsize::new(1),
+            end: AtomicU64::new(0),
+        });
+        self.txns.push_back(Arc::clone(&state));
+        self.in_txn = true;
+        OpenTxn(state)
+    }
+
+    pub fn commit(&mut self, txn: OpenTxn, end_lsn: Lsn) {
+        txn.0.end.store(end_lsn.0, Ordering::Release);
+        txn.0.pending.fetch_sub(1, Ordering::AcqRel);
+        self.in_txn = false;
+        self.idle_position = self.idle_position.max(end_lsn);
+    }
+
+    /// The server's WAL end from a keepalive: everything before it that is
+    /// published has been received.
+    pub fn keepalive(&mut self, wal_end: Lsn) {
+        if !self.in_txn {
+            self.idle_position = self.idle_position.max(wal_end);
+        }
+    }
+
+    /// Advance over settled transactions and return the position that may
+    /// be confirmed now (never moves backwards).
+    pub fn confirmable(&mut self) -> Lsn {
+        while let Some(front) = self.txns.front() {
+            let end = front.end.load(Ordering::Acquire);
+            if end == 0 || front.pending.load(Ordering::Acquire) != 0 {
+                break;
+            }
+            self.confirmed = self.confirmed.max(Lsn(end));
+            self.txns.pop_front();
+        }
+        if self.txns.is_empty() && !self.in_txn {
+            self.confirmed = self.confirmed.max(self.idle_position);
+        }
+        self.confirmed
+    }
+
+    /// Transactions read but not yet settled.
+    pub fn pending_transactions(&self) -> usize {
+        self.txns.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_for_the_oldest_unsettled_transaction() {
+        let mut c = Checkpoint::new(Lsn(100));
+        let t1 = c.begin();
+        let a = t1.ticket();
+        c.commit(t1, Lsn(200));
+        let t2 = c.begin();
+        let b = t2.ticket();
+        c.commit(t2, Lsn(300));
+        assert_eq!(c.confirmable(), Lsn(100));
+        b.settle();
+        assert_eq!(c.confirmable(), Lsn(100), "t1 still pending");
+        a.settle();
+        assert_eq!(c.confirmable(), Lsn(300));
+    }
+
+    #[test]
+    fn dropped_tickets_never_confirm() {
+        let mut c = Checkpoint::new(Lsn(100));
+        let t = c.begin();
+        drop(t.ticket());
+        c.commit(t, Lsn(200));
+        c.keepalive(Lsn(500));
+        assert_eq!(c.confirmable(), Lsn(100));
+    }
+
+    #[test]
+    fn idle_follows_keepalives_but_not_inside_a_transaction() {
+        let mut c = Checkpoint::new(Lsn(100));
+        c.keepalive(Lsn(400));
+        assert_eq!(c.confirmable(), Lsn(400));
+        let t = c.begin();
+        c.keepalive(Lsn(900));
+        assert_eq!(c.confirmable(), Lsn(400));
+        c.commit(t, Lsn(950));
+        assert_eq!(c.confirmable(), Lsn(950));
+    }
+}

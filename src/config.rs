@@ -1,0 +1,517 @@
+//! The TOML configuration file.
+//!
+//! Every key has a default, so an empty file is valid; an unknown key is an
+//! error that names it (a typo must never silently fall back to a default
+//! beside a production database). `systemd/walhook.toml` documents each key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Deserializer};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub postgres: PostgresConfig,
+    pub capture: CaptureConfig,
+    pub events: EventsConfig,
+    /// Per-table settings keyed by `"schema.table"`.
+    pub tables: BTreeMap<String, TableConfig>,
+    pub delivery: DeliveryConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// libpq-style URL or key=value connection string.
+    pub url: String,
+    /// A file whose first line is the password (instead of the URL or PGPASSWORD).
+    pub password_file: Option<PathBuf>,
+    pub schema: String,
+    pub slot: String,
+    pub publication: String,
+    pub application_name: String,
+    #[serde(deserialize_with = "duration")]
+    pub statement_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub lock_timeout: Duration,
+    /// How often the confirmed position is sent to the server, whatever the
+    /// pipeline is doing.
+    #[serde(deserialize_with = "duration")]
+    pub status_interval: Duration,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: "postgres://walhook@127.0.0.1:5432/postgres".into(),
+            password_file: None,
+            schema: "walhook".into(),
+            slot: "walhook".into(),
+            publication: "walhook".into(),
+            application_name: "walhook".into(),
+            statement_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(5),
+            status_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Which host tables `setup` publishes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// `schema.table` patterns; `*` matches any run of characters.
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            include: vec!["*.*".into()],
+            exclude: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    pub context_identifier: String,
+    /// Columns read, in order, for ChangedByAssociateId.
+    pub changed_by_columns: Vec<String>,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            context_identifier: "Default".into(),
+            changed_by_columns: vec![
+                "updated_associate_id".into(),
+                "registered_associate_id".into(),
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TableConfig {
+    /// The entity name events use instead of the table's name.
+    pub entity: Option<String>,
+    /// Columns that never leave the server (publication column list).
+    pub exclude_columns: Vec<String>,
+}
+
+/// How events of one hook are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Events of one row keep commit order; rows go concurrently.
+    Row,
+    /// One strict commit order per hook.
+    Webhook,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    pub max_consecutive_errors: u32,
+    pub allow_http: bool,
+    pub allow_private_targets: bool,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Longest wait between two attempts of one event.
+    #[serde(deserialize_with = "duration")]
+    pub max_backoff: Duration,
+    pub ordering: Ordering,
+    /// Requests one hook may have in flight at once (rows spread over them).
+    pub concurrency_per_webhook: usize,
+    /// Bytes of request bodies in flight before walhook stops reading WAL.
+    pub max_in_flight_bytes: u64,
+    /// How long SIGTERM waits for in-flight deliveries.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            max_consecutive_errors: 9,
+            allow_http: false,
+            allow_private_targets: false,
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(15),
+            max_backoff: Duration::from_secs(300),
+            ordering: Ordering::Row,
+            concurrency_per_webhook: 8,
+            max_in_flight_bytes: 64 * 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `walhook=debug`; RUST_LOG wins.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {text:?} ({e}); write it like \"5s\" or \"250ms\""
+        ))
+    })
+}
+
+impl Config {
+    /// Read and validate a config file; errors name the file and the key.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        for (key, value) in [
+            ("postgres.schema", &self.postgres.schema),
+            ("postgres.slot", &self.postgres.slot),
+            ("postgres.publication", &self.postgres.publication),
+        ] {
+            // Slot and publication names travel inside replication commands,
+            // so they are held to PostgreSQL's unquoted-identifier shape.
+            if value.is_empty()
+                || value.len() > 63
+                || !value
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                || value.starts_with(|c: char| c.is_ascii_digit())
+            {
+                bail!("key {key}: {value:?} must be 1-63 characters of a-z, 0-9 and _, not starting with a digit");
+            }
+        }
+        if self.delivery.concurrency_per_webhook == 0 {
+            bail!("key delivery.concurrency_per_webhook must be at least 1");
+        }
+        if self.delivery.max_consecutive_errors == 0 {
+            bail!("key delivery.max_consecutive_errors must be at least 1");
+        }
+        if self.delivery.max_in_flight_bytes < 64 * 1024 {
+            bail!("key delivery.max_in_flight_bytes must be at least 65536");
+        }
+        for (name, table) in &self.tables {
+            if name.split_once('.').is_none() {
+                bail!("[tables.{name:?}]: the key must be \"schema.table\"");
+            }
+            if let Some(entity) = &table.entity {
+                if entity.is_empty() || entity.contains([',', ' ', '*']) {
+                    bail!("[tables.{name:?}] entity {entity:?} must be non-empty without ',', ' ' or '*'");
+                }
+            }
+        }
+        for pattern in self.capture.include.iter().chain(&self.capture.exclude) {
+            if pattern.split_once('.').is_none() {
+                bail!("key capture.include/exclude: pattern {pattern:?} must be \"schema.table\" (use * as a wildcard)");
+            }
+        }
+        Ok(())
+    }
+
+    /// The entity name for a table: the configured one, else the table name.
+    pub fn entity_for<'a>(&'a self, schema: &str, table: &'a str) -> &'a str {
+        self.tables
+            .get(&format!("{schema}.{table}"))
+            .and_then(|t| t.entity.as_deref())
+            .unwrap_or(table)
+    }
+
+    /// Whether `setup` should publish `schema.table`.
+    pub fn captures(&self, schema: &str, table: &str) -> bool {
+        let name = format!("{schema}.{table}");
+        self.capture.include.iter().any(|p| glob_match(p, &name))
+            && !self.capture.exclude.iter().any(|p| glob_match(p, &name))
+    }
+
+    /// Connection settings from the URL, PG* variables and password_file.
+    pub fn connection(&self) -> anyhow::Result<Connection> {
+        Connection::from_config(&self.postgres)
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    fn go(p: &[u8], t: &[u8]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some((b'*', rest)) => (0..=t.len()).any(|i| go(rest, &t[i..])),
+            Some((c, rest)) => t.first() == Some(c) && go(rest, &t[1..]),
+        }
+    }
+    go(pattern.as_bytes(), text.as_bytes())
+}
+
+/// TLS mode to PostgreSQL, as libpq's sslmode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+/// Everything needed to open a session, resolved once.
+#[derive(Clone)]
+pub struct Connection {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+    pub sslmode: SslMode,
+    pub sslrootcert: Option<PathBuf>,
+    pub application_name: String,
+    pub statement_timeout: Duration,
+    pub lock_timeout: Duration,
+}
+
+impl std::fmt::Debug for Connection {
+    // The password never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}@{}:{}/{}",
+            self.user, self.host, self.port, self.dbname
+        )
+    }
+}
+
+impl Connection {
+    fn from_config(pg: &PostgresConfig) -> anyhow::Result<Connection> {
+        // tokio-postgres knows only three sslmodes and no sslrootcert;
+        // walhook reads those two itself.
+        let stripped = without_params(&pg.url, &["sslmode", "sslrootcert"]);
+        let parsed: tokio_postgres::Config = stripped.parse().with_context(|| {
+            "key postgres.url is not a valid PostgreSQL URL or connection string"
+        })?;
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let host = match parsed.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => env("PGHOST").unwrap_or_else(|| "localhost".into()),
+        };
+        let port = match parsed.get_ports().first() {
+            Some(p) => *p,
+            None => match env("PGPORT") {
+                Some(p) => p
+                    .parse()
+                    .with_context(|| format!("PGPORT={p:?} is not a port number"))?,
+                None => 5432,
+            },
+        };
+        let user = parsed
+            .get_user()
+            .map(str::to_owned)
+            .or_else(|| env("PGUSER"))
+            .unwrap_or_else(|| "postgres".into());
+        let dbname = parsed
+            .get_dbname()
+            .map(str::to_owned)
+            .or_else(|| env("PGDATABASE"))
+            .unwrap_or_else(|| user.clone());
+        let password = match (&pg.password_file, parsed.get_password()) {
+            (Some(file), _) => {
+                let text = std::fs::read_to_string(file).with_context(|| {
+                    format!("key postgres.password_file: cannot read {}", file.display())
+                })?;
+                Some(text.lines().next().unwrap_or("").to_owned())
+            }
+            (None, Some(p)) => Some(String::from_utf8_lossy(p).into_owned()),
+            (None, None) => env("PGPASSWORD"),
+        };
+        let sslmode = match url_param(&pg.url, "sslmode")
+            .or_else(|| env("PGSSLMODE"))
+            .as_deref()
+        {
+            None | Some("prefer") | Some("allow") => SslMode::Prefer,
+            Some("disable") => SslMode::Disable,
+            Some("require") => SslMode::Require,
+            Some("verify-ca") => SslMode::VerifyCa,
+            Some("verify-full") => SslMode::VerifyFull,
+            Some(other) => bail!("key postgres.url: unknown sslmode {other:?}"),
+        };
+        let sslrootcert = url_param(&pg.url, "sslrootcert")
+            .or_else(|| env("PGSSLROOTCERT"))
+            .map(PathBuf::from);
+        Ok(Connection {
+            host,
+            port,
+            user,
+            password,
+            dbname,
+            sslmode,
+            sslrootcert,
+            application_name: pg.application_name.clone(),
+            statement_timeout: pg.statement_timeout,
+            lock_timeout: pg.lock_timeout,
+        })
+    }
+
+    /// A tokio-postgres config for ordinary SQL sessions.
+    pub fn sql_config(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.dbname)
+            .application_name(&self.application_name)
+            .connect_timeout(Duration::from_secs(10))
+            .options(format!(
+                "-c statement_timeout={} -c lock_timeout={} -c synchronous_commit=on",
+                self.statement_timeout.as_millis(),
+                self.lock_timeout.as_millis()
+            ));
+        if let Some(p) = &self.password {
+            c.password(p);
+        }
+        c
+    }
+}
+
+/// The connection string without the given parameters.
+fn without_params(url: &str, keys: &[&str]) -> String {
+    let keep = |kv: &&str| {
+        !keys
+            .iter()
+            .any(|k| kv.split_once('=').is_some_and(|(n, _)| n == *k))
+    };
+    match url.split_once('?') {
+        Some((base, query)) => {
+            let kept: Vec<&str> = query.split('&').filter(keep).collect();
+            if kept.is_empty() {
+                base.to_owned()
+            } else {
+                format!("{base}?{}", kept.join("&"))
+            }
+        }
+        None if !url.contains("://") => url.split(' ').filter(keep).collect::<Vec<_>>().join(" "),
+        None => url.to_owned(),
+    }
+}
+
+/// A query parameter of a URL-style connection string (tokio-postgres
+/// accepts but does not expose sslrootcert, and folds sslmode to 3 values).
+fn url_param(url: &str, key: &str) -> Option<String> {
+    let query = url.split_once('?').map(|(_, q)| q).or_else(|| {
+        // key=value style: "host=... sslmode=require"
+        (!url.contains("://")).then_some(url)
+    })?;
+    query
+        .split(['&', ' '])
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.postgres.slot, "walhook");
+        assert_eq!(c.delivery.max_consecutive_errors, 9);
+        assert_eq!(c.events.context_identifier, "Default");
+        assert!(!c.delivery.allow_http);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[delivery]\nmax_consecutive_error = 3\n").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("max_consecutive_error"), "{text}");
+    }
+
+    #[test]
+    fn tables_map_entities() {
+        let c = Config::parse(
+            "[tables.\"crm.contacts\"]\nentity = \"contact\"\nexclude_columns = [\"password_hash\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.entity_for("crm", "contacts"), "contact");
+        assert_eq!(c.entity_for("crm", "other"), "other");
+    }
+
+    #[test]
+    fn durations_parse_and_fail_clearly() {
+        let c = Config::parse("[delivery]\ntimeout = \"250ms\"\n").unwrap();
+        assert_eq!(c.delivery.timeout, Duration::from_millis(250));
+        let err = Config::parse("[delivery]\ntimeout = \"soon\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("soon"));
+    }
+
+    #[test]
+    fn bad_slot_name_is_refused() {
+        let err = Config::parse("[postgres]\nslot = \"My Slot\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("postgres.slot"));
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*.*", "public.contact"));
+        assert!(glob_match("crm.*", "crm.contact"));
+        assert!(!glob_match("crm.*", "public.contact"));
+        assert!(glob_match("public.c*t", "public.contact"));
+    }
+
+    #[test]
+    fn connection_from_url() {
+        let c = Config::parse(
+            "[postgres]\nurl = \"postgres://alice:pw@db.example:6543/crm?sslmode=verify-full\"\n",
+        )
+        .unwrap();
+        let conn = c.connection().unwrap();
+        assert_eq!(conn.host, "db.example");
+        assert_eq!(conn.port, 6543);
+        assert_eq!(conn.user, "alice");
+        assert_eq!(conn.password.as_deref(), Some("pw"));
+        assert_eq!(conn.dbname, "crm");
+        assert_eq!(conn.sslmode, SslMode::VerifyFull);
+        assert!(!format!("{conn:?}").contains("pw"));
+    }
+}

@@ -1,0 +1,477 @@
+//! `walhook run`: the pipeline wired together.
+//!
+//! One task reads the stream in order (source -> pgoutput -> events ->
+//! registry) and hands jobs to delivery; a timer confirms what the
+//! checkpoint allows; a store task writes statistics. Shutdown stops
+//! reading, lets delivery finish within a timeout, confirms the position
+//! and exits.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use tokio::sync::watch;
+
+use crate::checkpoint::{Checkpoint, OpenTxn};
+use crate::config::{Config, Connection, SslMode};
+use crate::delivery::{request, Dispatcher, Job};
+use crate::events::catalog::{self, TypeCatalog};
+use crate::events::{Change, ChangeEvent, EventBuilder, TxnInfo, WebhookRow};
+use crate::pgoutput::{self, Lsn, Message};
+use crate::registry::{Registry, RegistryUpdate, WebhookState};
+use crate::setup::{ident, keyless_publication};
+use crate::source::{Source, SourceMessage, SourceSettings};
+use crate::store::{self, UsageBook};
+
+/// Open an ordinary SQL session (application_name and timeouts set).
+pub async fn connect_sql(conn: &Connection) -> anyhow::Result<tokio_postgres::Client> {
+    if matches!(
+        conn.sslmode,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+    ) {
+        bail!(
+            "postgres.url: sslmode {:?} is not supported for SQL sessions yet; use sslmode=prefer or disable",
+            conn.sslmode
+        );
+    }
+    let (client, connection) = conn
+        .sql_config()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL at {conn:?}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!("SQL session ended: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// The slot's confirmed position; a clear error when it is missing or lost.
+pub async fn slot_position(client: &tokio_postgres::Client, slot: &str) -> anyhow::Result<Lsn> {
+    let row = client
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text, wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .context("reading pg_replication_slots")?
+        .ok_or_else(|| {
+            anyhow!("replication slot {slot:?} does not exist: run `walhook setup` to create it")
+        })?;
+    let wal_status: Option<String> = row.get(1);
+    if wal_status.as_deref() == Some("lost") {
+        bail!(
+            "replication slot {slot:?} was invalidated by the server (wal_status lost): changes \
+             since its position are gone. walhook will not re-create it silently; after checking \
+             what was missed, run `walhook teardown` and `walhook setup`"
+        );
+    }
+    let text: Option<String> = row.get(0);
+    let text =
+        text.ok_or_else(|| anyhow!("replication slot {slot:?} has no confirmed position"))?;
+    Lsn::parse(&text).map_err(|e| anyhow!("slot {slot:?}: {e}"))
+}
+
+/// The hooks as they stood at `position`: the newest snapshot at or before
+/// it (older ones are pruned), else the table as it is now.
+pub async fn registry_at(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    position: Lsn,
+) -> anyhow::Result<Registry> {
+    let s = ident(schema);
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT lsn::text, hooks FROM {s}.registry_snapshot \
+                  WHERE lsn <= $1::text::pg_lsn ORDER BY lsn DESC LIMIT 1"
+            ),
+            &[&position.to_string()],
+        )
+        .await
+        .context("reading the registry snapshot")?;
+    let Some(row) = row else {
+        return Registry::load(client, schema).await;
+    };
+    let lsn: String = row.get(0);
+    let hooks: serde_json::Value = row.get(1);
+    client
+        .execute(
+            &format!("DELETE FROM {s}.registry_snapshot WHERE lsn < $1::text::pg_lsn"),
+            &[&lsn],
+        )
+        .await
+        .context("pruning old registry snapshots")?;
+    let rows = hooks
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|h| h.as_object())
+        .map(|h| {
+            WebhookRow(
+                h.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned)))
+                    .collect(),
+            )
+        });
+    tracing::info!(snapshot = %lsn, "hooks restored as they stood at the slot's position");
+    Ok(Registry::from_rows(rows))
+}
+
+async fn write_snapshot(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    lsn: Lsn,
+    rows: &[WebhookRow],
+) -> anyhow::Result<()> {
+    let hooks = serde_json::Value::Array(
+        rows.iter()
+            .map(|r| serde_json::to_value(&r.0).unwrap_or_default())
+            .collect(),
+    );
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {}.registry_snapshot (lsn, hooks) VALUES ($1::text::pg_lsn, $2) \
+                 ON CONFLICT (lsn) DO UPDATE SET hooks = EXCLUDED.hooks",
+                ident(schema)
+            ),
+            &[&lsn.to_string(), &hooks],
+        )
+        .await
+        .context("writing the registry snapshot")?;
+    Ok(())
+}
+
+/// Counters for the log and, later, metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub changes: u64,
+    pub matched: u64,
+    pub skipped_stopped: u64,
+    pub parked: u64,
+}
+
+struct OpenTransaction {
+    info: TxnInfo,
+    checkpoint: OpenTxn,
+    next_index: u32,
+    registry_changed: bool,
+}
+
+/// The reading side of the pipeline.
+struct Pipeline {
+    config: Arc<Config>,
+    sql: Arc<tokio_postgres::Client>,
+    system_id: String,
+    builder: EventBuilder,
+    registry: Registry,
+    checkpoint: Checkpoint,
+    dispatcher: Dispatcher,
+    txn: Option<OpenTransaction>,
+    /// Registry states to record before confirming past their commit.
+    snapshots: VecDeque<(Lsn, Vec<WebhookRow>)>,
+    counters: Counters,
+}
+
+impl Pipeline {
+    async fn handle(&mut self, message: SourceMessage) -> anyhow::Result<()> {
+        match message {
+            SourceMessage::Begin {
+                final_lsn,
+                xid,
+                commit_time,
+            } => {
+                self.txn = Some(OpenTransaction {
+                    info: TxnInfo {
+                        xid,
+                        commit_lsn: final_lsn,
+                        commit_time,
+                    },
+                    checkpoint: self.checkpoint.begin(),
+                    next_index: 0,
+                    registry_changed: false,
+                });
+            }
+            SourceMessage::Commit { end_lsn, .. } => {
+                let txn = self
+                    .txn
+                    .take()
+                    .ok_or_else(|| anyhow!("Commit at {end_lsn} without a Begin"))?;
+                if txn.registry_changed {
+                    self.snapshots
+                        .push_back((end_lsn, self.registry.rows().cloned().collect()));
+                }
+                self.checkpoint.commit(txn.checkpoint, end_lsn);
+            }
+            SourceMessage::KeepAlive { wal_end } => self.checkpoint.keepalive(wal_end),
+            SourceMessage::Data(bytes) => {
+                let message = pgoutput::decode(&bytes).with_context(|| {
+                    format!(
+                        "decoding a pgoutput message of {} bytes in transaction {:?}",
+                        bytes.len(),
+                        self.txn.as_ref().map(|t| t.info.xid)
+                    )
+                })?;
+                self.message(message).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn message(&mut self, message: Message) -> anyhow::Result<()> {
+        match message {
+            Message::Relation(rel) => {
+                if self.builder.needs_types(&rel) {
+                    self.builder.set_types(TypeCatalog::load(&self.sql).await?);
+                }
+                let pk = if EventBuilder::needs_primary_key(&rel) {
+                    Some(catalog::primary_key(&self.sql, rel.oid).await?)
+                } else {
+                    None
+                };
+                self.builder.add_relation(rel, pk);
+            }
+            m @ (Message::Insert(_)
+            | Message::Update(_)
+            | Message::Delete(_)
+            | Message::Truncate(_)) => {
+                let txn = self
+                    .txn
+                    .as_mut()
+                    .ok_or_else(|| anyhow!("a {} message outside a transaction", m.name()))?;
+                let info = txn.info;
+                let changes = self.builder.change(&info, &mut txn.next_index, m)?;
+                for change in changes {
+                    match change {
+                        Change::Event(event) => self.route(*event).await?,
+                        Change::Webhook(change) => {
+                            let update = self.registry.apply(change);
+                            if update != RegistryUpdate::Nothing {
+                                tracing::info!(lsn = %info.commit_lsn, "webhook table: {update:?}");
+                            }
+                            if let Some(txn) = self.txn.as_mut() {
+                                txn.registry_changed = true;
+                            }
+                        }
+                    }
+                }
+            }
+            // Type, Origin and logical messages carry no row change; the
+            // catalog is read when a relation names an unknown type.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Address an event to every matching hook, by the hook's state.
+    async fn route(&mut self, event: ChangeEvent) -> anyhow::Result<()> {
+        self.counters.changes += 1;
+        let Some(txn) = self.txn.as_ref() else {
+            bail!("an event outside a transaction");
+        };
+        let hooks: Vec<_> = self.registry.matching(&event).cloned().collect();
+        for hook in hooks {
+            match hook.state {
+                WebhookState::Active => {
+                    self.counters.matched += 1;
+                    let event_id = event.event_id(&self.system_id, hook.id);
+                    let body = request::event_body(
+                        &event,
+                        event_id,
+                        &hook,
+                        &self.config.events.context_identifier,
+                    );
+                    let job = Job {
+                        event: event.event.clone(),
+                        event_id,
+                        ordering_key: event.ordering_key.clone(),
+                        body,
+                        ticket: txn.checkpoint.ticket(),
+                        hook,
+                    };
+                    self.dispatcher.dispatch(job).await;
+                }
+                WebhookState::TooManyErrors => {
+                    let event_id = event.event_id(&self.system_id, hook.id);
+                    let body = request::event_body(
+                        &event,
+                        event_id,
+                        &hook,
+                        &self.config.events.context_identifier,
+                    );
+                    store::park(
+                        &self.sql,
+                        &self.config.postgres.schema,
+                        &store::ParkedEvent {
+                            webhook_id: hook.id,
+                            event_id,
+                            event: &event.event,
+                            ordering_key: &event.ordering_key,
+                            body: &body,
+                            reason: "TooManyErrors",
+                            attempts: 0,
+                            last_error: None,
+                        },
+                    )
+                    .await?;
+                    self.counters.parked += 1;
+                }
+                // Stopped and Unknown: a deliberate stop, as in SuperOffice.
+                WebhookState::Stopped | WebhookState::Unknown => {
+                    self.counters.skipped_stopped += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Record due registry snapshots, then return the position to confirm.
+    async fn confirmable(&mut self) -> anyhow::Result<Lsn> {
+        let target = self.checkpoint.confirmable();
+        // Only the newest snapshot at or before the target matters.
+        let mut due = None;
+        while self
+            .snapshots
+            .front()
+            .is_some_and(|(lsn, _)| *lsn <= target)
+        {
+            due = self.snapshots.pop_front();
+        }
+        if let Some((lsn, rows)) = due {
+            // Written before the position passes it, so a restart from
+            // there finds the hooks of its time.
+            write_snapshot(&self.sql, &self.config.postgres.schema, lsn, &rows).await?;
+        }
+        Ok(target)
+    }
+}
+
+/// Run the daemon until `shutdown` turns true or the stream fails.
+/// `on_ready` is called once streaming.
+pub async fn run(
+    config: Config,
+    mut shutdown: watch::Receiver<bool>,
+    on_ready: impl FnOnce(),
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let conn = config.connection()?;
+    let sql = Arc::new(connect_sql(&conn).await?);
+    let schema = config.postgres.schema.clone();
+    let slot = config.postgres.slot.clone();
+    let start = slot_position(&sql, &slot).await?;
+    let registry = registry_at(&sql, &schema, start).await?;
+    let types = TypeCatalog::load(&sql).await?;
+
+    let usage = UsageBook::default();
+    let (usage_stop_tx, usage_stop_rx) = watch::channel(false);
+    let usage_task = tokio::spawn(store::run_usage_writer(
+        usage.clone(),
+        Arc::clone(&sql),
+        schema.clone(),
+        Duration::from_secs(1),
+        usage_stop_rx,
+    ));
+
+    let mut source = Source::start(SourceSettings {
+        connection: &conn,
+        slot: &slot,
+        publications: vec![
+            config.postgres.publication.clone(),
+            keyless_publication(&config),
+        ],
+        status_interval: config.postgres.status_interval,
+    })
+    .await?;
+    tracing::info!(
+        slot = %slot,
+        position = %start,
+        hooks = registry.hooks().count(),
+        "streaming"
+    );
+    on_ready();
+
+    let mut pipeline = Pipeline {
+        builder: EventBuilder::new(&config, types),
+        system_id: source.system_id.clone(),
+        registry,
+        checkpoint: Checkpoint::new(start),
+        dispatcher: Dispatcher::new(config.delivery.clone(), usage.clone())?,
+        txn: None,
+        snapshots: VecDeque::new(),
+        counters: Counters::default(),
+        config: Arc::clone(&config),
+        sql: Arc::clone(&sql),
+    };
+
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result: anyhow::Result<()> = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break Ok(()),
+            _ = tick.tick() => {
+                match pipeline.confirmable().await {
+                    Ok(lsn) => source.confirm(lsn),
+                    Err(e) => break Err(e),
+                }
+            }
+            message = source.recv() => {
+                let message = match message {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break Err(anyhow!("the server ended the replication stream")),
+                    Err(e) => break Err(e),
+                };
+                // A change still being handled when shutdown comes is
+                // simply not confirmed, and is read again after a restart.
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => break Ok(()),
+                    handled = pipeline.handle(message) => {
+                        if let Err(e) = handled { break Err(e); }
+                    }
+                }
+            }
+        }
+    };
+
+    // Stop reading, let delivery finish what it has, confirm, exit.
+    tracing::info!(
+        changes = pipeline.counters.changes,
+        matched = pipeline.counters.matched,
+        parked = pipeline.counters.parked,
+        skipped_stopped = pipeline.counters.skipped_stopped,
+        "stopping: finishing in-flight deliveries"
+    );
+    if !pipeline
+        .dispatcher
+        .drain(config.delivery.shutdown_timeout)
+        .await
+    {
+        tracing::warn!(
+            "deliveries still in flight after {:?}: they stay unconfirmed and are sent again after the next start",
+            config.delivery.shutdown_timeout
+        );
+    }
+    let _ = usage_stop_tx.send(true);
+    let _ = usage_task.await;
+    let last = match pipeline.confirmable().await {
+        Ok(lsn) => lsn,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            pipeline.checkpoint.confirmable().min(start)
+        }
+    };
+    source.confirm(last);
+    // The status update goes out on the source's timer; give it that long.
+    let deadline = tokio::time::Instant::now() + config.postgres.status_interval * 3;
+    while source.reported() < last && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(confirmed = %source.reported(), "stopped");
+    source.stop().await;
+    result
+}

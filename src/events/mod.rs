@@ -1,0 +1,764 @@
+//! Row changes become events.
+//!
+//! Takes decoded pgoutput messages, keeps the relation descriptions the
+//! stream sends ahead of their changes, and turns each Insert, Update,
+//! Delete and Truncate into a [`ChangeEvent`]. Changes to walhook's own
+//! `webhook` table become [`WebhookChange`]s for the registry instead; the
+//! rest of walhook's schema never yields anything.
+
+pub mod catalog;
+pub mod value;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::pgoutput::{self, Lsn, OldTuple, ReplicaIdentity, TupleData, TupleValue};
+use catalog::TypeCatalog;
+
+/// The operation an event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Created,
+    Changed,
+    Deleted,
+    Truncated,
+}
+
+impl Operation {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Operation::Created => "created",
+            Operation::Changed => "changed",
+            Operation::Deleted => "deleted",
+            Operation::Truncated => "truncated",
+        }
+    }
+}
+
+/// The transaction a change belongs to, from its Begin message.
+#[derive(Debug, Clone, Copy)]
+pub struct TxnInfo {
+    pub xid: u32,
+    /// LSN of the commit record (Begin's final LSN).
+    pub commit_lsn: Lsn,
+    /// Microseconds since 2000-01-01 UTC.
+    pub commit_time: i64,
+}
+
+/// One committed row change, before it is addressed to any webhook.
+#[derive(Debug, Clone)]
+pub struct ChangeEvent {
+    /// `<entity>.<operation>`.
+    pub event: String,
+    pub entity: String,
+    pub operation: Operation,
+    /// `schema.table`.
+    pub table: String,
+    pub primary_key: Value,
+    pub changes: Vec<String>,
+    pub changes_exact: bool,
+    pub field_values: Map<String, Value>,
+    pub missing_columns: Vec<String>,
+    /// DELETE only: the key columns of the deleted row.
+    pub values: Option<Map<String, Value>>,
+    pub changed_by_associate_id: i64,
+    pub txn: TxnInfo,
+    /// Position of the change in its transaction.
+    pub index: u32,
+    /// Events with equal keys must keep commit order (same table and row).
+    pub ordering_key: String,
+}
+
+/// Namespace of walhook's EventIds (UUIDv5).
+const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5f0b_6c1e_8a4d_4f7e_9b21_7d3a_c0de_1a01);
+
+impl ChangeEvent {
+    /// The id receivers de-duplicate on: the same for every attempt, restart
+    /// and replay of this change to this hook, and different between hooks.
+    pub fn event_id(&self, system_id: &str, webhook_id: i32) -> Uuid {
+        let name = format!(
+            "{system_id}/{}/{}/{}/{webhook_id}",
+            self.txn.xid, self.txn.commit_lsn, self.index
+        );
+        Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes())
+    }
+
+    /// Commit time as RFC 3339 UTC with a `Z`.
+    pub fn timestamp(&self) -> String {
+        rfc3339(self.txn.commit_time)
+    }
+}
+
+/// PostgreSQL epoch (2000-01-01) microseconds as RFC 3339 UTC.
+pub fn rfc3339(pg_micros: i64) -> String {
+    const PG_EPOCH_UNIX_SECS: u64 = 946_684_800;
+    let unix = SystemTime::UNIX_EPOCH + Duration::from_secs(PG_EPOCH_UNIX_SECS);
+    let at = if pg_micros >= 0 {
+        unix + Duration::from_micros(pg_micros as u64)
+    } else {
+        unix - Duration::from_micros(pg_micros.unsigned_abs())
+    };
+    humantime::format_rfc3339_micros(at).to_string()
+}
+
+/// A row of walhook's `webhook` table as text, column name to value.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WebhookRow(pub BTreeMap<String, Option<String>>);
+
+/// A change to the `webhook` table, applied to the registry in commit order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebhookChange {
+    Upsert(WebhookRow),
+    Delete { webhook_id: Option<String> },
+    Truncate,
+}
+
+/// What one pgoutput change message yields.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Event(Box<ChangeEvent>),
+    Webhook(WebhookChange),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("change for relation oid {0} arrived before its Relation message")]
+    UnknownRelation(u32),
+    #[error("table {table}: the change has {got} columns, the relation {expected}")]
+    ColumnCount {
+        table: String,
+        got: usize,
+        expected: usize,
+    },
+    #[error("table {table} column {column}: value is not UTF-8")]
+    NotUtf8 { table: String, column: String },
+    #[error(
+        "table {table} column {column}: binary values are not requested and cannot be decoded"
+    )]
+    Binary { table: String, column: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RelationKind {
+    Host,
+    Webhook,
+    /// walhook's own schema: never an event.
+    Internal,
+}
+
+#[derive(Debug, Clone)]
+struct Relation {
+    qualified: String,
+    entity: String,
+    kind: RelationKind,
+    columns: Vec<pgoutput::Column>,
+    /// Indices of the columns PrimaryKey and Values report.
+    key: Vec<usize>,
+}
+
+/// Builds events from the stream; holds the relations seen so far.
+pub struct EventBuilder {
+    schema: String,
+    entities: HashMap<String, String>,
+    changed_by_columns: Vec<String>,
+    relations: HashMap<u32, Relation>,
+    types: TypeCatalog,
+    warned_inexact: HashSet<String>,
+}
+
+impl EventBuilder {
+    pub fn new(config: &Config, types: TypeCatalog) -> EventBuilder {
+        EventBuilder {
+            schema: config.postgres.schema.clone(),
+            entities: config
+                .tables
+                .iter()
+                .filter_map(|(k, t)| Some((k.clone(), t.entity.clone()?)))
+                .collect(),
+            changed_by_columns: config.events.changed_by_columns.clone(),
+            relations: HashMap::new(),
+            types,
+            warned_inexact: HashSet::new(),
+        }
+    }
+
+    /// Whether a relation uses a type the catalog has not loaded yet.
+    pub fn needs_types(&self, relation: &pgoutput::Relation) -> bool {
+        relation
+            .columns
+            .iter()
+            .any(|c| !self.types.knows(c.type_oid))
+    }
+
+    pub fn set_types(&mut self, types: TypeCatalog) {
+        self.types = types;
+    }
+
+    /// Whether `primary_key` must be looked up for this relation: under
+    /// REPLICA IDENTITY FULL pgoutput flags every column as a key column.
+    pub fn needs_primary_key(relation: &pgoutput::Relation) -> bool {
+        relation.replica_identity == ReplicaIdentity::Full
+    }
+
+    /// Record a Relation message; `primary_key` is the table's key columns
+    /// when [`needs_primary_key`](Self::needs_primary_key) said so.
+    pub fn add_relation(&mut self, rel: pgoutput::Relation, primary_key: Option<Vec<String>>) {
+        let kind = if rel.namespace == self.schema {
+            if rel.name == "webhook" {
+                RelationKind::Webhook
+            } else {
+                RelationKind::Internal
+            }
+        } else {
+            RelationKind::Host
+        };
+        let qualified = format!("{}.{}", rel.namespace, rel.name);
+        let entity = self
+            .entities
+            .get(&qualified)
+            .cloned()
+            .unwrap_or_else(|| rel.name.clone());
+        let key = match primary_key {
+            Some(pk) if !pk.is_empty() => pk
+                .iter()
+                .filter_map(|name| rel.columns.iter().position(|c| &c.name == name))
+                .collect(),
+            // FULL without a primary key: every column identifies the row.
+            _ => (0..rel.columns.len())
+                .filter(|&i| rel.columns[i].is_key)
+                .collect(),
+        };
+        self.relations.insert(
+            rel.oid,
+            Relation {
+                qualified,
+                entity,
+                kind,
+                columns: rel.columns,
+                key,
+            },
+        );
+    }
+
+    /// Turn one change message into events. `next_index` numbers the
+    /// changes of the transaction and is advanced per produced change.
+    pub fn change(
+        &mut self,
+        txn: &TxnInfo,
+        next_index: &mut u32,
+        message: pgoutput::Message,
+    ) -> Result<Vec<Change>, EventError> {
+        let mut out = Vec::new();
+        match message {
+            pgoutput::Message::Insert(m) => {
+                let index = bump(next_index);
+                out.extend(self.row_change(
+                    txn,
+                    index,
+                    m.relation_oid,
+                    Operation::Created,
+                    None,
+                    Some(m.new),
+                )?);
+            }
+            pgoutput::Message::Update(m) => {
+                let index = bump(next_index);
+                out.extend(self.row_change(
+                    txn,
+                    index,
+                    m.relation_oid,
+                    Operation::Changed,
+                    m.old,
+                    Some(m.new),
+                )?);
+            }
+            pgoutput::Message::Delete(m) => {
+                let index = bump(next_index);
+                out.extend(self.row_change(
+                    txn,
+                    index,
+                    m.relation_oid,
+                    Operation::Deleted,
+                    Some(m.old),
+                    None,
+                )?);
+            }
+            pgoutput::Message::Truncate(m) => {
+                for oid in m.relation_oids {
+                    let index = bump(next_index);
+                    let rel = self
+                        .relations
+                        .get(&oid)
+                        .ok_or(EventError::UnknownRelation(oid))?;
+                    match rel.kind {
+                        RelationKind::Webhook => out.push(Change::Webhook(WebhookChange::Truncate)),
+                        RelationKind::Internal => {}
+                        RelationKind::Host => out.push(Change::Event(Box::new(ChangeEvent {
+                            event: format!("{}.truncated", rel.entity),
+                            entity: rel.entity.clone(),
+                            operation: Operation::Truncated,
+                            table: rel.qualified.clone(),
+                            primary_key: Value::Null,
+                            changes: Vec::new(),
+                            changes_exact: true,
+                            field_values: Map::new(),
+                            missing_columns: Vec::new(),
+                            values: None,
+                            changed_by_associate_id: 0,
+                            txn: *txn,
+                            index,
+                            ordering_key: rel.qualified.clone(),
+                        }))),
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(out)
+    }
+
+    fn row_change(
+        &mut self,
+        txn: &TxnInfo,
+        index: u32,
+        oid: u32,
+        operation: Operation,
+        old: Option<OldTuple>,
+        new: Option<TupleData>,
+    ) -> Result<Option<Change>, EventError> {
+        let rel = self
+            .relations
+            .get(&oid)
+            .ok_or(EventError::UnknownRelation(oid))?;
+        let (old, old_is_full) = match old {
+            Some(OldTuple::Full(t)) => (Some(t), true),
+            Some(OldTuple::Key(t)) => (Some(t), false),
+            None => (None, false),
+        };
+        for tuple in old.iter().chain(new.iter()) {
+            if tuple.0.len() != rel.columns.len() {
+                return Err(EventError::ColumnCount {
+                    table: rel.qualified.clone(),
+                    got: tuple.0.len(),
+                    expected: rel.columns.len(),
+                });
+            }
+        }
+        match rel.kind {
+            RelationKind::Internal => return Ok(None),
+            RelationKind::Webhook => {
+                let change = match (&new, &old) {
+                    (Some(new), old) => {
+                        let mut row = text_row(rel, new)?;
+                        // An unchanged TOASTed value is only in the old row.
+                        if let Some(old) = old {
+                            for (name, value) in text_row(rel, old)? {
+                                if new_is_unchanged(rel, new, &name) {
+                                    row.insert(name, value);
+                                }
+                            }
+                        }
+                        WebhookChange::Upsert(WebhookRow(row))
+                    }
+                    (None, Some(old)) => WebhookChange::Delete {
+                        webhook_id: text_row(rel, old)?.remove("webhook_id").flatten(),
+                    },
+                    (None, None) => return Ok(None),
+                };
+                return Ok(Some(Change::Webhook(change)));
+            }
+            RelationKind::Host => {}
+        }
+
+        let old_values = old.as_ref().map(|t| self.json_row(rel, t)).transpose()?;
+        let new_values = new.as_ref().map(|t| self.json_row(rel, t)).transpose()?;
+
+        let mut field_values = Map::new();
+        let mut missing_columns = Vec::new();
+        let mut changes = Vec::new();
+        let changes_exact;
+        match (&new_values, &old_values) {
+            (Some(new_row), old_row) => {
+                for (i, col) in rel.columns.iter().enumerate() {
+                    match &new_row[i] {
+                        Slot::Value(v) => {
+                            field_values.insert(col.name.clone(), v.clone());
+                        }
+                        Slot::Unchanged => match old_row.as_ref().map(|o| &o[i]) {
+                            Some(Slot::Value(v)) if old_is_full => {
+                                field_values.insert(col.name.clone(), v.clone());
+                            }
+                            _ => missing_columns.push(col.name.clone()),
+                        },
+                    }
+                }
+                match operation {
+                    Operation::Created => {
+                        changes = rel.columns.iter().map(|c| c.name.clone()).collect();
+                        changes_exact = true;
+                    }
+                    _ => match old_row {
+                        Some(old_row) if old_is_full => {
+                            for (i, col) in rel.columns.iter().enumerate() {
+                                let differs = match (&old_row[i], &new_row[i]) {
+                                    (_, Slot::Unchanged) => false,
+                                    (Slot::Value(a), Slot::Value(b)) => a != b,
+                                    (Slot::Unchanged, Slot::Value(_)) => true,
+                                };
+                                if differs {
+                                    changes.push(col.name.clone());
+                                }
+                            }
+                            changes_exact = true;
+                        }
+                        _ => {
+                            changes = rel
+                                .columns
+                                .iter()
+                                .zip(new_row)
+                                .filter(|(_, v)| matches!(v, Slot::Value(_)))
+                                .map(|(c, _)| c.name.clone())
+                                .collect();
+                            changes_exact = false;
+                            if self.warned_inexact.insert(rel.qualified.clone()) {
+                                tracing::warn!(
+                                    table = %rel.qualified,
+                                    "UPDATE events of this table list every sent column in Changes \
+                                     (ChangesExact false); ALTER TABLE ... REPLICA IDENTITY FULL makes them exact"
+                                );
+                            }
+                        }
+                    },
+                }
+            }
+            (None, Some(old_row)) => {
+                // DELETE: the old row as far as the WAL carries it.
+                for (i, col) in rel.columns.iter().enumerate() {
+                    let known = old_is_full || rel.columns[i].is_key;
+                    match &old_row[i] {
+                        Slot::Value(v) if known => {
+                            field_values.insert(col.name.clone(), v.clone());
+                        }
+                        _ => missing_columns.push(col.name.clone()),
+                    }
+                }
+                changes_exact = true;
+            }
+            (None, None) => return Ok(None),
+        }
+
+        // The key comes from the new row, else from the old one.
+        let key_source = new_values.as_ref().or(old_values.as_ref());
+        let mut key_map = Map::new();
+        if let Some(row) = key_source {
+            for &i in &rel.key {
+                let value = match (&row[i], old_values.as_ref().map(|o| &o[i])) {
+                    (Slot::Value(v), _) => v.clone(),
+                    (Slot::Unchanged, Some(Slot::Value(v))) => v.clone(),
+                    _ => Value::Null,
+                };
+                key_map.insert(rel.columns[i].name.clone(), value);
+            }
+        }
+        let primary_key = match key_map.len() {
+            0 => Value::Null,
+            1 => key_map.values().next().cloned().unwrap_or(Value::Null),
+            _ => Value::Object(key_map.clone()),
+        };
+        // Keyless tables keep one order per table; a key-changing UPDATE
+        // orders by its old key so it stays behind that row's earlier events.
+        let ordering_key = {
+            let old_key = old_values
+                .as_ref()
+                .filter(|_| !rel.key.is_empty())
+                .map(|o| {
+                    rel.key
+                        .iter()
+                        .map(|&i| match &o[i] {
+                            Slot::Value(v) => v.to_string(),
+                            Slot::Unchanged => String::new(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                });
+            match (rel.key.is_empty(), old_key) {
+                (true, _) => rel.qualified.clone(),
+                (false, Some(k)) => format!("{}\u{1f}{k}", rel.qualified),
+                (false, None) => format!("{}\u{1f}{}", rel.qualified, key_list(&key_map)),
+            }
+        };
+        let changed_by_associate_id = self
+            .changed_by_columns
+            .iter()
+            .find_map(|c| field_values.get(c))
+            .and_then(|v| match v {
+                Value::Number(n) => n.as_i64(),
+                Value::String(s) => s.parse().ok(),
+                _ => None,
+            })
+            .unwrap_or(0);
+        Ok(Some(Change::Event(Box::new(ChangeEvent {
+            event: format!("{}.{}", rel.entity, operation.suffix()),
+            entity: rel.entity.clone(),
+            operation,
+            table: rel.qualified.clone(),
+            primary_key,
+            changes,
+            changes_exact,
+            field_values,
+            missing_columns,
+            values: (operation == Operation::Deleted).then_some(key_map),
+            changed_by_associate_id,
+            txn: *txn,
+            index,
+            ordering_key,
+        }))))
+    }
+
+    fn json_row(&self, rel: &Relation, tuple: &TupleData) -> Result<Vec<Slot>, EventError> {
+        rel.columns
+            .iter()
+            .zip(&tuple.0)
+            .map(|(col, value)| {
+                Ok(match value {
+                    TupleValue::Null => Slot::Value(Value::Null),
+                    TupleValue::UnchangedToast => Slot::Unchanged,
+                    TupleValue::Text(bytes) => {
+                        let text = std::str::from_utf8(bytes).map_err(|_| EventError::NotUtf8 {
+                            table: rel.qualified.clone(),
+                            column: col.name.clone(),
+                        })?;
+                        Slot::Value(value::text_to_json(&self.types, col.type_oid, text))
+                    }
+                    TupleValue::Binary(_) => {
+                        return Err(EventError::Binary {
+                            table: rel.qualified.clone(),
+                            column: col.name.clone(),
+                        })
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
+fn bump(index: &mut u32) -> u32 {
+    let i = *index;
+    *index += 1;
+    i
+}
+
+fn key_list(key: &Map<String, Value>) -> String {
+    key.values()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A column's value in one row, or the marker for an unchanged TOASTed value.
+#[derive(Debug, Clone, PartialEq)]
+enum Slot {
+    Value(Value),
+    Unchanged,
+}
+
+fn text_row(
+    rel: &Relation,
+    tuple: &TupleData,
+) -> Result<BTreeMap<String, Option<String>>, EventError> {
+    let mut row = BTreeMap::new();
+    for (col, value) in rel.columns.iter().zip(&tuple.0) {
+        let text = match value {
+            TupleValue::Null => None,
+            TupleValue::UnchangedToast => continue,
+            TupleValue::Text(b) | TupleValue::Binary(b) => Some(
+                String::from_utf8(b.to_vec()).map_err(|_| EventError::NotUtf8 {
+                    table: rel.qualified.clone(),
+                    column: col.name.clone(),
+                })?,
+            ),
+        };
+        row.insert(col.name.clone(), text);
+    }
+    Ok(row)
+}
+
+fn new_is_unchanged(rel: &Relation, new: &TupleData, column: &str) -> bool {
+    rel.columns
+        .iter()
+        .position(|c| c.name == column)
+        .is_some_and(|i| matches!(new.0.get(i), Some(TupleValue::UnchangedToast)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use serde_json::json;
+
+    fn column(name: &str, type_oid: u32, is_key: bool) -> pgoutput::Column {
+        pgoutput::Column {
+            is_key,
+            name: name.into(),
+            type_oid,
+            type_modifier: -1,
+        }
+    }
+
+    fn builder() -> EventBuilder {
+        let config = Config::parse("[tables.\"crm.contacts\"]\nentity = \"contact\"\n").unwrap();
+        let mut b = EventBuilder::new(&config, TypeCatalog::builtin());
+        b.add_relation(
+            pgoutput::Relation {
+                oid: 100,
+                namespace: "crm".into(),
+                name: "contacts".into(),
+                replica_identity: ReplicaIdentity::Default,
+                columns: vec![
+                    column("id", 23, true),
+                    column("name", 25, false),
+                    column("updated_associate_id", 23, false),
+                ],
+            },
+            None,
+        );
+        b
+    }
+
+    fn text(s: &str) -> TupleValue {
+        TupleValue::Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    const TXN: TxnInfo = TxnInfo {
+        xid: 700,
+        commit_lsn: Lsn(0x16B3748),
+        commit_time: 0,
+    };
+
+    fn event(change: Change) -> ChangeEvent {
+        match change {
+            Change::Event(e) => *e,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn insert_gives_created_with_all_columns() {
+        let mut b = builder();
+        let mut index = 0;
+        let mut out = b
+            .change(
+                &TXN,
+                &mut index,
+                pgoutput::Message::Insert(pgoutput::Insert {
+                    relation_oid: 100,
+                    new: TupleData(vec![text("42"), text("Ann"), text("7")]),
+                }),
+            )
+            .unwrap();
+        let e = event(out.remove(0));
+        assert_eq!(e.event, "contact.created");
+        assert_eq!(e.primary_key, json!(42));
+        assert_eq!(e.changes, vec!["id", "name", "updated_associate_id"]);
+        assert_eq!(e.field_values["name"], json!("Ann"));
+        assert_eq!(e.changed_by_associate_id, 7);
+        assert_eq!(index, 1);
+        assert_eq!(e.timestamp(), "2000-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn update_with_unchanged_toast_names_missing_column() {
+        let mut b = builder();
+        let mut index = 0;
+        let mut out = b
+            .change(
+                &TXN,
+                &mut index,
+                pgoutput::Message::Update(pgoutput::Update {
+                    relation_oid: 100,
+                    old: None,
+                    new: TupleData(vec![
+                        text("42"),
+                        TupleValue::UnchangedToast,
+                        TupleValue::Null,
+                    ]),
+                }),
+            )
+            .unwrap();
+        let e = event(out.remove(0));
+        assert_eq!(e.event, "contact.changed");
+        assert_eq!(e.missing_columns, vec!["name"]);
+        assert!(!e.changes_exact);
+        assert_eq!(e.changes, vec!["id", "updated_associate_id"]);
+        assert!(!e.field_values.contains_key("name"));
+    }
+
+    #[test]
+    fn delete_reports_key_values() {
+        let mut b = builder();
+        let mut index = 3;
+        let mut out = b
+            .change(
+                &TXN,
+                &mut index,
+                pgoutput::Message::Delete(pgoutput::Delete {
+                    relation_oid: 100,
+                    old: OldTuple::Key(TupleData(vec![
+                        text("42"),
+                        TupleValue::Null,
+                        TupleValue::Null,
+                    ])),
+                }),
+            )
+            .unwrap();
+        let e = event(out.remove(0));
+        assert_eq!(e.event, "contact.deleted");
+        assert_eq!(
+            e.values,
+            Some(json!({"id": 42}).as_object().unwrap().clone())
+        );
+        assert_eq!(e.index, 3);
+        assert!(e.changes.is_empty());
+    }
+
+    #[test]
+    fn event_ids_are_stable_and_differ_between_hooks() {
+        let mut b = builder();
+        let mut index = 0;
+        let e = event(
+            b.change(
+                &TXN,
+                &mut index,
+                pgoutput::Message::Insert(pgoutput::Insert {
+                    relation_oid: 100,
+                    new: TupleData(vec![text("1"), text("x"), TupleValue::Null]),
+                }),
+            )
+            .unwrap()
+            .remove(0),
+        );
+        assert_eq!(e.event_id("7", 1), e.event_id("7", 1));
+        assert_ne!(e.event_id("7", 1), e.event_id("7", 2));
+        assert_ne!(e.event_id("7", 1), e.event_id("8", 1));
+    }
+
+    #[test]
+    fn unknown_relation_is_an_error() {
+        let mut b = builder();
+        let err = b
+            .change(
+                &TXN,
+                &mut 0,
+                pgoutput::Message::Insert(pgoutput::Insert {
+                    relation_oid: 999,
+                    new: TupleData(vec![]),
+                }),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("999"));
+    }
+}

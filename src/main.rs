@@ -1,0 +1,187 @@
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::sync::watch;
+
+use walhook::cli::{exit, Cli, Command, DEFAULT_CONFIG};
+use walhook::config::{Config, LogFormat};
+use walhook::{daemon, demo, setup};
+
+fn main() -> ExitCode {
+    // pgwire-replication and reqwest both use rustls; with more than one
+    // provider compiled in, rustls needs the process to choose one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let cli = Cli::parse();
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("walhook: {e:#}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    init_logging(&config);
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("walhook: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let code = runtime.block_on(dispatch(cli.command, config));
+    // Background tasks (idle HTTP connections, SQL sessions) must not hold
+    // the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    ExitCode::from(code)
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    match &cli.config {
+        Some(path) => Config::load(path),
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            Config::load(std::path::Path::new(DEFAULT_CONFIG))
+        }
+        None => Ok(Config::default()),
+    }
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // journald stamps each line itself.
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match (config.log.format, under_journald) {
+        (LogFormat::Json, _) => builder.json().try_init(),
+        (LogFormat::Text, true) => builder.without_time().try_init(),
+        (LogFormat::Text, false) => builder.try_init(),
+    };
+}
+
+async fn dispatch(command: Command, config: Config) -> u8 {
+    let result = match command {
+        Command::Run => run(config).await,
+        Command::Setup { dry_run } => run_setup(config, dry_run).await,
+        Command::Check => return run_check(config).await,
+        Command::Demo => demo::run().await,
+    };
+    match result {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("walhook: {e:#}");
+            exit::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_stop_signal().await;
+        tracing::info!("stop signal received");
+        let _ = stop_tx.send(true);
+    });
+    daemon::run(config, stop_rx, || {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    })
+    .await
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn run_setup(config: Config, dry_run: bool) -> anyhow::Result<()> {
+    let conn = config.connection()?;
+    let client = daemon::connect_sql(&conn).await?;
+    let plan = setup::plan(&client, &config).await?;
+    for warning in &plan.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if dry_run {
+        print!("{}", plan.sql());
+        if plan.is_empty() {
+            println!("-- nothing to change: walhook is set up in {conn:?}");
+        }
+        return Ok(());
+    }
+    if plan.is_empty() {
+        println!("walhook is already set up in {conn:?}: nothing changed");
+        return Ok(());
+    }
+    setup::apply(&client, &config, &plan)
+        .await
+        .context("setup failed; nothing after the failing statement ran")?;
+    println!(
+        "walhook is set up in {conn:?}: schema {:?}, publication {:?}, slot {:?}",
+        config.postgres.schema, config.postgres.publication, config.postgres.slot
+    );
+    if plan.create_slot.is_some() {
+        println!(
+            "note: replication slot {:?} now holds WAL on the server until `walhook run` \
+             consumes it or `walhook teardown` drops it",
+            config.postgres.slot
+        );
+    }
+    Ok(())
+}
+
+async fn run_check(config: Config) -> u8 {
+    println!("OK    config parses");
+    let conn = match config.connection() {
+        Ok(c) => c,
+        Err(e) => {
+            println!("FAIL  {e:#}");
+            return exit::CHECK_FAILED;
+        }
+    };
+    let client = match daemon::connect_sql(&conn).await {
+        Ok(c) => {
+            println!("OK    connected to {conn:?}");
+            c
+        }
+        Err(e) => {
+            println!("FAIL  {e:#}");
+            return exit::CHECK_FAILED;
+        }
+    };
+    let mut failed = false;
+    for line in setup::check(&client, &config).await {
+        let tag = match line.level {
+            setup::CheckLevel::Ok => "OK  ",
+            setup::CheckLevel::Warn => "WARN",
+            setup::CheckLevel::Fail => {
+                failed = true;
+                "FAIL"
+            }
+        };
+        println!("{tag}  {}", line.text);
+    }
+    if failed {
+        exit::CHECK_FAILED
+    } else {
+        exit::OK
+    }
+}

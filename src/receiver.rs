@@ -1,0 +1,145 @@
+//! A loopback HTTP receiver that records every request.
+//!
+//! `walhook demo` shows deliveries with it, and the integration tests use it
+//! as a real target (real sockets, real HTTP), answering with whatever
+//! status the test chooses.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use tokio::sync::Notify;
+
+/// One request as it arrived.
+#[derive(Debug, Clone)]
+pub struct ReceivedRequest {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl ReceivedRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Decides the status of each request: given the request and how many
+/// requests to the same path came before it.
+pub type Responder = dyn Fn(&ReceivedRequest, usize) -> u16 + Send + Sync;
+
+struct Shared {
+    requests: Mutex<Vec<ReceivedRequest>>,
+    responder: Box<Responder>,
+    notify: Notify,
+}
+
+pub struct Receiver {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    /// A receiver answering 200 to everything.
+    pub async fn start() -> anyhow::Result<Receiver> {
+        Receiver::start_with(|_, _| 200).await
+    }
+
+    pub async fn start_with(
+        respond: impl Fn(&ReceivedRequest, usize) -> u16 + Send + Sync + 'static,
+    ) -> anyhow::Result<Receiver> {
+        let shared = Arc::new(Shared {
+            requests: Mutex::new(Vec::new()),
+            responder: Box::new(respond),
+            notify: Notify::new(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let app = axum::Router::new()
+            .fallback(record)
+            .with_state(Arc::clone(&shared));
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Receiver {
+            addr,
+            shared,
+            server,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<ReceivedRequest> {
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Requests to `path` so far.
+    pub fn requests_to(&self, path: &str) -> Vec<ReceivedRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    /// Wait until `done` holds for the requests so far, or `timeout`.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[ReceivedRequest]) -> bool,
+    ) -> Vec<ReceivedRequest> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.notify.notified();
+            let requests = self.requests();
+            if done(&requests) || tokio::time::Instant::now() >= deadline {
+                return requests;
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn record(
+    State(shared): State<Arc<Shared>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let request = ReceivedRequest {
+        path: uri.path().to_owned(),
+        headers,
+        body,
+        at: Instant::now(),
+    };
+    let status = {
+        let mut requests = shared.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let before = requests.iter().filter(|r| r.path == request.path).count();
+        let status = (shared.responder)(&request, before);
+        requests.push(request);
+        status
+    };
+    shared.notify.notify_waiters();
+    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}

@@ -1,0 +1,214 @@
+//! The replication source: a pgoutput stream from the slot.
+//!
+//! pgwire-replication owns the connection: authentication, TLS, keepalive
+//! replies and standby status updates, which it sends on its own timer so
+//! that back-pressure here never gets the session cut by
+//! `wal_sender_timeout`. This module opens a gated session, pins the output
+//! settings the event stage relies on, reads the system identifier and
+//! starts streaming.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use bytes::Bytes;
+use pgwire_replication::{
+    PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
+};
+
+use crate::config::{Connection, SslMode};
+use crate::pgoutput::Lsn;
+
+/// Session settings that fix the text form of values, whatever the
+/// server's defaults: `events::value` converts exactly this form.
+pub const OUTPUT_SETTINGS: &[(&str, &str)] = &[
+    ("DateStyle", "ISO, YMD"),
+    ("TimeZone", "UTC"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "1"),
+    ("bytea_output", "hex"),
+    ("lc_monetary", "C"),
+    ("xmloption", "content"),
+];
+
+/// What the stream delivers, in WAL order.
+#[derive(Debug)]
+pub enum SourceMessage {
+    Begin {
+        final_lsn: Lsn,
+        xid: u32,
+        commit_time: i64,
+    },
+    /// One pgoutput message other than Begin and Commit.
+    Data(Bytes),
+    Commit {
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time: i64,
+    },
+    KeepAlive {
+        wal_end: Lsn,
+    },
+}
+
+pub struct Source {
+    client: ReplicationClient,
+    pub system_id: String,
+}
+
+/// Where the stream comes from.
+pub struct SourceSettings<'a> {
+    pub connection: &'a Connection,
+    pub slot: &'a str,
+    pub publications: Vec<String>,
+    pub status_interval: Duration,
+}
+
+impl Source {
+    /// Connect, pin the output settings, read IDENTIFY_SYSTEM and start
+    /// streaming from the slot's confirmed position.
+    pub async fn start(settings: SourceSettings<'_>) -> anyhow::Result<Source> {
+        let conn = settings.connection;
+        let tls = match conn.sslmode {
+            SslMode::Disable => TlsConfig::disabled(),
+            SslMode::Prefer => TlsConfig {
+                mode: pgwire_replication::SslMode::Prefer,
+                ..TlsConfig::default()
+            },
+            SslMode::Require => TlsConfig::require(),
+            SslMode::VerifyCa => TlsConfig::verify_ca(conn.sslrootcert.clone()),
+            SslMode::VerifyFull => TlsConfig::verify_full(conn.sslrootcert.clone()),
+        };
+        let config = ReplicationConfig::new(
+            conn.host.clone(),
+            conn.user.clone(),
+            conn.password.clone().unwrap_or_default(),
+            conn.dbname.clone(),
+            settings.slot.to_owned(),
+            settings.publications.clone(),
+        )
+        .with_port(conn.port)
+        .with_tls(tls)
+        .with_application_name(conn.application_name.clone())
+        .with_status_interval(settings.status_interval)
+        .with_wakeup_interval(settings.status_interval)
+        .with_start_lsn(Lsn(0))
+        .with_buffer_size(1024);
+
+        let mut client = ReplicationClient::connect_gated(config)
+            .await
+            .map_err(|e| explain(e, settings.slot, &settings.publications))?;
+        for (name, value) in OUTPUT_SETTINGS {
+            client
+                .simple_query(&format!("SET {name} = '{value}'"))
+                .await
+                .map_err(|e| explain(e, settings.slot, &settings.publications))
+                .with_context(|| format!("setting {name} on the replication session"))?;
+        }
+        for (name, value) in [
+            ("statement_timeout", conn.statement_timeout),
+            ("lock_timeout", conn.lock_timeout),
+        ] {
+            client
+                .simple_query(&format!("SET {name} = {}", value.as_millis()))
+                .await
+                .map_err(|e| explain(e, settings.slot, &settings.publications))?;
+        }
+        let system = client
+            .identify_system()
+            .await
+            .map_err(|e| explain(e, settings.slot, &settings.publications))?;
+        client
+            .start()
+            .await
+            .map_err(|e| explain(e, settings.slot, &settings.publications))?;
+        client
+            .wait_started()
+            .await
+            .map_err(|e| explain(e, settings.slot, &settings.publications))?;
+        Ok(Source {
+            client,
+            system_id: system.system_id,
+        })
+    }
+
+    /// The next message; `None` when the stream ended cleanly.
+    pub async fn recv(&mut self) -> anyhow::Result<Option<SourceMessage>> {
+        loop {
+            let event = match self.client.recv().await {
+                Ok(Some(e)) => e,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(anyhow!("replication stream failed: {e}")),
+            };
+            return Ok(Some(match event {
+                ReplicationEvent::Begin {
+                    final_lsn,
+                    xid,
+                    commit_time_micros,
+                } => SourceMessage::Begin {
+                    final_lsn,
+                    xid,
+                    commit_time: commit_time_micros,
+                },
+                ReplicationEvent::Commit {
+                    lsn,
+                    end_lsn,
+                    commit_time_micros,
+                } => SourceMessage::Commit {
+                    commit_lsn: lsn,
+                    end_lsn,
+                    commit_time: commit_time_micros,
+                },
+                ReplicationEvent::XLogData { data, .. } => SourceMessage::Data(data),
+                ReplicationEvent::KeepAlive { wal_end, .. } => SourceMessage::KeepAlive { wal_end },
+                // Logical messages (pg_logical_emit_message) carry no row
+                // change; the stop event is never requested.
+                ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => continue,
+            }));
+        }
+    }
+
+    /// Report `lsn` as flushed; sent with the next status update.
+    pub fn confirm(&self, lsn: Lsn) {
+        self.client.update_applied_lsn(lsn);
+    }
+
+    /// The position last sent to the server in a status update.
+    pub fn reported(&self) -> Lsn {
+        self.client.metrics().last_applied_lsn()
+    }
+
+    /// End the stream (CopyDone) and wait for the session to close.
+    pub async fn stop(mut self) {
+        if let Err(e) = self.client.shutdown().await {
+            tracing::debug!("replication session ended with: {e}");
+        }
+    }
+}
+
+/// Turn connection and start errors into messages that say what to do.
+fn explain(e: PgWireError, slot: &str, publications: &[String]) -> anyhow::Error {
+    let text = e.to_string();
+    let hint = if text.contains("does not exist") && text.contains("slot") {
+        format!(" (replication slot {slot:?} is missing: run `walhook setup`)")
+    } else if text.contains("publication") && text.contains("does not exist") {
+        format!(" (publication {publications:?} is missing: run `walhook setup`)")
+    } else if text.contains("is active for PID") {
+        format!(" (another walhook or client is streaming from slot {slot:?})")
+    } else if text.contains("wal_level") {
+        " (set wal_level = logical in postgresql.conf and restart PostgreSQL)".to_owned()
+    } else if text.contains("must be superuser or replication role")
+        || text.contains("permission denied to start WAL sender")
+    {
+        " (the role needs the REPLICATION attribute: ALTER ROLE ... REPLICATION)".to_owned()
+    } else if text.contains("password authentication failed") {
+        " (check the password in postgres.url, postgres.password_file or PGPASSWORD)".to_owned()
+    } else if text.contains("invalidated") || text.contains("can no longer") {
+        format!(
+            " (slot {slot:?} was invalidated by the server: changes since its position are lost; \
+             walhook never re-creates it silently)"
+        )
+    } else {
+        String::new()
+    };
+    anyhow!("replication session: {text}{hint}")
+}
