@@ -57,6 +57,7 @@ fn init_logging(config: &Config) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     let _ = match (config.log.format, under_journald) {
         (LogFormat::Json, _) => builder.json().try_init(),
