@@ -59,6 +59,9 @@ CREATE TABLE IF NOT EXISTS {schema}.delivery (
     event_id     uuid          NOT NULL,
     event        varchar(400)  NOT NULL,
     ordering_key text          NOT NULL,
+    -- The event's place in commit order: parked events are delivered in it.
+    commit_lsn   pg_lsn        NOT NULL,
+    change_index integer       NOT NULL,
     body         text          NOT NULL,
     reason       text          NOT NULL,
     attempts     integer       NOT NULL DEFAULT 0,
@@ -68,7 +71,7 @@ CREATE TABLE IF NOT EXISTS {schema}.delivery (
     UNIQUE (webhook_id, event_id)
 );
 CREATE INDEX IF NOT EXISTS delivery_webhook_order
-    ON {schema}.delivery (webhook_id, delivery_id);
+    ON {schema}.delivery (webhook_id, commit_lsn, change_index);
 
 -- The hooks as they stood at a stream position, so that changes replayed
 -- after a restart are matched against the hooks of their time.

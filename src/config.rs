@@ -85,6 +85,9 @@ pub struct EventsConfig {
     pub context_identifier: String,
     /// Columns read, in order, for ChangedByAssociateId.
     pub changed_by_columns: Vec<String>,
+    /// Skip changes that carry a replication origin (rows this database
+    /// received as a logical replication subscriber).
+    pub skip_replicated: bool,
 }
 
 impl Default for EventsConfig {
@@ -95,6 +98,7 @@ impl Default for EventsConfig {
                 "updated_associate_id".into(),
                 "registered_associate_id".into(),
             ],
+            skip_replicated: false,
         }
     }
 }
@@ -139,6 +143,16 @@ pub struct DeliveryConfig {
     /// How long SIGTERM waits for in-flight deliveries.
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
+    /// Events one hook may have queued before its new events are parked.
+    pub backlog_limit: usize,
+    /// How long a hook may go without delivering anything while it has
+    /// queued events before its new events are parked.
+    #[serde(deserialize_with = "duration")]
+    pub backlog_max_age: Duration,
+    /// Parked events older than this are dropped (counted and logged);
+    /// "0s" keeps them until delivered or discarded.
+    #[serde(deserialize_with = "duration")]
+    pub parked_retention: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -154,6 +168,9 @@ impl Default for DeliveryConfig {
             concurrency_per_webhook: 8,
             max_in_flight_bytes: 64 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
+            backlog_limit: 10_000,
+            backlog_max_age: Duration::from_secs(300),
+            parked_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -228,6 +245,9 @@ impl Config {
         }
         if self.delivery.max_consecutive_errors == 0 {
             bail!("key delivery.max_consecutive_errors must be at least 1");
+        }
+        if self.delivery.backlog_limit == 0 {
+            bail!("key delivery.backlog_limit must be at least 1");
         }
         if self.delivery.max_in_flight_bytes < 64 * 1024 {
             bail!("key delivery.max_in_flight_bytes must be at least 65536");

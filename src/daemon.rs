@@ -15,9 +15,9 @@ use tokio::sync::watch;
 
 use crate::checkpoint::{Checkpoint, OpenTxn};
 use crate::config::{Config, Connection, SslMode};
-use crate::delivery::{request, Dispatcher, Job};
+use crate::delivery::{request, DeliveryContext, Dispatcher, Job, OrderScope};
 use crate::events::catalog::{self, TypeCatalog};
-use crate::events::{Change, ChangeEvent, EventBuilder, TxnInfo, WebhookRow};
+use crate::events::{Change, ChangeEvent, EventBuilder, Operation, TxnInfo, WebhookRow};
 use crate::pgoutput::{self, Lsn, Message};
 use crate::registry::{Registry, RegistryUpdate, WebhookState};
 use crate::setup::{ident, keyless_publication};
@@ -160,6 +160,8 @@ struct OpenTransaction {
     checkpoint: OpenTxn,
     next_index: u32,
     registry_changed: bool,
+    /// The replication origin the transaction came from, if any.
+    origin: Option<String>,
 }
 
 /// The reading side of the pipeline.
@@ -194,6 +196,7 @@ impl Pipeline {
                     checkpoint: self.checkpoint.begin(),
                     next_index: 0,
                     registry_changed: false,
+                    origin: None,
                 });
             }
             SourceMessage::Commit { end_lsn, .. } => {
@@ -224,6 +227,11 @@ impl Pipeline {
 
     async fn message(&mut self, message: Message) -> anyhow::Result<()> {
         match message {
+            Message::Origin(origin) => {
+                if let Some(txn) = self.txn.as_mut() {
+                    txn.origin = Some(origin.name);
+                }
+            }
             Message::Relation(rel) => {
                 if self.builder.needs_types(&rel) {
                     self.builder.set_types(TypeCatalog::load(&self.sql).await?);
@@ -247,11 +255,47 @@ impl Pipeline {
                 let changes = self.builder.change(&info, &mut txn.next_index, m)?;
                 for change in changes {
                     match change {
-                        Change::Event(event) => self.route(*event).await?,
+                        Change::Event(event) => {
+                            let replicated = self.txn.as_ref().and_then(|t| t.origin.as_deref());
+                            match replicated {
+                                Some(origin) if self.config.events.skip_replicated => {
+                                    tracing::trace!(
+                                        origin,
+                                        "change from a replication origin skipped"
+                                    );
+                                }
+                                _ => self.route(*event).await?,
+                            }
+                        }
                         Change::Webhook(change) => {
+                            let before = match &change {
+                                crate::events::WebhookChange::Upsert(row) => row
+                                    .0
+                                    .get("webhook_id")
+                                    .cloned()
+                                    .flatten()
+                                    .and_then(|id| id.parse::<i32>().ok())
+                                    .and_then(|id| self.registry.get(id))
+                                    .map(|h| h.state),
+                                _ => None,
+                            };
                             let update = self.registry.apply(change);
                             if update != RegistryUpdate::Nothing {
                                 tracing::info!(lsn = %info.commit_lsn, "webhook table: {update:?}");
+                            }
+                            if let RegistryUpdate::Added(id) | RegistryUpdate::Changed(id) = update
+                            {
+                                if let Some(hook) = self.registry.get(id).cloned() {
+                                    // Only a real transition into Active clears
+                                    // a trip and resumes parked delivery.
+                                    if hook.state == WebhookState::Active
+                                        && before != Some(WebhookState::Active)
+                                    {
+                                        self.dispatcher.hook_changed(&hook).await;
+                                    } else {
+                                        self.dispatcher.control(&hook);
+                                    }
+                                }
                             }
                             if let Some(txn) = self.txn.as_mut() {
                                 txn.registry_changed = true;
@@ -274,56 +318,41 @@ impl Pipeline {
             bail!("an event outside a transaction");
         };
         let hooks: Vec<_> = self.registry.matching(&event).cloned().collect();
+        let scope = match (&event.operation, &event.previous_key) {
+            (Operation::Truncated, _) => OrderScope::Barrier,
+            (_, Some(old)) => OrderScope::AlsoAfter(old.clone()),
+            _ => OrderScope::Key,
+        };
         for hook in hooks {
-            match hook.state {
-                WebhookState::Active => {
-                    self.counters.matched += 1;
-                    let event_id = event.event_id(&self.system_id, hook.id);
-                    let body = request::event_body(
-                        &event,
-                        event_id,
-                        &hook,
-                        &self.config.events.context_identifier,
-                    );
-                    let job = Job {
-                        event: event.event.clone(),
-                        event_id,
-                        ordering_key: event.ordering_key.clone(),
-                        body,
-                        ticket: txn.checkpoint.ticket(),
-                        hook,
-                    };
-                    self.dispatcher.dispatch(job).await;
-                }
-                WebhookState::TooManyErrors => {
-                    let event_id = event.event_id(&self.system_id, hook.id);
-                    let body = request::event_body(
-                        &event,
-                        event_id,
-                        &hook,
-                        &self.config.events.context_identifier,
-                    );
-                    store::park(
-                        &self.sql,
-                        &self.config.postgres.schema,
-                        &store::ParkedEvent {
-                            webhook_id: hook.id,
-                            event_id,
-                            event: &event.event,
-                            ordering_key: &event.ordering_key,
-                            body: &body,
-                            reason: "TooManyErrors",
-                            attempts: 0,
-                            last_error: None,
-                        },
-                    )
-                    .await?;
-                    self.counters.parked += 1;
-                }
-                // Stopped and Unknown: a deliberate stop, as in SuperOffice.
-                WebhookState::Stopped | WebhookState::Unknown => {
-                    self.counters.skipped_stopped += 1;
-                }
+            if matches!(hook.state, WebhookState::Stopped | WebhookState::Unknown) {
+                // A deliberate stop, as in SuperOffice: not delivered, not parked.
+                self.counters.skipped_stopped += 1;
+                continue;
+            }
+            let event_id = event.event_id(&self.system_id, hook.id);
+            let body = request::event_body(
+                &event,
+                event_id,
+                &hook,
+                &self.config.events.context_identifier,
+            );
+            let job = Job {
+                event: event.event.clone(),
+                event_id,
+                ordering_key: event.ordering_key.clone(),
+                scope: scope.clone(),
+                body,
+                commit_lsn: event.txn.commit_lsn,
+                change_index: event.index,
+                ticket: txn.checkpoint.ticket(),
+                hook,
+            };
+            self.counters.matched += 1;
+            if job.hook.state == WebhookState::TooManyErrors {
+                self.counters.parked += 1;
+                self.dispatcher.park(job).await?;
+            } else {
+                self.dispatcher.dispatch(job).await?;
             }
         }
         Ok(())
@@ -350,6 +379,94 @@ impl Pipeline {
     }
 }
 
+/// Only one walhook streams a slot: the one holding a session-level
+/// advisory lock named after it. Others wait here as standbys and take
+/// over when the leader's session ends (its process exits or dies).
+async fn wait_for_leadership(
+    sql: &tokio_postgres::Client,
+    slot: &str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut announced = false;
+    loop {
+        let won: bool = sql
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtext('walhook slot ' || $1))",
+                &[&slot],
+            )
+            .await
+            .context("taking the leadership lock (pg_try_advisory_lock)")?
+            .get(0);
+        if won {
+            if announced {
+                tracing::info!(slot, "leader gone: taking over");
+            }
+            return Ok(());
+        }
+        if !announced {
+            tracing::info!(
+                slot,
+                "standby: another walhook streams this slot; waiting to take over"
+            );
+            let _ = sd_notify::notify(
+                false,
+                &[sd_notify::NotifyState::Status(
+                    "standby: another walhook streams the slot",
+                )],
+            );
+            announced = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+/// Hooks with parked events or a running error count, as stored.
+async fn restore_hooks(
+    sql: &tokio_postgres::Client,
+    schema: &str,
+    pipeline: &mut Pipeline,
+) -> anyhow::Result<()> {
+    let s = ident(schema);
+    let parked: std::collections::HashSet<i32> = sql
+        .query(
+            &format!("SELECT DISTINCT webhook_id FROM {s}.delivery"),
+            &[],
+        )
+        .await
+        .context("reading parked events")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let errors: std::collections::HashMap<i32, i32> = sql
+        .query(
+            &format!("SELECT webhook_id, consecutive_errors FROM {s}.webhook_usage WHERE consecutive_errors > 0"),
+            &[],
+        )
+        .await
+        .context("reading webhook_usage")?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let hooks: Vec<_> = pipeline.registry.hooks().cloned().collect();
+    for hook in hooks {
+        let is_parked = parked.contains(&hook.id);
+        let count = errors.get(&hook.id).copied().unwrap_or(0);
+        if is_parked || count > 0 {
+            if is_parked {
+                tracing::info!(webhook_id = hook.id, state = %hook.state, "hook has parked events");
+            }
+            pipeline
+                .dispatcher
+                .restore(&hook, is_parked, u32::try_from(count).unwrap_or(0))
+                .await;
+        }
+    }
+    Ok(())
+}
+
 /// Run the daemon until `shutdown` turns true or the stream fails.
 /// `on_ready` is called once streaming.
 pub async fn run(
@@ -362,6 +479,10 @@ pub async fn run(
     let sql = Arc::new(connect_sql(&conn).await?);
     let schema = config.postgres.schema.clone();
     let slot = config.postgres.slot.clone();
+    wait_for_leadership(&sql, &slot, &mut shutdown).await?;
+    if *shutdown.borrow() {
+        return Ok(());
+    }
     let start = slot_position(&sql, &slot).await?;
     let registry = registry_at(&sql, &schema, start).await?;
     let types = TypeCatalog::load(&sql).await?;
@@ -399,13 +520,23 @@ pub async fn run(
         system_id: source.system_id.clone(),
         registry,
         checkpoint: Checkpoint::new(start),
-        dispatcher: Dispatcher::new(config.delivery.clone(), usage.clone())?,
+        dispatcher: Dispatcher::new(DeliveryContext {
+            http: crate::delivery::http_client(&config.delivery)?,
+            config: Arc::new(config.delivery.clone()),
+            usage: usage.clone(),
+            sql: Arc::clone(&sql),
+            schema: Arc::from(schema.as_str()),
+        }),
         txn: None,
         snapshots: VecDeque::new(),
         counters: Counters::default(),
         config: Arc::clone(&config),
         sql: Arc::clone(&sql),
     };
+
+    restore_hooks(&sql, &schema, &mut pipeline).await?;
+    let retention = config.delivery.parked_retention;
+    let mut retention_tick = tokio::time::interval(Duration::from_secs(600));
 
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -417,6 +548,11 @@ pub async fn run(
                 match pipeline.confirmable().await {
                     Ok(lsn) => source.confirm(lsn),
                     Err(e) => break Err(e),
+                }
+            }
+            _ = retention_tick.tick(), if !retention.is_zero() => {
+                if let Err(e) = store::drop_expired(&sql, &schema, retention).await {
+                    tracing::warn!("dropping expired parked events: {e:#}");
                 }
             }
             message = source.recv() => {

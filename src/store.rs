@@ -213,6 +213,8 @@ pub struct ParkedEvent<'a> {
     pub reason: &'a str,
     pub attempts: i32,
     pub last_error: Option<&'a str>,
+    pub commit_lsn: crate::pgoutput::Lsn,
+    pub change_index: u32,
 }
 
 /// Park an event durably (the SQL session runs with synchronous_commit on,
@@ -225,8 +227,8 @@ pub async fn park(
     let body = std::str::from_utf8(event.body).context("parked body is not UTF-8")?;
     let sql = format!(
         "INSERT INTO {}.delivery (webhook_id, event_id, event, ordering_key, body, reason, \
-                                  attempts, last_error) \
-         VALUES ($1, $2::text::uuid, $3, $4, $5, $6, $7, $8) \
+                                  attempts, last_error, commit_lsn, change_index) \
+         VALUES ($1, $2::text::uuid, $3, $4, $5, $6, $7, $8, $9::text::pg_lsn, $10) \
          ON CONFLICT (webhook_id, event_id) DO NOTHING",
         ident(schema)
     );
@@ -242,6 +244,8 @@ pub async fn park(
                 &event.reason,
                 &event.attempts,
                 &event.last_error,
+                &event.commit_lsn.to_string(),
+                &(event.change_index as i32),
             ],
         )
         .await
@@ -251,5 +255,35 @@ pub async fn park(
                 event.event_id, event.webhook_id
             )
         })?;
+    Ok(())
+}
+
+/// Drop parked events older than `retention`; counted and logged per hook.
+pub async fn drop_expired(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    retention: Duration,
+) -> anyhow::Result<()> {
+    let rows = client
+        .query(
+            &format!(
+                "WITH gone AS (DELETE FROM {}.delivery WHERE created < now() - make_interval(secs => $1) \
+                 RETURNING webhook_id) SELECT webhook_id, count(*) FROM gone GROUP BY 1",
+                ident(schema)
+            ),
+            &[&retention.as_secs_f64()],
+        )
+        .await
+        .context("dropping parked events past delivery.parked_retention")?;
+    for row in rows {
+        let id: i32 = row.get(0);
+        let count: i64 = row.get(1);
+        tracing::warn!(
+            webhook_id = id,
+            dropped = count,
+            "parked events older than delivery.parked_retention ({}) were dropped undelivered",
+            humantime::format_duration(retention)
+        );
+    }
     Ok(())
 }

@@ -1,44 +1,52 @@
-//! Delivery: signed POSTs to the hooks, with retries.
+//! Delivery: signed POSTs to the hooks, with retries, parking and order.
 //!
 //! Each hook has its own lanes (tasks); an event goes to the lane its row
 //! hashes to, so events of one row keep commit order while other rows go
 //! concurrently, and a slow hook only ever waits on itself. Request bodies
 //! in flight are bounded by a byte budget: when it is spent the reader
 //! waits, which stops reading WAL (back-pressure) instead of growing.
+//!
+//! A hook whose target keeps failing (`max_consecutive_errors`) or whose
+//! backlog passes its bound is switched to parking: its events go to the
+//! `delivery` table so the slot can move on, and a replayer delivers them
+//! in commit order once the hook is Active and its lanes are empty. While a
+//! hook has parked events, its new events are parked behind them.
 
+pub mod http;
+pub mod replay;
 pub mod request;
 pub mod signing;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::Rng;
-use reqwest::StatusCode;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+pub use self::http::{attempt, check_target, http_client, is_public, Attempt, DeliveryOutcome};
 use crate::checkpoint::Ticket;
 use crate::config::{DeliveryConfig, Ordering};
+use crate::pgoutput::Lsn;
 use crate::registry::{Webhook, WebhookState};
-use crate::store::{truncate_chars, UsageBook, LAST_ERROR_MAX_CHARS};
+use crate::store::{self, ParkedEvent, UsageBook};
 
-/// The result of one attempt.
+/// How an event must be ordered against others of the same hook.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeliveryOutcome {
-    /// Any 2xx.
-    Delivered(StatusCode),
-    /// 410: the receiver asks to be stopped.
-    Gone,
-    /// Anything else; `error` is what `last_error` records.
-    Failed {
-        error: String,
-        retry_after: Option<Duration>,
-    },
+pub enum OrderScope {
+    /// After earlier events with the same key.
+    Key,
+    /// Also after earlier events of a second key (an UPDATE that changed
+    /// the row's key orders after both the old and the new key).
+    AlsoAfter(String),
+    /// After every earlier event of the hook, and before every later one
+    /// (TRUNCATE is a barrier for its table).
+    Barrier,
 }
 
 /// One event addressed to one hook.
@@ -47,55 +55,254 @@ pub struct Job {
     pub event: String,
     pub event_id: Uuid,
     pub ordering_key: String,
+    pub scope: OrderScope,
     pub body: Bytes,
+    /// Where the event stands in commit order, kept when it is parked.
+    pub commit_lsn: Lsn,
+    pub change_index: u32,
     pub ticket: Ticket,
+}
+
+/// Why a hook's events are parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkReason {
+    TooManyErrors,
+    Backlog,
+}
+
+impl ParkReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParkReason::TooManyErrors => "TooManyErrors",
+            ParkReason::Backlog => "backlog",
+        }
+    }
+}
+
+/// Whether new events of a hook go to its lanes or to `delivery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Live,
+    Parking(ParkReason),
+}
+
+/// Shared state of one hook: lanes, replayer and reader all see it.
+pub struct HookControl {
+    pub id: i32,
+    /// The hook as it stands now: attempts use its URL, headers and secret
+    /// (a DBA's fix applies at once); bodies keep the event's time.
+    current: RwLock<Arc<Webhook>>,
+    consecutive_errors: AtomicU32,
+    /// Jobs queued in or running on the lanes.
+    in_flight: AtomicUsize,
+    /// When the hook last made progress while it had work.
+    progress_at: Mutex<Instant>,
+    /// Tripped by too many errors: lanes park instead of attempting.
+    tripped: AtomicBool,
+    /// Answered 410: lanes drop instead of attempting.
+    gone: AtomicBool,
+    trip_notify: Notify,
+    /// Held while parking an event or switching back to Live, so the two
+    /// never interleave.
+    mode: tokio::sync::Mutex<Mode>,
+    replaying: AtomicBool,
+}
+
+impl HookControl {
+    fn new(hook: Arc<Webhook>, consecutive_errors: u32) -> HookControl {
+        HookControl {
+            id: hook.id,
+            current: RwLock::new(hook),
+            consecutive_errors: AtomicU32::new(consecutive_errors),
+            in_flight: AtomicUsize::new(0),
+            progress_at: Mutex::new(Instant::now()),
+            tripped: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+            trip_notify: Notify::new(),
+            mode: tokio::sync::Mutex::new(Mode::Live),
+            replaying: AtomicBool::new(false),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Webhook> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn set_current(&self, hook: Arc<Webhook>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = hook;
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(AtomicOrdering::Acquire)
+    }
+
+    fn is_tripped(&self) -> bool {
+        self.tripped.load(AtomicOrdering::Acquire)
+    }
+
+    fn touch(&self) {
+        *self.progress_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// How long the hook has had work without delivering any of it.
+    fn stalled_for(&self) -> Duration {
+        if self.in_flight() == 0 {
+            return Duration::ZERO;
+        }
+        self.progress_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+}
+
+/// Everything a lane or the replayer needs.
+#[derive(Clone)]
+pub struct DeliveryContext {
+    pub http: reqwest::Client,
+    pub config: Arc<DeliveryConfig>,
+    pub usage: UsageBook,
+    pub sql: Arc<tokio_postgres::Client>,
+    pub schema: Arc<str>,
+}
+
+enum LaneItem {
+    Job(Box<Queued>),
+    /// Holds the lane until another lane's job is done.
+    Barrier {
+        reached: oneshot::Sender<()>,
+        release: watch::Receiver<bool>,
+    },
 }
 
 struct Queued {
     job: Job,
-    /// Returned to the budget when the job is done.
+    /// Barriers in other lanes that must be reached first.
+    wait_for: Vec<oneshot::Receiver<()>>,
+    release: Option<watch::Sender<bool>>,
     _budget: OwnedSemaphorePermit,
 }
 
-/// Builds the HTTP client used for every target.
-pub fn http_client(config: &DeliveryConfig) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .connect_timeout(config.connect_timeout)
-        .timeout(config.timeout)
-        // A redirect is reported as a failure, never followed: the hook's
-        // URL is what the DBA configured.
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(config.concurrency_per_webhook)
-        .build()?)
+struct HookLanes {
+    control: Arc<HookControl>,
+    lanes: Vec<mpsc::UnboundedSender<LaneItem>>,
 }
 
-/// Sends jobs to the hooks' lanes.
+/// Routes jobs to the hooks' lanes, parks, and runs replayers.
 pub struct Dispatcher {
-    http: reqwest::Client,
-    config: Arc<DeliveryConfig>,
-    usage: UsageBook,
+    ctx: DeliveryContext,
     budget: Arc<Semaphore>,
     budget_max: u32,
-    lanes: HashMap<i32, Vec<mpsc::UnboundedSender<Queued>>>,
+    hooks: HashMap<i32, HookLanes>,
     tasks: JoinSet<()>,
 }
 
 impl Dispatcher {
-    pub fn new(config: DeliveryConfig, usage: UsageBook) -> anyhow::Result<Dispatcher> {
-        let budget_max = u32::try_from(config.max_in_flight_bytes).unwrap_or(u32::MAX);
-        Ok(Dispatcher {
-            http: http_client(&config)?,
+    pub fn new(ctx: DeliveryContext) -> Dispatcher {
+        let budget_max = u32::try_from(ctx.config.max_in_flight_bytes).unwrap_or(u32::MAX);
+        Dispatcher {
             budget: Arc::new(Semaphore::new(budget_max as usize)),
             budget_max,
-            config: Arc::new(config),
-            usage,
-            lanes: HashMap::new(),
+            ctx,
+            hooks: HashMap::new(),
             tasks: JoinSet::new(),
-        })
+        }
     }
 
-    /// Queue a job; waits while the in-flight byte budget is spent.
-    pub async fn dispatch(&mut self, job: Job) {
+    /// The control of a hook, created with its lanes on first use.
+    pub fn control(&mut self, hook: &Arc<Webhook>) -> Arc<HookControl> {
+        let entry = self.hooks.entry(hook.id).or_insert_with(|| {
+            let control = Arc::new(HookControl::new(Arc::clone(hook), 0));
+            let lane_count = match self.ctx.config.ordering {
+                Ordering::Webhook => 1,
+                Ordering::Row => self.ctx.config.concurrency_per_webhook,
+            };
+            let lanes = (0..lane_count)
+                .map(|_| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    self.tasks
+                        .spawn(run_lane(rx, self.ctx.clone(), Arc::clone(&control)));
+                    tx
+                })
+                .collect();
+            HookLanes { control, lanes }
+        });
+        entry.control.set_current(Arc::clone(hook));
+        Arc::clone(&entry.control)
+    }
+
+    /// Set up a hook found with parked events at start, or whose stored
+    /// consecutive error count is known.
+    pub async fn restore(&mut self, hook: &Arc<Webhook>, parked: bool, consecutive_errors: u32) {
+        let control = self.control(hook);
+        control
+            .consecutive_errors
+            .store(consecutive_errors, AtomicOrdering::Release);
+        if parked {
+            let reason = if hook.state == WebhookState::TooManyErrors {
+                ParkReason::TooManyErrors
+            } else {
+                ParkReason::Backlog
+            };
+            *control.mode.lock().await = Mode::Parking(reason);
+        }
+        self.hook_changed(hook).await;
+    }
+
+    /// The registry changed this hook: resume delivery when it is Active
+    /// with parked events, and clear a trip or a 410 once re-activated.
+    pub async fn hook_changed(&mut self, hook: &Arc<Webhook>) {
+        let control = self.control(hook);
+        if hook.state != WebhookState::Active {
+            return;
+        }
+        let parked = matches!(*control.mode.lock().await, Mode::Parking(_));
+        let was_stopped = control.is_tripped() || control.gone.load(AtomicOrdering::Acquire);
+        if was_stopped {
+            control.tripped.store(false, AtomicOrdering::Release);
+            control.gone.store(false, AtomicOrdering::Release);
+            control.consecutive_errors.store(0, AtomicOrdering::Release);
+        }
+        if parked && !control.replaying.swap(true, AtomicOrdering::AcqRel) {
+            tracing::info!(webhook_id = hook.id, "delivering parked events");
+            self.tasks
+                .spawn(replay::run_replayer(self.ctx.clone(), control));
+        }
+    }
+
+    /// Route one event of an Active hook: to its lanes, or to `delivery`
+    /// when the hook is parking or its backlog passed the bound. Waits
+    /// while the in-flight byte budget is spent.
+    pub async fn dispatch(&mut self, job: Job) -> anyhow::Result<()> {
+        let control = self.control(&job.hook);
+        {
+            let mut mode = control.mode.lock().await;
+            if *mode == Mode::Live {
+                let backlog = control.in_flight();
+                let stalled = control.stalled_for();
+                if backlog >= self.ctx.config.backlog_limit
+                    || stalled >= self.ctx.config.backlog_max_age
+                {
+                    tracing::warn!(
+                        webhook_id = control.id,
+                        backlog,
+                        stalled_secs = stalled.as_secs(),
+                        "backlog past its bound: parking this hook's new events until it catches up"
+                    );
+                    *mode = Mode::Parking(ParkReason::Backlog);
+                    if !control.replaying.swap(true, AtomicOrdering::AcqRel) {
+                        self.tasks
+                            .spawn(replay::run_replayer(self.ctx.clone(), Arc::clone(&control)));
+                    }
+                }
+            }
+            if let Mode::Parking(reason) = *mode {
+                park_job(&self.ctx, &job, reason, 0, None).await?;
+                job.ticket.settle();
+                return Ok(());
+            }
+        }
+
         // A body larger than the whole budget still goes, alone.
         let cost = u32::try_from(job.body.len().max(1))
             .unwrap_or(u32::MAX)
@@ -104,38 +311,65 @@ impl Dispatcher {
             .acquire_many_owned(cost)
             .await
             .expect("the budget semaphore is never closed");
-        let lane_count = match self.config.ordering {
-            Ordering::Webhook => 1,
-            Ordering::Row => self.config.concurrency_per_webhook,
+        let Some(hook_lanes) = self.hooks.get(&job.hook.id) else {
+            unreachable!("control() created the lanes");
         };
-        let lanes = self.lanes.entry(job.hook.id).or_insert_with(|| {
-            (0..lane_count)
-                .map(|_| {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    self.tasks.spawn(run_lane(
-                        rx,
-                        self.http.clone(),
-                        Arc::clone(&self.config),
-                        self.usage.clone(),
-                    ));
-                    tx
-                })
-                .collect()
-        });
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        job.ordering_key.hash(&mut hasher);
-        let lane = (hasher.finish() % lanes.len() as u64) as usize;
-        if let Err(mpsc::error::SendError(queued)) = lanes[lane].send(Queued {
+        let lanes = &hook_lanes.lanes;
+        let lane_of = |key: &str| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut hasher);
+            (hasher.finish() % lanes.len() as u64) as usize
+        };
+        let target = lane_of(&job.ordering_key);
+        let others: Vec<usize> = match &job.scope {
+            OrderScope::Key => Vec::new(),
+            OrderScope::AlsoAfter(key) => {
+                let other = lane_of(key);
+                if other == target {
+                    Vec::new()
+                } else {
+                    vec![other]
+                }
+            }
+            OrderScope::Barrier => (0..lanes.len()).filter(|&l| l != target).collect(),
+        };
+        let (release_tx, release_rx) = watch::channel(false);
+        let mut wait_for = Vec::with_capacity(others.len());
+        for lane in others {
+            let (reached_tx, reached_rx) = oneshot::channel();
+            let _ = lanes[lane].send(LaneItem::Barrier {
+                reached: reached_tx,
+                release: release_rx.clone(),
+            });
+            wait_for.push(reached_rx);
+        }
+        if control.in_flight.fetch_add(1, AtomicOrdering::AcqRel) == 0 {
+            control.touch();
+        }
+        let queued = Queued {
+            release: (!wait_for.is_empty()).then_some(release_tx),
+            wait_for,
             job,
             _budget: permit,
-        }) {
-            // Lanes only end when their sender is dropped, so this is a bug;
-            // the ticket stays unsettled and the event is replayed later.
-            tracing::error!(
-                webhook_id = queued.job.hook.id,
-                "delivery lane ended unexpectedly"
-            );
+        };
+        if lanes[target].send(LaneItem::Job(Box::new(queued))).is_err() {
+            // Lanes end only when their sender is dropped; the ticket stays
+            // unsettled, so the event is read again after a restart.
+            tracing::error!(webhook_id = control.id, "delivery lane ended unexpectedly");
         }
+        Ok(())
+    }
+
+    /// Park an event of a hook in state 3 (TooManyErrors).
+    pub async fn park(&mut self, job: Job) -> anyhow::Result<()> {
+        let control = self.control(&job.hook);
+        let mut mode = control.mode.lock().await;
+        if *mode == Mode::Live {
+            *mode = Mode::Parking(ParkReason::TooManyErrors);
+        }
+        park_job(&self.ctx, &job, ParkReason::TooManyErrors, 0, None).await?;
+        job.ticket.settle();
+        Ok(())
     }
 
     /// Bytes of request bodies currently queued or in flight.
@@ -144,10 +378,10 @@ impl Dispatcher {
     }
 
     /// Stop accepting jobs and wait up to `timeout` for the queued ones.
-    /// Whatever is unfinished then stays unconfirmed and is redelivered
+    /// Whatever is unfinished then stays unconfirmed and is delivered again
     /// after the next start.
     pub async fn drain(&mut self, timeout: Duration) -> bool {
-        self.lanes.clear();
+        self.hooks.clear();
         let all_done = async { while self.tasks.join_next().await.is_some() {} };
         let finished = tokio::time::timeout(timeout, all_done).await.is_ok();
         if !finished {
@@ -157,46 +391,202 @@ impl Dispatcher {
     }
 }
 
+async fn park_job(
+    ctx: &DeliveryContext,
+    job: &Job,
+    reason: ParkReason,
+    attempts: i32,
+    last_error: Option<&str>,
+) -> anyhow::Result<()> {
+    store::park(
+        &ctx.sql,
+        &ctx.schema,
+        &ParkedEvent {
+            webhook_id: job.hook.id,
+            event_id: job.event_id,
+            event: &job.event,
+            ordering_key: &job.ordering_key,
+            body: &job.body,
+            reason: reason.as_str(),
+            attempts,
+            last_error,
+            commit_lsn: job.commit_lsn,
+            change_index: job.change_index,
+        },
+    )
+    .await
+}
+
 async fn run_lane(
-    mut rx: mpsc::UnboundedReceiver<Queued>,
-    http: reqwest::Client,
-    config: Arc<DeliveryConfig>,
-    usage: UsageBook,
+    mut rx: mpsc::UnboundedReceiver<LaneItem>,
+    ctx: DeliveryContext,
+    control: Arc<HookControl>,
 ) {
-    while let Some(Queued { job, _budget }) = rx.recv().await {
-        deliver(&http, &config, &usage, &job).await;
-        job.ticket.settle();
+    while let Some(item) = rx.recv().await {
+        match item {
+            LaneItem::Barrier {
+                reached,
+                mut release,
+            } => {
+                let _ = reached.send(());
+                // A dropped sender also releases: the job is over.
+                let _ = release.wait_for(|done| *done).await;
+            }
+            LaneItem::Job(queued) => {
+                let Queued {
+                    job,
+                    wait_for,
+                    release,
+                    _budget,
+                } = *queued;
+                for barrier in wait_for {
+                    let _ = barrier.await;
+                }
+                run_job(&ctx, &control, job).await;
+                if let Some(release) = release {
+                    let _ = release.send(true);
+                }
+                control.in_flight.fetch_sub(1, AtomicOrdering::AcqRel);
+            }
+        }
     }
 }
 
-/// Deliver one job, retrying until it is delivered or the hook is gone.
-/// Nothing is dropped on failure: the slot waits for this event.
-async fn deliver(http: &reqwest::Client, config: &DeliveryConfig, usage: &UsageBook, job: &Job) {
-    let hook_id = job.hook.id;
-    let mut retry: u32 = 0;
+/// Deliver, park or drop one job, then settle its ticket. If parking fails
+/// (database unreachable) the ticket is left unsettled: the event stays
+/// unconfirmed and is read again after a restart, never lost.
+async fn run_job(ctx: &DeliveryContext, control: &HookControl, job: Job) {
+    let outcome = deliver(ctx, control, &job.event, job.event_id, &job.body, 0).await;
+    match outcome {
+        Settled::Delivered | Settled::Dropped => job.ticket.settle(),
+        Settled::Tripped { attempts, error } => {
+            {
+                // From now on the reader parks this hook's events too, and
+                // re-activation starts the replayer.
+                let mut mode = control.mode.lock().await;
+                if *mode == Mode::Live {
+                    *mode = Mode::Parking(ParkReason::TooManyErrors);
+                }
+            }
+            match park_job(
+                ctx,
+                &job,
+                ParkReason::TooManyErrors,
+                attempts as i32,
+                error.as_deref(),
+            )
+            .await
+            {
+                Ok(()) => job.ticket.settle(),
+                Err(e) => tracing::error!(
+                    webhook_id = control.id,
+                    event_id = %job.event_id,
+                    "could not park the event; it stays unconfirmed and is sent again after a restart: {e:#}"
+                ),
+            }
+        }
+    }
+}
+
+/// How delivering one event ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Settled {
+    Delivered,
+    /// 410 Gone (the hook is now Stopped): dropped by the state rules.
+    Dropped,
+    /// The hook tripped (too many consecutive errors): park it.
+    Tripped {
+        attempts: u32,
+        error: Option<String>,
+    },
+}
+
+/// Attempt until delivered, gone, or the hook trips. `retry` is how many
+/// attempts the event had before (parked events keep counting).
+pub async fn deliver(
+    ctx: &DeliveryContext,
+    control: &HookControl,
+    event: &str,
+    event_id: Uuid,
+    body: &Bytes,
+    mut retry: u32,
+) -> Settled {
+    let id = control.id;
+    let mut last_error = None;
+    let first = retry;
     loop {
-        match attempt(http, config, job, retry).await {
+        if control.gone.load(AtomicOrdering::Acquire) {
+            return Settled::Dropped;
+        }
+        if control.is_tripped() {
+            return Settled::Tripped {
+                attempts: retry,
+                error: last_error,
+            };
+        }
+        let hook = control.current();
+        let outcome = attempt(
+            &ctx.http,
+            &ctx.config,
+            &Attempt {
+                hook: &hook,
+                event,
+                event_id,
+                body,
+                retry,
+            },
+        )
+        .await;
+        retry = retry.saturating_add(1);
+        match outcome {
             DeliveryOutcome::Delivered(_) => {
-                usage.success(hook_id);
-                return;
+                control.consecutive_errors.store(0, AtomicOrdering::Release);
+                control.touch();
+                ctx.usage.success(id);
+                return Settled::Delivered;
             }
             DeliveryOutcome::Gone => {
-                usage.failure(hook_id, "410 Gone: the receiver asked to stop this hook");
-                usage.set_state(hook_id, WebhookState::Stopped);
-                tracing::warn!(webhook_id = hook_id, url = %job.hook.target_url,
+                ctx.usage
+                    .failure(id, "HTTP 410 Gone: the receiver asked to stop this hook");
+                ctx.usage.set_state(id, WebhookState::Stopped);
+                control.gone.store(true, AtomicOrdering::Release);
+                control.trip_notify.notify_waiters();
+                tracing::warn!(webhook_id = id, url = %hook.target_url,
                     "target answered 410 Gone; webhook state set to Stopped (2)");
-                return;
+                return Settled::Dropped;
             }
             DeliveryOutcome::Failed { error, retry_after } => {
-                usage.failure(hook_id, &error);
-                let wait = backoff(retry + 1, config.max_backoff);
+                ctx.usage.failure(id, &error);
+                let errors = control
+                    .consecutive_errors
+                    .fetch_add(1, AtomicOrdering::AcqRel)
+                    + 1;
+                if errors >= ctx.config.max_consecutive_errors {
+                    if !control.tripped.swap(true, AtomicOrdering::AcqRel) {
+                        ctx.usage.set_state(id, WebhookState::TooManyErrors);
+                        tracing::warn!(webhook_id = id, url = %hook.target_url, errors,
+                            "too many consecutive errors: webhook state set to TooManyErrors (3), \
+                             its events are parked until it is set Active again: {}",
+                            first_line(&error));
+                    }
+                    control.trip_notify.notify_waiters();
+                    return Settled::Tripped {
+                        attempts: retry,
+                        error: Some(error),
+                    };
+                }
+                let wait = backoff(retry - first, ctx.config.max_backoff);
                 let wait = retry_after
                     .map_or(wait, |ra| ra.max(wait))
-                    .min(config.max_backoff);
-                tracing::warn!(webhook_id = hook_id, event_id = %job.event_id, retry,
+                    .min(ctx.config.max_backoff);
+                tracing::warn!(webhook_id = id, event_id = %event_id, retry = retry - 1,
                     "delivery failed, next attempt in {wait:?}: {}", first_line(&error));
-                tokio::time::sleep(wait).await;
-                retry = retry.saturating_add(1);
+                last_error = Some(error);
+                // Another lane tripping or a 410 ends the wait early.
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = control.trip_notify.notified() => {}
+                }
             }
         }
     }
@@ -206,7 +596,7 @@ fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or("")
 }
 
-/// Wait before attempt `n` (1-based retry count). Each cycle is three
+/// Wait before retry `n` (1-based) of one event. Each cycle is three
 /// attempts at 0 s, 1 s and 4 s from its start, as SuperOffice does; cycles
 /// after the first start after a growing, jittered pause.
 pub fn backoff(n: u32, max: Duration) -> Duration {
@@ -222,199 +612,9 @@ pub fn backoff(n: u32, max: Duration) -> Duration {
     }
 }
 
-/// One POST. Never panics on anything the target does.
-pub async fn attempt(
-    http: &reqwest::Client,
-    config: &DeliveryConfig,
-    job: &Job,
-    retry: u32,
-) -> DeliveryOutcome {
-    if let Err(refusal) = check_target(config, &job.hook.target_url) {
-        return DeliveryOutcome::Failed {
-            error: refusal,
-            retry_after: None,
-        };
-    }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let headers = request::headers(&job.hook, &job.event, job.event_id, &job.body, retry, now);
-    let sent = http
-        .post(job.hook.target_url.clone())
-        .headers(headers)
-        .body(job.body.clone())
-        .send()
-        .await;
-    let response = match sent {
-        Ok(r) => r,
-        Err(e) => {
-            return DeliveryOutcome::Failed {
-                error: transport_error(&e),
-                retry_after: None,
-            }
-        }
-    };
-    let status = response.status();
-    if status.is_success() {
-        // Read the body so the connection returns to the pool.
-        let _ = response.bytes().await;
-        return DeliveryOutcome::Delivered(status);
-    }
-    if status == StatusCode::GONE {
-        return DeliveryOutcome::Gone;
-    }
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
-    let mut error = format!(
-        "HTTP {} {}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    );
-    for (name, value) in response.headers() {
-        error.push_str(&format!(
-            "{}: {}\n",
-            name,
-            String::from_utf8_lossy(value.as_bytes())
-        ));
-    }
-    error.push('\n');
-    // Only as much of the body as last_error can hold is read.
-    let mut response = response;
-    while error.len() < LAST_ERROR_MAX_CHARS * 4 {
-        match response.chunk().await {
-            Ok(Some(chunk)) => error.push_str(&String::from_utf8_lossy(&chunk)),
-            _ => break,
-        }
-    }
-    DeliveryOutcome::Failed {
-        error: truncate_chars(&error, LAST_ERROR_MAX_CHARS),
-        retry_after,
-    }
-}
-
-/// A transport error with its causes (connect refused, timeout, TLS, ...).
-fn transport_error(e: &reqwest::Error) -> String {
-    let mut text = if e.is_timeout() {
-        "timed out: ".to_owned()
-    } else if e.is_connect() {
-        "connection failed: ".to_owned()
-    } else {
-        String::new()
-    };
-    text.push_str(&e.to_string());
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// `Retry-After`: seconds or an HTTP date.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    if let Ok(secs) = value.trim().parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate_parse(value.trim())?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
-}
-
-fn httpdate_parse(value: &str) -> Option<SystemTime> {
-    // IMF-fixdate, e.g. "Sun, 06 Nov 1994 08:49:37 GMT"; humantime parses the
-    // RFC 3339 form, so rebuild one.
-    let parts: Vec<&str> = value.split_whitespace().collect();
-    if parts.len() != 6 || parts[5] != "GMT" {
-        return None;
-    }
-    let month = match parts[2] {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
-    let rfc3339 = format!("{}-{month:02}-{:0>2}T{}Z", parts[3], parts[1], parts[4]);
-    humantime::parse_rfc3339(&rfc3339).ok()
-}
-
-/// The target policy: `https://` unless http is allowed, and no loopback,
-/// private or link-local address unless those are allowed.
-pub fn check_target(config: &DeliveryConfig, url: &reqwest::Url) -> Result<(), String> {
-    if url.scheme() == "http" && !config.allow_http {
-        return Err(format!(
-            "refused: {url} is plain http:// (set delivery.allow_http = true to allow it)"
-        ));
-    }
-    if !config.allow_private_targets {
-        let ip = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => {
-                Some(IpAddr::from([127, 0, 0, 1]))
-            }
-            _ => None,
-        };
-        if let Some(ip) = ip.filter(|ip| !is_public(ip)) {
-            return Err(format!(
-                "refused: {url} is a non-public address {ip} (set delivery.allow_private_targets = true to allow it)"
-            ));
-        }
-    }
-    Ok(())
-}
-
-pub fn is_public(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64/10 shared
-                || o[0] >= 240)
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(&IpAddr::V4(v4));
-            }
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80) // link local
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_forms() {
-        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert!(parse_retry_after("soon").is_none());
-    }
 
     #[test]
     fn cycle_schedule() {
@@ -425,26 +625,5 @@ mod tests {
         assert!(pause >= Duration::from_secs(16) && pause <= Duration::from_secs(24));
         assert_eq!(backoff(4, max), Duration::from_secs(1));
         assert!(backoff(300, max) <= max);
-    }
-
-    #[test]
-    fn target_policy() {
-        let strict = DeliveryConfig::default();
-        let url = |s: &str| reqwest::Url::parse(s).unwrap();
-        assert!(check_target(&strict, &url("https://example.com/x")).is_ok());
-        assert!(check_target(&strict, &url("http://example.com/x"))
-            .unwrap_err()
-            .contains("allow_http"));
-        assert!(check_target(&strict, &url("https://127.0.0.1/x"))
-            .unwrap_err()
-            .contains("allow_private_targets"));
-        assert!(check_target(&strict, &url("https://[fe80::1]/x")).is_err());
-        assert!(check_target(&strict, &url("https://10.1.2.3/x")).is_err());
-        let open = DeliveryConfig {
-            allow_http: true,
-            allow_private_targets: true,
-            ..DeliveryConfig::default()
-        };
-        assert!(check_target(&open, &url("http://127.0.0.1:9/x")).is_ok());
     }
 }

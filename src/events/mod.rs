@@ -71,6 +71,9 @@ pub struct ChangeEvent {
     pub index: u32,
     /// Events with equal keys must keep commit order (same table and row).
     pub ordering_key: String,
+    /// The row's old key when an UPDATE changed it: the event also orders
+    /// after that key's earlier events.
+    pub previous_key: Option<String>,
 }
 
 /// Namespace of walhook's EventIds (UUIDv5).
@@ -312,6 +315,7 @@ impl EventBuilder {
                             txn: *txn,
                             index,
                             ordering_key: rel.qualified.clone(),
+                            previous_key: None,
                         }))),
                     }
                 }
@@ -469,26 +473,28 @@ impl EventBuilder {
             1 => key_map.values().next().cloned().unwrap_or(Value::Null),
             _ => Value::Object(key_map.clone()),
         };
-        // Keyless tables keep one order per table; a key-changing UPDATE
-        // orders by its old key so it stays behind that row's earlier events.
-        let ordering_key = {
-            let old_key = old_values
+        // Keyless tables keep one order per table; other rows order by
+        // table and key, and a key-changing UPDATE also after its old key.
+        let key_text = |row: &Vec<Slot>| {
+            rel.key
+                .iter()
+                .map(|&i| match &row[i] {
+                    Slot::Value(v) => v.to_string(),
+                    Slot::Unchanged => String::new(),
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let (ordering_key, previous_key) = if rel.key.is_empty() {
+            (rel.qualified.clone(), None)
+        } else {
+            let current = format!("{}\u{1f}{}", rel.qualified, key_list(&key_map));
+            let old = old_values
                 .as_ref()
-                .filter(|_| !rel.key.is_empty())
-                .map(|o| {
-                    rel.key
-                        .iter()
-                        .map(|&i| match &o[i] {
-                            Slot::Value(v) => v.to_string(),
-                            Slot::Unchanged => String::new(),
-                        })
-                        .collect::<Vec<_>>()
-                        .join(",")
-                });
-            match (rel.key.is_empty(), old_key) {
-                (true, _) => rel.qualified.clone(),
-                (false, Some(k)) => format!("{}\u{1f}{k}", rel.qualified),
-                (false, None) => format!("{}\u{1f}{}", rel.qualified, key_list(&key_map)),
+                .map(|o| format!("{}\u{1f}{}", rel.qualified, key_text(o)));
+            match old {
+                Some(old) if new_values.is_some() && old != current => (current, Some(old)),
+                _ => (current, None),
             }
         };
         let changed_by_associate_id = self
@@ -516,6 +522,7 @@ impl EventBuilder {
             txn: *txn,
             index,
             ordering_key,
+            previous_key,
         }))))
     }
 

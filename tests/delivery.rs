@@ -1,0 +1,332 @@
+//! The delivery engine against targets that fail on purpose: retries,
+//! TooManyErrors and parking, 410, a blackhole beside a healthy hook,
+//! per-row order, and parked events surviving a restart.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use walhook::receiver::{ReceivedRequest, Receiver};
+
+const CRM: &str = "
+CREATE TABLE contact (
+    contact_id serial PRIMARY KEY,
+    name text NOT NULL,
+    version integer NOT NULL DEFAULT 0
+);
+";
+
+/// Fast retries so failures play out in seconds (appended under [delivery]).
+const FAST: &str = "max_consecutive_errors = 3\nmax_backoff = \"300ms\"\ntimeout = \"2s\"\nconnect_timeout = \"1s\"\n";
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn state(h: &Harness, id: i32) -> i16 {
+    h.db.query_one(
+        "SELECT state FROM walhook.webhook WHERE webhook_id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+async fn parked(h: &Harness, id: i32) -> i64 {
+    h.db.query_one(
+        "SELECT count(*) FROM walhook.delivery WHERE webhook_id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+async fn wait_state(h: &Harness, id: i32, want: i16) {
+    let deadline = Instant::now() + WAIT;
+    while state(h, id).await != want {
+        assert!(
+            Instant::now() < deadline,
+            "webhook {id} never reached state {want}; log:\n{}",
+            h.daemon_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn names(requests: &[ReceivedRequest]) -> Vec<String> {
+    requests
+        .iter()
+        .map(|r| {
+            r.json()["FieldValues"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_then_success_keep_event_id_and_body() {
+    let mut h = Harness::start(CRM, FAST).await;
+    // 500, 503, then 200.
+    let receiver = Receiver::start_with(|_, before| match before {
+        0 => 500,
+        1 => 503,
+        _ => 200,
+    })
+    .await
+    .unwrap();
+    let hook = h.add_hook("*", &receiver.url("/flaky"), Some("k")).await;
+    h.start_daemon().await;
+    h.db.batch_execute("INSERT INTO contact (name) VALUES ('x')")
+        .await
+        .unwrap();
+    let got = receiver.wait_until(WAIT, |r| r.len() >= 3).await;
+    assert_eq!(got.len(), 3, "log:\n{}", h.daemon_log());
+    let retries: Vec<_> = got
+        .iter()
+        .map(|r| r.header("x-superoffice-retry").unwrap().to_owned())
+        .collect();
+    assert_eq!(retries, ["0", "1", "2"]);
+    for r in &got[1..] {
+        assert_eq!(
+            r.body, got[0].body,
+            "the body never changes between attempts"
+        );
+        assert_eq!(
+            r.header("x-superoffice-eventid"),
+            got[0].header("x-superoffice-eventid")
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await; // statistics flush
+    let row =
+        h.db.query_one(
+            "SELECT total_calls, total_errors, consecutive_errors, last_error \
+               FROM walhook.webhook_usage WHERE webhook_id = $1",
+            &[&hook],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 3);
+    assert_eq!(row.get::<_, i64>(1), 2);
+    assert_eq!(
+        row.get::<_, i32>(2),
+        0,
+        "a success resets consecutive_errors"
+    );
+    let last_error: String = row.get(3);
+    assert!(last_error.starts_with("HTTP 503"), "{last_error}");
+    assert_eq!(state(&h, hook).await, 1);
+    assert!(h.stop_daemon().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_errors_parks_and_reactivation_delivers_in_order_across_a_restart() {
+    let mut h = Harness::start(CRM, FAST).await;
+    let status = Arc::new(AtomicU16::new(500));
+    let s = Arc::clone(&status);
+    let receiver = Receiver::start_with(move |_, _| s.load(Ordering::SeqCst))
+        .await
+        .unwrap();
+    let hook = h.add_hook("*", &receiver.url("/down"), None).await;
+    h.start_daemon().await;
+
+    h.db.batch_execute("INSERT INTO contact (name) VALUES ('e0')")
+        .await
+        .unwrap();
+    wait_state(&h, hook, 3).await;
+    // More changes while the hook is TooManyErrors: parked, in order.
+    for i in 1..=10 {
+        h.db.execute(
+            "UPDATE contact SET name = $1, version = $2 WHERE contact_id = 1",
+            &[&format!("e{i}"), &i],
+        )
+        .await
+        .unwrap();
+    }
+    let deadline = Instant::now() + WAIT;
+    while parked(&h, hook).await < 11 {
+        assert!(Instant::now() < deadline, "log:\n{}", h.daemon_log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The slot moved on past the parked changes.
+    let confirmed = h.confirmed().await;
+    let current = h.current_lsn().await;
+    h.wait_for("the slot to pass parked changes", WAIT, move |db| {
+        Box::pin(async move {
+            let t: String = db
+                .query_one(
+                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'walhook'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            parse_lsn(&t) >= current
+        })
+    })
+    .await;
+    assert!(h.confirmed().await >= confirmed);
+
+    // Parked rows survive a restart.
+    assert!(h.stop_daemon().success());
+    assert_eq!(parked(&h, hook).await, 11);
+    h.start_daemon().await;
+    let before = receiver.requests().len();
+    status.store(200, Ordering::SeqCst);
+    h.db.execute(
+        "UPDATE walhook.webhook SET state = 1 WHERE webhook_id = $1",
+        &[&hook],
+    )
+    .await
+    .unwrap();
+    // A live change after re-activation arrives after the parked ones.
+    h.db.batch_execute("UPDATE contact SET name = 'live', version = 11 WHERE contact_id = 1")
+        .await
+        .unwrap();
+    let got = receiver.wait_until(WAIT, |r| r.len() >= before + 12).await;
+    let delivered = &got[before..];
+    let mut expected: Vec<String> = (0..=10).map(|i| format!("e{i}")).collect();
+    expected.push("live".into());
+    assert_eq!(names(delivered), expected, "log:\n{}", h.daemon_log());
+    assert_eq!(parked(&h, hook).await, 0);
+    assert_eq!(state(&h, hook).await, 1);
+    assert!(h.stop_daemon().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_stops_the_hook() {
+    let mut h = Harness::start(CRM, FAST).await;
+    let receiver = Receiver::start_with(|_, _| 410).await.unwrap();
+    let hook = h.add_hook("*", &receiver.url("/gone"), None).await;
+    h.start_daemon().await;
+    h.db.batch_execute("INSERT INTO contact (name) VALUES ('a')")
+        .await
+        .unwrap();
+    wait_state(&h, hook, 2).await;
+    h.db.batch_execute("INSERT INTO contact (name) VALUES ('b')")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        receiver.requests().len(),
+        1,
+        "a Stopped hook gets nothing more"
+    );
+    assert_eq!(
+        parked(&h, hook).await,
+        0,
+        "nothing is parked for a Stopped hook"
+    );
+    assert!(h.stop_daemon().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackhole_and_a_failing_target_never_slow_a_healthy_hook() {
+    let mut h = Harness::start(CRM, FAST).await;
+    // Accepts connections and never answers.
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let blackhole_url = format!("http://{}/void", blackhole.local_addr().unwrap());
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let held = Arc::clone(&held);
+        std::thread::spawn(move || {
+            for stream in blackhole.incoming().flatten() {
+                held.lock().unwrap().push(stream);
+            }
+        });
+    }
+    let failing = Receiver::start_with(|_, _| 500).await.unwrap();
+    let healthy = Receiver::start().await.unwrap();
+    let dead = h.add_hook("*", &blackhole_url, None).await;
+    let broken = h.add_hook("*", &failing.url("/500"), None).await;
+    h.add_hook("*", &healthy.url("/ok"), None).await;
+    h.start_daemon().await;
+
+    let started = Instant::now();
+    for i in 0..200 {
+        h.db.execute(
+            "INSERT INTO contact (name) VALUES ($1)",
+            &[&format!("n{i}")],
+        )
+        .await
+        .unwrap();
+    }
+    let got = healthy.wait_until(WAIT, |r| r.len() >= 200).await;
+    let took = started.elapsed();
+    assert_eq!(got.len(), 200, "log:\n{}", h.daemon_log());
+    // The blackhole's timeout is 2 s and it needs 3 of them to trip; the
+    // healthy hook must not wait for any of that.
+    assert!(took < Duration::from_secs(10), "healthy hook took {took:?}");
+    wait_state(&h, dead, 3).await;
+    wait_state(&h, broken, 3).await;
+    let deadline = Instant::now() + WAIT;
+    while parked(&h, dead).await < 200 || parked(&h, broken).await < 200 {
+        assert!(Instant::now() < deadline, "log:\n{}", h.daemon_log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last_error: String =
+        h.db.query_one(
+            "SELECT last_error FROM walhook.webhook_usage WHERE webhook_id = $1",
+            &[&dead],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(last_error.contains("timed out"), "{last_error}");
+    assert!(h.stop_daemon().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_one_row_keep_commit_order_under_concurrency() {
+    let mut h = Harness::start(CRM, "concurrency_per_webhook = 8\n").await;
+    // Random small delays make overtaking likely if order were not kept.
+    let receiver = Receiver::start_with(|r, _| {
+        let body = r.json();
+        let v = body["FieldValues"]["version"].as_i64().unwrap_or(0);
+        std::thread::sleep(Duration::from_millis((v % 3) as u64));
+        200
+    })
+    .await
+    .unwrap();
+    h.add_hook("*", &receiver.url("/o"), None).await;
+    h.start_daemon().await;
+    h.db.batch_execute(
+        "INSERT INTO contact (name) SELECT 'row' || i FROM generate_series(1, 10) i",
+    )
+    .await
+    .unwrap();
+    for v in 1..=20 {
+        h.db.execute("UPDATE contact SET version = $1", &[&v])
+            .await
+            .unwrap();
+    }
+    // A key-changing UPDATE orders after both keys.
+    h.db.batch_execute("UPDATE contact SET contact_id = 100, version = 21 WHERE contact_id = 1")
+        .await
+        .unwrap();
+    let total = 10 + 200 + 1;
+    let got = receiver.wait_until(WAIT, |r| r.len() >= total).await;
+    assert_eq!(got.len(), total, "log:\n{}", h.daemon_log());
+    let mut per_row: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for r in &got {
+        let b = r.json();
+        let key = b["PrimaryKey"].as_i64().unwrap();
+        let key = if key == 100 { 1 } else { key };
+        per_row
+            .entry(key)
+            .or_default()
+            .push(b["FieldValues"]["version"].as_i64().unwrap());
+    }
+    for (row, versions) in &per_row {
+        let mut sorted = versions.clone();
+        sorted.sort();
+        assert_eq!(versions, &sorted, "row {row} out of order");
+    }
+    assert_eq!(per_row[&1].last(), Some(&21));
+    assert!(h.stop_daemon().success());
+}
