@@ -475,11 +475,76 @@ pub async fn run(
     on_ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    let mut on_ready = Some(on_ready);
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match session(&config, &mut shutdown, &mut on_ready).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.downcast_ref::<Disconnected>().is_some() => {
+                tracing::warn!("{e:#}; reconnecting in {wait:?}");
+                let _ = sd_notify::notify(
+                    false,
+                    &[sd_notify::NotifyState::Status("reconnecting to PostgreSQL")],
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The connection to PostgreSQL was lost or refused: a new session may
+/// succeed (the server restarted, the walsender was terminated, the
+/// network dropped). Anything else ends the daemon with an error.
+#[derive(Debug, thiserror::Error)]
+#[error("connection lost: {0:#}")]
+pub struct Disconnected(anyhow::Error);
+
+/// Mark errors of a closed or refused connection as [`Disconnected`].
+fn disconnected(e: anyhow::Error) -> anyhow::Error {
+    let lost = e.chain().any(|cause| {
+        if let Some(pg) = cause.downcast_ref::<tokio_postgres::Error>() {
+            return pg.is_closed()
+                || pg.code().is_some_and(|c| {
+                    // admin_shutdown, crash_shutdown, cannot_connect_now
+                    c.code().starts_with("57P") || c.code().starts_with("08")
+                });
+        }
+        cause.downcast_ref::<std::io::Error>().is_some()
+    });
+    let text = format!("{e:#}");
+    let stream_lost = text.contains("replication stream failed")
+        || text.contains("is active for PID")
+        || text.contains("connection refused")
+        || text.contains("Connection refused")
+        || text.contains("the database system is")
+        || text.contains("terminating connection")
+        || text.contains("io error");
+    if lost || stream_lost {
+        anyhow::Error::new(Disconnected(e))
+    } else {
+        e
+    }
+}
+
+/// One session: connect, stream, deliver, until shutdown or an error.
+async fn session(
+    config: &Arc<Config>,
+    shutdown: &mut watch::Receiver<bool>,
+    on_ready: &mut Option<impl FnOnce()>,
+) -> anyhow::Result<()> {
+    let config = Arc::clone(config);
     let conn = config.connection()?;
-    let sql = Arc::new(connect_sql(&conn).await?);
+    let sql = Arc::new(connect_sql(&conn).await.map_err(disconnected)?);
     let schema = config.postgres.schema.clone();
     let slot = config.postgres.slot.clone();
-    wait_for_leadership(&sql, &slot, &mut shutdown).await?;
+    wait_for_leadership(&sql, &slot, shutdown)
+        .await
+        .map_err(disconnected)?;
     if *shutdown.borrow() {
         return Ok(());
     }
@@ -506,14 +571,18 @@ pub async fn run(
         ],
         status_interval: config.postgres.status_interval,
     })
-    .await?;
+    .await
+    .map_err(disconnected)?;
     tracing::info!(
         slot = %slot,
         position = %start,
         hooks = registry.hooks().count(),
         "streaming"
     );
-    on_ready();
+    if let Some(ready) = on_ready.take() {
+        ready();
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status("streaming")]);
 
     let mut pipeline = Pipeline {
         builder: EventBuilder::new(&config, types),
@@ -609,5 +678,5 @@ pub async fn run(
     }
     tracing::info!(confirmed = %source.reported(), "stopped");
     source.stop().await;
-    result
+    result.map_err(disconnected)
 }

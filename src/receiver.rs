@@ -20,6 +20,8 @@ pub struct ReceivedRequest {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
+    /// The status the receiver answered with.
+    pub status: u16,
 }
 
 impl ReceivedRequest {
@@ -127,16 +129,18 @@ async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    let request = ReceivedRequest {
+    let mut request = ReceivedRequest {
         path: uri.path().to_owned(),
         headers,
         body,
         at: Instant::now(),
+        status: 0,
     };
     let status = {
         let mut requests = shared.requests.lock().unwrap_or_else(|e| e.into_inner());
         let before = requests.iter().filter(|r| r.path == request.path).count();
-        let status = (shared.responder)(&request, before);
+        request.status = (shared.responder)(&request, before);
+        let status = request.status;
         requests.push(request);
         status
     };

@@ -106,6 +106,50 @@ impl Harness {
         .await;
     }
 
+    /// Start another `walhook run` (a would-be standby) beside the first.
+    pub fn spawn_extra_daemon(&mut self) -> Child {
+        self.runs += 1;
+        let log = std::fs::File::create(self.log_path(self.runs)).unwrap();
+        Command::new(BIN)
+            .arg("-c")
+            .arg(&self.config_path)
+            .arg("run")
+            .env("RUST_LOG", "walhook=debug,info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("walhook run starts")
+    }
+
+    /// Adopt a daemon started with `spawn_extra_daemon` as the main one.
+    pub fn adopt_daemon(&mut self, child: Child) {
+        assert!(self.daemon.is_none());
+        self.daemon = Some(child);
+    }
+
+    /// Whether the main daemon is still running.
+    pub fn daemon_running(&mut self) -> bool {
+        self.daemon
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// A new SQL session (after the server restarted).
+    pub async fn reconnect_db(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.cluster.client("postgres").await {
+                Ok(db) => {
+                    self.db = db;
+                    return;
+                }
+                Err(e) if std::time::Instant::now() > deadline => panic!("reconnect: {e:#}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
     /// SIGTERM and wait for a clean exit; returns the exit status.
     pub fn stop_daemon(&mut self) -> std::process::ExitStatus {
         let mut child = self.daemon.take().expect("daemon running");

@@ -1,0 +1,390 @@
+//! Crash safety: kill -9, PostgreSQL restarts, a terminated walsender, a
+//! receiver that goes away, a standby taking over, and restart fidelity.
+//! After each, every committed change reaches the hook at least once,
+//! repeats carry the same EventId, and per-row order holds.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use walhook::cluster::StopMode;
+use walhook::receiver::{ReceivedRequest, Receiver};
+
+const ITEMS: &str = "CREATE TABLE item (id int PRIMARY KEY, version int NOT NULL);";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Transactions the writer saw commit: each inserts item i and sets the
+/// version of item ((i - 1) % 10) + 1 to i.
+#[derive(Default)]
+struct Committed(Mutex<BTreeSet<i32>>);
+
+/// Write `n` transactions, reconnecting through server restarts. A
+/// transaction whose commit is unknown is simply not counted.
+async fn write(cluster_url: String, n: i32, pause: Duration, committed: Arc<Committed>) {
+    let connect = || async {
+        loop {
+            if let Ok((client, conn)) =
+                tokio_postgres::connect(&cluster_url, tokio_postgres::NoTls).await
+            {
+                tokio::spawn(conn);
+                return client;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let mut db = connect().await;
+    for i in 1..=n {
+        let sql = format!(
+            "BEGIN; INSERT INTO item VALUES ({i}, 0); \
+             UPDATE item SET version = {i} WHERE id = {}; COMMIT;",
+            (i - 1) % 10 + 1
+        );
+        match db.batch_execute(&sql).await {
+            Ok(()) => {
+                committed.0.lock().unwrap().insert(i);
+            }
+            Err(_) => db = connect().await,
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Check what arrived against what was committed; returns the number of
+/// duplicate deliveries.
+fn verify(requests: &[ReceivedRequest], committed: &BTreeSet<i32>) -> usize {
+    let mut ids_by_change: HashMap<(String, i64, i64), BTreeSet<String>> = HashMap::new();
+    let mut first_seen: Vec<(String, i64, i64)> = Vec::new();
+    let mut seen_ids = BTreeSet::new();
+    let mut duplicates = 0;
+    for r in requests {
+        let b = r.json();
+        let event = b["Event"].as_str().unwrap().to_owned();
+        let pk = b["PrimaryKey"].as_i64().unwrap();
+        let version = b["FieldValues"]["version"].as_i64().unwrap();
+        let id = b["EventId"].as_str().unwrap().to_owned();
+        ids_by_change
+            .entry((event.clone(), pk, version))
+            .or_default()
+            .insert(id.clone());
+        if seen_ids.insert(id) {
+            first_seen.push((event, pk, version));
+        } else {
+            duplicates += 1;
+        }
+    }
+    for (change, ids) in &ids_by_change {
+        assert_eq!(
+            ids.len(),
+            1,
+            "change {change:?} arrived with different EventIds {ids:?}"
+        );
+    }
+    let created: BTreeSet<i64> = first_seen
+        .iter()
+        .filter(|c| c.0 == "item.created")
+        .map(|c| c.1)
+        .collect();
+    let mut per_row: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for (event, pk, version) in &first_seen {
+        if event == "item.changed" {
+            per_row.entry(*pk).or_default().push(*version);
+        }
+    }
+    for &i in committed {
+        assert!(
+            created.contains(&(i as i64)),
+            "item {i} created but never delivered"
+        );
+        let row = ((i - 1) % 10 + 1) as i64;
+        assert!(
+            per_row.get(&row).is_some_and(|v| v.contains(&(i as i64))),
+            "update of item {row} to version {i} never delivered"
+        );
+    }
+    for (row, versions) in &per_row {
+        assert!(
+            versions.windows(2).all(|w| w[0] <= w[1]),
+            "item {row} changes out of commit order: {versions:?}"
+        );
+    }
+    duplicates
+}
+
+fn delivered_all(requests: &[ReceivedRequest], committed: &BTreeSet<i32>) -> bool {
+    let ids: BTreeSet<String> = requests
+        .iter()
+        .map(|r| r.json()["EventId"].as_str().unwrap_or("").to_owned())
+        .collect();
+    ids.len() >= committed.len() * 2
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_kills_during_a_sustained_workload_lose_nothing() {
+    let mut h = Harness::start(ITEMS, "").await;
+    let receiver = Receiver::start().await.unwrap();
+    h.add_hook("item.*", &receiver.url("/k"), None).await;
+    h.start_daemon().await;
+    let committed = Arc::new(Committed::default());
+    let writer = tokio::spawn(write(
+        h.cluster.url("postgres"),
+        600,
+        Duration::from_millis(4),
+        Arc::clone(&committed),
+    ));
+    // Kill at pseudo-random moments: each after a varying number of deliveries.
+    let mut state: u64 = 0x9e37_79b9;
+    for _ in 0..10 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let gap = 10 + (state >> 33) as usize % 60;
+        let seen = receiver.requests().len();
+        receiver
+            .wait_until(Duration::from_secs(10), |r| r.len() >= seen + gap)
+            .await;
+        h.kill_daemon();
+        h.start_daemon().await;
+    }
+    writer.await.unwrap();
+    let committed = committed.0.lock().unwrap().clone();
+    let got = receiver
+        .wait_until(WAIT, |r| delivered_all(r, &committed))
+        .await;
+    let duplicates = verify(&got, &committed);
+    eprintln!(
+        "10 kills: {} transactions committed, {} requests, {duplicates} duplicates",
+        committed.len(),
+        got.len()
+    );
+    assert!(h.stop_daemon().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarts_and_a_terminated_walsender_lose_nothing() {
+    let mut h = Harness::start(ITEMS, "").await;
+    let receiver = Receiver::start().await.unwrap();
+    h.add_hook("item.*", &receiver.url("/r"), None).await;
+    h.start_daemon().await;
+    let committed = Arc::new(Committed::default());
+    let writer = tokio::spawn(write(
+        h.cluster.url("postgres"),
+        400,
+        Duration::from_millis(5),
+        Arc::clone(&committed),
+    ));
+    for mode in [StopMode::Fast, StopMode::Immediate] {
+        let seen = receiver.requests().len();
+        receiver
+            .wait_until(Duration::from_secs(10), |r| r.len() >= seen + 60)
+            .await;
+        h.cluster.restart(mode).unwrap();
+        h.reconnect_db().await;
+    }
+    let seen = receiver.requests().len();
+    receiver
+        .wait_until(Duration::from_secs(20), |r| r.len() >= seen + 60)
+        .await;
+    let terminated: i64 =
+        h.db.query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(active_pid) \
+               FROM pg_replication_slots WHERE slot_name = 'walhook' AND active) t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(terminated, 1, "the walsender was streaming");
+    writer.await.unwrap();
+    let committed = committed.0.lock().unwrap().clone();
+    let got = receiver
+        .wait_until(WAIT, |r| delivered_all(r, &committed))
+        .await;
+    assert!(
+        h.daemon_running(),
+        "walhook reconnects by itself:\n{}",
+        h.daemon_log()
+    );
+    let duplicates = verify(&got, &committed);
+    eprintln!(
+        "2 restarts + terminated walsender: {} transactions, {duplicates} duplicates",
+        committed.len()
+    );
+    assert!(h.stop_daemon().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_stops_answering_and_comes_back_gets_everything() {
+    let mut h = Harness::start(
+        ITEMS,
+        "max_consecutive_errors = 1000\nmax_backoff = \"500ms\"\ntimeout = \"1s\"\n",
+    )
+    .await;
+    let up = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&up);
+    let receiver = Receiver::start_with(move |_, _| {
+        if flag.load(Ordering::SeqCst) {
+            200
+        } else {
+            503
+        }
+    })
+    .await
+    .unwrap();
+    h.add_hook("item.*", &receiver.url("/flap"), None).await;
+    h.start_daemon().await;
+    let committed = Arc::new(Committed::default());
+    let writer = tokio::spawn(write(
+        h.cluster.url("postgres"),
+        200,
+        Duration::from_millis(5),
+        Arc::clone(&committed),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    up.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    up.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    let committed = committed.0.lock().unwrap().clone();
+    // Requests answered 503 were not deliveries.
+    let answered_ok = |r: &[ReceivedRequest]| -> Vec<ReceivedRequest> {
+        r.iter().filter(|x| x.status == 200).cloned().collect()
+    };
+    let got = receiver
+        .wait_until(WAIT, |r| delivered_all(&answered_ok(r), &committed))
+        .await;
+    let ok = answered_ok(&got);
+    assert!(got.len() > ok.len(), "the outage refused some requests");
+    let duplicates = verify(&ok, &committed);
+    eprintln!(
+        "receiver outage: {} transactions, {duplicates} repeated requests",
+        committed.len()
+    );
+    assert!(h.stop_daemon().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_within_ten_seconds() {
+    let mut h = Harness::start(ITEMS, "").await;
+    let receiver = Receiver::start().await.unwrap();
+    h.add_hook("item.*", &receiver.url("/s"), None).await;
+    h.start_daemon().await;
+    let mut standby = h.spawn_extra_daemon();
+    let log_run = 2;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(h.log_path(log_run))
+        .unwrap_or_default()
+        .contains("standby")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no standby line:\n{}",
+            h.daemon_log()
+        );
+        assert!(
+            standby.try_wait().unwrap().is_none(),
+            "the standby exited:\n{}",
+            h.daemon_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.db.batch_execute("INSERT INTO item VALUES (1, 0)")
+        .await
+        .unwrap();
+    receiver.wait_until(WAIT, |r| !r.is_empty()).await;
+
+    h.kill_daemon();
+    let killed = Instant::now();
+    h.db.batch_execute("INSERT INTO item VALUES (2, 0)")
+        .await
+        .unwrap();
+    let got = receiver
+        .wait_until(Duration::from_secs(20), |r| {
+            r.iter().any(|x| x.json()["PrimaryKey"] == 2)
+        })
+        .await;
+    let took = killed.elapsed();
+    assert!(
+        got.iter().any(|x| x.json()["PrimaryKey"] == 2),
+        "standby never took over:\n{}",
+        h.daemon_log()
+    );
+    assert!(took < Duration::from_secs(10), "takeover took {took:?}");
+    eprintln!("standby took over and delivered within {took:?}");
+    h.adopt_daemon(standby);
+    assert!(h.stop_daemon().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_changes_meet_the_hooks_of_their_time() {
+    let mut h = Harness::start(
+        ITEMS,
+        "max_consecutive_errors = 1000\nmax_backoff = \"200ms\"\n",
+    )
+    .await;
+    // A holds the slot back by failing; C takes everything.
+    let a_status = Arc::new(AtomicU16::new(500));
+    let s = Arc::clone(&a_status);
+    let a = Receiver::start_with(move |_, _| s.load(Ordering::SeqCst))
+        .await
+        .unwrap();
+    let c = Receiver::start().await.unwrap();
+    let b = Receiver::start().await.unwrap();
+    h.add_hook("item.*", &a.url("/a"), None).await;
+    let c_id = h.add_hook("item.*", &c.url("/c"), None).await;
+    h.start_daemon().await;
+    h.db.batch_execute("INSERT INTO item VALUES (1, 0)")
+        .await
+        .unwrap();
+    c.wait_until(WAIT, |r| !r.is_empty()).await;
+    a.wait_until(WAIT, |r| !r.is_empty()).await;
+    // After change X: C removed, B added. X stays unconfirmed (A fails).
+    h.db.execute(
+        "DELETE FROM walhook.webhook WHERE webhook_id = $1",
+        &[&c_id],
+    )
+    .await
+    .unwrap();
+    h.add_hook("item.*", &b.url("/b"), None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.kill_daemon();
+
+    a_status.store(200, Ordering::SeqCst);
+    h.start_daemon().await;
+    h.db.batch_execute("INSERT INTO item VALUES (2, 0)")
+        .await
+        .unwrap();
+    a.wait_until(WAIT, |r| {
+        r.iter().filter(|x| x.json()["PrimaryKey"] == 2).count() >= 1
+    })
+    .await;
+    b.wait_until(WAIT, |r| !r.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let keys = |r: &Receiver| -> Vec<i64> {
+        r.requests()
+            .iter()
+            .map(|x| x.json()["PrimaryKey"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        keys(&b),
+        [2],
+        "B was added after X: it gets only later changes"
+    );
+    assert_eq!(
+        keys(&c),
+        [1, 1],
+        "C existed at X: the replayed X reaches it again (same EventId), later ones do not"
+    );
+    let c_ids: BTreeSet<String> = c
+        .requests()
+        .iter()
+        .map(|x| x.json()["EventId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(c_ids.len(), 1);
+    assert!(keys(&a).contains(&1) && keys(&a).contains(&2));
+    assert!(h.stop_daemon().success());
+}
