@@ -68,6 +68,9 @@ pub struct CaptureConfig {
     /// `schema.table` patterns; `*` matches any run of characters.
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// Changes to a partition are published as changes to its partitioned
+    /// table (events name the parent); false names the partition.
+    pub publish_via_partition_root: bool,
 }
 
 impl Default for CaptureConfig {
@@ -75,6 +78,7 @@ impl Default for CaptureConfig {
         CaptureConfig {
             include: vec!["*.*".into()],
             exclude: Vec::new(),
+            publish_via_partition_root: true,
         }
     }
 }

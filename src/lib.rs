@@ -22,6 +22,7 @@ pub mod registry;
 pub mod source;
 pub mod store;
 
+pub mod admin;
 pub mod cli;
 pub mod cluster;
 pub mod config;

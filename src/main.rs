@@ -6,7 +6,7 @@ use tokio::sync::watch;
 
 use walhook::cli::{exit, Cli, Command, DEFAULT_CONFIG};
 use walhook::config::{Config, LogFormat};
-use walhook::{daemon, demo, setup};
+use walhook::{admin, daemon, demo, setup};
 
 fn main() -> ExitCode {
     // pgwire-replication and reqwest both use rustls; with more than one
@@ -67,18 +67,37 @@ fn init_logging(config: &Config) {
 }
 
 async fn dispatch(command: Command, config: Config) -> u8 {
-    let result = match command {
-        Command::Run => run(config).await,
-        Command::Setup { dry_run } => run_setup(config, dry_run).await,
+    let (result, logged) = match command {
+        Command::Run => (run(config).await.map(|()| exit::OK), true),
+        Command::Setup { dry_run } => (run_setup(config, dry_run).await.map(|()| exit::OK), true),
         Command::Check => return run_check(config).await,
-        Command::Demo => demo::run().await,
+        Command::Demo => (demo::run().await.map(|()| exit::OK), true),
+        Command::Status { json } => (admin::status(&config, json).await, false),
+        Command::Webhook { command } => (admin::webhook(&config, command).await, false),
+        Command::Teardown { drop_schema, yes } => {
+            (admin::teardown(&config, drop_schema, yes).await, false)
+        }
+        Command::Replay { webhook } => (
+            walhook::delivery::replay::run(config, webhook)
+                .await
+                .map(|()| exit::OK),
+            false,
+        ),
     };
     match result {
-        Ok(()) => exit::OK,
+        Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // The daemon's errors also go to the log; the DBA's commands
+            // only print theirs once.
+            if logged {
+                tracing::error!("{e:#}");
+            }
             eprintln!("walhook: {e:#}");
-            exit::FAILURE
+            if e.downcast_ref::<admin::Invalid>().is_some() {
+                exit::CONFIG
+            } else {
+                exit::FAILURE
+            }
         }
     }
 }

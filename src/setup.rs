@@ -4,7 +4,7 @@
 //! would bring the database to the wanted state, and runs only those (a
 //! second run runs nothing and says so). `--dry-run` prints them instead.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use anyhow::{bail, Context};
@@ -178,6 +178,7 @@ pub async fn plan(client: &Client, config: &Config) -> anyhow::Result<Plan> {
         publication,
         &full,
         "insert, update, delete, truncate",
+        config.capture.publish_via_partition_root,
     )
     .await?;
     plan_publication(
@@ -186,6 +187,7 @@ pub async fn plan(client: &Client, config: &Config) -> anyhow::Result<Plan> {
         &keyless_publication(config),
         &keyless,
         "insert, truncate",
+        config.capture.publish_via_partition_root,
     )
     .await?;
 
@@ -232,74 +234,73 @@ async fn plan_publication(
     name: &str,
     wanted: &BTreeMap<String, String>,
     publish: &str,
+    via_root: bool,
 ) -> anyhow::Result<()> {
-    let exists = client
+    let options = format!(
+        "publish = {}, publish_via_partition_root = {via_root}",
+        literal(publish)
+    );
+    let existing = client
         .query_opt(
-            "SELECT pubviaroot FROM pg_publication WHERE pubname = $1",
+            "SELECT concat_ws(', ', CASE WHEN pubinsert THEN 'insert' END, \
+                    CASE WHEN pubupdate THEN 'update' END, CASE WHEN pubdelete THEN 'delete' END, \
+                    CASE WHEN pubtruncate THEN 'truncate' END), pubviaroot \
+               FROM pg_publication WHERE pubname = $1",
             &[&name],
         )
         .await
-        .context("reading pg_publication")?
-        .is_some();
+        .context("reading pg_publication")?;
     let list = wanted.values().cloned().collect::<Vec<_>>().join(", ");
-    if !exists {
+    let Some(existing) = existing else {
         plan.statements.push(if wanted.is_empty() {
-            format!(
-                "CREATE PUBLICATION {} WITH (publish = {})",
-                ident(name),
-                literal(publish)
-            )
+            format!("CREATE PUBLICATION {} WITH ({options})", ident(name))
         } else {
             format!(
-                "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish = {})",
-                ident(name),
-                literal(publish)
+                "CREATE PUBLICATION {} FOR TABLE {list} WITH ({options})",
+                ident(name)
             )
         });
         return Ok(());
+    };
+    let current_publish: String = existing.get(0);
+    let current_via_root: bool = existing.get(1);
+    if current_publish != publish || current_via_root != via_root {
+        plan.statements
+            .push(format!("ALTER PUBLICATION {} SET ({options})", ident(name)));
     }
-    // Compare tables and column lists with what is published now.
+    // The tables named in the publication and their column lists (empty:
+    // all columns), compared with the wanted ones.
     let rows = client
         .query(
-            "SELECT schemaname::text, tablename::text, attnames::text[] \
-               FROM pg_publication_tables WHERE pubname = $1",
+            "SELECT n.nspname::text || '.' || c.relname::text, \
+                    coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) \
+                                FROM pg_attribute a \
+                               WHERE a.attrelid = pr.prrelid AND a.attnum = ANY (pr.prattrs)), \
+                             '{}'::text[]) \
+               FROM pg_publication_rel pr \
+               JOIN pg_publication p ON p.oid = pr.prpubid \
+               JOIN pg_class c ON c.oid = pr.prrelid \
+               JOIN pg_namespace n ON n.oid = c.relnamespace \
+              WHERE p.pubname = $1",
             &[&name],
         )
         .await
-        .context("reading pg_publication_tables")?;
-    let current: BTreeSet<String> = rows
+        .context("reading pg_publication_rel")?;
+    let current: BTreeMap<String, Vec<String>> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let wanted_columns: BTreeMap<String, Vec<String>> = wanted
         .iter()
-        .map(|r| {
-            let schema: String = r.get(0);
-            let table: String = r.get(1);
-            let cols: Vec<String> = r.get::<_, Option<Vec<String>>>(2).unwrap_or_default();
-            format!("{schema}.{table}:{}", cols.join(","))
-        })
+        .map(|(qualified, entry)| (qualified.clone(), entry_columns(entry)))
         .collect();
-    let wanted_set: BTreeSet<String> = wanted
-        .iter()
-        .map(|(qualified, entry)| format!("{qualified}:{}", entry_columns(entry).join(",")))
-        .collect();
-    // pg_publication_tables lists all columns when there is no column list,
-    // so compare table names when the wanted entry has no list.
-    let same = current.len() == wanted_set.len()
-        && wanted.iter().all(|(qualified, entry)| {
-            let cols = entry_columns(entry);
-            current.iter().any(|c| {
-                let (t, list) = c.split_once(':').unwrap_or((c, ""));
-                t == qualified && (cols.is_empty() || list == cols.join(","))
-            })
-        });
-    if same {
+    if current == wanted_columns {
         return Ok(());
     }
     if wanted.is_empty() {
         plan.statements
             .push(format!("DROP PUBLICATION {}", ident(name)));
         plan.statements.push(format!(
-            "CREATE PUBLICATION {} WITH (publish = {})",
-            ident(name),
-            literal(publish)
+            "CREATE PUBLICATION {} WITH ({options})",
+            ident(name)
         ));
     } else {
         plan.statements.push(format!(

@@ -1,0 +1,525 @@
+#!/usr/bin/env bash
+# walhook throughput benchmark with a fixed workload. See bench/README.md.
+#
+#   bench/run.sh                          # the full workload (100,000 + 50,000)
+#   ROWS=2000 UPDATES=1000 bench/run.sh   # a quick smoke run
+#
+# Knobs (environment): ROWS (default 100000), UPDATES (default 50000, at most
+# ROWS), CONCURRENCY (delivery.concurrency_per_webhook, default 8),
+# SKIP_BUILD=1 (use the existing target/release/walhook), KEEP_TMP=1 (keep
+# the temp dir with all logs), WALHOOK_TIMEOUT (seconds, default 900),
+# RECVLOGICAL_TIMEOUT (seconds, default 600), DELIVERY_EXTRA (raw TOML lines
+# added to walhook's [delivery] table, e.g. DELIVERY_EXTRA='max_in_flight_bytes = 1048576').
+set -euo pipefail
+
+ROWS=${ROWS:-100000}
+UPDATES=${UPDATES:-50000}
+CONCURRENCY=${CONCURRENCY:-8}
+WALHOOK_TIMEOUT=${WALHOOK_TIMEOUT:-900}
+RECVLOGICAL_TIMEOUT=${RECVLOGICAL_TIMEOUT:-600}
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP_TMP=${KEEP_TMP:-0}
+
+say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf '\n[bench] FAILED: %s\n' "$*" >&2; exit 1; }
+
+for v in ROWS UPDATES CONCURRENCY WALHOOK_TIMEOUT RECVLOGICAL_TIMEOUT; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
+done
+(( ROWS >= 1 )) || die "ROWS must be at least 1"
+(( UPDATES <= ROWS )) || die "UPDATES ($UPDATES) must not exceed ROWS ($ROWS)"
+(( CONCURRENCY >= 1 )) || die "CONCURRENCY must be at least 1"
+(( BASH_VERSINFO[0] >= 5 )) || die "bash 5 or newer is needed (EPOCHREALTIME)"
+EXPECTED=$(( ROWS + UPDATES ))
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+
+# ---------------------------------------------------------------- helpers
+
+now() { printf '%s' "$EPOCHREALTIME"; }
+# elapsed START END -> seconds with 3 decimals
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+# rate COUNT SECONDS -> changes per second, integer
+rate() { awk -v n="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.0f", n / s; else print "inf" }'; }
+
+# A port nothing on this machine uses, below the ephemeral range so that no
+# outgoing connection can be holding it.
+port_in_use() {
+    if command -v ss >/dev/null; then
+        ss -Htan 2>/dev/null | awk -v p="$1" '{ n = split($4, a, ":"); if (a[n] == p) found = 1 } END { exit !found }'
+    else
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+    fi
+}
+free_port() {
+    local p i low=32768 hi
+    read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+    hi=$(( low > 12000 ? low - 1 : 65000 ))
+    for i in $(seq 1 200); do
+        p=$(( 10000 + (RANDOM * 32768 + RANDOM) % (hi - 10000) ))
+        if ! port_in_use "$p"; then echo "$p"; return 0; fi
+    done
+    return 1
+}
+
+# CPU seconds (user + system) a live process has used so far.
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+cpu_seconds() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+    # Fields after the ")" that closes the command name: state is field 3,
+    # utime 14 and stime 15 of the whole line.
+    awk -v t="$CLK_TCK" '{ printf "%.2f", ($12 + $13) / t }' <<<"${stat##*) }"
+}
+
+# Wait for a pid to exit, at most $2 seconds; 0 if it exited.
+wait_exit() {
+    local pid=$1 deadline=$(( SECONDS + $2 ))
+    while kill -0 "$pid" 2>/dev/null; do
+        (( SECONDS < deadline )) || return 1
+        sleep 0.1
+    done
+}
+
+IS_ROOT=0
+[[ $(id -u) -eq 0 ]] && IS_ROOT=1
+# PostgreSQL refuses to run as root: its programs run as the postgres user.
+as_pg() {
+    if (( IS_ROOT )); then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+apt_install() {
+    (( IS_ROOT )) || die "$* is not installed and installing needs root (apt-get install -y $*)"
+    command -v apt-get >/dev/null || die "$* is not installed and apt-get is not available"
+    say "installing $* with apt-get..."
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q "$@" >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "$@" >/dev/null; }
+}
+
+# ------------------------------------------------------------ state/cleanup
+
+TMP=""
+PG_STARTED=0
+NGINX_PID=""
+WALHOOK_PID=""
+RECV_PID=""
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    if [[ -n $RECV_PID ]] && kill -0 "$RECV_PID" 2>/dev/null; then
+        kill -TERM "$RECV_PID" 2>/dev/null; wait_exit "$RECV_PID" 5 || kill -KILL "$RECV_PID" 2>/dev/null
+    fi
+    if [[ -n $WALHOOK_PID ]] && kill -0 "$WALHOOK_PID" 2>/dev/null; then
+        kill -TERM "$WALHOOK_PID" 2>/dev/null
+        wait_exit "$WALHOOK_PID" 20 || kill -KILL "$WALHOOK_PID" 2>/dev/null
+    fi
+    if [[ -n $NGINX_PID ]] && kill -0 "$NGINX_PID" 2>/dev/null; then
+        kill -QUIT "$NGINX_PID" 2>/dev/null
+        wait_exit "$NGINX_PID" 10 || kill -KILL "$NGINX_PID" 2>/dev/null
+    fi
+    if (( PG_STARTED )); then
+        as_pg "$PG_BIN/pg_ctl" -D "$TMP/pg/data" -m fast -t 30 stop >/dev/null 2>&1 \
+            || as_pg "$PG_BIN/pg_ctl" -D "$TMP/pg/data" -m immediate stop >/dev/null 2>&1
+    fi
+    if [[ -n $TMP && -d $TMP ]]; then
+        if (( rc != 0 )); then
+            for f in walhook.log pg/postgres.log nginx/error.log recvlogical.log; do
+                if [[ -s $TMP/$f ]]; then
+                    echo "---- last lines of $f ----" >&2
+                    tail -n 25 "$TMP/$f" >&2
+                fi
+            done
+        fi
+        if (( KEEP_TMP )); then
+            echo "[bench] temp dir kept: $TMP" >&2
+        else
+            rm -rf "$TMP"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------------ build
+
+if [[ $SKIP_BUILD != 1 ]]; then
+    say "cargo build --release"
+    cargo build --release --quiet || die "cargo build --release failed"
+fi
+WALHOOK="$REPO/target/release/walhook"
+[[ -x $WALHOOK ]] || die "$WALHOOK not found (build it with cargo build --release)"
+
+# ---------------------------------------------------------------- binaries
+
+PG_BIN=""
+find_pg_bin() {
+    local d
+    if command -v initdb >/dev/null && command -v postgres >/dev/null; then
+        d=$(dirname "$(readlink -f "$(command -v initdb)")")
+        [[ -x $d/pg_ctl && -x $d/postgres ]] && { PG_BIN=$d; return 0; }
+    fi
+    for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+        [[ -x $d/initdb && -x $d/postgres && -x $d/pg_ctl ]] && { PG_BIN=$d; return 0; }
+    done
+    return 1
+}
+find_pg_bin || { apt_install postgresql && find_pg_bin; } \
+    || die "PostgreSQL server binaries (initdb, postgres, pg_ctl) not found"
+pg_tool() {  # a client program, preferably from the server's version
+    if [[ -x $PG_BIN/$1 ]]; then echo "$PG_BIN/$1"
+    elif command -v "$1" >/dev/null; then command -v "$1"
+    else return 1; fi
+}
+PSQL_BIN=$(pg_tool psql) || die "psql not found"
+RECVLOGICAL_BIN=$(pg_tool pg_recvlogical) || die "pg_recvlogical not found"
+
+if ! command -v nginx >/dev/null && [[ ! -x /usr/sbin/nginx ]]; then
+    apt_install nginx-light || apt_install nginx || die "could not install nginx"
+fi
+NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
+[[ -x $NGINX_BIN ]] || die "nginx not found"
+if (( IS_ROOT )); then
+    id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' user to run PostgreSQL as"
+fi
+command -v curl >/dev/null || die "curl is needed (to check the receiver)"
+
+# -------------------------------------------------------------- PostgreSQL
+
+TMP=$(mktemp -d /tmp/walhook-bench.XXXXXX)
+chmod 755 "$TMP"
+mkdir -p "$TMP/pg" "$TMP/nginx"
+(( IS_ROOT )) && chown postgres: "$TMP/pg"
+
+say "initdb in $TMP/pg (PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'))"
+as_pg "$PG_BIN/initdb" -D "$TMP/pg/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 \
+    >"$TMP/pg/initdb.log" 2>&1 \
+    || as_pg "$PG_BIN/initdb" -D "$TMP/pg/data" -U postgres -A trust -E UTF8 --locale=C \
+        >"$TMP/pg/initdb.log" 2>&1 \
+    || { cat "$TMP/pg/initdb.log" >&2; die "initdb failed"; }
+cat >>"$TMP/pg/data/postgresql.conf" <<EOF
+
+# walhook bench
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$TMP/pg'
+wal_level = logical
+max_replication_slots = 10
+max_wal_senders = 10
+fsync = off
+autovacuum = off
+max_wal_size = 4GB
+logging_collector = off
+EOF
+PG_STARTED=1
+for attempt in 1 2 3; do
+    PG_PORT=$(free_port) || die "no free port for PostgreSQL"
+    say "starting PostgreSQL on 127.0.0.1:$PG_PORT (fsync=off)"
+    if as_pg "$PG_BIN/pg_ctl" -D "$TMP/pg/data" -l "$TMP/pg/postgres.log" -o "-p $PG_PORT" \
+        -w -t 60 start >/dev/null; then
+        break
+    fi
+    (( attempt < 3 )) || die "PostgreSQL did not start (see its log below)"
+    say "PostgreSQL did not start; trying another port"
+done
+
+PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/bench"
+psql_do() { "$PSQL_BIN" -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"; }
+q() { psql_do -d bench -c "$1"; }
+
+psql_do -d postgres -c "CREATE DATABASE bench" >/dev/null || die "CREATE DATABASE failed"
+q "CREATE TABLE bench_item (id int PRIMARY KEY, n int NOT NULL, label text NOT NULL)"
+
+# ------------------------------------------------------------------- nginx
+
+STUB_STATUS=0
+"$NGINX_BIN" -V 2>&1 | grep -q stub_status && STUB_STATUS=1
+# The receiver: 200 to everything, no logging, keep-alive without limit.
+write_nginx_conf() {
+    cat >"$TMP/nginx/nginx.conf" <<EOF
+worker_processes 2;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_buffer_size 1m;
+    client_max_body_size 16m;
+    client_body_temp_path $TMP/nginx/client_body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / { return 200; }
+        $( (( STUB_STATUS )) && echo "location = /__bench_status { stub_status; }" )
+    }
+}
+EOF
+}
+code=""
+for attempt in 1 2 3; do
+    NGINX_PORT=$(free_port) || die "no free port for nginx"
+    write_nginx_conf
+    "$NGINX_BIN" -t -q -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx" \
+        || die "nginx rejected its config ($TMP/nginx/nginx.conf)"
+    say "starting nginx on 127.0.0.1:$NGINX_PORT (worker_processes 2, location / { return 200; })"
+    "$NGINX_BIN" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx" \
+        >"$TMP/nginx/stdout.log" 2>&1 &
+    NGINX_PID=$!
+    HOOK_URL="http://127.0.0.1:$NGINX_PORT/hook"
+    for _ in $(seq 1 100); do
+        code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{}' "$HOOK_URL" 2>/dev/null || true)
+        [[ $code == 200 ]] && break
+        kill -0 "$NGINX_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    [[ $code == 200 ]] && break
+    if kill -0 "$NGINX_PID" 2>/dev/null; then
+        die "nginx does not answer POST $HOOK_URL with 200 (got '$code')"
+    fi
+    NGINX_PID=""
+    (( attempt < 3 )) || die "nginx exited at start (see its log below)"
+    say "nginx exited at start; trying another port"
+done
+
+# Requests nginx has served; -1 without stub_status. The status request
+# itself is counted, so callers subtract one per call.
+nginx_requests() {
+    (( STUB_STATUS )) || { echo -1; return; }
+    curl -s "http://127.0.0.1:$NGINX_PORT/__bench_status" 2>/dev/null \
+        | awk 'NR == 3 { print $3; found = 1 } END { if (!found) print -1 }'
+}
+
+# ------------------------------------------------------------ walhook setup
+
+cat >"$TMP/walhook.toml" <<EOF
+[postgres]
+url = "$PG_URL"
+status_interval = "1s"
+
+[delivery]
+allow_http = true
+allow_private_targets = true
+concurrency_per_webhook = $CONCURRENCY
+${DELIVERY_EXTRA:-}
+EOF
+say "walhook setup"
+"$WALHOOK" -c "$TMP/walhook.toml" setup >"$TMP/setup.log" 2>&1 \
+    || { cat "$TMP/setup.log" >&2; die "walhook setup failed"; }
+HOOK_ID=$(q "INSERT INTO walhook.webhook (name, events, target_url, secret)
+             VALUES ('bench', '*', '$HOOK_URL', 'bench-secret') RETURNING webhook_id" | head -n1)
+[[ $HOOK_ID =~ ^[0-9]+$ ]] || die "registering the webhook failed"
+q "SELECT pg_create_logical_replication_slot('bench_recvlogical', 'pgoutput')" >/dev/null
+[[ $(q "SELECT count(*) FROM pg_replication_slots WHERE slot_name IN ('walhook', 'bench_recvlogical')") == 2 ]] \
+    || die "the two replication slots are not there"
+
+# ---------------------------------------------------------------- workload
+
+say "workload: $ROWS inserts in one transaction, $UPDATES updates in another (no reader running)"
+t0=$(now)
+q "BEGIN;
+   INSERT INTO bench_item (id, n, label)
+        SELECT g, g, 'item ' || g FROM generate_series(1, $ROWS) AS g;
+   COMMIT;" >/dev/null
+q "BEGIN;
+   UPDATE bench_item SET n = n + 1, label = label || ' upd' WHERE id <= $UPDATES;
+   COMMIT;" >/dev/null
+END_LSN=$(q "SELECT pg_current_wal_lsn()")
+t1=$(now)
+WORKLOAD_SECONDS=$(elapsed "$t0" "$t1")
+WAL_BYTES=$(q "SELECT pg_wal_lsn_diff('$END_LSN', restart_lsn) FROM pg_replication_slots WHERE slot_name = 'bench_recvlogical'")
+WAL_MIB=$(awk -v b="$WAL_BYTES" 'BEGIN { printf "%.1f", b / 1048576 }')
+say "workload written in ${WORKLOAD_SECONDS}s; end LSN $END_LSN, $WAL_MIB MiB of WAL"
+
+# ---------------------------------------------------------- pg_recvlogical
+
+say "pg_recvlogical catching up to $END_LSN"
+t0=$(now)
+timeout "$RECVLOGICAL_TIMEOUT" "$RECVLOGICAL_BIN" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d bench \
+    --slot=bench_recvlogical --start --endpos="$END_LSN" --no-loop \
+    -o proto_version=1 -o publication_names=walhook,walhook_keyless \
+    -f /dev/null >"$TMP/recvlogical.log" 2>&1 &
+RECV_PID=$!
+set +e
+wait "$RECV_PID"
+recv_rc=$?
+set -e
+t1=$(now)
+RECV_PID=""
+(( recv_rc != 124 )) || die "pg_recvlogical did not reach $END_LSN within ${RECVLOGICAL_TIMEOUT}s"
+(( recv_rc == 0 )) || { cat "$TMP/recvlogical.log" >&2; die "pg_recvlogical exited with $recv_rc"; }
+RECV_SECONDS=$(elapsed "$t0" "$t1")
+RECV_RATE=$(rate "$EXPECTED" "$RECV_SECONDS")
+[[ $(q "SELECT confirmed_flush_lsn >= '$END_LSN'::pg_lsn FROM pg_replication_slots
+         WHERE slot_name = 'bench_recvlogical'") == t ]] \
+    || die "pg_recvlogical exited but its slot did not reach $END_LSN"
+say "pg_recvlogical: ${RECV_SECONDS}s, $RECV_RATE changes/s"
+# The slot is no longer needed; it would only hold WAL.
+q "SELECT pg_drop_replication_slot('bench_recvlogical')" >/dev/null
+
+# ------------------------------------------------------------------ walhook
+
+slot_done() {
+    [[ $(q "SELECT confirmed_flush_lsn >= '$END_LSN'::pg_lsn FROM pg_replication_slots
+             WHERE slot_name = 'walhook'" 2>/dev/null) == t ]]
+}
+usage_row() {
+    q "SELECT total_calls || ' ' || total_errors FROM walhook.webhook_usage WHERE webhook_id = $HOOK_ID" \
+        2>/dev/null || true
+}
+
+ng_base=$(nginx_requests)
+ng_polls=0
+NGINX_CPU_BEFORE=0
+for p in $(pgrep -P "$NGINX_PID" 2>/dev/null || true); do
+    NGINX_CPU_BEFORE=$(awk -v a="$NGINX_CPU_BEFORE" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
+done
+
+say "walhook run: catching up with $EXPECTED changes (timeout ${WALHOOK_TIMEOUT}s)"
+t0=$(now)
+NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$WALHOOK" -c "$TMP/walhook.toml" run >"$TMP/walhook.log" 2>&1 &
+WALHOOK_PID=$!
+deadline=$(( SECONDS + WALHOOK_TIMEOUT ))
+# Two milestones; walhook is done when both are reached:
+# - the slot's confirmed_flush_lsn reaches the end LSN (walhook confirms a
+#   position once everything before it is settled, which includes events
+#   parked in walhook.delivery, so this alone does not prove delivery);
+# - the receiver has all requests: nginx's request counter when stub_status
+#   is available, else webhook_usage.total_calls (written about once a second).
+SLOT_SECONDS=""
+DELIVERED_SECONDS=""
+if (( ng_base >= 0 )); then DELIVERED_BY="nginx stub_status"; else DELIVERED_BY="webhook_usage.total_calls"; fi
+next_progress=$(( SECONDS + 10 ))
+while :; do
+    kill -0 "$WALHOOK_PID" 2>/dev/null || die "walhook exited during the catch-up (see its log below)"
+    if [[ -z $DELIVERED_SECONDS ]]; then
+        if (( ng_base >= 0 )); then
+            n=$(nginx_requests)
+            ng_polls=$(( ng_polls + 1 ))
+            if (( n >= 0 && n - ng_base - ng_polls >= EXPECTED )); then
+                DELIVERED_SECONDS=$(elapsed "$t0" "$(now)")
+            fi
+        else
+            read -r c _ <<<"$(usage_row)" || true
+            if [[ ${c:-0} =~ ^[0-9]+$ ]] && (( c >= EXPECTED )); then
+                DELIVERED_SECONDS=$(elapsed "$t0" "$(now)")
+            fi
+        fi
+    fi
+    if [[ -z $SLOT_SECONDS ]] && slot_done; then
+        SLOT_SECONDS=$(elapsed "$t0" "$(now)")
+    fi
+    [[ -n $SLOT_SECONDS && -n $DELIVERED_SECONDS ]] && break
+    if (( SECONDS >= deadline )); then
+        [[ -n $SLOT_SECONDS ]] || die "walhook did not confirm $END_LSN within ${WALHOOK_TIMEOUT}s (webhook_usage calls/errors: $(usage_row))"
+        die "the receiver did not get all $EXPECTED requests within ${WALHOOK_TIMEOUT}s ($DELIVERED_BY; webhook_usage calls/errors: $(usage_row))"
+    fi
+    if (( SECONDS >= next_progress )); then
+        say "  ... $(elapsed "$t0" "$(now)")s, webhook_usage calls/errors: $(usage_row)${SLOT_SECONDS:+, slot confirmed at ${SLOT_SECONDS}s}"
+        next_progress=$(( SECONDS + 10 ))
+    fi
+    sleep 0.05
+done
+WALHOOK_SECONDS=$(awk -v a="$SLOT_SECONDS" -v b="$DELIVERED_SECONDS" 'BEGIN { printf "%.3f", (a > b ? a : b) }')
+WALHOOK_RATE=$(rate "$EXPECTED" "$WALHOOK_SECONDS")
+say "walhook done after ${WALHOOK_SECONDS}s (slot confirmed $END_LSN at ${SLOT_SECONDS}s, all requests received at ${DELIVERED_SECONDS}s)"
+
+# Statistics are written about once a second: wait for the last flush.
+calls=""; errors=""
+for _ in $(seq 1 50); do
+    read -r calls errors <<<"$(usage_row)" || true
+    [[ ${calls:-0} -ge $EXPECTED ]] && break
+    sleep 0.1
+done
+ng_final=-1
+if (( ng_base >= 0 )); then
+    n=$(nginx_requests)
+    ng_polls=$(( ng_polls + 1 ))
+    (( n >= 0 )) && ng_final=$(( n - ng_base - ng_polls ))
+fi
+
+# Resources, read while walhook still runs.
+WALHOOK_HWM=$(awk '/^VmHWM:/ { print $2 }' "/proc/$WALHOOK_PID/status")
+WALHOOK_CPU=$(cpu_seconds "$WALHOOK_PID")
+WALSENDER_PID=$(q "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'walhook'")
+WALSENDER_CPU=$( [[ $WALSENDER_PID =~ ^[0-9]+$ ]] && cpu_seconds "$WALSENDER_PID" || echo "?")
+SQL_CPU=0
+for p in $(q "SELECT pid FROM pg_stat_activity WHERE application_name = 'walhook'
+              AND backend_type = 'client backend'" 2>/dev/null || true); do
+    SQL_CPU=$(awk -v a="$SQL_CPU" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
+done
+NGINX_CPU_AFTER=0
+for p in $(pgrep -P "$NGINX_PID" 2>/dev/null || true); do
+    NGINX_CPU_AFTER=$(awk -v a="$NGINX_CPU_AFTER" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
+done
+NGINX_CPU=$(awk -v a="$NGINX_CPU_BEFORE" -v b="$NGINX_CPU_AFTER" 'BEGIN { printf "%.2f", b - a }')
+
+say "stopping walhook (SIGTERM)"
+kill -TERM "$WALHOOK_PID"
+wait_exit "$WALHOOK_PID" 30 || die "walhook did not exit within 30 s of SIGTERM"
+set +e
+wait "$WALHOOK_PID"
+walhook_rc=$?
+set -e
+WALHOOK_PID=""
+
+# Log lines without colour codes, in case the terminal escape codes are on.
+sed 's/\x1b\[[0-9;]*m//g' "$TMP/walhook.log" >"$TMP/walhook.plain.log"
+LOG_WARN=$(grep -c -E '(^| )(WARN|ERROR) ' "$TMP/walhook.plain.log" || true)
+
+# ---------------------------------------------------------------- verdicts
+
+problems=()
+[[ ${calls:-} =~ ^[0-9]+$ ]] || problems+=("walhook.webhook_usage has no row for webhook $HOOK_ID")
+[[ ${calls:-} == "$EXPECTED" ]] || problems+=("webhook_usage.total_calls is ${calls:-none}, expected $EXPECTED")
+[[ ${errors:-} == 0 ]] || problems+=("webhook_usage.total_errors is ${errors:-none}, expected 0")
+(( ng_final < 0 || ng_final == EXPECTED )) || problems+=("nginx counted $ng_final requests, expected $EXPECTED")
+(( walhook_rc == 0 )) || problems+=("walhook exited with status $walhook_rc after SIGTERM")
+
+RATIO=$(awk -v a="$WALHOOK_RATE" -v b="$RECV_RATE" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "?" }')
+CPU_PCT=$(awk -v c="$WALHOOK_CPU" -v s="$WALHOOK_SECONDS" 'BEGIN { printf "%.0f", 100 * c / s }')
+DELIVERED_RATE=$(rate "$EXPECTED" "$DELIVERED_SECONDS")
+DELIVERED_RATIO=$(awk -v a="$DELIVERED_RATE" -v b="$RECV_RATE" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "?" }')
+SLOT_NOTE=""
+if awk -v a="$SLOT_SECONDS" -v b="$DELIVERED_SECONDS" 'BEGIN { exit !(a + 0.5 < b) }'; then
+    SLOT_NOTE="NOTE: the slot was confirmed $(elapsed "$SLOT_SECONDS" "$DELIVERED_SECONDS") s before the last request arrived (parked events count as settled)"
+fi
+cat <<EOF
+
+================ walhook benchmark ================
+workload        : $ROWS inserts (1 transaction) + $UPDATES updates (1 transaction) = $EXPECTED changes
+                  table bench_item (id int PRIMARY KEY, n int, label text); $WAL_MIB MiB of WAL
+server          : PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), throwaway cluster, fsync=off, autovacuum=off
+machine         : $(nproc) CPUs
+receiver        : nginx, worker_processes 2, return 200, loopback
+walhook config  : concurrency_per_webhook = $CONCURRENCY, status_interval = 1s, 1 hook (events '*')${DELIVERY_EXTRA:+; extra [delivery]: $(tr '\n' ' ' <<<"$DELIVERY_EXTRA")}
+
+pg_recvlogical  : $RECV_RATE changes/s   (${RECV_SECONDS} s to $END_LSN)
+walhook         : $WALHOOK_RATE changes/s   (${WALHOOK_SECONDS} s from start until the slot confirmed $END_LSN and the receiver had every request)
+ratio           : $RATIO   (walhook / pg_recvlogical)
+walhook peak RSS: $(( WALHOOK_HWM / 1024 )) MiB   (VmHWM $WALHOOK_HWM kB)
+milestones      : slot confirmed at ${SLOT_SECONDS} s; receiver had all $EXPECTED requests at ${DELIVERED_SECONDS} s ($DELIVERED_BY)
+receiver-side   : $DELIVERED_RATE changes/s, ratio $DELIVERED_RATIO   (from the last-request time alone, without the confirmation delay)
+CPU during catch-up: walhook ${WALHOOK_CPU} s (${CPU_PCT}% of one core), its walsender ${WALSENDER_CPU} s, its SQL sessions ${SQL_CPU} s, nginx workers ${NGINX_CPU} s
+webhook_usage   : total_calls ${calls:-?}, total_errors ${errors:-?}; nginx counted $( (( ng_final >= 0 )) && echo "$ng_final" || echo "n/a") requests
+walhook log     : $LOG_WARN WARN/ERROR lines; exit status $walhook_rc after SIGTERM
+===================================================
+EOF
+[[ -n $SLOT_NOTE ]] && echo "$SLOT_NOTE"
+if (( LOG_WARN > 0 )); then
+    echo "walhook WARN/ERROR lines (first 10):"
+    grep -E '(^| )(WARN|ERROR) ' "$TMP/walhook.plain.log" | head -n 10
+fi
+if (( ${#problems[@]} > 0 )); then
+    for p in "${problems[@]}"; do echo "PROBLEM: $p" >&2; done
+    die "the run is not valid (see PROBLEM lines)"
+fi
