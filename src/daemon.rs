@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Context};
 use tokio::sync::watch;
 
 use crate::checkpoint::{Checkpoint, OpenTxn};
-use crate::config::{Config, Connection, SslMode};
+use crate::config::Config;
 use crate::delivery::{request, DeliveryContext, Dispatcher, Job, OrderScope};
 use crate::events::catalog::{self, TypeCatalog};
 use crate::events::{Change, ChangeEvent, EventBuilder, Operation, TxnInfo, WebhookRow};
@@ -24,29 +24,7 @@ use crate::setup::{ident, keyless_publication};
 use crate::source::{Source, SourceMessage, SourceSettings};
 use crate::store::{self, UsageBook};
 
-/// Open an ordinary SQL session (application_name and timeouts set).
-pub async fn connect_sql(conn: &Connection) -> anyhow::Result<tokio_postgres::Client> {
-    if matches!(
-        conn.sslmode,
-        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-    ) {
-        bail!(
-            "postgres.url: sslmode {:?} is not supported for SQL sessions yet; use sslmode=prefer or disable",
-            conn.sslmode
-        );
-    }
-    let (client, connection) = conn
-        .sql_config()
-        .connect(tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("connecting to PostgreSQL at {conn:?}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!("SQL session ended: {e}");
-        }
-    });
-    Ok(client)
-}
+pub use crate::postgres::connect_sql;
 
 /// The slot's confirmed position; a clear error when it is missing or lost.
 pub async fn slot_position(client: &tokio_postgres::Client, slot: &str) -> anyhow::Result<Lsn> {
@@ -517,6 +495,16 @@ fn disconnected(e: anyhow::Error) -> anyhow::Error {
         cause.downcast_ref::<std::io::Error>().is_some()
     });
     let text = format!("{e:#}");
+    // Retrying cannot fix these; they need the DBA.
+    let needs_fix = text.contains("does not exist")
+        || text.contains("permission denied")
+        || text.contains("authentication failed")
+        || text.contains("must be superuser or replication role")
+        || text.contains("wal_level")
+        || text.contains("invalidated");
+    if needs_fix {
+        return e;
+    }
     let stream_lost = text.contains("replication stream failed")
         || text.contains("is active for PID")
         || text.contains("connection refused")

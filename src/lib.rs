@@ -27,6 +27,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod postgres;
 pub mod demo;
 pub mod receiver;
 pub mod setup;

@@ -1,0 +1,168 @@
+//! Clear errors, without a panic or a retry storm, for what a DBA can get
+//! wrong: wal_level, privileges, missing objects, a busy slot, an
+//! unreachable server, a wrong password, a bad config.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use walhook::cluster::{Cluster, ClusterOptions};
+
+fn run_to_exit(config: &std::path::Path, timeout: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new(BIN)
+        .arg("-c")
+        .arg(config)
+        .arg("run")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            assert!(!err.contains("panicked"), "walhook panicked:\n{err}");
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let mut err = String::new();
+            use std::io::Read;
+            let _ = child.wait();
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            return (None, err);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn write_config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
+    let path = dir.join("walhook.toml");
+    std::fs::write(&path, format!("[postgres]\nurl = \"{url}\"\n")).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_level_not_logical_is_named_with_the_fix() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        Cluster::start_with(ClusterOptions {
+            extra_settings: vec![("wal_level".into(), "replica".into())],
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &cluster.url("postgres"));
+    let check = Command::new(BIN).arg("-c").arg(&config).arg("check").output().unwrap();
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(3), "{out}");
+    assert!(out.contains("FAIL  wal_level is replica: set wal_level = logical"), "{out}");
+    let setup = Command::new(BIN).arg("-c").arg(&config).arg("setup").output().unwrap();
+    let err = String::from_utf8_lossy(&setup.stderr);
+    assert_eq!(setup.status.code(), Some(1));
+    assert!(err.contains("wal_level"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_objects_privileges_busy_slot_and_passwords() {
+    let h = Harness::start("CREATE TABLE t (id int PRIMARY KEY);", "").await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // A role without REPLICATION.
+    h.db.batch_execute(
+        "CREATE ROLE norep LOGIN; GRANT USAGE ON SCHEMA walhook TO norep; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA walhook TO norep;",
+    )
+    .await
+    .unwrap();
+    let url = format!("postgres://norep@127.0.0.1:{}/postgres", h.cluster.port());
+    let (code, err) = run_to_exit(&write_config(dir.path(), &url), Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("REPLICATION"), "{err}");
+
+    // A wrong password.
+    h.db.batch_execute("CREATE ROLE pwuser LOGIN REPLICATION PASSWORD 'right'")
+        .await
+        .unwrap();
+    let hba = h.cluster.data_dir().join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all pwuser 127.0.0.1/32 scram-sha-256\nhost replication pwuser 127.0.0.1/32 scram-sha-256\n{old}"),
+    )
+    .unwrap();
+    h.db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = format!("postgres://pwuser:wrong@127.0.0.1:{}/postgres", h.cluster.port());
+    let (code, err) = run_to_exit(&write_config(dir.path(), &url), Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("password authentication failed"), "{err}");
+
+    // The slot in use by another client: walhook waits and says why.
+    let url = h.cluster.url("postgres");
+    let mut recvlogical = Command::new(h.cluster.bin_dir().join("pg_recvlogical"))
+        .args(["-d", &url, "-S", "walhook", "--start", "-f", "/dev/null"])
+        .args(["-o", "proto_version=1", "-o", "publication_names=walhook"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (code, err) = run_to_exit(&write_config(dir.path(), &url), Duration::from_secs(4));
+    let _ = recvlogical.kill();
+    let _ = recvlogical.wait();
+    assert_eq!(code, None, "walhook keeps waiting for the slot:\n{err}");
+    assert!(err.contains("is active for PID"), "{err}");
+    let attempts = err.matches("reconnecting in").count();
+    assert!((1..=3).contains(&attempts), "backs off, no retry storm ({attempts} tries in 4 s):\n{err}");
+
+    // Missing publication, then missing slot.
+    h.db.batch_execute("DROP PUBLICATION walhook").await.unwrap();
+    let (code, err) = run_to_exit(&write_config(dir.path(), &url), Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("walhook setup"), "{err}");
+    h.db.batch_execute("SELECT pg_drop_replication_slot('walhook')")
+        .await
+        .unwrap();
+    let (code, err) = run_to_exit(&write_config(dir.path(), &url), Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("replication slot \"walhook\" does not exist: run `walhook setup`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unreachable_server_is_retried_with_backoff() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("postgres://walhook@127.0.0.1:{port}/db"));
+    let (code, err) = run_to_exit(&config, Duration::from_secs(4));
+    assert_eq!(code, None, "keeps trying:\n{err}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.to_lowercase().contains("connection refused"), "{err}");
+    let attempts = err.matches("reconnecting in").count();
+    assert!((2..=4).contains(&attempts), "{attempts} attempts in 4 s:\n{err}");
+}
+
+#[test]
+fn a_bad_config_names_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[delivery]\nmax_consecutive_erors = 3\n").unwrap();
+    let out = Command::new(BIN).arg("-c").arg(&path).arg("run").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("bad.toml"), "{err}");
+    assert!(err.contains("max_consecutive_erors"), "{err}");
+}
