@@ -42,6 +42,8 @@ struct Shared {
     requests: Mutex<Vec<ReceivedRequest>>,
     responder: Box<Responder>,
     notify: Notify,
+    /// How long each answer takes (a slow target).
+    delay: Duration,
 }
 
 pub struct Receiver {
@@ -59,10 +61,23 @@ impl Receiver {
     pub async fn start_with(
         respond: impl Fn(&ReceivedRequest, usize) -> u16 + Send + Sync + 'static,
     ) -> anyhow::Result<Receiver> {
+        Receiver::start_full(respond, Duration::ZERO).await
+    }
+
+    /// A receiver answering 200 after `delay`, without blocking a thread.
+    pub async fn start_slow(delay: Duration) -> anyhow::Result<Receiver> {
+        Receiver::start_full(|_, _| 200, delay).await
+    }
+
+    async fn start_full(
+        respond: impl Fn(&ReceivedRequest, usize) -> u16 + Send + Sync + 'static,
+        delay: Duration,
+    ) -> anyhow::Result<Receiver> {
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),
             responder: Box::new(respond),
             notify: Notify::new(),
+            delay,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -129,6 +144,9 @@ async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    if !shared.delay.is_zero() {
+        tokio::time::sleep(shared.delay).await;
+    }
     let mut request = ReceivedRequest {
         path: uri.path().to_owned(),
         headers,

@@ -335,3 +335,67 @@ async fn events_of_one_row_keep_commit_order_under_concurrency() {
     assert_eq!(per_row[&1].last(), Some(&21));
     assert!(h.stop_daemon().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_hook_is_parked_past_its_backlog_bound_and_catches_up_in_order() {
+    let mut h = Harness::start(
+        CRM,
+        "concurrency_per_webhook = 1\nbacklog_limit = 20\nbacklog_max_age = \"2s\"\n",
+    )
+    .await;
+    let slow = Receiver::start_slow(Duration::from_millis(60))
+        .await
+        .unwrap();
+    let fast = Receiver::start().await.unwrap();
+    let slow_id = h.add_hook("*", &slow.url("/slow"), None).await;
+    h.add_hook("*", &fast.url("/fast"), None).await;
+    h.start_daemon().await;
+    // 150 changes over about 4 s; the slow hook takes 60 ms for each.
+    let mut fast_lag = Duration::ZERO;
+    for i in 0..150 {
+        h.db.execute(
+            "INSERT INTO contact (name) VALUES ($1)",
+            &[&format!("n{i}")],
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        if i % 30 == 29 {
+            let sent = Instant::now();
+            fast.wait_until(WAIT, |r| r.len() > i).await;
+            fast_lag = fast_lag.max(sent.elapsed());
+        }
+    }
+    fast.wait_until(WAIT, |r| r.len() >= 150).await;
+    assert!(
+        fast_lag < Duration::from_secs(2),
+        "the fast hook waited on the slow one: {fast_lag:?}"
+    );
+    let reasons: Vec<String> =
+        h.db.query(
+            "SELECT DISTINCT reason FROM walhook.delivery WHERE webhook_id = $1",
+            &[&slow_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(reasons, ["backlog"], "log:\n{}", h.daemon_log());
+    let got = slow
+        .wait_until(Duration::from_secs(60), |r| r.len() >= 150)
+        .await;
+    let expected: Vec<String> = (0..150).map(|i| format!("n{i}")).collect();
+    assert_eq!(
+        names(&got),
+        expected,
+        "one lane: commit order, parked ones included"
+    );
+    let deadline = Instant::now() + WAIT;
+    while parked(&h, slow_id).await != 0 {
+        assert!(Instant::now() < deadline, "parked rows left behind");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state(&h, slow_id).await, 1);
+    assert!(h.stop_daemon().success());
+}

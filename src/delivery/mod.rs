@@ -19,8 +19,10 @@ pub mod signing;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering as AtomicOrdering,
+};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -95,8 +97,10 @@ pub struct HookControl {
     consecutive_errors: AtomicU32,
     /// Jobs queued in or running on the lanes.
     in_flight: AtomicUsize,
-    /// When the hook last made progress while it had work.
-    progress_at: Mutex<Instant>,
+    /// Per lane: when the job it is working on was queued (milliseconds
+    /// since [`epoch`]), 0 when idle. Lanes are FIFO, so the oldest of these
+    /// is the age of the hook's backlog.
+    lane_heads: Vec<AtomicU64>,
     /// Tripped by too many errors: lanes park instead of attempting.
     tripped: AtomicBool,
     /// Answered 410: lanes drop instead of attempting.
@@ -109,13 +113,13 @@ pub struct HookControl {
 }
 
 impl HookControl {
-    fn new(hook: Arc<Webhook>, consecutive_errors: u32) -> HookControl {
+    fn new(hook: Arc<Webhook>, lanes: usize) -> HookControl {
         HookControl {
             id: hook.id,
             current: RwLock::new(hook),
-            consecutive_errors: AtomicU32::new(consecutive_errors),
+            consecutive_errors: AtomicU32::new(0),
             in_flight: AtomicUsize::new(0),
-            progress_at: Mutex::new(Instant::now()),
+            lane_heads: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
             tripped: AtomicBool::new(false),
             gone: AtomicBool::new(false),
             trip_notify: Notify::new(),
@@ -140,21 +144,30 @@ impl HookControl {
         self.tripped.load(AtomicOrdering::Acquire)
     }
 
-    fn touch(&self) {
-        *self.progress_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-    }
-
-    /// How long the hook has had work without delivering any of it.
-    fn stalled_for(&self) -> Duration {
-        if self.in_flight() == 0 {
-            return Duration::ZERO;
-        }
-        self.progress_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .elapsed()
+    /// How long the oldest event still queued for this hook has waited.
+    fn backlog_age(&self) -> Duration {
+        let now = epoch_millis();
+        self.lane_heads
+            .iter()
+            .map(|h| h.load(AtomicOrdering::Acquire))
+            .filter(|&at| at != 0)
+            .min()
+            .map_or(Duration::ZERO, |at| {
+                Duration::from_millis(now.saturating_sub(at))
+            })
     }
 }
+
+/// Milliseconds since the process's first use of delivery (never 0).
+fn epoch_millis() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// A hook this far behind, with `backlog_limit` events queued, is not
+/// keeping up: its new events are parked. A hook that is merely catching
+/// up on a burst stays below it.
+const BEHIND: Duration = Duration::from_secs(10);
 
 /// Everything a lane or the replayer needs.
 #[derive(Clone)]
@@ -177,6 +190,8 @@ enum LaneItem {
 
 struct Queued {
     job: Job,
+    /// [`epoch_millis`] when it was queued.
+    enqueued: u64,
     /// Barriers in other lanes that must be reached first.
     wait_for: Vec<oneshot::Receiver<()>>,
     release: Option<watch::Sender<bool>>,
@@ -212,16 +227,16 @@ impl Dispatcher {
     /// The control of a hook, created with its lanes on first use.
     pub fn control(&mut self, hook: &Arc<Webhook>) -> Arc<HookControl> {
         let entry = self.hooks.entry(hook.id).or_insert_with(|| {
-            let control = Arc::new(HookControl::new(Arc::clone(hook), 0));
             let lane_count = match self.ctx.config.ordering {
                 Ordering::Webhook => 1,
                 Ordering::Row => self.ctx.config.concurrency_per_webhook,
             };
+            let control = Arc::new(HookControl::new(Arc::clone(hook), lane_count));
             let lanes = (0..lane_count)
-                .map(|_| {
+                .map(|lane| {
                     let (tx, rx) = mpsc::unbounded_channel();
                     self.tasks
-                        .spawn(run_lane(rx, self.ctx.clone(), Arc::clone(&control)));
+                        .spawn(run_lane(rx, lane, self.ctx.clone(), Arc::clone(&control)));
                     tx
                 })
                 .collect();
@@ -279,14 +294,14 @@ impl Dispatcher {
             let mut mode = control.mode.lock().await;
             if *mode == Mode::Live {
                 let backlog = control.in_flight();
-                let stalled = control.stalled_for();
-                if backlog >= self.ctx.config.backlog_limit
-                    || stalled >= self.ctx.config.backlog_max_age
+                let age = control.backlog_age();
+                if age >= self.ctx.config.backlog_max_age
+                    || (backlog >= self.ctx.config.backlog_limit && age >= BEHIND)
                 {
                     tracing::warn!(
                         webhook_id = control.id,
                         backlog,
-                        stalled_secs = stalled.as_secs(),
+                        behind_secs = age.as_secs(),
                         "backlog past its bound: parking this hook's new events until it catches up"
                     );
                     *mode = Mode::Parking(ParkReason::Backlog);
@@ -343,10 +358,9 @@ impl Dispatcher {
             });
             wait_for.push(reached_rx);
         }
-        if control.in_flight.fetch_add(1, AtomicOrdering::AcqRel) == 0 {
-            control.touch();
-        }
+        control.in_flight.fetch_add(1, AtomicOrdering::AcqRel);
         let queued = Queued {
+            enqueued: epoch_millis(),
             release: (!wait_for.is_empty()).then_some(release_tx),
             wait_for,
             job,
@@ -419,6 +433,7 @@ async fn park_job(
 
 async fn run_lane(
     mut rx: mpsc::UnboundedReceiver<LaneItem>,
+    lane: usize,
     ctx: DeliveryContext,
     control: Arc<HookControl>,
 ) {
@@ -435,10 +450,12 @@ async fn run_lane(
             LaneItem::Job(queued) => {
                 let Queued {
                     job,
+                    enqueued,
                     wait_for,
                     release,
                     _budget,
                 } = *queued;
+                control.lane_heads[lane].store(enqueued, AtomicOrdering::Release);
                 for barrier in wait_for {
                     let _ = barrier.await;
                 }
@@ -446,6 +463,7 @@ async fn run_lane(
                 if let Some(release) = release {
                     let _ = release.send(true);
                 }
+                control.lane_heads[lane].store(0, AtomicOrdering::Release);
                 control.in_flight.fetch_sub(1, AtomicOrdering::AcqRel);
             }
         }
@@ -541,7 +559,6 @@ pub async fn deliver(
         match outcome {
             DeliveryOutcome::Delivered(_) => {
                 control.consecutive_errors.store(0, AtomicOrdering::Release);
-                control.touch();
                 ctx.usage.success(id);
                 return Settled::Delivered;
             }

@@ -77,20 +77,25 @@ async fn remaining(
         .get(0))
 }
 
+/// Remove delivered events, a batch at a time: after a crash between a
+/// delivery and this, the event is sent again with its EventId, never lost.
 async fn delete(
     sql: &tokio_postgres::Client,
     schema: &str,
-    delivery_id: i64,
+    delivered: &[i64],
 ) -> anyhow::Result<()> {
+    if delivered.is_empty() {
+        return Ok(());
+    }
     sql.execute(
         &format!(
-            "DELETE FROM {}.delivery WHERE delivery_id = $1",
+            "DELETE FROM {}.delivery WHERE delivery_id = ANY ($1)",
             ident(schema)
         ),
-        &[&delivery_id],
+        &[&delivered],
     )
     .await
-    .with_context(|| format!("removing delivered parked event {delivery_id}"))?;
+    .with_context(|| format!("removing {} delivered parked events", delivered.len()))?;
     Ok(())
 }
 
@@ -168,6 +173,7 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
             }
             continue;
         }
+        let mut delivered = Vec::with_capacity(batch.len());
         for row in batch {
             let settled = deliver(
                 ctx,
@@ -179,9 +185,13 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
             )
             .await;
             match settled {
-                Settled::Delivered => delete(&ctx.sql, &ctx.schema, row.delivery_id).await?,
-                Settled::Dropped => return Ok(false),
+                Settled::Delivered => delivered.push(row.delivery_id),
+                Settled::Dropped => {
+                    delete(&ctx.sql, &ctx.schema, &delivered).await?;
+                    return Ok(false);
+                }
                 Settled::Tripped { attempts, error } => {
+                    delete(&ctx.sql, &ctx.schema, &delivered).await?;
                     record_failure(
                         &ctx.sql,
                         &ctx.schema,
@@ -194,6 +204,7 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
                 }
             }
         }
+        delete(&ctx.sql, &ctx.schema, &delivered).await?;
     }
 }
 
@@ -260,7 +271,7 @@ pub async fn run(config: Config, webhook: Option<i32>) -> anyhow::Result<()> {
                 .await;
                 match outcome {
                     super::DeliveryOutcome::Delivered(_) => {
-                        delete(&sql, schema, row.delivery_id).await?;
+                        delete(&sql, schema, &[row.delivery_id]).await?;
                         delivered += 1;
                     }
                     super::DeliveryOutcome::Gone => {
