@@ -22,6 +22,15 @@ pub struct Config {
     pub tables: BTreeMap<String, TableConfig>,
     pub delivery: DeliveryConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The optional Prometheus metrics and health listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A loopback address such as "127.0.0.1:9187"; unset: no listener.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -250,6 +259,11 @@ impl Config {
         if self.delivery.max_consecutive_errors == 0 {
             bail!("key delivery.max_consecutive_errors must be at least 1");
         }
+        if let Some(addr) = self.metrics.listen {
+            if !addr.ip().is_loopback() {
+                bail!("key metrics.listen: {addr} is not a loopback address; metrics and health are served on loopback only (127.0.0.1 or [::1])");
+            }
+        }
         if self.delivery.backlog_limit == 0 {
             bail!("key delivery.backlog_limit must be at least 1");
         }
@@ -292,6 +306,33 @@ impl Config {
     /// Connection settings from the URL, PG* variables and password_file.
     pub fn connection(&self) -> anyhow::Result<Connection> {
         Connection::from_config(&self.postgres)
+    }
+}
+
+/// A setting that SIGHUP may replace while tasks keep reading it.
+#[derive(Debug)]
+pub struct Live<T>(std::sync::Arc<std::sync::RwLock<std::sync::Arc<T>>>);
+
+impl<T> Clone for Live<T> {
+    fn clone(&self) -> Self {
+        Live(std::sync::Arc::clone(&self.0))
+    }
+}
+
+impl<T> Live<T> {
+    pub fn new(value: T) -> Live<T> {
+        Live(std::sync::Arc::new(std::sync::RwLock::new(
+            std::sync::Arc::new(value),
+        )))
+    }
+
+    /// The current value (cheap: an Arc clone).
+    pub fn get(&self) -> std::sync::Arc<T> {
+        std::sync::Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn set(&self, value: T) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(value);
     }
 }
 

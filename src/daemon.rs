@@ -14,10 +14,11 @@ use anyhow::{anyhow, bail, Context};
 use tokio::sync::watch;
 
 use crate::checkpoint::{Checkpoint, OpenTxn};
-use crate::config::Config;
+use crate::config::{Config, Live};
 use crate::delivery::{request, DeliveryContext, Dispatcher, Job, OrderScope};
 use crate::events::catalog::{self, TypeCatalog};
 use crate::events::{Change, ChangeEvent, EventBuilder, Operation, TxnInfo, WebhookRow};
+use crate::metrics::{Health, Metrics};
 use crate::pgoutput::{self, Lsn, Message};
 use crate::registry::{Registry, RegistryUpdate, WebhookState};
 use crate::setup::{ident, keyless_publication};
@@ -155,6 +156,9 @@ struct Pipeline {
     /// Registry states to record before confirming past their commit.
     snapshots: VecDeque<(Lsn, Vec<WebhookRow>)>,
     counters: Counters,
+    metrics: Arc<Metrics>,
+    /// The server's WAL end as last heard of, for the lag metric.
+    server_end: Lsn,
 }
 
 impl Pipeline {
@@ -187,8 +191,12 @@ impl Pipeline {
                         .push_back((end_lsn, self.registry.rows().cloned().collect()));
                 }
                 self.checkpoint.commit(txn.checkpoint, end_lsn);
+                self.server_end = self.server_end.max(end_lsn);
             }
-            SourceMessage::KeepAlive { wal_end } => self.checkpoint.keepalive(wal_end),
+            SourceMessage::KeepAlive { wal_end } => {
+                self.server_end = self.server_end.max(wal_end);
+                self.checkpoint.keepalive(wal_end);
+            }
             SourceMessage::Data(bytes) => {
                 let message = pgoutput::decode(&bytes).with_context(|| {
                     format!(
@@ -289,9 +297,62 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Apply a re-read config: what can change live does, the rest is
+    /// logged as needing a restart.
+    fn apply_reload(&mut self, new: &Arc<Config>) {
+        let sections = changed_sections(&self.config, new);
+        if sections.is_empty() {
+            tracing::info!("config reloaded: nothing changed");
+            return;
+        }
+        let old = &self.config.delivery;
+        let d = &new.delivery;
+        let mut restart = Vec::new();
+        for (section, needs) in [("postgres", true), ("capture", true), ("metrics", true)] {
+            if needs && sections.contains(&section) {
+                restart.push(format!("[{section}]"));
+            }
+        }
+        for (key, same) in [
+            (
+                "delivery.connect_timeout",
+                old.connect_timeout == d.connect_timeout,
+            ),
+            ("delivery.timeout", old.timeout == d.timeout),
+            (
+                "delivery.allow_private_targets",
+                old.allow_private_targets == d.allow_private_targets,
+            ),
+            (
+                "delivery.concurrency_per_webhook",
+                old.concurrency_per_webhook == d.concurrency_per_webhook,
+            ),
+            ("delivery.ordering", old.ordering == d.ordering),
+            (
+                "delivery.max_in_flight_bytes",
+                old.max_in_flight_bytes == d.max_in_flight_bytes,
+            ),
+        ] {
+            if !same {
+                restart.push(key.to_owned());
+            }
+        }
+        self.dispatcher.set_config(d.clone());
+        self.builder.set_mappings(new);
+        self.config = Arc::clone(new);
+        tracing::info!(changed = ?sections, "config reloaded");
+        if !restart.is_empty() {
+            tracing::warn!(
+                "config reloaded, but these take effect only after a restart: {}",
+                restart.join(", ")
+            );
+        }
+    }
+
     /// Address an event to every matching hook, by the hook's state.
     async fn route(&mut self, event: ChangeEvent) -> anyhow::Result<()> {
         self.counters.changes += 1;
+        self.metrics.changes_decoded.inc();
         let Some(txn) = self.txn.as_ref() else {
             bail!("an event outside a transaction");
         };
@@ -326,6 +387,7 @@ impl Pipeline {
                 hook,
             };
             self.counters.matched += 1;
+            self.metrics.events_matched.inc();
             if job.hook.state == WebhookState::TooManyErrors {
                 self.counters.parked += 1;
                 self.dispatcher.park(job).await?;
@@ -449,16 +511,59 @@ async fn restore_hooks(
 /// `on_ready` is called once streaming.
 pub async fn run(
     config: Config,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     on_ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
-    let config = Arc::new(config);
+    let (_keep, reload) = watch::channel(Arc::new(config.clone()));
+    run_with_reload(config, shutdown, reload, on_ready).await
+}
+
+/// What outlives one session: signals, metrics and health.
+struct Runtime {
+    shutdown: watch::Receiver<bool>,
+    /// The newest valid config; a change is a SIGHUP reload.
+    reload: watch::Receiver<Arc<Config>>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+/// [`run`], with `reload` delivering re-read configs (SIGHUP): delivery
+/// tuning, table mappings and events settings apply at once; other changes
+/// are logged as needing a restart.
+pub async fn run_with_reload(
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+    reload: watch::Receiver<Arc<Config>>,
+    on_ready: impl FnOnce(),
+) -> anyhow::Result<()> {
+    let mut config = Arc::new(config);
+    let mut rt = Runtime {
+        shutdown,
+        reload,
+        metrics: Arc::new(Metrics::default()),
+        health: Arc::new(Health::default()),
+    };
+    rt.reload.mark_unchanged();
+    if let Some(listen) = config.metrics.listen {
+        let (metrics, health) = (Arc::clone(&rt.metrics), Arc::clone(&rt.health));
+        // Fails fast (a taken port, a bad address) rather than running blind.
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("key metrics.listen: cannot listen on {listen}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(listener, metrics, health).await {
+                tracing::error!("metrics listener: {e:#}");
+            }
+        });
+    }
+    tokio::spawn(crate::metrics::watchdog(Arc::clone(&rt.health)));
     let mut on_ready = Some(on_ready);
     let mut wait = Duration::from_secs(1);
     loop {
-        match session(&config, &mut shutdown, &mut on_ready).await {
+        match session(&mut config, &mut rt, &mut on_ready).await {
             Ok(()) => return Ok(()),
             Err(e) if e.downcast_ref::<Disconnected>().is_some() => {
+                rt.health.set_streaming(false);
                 tracing::warn!("{e:#}; reconnecting in {wait:?}");
                 let _ = sd_notify::notify(
                     false,
@@ -466,13 +571,47 @@ pub async fn run(
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => return Ok(()),
+                    _ = rt.shutdown.changed() => return Ok(()),
                 }
                 wait = (wait * 2).min(Duration::from_secs(30));
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                if format!("{e:#}").contains("invalidated") {
+                    rt.health.set_slot_lost();
+                }
+                return Err(e);
+            }
         }
     }
+}
+
+/// The config sections that differ, for the reload log line.
+fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    if differs(&old.postgres, &new.postgres) {
+        out.push("postgres");
+    }
+    if differs(&old.capture, &new.capture) {
+        out.push("capture");
+    }
+    if differs(&old.events, &new.events) {
+        out.push("events");
+    }
+    if differs(&old.tables, &new.tables) {
+        out.push("tables");
+    }
+    if differs(&old.delivery, &new.delivery) {
+        out.push("delivery");
+    }
+    if differs(&old.log, &new.log) {
+        out.push("log");
+    }
+    if differs(&old.metrics, &new.metrics) {
+        out.push("metrics");
+    }
+    out
 }
 
 /// The connection to PostgreSQL was lost or refused: a new session may
@@ -521,11 +660,13 @@ fn disconnected(e: anyhow::Error) -> anyhow::Error {
 
 /// One session: connect, stream, deliver, until shutdown or an error.
 async fn session(
-    config: &Arc<Config>,
-    shutdown: &mut watch::Receiver<bool>,
+    current: &mut Arc<Config>,
+    rt: &mut Runtime,
     on_ready: &mut Option<impl FnOnce()>,
 ) -> anyhow::Result<()> {
-    let config = Arc::clone(config);
+    let config = Arc::clone(current);
+    let shutdown = &mut rt.shutdown;
+    let reload = &mut rt.reload;
     let conn = config.connection()?;
     let sql = Arc::new(connect_sql(&conn).await.map_err(disconnected)?);
     let schema = config.postgres.schema.clone();
@@ -567,6 +708,7 @@ async fn session(
         hooks = registry.hooks().count(),
         "streaming"
     );
+    rt.health.set_streaming(true);
     if let Some(ready) = on_ready.take() {
         ready();
     }
@@ -579,7 +721,8 @@ async fn session(
         checkpoint: Checkpoint::new(start),
         dispatcher: Dispatcher::new(DeliveryContext {
             http: crate::delivery::http_client(&config.delivery)?,
-            config: Arc::new(config.delivery.clone()),
+            config: Live::new(config.delivery.clone()),
+            metrics: Arc::clone(&rt.metrics),
             usage: usage.clone(),
             sql: Arc::clone(&sql),
             schema: Arc::from(schema.as_str()),
@@ -587,6 +730,8 @@ async fn session(
         txn: None,
         snapshots: VecDeque::new(),
         counters: Counters::default(),
+        metrics: Arc::clone(&rt.metrics),
+        server_end: start,
         config: Arc::clone(&config),
         sql: Arc::clone(&sql),
     };
@@ -603,9 +748,24 @@ async fn session(
             _ = shutdown.changed() => break Ok(()),
             _ = tick.tick() => {
                 match pipeline.confirmable().await {
-                    Ok(lsn) => source.confirm(lsn),
+                    Ok(lsn) => {
+                        source.confirm(lsn);
+                        let pending = pipeline.checkpoint.pending_transactions() > 0;
+                        rt.health.tick(lsn.0, pending);
+                        rt.metrics.lag_bytes.set(pipeline.server_end.0.saturating_sub(lsn.0) as i64);
+                        rt.metrics.in_flight_bytes.set(pipeline.dispatcher.in_flight_bytes() as i64);
+                    }
                     Err(e) => break Err(e),
                 }
+            }
+            changed = reload.changed() => {
+                if changed.is_err() {
+                    // No more reloads can come; keep running.
+                    std::future::pending::<()>().await;
+                }
+                let new = Arc::clone(&reload.borrow_and_update());
+                pipeline.apply_reload(&new);
+                *current = new;
             }
             _ = retention_tick.tick(), if !retention.is_zero() => {
                 if let Err(e) = store::drop_expired(&sql, &schema, retention).await {

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
-    init_logging(&config);
+    let log_filter = init_logging(&config);
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -30,7 +30,11 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    let code = runtime.block_on(dispatch(cli.command, config));
+    let reloader = Reloader {
+        path: cli.config.clone(),
+        log_filter,
+    };
+    let code = runtime.block_on(dispatch(cli.command, config, reloader));
     // Background tasks (idle HTTP connections, SQL sessions) must not hold
     // the exit up.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -47,28 +51,50 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     }
 }
 
-fn init_logging(config: &Config) {
+/// Changes the log filter when SIGHUP brings a new `log.level`.
+type LogFilterHandle = Box<dyn Fn(&str) -> anyhow::Result<()> + Send + Sync>;
+
+fn init_logging(config: &Config) -> LogFilterHandle {
     use tracing_subscriber::EnvFilter;
+    // RUST_LOG, when set, wins over the config file (and over reloads).
+    let from_env = std::env::var("RUST_LOG").is_ok();
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // journald stamps each line itself.
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::prelude::*;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let lines = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
+    let registry = tracing_subscriber::registry().with(filter);
     let _ = match (config.log.format, under_journald) {
-        (LogFormat::Json, _) => builder.json().try_init(),
-        (LogFormat::Text, true) => builder.without_time().try_init(),
-        (LogFormat::Text, false) => builder.try_init(),
+        (LogFormat::Json, _) => registry.with(lines.json()).try_init(),
+        (LogFormat::Text, true) => registry.with(lines.without_time()).try_init(),
+        (LogFormat::Text, false) => registry.with(lines).try_init(),
     };
+    Box::new(move |level: &str| {
+        if from_env {
+            return Ok(());
+        }
+        let filter = EnvFilter::try_new(level)
+            .with_context(|| format!("key log.level: {level:?} is not a valid filter"))?;
+        handle.reload(filter)?;
+        Ok(())
+    })
 }
 
-async fn dispatch(command: Command, config: Config) -> u8 {
+/// Re-reads the config file on SIGHUP.
+struct Reloader {
+    path: Option<std::path::PathBuf>,
+    log_filter: LogFilterHandle,
+}
+
+async fn dispatch(command: Command, config: Config, reloader: Reloader) -> u8 {
     let (result, logged) = match command {
-        Command::Run => (run(config).await.map(|()| exit::OK), true),
+        Command::Run => (run(config, reloader).await.map(|()| exit::OK), true),
         Command::Setup { dry_run } => (run_setup(config, dry_run).await.map(|()| exit::OK), true),
         Command::Check => return run_check(config).await,
         Command::Demo => (demo::run().await.map(|()| exit::OK), true),
@@ -102,17 +128,46 @@ async fn dispatch(command: Command, config: Config) -> u8 {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, reloader: Reloader) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_stop_signal().await;
         tracing::info!("stop signal received");
         let _ = stop_tx.send(true);
     });
-    daemon::run(config, stop_rx, || {
+    let (reload_tx, reload_rx) = watch::channel(std::sync::Arc::new(config.clone()));
+    tokio::spawn(reload_on_sighup(reloader, reload_tx));
+    daemon::run_with_reload(config, stop_rx, reload_rx, || {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     })
     .await
+}
+
+/// SIGHUP: re-read the config; an invalid file keeps the old one and says
+/// why.
+async fn reload_on_sighup(reloader: Reloader, reload: watch::Sender<std::sync::Arc<Config>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; config reloads are off");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+        let cli_like = Cli {
+            config: reloader.path.clone(),
+            command: Command::Run,
+        };
+        match load_config(&cli_like) {
+            Ok(new) => {
+                if let Err(e) = (reloader.log_filter)(&new.log.level) {
+                    tracing::error!("config reload: {e:#}; keeping the old log level");
+                }
+                let _ = reload.send(std::sync::Arc::new(new));
+            }
+            Err(e) => tracing::error!("config reload failed, keeping the old config: {e:#}"),
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    }
 }
 
 async fn wait_for_stop_signal() {

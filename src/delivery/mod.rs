@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 pub use self::http::{attempt, check_target, http_client, is_public, Attempt, DeliveryOutcome};
 use crate::checkpoint::Ticket;
-use crate::config::{DeliveryConfig, Ordering};
+use crate::config::{DeliveryConfig, Live, Ordering};
 use crate::pgoutput::Lsn;
 use crate::registry::{Webhook, WebhookState};
 use crate::store::{self, ParkedEvent, UsageBook};
@@ -173,7 +173,9 @@ const BEHIND: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct DeliveryContext {
     pub http: reqwest::Client,
-    pub config: Arc<DeliveryConfig>,
+    /// Delivery settings; SIGHUP may replace them.
+    pub config: Live<DeliveryConfig>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub usage: UsageBook,
     pub sql: Arc<tokio_postgres::Client>,
     pub schema: Arc<str>,
@@ -214,7 +216,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn new(ctx: DeliveryContext) -> Dispatcher {
-        let budget_max = u32::try_from(ctx.config.max_in_flight_bytes).unwrap_or(u32::MAX);
+        let budget_max = u32::try_from(ctx.config.get().max_in_flight_bytes).unwrap_or(u32::MAX);
         Dispatcher {
             budget: Arc::new(Semaphore::new(budget_max as usize)),
             budget_max,
@@ -227,9 +229,10 @@ impl Dispatcher {
     /// The control of a hook, created with its lanes on first use.
     pub fn control(&mut self, hook: &Arc<Webhook>) -> Arc<HookControl> {
         let entry = self.hooks.entry(hook.id).or_insert_with(|| {
-            let lane_count = match self.ctx.config.ordering {
+            let config = self.ctx.config.get();
+            let lane_count = match config.ordering {
                 Ordering::Webhook => 1,
-                Ordering::Row => self.ctx.config.concurrency_per_webhook,
+                Ordering::Row => config.concurrency_per_webhook,
             };
             let control = Arc::new(HookControl::new(Arc::clone(hook), lane_count));
             let lanes = (0..lane_count)
@@ -295,8 +298,9 @@ impl Dispatcher {
             if *mode == Mode::Live {
                 let backlog = control.in_flight();
                 let age = control.backlog_age();
-                if age >= self.ctx.config.backlog_max_age
-                    || (backlog >= self.ctx.config.backlog_limit && age >= BEHIND)
+                let config = self.ctx.config.get();
+                if age >= config.backlog_max_age
+                    || (backlog >= config.backlog_limit && age >= BEHIND)
                 {
                     tracing::warn!(
                         webhook_id = control.id,
@@ -386,6 +390,11 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// New delivery settings from a reloaded config (SIGHUP).
+    pub fn set_config(&self, config: DeliveryConfig) {
+        self.ctx.config.set(config);
+    }
+
     /// Bytes of request bodies currently queued or in flight.
     pub fn in_flight_bytes(&self) -> u64 {
         u64::from(self.budget_max) - self.budget.available_permits() as u64
@@ -412,6 +421,7 @@ async fn park_job(
     attempts: i32,
     last_error: Option<&str>,
 ) -> anyhow::Result<()> {
+    ctx.metrics.parked_events.inc();
     store::park(
         &ctx.sql,
         &ctx.schema,
@@ -543,9 +553,11 @@ pub async fn deliver(
             };
         }
         let hook = control.current();
+        let config = ctx.config.get();
+        let started = Instant::now();
         let outcome = attempt(
             &ctx.http,
-            &ctx.config,
+            &config,
             &Attempt {
                 hook: &hook,
                 event,
@@ -556,6 +568,12 @@ pub async fn deliver(
         )
         .await;
         retry = retry.saturating_add(1);
+        let kind = match &outcome {
+            DeliveryOutcome::Delivered(_) => "delivered",
+            DeliveryOutcome::Gone => "gone",
+            DeliveryOutcome::Failed { .. } => "failed",
+        };
+        ctx.metrics.delivery(kind, started.elapsed());
         match outcome {
             DeliveryOutcome::Delivered(_) => {
                 control.consecutive_errors.store(0, AtomicOrdering::Release);
@@ -578,7 +596,7 @@ pub async fn deliver(
                     .consecutive_errors
                     .fetch_add(1, AtomicOrdering::AcqRel)
                     + 1;
-                if errors >= ctx.config.max_consecutive_errors {
+                if errors >= config.max_consecutive_errors {
                     if !control.tripped.swap(true, AtomicOrdering::AcqRel) {
                         ctx.usage.set_state(id, WebhookState::TooManyErrors);
                         tracing::warn!(webhook_id = id, url = %hook.target_url, errors,
@@ -592,10 +610,10 @@ pub async fn deliver(
                         error: Some(error),
                     };
                 }
-                let wait = backoff(retry - first, ctx.config.max_backoff);
+                let wait = backoff(retry - first, config.max_backoff);
                 let wait = retry_after
                     .map_or(wait, |ra| ra.max(wait))
-                    .min(ctx.config.max_backoff);
+                    .min(config.max_backoff);
                 tracing::warn!(webhook_id = id, event_id = %event_id, retry = retry - 1,
                     "delivery failed, next attempt in {wait:?}: {}", first_line(&error));
                 last_error = Some(error);

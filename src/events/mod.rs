@@ -155,6 +155,8 @@ enum RelationKind {
 
 #[derive(Debug, Clone)]
 struct Relation {
+    /// The table's own name, for the default entity.
+    name: String,
     qualified: String,
     entity: String,
     kind: RelationKind,
@@ -186,6 +188,21 @@ impl EventBuilder {
             relations: HashMap::new(),
             types,
             warned_inexact: HashSet::new(),
+        }
+    }
+
+    /// New entity names and event settings from a reloaded config; the
+    /// relations already seen take the new names at once.
+    pub fn set_mappings(&mut self, config: &Config) {
+        let fresh = EventBuilder::new(config, TypeCatalog::default());
+        self.entities = fresh.entities;
+        self.changed_by_columns = fresh.changed_by_columns;
+        for rel in self.relations.values_mut() {
+            rel.entity = self
+                .entities
+                .get(&rel.qualified)
+                .cloned()
+                .unwrap_or_else(|| rel.name.clone());
         }
     }
 
@@ -238,6 +255,7 @@ impl EventBuilder {
         self.relations.insert(
             rel.oid,
             Relation {
+                name: rel.name.clone(),
                 qualified,
                 entity,
                 kind,

@@ -128,6 +128,10 @@ impl Harness {
         self.daemon = Some(child);
     }
 
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.as_ref().expect("daemon running").id()
+    }
+
     /// Whether the main daemon is still running.
     pub fn daemon_running(&mut self) -> bool {
         self.daemon

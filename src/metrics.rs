@@ -1,0 +1,285 @@
+//! What the running daemon reports about itself: Prometheus metrics,
+//! health and readiness, and the systemd watchdog.
+//!
+//! Readiness fails when streaming stalls (changes waiting, no progress) or
+//! the slot is lost, so a stuck daemon never looks healthy; the watchdog is
+//! pinged only while the pipeline loop itself is alive.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// How long the pipeline may go without confirming anything while it has
+/// work before readiness fails.
+pub const STALL_LIMIT: Duration = Duration::from_secs(120);
+
+/// The metrics walhook exports, cheap to update from any task.
+pub struct Metrics {
+    registry: Registry,
+    pub changes_decoded: Counter,
+    pub events_matched: Counter,
+    /// Attempts by outcome: delivered, failed, gone, parked, dropped.
+    pub deliveries: Family<Vec<(String, String)>, Counter>,
+    pub delivery_seconds: Histogram,
+    pub lag_bytes: Gauge,
+    pub in_flight_bytes: Gauge,
+    pub parked_events: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("walhook");
+        let changes_decoded = Counter::default();
+        let events_matched = Counter::default();
+        let deliveries = Family::<Vec<(String, String)>, Counter>::default();
+        let delivery_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let lag_bytes = Gauge::default();
+        let in_flight_bytes = Gauge::default();
+        let parked_events = Gauge::default();
+        registry.register(
+            "changes_decoded",
+            "Row changes decoded from the replication stream",
+            changes_decoded.clone(),
+        );
+        registry.register(
+            "events_matched",
+            "Events addressed to a webhook",
+            events_matched.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Delivery attempts and their outcome",
+            deliveries.clone(),
+        );
+        registry.register(
+            "delivery_seconds",
+            "Time of one delivery attempt",
+            delivery_seconds.clone(),
+        );
+        registry.register(
+            "replication_lag_bytes",
+            "WAL between the server's end and the confirmed position",
+            lag_bytes.clone(),
+        );
+        registry.register(
+            "in_flight_bytes",
+            "Request bodies queued or being sent",
+            in_flight_bytes.clone(),
+        );
+        registry.register(
+            "parked_events",
+            "Events parked by this process since it started",
+            parked_events.clone(),
+        );
+        Metrics {
+            registry,
+            changes_decoded,
+            events_matched,
+            deliveries,
+            delivery_seconds,
+            lag_bytes,
+            in_flight_bytes,
+            parked_events,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn delivery(&self, outcome: &'static str, took: Duration) {
+        self.deliveries
+            .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
+            .inc();
+        self.delivery_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Liveness and progress of the pipeline.
+pub struct Health {
+    started: Instant,
+    /// Milliseconds since start at the last pipeline loop turn.
+    loop_at: AtomicU64,
+    /// Milliseconds since start when the position last advanced or
+    /// nothing was pending.
+    progress_at: AtomicU64,
+    streaming: AtomicBool,
+    slot_lost: AtomicBool,
+    confirmed: AtomicI64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            started: Instant::now(),
+            loop_at: AtomicU64::new(0),
+            progress_at: AtomicU64::new(0),
+            streaming: AtomicBool::new(false),
+            slot_lost: AtomicBool::new(false),
+            confirmed: AtomicI64::new(-1),
+        }
+    }
+}
+
+impl Health {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn since(&self, at: &AtomicU64) -> Duration {
+        Duration::from_millis(self.now().saturating_sub(at.load(Ordering::Acquire)))
+    }
+
+    /// The pipeline loop turned; `confirmed` is the position it may confirm
+    /// and `pending` whether events wait to be settled.
+    pub fn tick(&self, confirmed: u64, pending: bool) {
+        let now = self.now();
+        self.loop_at.store(now, Ordering::Release);
+        let previous = self.confirmed.swap(confirmed as i64, Ordering::AcqRel);
+        if !pending || previous != confirmed as i64 {
+            self.progress_at.store(now, Ordering::Release);
+        }
+    }
+
+    pub fn set_streaming(&self, streaming: bool) {
+        self.streaming.store(streaming, Ordering::Release);
+        let now = self.now();
+        self.loop_at.store(now, Ordering::Release);
+        self.progress_at.store(now, Ordering::Release);
+    }
+
+    pub fn set_slot_lost(&self) {
+        self.slot_lost.store(true, Ordering::Release);
+    }
+
+    /// The pipeline loop turned recently: the process is not stuck.
+    pub fn live(&self) -> bool {
+        !self.streaming.load(Ordering::Acquire) || self.since(&self.loop_at) < STALL_LIMIT
+    }
+
+    /// Why the daemon is not ready, if it is not.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if self.slot_lost.load(Ordering::Acquire) {
+            Some("the replication slot is lost")
+        } else if !self.streaming.load(Ordering::Acquire) {
+            Some("not streaming")
+        } else if self.since(&self.loop_at) >= STALL_LIMIT {
+            Some("the pipeline loop is stuck")
+        } else if self.since(&self.progress_at) >= STALL_LIMIT {
+            Some("changes are waiting and the position has not advanced")
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` until the task is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
+    let listen = listener.local_addr()?;
+    tracing::info!(%listen, "metrics and health on http://{listen}/metrics, /healthz, /readyz");
+    let app = axum::Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(Shared { metrics, health });
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn render_metrics(State(s): State<Shared>) -> (StatusCode, String) {
+    (StatusCode::OK, s.metrics.render())
+}
+
+async fn healthz(State(s): State<Shared>) -> (StatusCode, &'static str) {
+    if s.health.live() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the pipeline loop is stuck\n",
+        )
+    }
+}
+
+async fn readyz(State(s): State<Shared>) -> (StatusCode, String) {
+    match s.health.not_ready() {
+        None => (StatusCode::OK, "ready\n".into()),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
+}
+
+/// Ping the systemd watchdog while the pipeline is live; a stuck pipeline
+/// stops the pings and systemd restarts the service.
+pub async fn watchdog(health: Arc<Health>) {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let period = Duration::from_micros(usec / 2);
+    loop {
+        tokio::time::sleep(period).await;
+        if health.live() {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        } else {
+            tracing::error!("pipeline stuck: watchdog pings stopped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_in_prometheus_text_format() {
+        let m = Metrics::default();
+        m.changes_decoded.inc();
+        m.delivery("delivered", Duration::from_millis(3));
+        let text = m.render();
+        assert!(text.contains("walhook_changes_decoded_total 1"), "{text}");
+        assert!(
+            text.contains("walhook_deliveries_total{outcome=\"delivered\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("walhook_delivery_seconds_bucket"), "{text}");
+    }
+
+    #[test]
+    fn readiness_follows_streaming_and_progress() {
+        let h = Health::default();
+        assert_eq!(h.not_ready(), Some("not streaming"));
+        h.set_streaming(true);
+        h.tick(10, true);
+        assert_eq!(h.not_ready(), None);
+        h.set_slot_lost();
+        assert_eq!(h.not_ready(), Some("the replication slot is lost"));
+    }
+}

@@ -1,0 +1,137 @@
+//! Running walhook as a DBA does: metrics and health, SIGHUP reloads, and
+//! secrets that never reach the log.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use walhook::receiver::Receiver;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let r = reqwest::get(url).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+fn sighup(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_sighup_reload() {
+    let port = free_port();
+    let mut h = Harness::start(
+        "CREATE TABLE contact (id serial PRIMARY KEY, name text);",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .await;
+    let receiver = Receiver::start().await.unwrap();
+    let secret = "s3cr3t-never-logged";
+    h.add_hook("*", &receiver.url("/ops"), Some(secret)).await;
+    h.start_daemon().await;
+    let base = format!("http://127.0.0.1:{port}");
+
+    h.db.batch_execute("INSERT INTO contact (name) VALUES ('a')")
+        .await
+        .unwrap();
+    receiver.wait_until(WAIT, |r| !r.is_empty()).await;
+    let (status, text) = get(&format!("{base}/healthz")).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = get(&format!("{base}/readyz")).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, metrics) = get(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200);
+    for name in [
+        "walhook_changes_decoded_total 1",
+        "walhook_events_matched_total 1",
+        "walhook_deliveries_total{outcome=\"delivered\"} 1",
+        "walhook_delivery_seconds_bucket",
+        "walhook_replication_lag_bytes",
+        "walhook_in_flight_bytes",
+        "walhook_parked_events",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+
+    // SIGHUP with a new table mapping: events take the new entity name.
+    let pid = h.daemon_pid();
+    let original = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(
+        &h.config_path,
+        format!("{original}\n[tables.\"public.contact\"]\nentity = \"customer\"\n"),
+    )
+    .unwrap();
+    sighup(pid);
+    wait_log(&h, "config reloaded").await;
+    h.db.batch_execute("INSERT INTO contact (name) VALUES ('b')")
+        .await
+        .unwrap();
+    let got = receiver.wait_until(WAIT, |r| r.len() >= 2).await;
+    assert_eq!(
+        got[1].json()["Event"],
+        "customer.created",
+        "log:\n{}",
+        h.daemon_log()
+    );
+
+    // An invalid file keeps the old config, and says why.
+    std::fs::write(&h.config_path, format!("{original}\nnot toml at all [\n")).unwrap();
+    sighup(pid);
+    wait_log(&h, "config reload failed, keeping the old config").await;
+    h.db.batch_execute("INSERT INTO contact (name) VALUES ('c')")
+        .await
+        .unwrap();
+    let got = receiver.wait_until(WAIT, |r| r.len() >= 3).await;
+    assert_eq!(got[2].json()["Event"], "customer.created");
+    assert!(h.daemon_running());
+
+    assert!(h.stop_daemon().success());
+    let log = h.daemon_log();
+    assert!(!log.contains(secret), "the secret reached the log:\n{log}");
+    for r in &got {
+        let signature = r.header("x-superoffice-signature").unwrap();
+        assert!(!log.contains(signature), "a signature reached the log");
+    }
+}
+
+async fn wait_log(h: &Harness, needle: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !h.daemon_log().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in:\n{}",
+            h.daemon_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn metrics_listen_must_be_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.toml");
+    std::fs::write(&path, "[metrics]\nlisten = \"0.0.0.0:9187\"\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(&path)
+        .arg("run")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("metrics.listen"));
+}
