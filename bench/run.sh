@@ -119,7 +119,7 @@ cleanup() {
     fi
     if [[ -n $NGINX_PID ]] && kill -0 "$NGINX_PID" 2>/dev/null; then
         kill -QUIT "$NGINX_PID" 2>/dev/null
-        wait_exit "$NGINX_PID" 10 || kill -KILL "$NGINX_PID" 2>/dev/null
+        wait_exit "$NGINX_PID" 10 || { pkill -KILL -P "$NGINX_PID"; kill -KILL "$NGINX_PID"; } 2>/dev/null
     fi
     if (( PG_STARTED )); then
         as_pg "$PG_BIN/pg_ctl" -D "$TMP/pg/data" -m fast -t 30 stop >/dev/null 2>&1 \

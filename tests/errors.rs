@@ -25,7 +25,12 @@ fn run_to_exit(config: &std::path::Path, timeout: Duration) -> (Option<i32>, Str
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
             use std::io::Read;
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             assert!(!err.contains("panicked"), "walhook panicked:\n{err}");
             return (status.code(), err);
         }
@@ -34,7 +39,12 @@ fn run_to_exit(config: &std::path::Path, timeout: Duration) -> (Option<i32>, Str
             let mut err = String::new();
             use std::io::Read;
             let _ = child.wait();
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             return (None, err);
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -59,11 +69,24 @@ async fn wal_level_not_logical_is_named_with_the_fix() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &cluster.url("postgres"));
-    let check = Command::new(BIN).arg("-c").arg(&config).arg("check").output().unwrap();
+    let check = Command::new(BIN)
+        .arg("-c")
+        .arg(&config)
+        .arg("check")
+        .output()
+        .unwrap();
     let out = String::from_utf8_lossy(&check.stdout);
     assert_eq!(check.status.code(), Some(3), "{out}");
-    assert!(out.contains("FAIL  wal_level is replica: set wal_level = logical"), "{out}");
-    let setup = Command::new(BIN).arg("-c").arg(&config).arg("setup").output().unwrap();
+    assert!(
+        out.contains("FAIL  wal_level is replica: set wal_level = logical"),
+        "{out}"
+    );
+    let setup = Command::new(BIN)
+        .arg("-c")
+        .arg(&config)
+        .arg("setup")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&setup.stderr);
     assert_eq!(setup.status.code(), Some(1));
     assert!(err.contains("wal_level"), "{err}");
@@ -99,7 +122,10 @@ async fn missing_objects_privileges_busy_slot_and_passwords() {
     .unwrap();
     h.db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let url = format!("postgres://pwuser:wrong@127.0.0.1:{}/postgres", h.cluster.port());
+    let url = format!(
+        "postgres://pwuser:wrong@127.0.0.1:{}/postgres",
+        h.cluster.port()
+    );
     let (code, err) = run_to_exit(&write_config(dir.path(), &url), Duration::from_secs(20));
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("password authentication failed"), "{err}");
@@ -120,10 +146,15 @@ async fn missing_objects_privileges_busy_slot_and_passwords() {
     assert_eq!(code, None, "walhook keeps waiting for the slot:\n{err}");
     assert!(err.contains("is active for PID"), "{err}");
     let attempts = err.matches("reconnecting in").count();
-    assert!((1..=3).contains(&attempts), "backs off, no retry storm ({attempts} tries in 4 s):\n{err}");
+    assert!(
+        (1..=3).contains(&attempts),
+        "backs off, no retry storm ({attempts} tries in 4 s):\n{err}"
+    );
 
     // Missing publication, then missing slot.
-    h.db.batch_execute("DROP PUBLICATION walhook").await.unwrap();
+    h.db.batch_execute("DROP PUBLICATION walhook")
+        .await
+        .unwrap();
     let (code, err) = run_to_exit(&write_config(dir.path(), &url), Duration::from_secs(20));
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("walhook setup"), "{err}");
@@ -146,13 +177,19 @@ fn unreachable_server_is_retried_with_backoff() {
         .unwrap()
         .port();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &format!("postgres://walhook@127.0.0.1:{port}/db"));
+    let config = write_config(
+        dir.path(),
+        &format!("postgres://walhook@127.0.0.1:{port}/db"),
+    );
     let (code, err) = run_to_exit(&config, Duration::from_secs(4));
     assert_eq!(code, None, "keeps trying:\n{err}");
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(err.to_lowercase().contains("connection refused"), "{err}");
     let attempts = err.matches("reconnecting in").count();
-    assert!((2..=4).contains(&attempts), "{attempts} attempts in 4 s:\n{err}");
+    assert!(
+        (2..=4).contains(&attempts),
+        "{attempts} attempts in 4 s:\n{err}"
+    );
 }
 
 #[test]
@@ -160,7 +197,12 @@ fn a_bad_config_names_the_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[delivery]\nmax_consecutive_erors = 3\n").unwrap();
-    let out = Command::new(BIN).arg("-c").arg(&path).arg("run").output().unwrap();
+    let out = Command::new(BIN)
+        .arg("-c")
+        .arg(&path)
+        .arg("run")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("bad.toml"), "{err}");

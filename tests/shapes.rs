@@ -43,7 +43,10 @@ async fn replica_identities_keys_partitions_and_quoted_names() {
     // host's UPDATE and DELETE keep working; check says how to fix it.
     let check = h.walhook(&["check"]);
     let out = String::from_utf8_lossy(&check.stdout).to_string();
-    assert!(out.contains("WARN  table public.keyless has no primary key"), "{out}");
+    assert!(
+        out.contains("WARN  table public.keyless has no primary key"),
+        "{out}"
+    );
     assert!(out.contains("public.ident_nothing"), "{out}");
 
     h.start_daemon().await;
@@ -76,7 +79,12 @@ async fn replica_identities_keys_partitions_and_quoted_names() {
         .iter()
         .map(|x| x.json()["Event"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(got.len(), 13, "events: {events:?}\nlog:\n{}", h.daemon_log());
+    assert_eq!(
+        got.len(),
+        13,
+        "events: {events:?}\nlog:\n{}",
+        h.daemon_log()
+    );
 
     let find = |event: &str| -> Vec<Value> {
         got.iter()
@@ -93,7 +101,10 @@ async fn replica_identities_keys_partitions_and_quoted_names() {
     assert_eq!(changed["Changes"], json!(["a"]));
     assert_eq!(changed["PrimaryKey"], 1);
     let deleted = &find("ident_full.deleted")[0];
-    assert_eq!(deleted["FieldValues"], json!({"id": 1, "a": "a2", "b": "b"}));
+    assert_eq!(
+        deleted["FieldValues"],
+        json!({"id": 1, "a": "a2", "b": "b"})
+    );
     assert_eq!(deleted["Values"], json!({"id": 1}));
     assert_eq!(deleted["MissingColumns"], json!([]));
     // USING INDEX: the index columns are the key; a key-changing update.
@@ -143,9 +154,18 @@ async fn unchanged_toast_is_missing_never_fetched_and_truncate_is_reported() {
     .unwrap();
     let got = r.wait_until(WAIT, |x| x.len() >= 5).await;
     let bodies: Vec<Value> = got.iter().map(|x| x.json()).collect();
-    let created = bodies.iter().find(|b| b["Event"] == "toasted.created").unwrap();
-    assert_eq!(created["FieldValues"]["big"].as_str().unwrap().len(), 128_000);
-    let changed = bodies.iter().find(|b| b["Event"] == "toasted.changed").unwrap();
+    let created = bodies
+        .iter()
+        .find(|b| b["Event"] == "toasted.created")
+        .unwrap();
+    assert_eq!(
+        created["FieldValues"]["big"].as_str().unwrap().len(),
+        128_000
+    );
+    let changed = bodies
+        .iter()
+        .find(|b| b["Event"] == "toasted.changed")
+        .unwrap();
     assert_eq!(changed["MissingColumns"], json!(["big"]));
     assert!(changed["FieldValues"].get("big").is_none());
     assert_eq!(changed["FieldValues"]["n"], 1);
