@@ -44,6 +44,9 @@ struct Shared {
     notify: Notify,
     /// How long each answer takes (a slow target).
     delay: Duration,
+    /// Keep every request (false: only count them, for big workloads).
+    keep: bool,
+    count: std::sync::atomic::AtomicU64,
 }
 
 pub struct Receiver {
@@ -61,23 +64,37 @@ impl Receiver {
     pub async fn start_with(
         respond: impl Fn(&ReceivedRequest, usize) -> u16 + Send + Sync + 'static,
     ) -> anyhow::Result<Receiver> {
-        Receiver::start_full(respond, Duration::ZERO).await
+        Receiver::start_full(respond, Duration::ZERO, true).await
+    }
+
+    /// A receiver answering 200 that only counts requests: memory stays
+    /// flat however many arrive.
+    pub async fn start_counting() -> anyhow::Result<Receiver> {
+        Receiver::start_full(|_, _| 200, Duration::ZERO, false).await
+    }
+
+    /// Requests received so far.
+    pub fn count(&self) -> u64 {
+        self.shared.count.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A receiver answering 200 after `delay`, without blocking a thread.
     pub async fn start_slow(delay: Duration) -> anyhow::Result<Receiver> {
-        Receiver::start_full(|_, _| 200, delay).await
+        Receiver::start_full(|_, _| 200, delay, true).await
     }
 
     async fn start_full(
         respond: impl Fn(&ReceivedRequest, usize) -> u16 + Send + Sync + 'static,
         delay: Duration,
+        keep: bool,
     ) -> anyhow::Result<Receiver> {
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),
             responder: Box::new(respond),
             notify: Notify::new(),
             delay,
+            keep,
+            count: std::sync::atomic::AtomicU64::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -146,6 +163,12 @@ async fn record(
 ) -> StatusCode {
     if !shared.delay.is_zero() {
         tokio::time::sleep(shared.delay).await;
+    }
+    shared
+        .count
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    if !shared.keep {
+        return StatusCode::OK;
     }
     let mut request = ReceivedRequest {
         path: uri.path().to_owned(),

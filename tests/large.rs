@@ -1,0 +1,82 @@
+//! One transaction of 1,000,000 rows: memory stays bounded by the in-flight
+//! budget, and the position is confirmed only after the whole transaction.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use walhook::receiver::Receiver;
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_row_transaction_streams_with_bounded_memory() {
+    let rows: i64 = std::env::var("WALHOOK_LARGE_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    // A small budget, so the bound is what holds memory down.
+    let budget = 16 * 1024 * 1024;
+    let mut h = Harness::start(
+        "CREATE TABLE bulk (id bigint PRIMARY KEY, n int, label text);",
+        &format!("max_in_flight_bytes = {budget}\nconcurrency_per_webhook = 16\n"),
+    )
+    .await;
+    let receiver = Receiver::start_counting().await.unwrap();
+    h.add_hook("bulk.created", &receiver.url("/bulk"), None).await;
+    h.start_daemon().await;
+    h.db.execute(
+        "INSERT INTO bulk SELECT i, i % 1000, 'label ' || i FROM generate_series(1::bigint, $1) i",
+        &[&rows],
+    )
+    .await
+    .unwrap();
+    let end = h.current_lsn().await;
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(900);
+    // Until the last row is delivered the slot stays before the commit.
+    while receiver.count() < rows as u64 {
+        let confirmed = h.confirmed().await;
+        assert!(
+            confirmed < end || receiver.count() >= rows as u64,
+            "position confirmed ({confirmed:X}) with {} of {rows} rows delivered",
+            receiver.count()
+        );
+        assert!(Instant::now() < deadline, "only {} rows in 900 s", receiver.count());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = started.elapsed();
+    h.wait_for("the slot to pass the transaction", Duration::from_secs(30), move |db| {
+        Box::pin(async move {
+            let t: String = db
+                .query_one(
+                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'walhook'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            parse_lsn(&t) >= end
+        })
+    })
+    .await;
+    let rss = peak_rss_kib(h.daemon_pid());
+    eprintln!(
+        "{rows} rows in one transaction: delivered in {took:.1?} ({:.0}/s), walhook peak RSS {} MiB (budget {} MiB)",
+        rows as f64 / took.as_secs_f64(),
+        rss / 1024,
+        budget / 1024 / 1024
+    );
+    // The budget plus the process's own overhead (runtime, TLS, buffers).
+    assert!(rss < (budget / 1024) + 96 * 1024, "peak RSS {rss} KiB");
+    assert!(h.stop_daemon().success());
+}
