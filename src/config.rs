@@ -426,7 +426,7 @@ impl Connection {
                 Some(text.lines().next().unwrap_or("").to_owned())
             }
             (None, Some(p)) => Some(String::from_utf8_lossy(p).into_owned()),
-            (None, None) => env("PGPASSWORD"),
+            (None, None) => env("PGPASSWORD").or_else(|| pgpass(&host, port, &dbname, &user)),
         };
         let sslmode = match url_param(&pg.url, "sslmode")
             .or_else(|| env("PGSSLMODE"))
@@ -475,6 +475,40 @@ impl Connection {
         }
         c
     }
+}
+
+/// The password for a connection from `$PGPASSFILE` or `~/.pgpass`, as
+/// libpq reads it: `host:port:database:user:password`, `*` matching
+/// anything, `\:` and `\\` escaped. A missing file means no password.
+fn pgpass(host: &str, port: u16, dbname: &str, user: &str) -> Option<String> {
+    let path = std::env::var_os("PGPASSFILE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    pgpass_lookup(&text, host, port, dbname, user)
+}
+
+fn pgpass_lookup(text: &str, host: &str, port: u16, dbname: &str, user: &str) -> Option<String> {
+    let port = port.to_string();
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .find_map(|line| {
+            let mut fields = Vec::with_capacity(5);
+            let mut field = String::new();
+            let mut chars = line.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => field.extend(chars.next()),
+                    ':' if fields.len() < 4 => fields.push(std::mem::take(&mut field)),
+                    c => field.push(c),
+                }
+            }
+            fields.push(field);
+            let [h, p, d, u, password] = <[String; 5]>::try_from(fields).ok()?;
+            let matches = |pattern: &str, value: &str| pattern == "*" || pattern == value;
+            (matches(&h, host) && matches(&p, &port) && matches(&d, dbname) && matches(&u, user))
+                .then_some(password)
+        })
 }
 
 /// The connection string without the given parameters.
@@ -562,6 +596,24 @@ mod tests {
         assert!(glob_match("crm.*", "crm.contact"));
         assert!(!glob_match("crm.*", "public.contact"));
         assert!(glob_match("public.c*t", "public.contact"));
+    }
+
+    #[test]
+    fn pgpass_lines() {
+        let text =
+            "# comment\nother:5432:*:bob:x\ndb.example:*:crm:alice:p\\:w\\\\d\n*:*:*:*:fallback\n";
+        assert_eq!(
+            pgpass_lookup(text, "db.example", 6543, "crm", "alice").as_deref(),
+            Some("p:w\\d")
+        );
+        assert_eq!(
+            pgpass_lookup(text, "h", 1, "d", "u").as_deref(),
+            Some("fallback")
+        );
+        assert_eq!(
+            pgpass_lookup("other:5432:*:bob:x\n", "h", 1, "d", "u"),
+            None
+        );
     }
 
     #[test]

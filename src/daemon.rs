@@ -678,6 +678,23 @@ async fn session(
         return Ok(());
     }
     let start = slot_position(&sql, &slot).await?;
+    let publications = [
+        config.postgres.publication.clone(),
+        keyless_publication(&config),
+    ];
+    for publication in &publications {
+        let exists = sql
+            .query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                &[publication],
+            )
+            .await
+            .context("reading pg_publication")?
+            .is_some();
+        if !exists {
+            bail!("publication {publication:?} does not exist: run `walhook setup` to create it");
+        }
+    }
     let registry = registry_at(&sql, &schema, start).await?;
     let types = TypeCatalog::load(&sql).await?;
 
@@ -694,10 +711,7 @@ async fn session(
     let mut source = Source::start(SourceSettings {
         connection: &conn,
         slot: &slot,
-        publications: vec![
-            config.postgres.publication.clone(),
-            keyless_publication(&config),
-        ],
+        publications: publications.to_vec(),
         status_interval: config.postgres.status_interval,
     })
     .await

@@ -451,6 +451,54 @@ pub async fn check(client: &Client, config: &Config) -> Vec<CheckLine> {
         ),
         Err(e) => push(CheckLevel::Fail, format!("SHOW wal_level: {e}")),
     }
+    match client
+        .query_one(
+            "SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+    {
+        Ok(row) if row.get::<_, bool>(1) => push(
+            CheckLevel::Ok,
+            format!("role {} may stream (REPLICATION)", row.get::<_, String>(0)),
+        ),
+        Ok(row) => push(
+            CheckLevel::Fail,
+            format!(
+                "role {0} lacks the REPLICATION attribute: ALTER ROLE {0} REPLICATION (note that it then reads every published change regardless of row-level security)",
+                row.get::<_, String>(0)
+            ),
+        ),
+        Err(e) => push(CheckLevel::Fail, format!("reading pg_roles: {e}")),
+    }
+    match client
+        .query_one(
+            "SELECT current_setting('max_replication_slots')::int, \
+                    (SELECT count(*) FROM pg_replication_slots)::int, \
+                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&config.postgres.slot],
+        )
+        .await
+    {
+        Ok(row) => {
+            let (max, used, ours): (i32, i32, bool) = (row.get(0), row.get(1), row.get(2));
+            if !ours && used >= max {
+                push(
+                    CheckLevel::Fail,
+                    format!("max_replication_slots is {max} and all are in use: raise it in postgresql.conf (restart needed) or drop an unused slot"),
+                );
+            } else {
+                push(
+                    CheckLevel::Ok,
+                    format!("max_replication_slots {max}, {used} in use"),
+                );
+            }
+        }
+        Err(e) => push(
+            CheckLevel::Fail,
+            format!("reading max_replication_slots: {e}"),
+        ),
+    }
     let slot = &config.postgres.slot;
     match client
         .query_opt(

@@ -208,3 +208,59 @@ fn a_bad_config_names_the_file_and_key() {
     assert!(err.contains("bad.toml"), "{err}");
     assert!(err.contains("max_consecutive_erors"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_slot_is_reported_loudly_and_never_recreated() {
+    let h = Harness::start_with(
+        vec![("max_slot_wal_keep_size".into(), "1MB".into())],
+        "CREATE TABLE t (id int PRIMARY KEY, pad text);",
+        "",
+    )
+    .await;
+    // Move the WAL on past what the server keeps for the slot.
+    for _ in 0..10 {
+        h.db.batch_execute(
+            "INSERT INTO t SELECT i, repeat('x', 500) FROM generate_series((SELECT coalesce(max(id), 0) + 1 FROM t), (SELECT coalesce(max(id), 0) + 3000 FROM t)) i;
+             SELECT pg_switch_wal(); CHECKPOINT;",
+        )
+        .await
+        .unwrap();
+        let status: Option<String> =
+            h.db.query_one(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'walhook'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if status.as_deref() == Some("lost") {
+            break;
+        }
+    }
+    let run = h.walhook(&["run"]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("invalidated") && err.contains("never re-create")
+            || err.contains("will not re-create"),
+        "{err}"
+    );
+    let status = h.walhook(&["status"]);
+    assert_eq!(status.status.code(), Some(4), "{}", text(&status));
+    let check = h.walhook(&["check"]);
+    assert_eq!(check.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&check.stdout)
+        .contains("FAIL  replication slot \"walhook\" was invalidated"));
+    let setup = h.walhook(&["setup"]);
+    assert_eq!(
+        setup.status.code(),
+        Some(1),
+        "setup refuses to paper over a lost slot"
+    );
+    let slots: i64 =
+        h.db.query_one("SELECT count(*) FROM pg_replication_slots", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(slots, 1, "the lost slot is not re-created or replaced");
+}

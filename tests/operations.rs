@@ -135,3 +135,59 @@ fn metrics_listen_must_be_loopback() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("metrics.listen"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_run_role_is_enough_and_replicated_changes_can_be_skipped() {
+    let mut h = Harness::start(
+        "CREATE TABLE t (id int PRIMARY KEY);",
+        "[events]\nskip_replicated = true\n",
+    )
+    .await;
+    // The least-privilege run role, exactly as the README shows it.
+    h.db.batch_execute(
+        "CREATE ROLE walhook_run LOGIN REPLICATION;
+         GRANT USAGE ON SCHEMA walhook TO walhook_run;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA walhook TO walhook_run;
+         GRANT USAGE ON SCHEMA public TO walhook_run;
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO walhook_run;",
+    )
+    .await
+    .unwrap();
+    let config = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(
+        &h.config_path,
+        config.replace("postgres://postgres@", "postgres://walhook_run@"),
+    )
+    .unwrap();
+    let receiver = Receiver::start().await.unwrap();
+    h.add_hook("*", &receiver.url("/o"), None).await;
+    h.start_daemon().await;
+    // Each statement its own transaction: the origin is the session's at
+    // commit time.
+    for sql in [
+        "SELECT pg_replication_origin_create('upstream')",
+        "SELECT pg_replication_origin_session_setup('upstream')",
+        "INSERT INTO t VALUES (1)",
+        "SELECT pg_replication_origin_session_reset()",
+        "INSERT INTO t VALUES (2)",
+    ] {
+        h.db.batch_execute(sql).await.unwrap();
+    }
+    let got = receiver.wait_until(WAIT, |r| !r.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let keys: Vec<i64> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.json()["PrimaryKey"].as_i64().unwrap())
+        .collect();
+    assert_eq!(keys, [2], "log:\n{}", h.daemon_log());
+    assert!(!got.is_empty());
+    // Statistics were written by the run role.
+    let calls: i64 =
+        h.db.query_one("SELECT total_calls FROM walhook.webhook_usage", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(calls, 1);
+    assert!(h.stop_daemon().success());
+}

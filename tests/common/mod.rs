@@ -28,10 +28,23 @@ impl Harness {
     /// A cluster with `host_sql` applied, a config (plus `extra_config`
     /// TOML appended) and `walhook setup` run.
     pub async fn start(host_sql: &str, extra_config: &str) -> Harness {
-        let cluster = tokio::task::spawn_blocking(Cluster::start)
-            .await
-            .unwrap()
-            .expect("throwaway PostgreSQL starts");
+        Harness::start_with(Vec::new(), host_sql, extra_config).await
+    }
+
+    /// As [`start`](Self::start), with server settings.
+    pub async fn start_with(
+        settings: Vec<(String, String)>,
+        host_sql: &str,
+        extra_config: &str,
+    ) -> Harness {
+        let cluster = tokio::task::spawn_blocking(move || {
+            walhook::cluster::Cluster::start_with(walhook::cluster::ClusterOptions {
+                extra_settings: settings,
+            })
+        })
+        .await
+        .unwrap()
+        .expect("throwaway PostgreSQL starts");
         cluster
             .execute("postgres", host_sql)
             .await
