@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context};
 use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Row};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::cli::{exit, AddArgs, WebhookCommand};
@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::daemon::connect_sql;
 use crate::delivery::{check_target, http_client, request};
 use crate::events::WebhookRow;
-use crate::registry::{Webhook, WebhookState};
+use crate::registry::{self, Webhook, WebhookState};
 use crate::setup::{ident, keyless_publication};
 use crate::store::truncate_chars;
 
@@ -100,38 +100,6 @@ fn table(config: &Config, name: &str) -> String {
 /// `schema.table` as people read it, in messages.
 fn table_name(config: &Config, name: &str) -> String {
     format!("{}.{name}", config.postgres.schema)
-}
-
-/// Columns in the order the text query returns them (as the registry loads).
-const ROW_COLUMNS: [&str; 9] = [
-    "webhook_id",
-    "name",
-    "events",
-    "target_url",
-    "type",
-    "headers",
-    "properties",
-    "secret",
-    "state",
-];
-
-fn select_rows(config: &Config, filter: &str) -> String {
-    format!(
-        "SELECT webhook_id::text, name::text, events::text, target_url::text, type::text, \
-                headers::text, properties::text, secret::text, state::text \
-           FROM {} {filter} ORDER BY webhook_id",
-        table(config, "webhook")
-    )
-}
-
-fn webhook_row(row: &Row) -> WebhookRow {
-    WebhookRow(
-        ROW_COLUMNS
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.to_string(), row.get::<_, Option<String>>(i)))
-            .collect(),
-    )
 }
 
 fn state_name(state: i16) -> String {
@@ -666,12 +634,12 @@ pub async fn webhook(config: &Config, command: WebhookCommand) -> anyhow::Result
 async fn webhook_list(config: &Config, as_json: bool) -> anyhow::Result<u8> {
     let client = connect(config).await?;
     let rows = client
-        .query(&select_rows(config, ""), &[])
+        .query(&registry::select_rows_sql(&config.postgres.schema, ""), &[])
         .await
         .pg(format!("reading {}", table_name(config, "webhook")))?;
     let mut out = Vec::new();
     for r in &rows {
-        let row = webhook_row(r);
+        let row = registry::row_from(r);
         let get = |n: &str| row.0.get(n).cloned().flatten();
         let id = get("webhook_id").unwrap_or_default();
         // What the daemon would make of the row.
@@ -1003,7 +971,10 @@ const TEST_BODY_MAX_CHARS: usize = 2000;
 async fn webhook_test(config: &Config, id: i32) -> anyhow::Result<u8> {
     let client = connect(config).await?;
     let row = client
-        .query_opt(&select_rows(config, "WHERE webhook_id = $1"), &[&id])
+        .query_opt(
+            &registry::select_rows_sql(&config.postgres.schema, "WHERE webhook_id = $1"),
+            &[&id],
+        )
         .await
         .pg(format!("reading webhook_id {id}"))?
         .ok_or_else(|| {
@@ -1012,7 +983,7 @@ async fn webhook_test(config: &Config, id: i32) -> anyhow::Result<u8> {
                 table_name(config, "webhook")
             )
         })?;
-    let hook = Webhook::from_row(&webhook_row(&row))
+    let hook = Webhook::from_row(&registry::row_from(&row))
         .map_err(|why| anyhow!("webhook_id {id} cannot be used: {why}"))?;
     let url = hook.target_url.clone();
     check_target(&config.delivery, &url)

@@ -239,6 +239,10 @@ impl Pipeline {
                     .ok_or_else(|| anyhow!("a {} message outside a transaction", m.name()))?;
                 let info = txn.info;
                 let changes = self.builder.change(&info, &mut txn.next_index, m)?;
+                if self.builder.types_outdated_by(info.commit_lsn) {
+                    // A composite type was altered while walhook runs.
+                    self.builder.set_types(TypeCatalog::load(&self.sql).await?);
+                }
                 for change in changes {
                     match change {
                         Change::Event(event) => {

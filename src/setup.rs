@@ -11,7 +11,6 @@ use anyhow::{bail, Context};
 use tokio_postgres::Client;
 
 use crate::config::Config;
-use crate::events::WebhookRow;
 use crate::registry::Webhook;
 
 /// The schema, tables and trigger (sql/schema.sql).
@@ -598,34 +597,11 @@ pub async fn check(client: &Client, config: &Config) -> Vec<CheckLine> {
         }
         Err(e) => push(CheckLevel::Warn, format!("reading published tables: {e}")),
     }
-    let s = ident(&config.postgres.schema);
-    let sql = format!(
-        "SELECT webhook_id::text, name::text, events::text, target_url::text, type::text, \
-                headers::text, properties::text, secret::text, state::text FROM {s}.webhook"
-    );
-    match client.query(&sql, &[]).await {
+    match crate::registry::load_rows(client, &config.postgres.schema).await {
         Ok(rows) => {
-            let names = [
-                "webhook_id",
-                "name",
-                "events",
-                "target_url",
-                "type",
-                "headers",
-                "properties",
-                "secret",
-                "state",
-            ];
             let mut bad = 0;
-            for r in &rows {
-                let row = WebhookRow(
-                    names
-                        .iter()
-                        .enumerate()
-                        .map(|(i, n)| (n.to_string(), r.get::<_, Option<String>>(i)))
-                        .collect(),
-                );
-                match Webhook::from_row(&row) {
+            for row in &rows {
+                match Webhook::from_row(row) {
                     Ok(hook) => {
                         if let Err(refusal) =
                             crate::delivery::check_target(&config.delivery, &hook.target_url)

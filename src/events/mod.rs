@@ -214,6 +214,12 @@ impl EventBuilder {
             .any(|c| !self.types.knows(c.type_oid))
     }
 
+    /// Whether the type catalog predates an ALTER TYPE that a change
+    /// committed at `commit_lsn` showed (see `TypeCatalog::outdated_by`).
+    pub fn types_outdated_by(&self, commit_lsn: Lsn) -> bool {
+        self.types.outdated_by(commit_lsn)
+    }
+
     pub fn set_types(&mut self, types: TypeCatalog) {
         self.types = types;
     }

@@ -4,20 +4,31 @@
 //! pgoutput sends each value in its type's text output form. The replication
 //! session pins the settings that shape that form (see `source`), so this
 //! module only has to apply the few rules by which `to_jsonb()` departs from
-//! plain text: numbers, booleans, embedded JSON, arrays, and the ISO 8601
-//! `T` form of timestamps. Everything else is the text itself, as in
-//! `to_jsonb()`.
+//! plain text: numbers, booleans, embedded JSON, arrays, composites (objects
+//! of their attributes, converted by the attributes' types), hstore (through
+//! its cast to json) and the ISO 8601 `T` form of timestamps. Everything
+//! else is the text itself, as in `to_jsonb()`.
 
-use serde_json::Value;
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use serde_json::{Map, Value};
 
 use super::catalog::{JsonCategory, TypeCatalog};
 
+/// Composites nest, but a value cannot contain itself; the bound only
+/// guards against a corrupt catalog.
+const MAX_DEPTH: usize = 64;
+
 /// Convert one non-NULL value of type `type_oid` from its text form.
 pub fn text_to_json(catalog: &TypeCatalog, type_oid: u32, text: &str) -> Value {
-    convert(catalog, catalog.category(type_oid), text)
+    convert(catalog, catalog.category(type_oid), text, 0)
 }
 
-fn convert(catalog: &TypeCatalog, category: JsonCategory, text: &str) -> Value {
+fn convert(catalog: &TypeCatalog, category: JsonCategory, text: &str, depth: usize) -> Value {
+    if depth > MAX_DEPTH {
+        return Value::String(text.to_owned());
+    }
     match category {
         JsonCategory::Bool => match text {
             "t" => Value::Bool(true),
@@ -33,12 +44,218 @@ fn convert(catalog: &TypeCatalog, category: JsonCategory, text: &str) -> Value {
         JsonCategory::Array { element, delimiter } => {
             let element_category = catalog.category(element);
             match parse_array(text, delimiter) {
-                Some(array) => array_to_json(catalog, element_category, array),
+                Some(array) => array_to_json(catalog, element_category, array, depth),
                 // Never lose a value over a parse failure: send the text.
                 None => Value::String(text.to_owned()),
             }
         }
+        JsonCategory::Composite { oid } => composite(catalog, oid, text, depth),
+        JsonCategory::Hstore => parse_hstore(text)
+            .map(Value::Object)
+            .unwrap_or_else(|| Value::String(text.to_owned())),
+        JsonCategory::JsonCast { oid } => {
+            warn_once(
+                oid,
+                Warning::JsonCast,
+                &format!(
+                    "type {} has a cast to json that walhook cannot reproduce; \
+                     its values are sent as text, where to_jsonb() would use the cast",
+                    catalog.type_name(oid)
+                ),
+            );
+            Value::String(text.to_owned())
+        }
         JsonCategory::Text => Value::String(text.to_owned()),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Warning {
+    FieldCount,
+    NoFields,
+    JsonCast,
+}
+
+/// Log `message` once per type and kind of problem.
+fn warn_once(oid: u32, kind: Warning, message: &str) {
+    static WARNED: Mutex<BTreeSet<(u32, Warning)>> = Mutex::new(BTreeSet::new());
+    let first = WARNED
+        .lock()
+        .map(|mut warned| warned.insert((oid, kind)))
+        .unwrap_or(true);
+    if first {
+        tracing::warn!(type_oid = oid, "{message}");
+    }
+}
+
+/// A composite value: an object of its attributes, as `to_jsonb()` gives.
+/// The names come from the catalog, so a value whose field count does not
+/// match it (the type was altered after the value was written) is sent as
+/// its text rather than under wrong names.
+fn composite(catalog: &TypeCatalog, oid: u32, text: &str, depth: usize) -> Value {
+    let Some(fields) = catalog.fields(oid) else {
+        warn_once(
+            oid,
+            Warning::NoFields,
+            &format!(
+                "composite type {} has no attributes in walhook's type catalog; \
+                 its values are sent as text",
+                catalog.type_name(oid)
+            ),
+        );
+        catalog.mark_stale();
+        return Value::String(text.to_owned());
+    };
+    // `()` is both a row of no attributes and a row of one NULL.
+    let values = if fields.is_empty() && text.trim() == "()" {
+        Some(Vec::new())
+    } else {
+        parse_record(text)
+    };
+    match values {
+        Some(values) if values.len() == fields.len() => Value::Object(
+            fields
+                .iter()
+                .zip(values)
+                .map(|(field, value)| {
+                    let json = match value {
+                        None => Value::Null,
+                        Some(v) => {
+                            convert(catalog, catalog.category(field.type_oid), &v, depth + 1)
+                        }
+                    };
+                    (field.name.clone(), json)
+                })
+                .collect::<Map<String, Value>>(),
+        ),
+        Some(values) => {
+            warn_once(
+                oid,
+                Warning::FieldCount,
+                &format!(
+                    "a value of composite type {} has {} fields where walhook's type catalog \
+                     has {} (the type was altered); such values are sent as text",
+                    catalog.type_name(oid),
+                    values.len(),
+                    fields.len()
+                ),
+            );
+            // The catalog may predate an ALTER TYPE; the caller decides
+            // whether a new one would help (`TypeCatalog::outdated_by`).
+            catalog.mark_stale();
+            Value::String(text.to_owned())
+        }
+        None => Value::String(text.to_owned()),
+    }
+}
+
+/// Parse a record's text output, `(1,"a b",,"")`: `None` for a NULL field
+/// (nothing between the commas), the field's text otherwise. Follows
+/// `record_in`: double quotes may surround any part of a field, and inside
+/// them `""` and `\"` are a quote; `\` escapes the next character anywhere.
+fn parse_record(text: &str) -> Option<Vec<Option<String>>> {
+    let s = text.trim().as_bytes();
+    if s.first() != Some(&b'(') {
+        return None;
+    }
+    let mut pos = 1;
+    let mut fields = Vec::new();
+    loop {
+        let c = *s.get(pos)?;
+        if c == b',' || c == b')' {
+            fields.push(None);
+        } else {
+            let mut buf = Vec::new();
+            let mut quoted = false;
+            loop {
+                let c = *s.get(pos)?;
+                match (quoted, c) {
+                    (_, b'\\') => {
+                        buf.push(*s.get(pos + 1)?);
+                        pos += 2;
+                    }
+                    (true, b'"') if s.get(pos + 1) == Some(&b'"') => {
+                        buf.push(b'"');
+                        pos += 2;
+                    }
+                    (_, b'"') => {
+                        quoted = !quoted;
+                        pos += 1;
+                    }
+                    (false, b',' | b')') => break,
+                    _ => {
+                        buf.push(c);
+                        pos += 1;
+                    }
+                }
+            }
+            fields.push(Some(String::from_utf8(buf).ok()?));
+        }
+        match s[pos] {
+            b',' => pos += 1,
+            _ => {
+                pos += 1;
+                break;
+            }
+        }
+    }
+    (pos == s.len()).then_some(fields)
+}
+
+/// Parse hstore's text output (`"a"=>"1", "b"=>NULL`) into what its cast
+/// to json, `hstore_to_json`, gives: an object of strings and nulls.
+fn parse_hstore(text: &str) -> Option<Map<String, Value>> {
+    let s = text.as_bytes();
+    let mut pos = 0;
+    let mut map = Map::new();
+    let quoted = |pos: &mut usize| -> Option<String> {
+        if s.get(*pos) != Some(&b'"') {
+            return None;
+        }
+        *pos += 1;
+        let mut buf = Vec::new();
+        loop {
+            match *s.get(*pos)? {
+                b'\\' => {
+                    buf.push(*s.get(*pos + 1)?);
+                    *pos += 2;
+                }
+                b'"' => {
+                    *pos += 1;
+                    return String::from_utf8(buf).ok();
+                }
+                c => {
+                    buf.push(c);
+                    *pos += 1;
+                }
+            }
+        }
+    };
+    loop {
+        skip_ws(s, &mut pos);
+        if pos == s.len() {
+            return Some(map);
+        }
+        let key = quoted(&mut pos)?;
+        skip_ws(s, &mut pos);
+        if !s[pos..].starts_with(b"=>") {
+            return None;
+        }
+        pos += 2;
+        skip_ws(s, &mut pos);
+        let value = if s[pos..].starts_with(b"NULL") {
+            pos += 4;
+            Value::Null
+        } else {
+            Value::String(quoted(&mut pos)?)
+        };
+        map.insert(key, value);
+        skip_ws(s, &mut pos);
+        match s.get(pos) {
+            None => return Some(map),
+            Some(b',') => pos += 1,
+            Some(_) => return None,
+        }
     }
 }
 
@@ -90,19 +307,21 @@ fn is_json_number(text: &str) -> bool {
 /// ISO output (`2024-01-01 08:00:00.5+00`) to the XSD form `to_jsonb()` uses
 /// (`2024-01-01T08:00:00.5+00:00`). `infinity` and BC suffixes pass through.
 fn xsd_timestamp(text: &str) -> String {
-    let bytes = text.as_bytes();
-    // The date part is at least YYYY-MM-DD; only a digit-led value has one.
-    if bytes.len() < 11 || !bytes[0].is_ascii_digit() || bytes[10] != b' ' {
+    // Only a digit-led value has a date part (not `infinity`); the year
+    // may have more than four digits.
+    if !text.as_bytes().first().is_some_and(u8::is_ascii_digit) {
         return text.to_owned();
     }
-    let (body, bc) = match text.strip_suffix(" BC") {
-        Some(b) => (b, " BC"),
-        None => (text, ""),
+    let Some((date, rest)) = text.split_once(' ') else {
+        return text.to_owned();
+    };
+    let (time, bc) = match rest.strip_suffix(" BC") {
+        Some(t) => (t, " BC"),
+        None => (rest, ""),
     };
     let mut out = String::with_capacity(text.len() + 3);
-    out.push_str(&body[..10]);
+    out.push_str(date);
     out.push('T');
-    let time = &body[11..];
     // A zone offset starts at the last '+' or '-' after the clock time.
     match time.rfind(['+', '-']) {
         Some(pos) => {
@@ -127,24 +346,40 @@ enum ArrayItem {
     Nested(Vec<ArrayItem>),
 }
 
-fn array_to_json(catalog: &TypeCatalog, element: JsonCategory, items: Vec<ArrayItem>) -> Value {
+fn array_to_json(
+    catalog: &TypeCatalog,
+    element: JsonCategory,
+    items: Vec<ArrayItem>,
+    depth: usize,
+) -> Value {
     Value::Array(
         items
             .into_iter()
             .map(|item| match item {
                 ArrayItem::Null => Value::Null,
-                ArrayItem::Scalar(s) => convert(catalog, element, &s),
-                ArrayItem::Nested(inner) => array_to_json(catalog, element, inner),
+                ArrayItem::Scalar(s) => convert(catalog, element, &s, depth + 1),
+                ArrayItem::Nested(inner) => array_to_json(catalog, element, inner, depth + 1),
             })
             .collect(),
     )
 }
 
 /// Parse PostgreSQL's array output (`{1,2}`, `{{a,"b c"},{NULL,"\""}}`,
-/// `[0:1]={1,2}`). Hand-written: no maintained crate parses the text array
+/// `[0:1]={1,2}`), and that of `int2vector` and `oidvector` (`1 2`), which
+/// are true arrays to `to_jsonb()` but print without braces. Hand-written: no maintained crate parses the text array
 /// format, and it is a small grammar.
 fn parse_array(text: &str, delimiter: u8) -> Option<Vec<ArrayItem>> {
     let mut s = text.as_bytes();
+    if !matches!(s.first(), Some(b'{' | b'[')) {
+        return text
+            .split_ascii_whitespace()
+            .map(|word| {
+                word.bytes()
+                    .all(|c| c.is_ascii_digit() || c == b'-')
+                    .then(|| ArrayItem::Scalar(word.to_owned()))
+            })
+            .collect();
+    }
     // Explicit bounds (`[2:3]={...}`) are dropped, as `to_jsonb()` does.
     if s.first() == Some(&b'[') {
         let eq = s.iter().position(|&c| c == b'=')?;
@@ -310,5 +545,151 @@ mod tests {
         assert_eq!(text_to_json(&cat(), INT4_ARRAY, "{}"), json!([]));
         // Malformed input is kept as text, never dropped.
         assert_eq!(text_to_json(&cat(), INT4_ARRAY, "{1,2"), json!("{1,2"));
+    }
+
+    #[test]
+    fn timestamps_with_long_years() {
+        assert_eq!(
+            xsd_timestamp("10000-01-01 00:00:00+00"),
+            "10000-01-01T00:00:00+00:00"
+        );
+        assert_eq!(
+            xsd_timestamp("294276-12-31 23:59:59.999999"),
+            "294276-12-31T23:59:59.999999"
+        );
+        assert_eq!(xsd_timestamp("-infinity"), "-infinity");
+    }
+
+    #[test]
+    fn record_parser() {
+        let p = |s: &str| parse_record(s);
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(p("(1,abc)"), Some(vec![some("1"), some("abc")]));
+        // Empty unquoted is NULL, empty quoted is the empty string.
+        assert_eq!(p("(,)"), Some(vec![None, None]));
+        assert_eq!(p("(1,,\"\")"), Some(vec![some("1"), None, some("")]));
+        assert_eq!(p("()"), Some(vec![None]));
+        // Doubled quotes and backslashes inside quotes, as record_out writes.
+        assert_eq!(
+            p(r#"("a ""b"", c","x\\y","(1,2)")"#),
+            Some(vec![some(r#"a "b", c"#), some(r"x\y"), some("(1,2)")])
+        );
+        // record_in also takes backslash-escaped quotes and mixed quoting.
+        assert_eq!(
+            p(r#"("a\"b"c,d\,e)"#),
+            Some(vec![some(r#"a"bc"#), some("d,e")])
+        );
+        // A nested record and an array, each quoted once more.
+        assert_eq!(
+            p(r#"(1,"(2,""x y"")","{3,""a b""}")"#),
+            Some(vec![some("1"), some(r#"(2,"x y")"#), some(r#"{3,"a b"}"#)])
+        );
+        assert_eq!(p("(å,ø)"), Some(vec![some("å"), some("ø")]));
+        for bad in ["", "1,2", "(1,2", "(\"1)", "(1)x", "(1,\"2\\"] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+    }
+
+    const INNER: u32 = 30_001;
+    const OUTER: u32 = 30_002;
+    const OUTER_ARRAY: u32 = 30_003;
+    const EMPTY: u32 = 30_004;
+
+    fn composites() -> TypeCatalog {
+        TypeCatalog::builtin()
+            .with_composite(INNER, "inner_t", &[("n", 1700), ("at", TIMESTAMPTZ)])
+            .with_composite(
+                OUTER,
+                "outer_t",
+                &[
+                    ("id", INT4),
+                    ("label", 25),
+                    ("inner", INNER),
+                    ("tags", TEXT_ARRAY),
+                    ("ok", 16),
+                    ("missing", 25),
+                ],
+            )
+            .with_array(OUTER_ARRAY, OUTER)
+            .with_composite(EMPTY, "empty_t", &[])
+    }
+
+    #[test]
+    fn composites_become_objects_by_field_type() {
+        let cat = composites();
+        assert_eq!(
+            text_to_json(
+                &cat,
+                OUTER,
+                r#"(7,"say ""hi"", (ok)","(1.5,""2024-01-01 08:00:00+00"")","{a,""b c"",NULL}",t,)"#
+            ),
+            json!({
+                "id": 7,
+                "label": "say \"hi\", (ok)",
+                "inner": {"n": 1.5, "at": "2024-01-01T08:00:00+00:00"},
+                "tags": ["a", "b c", null],
+                "ok": true,
+                "missing": null
+            })
+        );
+        assert_eq!(
+            text_to_json(&cat, OUTER_ARRAY, r#"{"(1,x,,,f,)",NULL,"(,,,,,)"}"#),
+            json!([
+                {"id": 1, "label": "x", "inner": null, "tags": null, "ok": false, "missing": null},
+                null,
+                {"id": null, "label": null, "inner": null, "tags": null, "ok": null, "missing": null}
+            ])
+        );
+        assert_eq!(text_to_json(&cat, EMPTY, "()"), json!({}));
+    }
+
+    #[test]
+    fn composite_with_other_field_count_is_text() {
+        let cat = composites();
+        // The type gained or lost an attribute since the catalog was read:
+        // never put values under the wrong names.
+        assert!(!cat.marked_stale());
+        assert_eq!(text_to_json(&cat, INNER, "(1,2,3)"), json!("(1,2,3)"));
+        assert!(cat.marked_stale());
+        assert_eq!(text_to_json(&cat, INNER, "(1)"), json!("(1)"));
+        assert_eq!(text_to_json(&cat, INNER, "(1,\"2"), json!("(1,\"2"));
+    }
+
+    #[test]
+    fn hstore_as_its_json_cast() {
+        let cat = TypeCatalog::builtin().with_json_cast(40_000, "hstore_to_json");
+        assert_eq!(
+            text_to_json(&cat, 40_000, r#""a"=>"1", "b c"=>NULL, "q\"\\"=>"x\\y""#),
+            json!({"a": "1", "b c": null, "q\"\\": "x\\y"})
+        );
+        assert_eq!(text_to_json(&cat, 40_000, ""), json!({}));
+        assert_eq!(text_to_json(&cat, 40_000, "garbage"), json!("garbage"));
+        let cat = TypeCatalog::builtin().with_json_cast(40_001, "other_to_json");
+        assert_eq!(text_to_json(&cat, 40_001, "v"), json!("v"));
+    }
+
+    #[test]
+    fn vectors_are_arrays() {
+        assert_eq!(text_to_json(&cat(), 22, "1 -2 3"), json!([1, -2, 3]));
+        assert_eq!(text_to_json(&cat(), 22, ""), json!([]));
+        assert_eq!(text_to_json(&cat(), 30, "1 2"), json!(["1", "2"]));
+        assert_eq!(
+            text_to_json(&cat(), 1006, r#"{"1 2",NULL}"#),
+            json!([[1, 2], null])
+        );
+        // box[] uses ';' between elements.
+        assert_eq!(
+            text_to_json(&cat(), 1020, "{(1,1),(0,0);(2,2),(1,1)}"),
+            json!(["(1,1),(0,0)", "(2,2),(1,1)"])
+        );
+    }
+
+    #[test]
+    fn domains_render_as_their_base() {
+        let cat = cat()
+            .with_domain(50_000, INT4)
+            .with_domain(50_001, TEXT_ARRAY);
+        assert_eq!(text_to_json(&cat, 50_000, "5"), json!(5));
+        assert_eq!(text_to_json(&cat, 50_001, "{x,y}"), json!(["x", "y"]));
     }
 }
