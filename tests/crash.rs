@@ -188,18 +188,7 @@ async fn postgres_restarts_and_a_terminated_walsender_lose_nothing() {
     receiver
         .wait_until(Duration::from_secs(20), |r| r.len() >= seen + 60)
         .await;
-    h.wait_for("walhook to stream again", WAIT, |db| {
-        Box::pin(async move {
-            db.query_one(
-                "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = 'walhook'",
-                &[],
-            )
-            .await
-            .map(|r| r.get::<_, bool>(0))
-            .unwrap_or(false)
-        })
-    })
-    .await;
+    h.wait_slot_active(WAIT).await;
     let terminated: i64 =
         h.db.query_one(
             "SELECT count(*) FROM (SELECT pg_terminate_backend(active_pid) \

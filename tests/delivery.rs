@@ -156,20 +156,8 @@ async fn too_many_errors_parks_and_reactivation_delivers_in_order_across_a_resta
     // The slot moved on past the parked changes.
     let confirmed = h.confirmed().await;
     let current = h.current_lsn().await;
-    h.wait_for("the slot to pass parked changes", WAIT, move |db| {
-        Box::pin(async move {
-            let t: String = db
-                .query_one(
-                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'walhook'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            parse_lsn(&t) >= current
-        })
-    })
-    .await;
+    h.wait_confirmed("the slot to pass parked changes", current, WAIT)
+        .await;
     assert!(h.confirmed().await >= confirmed);
 
     // Parked rows survive a restart.

@@ -31,7 +31,8 @@ async fn a_million_row_transaction_streams_with_bounded_memory() {
     )
     .await;
     let receiver = Receiver::start_counting().await.unwrap();
-    h.add_hook("bulk.created", &receiver.url("/bulk"), None).await;
+    h.add_hook("bulk.created", &receiver.url("/bulk"), None)
+        .await;
     h.start_daemon().await;
     h.db.execute(
         "INSERT INTO bulk SELECT i, i % 1000, 'label ' || i FROM generate_series(1::bigint, $1) i",
@@ -51,23 +52,19 @@ async fn a_million_row_transaction_streams_with_bounded_memory() {
             "position confirmed ({confirmed:X}) with {} of {rows} rows delivered",
             receiver.count()
         );
-        assert!(Instant::now() < deadline, "only {} rows in 900 s", receiver.count());
+        assert!(
+            Instant::now() < deadline,
+            "only {} rows in 900 s",
+            receiver.count()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let took = started.elapsed();
-    h.wait_for("the slot to pass the transaction", Duration::from_secs(30), move |db| {
-        Box::pin(async move {
-            let t: String = db
-                .query_one(
-                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'walhook'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            parse_lsn(&t) >= end
-        })
-    })
+    h.wait_confirmed(
+        "the slot to pass the transaction",
+        end,
+        Duration::from_secs(30),
+    )
     .await;
     let rss = peak_rss_kib(h.daemon_pid());
     eprintln!(

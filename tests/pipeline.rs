@@ -401,24 +401,8 @@ async fn unpublished_writes_never_pin_wal_and_setup_is_idempotent() {
     .unwrap();
     let end = h.current_lsn().await;
     assert!(end > start);
-    h.wait_for(
-        "the slot to pass writes to an unpublished table",
-        WAIT,
-        move |db| {
-            Box::pin(async move {
-                let text: String = db
-                    .query_one(
-                        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'walhook'",
-                        &[],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                parse_lsn(&text) >= end
-            })
-        },
-    )
-    .await;
+    h.wait_confirmed("the slot to pass writes to an unpublished table", end, WAIT)
+        .await;
     assert!(h.stop_daemon().success());
 
     // check passes on a set-up database.

@@ -105,18 +105,7 @@ impl Harness {
             .spawn()
             .expect("walhook run starts");
         self.daemon = Some(child);
-        self.wait_for("the slot to be active", Duration::from_secs(30), |db| {
-            Box::pin(async move {
-                db.query_one(
-                    "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = 'walhook'",
-                    &[],
-                )
-                .await
-                .map(|r| r.get::<_, bool>(0))
-                .unwrap_or(false)
-            })
-        })
-        .await;
+        self.wait_slot_active(Duration::from_secs(30)).await;
     }
 
     /// Start another `walhook run` (a would-be standby) beside the first.
@@ -221,6 +210,36 @@ impl Harness {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Wait until the slot's confirmed position reaches `lsn`.
+    pub async fn wait_confirmed(&self, what: &str, lsn: u64, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.confirmed().await < lsn {
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; daemon log:\n{}",
+                    self.daemon_log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until a walhook streams from the slot.
+    pub async fn wait_slot_active(&self, timeout: Duration) {
+        self.wait_for("the slot to be active", timeout, |db| {
+            Box::pin(async move {
+                db.query_one(
+                    "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = 'walhook'",
+                    &[],
+                )
+                .await
+                .map(|r| r.get::<_, bool>(0))
+                .unwrap_or(false)
+            })
+        })
+        .await;
     }
 
     /// The slot's confirmed position, as text and number.
