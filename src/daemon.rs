@@ -644,7 +644,9 @@ fn disconnected(e: anyhow::Error) -> anyhow::Error {
         || text.contains("authentication failed")
         || text.contains("must be superuser or replication role")
         || text.contains("wal_level")
-        || text.contains("invalidated");
+        || text.contains("invalidated")
+        || text.contains("certificate")
+        || text.contains("sslrootcert");
     if needs_fix {
         return e;
     }
