@@ -47,6 +47,8 @@ struct Shared {
     /// Keep every request (false: only count them, for big workloads).
     keep: bool,
     count: std::sync::atomic::AtomicU64,
+    /// Requests per path so far, for the responder.
+    per_path: Mutex<std::collections::HashMap<String, usize>>,
 }
 
 pub struct Receiver {
@@ -95,6 +97,7 @@ impl Receiver {
             delay,
             keep,
             count: std::sync::atomic::AtomicU64::new(0),
+            per_path: Mutex::new(std::collections::HashMap::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -179,7 +182,12 @@ async fn record(
     };
     let status = {
         let mut requests = shared.requests.lock().unwrap_or_else(|e| e.into_inner());
-        let before = requests.iter().filter(|r| r.path == request.path).count();
+        let before = {
+            let mut per_path = shared.per_path.lock().unwrap_or_else(|e| e.into_inner());
+            let count = per_path.entry(request.path.clone()).or_insert(0);
+            *count += 1;
+            *count - 1
+        };
         request.status = (shared.responder)(&request, before);
         let status = request.status;
         requests.push(request);
