@@ -24,7 +24,7 @@ use crate::daemon::connect_sql;
 use crate::delivery::{check_target, http_client, request};
 use crate::events::WebhookRow;
 use crate::registry::{self, Webhook, WebhookState};
-use crate::setup::{ident, keyless_publication};
+use crate::setup::{self, ident};
 use crate::store::truncate_chars;
 
 /// The command line asked for something invalid; nothing was changed.
@@ -299,23 +299,8 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<u8> {
         }
     };
 
-    let wanted = [
-        config.postgres.publication.clone(),
-        keyless_publication(config),
-    ];
-    let present: Vec<String> = client
-        .query(
-            "SELECT pubname::text FROM pg_publication WHERE pubname = ANY($1)",
-            &[&wanted.to_vec()],
-        )
-        .await
-        .pg("reading pg_publication")?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
     let mut publications = Vec::new();
-    for name in &wanted {
-        let exists = present.contains(name);
+    for (name, exists) in setup::publications(&client, config).await? {
         if !exists {
             problems.push((
                 exit::FAILURE,
@@ -1117,20 +1102,7 @@ pub async fn teardown(config: &Config, drop_schema: bool, yes: bool) -> anyhow::
             _ => break row,
         }
     };
-    let publications = [
-        config.postgres.publication.clone(),
-        keyless_publication(config),
-    ];
-    let existing: Vec<String> = client
-        .query(
-            "SELECT pubname::text FROM pg_publication WHERE pubname = ANY($1)",
-            &[&publications.to_vec()],
-        )
-        .await
-        .pg("reading pg_publication")?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let publications = setup::publications(&client, config).await?;
     let schema_exists = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
@@ -1155,8 +1127,8 @@ pub async fn teardown(config: &Config, drop_schema: bool, yes: bool) -> anyhow::
         }
         None => println!("  replication slot {slot:?}: already gone"),
     }
-    for p in &publications {
-        if existing.contains(p) {
+    for (p, exists) in &publications {
+        if *exists {
             todo += 1;
             println!("  drop publication {p:?}");
         } else {
@@ -1261,8 +1233,8 @@ pub async fn teardown(config: &Config, drop_schema: bool, yes: bool) -> anyhow::
             }
         }
     }
-    for p in &publications {
-        if existing.contains(p) {
+    for (p, exists) in &publications {
+        if *exists {
             client
                 .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", ident(p)))
                 .await

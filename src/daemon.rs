@@ -21,7 +21,7 @@ use crate::events::{Change, ChangeEvent, EventBuilder, Operation, TxnInfo, Webho
 use crate::metrics::{Health, Metrics};
 use crate::pgoutput::{self, Lsn, Message};
 use crate::registry::{Registry, RegistryUpdate, WebhookState};
-use crate::setup::{ident, keyless_publication};
+use crate::setup::ident;
 use crate::source::{Source, SourceMessage, SourceSettings};
 use crate::store::{self, UsageBook};
 
@@ -684,22 +684,12 @@ async fn session(
         return Ok(());
     }
     let start = slot_position(&sql, &slot).await?;
-    let publications = [
-        config.postgres.publication.clone(),
-        keyless_publication(&config),
-    ];
-    for publication in &publications {
-        let exists = sql
-            .query_opt(
-                "SELECT 1 FROM pg_publication WHERE pubname = $1",
-                &[publication],
-            )
-            .await
-            .context("reading pg_publication")?
-            .is_some();
+    let mut publications = Vec::new();
+    for (name, exists) in crate::setup::publications(&sql, &config).await? {
         if !exists {
-            bail!("publication {publication:?} does not exist: run `walhook setup` to create it");
+            bail!("publication {name:?} does not exist: run `walhook setup` to create it");
         }
+        publications.push(name);
     }
     let registry = registry_at(&sql, &schema, start).await?;
     let types = TypeCatalog::load(&sql).await?;
@@ -717,7 +707,7 @@ async fn session(
     let mut source = Source::start(SourceSettings {
         connection: &conn,
         slot: &slot,
-        publications: publications.to_vec(),
+        publications,
         status_interval: config.postgres.status_interval,
     })
     .await

@@ -37,6 +37,32 @@ pub fn keyless_publication(config: &Config) -> String {
     format!("{}_keyless", config.postgres.publication)
 }
 
+/// walhook's publications (the main one, and the insert-only one for
+/// tables without an identity), each with whether it exists.
+pub async fn publications(client: &Client, config: &Config) -> anyhow::Result<Vec<(String, bool)>> {
+    let names = [
+        config.postgres.publication.clone(),
+        keyless_publication(config),
+    ];
+    let present: Vec<String> = client
+        .query(
+            "SELECT pubname::text FROM pg_publication WHERE pubname = ANY ($1)",
+            &[&names.to_vec()],
+        )
+        .await
+        .context("reading pg_publication")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            let exists = present.contains(&name);
+            (name, exists)
+        })
+        .collect())
+}
+
 /// One host table as setup sees it.
 #[derive(Debug, Clone)]
 struct HostTable {
@@ -523,27 +549,23 @@ pub async fn check(client: &Client, config: &Config) -> Vec<CheckLine> {
         }
         Err(e) => push(CheckLevel::Fail, format!("reading pg_replication_slots: {e}")),
     }
-    for publication in [
-        config.postgres.publication.clone(),
-        keyless_publication(config),
-    ] {
-        match client
-            .query_opt(
-                "SELECT 1 FROM pg_publication WHERE pubname = $1",
-                &[&publication],
-            )
-            .await
-        {
-            Ok(Some(_)) => push(
-                CheckLevel::Ok,
-                format!("publication {publication:?} exists"),
-            ),
-            Ok(None) => push(
-                CheckLevel::Fail,
-                format!("publication {publication:?} does not exist: run `walhook setup`"),
-            ),
-            Err(e) => push(CheckLevel::Fail, format!("reading pg_publication: {e}")),
+    match publications(client, config).await {
+        Ok(list) => {
+            for (publication, exists) in list {
+                if exists {
+                    push(
+                        CheckLevel::Ok,
+                        format!("publication {publication:?} exists"),
+                    );
+                } else {
+                    push(
+                        CheckLevel::Fail,
+                        format!("publication {publication:?} does not exist: run `walhook setup`"),
+                    );
+                }
+            }
         }
+        Err(e) => push(CheckLevel::Fail, format!("{e:#}")),
     }
     match client
         .query(

@@ -480,25 +480,3 @@ async fn field_values_equal_postgres_to_jsonb() {
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
     assert!(h.stop_daemon().success());
 }
-
-/// JSON equality with numbers compared by value.
-fn same_json(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            x.to_string() == y.to_string()
-                || match (x.to_string().parse::<f64>(), y.to_string().parse::<f64>()) {
-                    (Ok(p), Ok(q)) => p == q,
-                    _ => false,
-                }
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_json(p, q))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
-        }
-        _ => a == b,
-    }
-}
