@@ -405,19 +405,15 @@ impl Pipeline {
     /// Record due registry snapshots, then return the position to confirm.
     async fn confirmable(&mut self) -> anyhow::Result<Lsn> {
         let target = self.checkpoint.confirmable();
-        // Only the newest snapshot at or before the target matters.
-        let mut due = None;
-        while self
-            .snapshots
-            .front()
-            .is_some_and(|(lsn, _)| *lsn <= target)
-        {
-            due = self.snapshots.pop_front();
-        }
-        if let Some((lsn, rows)) = due {
-            // Written before the position passes it, so a restart from
-            // there finds the hooks of its time.
-            write_snapshot(&self.sql, &self.config.postgres.schema, lsn, &rows).await?;
+        // Only the newest snapshot at or before the target matters; it is
+        // written before the position passes it, so a restart from there
+        // finds the hooks of its time. It leaves the queue only once
+        // written: a failed write is tried again, never skipped.
+        let due = self.snapshots.iter().rposition(|(lsn, _)| *lsn <= target);
+        if let Some(i) = due {
+            let (lsn, rows) = &self.snapshots[i];
+            write_snapshot(&self.sql, &self.config.postgres.schema, *lsn, rows).await?;
+            self.snapshots.drain(..=i);
         }
         Ok(target)
     }
@@ -495,6 +491,12 @@ async fn restore_hooks(
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let hooks: Vec<_> = pipeline.registry.hooks().cloned().collect();
+    pipeline.dispatcher.parked_without_hook(
+        parked
+            .iter()
+            .copied()
+            .filter(|id| pipeline.registry.get(*id).is_none()),
+    );
     for hook in hooks {
         let is_parked = parked.contains(&hook.id);
         let count = errors.get(&hook.id).copied().unwrap_or(0);
@@ -750,6 +752,7 @@ async fn session(
     let retention = config.delivery.parked_retention;
     let mut retention_tick = tokio::time::interval(Duration::from_secs(600));
 
+    let mut reload_open = true;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result: anyhow::Result<()> = loop {
@@ -757,6 +760,13 @@ async fn session(
             biased;
             _ = shutdown.changed() => break Ok(()),
             _ = tick.tick() => {
+                if sql.is_closed() {
+                    // The SQL session carries the leadership lock, parking
+                    // and statistics: without it, start a new session.
+                    break Err(anyhow::Error::new(Disconnected(anyhow!(
+                        "the SQL session to PostgreSQL closed"
+                    ))));
+                }
                 match pipeline.confirmable().await {
                     Ok(lsn) => {
                         source.confirm(lsn);
@@ -768,10 +778,11 @@ async fn session(
                     Err(e) => break Err(e),
                 }
             }
-            changed = reload.changed() => {
+            changed = reload.changed(), if reload_open => {
                 if changed.is_err() {
-                    // No more reloads can come; keep running.
-                    std::future::pending::<()>().await;
+                    // No more reloads can come; keep running without them.
+                    reload_open = false;
+                    continue;
                 }
                 let new = Arc::clone(&reload.borrow_and_update());
                 pipeline.apply_reload(&new);
@@ -821,11 +832,13 @@ async fn session(
     }
     let _ = usage_stop_tx.send(true);
     let _ = usage_task.await;
+    // Without the snapshot written, nothing new may be confirmed: the
+    // position stays where the last successful tick put it.
     let last = match pipeline.confirmable().await {
         Ok(lsn) => lsn,
         Err(e) => {
             tracing::error!("{e:#}");
-            pipeline.checkpoint.confirmable().min(start)
+            source.reported()
         }
     };
     source.confirm(last);

@@ -392,6 +392,15 @@ pub async fn apply(client: &Client, config: &Config, plan: &Plan) -> anyhow::Res
             .with_context(|| format!("running: {}", first_line(statement)))?;
     }
     if let Some(create) = &plan.create_slot {
+        // Snapshots of an earlier slot's history describe positions the new
+        // slot never had; the new slot starts from the hooks as they are.
+        client
+            .batch_execute(&format!(
+                "DELETE FROM {}.registry_snapshot",
+                ident(&config.postgres.schema)
+            ))
+            .await
+            .context("clearing registry snapshots of an earlier slot")?;
         client
             .batch_execute(create)
             .await

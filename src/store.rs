@@ -203,6 +203,27 @@ pub async fn run_usage_writer(
     }
 }
 
+/// Store a hook's state now (not batched): used where an event is dropped
+/// because of it.
+pub async fn set_state(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    webhook_id: i32,
+    state: WebhookState,
+) -> anyhow::Result<()> {
+    client
+        .execute(
+            &format!(
+                "UPDATE {}.webhook SET state = $2 WHERE webhook_id = $1 AND state <> $2",
+                ident(schema)
+            ),
+            &[&webhook_id, &(state as i16)],
+        )
+        .await
+        .with_context(|| format!("setting state {state} on webhook_id {webhook_id}"))?;
+    Ok(())
+}
+
 /// An event written to `delivery` so the slot can move on.
 pub struct ParkedEvent<'a> {
     pub webhook_id: i32,

@@ -153,9 +153,15 @@ pub async fn attempt(
         }
     }
     DeliveryOutcome::Failed {
-        error: truncate_chars(&error, LAST_ERROR_MAX_CHARS),
+        error: storable(&truncate_chars(&error, LAST_ERROR_MAX_CHARS)),
         retry_after,
     }
+}
+
+/// Text PostgreSQL can store: a NUL byte (from a binary response body) is
+/// refused in text columns.
+fn storable(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
 }
 
 /// A transport error with its causes (connect refused, timeout, TLS, ...).

@@ -113,7 +113,7 @@ pub struct HookControl {
 }
 
 impl HookControl {
-    fn new(hook: Arc<Webhook>, lanes: usize) -> HookControl {
+    fn new(hook: Arc<Webhook>, lanes: usize, mode: Mode) -> HookControl {
         HookControl {
             id: hook.id,
             current: RwLock::new(hook),
@@ -123,7 +123,7 @@ impl HookControl {
             tripped: AtomicBool::new(false),
             gone: AtomicBool::new(false),
             trip_notify: Notify::new(),
-            mode: tokio::sync::Mutex::new(Mode::Live),
+            mode: tokio::sync::Mutex::new(mode),
             replaying: AtomicBool::new(false),
         }
     }
@@ -212,6 +212,10 @@ pub struct Dispatcher {
     budget_max: u32,
     hooks: HashMap<i32, HookLanes>,
     tasks: JoinSet<()>,
+    /// Hooks found with parked events at start that have no control yet
+    /// (their row was missing or invalid then): they start out parking, so
+    /// their live events queue behind the parked ones.
+    parked_at_start: std::collections::HashSet<i32>,
 }
 
 impl Dispatcher {
@@ -223,6 +227,7 @@ impl Dispatcher {
             ctx,
             hooks: HashMap::new(),
             tasks: JoinSet::new(),
+            parked_at_start: std::collections::HashSet::new(),
         }
     }
 
@@ -234,7 +239,12 @@ impl Dispatcher {
                 Ordering::Webhook => 1,
                 Ordering::Row => config.concurrency_per_webhook,
             };
-            let control = Arc::new(HookControl::new(Arc::clone(hook), lane_count));
+            let mode = if self.parked_at_start.remove(&hook.id) {
+                Mode::Parking(ParkReason::Backlog)
+            } else {
+                Mode::Live
+            };
+            let control = Arc::new(HookControl::new(Arc::clone(hook), lane_count, mode));
             let lanes = (0..lane_count)
                 .map(|lane| {
                     let (tx, rx) = mpsc::unbounded_channel();
@@ -247,6 +257,11 @@ impl Dispatcher {
         });
         entry.control.set_current(Arc::clone(hook));
         Arc::clone(&entry.control)
+    }
+
+    /// Hooks with parked events at start whose rows were not usable then.
+    pub fn parked_without_hook(&mut self, ids: impl IntoIterator<Item = i32>) {
+        self.parked_at_start.extend(ids);
     }
 
     /// Set up a hook found with parked events at start, or whose stored
@@ -484,6 +499,18 @@ async fn run_lane(
 /// (database unreachable) the ticket is left unsettled: the event stays
 /// unconfirmed and is read again after a restart, never lost.
 async fn run_job(ctx: &DeliveryContext, control: &HookControl, job: Job) {
+    // A hook that went to parking while this job waited in its lane parks
+    // it too, so its queue frees the byte budget at once; the replayer
+    // delivers it in commit order once the lanes are empty.
+    let parking = match *control.mode.lock().await {
+        Mode::Parking(reason) => Some(reason),
+        Mode::Live => None,
+    };
+    if let Some(reason) = parking {
+        park_until_done(ctx, control, &job, reason, 0, None).await;
+        job.ticket.settle();
+        return;
+    }
     let outcome = deliver(ctx, control, &job.event, job.event_id, &job.body, 0).await;
     match outcome {
         Settled::Delivered | Settled::Dropped => job.ticket.settle(),
@@ -496,23 +523,41 @@ async fn run_job(ctx: &DeliveryContext, control: &HookControl, job: Job) {
                     *mode = Mode::Parking(ParkReason::TooManyErrors);
                 }
             }
-            match park_job(
+            park_until_done(
                 ctx,
+                control,
                 &job,
                 ParkReason::TooManyErrors,
                 attempts as i32,
                 error.as_deref(),
             )
-            .await
-            {
-                Ok(()) => job.ticket.settle(),
-                Err(e) => tracing::error!(
-                    webhook_id = control.id,
-                    event_id = %job.event_id,
-                    "could not park the event; it stays unconfirmed and is sent again after a restart: {e:#}"
-                ),
-            }
+            .await;
+            job.ticket.settle();
         }
+    }
+}
+
+/// Park, retrying until the database takes it: the lane waits rather than
+/// leave its transaction unconfirmed for the rest of the session. If the
+/// session ends meanwhile the task is dropped with the ticket unsettled, and
+/// the event is read again after the restart.
+async fn park_until_done(
+    ctx: &DeliveryContext,
+    control: &HookControl,
+    job: &Job,
+    reason: ParkReason,
+    attempts: i32,
+    error: Option<&str>,
+) {
+    let mut wait = Duration::from_secs(1);
+    while let Err(e) = park_job(ctx, job, reason, attempts, error).await {
+        tracing::error!(
+            webhook_id = control.id,
+            event_id = %job.event_id,
+            "could not park the event, trying again in {wait:?}: {e:#}"
+        );
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -583,11 +628,23 @@ pub async fn deliver(
             DeliveryOutcome::Gone => {
                 ctx.usage
                     .failure(id, "HTTP 410 Gone: the receiver asked to stop this hook");
-                ctx.usage.set_state(id, WebhookState::Stopped);
-                control.gone.store(true, AtomicOrdering::Release);
+                // The Stopped state is stored before any event is dropped
+                // for it, so a drop is never without its reason.
+                if let Err(e) =
+                    store::set_state(&ctx.sql, &ctx.schema, id, WebhookState::Stopped).await
+                {
+                    tracing::error!(
+                        webhook_id = id,
+                        "410 Gone, but storing state Stopped failed; trying again: {e:#}"
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                if !control.gone.swap(true, AtomicOrdering::AcqRel) {
+                    tracing::warn!(webhook_id = id, url = %hook.target_url,
+                        "target answered 410 Gone; webhook state set to Stopped (2)");
+                }
                 control.trip_notify.notify_waiters();
-                tracing::warn!(webhook_id = id, url = %hook.target_url,
-                    "target answered 410 Gone; webhook state set to Stopped (2)");
                 return Settled::Dropped;
             }
             DeliveryOutcome::Failed { error, retry_after } => {

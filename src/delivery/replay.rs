@@ -146,6 +146,7 @@ pub(super) async fn run_replayer(ctx: DeliveryContext, control: Arc<HookControl>
         // Re-activated while finishing: go on instead of leaving it parked.
         let again = control.current().state == WebhookState::Active
             && !control.is_tripped()
+            && !control.gone.load(AtomicOrdering::Acquire)
             && matches!(*control.mode.lock().await, Mode::Parking(_))
             && !control.replaying.swap(true, AtomicOrdering::AcqRel);
         if !again {

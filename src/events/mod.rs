@@ -253,7 +253,9 @@ impl EventBuilder {
                 .iter()
                 .filter_map(|name| rel.columns.iter().position(|c| &c.name == name))
                 .collect(),
-            // FULL without a primary key: every column identifies the row.
+            // FULL without a primary key flags every column: no key, so the
+            // table keeps one order, as keyless tables do.
+            _ if rel.replica_identity == ReplicaIdentity::Full => Vec::new(),
             _ => (0..rel.columns.len())
                 .filter(|&i| rel.columns[i].is_key)
                 .collect(),
