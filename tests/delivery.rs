@@ -387,3 +387,51 @@ async fn a_slow_hook_is_parked_past_its_backlog_bound_and_catches_up_in_order() 
     assert_eq!(state(&h, slow_id).await, 1);
     assert!(h.stop_daemon().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_error_body_is_stored_and_the_hook_still_parks() {
+    use std::io::{Read, Write};
+    let mut h = Harness::start(CRM, FAST).await;
+    // Answers every request with 500 and a body full of NUL bytes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/bin", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0u8; 65536];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\nConnection: close\r\n\r\n\0\x01\0\xff",
+                );
+            });
+        }
+    });
+    let hook = h.add_hook("*", &url, None).await;
+    h.start_daemon().await;
+    h.db.batch_execute("INSERT INTO contact (name) VALUES ('x')")
+        .await
+        .unwrap();
+    wait_state(&h, hook, 3).await;
+    let deadline = Instant::now() + WAIT;
+    while parked(&h, hook).await < 1 {
+        assert!(Instant::now() < deadline, "log:\n{}", h.daemon_log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await; // statistics flush
+    let last_error: String =
+        h.db.query_one(
+            "SELECT last_error FROM walhook.webhook_usage WHERE webhook_id = $1",
+            &[&hook],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(last_error.starts_with("HTTP 500"), "{last_error}");
+    assert!(
+        !h.daemon_log().contains("statistics write failed"),
+        "{}",
+        h.daemon_log()
+    );
+    assert!(h.stop_daemon().success());
+}
