@@ -753,6 +753,7 @@ async fn session(
     let mut retention_tick = tokio::time::interval(Duration::from_secs(600));
 
     let mut reload_open = true;
+    let mut status_at = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result: anyhow::Result<()> = loop {
@@ -772,8 +773,14 @@ async fn session(
                         source.confirm(lsn);
                         let pending = pipeline.checkpoint.pending_transactions() > 0;
                         rt.health.tick(lsn.0, pending);
-                        rt.metrics.lag_bytes.set(pipeline.server_end.0.saturating_sub(lsn.0) as i64);
+                        let lag = pipeline.server_end.0.saturating_sub(lsn.0);
+                        rt.metrics.lag_bytes.set(lag as i64);
                         rt.metrics.in_flight_bytes.set(pipeline.dispatcher.in_flight_bytes() as i64);
+                        if status_at.elapsed() >= Duration::from_secs(5) {
+                            status_at = tokio::time::Instant::now();
+                            let status = format!("streaming, confirmed {lsn}, lag {lag} bytes");
+                            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&status)]);
+                        }
                     }
                     Err(e) => break Err(e),
                 }
