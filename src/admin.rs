@@ -97,6 +97,14 @@ fn table(config: &Config, name: &str) -> String {
     format!("{}.{name}", ident(&config.postgres.schema))
 }
 
+/// The error for a webhook_id that is not in the table.
+fn no_such_webhook(config: &Config, id: i32) -> anyhow::Error {
+    anyhow!(
+        "webhook_id {id} does not exist in {}",
+        table_name(config, "webhook")
+    )
+}
+
 /// `schema.table` as people read it, in messages.
 fn table_name(config: &Config, name: &str) -> String {
     format!("{}.{name}", config.postgres.schema)
@@ -836,12 +844,7 @@ async fn webhook_set_state(config: &Config, id: i32, state: WebhookState) -> any
         )
         .await
         .pg(format!("reading webhook_id {id}"))?
-        .ok_or_else(|| {
-            anyhow!(
-                "webhook_id {id} does not exist in {}",
-                table_name(config, "webhook")
-            )
-        })?;
+        .ok_or_else(|| no_such_webhook(config, id))?;
     let old: i16 = old.get(0);
     if old == state as i16 {
         println!("webhook_id {id} is already {state}: nothing changed");
@@ -962,12 +965,7 @@ async fn webhook_test(config: &Config, id: i32) -> anyhow::Result<u8> {
         )
         .await
         .pg(format!("reading webhook_id {id}"))?
-        .ok_or_else(|| {
-            anyhow!(
-                "webhook_id {id} does not exist in {}",
-                table_name(config, "webhook")
-            )
-        })?;
+        .ok_or_else(|| no_such_webhook(config, id))?;
     let hook = Webhook::from_row(&registry::row_from(&row))
         .map_err(|why| anyhow!("webhook_id {id} cannot be used: {why}"))?;
     let url = hook.target_url.clone();

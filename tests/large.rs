@@ -17,6 +17,17 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// One transaction of `rows` rows; returns the WAL position after it.
+async fn insert_bulk(h: &Harness, rows: i64) -> u64 {
+    h.db.execute(
+        "INSERT INTO bulk SELECT i, i % 1000, 'label ' || i FROM generate_series(1::bigint, $1) i",
+        &[&rows],
+    )
+    .await
+    .unwrap();
+    h.current_lsn().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_row_transaction_streams_with_bounded_memory() {
     let rows: i64 = std::env::var("WALHOOK_LARGE_ROWS")
@@ -34,13 +45,7 @@ async fn a_million_row_transaction_streams_with_bounded_memory() {
     h.add_hook("bulk.created", &receiver.url("/bulk"), None)
         .await;
     h.start_daemon().await;
-    h.db.execute(
-        "INSERT INTO bulk SELECT i, i % 1000, 'label ' || i FROM generate_series(1::bigint, $1) i",
-        &[&rows],
-    )
-    .await
-    .unwrap();
-    let end = h.current_lsn().await;
+    let end = insert_bulk(&h, rows).await;
 
     let started = Instant::now();
     let deadline = started + Duration::from_secs(900);
@@ -108,13 +113,7 @@ async fn a_long_outage_holds_memory_at_the_budget() {
     h.add_hook("bulk.created", &receiver.url("/down"), None)
         .await;
     h.start_daemon().await;
-    h.db.execute(
-        "INSERT INTO bulk SELECT i, i % 1000, 'label ' || i FROM generate_series(1::bigint, $1) i",
-        &[&rows],
-    )
-    .await
-    .unwrap();
-    let end = h.current_lsn().await;
+    let end = insert_bulk(&h, rows).await;
     // Three times wal_sender_timeout without a single delivery.
     let outage: u64 = std::env::var("WALHOOK_OUTAGE_SECS")
         .ok()

@@ -93,18 +93,7 @@ impl Harness {
     /// Start `walhook run` and wait until it streams from the slot.
     pub async fn start_daemon(&mut self) {
         assert!(self.daemon.is_none(), "daemon already running");
-        self.runs += 1;
-        let log = std::fs::File::create(self.log_path(self.runs)).unwrap();
-        let child = Command::new(BIN)
-            .arg("-c")
-            .arg(&self.config_path)
-            .arg("run")
-            .env("RUST_LOG", "walhook=debug,info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("walhook run starts");
+        let child = self.spawn_extra_daemon();
         self.daemon = Some(child);
         self.wait_slot_active(Duration::from_secs(30)).await;
     }
