@@ -80,6 +80,12 @@ pub struct CaptureConfig {
     /// Changes to a partition are published as changes to its partitioned
     /// table (events name the parent); false names the partition.
     pub publish_via_partition_root: bool,
+    /// Let the running daemon add tables created later to the publication
+    /// (as `setup` would), checking every `auto_add_interval`. Needs a run
+    /// role that owns the tables; off by default.
+    pub auto_add_tables: bool,
+    #[serde(deserialize_with = "duration")]
+    pub auto_add_interval: Duration,
 }
 
 impl Default for CaptureConfig {
@@ -88,6 +94,8 @@ impl Default for CaptureConfig {
             include: vec!["*.*".into()],
             exclude: Vec::new(),
             publish_via_partition_root: true,
+            auto_add_tables: false,
+            auto_add_interval: Duration::from_secs(60),
         }
     }
 }

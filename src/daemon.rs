@@ -463,6 +463,22 @@ async fn wait_for_leadership(
     }
 }
 
+/// Publish tables created since `setup` ran, as `setup` would. Only the
+/// publication's table list is changed here: a missing schema, slot or
+/// publication is `setup`'s job, not the running daemon's.
+async fn add_new_tables(sql: &tokio_postgres::Client, config: &Config) -> anyhow::Result<()> {
+    let plan = crate::setup::plan(sql, config).await?;
+    for statement in &plan.statements {
+        if statement.starts_with("ALTER PUBLICATION") && statement.contains(" SET TABLE ") {
+            sql.batch_execute(statement)
+                .await
+                .with_context(|| format!("running: {statement}"))?;
+            tracing::info!("publication updated with new tables: {statement}");
+        }
+    }
+    Ok(())
+}
+
 /// Hooks with parked events or a running error count, as stored.
 async fn restore_hooks(
     sql: &tokio_postgres::Client,
@@ -753,6 +769,7 @@ async fn session(
     let mut retention_tick = tokio::time::interval(Duration::from_secs(600));
 
     let mut reload_open = true;
+    let mut auto_add_tick = tokio::time::interval(config.capture.auto_add_interval);
     let mut status_at = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -794,6 +811,11 @@ async fn session(
                 let new = Arc::clone(&reload.borrow_and_update());
                 pipeline.apply_reload(&new);
                 *current = new;
+            }
+            _ = auto_add_tick.tick(), if config.capture.auto_add_tables => {
+                if let Err(e) = add_new_tables(&sql, &config).await {
+                    tracing::warn!("capture.auto_add_tables: {e:#}");
+                }
             }
             _ = retention_tick.tick(), if !retention.is_zero() => {
                 if let Err(e) = store::drop_expired(&sql, &schema, retention).await {

@@ -191,3 +191,30 @@ async fn the_readme_run_role_is_enough_and_replicated_changes_can_be_skipped() {
     assert_eq!(calls, 1);
     assert!(h.stop_daemon().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_created_later_are_published_when_the_config_allows_it() {
+    let mut h = Harness::start(
+        "CREATE TABLE first (id int PRIMARY KEY);",
+        "[capture]\nauto_add_tables = true\nauto_add_interval = \"1s\"\n",
+    )
+    .await;
+    let receiver = Receiver::start().await.unwrap();
+    h.add_hook("*", &receiver.url("/auto"), None).await;
+    h.start_daemon().await;
+    h.db.batch_execute("CREATE TABLE later (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    wait_log(&h, "publication updated with new tables").await;
+    h.db.batch_execute("INSERT INTO later VALUES (1)")
+        .await
+        .unwrap();
+    let got = receiver.wait_until(WAIT, |r| !r.is_empty()).await;
+    assert_eq!(
+        got[0].json()["Event"],
+        "later.created",
+        "log:\n{}",
+        h.daemon_log()
+    );
+    assert!(h.stop_daemon().success());
+}
