@@ -369,6 +369,22 @@ async fn changes_made_while_stopped_or_killed_are_delivered() {
 async fn unpublished_writes_never_pin_wal_and_setup_is_idempotent() {
     let mut h = Harness::start(CRM, "[capture]\nexclude = [\"public.noise\"]\n").await;
 
+    let dry = h.walhook(&["setup", "--dry-run"]);
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(
+        String::from_utf8_lossy(&dry.stdout).contains("-- nothing to change"),
+        "{}",
+        text(&dry)
+    );
+    // A new table: the dry run shows the publication change, and runs nothing.
+    h.db.batch_execute("CREATE TABLE extra (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let dry = h.walhook(&["setup", "--dry-run"]);
+    let sql = String::from_utf8_lossy(&dry.stdout).to_string();
+    assert!(sql.contains("ALTER PUBLICATION \"walhook\" SET TABLE"), "{sql}");
+    assert!(sql.contains("\"public\".\"extra\""), "{sql}");
+    h.db.batch_execute("DROP TABLE extra").await.unwrap();
     let again = h.walhook(&["setup"]);
     assert!(again.status.success(), "{}", text(&again));
     assert!(
