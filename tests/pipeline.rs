@@ -382,7 +382,10 @@ async fn unpublished_writes_never_pin_wal_and_setup_is_idempotent() {
         .unwrap();
     let dry = h.walhook(&["setup", "--dry-run"]);
     let sql = String::from_utf8_lossy(&dry.stdout).to_string();
-    assert!(sql.contains("ALTER PUBLICATION \"walhook\" SET TABLE"), "{sql}");
+    assert!(
+        sql.contains("ALTER PUBLICATION \"walhook\" SET TABLE"),
+        "{sql}"
+    );
     assert!(sql.contains("\"public\".\"extra\""), "{sql}");
     h.db.batch_execute("DROP TABLE extra").await.unwrap();
     let again = h.walhook(&["setup"]);
