@@ -463,18 +463,22 @@ async fn wait_for_leadership(
     }
 }
 
-/// Publish tables created since `setup` ran, as `setup` would. Only the
-/// publication's table list is changed here: a missing schema, slot or
-/// publication is `setup`'s job, not the running daemon's.
+/// Resolves once the SQL session is closed.
+async fn sql_closed(sql: &tokio_postgres::Client) {
+    while !sql.is_closed() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Publish tables created since `setup` ran, as `setup` would, by adding
+/// them only: the running daemon never removes a table or changes a column
+/// list (that is `setup`'s job, with the config it is given).
 async fn add_new_tables(sql: &tokio_postgres::Client, config: &Config) -> anyhow::Result<()> {
-    let plan = crate::setup::plan(sql, config).await?;
-    for statement in &plan.statements {
-        if statement.starts_with("ALTER PUBLICATION") && statement.contains(" SET TABLE ") {
-            sql.batch_execute(statement)
-                .await
-                .with_context(|| format!("running: {statement}"))?;
-            tracing::info!("publication updated with new tables: {statement}");
-        }
+    for statement in crate::setup::additions(sql, config).await? {
+        sql.batch_execute(&statement)
+            .await
+            .with_context(|| format!("running: {statement}"))?;
+        tracing::info!("publication updated with new tables: {statement}");
     }
     Ok(())
 }
@@ -701,16 +705,21 @@ async fn session(
     if *shutdown.borrow() {
         return Ok(());
     }
-    let start = slot_position(&sql, &slot).await?;
+    let start = slot_position(&sql, &slot).await.map_err(disconnected)?;
     let mut publications = Vec::new();
-    for (name, exists) in crate::setup::publications(&sql, &config).await? {
+    for (name, exists) in crate::setup::publications(&sql, &config)
+        .await
+        .map_err(disconnected)?
+    {
         if !exists {
             bail!("publication {name:?} does not exist: run `walhook setup` to create it");
         }
         publications.push(name);
     }
-    let registry = registry_at(&sql, &schema, start).await?;
-    let types = TypeCatalog::load(&sql).await?;
+    let registry = registry_at(&sql, &schema, start)
+        .await
+        .map_err(disconnected)?;
+    let types = TypeCatalog::load(&sql).await.map_err(disconnected)?;
 
     let usage = UsageBook::default();
     let (usage_stop_tx, usage_stop_rx) = watch::channel(false);
@@ -764,7 +773,9 @@ async fn session(
         sql: Arc::clone(&sql),
     };
 
-    restore_hooks(&sql, &schema, &mut pipeline).await?;
+    restore_hooks(&sql, &schema, &mut pipeline)
+        .await
+        .map_err(disconnected)?;
     let retention = config.delivery.parked_retention;
     let mut retention_tick = tokio::time::interval(Duration::from_secs(600));
 
@@ -813,7 +824,7 @@ async fn session(
                 *current = new;
             }
             _ = auto_add_tick.tick(), if config.capture.auto_add_tables => {
-                if let Err(e) = add_new_tables(&sql, &config).await {
+                if let Err(e) = add_new_tables(&sql, current).await {
                     tracing::warn!("capture.auto_add_tables: {e:#}");
                 }
             }
@@ -833,6 +844,11 @@ async fn session(
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => break Ok(()),
+                    // Waiting on the byte budget must not hide a closed SQL
+                    // session (lanes cannot park without it).
+                    _ = sql_closed(&sql) => break Err(anyhow::Error::new(Disconnected(anyhow!(
+                        "the SQL session to PostgreSQL closed"
+                    )))),
                     handled = pipeline.handle(message) => {
                         if let Err(e) = handled { break Err(e); }
                     }

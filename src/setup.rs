@@ -149,53 +149,7 @@ pub async fn plan(client: &Client, config: &Config) -> anyhow::Result<Plan> {
     }
 
     // 2. Publications: an explicit list of the captured host tables.
-    let tables = host_tables(client, config).await?;
-    let mut full: BTreeMap<String, String> = BTreeMap::new();
-    let mut keyless: BTreeMap<String, String> = BTreeMap::new();
-    full.insert(
-        format!("{schema}.webhook"),
-        format!("{}.webhook", ident(schema)),
-    );
-    for table in &tables {
-        let excluded = config
-            .tables
-            .get(&table.qualified())
-            .map(|t| t.exclude_columns.clone())
-            .unwrap_or_default();
-        for col in &excluded {
-            if !table.columns.contains(col) {
-                plan.warnings.push(format!(
-                    "[tables.\"{}\"] exclude_columns names {col:?}, which the table does not have",
-                    table.qualified()
-                ));
-            }
-        }
-        let entry = if excluded.is_empty() {
-            table.sql_name()
-        } else {
-            let kept: Vec<String> = table
-                .columns
-                .iter()
-                .filter(|c| !excluded.contains(c))
-                .map(|c| ident(c))
-                .collect();
-            format!("{} ({})", table.sql_name(), kept.join(", "))
-        };
-        if table.has_identity {
-            full.insert(table.qualified(), entry);
-        } else {
-            plan.warnings.push(format!(
-                "table {} has no primary key or replica identity: only its INSERTs and TRUNCATEs \
-                 are published (its UPDATE and DELETE keep working). Give it one with \
-                 ALTER TABLE {} ADD PRIMARY KEY (...) or ALTER TABLE {} REPLICA IDENTITY FULL, \
-                 then run setup again",
-                table.qualified(),
-                table.sql_name(),
-                table.sql_name()
-            ));
-            keyless.insert(table.qualified(), entry);
-        }
-    }
+    let (full, keyless) = wanted_tables(client, config, &mut plan.warnings).await?;
     let publication = &config.postgres.publication;
     plan_publication(
         client,
@@ -253,6 +207,115 @@ pub async fn plan(client: &Client, config: &Config) -> anyhow::Result<Plan> {
     Ok(plan)
 }
 
+/// The publication entries (`"s"."t"` or `"s"."t" ("a", "b")`) setup wants,
+/// keyed by `schema.table`: those with a replica identity, and those
+/// published insert-only.
+type Entries = BTreeMap<String, String>;
+
+async fn wanted_tables(
+    client: &Client,
+    config: &Config,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<(Entries, Entries)> {
+    let schema = &config.postgres.schema;
+    let tables = host_tables(client, config).await?;
+    let mut full: BTreeMap<String, String> = BTreeMap::new();
+    let mut keyless: BTreeMap<String, String> = BTreeMap::new();
+    full.insert(
+        format!("{schema}.webhook"),
+        format!("{}.webhook", ident(schema)),
+    );
+    for table in &tables {
+        let excluded = config
+            .tables
+            .get(&table.qualified())
+            .map(|t| t.exclude_columns.clone())
+            .unwrap_or_default();
+        for col in &excluded {
+            if !table.columns.contains(col) {
+                warnings.push(format!(
+                    "[tables.\"{}\"] exclude_columns names {col:?}, which the table does not have",
+                    table.qualified()
+                ));
+            }
+        }
+        let entry = if excluded.is_empty() {
+            table.sql_name()
+        } else {
+            let kept: Vec<String> = table
+                .columns
+                .iter()
+                .filter(|c| !excluded.contains(c))
+                .map(|c| ident(c))
+                .collect();
+            format!("{} ({})", table.sql_name(), kept.join(", "))
+        };
+        if table.has_identity {
+            full.insert(table.qualified(), entry);
+        } else {
+            warnings.push(format!(
+                "table {} has no primary key or replica identity: only its INSERTs and TRUNCATEs \
+                 are published (its UPDATE and DELETE keep working). Give it one with \
+                 ALTER TABLE {} ADD PRIMARY KEY (...) or ALTER TABLE {} REPLICA IDENTITY FULL, \
+                 then run setup again",
+                table.qualified(),
+                table.sql_name(),
+                table.sql_name()
+            ));
+            keyless.insert(table.qualified(), entry);
+        }
+    }
+    Ok((full, keyless))
+}
+
+/// The tables named in a publication and their column lists (empty: all
+/// columns), keyed by `schema.table`.
+async fn published_tables(
+    client: &Client,
+    name: &str,
+) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text || '.' || c.relname::text, \
+                    coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) \
+                                FROM pg_attribute a \
+                               WHERE a.attrelid = pr.prrelid AND a.attnum = ANY (pr.prattrs)), \
+                             '{}'::text[]) \
+               FROM pg_publication_rel pr \
+               JOIN pg_publication p ON p.oid = pr.prpubid \
+               JOIN pg_class c ON c.oid = pr.prrelid \
+               JOIN pg_namespace n ON n.oid = c.relnamespace \
+              WHERE p.pubname = $1",
+            &[&name],
+        )
+        .await
+        .context("reading pg_publication_rel")?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Statements that add captured tables found in neither publication, for
+/// the running daemon (`capture.auto_add_tables`): nothing is removed or
+/// changed, only added.
+pub async fn additions(client: &Client, config: &Config) -> anyhow::Result<Vec<String>> {
+    let (full, keyless) = wanted_tables(client, config, &mut Vec::new()).await?;
+    let main = &config.postgres.publication;
+    let insert_only = keyless_publication(config);
+    let mut published = published_tables(client, main).await?;
+    published.extend(published_tables(client, &insert_only).await?);
+    let mut out = Vec::new();
+    for (publication, entries) in [(main.as_str(), &full), (insert_only.as_str(), &keyless)] {
+        for (qualified, entry) in entries {
+            if !published.contains_key(qualified) {
+                out.push(format!(
+                    "ALTER PUBLICATION {} ADD TABLE {entry}",
+                    ident(publication)
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 async fn plan_publication(
     client: &Client,
     plan: &mut Plan,
@@ -293,26 +356,7 @@ async fn plan_publication(
         plan.statements
             .push(format!("ALTER PUBLICATION {} SET ({options})", ident(name)));
     }
-    // The tables named in the publication and their column lists (empty:
-    // all columns), compared with the wanted ones.
-    let rows = client
-        .query(
-            "SELECT n.nspname::text || '.' || c.relname::text, \
-                    coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) \
-                                FROM pg_attribute a \
-                               WHERE a.attrelid = pr.prrelid AND a.attnum = ANY (pr.prattrs)), \
-                             '{}'::text[]) \
-               FROM pg_publication_rel pr \
-               JOIN pg_publication p ON p.oid = pr.prpubid \
-               JOIN pg_class c ON c.oid = pr.prrelid \
-               JOIN pg_namespace n ON n.oid = c.relnamespace \
-              WHERE p.pubname = $1",
-            &[&name],
-        )
-        .await
-        .context("reading pg_publication_rel")?;
-    let current: BTreeMap<String, Vec<String>> =
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let current = published_tables(client, name).await?;
     let wanted_columns: BTreeMap<String, Vec<String>> = wanted
         .iter()
         .map(|(qualified, entry)| (qualified.clone(), entry_columns(entry)))
@@ -385,11 +429,23 @@ async fn host_tables(client: &Client, config: &Config) -> anyhow::Result<Vec<Hos
 
 /// Run a plan. Returns what was done, for the user.
 pub async fn apply(client: &Client, config: &Config, plan: &Plan) -> anyhow::Result<()> {
-    for statement in &plan.statements {
+    // One transaction: a table moving between the two publications, or a
+    // publication re-created, is never half done while the host commits.
+    if !plan.statements.is_empty() {
         client
-            .batch_execute(statement)
+            .batch_execute("BEGIN")
             .await
-            .with_context(|| format!("running: {}", first_line(statement)))?;
+            .context("starting setup")?;
+        for statement in &plan.statements {
+            if let Err(e) = client.batch_execute(statement).await {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(e).with_context(|| format!("running: {}", first_line(statement)));
+            }
+        }
+        client
+            .batch_execute("COMMIT")
+            .await
+            .context("committing setup")?;
     }
     if let Some(create) = &plan.create_slot {
         // Snapshots of an earlier slot's history describe positions the new

@@ -435,3 +435,49 @@ async fn a_binary_error_body_is_stored_and_the_hook_still_parks() {
     );
     assert!(h.stop_daemon().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_hook_holding_the_byte_budget_is_parked_so_others_go_on() {
+    // A tiny budget that the slow hook's queue fills quickly; its backlog
+    // count and age bounds are far away, so only the budget rule can act.
+    let mut h = Harness::start(
+        CRM,
+        "concurrency_per_webhook = 1\nmax_in_flight_bytes = 65536\n\
+         backlog_limit = 1000000\nbacklog_max_age = \"1h\"\n",
+    )
+    .await;
+    let slow = Receiver::start_slow(Duration::from_millis(500))
+        .await
+        .unwrap();
+    let fast = Receiver::start().await.unwrap();
+    let slow_id = h.add_hook("*", &slow.url("/slow"), None).await;
+    h.add_hook("*", &fast.url("/fast"), None).await;
+    h.start_daemon().await;
+    h.db.batch_execute("INSERT INTO contact (name) SELECT 'n' || i FROM generate_series(1, 600) i")
+        .await
+        .unwrap();
+    // Back-pressure alone would hold the fast hook to the slow one's pace
+    // (600 × 0.5 s); parking the slow hook frees it within seconds.
+    let started = Instant::now();
+    let got = fast
+        .wait_until(Duration::from_secs(60), |r| r.len() >= 600)
+        .await;
+    assert_eq!(got.len(), 600, "log:\n{}", h.daemon_log());
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "took {:?}",
+        started.elapsed()
+    );
+    let reasons: Vec<String> =
+        h.db.query(
+            "SELECT DISTINCT reason FROM walhook.delivery WHERE webhook_id = $1",
+            &[&slow_id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(reasons, ["backlog"]);
+    assert!(h.stop_daemon().success());
+}

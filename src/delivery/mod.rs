@@ -36,7 +36,7 @@ use crate::checkpoint::Ticket;
 use crate::config::{DeliveryConfig, Live, Ordering};
 use crate::pgoutput::Lsn;
 use crate::registry::{Webhook, WebhookState};
-use crate::store::{self, ParkedEvent, UsageBook};
+use crate::store::{self, ParkedEvent, UsageBook, LAST_ERROR_MAX_CHARS};
 
 /// How an event must be ordered against others of the same hook.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,43 +308,48 @@ impl Dispatcher {
     /// while the in-flight byte budget is spent.
     pub async fn dispatch(&mut self, job: Job) -> anyhow::Result<()> {
         let control = self.control(&job.hook);
-        {
-            let mut mode = control.mode.lock().await;
-            if *mode == Mode::Live {
-                let backlog = control.in_flight();
-                let age = control.backlog_age();
-                let config = self.ctx.config.get();
-                if age >= config.backlog_max_age
-                    || (backlog >= config.backlog_limit && age >= BEHIND)
-                {
-                    tracing::warn!(
-                        webhook_id = control.id,
-                        backlog,
-                        behind_secs = age.as_secs(),
-                        "backlog past its bound: parking this hook's new events until it catches up"
-                    );
-                    *mode = Mode::Parking(ParkReason::Backlog);
-                    if !control.replaying.swap(true, AtomicOrdering::AcqRel) {
-                        self.tasks
-                            .spawn(replay::run_replayer(self.ctx.clone(), Arc::clone(&control)));
-                    }
-                }
-            }
-            if let Mode::Parking(reason) = *mode {
-                park_job(&self.ctx, &job, reason, 0, None).await?;
-                job.ticket.settle();
-                return Ok(());
-            }
-        }
-
         // A body larger than the whole budget still goes, alone.
         let cost = u32::try_from(job.body.len().max(1))
             .unwrap_or(u32::MAX)
             .min(self.budget_max);
-        let permit = Arc::clone(&self.budget)
-            .acquire_many_owned(cost)
+        let mut budget_spent = false;
+        let permit = loop {
+            {
+                let mut mode = control.mode.lock().await;
+                let hogging = budget_spent && self.holds_most_of_the_budget(&control);
+                if *mode == Mode::Live && past_bound(&self.ctx.config.get(), &control, hogging) {
+                    start_parking(&mut self.tasks, &self.ctx, &control, &mut mode);
+                }
+                if let Mode::Parking(reason) = *mode {
+                    park_job(&self.ctx, &job, reason, 0, None).await?;
+                    job.ticket.settle();
+                    return Ok(());
+                }
+            }
+            match Arc::clone(&self.budget).try_acquire_many_owned(cost) {
+                Ok(permit) => break permit,
+                Err(tokio::sync::TryAcquireError::NoPermits) => {}
+                Err(tokio::sync::TryAcquireError::Closed) => {
+                    unreachable!("the budget semaphore is never closed")
+                }
+            }
+            // The budget is spent. With other hooks waiting, the hooks that
+            // are behind and holding it are parked, so a slow target never
+            // stalls the others (their queued jobs park and free it); a
+            // hook alone just applies back-pressure.
+            if self.hooks.len() > 1 {
+                budget_spent = true;
+                self.park_laggards().await;
+            }
+            if let Ok(permit) = tokio::time::timeout(
+                Duration::from_secs(1),
+                Arc::clone(&self.budget).acquire_many_owned(cost),
+            )
             .await
-            .expect("the budget semaphore is never closed");
+            {
+                break permit.expect("the budget semaphore is never closed");
+            }
+        };
         let Some(hook_lanes) = self.hooks.get(&job.hook.id) else {
             unreachable!("control() created the lanes");
         };
@@ -393,6 +398,29 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Whether a hook has more queued events than all others together:
+    /// hooks that merely share a burst evenly are never parked for it.
+    fn holds_most_of_the_budget(&self, control: &HookControl) -> bool {
+        let total: usize = self.hooks.values().map(|h| h.control.in_flight()).sum();
+        control.in_flight() * 2 > total
+    }
+
+    /// With the byte budget spent and other hooks waiting: park the live
+    /// hook that is behind and holds most of it.
+    async fn park_laggards(&mut self) {
+        let config = self.ctx.config.get();
+        for hook_lanes in self.hooks.values() {
+            let control = &hook_lanes.control;
+            if !self.holds_most_of_the_budget(control) {
+                continue;
+            }
+            let mut mode = control.mode.lock().await;
+            if *mode == Mode::Live && past_bound(&config, control, true) {
+                start_parking(&mut self.tasks, &self.ctx, control, &mut mode);
+            }
+        }
+    }
+
     /// Park an event of a hook in state 3 (TooManyErrors).
     pub async fn park(&mut self, job: Job) -> anyhow::Result<()> {
         let control = self.control(&job.hook);
@@ -429,6 +457,35 @@ impl Dispatcher {
     }
 }
 
+/// Whether a hook's backlog is past its bound: its oldest queued event has
+/// waited `backlog_max_age`, or it is more than [`BEHIND`] behind while it
+/// has `backlog_limit` events queued or holds most of a spent byte budget
+/// that other hooks wait for (`hogging`).
+fn past_bound(config: &DeliveryConfig, control: &HookControl, hogging: bool) -> bool {
+    let age = control.backlog_age();
+    age >= config.backlog_max_age
+        || (age >= BEHIND && (hogging || control.in_flight() >= config.backlog_limit))
+}
+
+/// Switch a live hook to parking for its backlog, and start its replayer.
+fn start_parking(
+    tasks: &mut JoinSet<()>,
+    ctx: &DeliveryContext,
+    control: &Arc<HookControl>,
+    mode: &mut Mode,
+) {
+    tracing::warn!(
+        webhook_id = control.id,
+        backlog = control.in_flight(),
+        behind_secs = control.backlog_age().as_secs(),
+        "backlog past its bound: parking this hook's events until it catches up"
+    );
+    *mode = Mode::Parking(ParkReason::Backlog);
+    if !control.replaying.swap(true, AtomicOrdering::AcqRel) {
+        tasks.spawn(replay::run_replayer(ctx.clone(), Arc::clone(control)));
+    }
+}
+
 async fn park_job(
     ctx: &DeliveryContext,
     job: &Job,
@@ -437,6 +494,8 @@ async fn park_job(
     last_error: Option<&str>,
 ) -> anyhow::Result<()> {
     ctx.metrics.parked_events.inc();
+    let last_error = last_error.map(|e| crate::store::truncate_chars(e, LAST_ERROR_MAX_CHARS));
+    let last_error = last_error.as_deref();
     store::park(
         &ctx.sql,
         &ctx.schema,
@@ -507,13 +566,16 @@ async fn run_job(ctx: &DeliveryContext, control: &HookControl, job: Job) {
         Mode::Live => None,
     };
     if let Some(reason) = parking {
-        park_until_done(ctx, control, &job, reason, 0, None).await;
-        job.ticket.settle();
+        if park_until_done(ctx, control, &job, reason, 0, None).await {
+            job.ticket.settle();
+        }
         return;
     }
     let outcome = deliver(ctx, control, &job.event, job.event_id, &job.body, 0).await;
     match outcome {
         Settled::Delivered | Settled::Dropped => job.ticket.settle(),
+        // Left unsettled: read again by the next session.
+        Settled::Abandoned => {}
         Settled::Tripped { attempts, error } => {
             {
                 // From now on the reader parks this hook's events too, and
@@ -523,7 +585,7 @@ async fn run_job(ctx: &DeliveryContext, control: &HookControl, job: Job) {
                     *mode = Mode::Parking(ParkReason::TooManyErrors);
                 }
             }
-            park_until_done(
+            if park_until_done(
                 ctx,
                 control,
                 &job,
@@ -531,8 +593,10 @@ async fn run_job(ctx: &DeliveryContext, control: &HookControl, job: Job) {
                 attempts as i32,
                 error.as_deref(),
             )
-            .await;
-            job.ticket.settle();
+            .await
+            {
+                job.ticket.settle();
+            }
         }
     }
 }
@@ -548,9 +612,14 @@ async fn park_until_done(
     reason: ParkReason,
     attempts: i32,
     error: Option<&str>,
-) {
+) -> bool {
     let mut wait = Duration::from_secs(1);
     while let Err(e) = park_job(ctx, job, reason, attempts, error).await {
+        if ctx.sql.is_closed() {
+            // The session is over; the event stays unconfirmed and is read
+            // again by the next one.
+            return false;
+        }
         tracing::error!(
             webhook_id = control.id,
             event_id = %job.event_id,
@@ -559,6 +628,7 @@ async fn park_until_done(
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(30));
     }
+    true
 }
 
 /// How delivering one event ended.
@@ -567,6 +637,9 @@ pub enum Settled {
     Delivered,
     /// 410 Gone (the hook is now Stopped): dropped by the state rules.
     Dropped,
+    /// The SQL session closed before the outcome could be stored: the
+    /// event stays unsettled.
+    Abandoned,
     /// The hook tripped (too many consecutive errors): park it.
     Tripped {
         attempts: u32,
@@ -630,15 +703,17 @@ pub async fn deliver(
                     .failure(id, "HTTP 410 Gone: the receiver asked to stop this hook");
                 // The Stopped state is stored before any event is dropped
                 // for it, so a drop is never without its reason.
-                if let Err(e) =
+                while let Err(e) =
                     store::set_state(&ctx.sql, &ctx.schema, id, WebhookState::Stopped).await
                 {
+                    if ctx.sql.is_closed() {
+                        return Settled::Abandoned;
+                    }
                     tracing::error!(
                         webhook_id = id,
                         "410 Gone, but storing state Stopped failed; trying again: {e:#}"
                     );
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
                 }
                 if !control.gone.swap(true, AtomicOrdering::AcqRel) {
                     tracing::warn!(webhook_id = id, url = %hook.target_url,

@@ -106,6 +106,7 @@ async fn record_failure(
     attempts: u32,
     error: Option<&str>,
 ) -> anyhow::Result<()> {
+    let error = error.map(|e| crate::store::truncate_chars(e, crate::store::LAST_ERROR_MAX_CHARS));
     sql.execute(
         &format!(
             "UPDATE {}.delivery SET attempts = $2, last_error = coalesce($3, last_error), \
@@ -168,10 +169,17 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
         if batch.is_empty() {
             // Under the mode lock no event can be parked meanwhile.
             let mut mode = control.mode.lock().await;
-            if remaining(&ctx.sql, &ctx.schema, control.id).await? == 0 {
+            // Live only when nothing is parked and nothing is still on the
+            // lanes (a lane may be about to park a job it holds).
+            if control.in_flight() == 0
+                && !control.is_tripped()
+                && remaining(&ctx.sql, &ctx.schema, control.id).await? == 0
+            {
                 *mode = Mode::Live;
                 return Ok(true);
             }
+            drop(mode);
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
         let mut delivered = Vec::with_capacity(batch.len());
@@ -187,7 +195,7 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
             .await;
             match settled {
                 Settled::Delivered => delivered.push(row.delivery_id),
-                Settled::Dropped => {
+                Settled::Dropped | Settled::Abandoned => {
                     delete(&ctx.sql, &ctx.schema, &delivered).await?;
                     return Ok(false);
                 }
