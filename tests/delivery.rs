@@ -45,6 +45,19 @@ async fn parked(h: &Harness, id: i32) -> i64 {
     .get(0)
 }
 
+/// Wait until the number of `id`'s parked events satisfies `done`.
+async fn wait_parked(h: &Harness, id: i32, done: impl Fn(i64) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done(parked(h, id).await) {
+        assert!(
+            Instant::now() < deadline,
+            "webhook {id}: parked count never as expected; log:\n{}",
+            h.daemon_log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn wait_state(h: &Harness, id: i32, want: i16) {
     let deadline = Instant::now() + WAIT;
     while state(h, id).await != want {
@@ -148,11 +161,7 @@ async fn too_many_errors_parks_and_reactivation_delivers_in_order_across_a_resta
         .await
         .unwrap();
     }
-    let deadline = Instant::now() + WAIT;
-    while parked(&h, hook).await < 11 {
-        assert!(Instant::now() < deadline, "log:\n{}", h.daemon_log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_parked(&h, hook, |n| n >= 11).await;
     // The slot moved on past the parked changes.
     let confirmed = h.confirmed().await;
     let current = h.current_lsn().await;
@@ -182,11 +191,7 @@ async fn too_many_errors_parks_and_reactivation_delivers_in_order_across_a_resta
     expected.push("live".into());
     assert_eq!(names(delivered), expected, "log:\n{}", h.daemon_log());
     // A parked row is removed right after its delivery.
-    let deadline = Instant::now() + WAIT;
-    while parked(&h, hook).await != 0 {
-        assert!(Instant::now() < deadline, "parked rows left behind");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_parked(&h, hook, |n| n == 0).await;
     assert_eq!(state(&h, hook).await, 1);
     assert!(h.stop_daemon().success());
 }
@@ -257,11 +262,8 @@ async fn a_blackhole_and_a_failing_target_never_slow_a_healthy_hook() {
     assert!(took < Duration::from_secs(10), "healthy hook took {took:?}");
     wait_state(&h, dead, 3).await;
     wait_state(&h, broken, 3).await;
-    let deadline = Instant::now() + WAIT;
-    while parked(&h, dead).await < 200 || parked(&h, broken).await < 200 {
-        assert!(Instant::now() < deadline, "log:\n{}", h.daemon_log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_parked(&h, dead, |n| n >= 200).await;
+    wait_parked(&h, broken, |n| n >= 200).await;
     let last_error: String =
         h.db.query_one(
             "SELECT last_error FROM walhook.webhook_usage WHERE webhook_id = $1",
@@ -379,11 +381,7 @@ async fn a_slow_hook_is_parked_past_its_backlog_bound_and_catches_up_in_order() 
         expected,
         "one lane: commit order, parked ones included"
     );
-    let deadline = Instant::now() + WAIT;
-    while parked(&h, slow_id).await != 0 {
-        assert!(Instant::now() < deadline, "parked rows left behind");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_parked(&h, slow_id, |n| n == 0).await;
     assert_eq!(state(&h, slow_id).await, 1);
     assert!(h.stop_daemon().success());
 }
@@ -413,11 +411,7 @@ async fn a_binary_error_body_is_stored_and_the_hook_still_parks() {
         .await
         .unwrap();
     wait_state(&h, hook, 3).await;
-    let deadline = Instant::now() + WAIT;
-    while parked(&h, hook).await < 1 {
-        assert!(Instant::now() < deadline, "log:\n{}", h.daemon_log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_parked(&h, hook, |n| n >= 1).await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // statistics flush
     let last_error: String =
         h.db.query_one(

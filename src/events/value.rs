@@ -208,35 +208,12 @@ fn parse_hstore(text: &str) -> Option<Map<String, Value>> {
     let s = text.as_bytes();
     let mut pos = 0;
     let mut map = Map::new();
-    let quoted = |pos: &mut usize| -> Option<String> {
-        if s.get(*pos) != Some(&b'"') {
-            return None;
-        }
-        *pos += 1;
-        let mut buf = Vec::new();
-        loop {
-            match *s.get(*pos)? {
-                b'\\' => {
-                    buf.push(*s.get(*pos + 1)?);
-                    *pos += 2;
-                }
-                b'"' => {
-                    *pos += 1;
-                    return String::from_utf8(buf).ok();
-                }
-                c => {
-                    buf.push(c);
-                    *pos += 1;
-                }
-            }
-        }
-    };
     loop {
         skip_ws(s, &mut pos);
         if pos == s.len() {
             return Some(map);
         }
-        let key = quoted(&mut pos)?;
+        let key = quoted_string(s, &mut pos)?;
         skip_ws(s, &mut pos);
         if !s[pos..].starts_with(b"=>") {
             return None;
@@ -247,7 +224,7 @@ fn parse_hstore(text: &str) -> Option<Map<String, Value>> {
             pos += 4;
             Value::Null
         } else {
-            Value::String(quoted(&mut pos)?)
+            Value::String(quoted_string(s, &mut pos)?)
         };
         map.insert(key, value);
         skip_ws(s, &mut pos);
@@ -391,6 +368,33 @@ fn parse_array(text: &str, delimiter: u8) -> Option<Vec<ArrayItem>> {
     (pos == s.len()).then_some(items)
 }
 
+/// A double-quoted element with backslash escapes, as array and hstore
+/// output write it; `pos` is at the opening quote and ends past the closing
+/// one. `None` when there is no quote there or the text ends inside it.
+fn quoted_string(s: &[u8], pos: &mut usize) -> Option<String> {
+    if s.get(*pos) != Some(&b'"') {
+        return None;
+    }
+    *pos += 1;
+    let mut buf = Vec::new();
+    loop {
+        match *s.get(*pos)? {
+            b'\\' => {
+                buf.push(*s.get(*pos + 1)?);
+                *pos += 2;
+            }
+            b'"' => {
+                *pos += 1;
+                return String::from_utf8(buf).ok();
+            }
+            c => {
+                buf.push(c);
+                *pos += 1;
+            }
+        }
+    }
+}
+
 fn skip_ws(s: &[u8], pos: &mut usize) {
     while s.get(*pos).is_some_and(u8::is_ascii_whitespace) {
         *pos += 1;
@@ -413,27 +417,7 @@ fn parse_level(s: &[u8], pos: &mut usize, delim: u8) -> Option<Vec<ArrayItem>> {
         skip_ws(s, pos);
         match s.get(*pos)? {
             b'{' => items.push(ArrayItem::Nested(parse_level(s, pos, delim)?)),
-            b'"' => {
-                *pos += 1;
-                let mut buf = Vec::new();
-                loop {
-                    match *s.get(*pos)? {
-                        b'\\' => {
-                            buf.push(*s.get(*pos + 1)?);
-                            *pos += 2;
-                        }
-                        b'"' => {
-                            *pos += 1;
-                            break;
-                        }
-                        c => {
-                            buf.push(c);
-                            *pos += 1;
-                        }
-                    }
-                }
-                items.push(ArrayItem::Scalar(String::from_utf8(buf).ok()?));
-            }
+            b'"' => items.push(ArrayItem::Scalar(quoted_string(s, pos)?)),
             _ => {
                 let mut buf = Vec::new();
                 while let Some(&c) = s.get(*pos) {
