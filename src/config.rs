@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Deserializer};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub postgres: PostgresConfig,
@@ -25,15 +25,32 @@ pub struct Config {
     pub metrics: MetricsConfig,
 }
 
+impl Config {
+    /// walhook's publications: the main one, and the insert-only one for
+    /// tables without a replica identity (publishing their UPDATE or
+    /// DELETE would make the host's statements fail).
+    pub fn publications(&self) -> [String; 2] {
+        [
+            self.postgres.publication.clone(),
+            self.keyless_publication(),
+        ]
+    }
+
+    /// The insert-only publication for tables without an identity.
+    pub fn keyless_publication(&self) -> String {
+        format!("{}_keyless", self.postgres.publication)
+    }
+}
+
 /// The optional Prometheus metrics and health listener.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// A loopback address such as "127.0.0.1:9187"; unset: no listener.
     pub listen: Option<std::net::SocketAddr>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PostgresConfig {
     /// libpq-style URL or key=value connection string.
@@ -71,7 +88,7 @@ impl Default for PostgresConfig {
 }
 
 /// Which host tables `setup` publishes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CaptureConfig {
     /// `schema.table` patterns; `*` matches any run of characters.
@@ -100,7 +117,7 @@ impl Default for CaptureConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EventsConfig {
     pub context_identifier: String,
@@ -124,7 +141,7 @@ impl Default for EventsConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TableConfig {
     /// The entity name events use instead of the table's name.
@@ -136,14 +153,14 @@ pub struct TableConfig {
 /// How events of one hook are ordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Ordering {
+pub enum DeliveryOrder {
     /// Events of one row keep commit order; rows go concurrently.
     Row,
     /// One strict commit order per hook.
     Webhook,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
     pub max_consecutive_errors: u32,
@@ -156,7 +173,7 @@ pub struct DeliveryConfig {
     /// Longest wait between two attempts of one event.
     #[serde(deserialize_with = "duration")]
     pub max_backoff: Duration,
-    pub ordering: Ordering,
+    pub ordering: DeliveryOrder,
     /// Requests one hook may have in flight at once (rows spread over them).
     pub concurrency_per_webhook: usize,
     /// Bytes of request bodies in flight before walhook stops reading WAL.
@@ -185,7 +202,7 @@ impl Default for DeliveryConfig {
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(15),
             max_backoff: Duration::from_secs(300),
-            ordering: Ordering::Row,
+            ordering: DeliveryOrder::Row,
             concurrency_per_webhook: 8,
             max_in_flight_bytes: 64 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
@@ -203,7 +220,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// A tracing filter such as `info` or `walhook=debug`; RUST_LOG wins.

@@ -13,6 +13,9 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::delivery::signing;
 use crate::receiver::{ReceivedRequest, Receiver};
+use crate::registry::WebhookState;
+use crate::store::webhooks::NewWebhook;
+use crate::store::Store;
 use crate::{daemon, setup};
 
 const SECRET: &str = "demo-secret";
@@ -74,21 +77,22 @@ pub async fn run() -> anyhow::Result<()> {
         cluster.url("postgres")
     ))?;
 
-    let client = daemon::connect_sql(&config.connection()?).await?;
-    let plan = setup::plan(&client, &config).await?;
-    setup::apply(&client, &config, &plan).await?;
+    let store = Store::connect(&config.connection()?, &config.postgres.schema).await?;
+    let plan = setup::plan(&store, &config).await?;
+    setup::apply(&store, &config, &plan).await?;
     println!("  walhook setup: schema walhook, publication walhook, slot walhook");
 
-    client
-        .execute(
-            "INSERT INTO walhook.webhook (name, events, target_url, secret) VALUES ($1, $2, $3, $4)",
-            &[
-                &"demo receiver",
-                &"contact.*, person.deleted",
-                &receiver.url("/hook"),
-                &SECRET,
-            ],
-        )
+    let hook_url = receiver.url("/hook");
+    store
+        .insert_webhook(&NewWebhook {
+            name: "demo receiver",
+            events: "contact.*, person.deleted",
+            target_url: &hook_url,
+            headers: None,
+            properties: None,
+            secret: Some(SECRET),
+            state: WebhookState::Active,
+        })
         .await
         .context("registering the demo webhook")?;
     println!(
@@ -110,7 +114,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     for (sql, what) in CHANGES {
         println!("SQL> {sql}    -- {what}");
-        client.batch_execute(sql).await?;
+        cluster.execute("postgres", sql).await?;
     }
     let expected = 3;
     println!("\nwaiting for {expected} deliveries...\n");
@@ -126,19 +130,14 @@ pub async fn run() -> anyhow::Result<()> {
         Ok(result) => result?,
         Err(e) => bail!("the daemon task failed: {e}"),
     }
-    let usage = client
-        .query_one(
-            "SELECT total_calls, total_errors FROM walhook.webhook_usage WHERE webhook_id = 1",
-            &[],
-        )
-        .await
-        .context("reading webhook_usage")?;
-    println!(
-        "webhook_usage for webhook 1: total_calls {}, total_errors {}",
-        usage.get::<_, i64>(0),
-        usage.get::<_, i64>(1)
-    );
-    drop(client);
+    let stats = store.hook_stats().await.context("reading webhook_usage")?;
+    if let Some(usage) = stats.iter().find(|h| h.id == 1) {
+        println!(
+            "webhook_usage for webhook 1: total_calls {}, total_errors {}",
+            usage.total_calls, usage.total_errors
+        );
+    }
+    drop(store);
     drop(cluster);
     if requests.len() < expected {
         bail!(

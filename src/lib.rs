@@ -3,16 +3,34 @@
 //! The modules follow the data flow, one stage each:
 //!
 //! ```text
-//! source -> pgoutput -> events -> registry -> delivery -> checkpoint -> store
+//! source -> pgoutput -> events -> registry -> delivery -> checkpoint
+//!                                                  \
+//!                                                   store (every SQL statement)
 //! ```
 //!
-//! `source` reads the logical replication stream, `pgoutput` decodes its
-//! messages, `events` turns row changes into `ChangeEvent`s, `registry` holds
-//! the `webhook` rows and matches events to them, `delivery` signs and POSTs,
-//! `checkpoint` decides which LSN may be confirmed to the server, and `store`
-//! writes usage statistics and parked events. `config`, `cli`, `setup`,
-//! `daemon` and `demo` wire it together; `cluster` and `receiver` are the
-//! throwaway PostgreSQL and loopback HTTP receiver used by `demo` and tests.
+//! - [`source`] reads the logical replication stream from the slot;
+//! - [`pgoutput`] decodes its messages into exact types;
+//! - [`events`] turns row changes into [`ChangeEvent`](events::ChangeEvent)s;
+//! - [`registry`] holds the `webhook` rows and matches events to them;
+//! - [`delivery`] signs and POSTs, retries, parks and replays;
+//! - [`checkpoint`] decides which LSN may be confirmed to the server;
+//! - [`store`] owns every SQL statement: slot, snapshots, parked events,
+//!   statistics, webhook rows, catalog and publications. Delivery reaches
+//!   it only through [`delivery::DeliveryStore`].
+//!
+//! Around them: [`config`] (the TOML file), [`text`], [`errors`] (what a
+//! failure means: reconnect or stop) and [`postgres`] (SQL sessions and
+//! their TLS) are leaves every stage may use; [`metrics`] exports counters
+//! and health. On top: [`setup`] (setup's plan and `check`), [`daemon`]
+//! (`walhook run`: sessions, the pipeline, reload, leadership), [`admin`]
+//! (the DBA's commands), [`cli`] and [`demo`]. Imports only ever point
+//! down this list: no stage imports one that uses it.
+
+pub mod config;
+pub mod errors;
+pub mod metrics;
+pub mod postgres;
+pub mod text;
 
 pub mod checkpoint;
 pub mod delivery;
@@ -24,11 +42,9 @@ pub mod store;
 
 pub mod admin;
 pub mod cli;
-pub mod cluster;
-pub mod config;
 pub mod daemon;
 pub mod demo;
-pub mod metrics;
-pub mod postgres;
-pub mod receiver;
 pub mod setup;
+
+pub mod cluster;
+pub mod receiver;

@@ -6,7 +6,7 @@ use tokio::sync::watch;
 
 use walhook::cli::{exit, Cli, Command, DEFAULT_CONFIG};
 use walhook::config::{Config, LogFormat};
-use walhook::{admin, daemon, demo, setup};
+use walhook::{admin, daemon, demo};
 
 fn main() -> ExitCode {
     // pgwire-replication and reqwest both use rustls; with more than one
@@ -95,8 +95,11 @@ struct Reloader {
 async fn dispatch(command: Command, config: Config, reloader: Reloader) -> u8 {
     let (result, logged) = match command {
         Command::Run => (run(config, reloader).await.map(|()| exit::OK), true),
-        Command::Setup { dry_run } => (run_setup(config, dry_run).await.map(|()| exit::OK), true),
-        Command::Check => return run_check(config).await,
+        Command::Setup { dry_run } => (
+            admin::setup(&config, dry_run).await.map(|()| exit::OK),
+            true,
+        ),
+        Command::Check => return admin::check(&config).await,
         Command::Demo => (demo::run().await.map(|()| exit::OK), true),
         Command::Status { json } => (admin::status(&config, json).await, false),
         Command::Webhook { command } => (admin::webhook(&config, command).await, false),
@@ -104,9 +107,7 @@ async fn dispatch(command: Command, config: Config, reloader: Reloader) -> u8 {
             (admin::teardown(&config, drop_schema, yes).await, false)
         }
         Command::Replay { webhook } => (
-            walhook::delivery::replay::run(config, webhook)
-                .await
-                .map(|()| exit::OK),
+            admin::replay(&config, webhook).await.map(|()| exit::OK),
             false,
         ),
     };
@@ -185,78 +186,5 @@ async fn wait_for_stop_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
-    }
-}
-
-async fn run_setup(config: Config, dry_run: bool) -> anyhow::Result<()> {
-    let conn = config.connection()?;
-    let client = daemon::connect_sql(&conn).await?;
-    let plan = setup::plan(&client, &config).await?;
-    for warning in &plan.warnings {
-        eprintln!("warning: {warning}");
-    }
-    if dry_run {
-        print!("{}", plan.sql());
-        if plan.is_empty() {
-            println!("-- nothing to change: walhook is set up in {conn:?}");
-        }
-        return Ok(());
-    }
-    if plan.is_empty() {
-        println!("walhook is already set up in {conn:?}: nothing changed");
-        return Ok(());
-    }
-    setup::apply(&client, &config, &plan)
-        .await
-        .context("setup failed; nothing after the failing statement ran")?;
-    println!(
-        "walhook is set up in {conn:?}: schema {:?}, publication {:?}, slot {:?}",
-        config.postgres.schema, config.postgres.publication, config.postgres.slot
-    );
-    if plan.create_slot.is_some() {
-        println!(
-            "note: replication slot {:?} now holds WAL on the server until `walhook run` \
-             consumes it or `walhook teardown` drops it",
-            config.postgres.slot
-        );
-    }
-    Ok(())
-}
-
-async fn run_check(config: Config) -> u8 {
-    println!("OK    config parses");
-    let conn = match config.connection() {
-        Ok(c) => c,
-        Err(e) => {
-            println!("FAIL  {e:#}");
-            return exit::CHECK_FAILED;
-        }
-    };
-    let client = match daemon::connect_sql(&conn).await {
-        Ok(c) => {
-            println!("OK    connected to {conn:?}");
-            c
-        }
-        Err(e) => {
-            println!("FAIL  {e:#}");
-            return exit::CHECK_FAILED;
-        }
-    };
-    let mut failed = false;
-    for line in setup::check(&client, &config).await {
-        let tag = match line.level {
-            setup::CheckLevel::Ok => "OK  ",
-            setup::CheckLevel::Warn => "WARN",
-            setup::CheckLevel::Fail => {
-                failed = true;
-                "FAIL"
-            }
-        };
-        println!("{tag}  {}", line.text);
-    }
-    if failed {
-        exit::CHECK_FAILED
-    } else {
-        exit::OK
     }
 }

@@ -28,6 +28,8 @@ pub struct Metrics {
     registry: Registry,
     pub changes_decoded: Counter,
     pub events_matched: Counter,
+    /// Events not sent because their hook is Stopped (2) or Unknown (0).
+    pub events_skipped: Counter,
     /// Attempts by outcome: delivered, failed, gone, parked, dropped.
     pub deliveries: Family<Vec<(String, String)>, Counter>,
     pub delivery_seconds: Histogram,
@@ -41,6 +43,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("walhook");
         let changes_decoded = Counter::default();
         let events_matched = Counter::default();
+        let events_skipped = Counter::default();
         let deliveries = Family::<Vec<(String, String)>, Counter>::default();
         let delivery_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let lag_bytes = Gauge::default();
@@ -55,6 +58,11 @@ impl Default for Metrics {
             "events_matched",
             "Events addressed to a webhook",
             events_matched.clone(),
+        );
+        registry.register(
+            "events_skipped",
+            "Events not sent because their hook is Stopped or Unknown",
+            events_skipped.clone(),
         );
         registry.register(
             "deliveries",
@@ -85,6 +93,7 @@ impl Default for Metrics {
             registry,
             changes_decoded,
             events_matched,
+            events_skipped,
             deliveries,
             delivery_seconds,
             lag_bytes,

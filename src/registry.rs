@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use anyhow::Context;
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::Url;
 use serde_json::{Map, Value};
@@ -190,52 +189,6 @@ impl Webhook {
     }
 }
 
-/// The `webhook` columns walhook reads, as text, in query order.
-pub const ROW_COLUMNS: [&str; 9] = [
-    "webhook_id",
-    "name",
-    "events",
-    "target_url",
-    "type",
-    "headers",
-    "properties",
-    "secret",
-    "state",
-];
-
-/// The query for the rows as text (`filter`: a WHERE clause or "").
-pub fn select_rows_sql(schema: &str, filter: &str) -> String {
-    format!(
-        "SELECT webhook_id::text, name::text, events::text, target_url::text, type::text, \
-                headers::text, properties::text, secret::text, state::text \
-           FROM {}.webhook {filter} ORDER BY webhook_id",
-        crate::setup::ident(schema)
-    )
-}
-
-/// One result row of [`select_rows_sql`].
-pub fn row_from(row: &tokio_postgres::Row) -> WebhookRow {
-    WebhookRow(
-        ROW_COLUMNS
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.to_string(), row.get::<_, Option<String>>(i)))
-            .collect(),
-    )
-}
-
-/// Every row of the `webhook` table, as text.
-pub async fn load_rows(
-    client: &tokio_postgres::Client,
-    schema: &str,
-) -> anyhow::Result<Vec<WebhookRow>> {
-    let rows = client
-        .query(&select_rows_sql(schema, ""), &[])
-        .await
-        .with_context(|| format!("reading {schema}.webhook"))?;
-    Ok(rows.iter().map(row_from).collect())
-}
-
 /// The hooks as of the last applied position of the stream.
 #[derive(Debug, Default, Clone)]
 pub struct Registry {
@@ -262,11 +215,6 @@ impl Registry {
             registry.upsert(row);
         }
         registry
-    }
-
-    /// Read the whole `webhook` table.
-    pub async fn load(client: &tokio_postgres::Client, schema: &str) -> anyhow::Result<Registry> {
-        Ok(Registry::from_rows(load_rows(client, schema).await?))
     }
 
     pub fn apply(&mut self, change: WebhookChange) -> RegistryUpdate {

@@ -16,6 +16,7 @@ use pgwire_replication::{
 };
 
 use crate::config::{Connection, SslMode};
+use crate::errors::{retryable_sqlstate, LostConnection};
 use crate::pgoutput::Lsn;
 
 /// Session settings that fix the text form of values, whatever the
@@ -137,7 +138,15 @@ impl Source {
             let event = match self.client.recv().await {
                 Ok(Some(e)) => e,
                 Ok(None) => return Ok(None),
-                Err(e) => return Err(anyhow!("replication stream failed: {e}")),
+                Err(e) => {
+                    let lost = is_lost_connection(&e);
+                    let error = anyhow!("replication stream failed: {e}");
+                    return Err(if lost {
+                        anyhow::Error::new(LostConnection(error))
+                    } else {
+                        error
+                    });
+                }
             };
             return Ok(Some(match event {
                 ReplicationEvent::Begin {
@@ -210,5 +219,56 @@ fn explain(e: PgWireError, slot: &str, publications: &[String]) -> anyhow::Error
     } else {
         String::new()
     };
-    anyhow!("replication session: {text}{hint}")
+    let error = anyhow!("replication session: {text}{hint}");
+    if is_lost_connection(&e) {
+        anyhow::Error::new(LostConnection(error))
+    } else {
+        error
+    }
+}
+
+/// Whether a replication session error means the connection was lost or
+/// refused (a new session may succeed), by the error's kind and the
+/// server's SQLSTATE; authentication, TLS and other refusals need an
+/// operator.
+fn is_lost_connection(e: &PgWireError) -> bool {
+    match e {
+        PgWireError::Io(_) | PgWireError::Task(_) => true,
+        PgWireError::Server(text) => sqlstate(text).is_some_and(retryable_sqlstate),
+        _ => false,
+    }
+}
+
+/// The SQLSTATE pgwire-replication puts in a server error's text
+/// (`... (SQLSTATE 57P01)`).
+fn sqlstate(text: &str) -> Option<&str> {
+    let at = text.rfind("SQLSTATE ")? + "SQLSTATE ".len();
+    text.get(at..at + 5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_errors_by_kind_and_sqlstate() {
+        let io = PgWireError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(is_lost_connection(&io));
+        let terminated = PgWireError::Server(
+            "terminating connection due to administrator command (SQLSTATE 57P01)".into(),
+        );
+        assert!(is_lost_connection(&terminated));
+        let busy = PgWireError::Server(
+            "replication slot \"walhook\" is active for PID 42 (SQLSTATE 55006)".into(),
+        );
+        assert!(is_lost_connection(&busy));
+        let missing = PgWireError::Server(
+            "replication slot \"walhook\" does not exist (SQLSTATE 42704)".into(),
+        );
+        assert!(!is_lost_connection(&missing));
+        assert!(!is_lost_connection(&PgWireError::Auth("password".into())));
+        assert!(!is_lost_connection(&PgWireError::Tls(
+            "unknown issuer".into()
+        )));
+    }
 }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::request;
 use crate::config::DeliveryConfig;
 use crate::registry::Webhook;
-use crate::store::{truncate_chars, LAST_ERROR_MAX_CHARS};
+use crate::text::{truncate_chars, LAST_ERROR_MAX_CHARS};
 
 /// The result of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]

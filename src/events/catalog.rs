@@ -9,8 +9,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::Context;
-
 use crate::pgoutput::Lsn;
 
 /// How `to_jsonb()` renders a type: PostgreSQL's `json_categorize_type`
@@ -89,6 +87,33 @@ impl TypeInfo {
     }
 }
 
+/// One `pg_type` row.
+#[derive(Debug, Clone)]
+pub struct TypeRow {
+    pub oid: u32,
+    /// `typtype`: b(ase), c(omposite), d(omain), e(num), m(ultirange), p(seudo), r(ange).
+    pub kind: u8,
+    pub element: u32,
+    pub delimiter: u8,
+    pub base: u32,
+    pub is_array: bool,
+    pub name: Option<String>,
+}
+
+/// What the catalog is made from, as the store reads it.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogRows {
+    /// The server's WAL insert position just before the rows were read.
+    pub loaded_at: Option<Lsn>,
+    pub types: Vec<TypeRow>,
+    /// (composite type, attribute name, attribute type), in attribute order.
+    pub fields: Vec<(u32, String, u32)>,
+    /// Composite types without attributes.
+    pub empty_composites: Vec<u32>,
+    /// (type, name of its function cast to json).
+    pub json_casts: Vec<(u32, String)>,
+}
+
 /// The server's types, by OID.
 #[derive(Debug, Clone, Default)]
 pub struct TypeCatalog {
@@ -118,7 +143,7 @@ const NUMERIC: u32 = 1700;
 const JSONB: u32 = 3802;
 /// PostgreSQL's `FirstNormalObjectId`: OIDs below are built in, and
 /// `to_jsonb()` looks for a cast to json only for types at or above it.
-const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
+pub const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
 
 /// Domains nest, but never in a loop; the bound only guards against a
 /// corrupt catalog hanging the pipeline.
@@ -163,127 +188,51 @@ impl TypeCatalog {
         }
     }
 
-    /// Read every type from `pg_type`, the attributes of the composite
-    /// types that table columns can reach, and the casts to json of
-    /// non-built-in types.
-    pub async fn load(client: &tokio_postgres::Client) -> anyhow::Result<TypeCatalog> {
-        // Read first, so that every change committed before this position
-        // is (all but certainly) visible to the queries below.
-        let position: Option<String> = client
-            .query_one(
-                "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
-                        ELSE pg_current_wal_insert_lsn()::text END",
-                &[],
-            )
-            .await
-            .context("reading the WAL position")?
-            .get(0);
-        let loaded_at = position.and_then(|p| p.parse::<Lsn>().ok());
-        let rows = client
-            .query(
-                "SELECT t.oid, t.typtype::text, t.typelem, \
-                        coalesce(e.typdelim, t.typdelim)::text, t.typbasetype, \
-                        t.typelem <> 0 AND t.typsubscript = 'array_subscript_handler'::regproc, \
-                        format_type(t.oid, NULL) \
-                   FROM pg_type t LEFT JOIN pg_type e ON e.oid = t.typelem",
-                &[],
-            )
-            .await
-            .context("reading the type catalog (pg_type)")?;
-        let mut types = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let oid: u32 = row.get(0);
-            let kind: String = row.get(1);
-            let delimiter: String = row.get(3);
+    /// The catalog from what the store read of the server's.
+    pub fn from_rows(rows: CatalogRows) -> TypeCatalog {
+        let mut types = HashMap::with_capacity(rows.types.len());
+        for row in rows.types {
             types.insert(
-                oid,
+                row.oid,
                 TypeInfo {
-                    kind: kind.bytes().next().unwrap_or(b'b'),
-                    is_array: row.get(5),
-                    element: row.get(2),
-                    delimiter: delimiter.bytes().next().unwrap_or(b','),
-                    base: row.get(4),
-                    name: row.get(6),
+                    kind: row.kind,
+                    is_array: row.is_array,
+                    element: row.element,
+                    delimiter: row.delimiter,
+                    base: row.base,
+                    name: row.name,
                     fields: None,
                     json_cast: None,
                 },
             );
         }
-
-        // Attributes of the composite types a table column can reach
-        // (directly, or through arrays, domains and other composites):
-        // every table's row type would be far more than needed.
-        let rows = client
-            .query(
-                "WITH RECURSIVE reach(oid, depth) AS ( \
-                     SELECT DISTINCT atttypid, 0 FROM pg_attribute \
-                      WHERE attnum > 0 AND NOT attisdropped \
-                     UNION \
-                     SELECT v.oid, r.depth + 1 FROM reach r \
-                       JOIN pg_type t ON t.oid = r.oid \
-                      CROSS JOIN LATERAL (VALUES (t.typelem), (t.typbasetype)) v(oid) \
-                      WHERE v.oid <> 0 AND r.depth < 16) \
-                 SELECT t.oid, a.attname::text, a.atttypid \
-                   FROM pg_type t JOIN pg_attribute a ON a.attrelid = t.typrelid \
-                  WHERE t.typtype = 'c' AND a.attnum > 0 AND NOT a.attisdropped \
-                    AND t.oid IN (SELECT oid FROM reach) \
-                  ORDER BY t.oid, a.attnum",
-                &[],
-            )
-            .await
-            .context("reading composite type attributes (pg_attribute)")?;
         let mut fields: HashMap<u32, Vec<Field>> = HashMap::new();
-        for row in rows {
-            fields.entry(row.get(0)).or_default().push(Field {
-                name: row.get(1),
-                type_oid: row.get(2),
-            });
+        for (oid, name, type_oid) in rows.fields {
+            fields
+                .entry(oid)
+                .or_default()
+                .push(Field { name, type_oid });
         }
         for (oid, list) in fields {
             if let Some(t) = types.get_mut(&oid) {
                 t.fields = Some(list.into());
             }
         }
-        // A composite type without attributes (`CREATE TYPE t AS ()`)
-        // has no pg_attribute row; it still renders, as `{}`.
-        let rows = client
-            .query(
-                "SELECT t.oid FROM pg_type t \
-                  WHERE t.typtype = 'c' AND NOT EXISTS (SELECT 1 FROM pg_attribute a \
-                        WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped)",
-                &[],
-            )
-            .await
-            .context("reading composite types without attributes")?;
-        for row in rows {
-            if let Some(t) = types.get_mut(&row.get(0)) {
+        for oid in rows.empty_composites {
+            if let Some(t) = types.get_mut(&oid) {
                 t.fields = Some(Vec::new().into());
             }
         }
-
-        // No built-in type has a function cast to json (and `to_jsonb()`
-        // ignores those of built-in types anyway); extensions such as
-        // hstore add one.
-        let rows = client
-            .query(
-                "SELECT c.castsource, p.proname::text \
-                   FROM pg_cast c JOIN pg_proc p ON p.oid = c.castfunc \
-                  WHERE c.casttarget = 'json'::regtype AND c.castmethod = 'f' \
-                    AND c.castsource >= $1",
-                &[&FIRST_NORMAL_OBJECT_ID],
-            )
-            .await
-            .context("reading casts to json (pg_cast)")?;
-        for row in rows {
-            if let Some(t) = types.get_mut(&row.get(0)) {
-                t.json_cast = Some(row.get(1));
+        for (oid, function) in rows.json_casts {
+            if let Some(t) = types.get_mut(&oid) {
+                t.json_cast = Some(function);
             }
         }
-        Ok(TypeCatalog {
+        TypeCatalog {
             types,
-            loaded_at,
+            loaded_at: rows.loaded_at,
             stale: Arc::default(),
-        })
+        }
     }
 
     /// Whether values of type `oid` can be converted with what this
@@ -466,24 +415,6 @@ impl TypeCatalog {
         );
         self
     }
-}
-
-/// The primary-key columns of a relation, in key order (empty when none).
-pub async fn primary_key(
-    client: &tokio_postgres::Client,
-    relation_oid: u32,
-) -> anyhow::Result<Vec<String>> {
-    let rows = client
-        .query(
-            "SELECT a.attname::text FROM pg_index i \
-               CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-              WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
-            &[&relation_oid],
-        )
-        .await
-        .with_context(|| format!("reading the primary key of relation oid {relation_oid}"))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 #[cfg(test)]

@@ -1,0 +1,412 @@
+//! `walhook webhook list|add|set-state|test|remove`.
+
+use std::collections::BTreeMap;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use reqwest::header::{HeaderName, HeaderValue};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::render::{columns, state_name};
+use super::{connect, invalid};
+use crate::cli::{exit, AddArgs, WebhookCommand};
+use crate::config::Config;
+use crate::delivery::{check_target, http_client, request, DeliveryStore};
+use crate::events::WebhookRow;
+use crate::registry::{Webhook, WebhookState};
+use crate::store::webhooks::NewWebhook;
+use crate::store::{error_chain, Store};
+use crate::text::truncate_chars;
+
+/// `walhook webhook ...`.
+pub async fn webhook(config: &Config, command: WebhookCommand) -> anyhow::Result<u8> {
+    match command {
+        WebhookCommand::List { json } => list(config, json).await,
+        WebhookCommand::Add(args) => add(config, &args).await,
+        WebhookCommand::SetState { id, state } => set_state(config, id, state).await,
+        WebhookCommand::Test { id } => test(config, id).await,
+        WebhookCommand::Remove { id, purge } => remove(config, id, purge).await,
+    }
+}
+
+/// The error for a webhook_id that is not in the table.
+fn no_such_webhook(store: &Store, id: i32) -> anyhow::Error {
+    anyhow!(
+        "webhook_id {id} does not exist in {}",
+        store.table_name("webhook")
+    )
+}
+
+async fn list(config: &Config, as_json: bool) -> anyhow::Result<u8> {
+    let store = connect(config).await?;
+    let mut out = Vec::new();
+    for row in store.webhook_rows().await? {
+        let get = |n: &str| row.0.get(n).cloned().flatten();
+        let id = get("webhook_id").unwrap_or_default();
+        // What the daemon would make of the row.
+        let problem = match Webhook::from_row(&row) {
+            Ok(hook) => check_target(&config.delivery, &hook.target_url).err(),
+            Err(why) => Some(format!("skipped by the daemon: {why}")),
+        };
+        let header_names: Vec<String> = get("headers")
+            .and_then(|h| serde_json::from_str::<Map<String, Value>>(&h).ok())
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        let state: Option<i16> = get("state").and_then(|s| s.parse().ok());
+        out.push(json!({
+            "webhook_id": id.parse::<i64>().ok(),
+            "name": get("name"),
+            "state": state,
+            "state_name": state.map(state_name),
+            "type": get("type"),
+            "events": get("events"),
+            "target_url": get("target_url"),
+            "secret": get("secret").is_some_and(|s| !s.is_empty()),
+            "headers": header_names,
+            "properties": get("properties").and_then(|p| serde_json::from_str::<Value>(&p).ok()),
+            "problem": problem,
+        }));
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&Value::Array(out))?);
+        return Ok(exit::OK);
+    }
+    if out.is_empty() {
+        println!(
+            "no hooks in {} (add one with `walhook webhook add`)",
+            store.table_name("webhook")
+        );
+        return Ok(exit::OK);
+    }
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let table_rows: Vec<Vec<String>> = out
+        .iter()
+        .map(|h| {
+            let headers = h["headers"]
+                .as_array()
+                .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| "-".into());
+            vec![
+                s(&h["webhook_id"]),
+                s(&h["name"]),
+                s(&h["state_name"]),
+                s(&h["type"]),
+                if h["secret"] == json!(true) {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                headers,
+                s(&h["events"]),
+                s(&h["target_url"]),
+                h["problem"]
+                    .as_str()
+                    .map_or(String::new(), |p| format!("!! {p}")),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        columns(
+            &["ID", "NAME", "STATE", "TYPE", "SECRET", "HEADERS", "EVENTS", "URL", "",],
+            &table_rows
+        )
+    );
+    Ok(exit::OK)
+}
+
+/// Column sizes of `webhook`, checked before the server would refuse.
+const LIMITS: [(&str, usize); 4] = [
+    ("name", 400),
+    ("events", 4000),
+    ("target_url", 4000),
+    ("secret", 400),
+];
+
+/// The secret from `--secret` or the first line of `--secret-file`.
+fn secret(
+    args: &AddArgs,
+    refuse: &dyn Fn(String) -> anyhow::Error,
+) -> anyhow::Result<Option<String>> {
+    let secret = match (&args.secret, &args.secret_file) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| refuse(format!("cannot read secret file {}: {e}", file.display())))?;
+            let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+            if line.is_empty() {
+                return Err(refuse(format!(
+                    "secret file {}: the first line is empty",
+                    file.display()
+                )));
+            }
+            Some(line.to_owned())
+        }
+        (None, None) => None,
+    };
+    if secret.as_deref() == Some("") {
+        return Err(refuse(
+            "--secret is empty (leave it out for an unsigned hook)".into(),
+        ));
+    }
+    Ok(secret)
+}
+
+/// `--header NAME=VALUE` options as a JSON object's text.
+fn headers(
+    args: &AddArgs,
+    refuse: &dyn Fn(String) -> anyhow::Error,
+) -> anyhow::Result<Option<String>> {
+    let mut headers = Map::new();
+    for pair in &args.headers {
+        let Some((name, value)) = pair.split_once('=') else {
+            return Err(refuse(format!("--header {pair:?} is not NAME=VALUE")));
+        };
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(refuse(format!("--header {pair:?} has no name")));
+        }
+        if headers.keys().any(|k| k.eq_ignore_ascii_case(name)) {
+            return Err(refuse(format!("header {name:?} is given twice")));
+        }
+        headers.insert(name.to_owned(), Value::String(value.to_owned()));
+    }
+    Ok((!headers.is_empty()).then(|| Value::Object(headers).to_string()))
+}
+
+async fn add(config: &Config, args: &AddArgs) -> anyhow::Result<u8> {
+    let refuse = |why: String| invalid(format!("webhook {:?} not added: {why}", args.name));
+    let secret = secret(args, &refuse)?;
+    let headers_text = headers(args, &refuse)?;
+    let values: BTreeMap<&str, Option<String>> = BTreeMap::from([
+        ("webhook_id", Some("0".to_owned())),
+        ("name", Some(args.name.clone())),
+        ("events", Some(args.events.clone())),
+        ("target_url", Some(args.url.clone())),
+        ("type", Some("webhook".to_owned())),
+        ("headers", headers_text.clone()),
+        ("properties", args.properties.clone()),
+        ("secret", secret.clone()),
+        ("state", Some((args.state as i16).to_string())),
+    ]);
+    for (column, max) in LIMITS {
+        if let Some(Some(v)) = values.get(column) {
+            if v.chars().count() > max {
+                return Err(refuse(format!(
+                    "{column} is longer than the column's {max} characters"
+                )));
+            }
+        }
+    }
+    let row = WebhookRow(
+        values
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    );
+    // The daemon's own validation, so a row the daemon would skip is never
+    // written.
+    let hook = Webhook::from_row(&row).map_err(refuse)?;
+    check_target(&config.delivery, &hook.target_url)
+        .map_err(|why| refuse(format!("target_url {why}")))?;
+    // Headers walhook sets itself are never replaced by the hook's.
+    let sent = request::headers(&hook, "test", Uuid::nil(), b"", 0, 0);
+    for (name, value) in &hook.headers {
+        if sent.get(name) != Some(value) {
+            eprintln!(
+                "warning: header {name} is one walhook sets itself; the hook's value is never sent"
+            );
+        }
+    }
+
+    let store = connect(config).await?;
+    let id = store
+        .insert_webhook(&NewWebhook {
+            name: &args.name,
+            events: &args.events,
+            target_url: &args.url,
+            headers: headers_text.as_deref(),
+            properties: args.properties.as_deref(),
+            secret: secret.as_deref(),
+            state: args.state,
+        })
+        .await?;
+    println!("{id}");
+    eprintln!(
+        "added webhook_id {id} ({:?}, state {}): a running walhook delivers the matching \
+         changes committed from now on",
+        args.name, args.state
+    );
+    Ok(exit::OK)
+}
+
+async fn set_state(config: &Config, id: i32, state: WebhookState) -> anyhow::Result<u8> {
+    let store = connect(config).await?;
+    let old = store
+        .webhook_state(id)
+        .await?
+        .ok_or_else(|| no_such_webhook(&store, id))?;
+    if old == state as i16 {
+        println!("webhook_id {id} is already {state}: nothing changed");
+        return Ok(exit::OK);
+    }
+    if !store.set_webhook_state(id, state).await? {
+        bail!("webhook_id {id} was removed meanwhile; nothing changed");
+    }
+    println!("webhook_id {id}: state {} -> {state}", state_name(old));
+    if state == WebhookState::Active {
+        let parked = store.parked_count(id).await?;
+        if parked > 0 {
+            println!(
+                "its {parked} parked event(s) are delivered first, in order, by the running walhook"
+            );
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn remove(config: &Config, id: i32, purge: bool) -> anyhow::Result<u8> {
+    let store = connect(config).await?;
+    let removed = store.remove_webhook(id, purge).await?;
+    let (usage, parked) = (removed.usage_rows, removed.parked);
+    if removed.name.is_none() && !(purge && usage + parked > 0) {
+        bail!(
+            "webhook_id {id} does not exist in {}{}",
+            store.table_name("webhook"),
+            if usage + parked > 0 {
+                format!(
+                    " (it was removed; its statistics and {parked} parked event(s) are left: \
+                     `walhook webhook remove {id} --purge` deletes them)"
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    match &removed.name {
+        Some(n) => println!("removed webhook_id {id} ({n:?})"),
+        None => println!("webhook_id {id} had no webhook row any more"),
+    }
+    if purge {
+        println!(
+            "deleted its statistics ({usage} webhook_usage row(s)) and {parked} parked event(s)"
+        );
+    } else if usage + parked > 0 {
+        println!(
+            "kept its statistics ({usage} webhook_usage row(s)) and {parked} parked event(s) in {}; \
+             `walhook webhook remove {id} --purge` deletes them",
+            store.table_name("delivery")
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// The most of a response body `webhook test` prints.
+const TEST_BODY_MAX_CHARS: usize = 2000;
+
+async fn test(config: &Config, id: i32) -> anyhow::Result<u8> {
+    let store = connect(config).await?;
+    let row = store
+        .webhook_row(id)
+        .await?
+        .ok_or_else(|| no_such_webhook(&store, id))?;
+    let hook =
+        Webhook::from_row(&row).map_err(|why| anyhow!("webhook_id {id} cannot be used: {why}"))?;
+    let url = hook.target_url.clone();
+    check_target(&config.delivery, &url)
+        .map_err(|why| anyhow!("webhook_id {id}: target_url {why}"))?;
+    let event_id = Uuid::new_v4();
+    let body = request::test_body(event_id, &hook, &config.events.context_identifier);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut headers = request::headers(&hook, "test", event_id, &body, 0, now);
+    headers.insert(
+        HeaderName::from_static("x-hook-test"),
+        HeaderValue::from_static("true"),
+    );
+    let http = http_client(&config.delivery).context("building the HTTP client")?;
+    println!(
+        "POST {url}  (webhook_id {id} {:?}, state {}, event test, EventId {event_id}, {})",
+        hook.name,
+        hook.state,
+        if hook.secret.is_some() {
+            "signed"
+        } else {
+            "unsigned: no secret"
+        }
+    );
+    let started = Instant::now();
+    let sent = http
+        .post(url.clone())
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    let elapsed = started.elapsed().as_millis();
+    let mut response = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            println!("no response after {elapsed} ms: {}", error_chain(&e));
+            eprintln!(
+                "walhook: webhook_id {id}: POST {url} failed: {}",
+                error_chain(&e)
+            );
+            return Ok(exit::FAILURE);
+        }
+    };
+    let status = response.status();
+    println!(
+        "{:?} {} {}",
+        response.version(),
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    println!("elapsed: {elapsed} ms (until the response headers arrived)");
+    for (name, value) in response.headers() {
+        println!("{name}: {}", String::from_utf8_lossy(value.as_bytes()));
+    }
+    println!();
+    let mut raw = Vec::new();
+    let mut complete = true;
+    loop {
+        if raw.len() > TEST_BODY_MAX_CHARS * 4 {
+            complete = false;
+            break;
+        }
+        match response.chunk().await {
+            Ok(Some(chunk)) => raw.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(e) => {
+                println!("(reading the body failed: {})", error_chain(&e));
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&raw);
+    let shown = truncate_chars(&text, TEST_BODY_MAX_CHARS);
+    if shown.is_empty() {
+        println!("(empty body)");
+    } else {
+        println!("{shown}");
+    }
+    if !complete || shown.len() < text.len() {
+        println!("(body truncated at {TEST_BODY_MAX_CHARS} characters)");
+    }
+    if status.is_success() {
+        Ok(exit::OK)
+    } else {
+        eprintln!(
+            "walhook: webhook_id {id}: {url} answered {} {}, not 2xx",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        );
+        Ok(exit::FAILURE)
+    }
+}

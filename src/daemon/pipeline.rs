@@ -1,0 +1,304 @@
+//! The reading side of a session: one message at a time, in WAL order,
+//! from the source through decoding, events and the registry to delivery.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+
+use crate::checkpoint::{Checkpoint, OpenTxn};
+use crate::config::Config;
+use crate::delivery::{request, Dispatcher, Job, OrderScope};
+use crate::events::catalog::TypeCatalog;
+use crate::events::{Change, ChangeEvent, EventBuilder, Operation, TxnInfo, WebhookRow};
+use crate::metrics::Metrics;
+use crate::pgoutput::{self, Lsn, Message};
+use crate::registry::{Registry, RegistryUpdate, WebhookState};
+use crate::source::SourceMessage;
+use crate::store::Store;
+
+/// The transaction being read.
+struct OpenTransaction {
+    info: TxnInfo,
+    checkpoint: OpenTxn,
+    next_index: u32,
+    registry_changed: bool,
+    /// The replication origin the transaction came from, if any.
+    origin: Option<String>,
+}
+
+/// The reading side of the pipeline.
+pub(super) struct Pipeline {
+    pub config: Arc<Config>,
+    /// Catalog look-ups (types, keys) and registry snapshots.
+    pub store: Store,
+    /// The server's system identifier, part of every EventId.
+    pub system_id: String,
+    pub builder: EventBuilder,
+    pub registry: Registry,
+    pub checkpoint: Checkpoint,
+    pub dispatcher: Dispatcher,
+    txn: Option<OpenTransaction>,
+    /// Registry states to record before confirming past their commit.
+    snapshots: VecDeque<(Lsn, Vec<WebhookRow>)>,
+    pub metrics: Arc<Metrics>,
+    /// The server's WAL end as last heard of, for the lag metric.
+    pub server_end: Lsn,
+}
+
+impl Pipeline {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        system_id: String,
+        builder: EventBuilder,
+        registry: Registry,
+        start: Lsn,
+        dispatcher: Dispatcher,
+        metrics: Arc<Metrics>,
+    ) -> Pipeline {
+        Pipeline {
+            config,
+            store,
+            system_id,
+            builder,
+            registry,
+            checkpoint: Checkpoint::new(start),
+            dispatcher,
+            txn: None,
+            snapshots: VecDeque::new(),
+            metrics,
+            server_end: start,
+        }
+    }
+
+    pub async fn handle(&mut self, message: SourceMessage) -> anyhow::Result<()> {
+        match message {
+            SourceMessage::Begin {
+                final_lsn,
+                xid,
+                commit_time,
+            } => {
+                self.txn = Some(OpenTransaction {
+                    info: TxnInfo {
+                        xid,
+                        commit_lsn: final_lsn,
+                        commit_time,
+                    },
+                    checkpoint: self.checkpoint.begin(),
+                    next_index: 0,
+                    registry_changed: false,
+                    origin: None,
+                });
+            }
+            SourceMessage::Commit { end_lsn, .. } => {
+                let txn = self
+                    .txn
+                    .take()
+                    .ok_or_else(|| anyhow!("Commit at {end_lsn} without a Begin"))?;
+                if txn.registry_changed {
+                    self.snapshots
+                        .push_back((end_lsn, self.registry.rows().cloned().collect()));
+                }
+                self.checkpoint.commit(txn.checkpoint, end_lsn);
+                self.server_end = self.server_end.max(end_lsn);
+            }
+            SourceMessage::KeepAlive { wal_end } => {
+                self.server_end = self.server_end.max(wal_end);
+                self.checkpoint.keepalive(wal_end);
+            }
+            SourceMessage::Data(bytes) => {
+                let message = pgoutput::decode(&bytes).with_context(|| {
+                    format!(
+                        "decoding a pgoutput message of {} bytes in transaction {:?}",
+                        bytes.len(),
+                        self.txn.as_ref().map(|t| t.info.xid)
+                    )
+                })?;
+                self.message(message).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn reload_types(&mut self) -> anyhow::Result<()> {
+        let rows = self.store.type_catalog().await?;
+        self.builder.set_types(TypeCatalog::from_rows(rows));
+        Ok(())
+    }
+
+    async fn message(&mut self, message: Message) -> anyhow::Result<()> {
+        match message {
+            Message::Origin(origin) => {
+                if let Some(txn) = self.txn.as_mut() {
+                    txn.origin = Some(origin.name);
+                }
+            }
+            Message::Relation(rel) => {
+                if self.builder.needs_types(&rel) {
+                    self.reload_types().await?;
+                }
+                let pk = if EventBuilder::needs_primary_key(&rel) {
+                    Some(self.store.primary_key(rel.oid).await?)
+                } else {
+                    None
+                };
+                self.builder.add_relation(rel, pk);
+            }
+            m @ (Message::Insert(_)
+            | Message::Update(_)
+            | Message::Delete(_)
+            | Message::Truncate(_)) => {
+                let txn = self
+                    .txn
+                    .as_mut()
+                    .ok_or_else(|| anyhow!("a {} message outside a transaction", m.name()))?;
+                let info = txn.info;
+                let changes = self.builder.change(&info, &mut txn.next_index, m)?;
+                if self.builder.types_outdated_by(info.commit_lsn) {
+                    // A composite type was altered while walhook runs.
+                    self.reload_types().await?;
+                }
+                for change in changes {
+                    match change {
+                        Change::Event(event) => {
+                            let origin = self.txn.as_ref().and_then(|t| t.origin.as_deref());
+                            match origin {
+                                Some(origin) if self.config.events.skip_replicated => {
+                                    tracing::trace!(
+                                        origin,
+                                        "change from a replication origin skipped"
+                                    );
+                                }
+                                _ => self.route(*event).await?,
+                            }
+                        }
+                        Change::Webhook(change) => self.webhook_changed(info, change).await,
+                    }
+                }
+            }
+            // Type, Origin and logical messages carry no row change; the
+            // catalog is read when a relation names an unknown type.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A change to the `webhook` table: the registry and the hook's
+    /// delivery follow it from this commit on.
+    async fn webhook_changed(&mut self, info: TxnInfo, change: crate::events::WebhookChange) {
+        let was_active = match &change {
+            crate::events::WebhookChange::Upsert(row) => row
+                .0
+                .get("webhook_id")
+                .cloned()
+                .flatten()
+                .and_then(|id| id.parse::<i32>().ok())
+                .and_then(|id| self.registry.get(id))
+                .is_some_and(|h| h.state == WebhookState::Active),
+            _ => false,
+        };
+        let update = self.registry.apply(change);
+        if update != RegistryUpdate::Nothing {
+            tracing::info!(lsn = %info.commit_lsn, "webhook table: {update:?}");
+        }
+        if let RegistryUpdate::Added(id) | RegistryUpdate::Changed(id) = update {
+            if let Some(hook) = self.registry.get(id).cloned() {
+                self.dispatcher.hook_changed(&hook, was_active).await;
+            }
+        }
+        if let Some(txn) = self.txn.as_mut() {
+            txn.registry_changed = true;
+        }
+    }
+
+    /// Address an event to every matching hook, by the hook's state.
+    async fn route(&mut self, event: ChangeEvent) -> anyhow::Result<()> {
+        self.metrics.changes_decoded.inc();
+        let Some(txn) = self.txn.as_ref() else {
+            bail!("an event outside a transaction");
+        };
+        let hooks: Vec<_> = self.registry.matching(&event).cloned().collect();
+        let scope = match (&event.operation, &event.previous_key) {
+            (Operation::Truncated, _) => OrderScope::Barrier,
+            (_, Some(old)) => OrderScope::AlsoAfter(old.clone()),
+            _ => OrderScope::Key,
+        };
+        for hook in hooks {
+            if matches!(hook.state, WebhookState::Stopped | WebhookState::Unknown) {
+                // A deliberate stop, as in SuperOffice: not delivered, not parked.
+                self.metrics.events_skipped.inc();
+                continue;
+            }
+            let event_id = event.event_id(&self.system_id, hook.id);
+            let body = request::event_body(
+                &event,
+                event_id,
+                &hook,
+                &self.config.events.context_identifier,
+            );
+            let job = Job {
+                event: event.event.clone(),
+                event_id,
+                ordering_key: event.ordering_key.clone(),
+                scope: scope.clone(),
+                body,
+                commit_lsn: event.txn.commit_lsn,
+                change_index: event.index,
+                ticket: txn.checkpoint.ticket(),
+                hook,
+            };
+            self.metrics.events_matched.inc();
+            if job.hook.state == WebhookState::TooManyErrors {
+                self.dispatcher.park(job).await?;
+            } else {
+                self.dispatcher.dispatch(job).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the registry snapshot the position is about to pass, then
+    /// return the position that may be confirmed. Only the newest snapshot
+    /// at or before it matters; it leaves the queue only once written, so
+    /// a failed write is tried again and nothing new is confirmed without
+    /// it.
+    pub async fn write_snapshots_and_confirmable(&mut self) -> anyhow::Result<Lsn> {
+        let target = self.checkpoint.confirmable();
+        let due = self.snapshots.iter().rposition(|(lsn, _)| *lsn <= target);
+        if let Some(i) = due {
+            let (lsn, rows) = &self.snapshots[i];
+            self.store.write_snapshot(*lsn, rows).await?;
+            self.snapshots.drain(..=i);
+        }
+        Ok(target)
+    }
+
+    /// Hooks with parked events or a running error count, as stored: they
+    /// resume as they were (parking, or counting toward TooManyErrors).
+    pub async fn restore_hooks(&mut self) -> anyhow::Result<()> {
+        let parked = self.store.parked_hook_set().await?;
+        let errors = self.store.consecutive_errors().await?;
+        let hooks: Vec<_> = self.registry.hooks().cloned().collect();
+        self.dispatcher.parked_without_hook(
+            parked
+                .iter()
+                .copied()
+                .filter(|id| self.registry.get(*id).is_none()),
+        );
+        for hook in hooks {
+            let is_parked = parked.contains(&hook.id);
+            let count = errors.get(&hook.id).copied().unwrap_or(0);
+            if is_parked || count > 0 {
+                if is_parked {
+                    tracing::info!(webhook_id = hook.id, state = %hook.state, "hook has parked events");
+                }
+                self.dispatcher
+                    .restore(&hook, is_parked, u32::try_from(count).unwrap_or(0))
+                    .await;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,79 @@
+//! SIGHUP: what a re-read config changes in a running session.
+
+use std::sync::Arc;
+
+use super::pipeline::Pipeline;
+use crate::config::Config;
+
+/// The config sections that differ, for the reload log line.
+fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
+    [
+        ("postgres", old.postgres != new.postgres),
+        ("capture", old.capture != new.capture),
+        ("events", old.events != new.events),
+        ("tables", old.tables != new.tables),
+        ("delivery", old.delivery != new.delivery),
+        ("log", old.log != new.log),
+        ("metrics", old.metrics != new.metrics),
+    ]
+    .into_iter()
+    .filter_map(|(name, differs)| differs.then_some(name))
+    .collect()
+}
+
+impl Pipeline {
+    /// Apply a re-read config: delivery tuning, table mappings and the
+    /// events settings apply at once; the rest is logged as needing a
+    /// restart.
+    pub fn apply_reload(&mut self, new: &Arc<Config>) {
+        let sections = changed_sections(&self.config, new);
+        if sections.is_empty() {
+            tracing::info!("config reloaded: nothing changed");
+            return;
+        }
+        let old = &self.config.delivery;
+        let d = &new.delivery;
+        let mut restart: Vec<String> = ["postgres", "capture", "metrics"]
+            .into_iter()
+            .filter(|s| sections.contains(s))
+            .map(|s| format!("[{s}]"))
+            .collect();
+        for (key, same) in [
+            (
+                "delivery.connect_timeout",
+                old.connect_timeout == d.connect_timeout,
+            ),
+            ("delivery.timeout", old.timeout == d.timeout),
+            (
+                "delivery.allow_private_targets",
+                old.allow_private_targets == d.allow_private_targets,
+            ),
+            (
+                "delivery.max_in_flight_bytes",
+                old.max_in_flight_bytes == d.max_in_flight_bytes,
+            ),
+        ] {
+            if !same {
+                restart.push(key.to_owned());
+            }
+        }
+        let lanes_changed =
+            old.ordering != d.ordering || old.concurrency_per_webhook != d.concurrency_per_webhook;
+        self.dispatcher.set_config(d.clone());
+        self.builder.set_mappings(new);
+        self.config = Arc::clone(new);
+        tracing::info!(changed = ?sections, "config reloaded");
+        if lanes_changed {
+            tracing::info!(
+                "delivery.ordering and delivery.concurrency_per_webhook apply to hooks seen \
+                 from now on; hooks already delivering keep their lanes until a restart"
+            );
+        }
+        if !restart.is_empty() {
+            tracing::warn!(
+                "config reloaded, but these take effect only after a restart: {}",
+                restart.join(", ")
+            );
+        }
+    }
+}

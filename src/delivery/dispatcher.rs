@@ -1,0 +1,287 @@
+//! The dispatcher: routes each job of an Active hook to one of the hook's
+//! lanes (or parks it), holds the in-flight byte budget, and starts
+//! replayers.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::task::JoinSet;
+
+use super::hook::{epoch_millis, HookControl, Mode, ParkReason};
+use super::lanes::{run_lane, LaneItem, Queued};
+use super::parking::{park_job, past_bound, start_parking};
+use super::{DeliveryContext, Job, OrderScope};
+use crate::config::{DeliveryConfig, DeliveryOrder};
+use crate::registry::{Webhook, WebhookState};
+
+struct HookLanes {
+    control: Arc<HookControl>,
+    lanes: Vec<mpsc::UnboundedSender<LaneItem>>,
+}
+
+/// Routes jobs to the hooks' lanes, parks, and runs replayers.
+pub struct Dispatcher {
+    ctx: DeliveryContext,
+    /// Bytes of request bodies that may be queued or in flight.
+    budget: Arc<Semaphore>,
+    budget_max: u32,
+    hooks: HashMap<i32, HookLanes>,
+    /// Lanes and replayers.
+    tasks: JoinSet<()>,
+    /// Hooks found with parked events at start that have no lanes yet
+    /// (their row was missing or invalid then): they start out parking, so
+    /// their live events queue behind the parked ones.
+    parked_at_start: HashSet<i32>,
+}
+
+impl Dispatcher {
+    pub fn new(ctx: DeliveryContext) -> Dispatcher {
+        let budget_max = u32::try_from(ctx.config.get().max_in_flight_bytes).unwrap_or(u32::MAX);
+        Dispatcher {
+            budget: Arc::new(Semaphore::new(budget_max as usize)),
+            budget_max,
+            ctx,
+            hooks: HashMap::new(),
+            tasks: JoinSet::new(),
+            parked_at_start: HashSet::new(),
+        }
+    }
+
+    /// The control of a hook, updated to the hook as it stands now; its
+    /// lanes are started the first time a hook is seen.
+    pub fn ensure_lanes(&mut self, hook: &Arc<Webhook>) -> Arc<HookControl> {
+        let entry = self.hooks.entry(hook.id).or_insert_with(|| {
+            let config = self.ctx.config.get();
+            let lane_count = match config.ordering {
+                DeliveryOrder::Webhook => 1,
+                DeliveryOrder::Row => config.concurrency_per_webhook,
+            };
+            let mode = if self.parked_at_start.remove(&hook.id) {
+                Mode::Parking(ParkReason::Backlog)
+            } else {
+                Mode::Live
+            };
+            let control = Arc::new(HookControl::new(Arc::clone(hook), lane_count, mode));
+            let lanes = (0..lane_count)
+                .map(|lane| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    self.tasks
+                        .spawn(run_lane(rx, lane, self.ctx.clone(), Arc::clone(&control)));
+                    tx
+                })
+                .collect();
+            HookLanes { control, lanes }
+        });
+        entry.control.set_current(Arc::clone(hook));
+        Arc::clone(&entry.control)
+    }
+
+    /// Hooks with parked events at start whose rows were not usable then.
+    pub fn parked_without_hook(&mut self, ids: impl IntoIterator<Item = i32>) {
+        self.parked_at_start.extend(ids);
+    }
+
+    /// Set up a hook found with parked events at start, or whose stored
+    /// consecutive error count is known.
+    pub async fn restore(&mut self, hook: &Arc<Webhook>, parked: bool, consecutive_errors: u32) {
+        let control = self.ensure_lanes(hook);
+        control
+            .consecutive_errors
+            .store(consecutive_errors, Ordering::Release);
+        if parked {
+            let reason = if hook.state == WebhookState::TooManyErrors {
+                ParkReason::TooManyErrors
+            } else {
+                ParkReason::Backlog
+            };
+            *control.mode.lock().await = Mode::Parking(reason);
+        }
+        self.activated(hook).await;
+    }
+
+    /// The registry changed this hook's row.
+    pub async fn hook_changed(&mut self, hook: &Arc<Webhook>, was_active: bool) {
+        if hook.state == WebhookState::Active && !was_active {
+            // Only a real transition into Active clears a trip and resumes
+            // parked delivery.
+            self.activated(hook).await;
+        } else {
+            self.ensure_lanes(hook);
+        }
+    }
+
+    /// The hook is Active: resume delivery when it has parked events, and
+    /// clear a trip or a 410.
+    async fn activated(&mut self, hook: &Arc<Webhook>) {
+        let control = self.ensure_lanes(hook);
+        if hook.state != WebhookState::Active {
+            return;
+        }
+        let parked = matches!(*control.mode.lock().await, Mode::Parking(_));
+        if control.is_tripped() || control.is_gone() {
+            control.tripped.store(false, Ordering::Release);
+            control.gone.store(false, Ordering::Release);
+            control.consecutive_errors.store(0, Ordering::Release);
+        }
+        if parked && !control.replaying.swap(true, Ordering::AcqRel) {
+            tracing::info!(webhook_id = hook.id, "delivering parked events");
+            self.tasks
+                .spawn(super::replay::run_replayer(self.ctx.clone(), control));
+        }
+    }
+
+    /// Route one event of an Active hook: to its lanes, or to `delivery`
+    /// when the hook is parking or its backlog passed the bound. Waits
+    /// while the in-flight byte budget is spent.
+    pub async fn dispatch(&mut self, job: Job) -> anyhow::Result<()> {
+        let control = self.ensure_lanes(&job.hook);
+        // A body larger than the whole budget still goes, alone.
+        let cost = u32::try_from(job.body.len().max(1))
+            .unwrap_or(u32::MAX)
+            .min(self.budget_max);
+        let mut budget_spent = false;
+        let permit = loop {
+            {
+                let mut mode = control.mode.lock().await;
+                let hogging = budget_spent && self.holds_most_of_the_budget(&control);
+                if *mode == Mode::Live && past_bound(&self.ctx.config.get(), &control, hogging) {
+                    start_parking(&mut self.tasks, &self.ctx, &control, &mut mode);
+                }
+                if let Mode::Parking(reason) = *mode {
+                    park_job(&self.ctx, &job, reason, 0, None).await?;
+                    job.ticket.settle();
+                    return Ok(());
+                }
+            }
+            // The semaphore is never closed, so an error here is only
+            // "no permits".
+            if let Ok(permit) = Arc::clone(&self.budget).try_acquire_many_owned(cost) {
+                break permit;
+            }
+            // The budget is spent. With other hooks waiting, the hooks that
+            // are behind and holding it are parked, so a slow target never
+            // stalls the others (their queued jobs park and free it); a
+            // hook alone just applies back-pressure.
+            if self.hooks.len() > 1 {
+                budget_spent = true;
+                self.park_laggards().await;
+            }
+            if let Ok(Ok(permit)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                Arc::clone(&self.budget).acquire_many_owned(cost),
+            )
+            .await
+            {
+                break permit;
+            }
+        };
+        let Some(hook_lanes) = self.hooks.get(&job.hook.id) else {
+            unreachable!("ensure_lanes() started the lanes");
+        };
+        let lanes = &hook_lanes.lanes;
+        let lane_of = |key: &str| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut hasher);
+            (hasher.finish() % lanes.len() as u64) as usize
+        };
+        let target = lane_of(&job.ordering_key);
+        let others: Vec<usize> = match &job.scope {
+            OrderScope::Key => Vec::new(),
+            OrderScope::AlsoAfter(key) => {
+                let other = lane_of(key);
+                if other == target {
+                    Vec::new()
+                } else {
+                    vec![other]
+                }
+            }
+            OrderScope::Barrier => (0..lanes.len()).filter(|&l| l != target).collect(),
+        };
+        let (release_tx, release_rx) = watch::channel(false);
+        let mut wait_for = Vec::with_capacity(others.len());
+        for lane in others {
+            let (reached_tx, reached_rx) = oneshot::channel();
+            let _ = lanes[lane].send(LaneItem::Barrier {
+                reached: reached_tx,
+                release: release_rx.clone(),
+            });
+            wait_for.push(reached_rx);
+        }
+        control.in_flight.fetch_add(1, Ordering::AcqRel);
+        let queued = Queued {
+            enqueued: epoch_millis(),
+            release: (!wait_for.is_empty()).then_some(release_tx),
+            wait_for,
+            job,
+            budget: permit,
+        };
+        if lanes[target].send(LaneItem::Job(Box::new(queued))).is_err() {
+            // Lanes end only when their sender is dropped; the ticket stays
+            // unsettled, so the event is read again after a restart.
+            tracing::error!(webhook_id = control.id, "delivery lane ended unexpectedly");
+        }
+        Ok(())
+    }
+
+    /// Whether a hook has more queued events than all others together:
+    /// hooks that merely share a burst evenly are never parked for it.
+    fn holds_most_of_the_budget(&self, control: &HookControl) -> bool {
+        let total: usize = self.hooks.values().map(|h| h.control.in_flight()).sum();
+        control.in_flight() * 2 > total
+    }
+
+    /// With the byte budget spent and other hooks waiting: park the live
+    /// hook that is behind and holds most of it.
+    async fn park_laggards(&mut self) {
+        let config = self.ctx.config.get();
+        for hook_lanes in self.hooks.values() {
+            let control = &hook_lanes.control;
+            if !self.holds_most_of_the_budget(control) {
+                continue;
+            }
+            let mut mode = control.mode.lock().await;
+            if *mode == Mode::Live && past_bound(&config, control, true) {
+                start_parking(&mut self.tasks, &self.ctx, control, &mut mode);
+            }
+        }
+    }
+
+    /// Park an event of a hook in state 3 (TooManyErrors).
+    pub async fn park(&mut self, job: Job) -> anyhow::Result<()> {
+        let control = self.ensure_lanes(&job.hook);
+        let mut mode = control.mode.lock().await;
+        if *mode == Mode::Live {
+            *mode = Mode::Parking(ParkReason::TooManyErrors);
+        }
+        park_job(&self.ctx, &job, ParkReason::TooManyErrors, 0, None).await?;
+        job.ticket.settle();
+        Ok(())
+    }
+
+    /// New delivery settings from a reloaded config (SIGHUP).
+    pub fn set_config(&self, config: DeliveryConfig) {
+        self.ctx.config.set(config);
+    }
+
+    /// Bytes of request bodies currently queued or in flight.
+    pub fn in_flight_bytes(&self) -> u64 {
+        u64::from(self.budget_max) - self.budget.available_permits() as u64
+    }
+
+    /// Stop accepting jobs and wait up to `timeout` for the queued ones.
+    /// Whatever is unfinished then stays unconfirmed and is delivered again
+    /// after the next start.
+    pub async fn drain(&mut self, timeout: Duration) -> bool {
+        self.hooks.clear();
+        let all_done = async { while self.tasks.join_next().await.is_some() {} };
+        let finished = tokio::time::timeout(timeout, all_done).await.is_ok();
+        if !finished {
+            self.tasks.abort_all();
+        }
+        finished
+    }
+}

@@ -1,0 +1,115 @@
+//! One hook's delivery state, shared by its lanes, its replayer and the
+//! reader (see the state table in the module above).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::registry::Webhook;
+
+/// Why a hook's events are parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkReason {
+    TooManyErrors,
+    Backlog,
+}
+
+impl ParkReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParkReason::TooManyErrors => "TooManyErrors",
+            ParkReason::Backlog => "backlog",
+        }
+    }
+}
+
+/// Whether new events of a hook go to its lanes or to `delivery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    Live,
+    Parking(ParkReason),
+}
+
+/// Shared state of one hook: lanes, replayer and reader all see it.
+pub struct HookControl {
+    pub id: i32,
+    /// The hook as it stands now: attempts use its URL, headers and secret
+    /// (a DBA's fix applies at once); bodies keep the event's time.
+    current: RwLock<Arc<Webhook>>,
+    pub(super) consecutive_errors: AtomicU32,
+    /// Jobs queued in or running on the lanes.
+    pub(super) in_flight: AtomicUsize,
+    /// Per lane: when the job it is working on was queued (milliseconds
+    /// since [`epoch_millis`]'s start), 0 when idle. Lanes are FIFO, so the
+    /// oldest of these is the age of the hook's backlog.
+    pub(super) lane_heads: Vec<AtomicU64>,
+    /// Tripped by too many errors: lanes park instead of attempting.
+    pub(super) tripped: AtomicBool,
+    /// Answered 410: lanes drop instead of attempting.
+    pub(super) gone: AtomicBool,
+    /// Wakes retry waits when the hook trips or is gone.
+    pub(super) trip_notify: Notify,
+    /// Held while parking an event or switching back to Live, so the two
+    /// never interleave.
+    pub(super) mode: tokio::sync::Mutex<Mode>,
+    /// A replayer is running for this hook.
+    pub(super) replaying: AtomicBool,
+}
+
+impl HookControl {
+    pub(super) fn new(hook: Arc<Webhook>, lanes: usize, mode: Mode) -> HookControl {
+        HookControl {
+            id: hook.id,
+            current: RwLock::new(hook),
+            consecutive_errors: AtomicU32::new(0),
+            in_flight: AtomicUsize::new(0),
+            lane_heads: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
+            tripped: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+            trip_notify: Notify::new(),
+            mode: tokio::sync::Mutex::new(mode),
+            replaying: AtomicBool::new(false),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Webhook> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub(super) fn set_current(&self, hook: Arc<Webhook>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = hook;
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub(super) fn is_tripped(&self) -> bool {
+        self.tripped.load(Ordering::Acquire)
+    }
+
+    pub(super) fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+
+    /// How long the oldest event still queued for this hook has waited.
+    pub(super) fn backlog_age(&self) -> Duration {
+        let now = epoch_millis();
+        self.lane_heads
+            .iter()
+            .map(|h| h.load(Ordering::Acquire))
+            .filter(|&at| at != 0)
+            .min()
+            .map_or(Duration::ZERO, |at| {
+                Duration::from_millis(now.saturating_sub(at))
+            })
+    }
+}
+
+/// Milliseconds since the process's first use of delivery (never 0).
+pub(super) fn epoch_millis() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}

@@ -1,0 +1,170 @@
+//! Attempts and retries of one event: SuperOffice's cycle of three
+//! attempts, then growing, jittered pauses, until it is delivered, the
+//! target answers 410, or the hook trips.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::Rng;
+use uuid::Uuid;
+
+use super::hook::HookControl;
+use super::{attempt, Attempt, DeliveryContext, DeliveryOutcome};
+use crate::registry::WebhookState;
+use crate::text::{first_line, human_duration};
+
+/// How delivering one event ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Settled {
+    Delivered,
+    /// 410 Gone (the hook is now Stopped): dropped by the state rules.
+    Dropped,
+    /// The store's session closed before the outcome could be stored: the
+    /// event stays unsettled and is read again by the next session.
+    Unsettled,
+    /// The hook tripped (too many consecutive errors): park it.
+    Tripped {
+        attempts: u32,
+        error: Option<String>,
+    },
+}
+
+/// Attempt until delivered, gone, or the hook trips. `retry` is how many
+/// attempts the event had before (parked events keep counting).
+pub(super) async fn deliver(
+    ctx: &DeliveryContext,
+    control: &HookControl,
+    event: &str,
+    event_id: Uuid,
+    body: &Bytes,
+    mut retry: u32,
+) -> Settled {
+    let id = control.id;
+    let mut last_error = None;
+    let first = retry;
+    loop {
+        if control.is_gone() {
+            return Settled::Dropped;
+        }
+        if control.is_tripped() {
+            return Settled::Tripped {
+                attempts: retry,
+                error: last_error,
+            };
+        }
+        let hook = control.current();
+        let config = ctx.config.get();
+        let started = Instant::now();
+        let outcome = attempt(
+            &ctx.http,
+            &config,
+            &Attempt {
+                hook: &hook,
+                event,
+                event_id,
+                body,
+                retry,
+            },
+        )
+        .await;
+        retry = retry.saturating_add(1);
+        let kind = match &outcome {
+            DeliveryOutcome::Delivered(_) => "delivered",
+            DeliveryOutcome::Gone => "gone",
+            DeliveryOutcome::Failed { .. } => "failed",
+        };
+        ctx.metrics.delivery(kind, started.elapsed());
+        match outcome {
+            DeliveryOutcome::Delivered(_) => {
+                control.consecutive_errors.store(0, Ordering::Release);
+                ctx.usage.success(id);
+                return Settled::Delivered;
+            }
+            DeliveryOutcome::Gone => {
+                ctx.usage
+                    .failure(id, "HTTP 410 Gone: the receiver asked to stop this hook");
+                // The Stopped state is stored before any event is dropped
+                // for it, so a drop is never without its reason.
+                while let Err(e) = ctx.store.store_state(id, WebhookState::Stopped).await {
+                    if ctx.store.is_closed() {
+                        return Settled::Unsettled;
+                    }
+                    tracing::error!(
+                        webhook_id = id,
+                        "410 Gone, but storing state Stopped failed; trying again: {e:#}"
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                if !control.gone.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(webhook_id = id, url = %hook.target_url,
+                        "target answered 410 Gone; webhook state set to Stopped (2)");
+                }
+                control.trip_notify.notify_waiters();
+                return Settled::Dropped;
+            }
+            DeliveryOutcome::Failed { error, retry_after } => {
+                ctx.usage.failure(id, &error);
+                let errors = control.consecutive_errors.fetch_add(1, Ordering::AcqRel) + 1;
+                if errors >= config.max_consecutive_errors {
+                    if !control.tripped.swap(true, Ordering::AcqRel) {
+                        ctx.usage.set_state(id, WebhookState::TooManyErrors);
+                        tracing::warn!(webhook_id = id, url = %hook.target_url, errors,
+                            "too many consecutive errors: webhook state set to TooManyErrors (3), \
+                             its events are parked until it is set Active again: {}",
+                            first_line(&error));
+                    }
+                    control.trip_notify.notify_waiters();
+                    return Settled::Tripped {
+                        attempts: retry,
+                        error: Some(error),
+                    };
+                }
+                let wait = backoff(retry - first, config.max_backoff);
+                let wait = retry_after
+                    .map_or(wait, |ra| ra.max(wait))
+                    .min(config.max_backoff);
+                tracing::warn!(webhook_id = id, event_id = %event_id, retry = retry - 1,
+                    "delivery failed, next attempt in {}: {}", human_duration(wait), first_line(&error));
+                last_error = Some(error);
+                // Another lane tripping or a 410 ends the wait early.
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = control.trip_notify.notified() => {}
+                }
+            }
+        }
+    }
+}
+
+/// Wait before retry `n` (1-based) of one event. Each cycle is three
+/// attempts at 0 s, 1 s and 4 s from its start, as SuperOffice does; cycles
+/// after the first start after a growing, jittered pause.
+pub fn backoff(n: u32, max: Duration) -> Duration {
+    match n % 3 {
+        1 => Duration::from_secs(1),
+        2 => Duration::from_secs(3),
+        _ => {
+            let cycle = n / 3; // 1 for the pause before the second cycle
+            let base = Duration::from_secs(10).saturating_mul(1u32 << cycle.min(16));
+            let jitter = rand::rng().random_range(0.8..1.2);
+            base.mul_f64(jitter).min(max)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cycle_schedule() {
+        let max = Duration::from_secs(300);
+        assert_eq!(backoff(1, max), Duration::from_secs(1));
+        assert_eq!(backoff(2, max), Duration::from_secs(3));
+        let pause = backoff(3, max);
+        assert!(pause >= Duration::from_secs(16) && pause <= Duration::from_secs(24));
+        assert_eq!(backoff(4, max), Duration::from_secs(1));
+        assert!(backoff(300, max) <= max);
+    }
+}

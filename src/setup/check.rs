@@ -1,0 +1,192 @@
+//! `walhook check`: the pre-flight checks that need a database connection,
+//! each a line with a level and, for a problem, the fix.
+
+use super::{publications, MIN_SERVER_VERSION};
+use crate::config::Config;
+use crate::delivery::check_target;
+use crate::registry::Webhook;
+use crate::store::Store;
+
+/// How serious a line of `walhook check` is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckLevel {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One line of `walhook check`.
+#[derive(Debug, Clone)]
+pub struct CheckLine {
+    pub level: CheckLevel,
+    pub text: String,
+}
+
+/// The checks, in the order a DBA fixes things.
+pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
+    let mut out = Vec::new();
+    let mut push = |level, text: String| out.push(CheckLine { level, text });
+    match store.server_version().await {
+        Ok(v) if v >= MIN_SERVER_VERSION => {
+            push(CheckLevel::Ok, format!("server version {}", v / 10000))
+        }
+        Ok(v) => push(
+            CheckLevel::Fail,
+            format!(
+                "server version {} is too old: walhook needs PostgreSQL 15 or newer",
+                v / 10000
+            ),
+        ),
+        Err(e) => push(CheckLevel::Fail, format!("{e:#}")),
+    }
+    match store.wal_level().await {
+        Ok(level) if level == "logical" => push(CheckLevel::Ok, "wal_level is logical".into()),
+        Ok(level) => push(
+            CheckLevel::Fail,
+            format!(
+                "wal_level is {level}: set wal_level = logical in postgresql.conf and restart PostgreSQL"
+            ),
+        ),
+        Err(e) => push(CheckLevel::Fail, format!("{e:#}")),
+    }
+    match store.role().await {
+        Ok(role) if role.may_stream => push(
+            CheckLevel::Ok,
+            format!("role {} may stream (REPLICATION)", role.name),
+        ),
+        Ok(role) => push(
+            CheckLevel::Fail,
+            format!(
+                "role {0} lacks the REPLICATION attribute: ALTER ROLE {0} REPLICATION (note that it \
+                 then reads every published change regardless of row-level security)",
+                role.name
+            ),
+        ),
+        Err(e) => push(CheckLevel::Fail, format!("{e:#}")),
+    }
+    let slot = &config.postgres.slot;
+    match store.slot_capacity(slot).await {
+        Ok(c) if !c.ours && c.used >= c.max => push(
+            CheckLevel::Fail,
+            format!(
+                "max_replication_slots is {} and all are in use: raise it in postgresql.conf \
+                 (restart needed) or drop an unused slot",
+                c.max
+            ),
+        ),
+        Ok(c) => push(
+            CheckLevel::Ok,
+            format!("max_replication_slots {}, {} in use", c.max, c.used),
+        ),
+        Err(e) => push(CheckLevel::Fail, format!("{e:#}")),
+    }
+    match store.slot_facts(slot).await {
+        Ok(None) => push(
+            CheckLevel::Fail,
+            format!("replication slot {slot:?} does not exist: run `walhook setup`"),
+        ),
+        Ok(Some(facts)) => match facts.lost {
+            Some(reason) => push(
+                CheckLevel::Fail,
+                format!(
+                    "replication slot {slot:?} was invalidated ({reason}): changes were lost; \
+                     walhook will not re-create it silently"
+                ),
+            ),
+            None => push(CheckLevel::Ok, format!("replication slot {slot:?} exists")),
+        },
+        Err(e) => push(CheckLevel::Fail, format!("{e:#}")),
+    }
+    match publications(store, config).await {
+        Ok(list) => {
+            for (publication, exists) in list {
+                if exists {
+                    push(
+                        CheckLevel::Ok,
+                        format!("publication {publication:?} exists"),
+                    );
+                } else {
+                    push(
+                        CheckLevel::Fail,
+                        format!("publication {publication:?} does not exist: run `walhook setup`"),
+                    );
+                }
+            }
+        }
+        Err(e) => push(CheckLevel::Fail, format!("{e:#}")),
+    }
+    match store
+        .published_identities(&config.postgres.publication)
+        .await
+    {
+        Ok(rows) => {
+            for (table, identity) in rows {
+                if identity != "f" {
+                    push(
+                        CheckLevel::Warn,
+                        format!(
+                            "table {table}: UPDATE events list every sent column (ChangesExact false); \
+                             ALTER TABLE {table} REPLICA IDENTITY FULL makes Changes exact at the cost \
+                             of logging the whole old row in the WAL for each UPDATE and DELETE"
+                        ),
+                    );
+                }
+            }
+        }
+        Err(e) => push(CheckLevel::Warn, format!("{e:#}")),
+    }
+    match store.published_tables(&config.keyless_publication()).await {
+        Ok(tables) => {
+            for table in tables.keys() {
+                push(
+                    CheckLevel::Warn,
+                    format!(
+                        "table {table} has no primary key or replica identity: only INSERT and \
+                         TRUNCATE events are sent; add a primary key or ALTER TABLE {table} \
+                         REPLICA IDENTITY FULL, then run `walhook setup`"
+                    ),
+                );
+            }
+        }
+        Err(e) => push(CheckLevel::Warn, format!("{e:#}")),
+    }
+    match store.webhook_rows().await {
+        Ok(rows) => {
+            let mut bad = 0;
+            for row in &rows {
+                match Webhook::from_row(row) {
+                    Ok(hook) => {
+                        if let Err(refusal) = check_target(&config.delivery, &hook.target_url) {
+                            bad += 1;
+                            push(
+                                CheckLevel::Warn,
+                                format!("webhook_id {}: {refusal}", hook.id),
+                            );
+                        }
+                    }
+                    Err(why) => {
+                        bad += 1;
+                        let id = row
+                            .0
+                            .get("webhook_id")
+                            .cloned()
+                            .flatten()
+                            .unwrap_or_default();
+                        push(
+                            CheckLevel::Warn,
+                            format!("webhook_id {id} is skipped: {why}"),
+                        );
+                    }
+                }
+            }
+            if bad == 0 {
+                push(
+                    CheckLevel::Ok,
+                    format!("{} webhook row(s) valid", rows.len()),
+                );
+            }
+        }
+        Err(e) => push(CheckLevel::Fail, format!("{e:#} (run `walhook setup`)")),
+    }
+    out
+}

@@ -1,0 +1,259 @@
+//! `walhook setup`: walhook's objects in the database, and `walhook check`
+//! ([`check`]).
+//!
+//! Setup is idempotent: it reads what exists, works out the statements that
+//! would bring the database to the wanted state, and runs only those (a
+//! second run runs nothing and says so). `--dry-run` prints them instead.
+//! What to create is decided here from typed facts; the SQL is the
+//! store's.
+
+mod check;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anyhow::bail;
+
+pub use self::check::{check, CheckLevel, CheckLine};
+use crate::config::Config;
+use crate::store::catalog::{HostTable, PublicationOptions, PublishedTable};
+use crate::store::{ddl, Store};
+
+/// The oldest server whose pgoutput and publications walhook relies on
+/// (column lists, CREATE OR REPLACE TRIGGER).
+pub const MIN_SERVER_VERSION: i32 = 150000;
+
+/// What setup would do.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub statements: Vec<String>,
+    pub warnings: Vec<String>,
+    /// Run outside any transaction, after the statements.
+    pub create_slot: Option<String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.statements.is_empty() && self.create_slot.is_none()
+    }
+
+    /// The SQL as `--dry-run` prints it.
+    pub fn sql(&self) -> String {
+        let mut out = String::new();
+        for s in self.statements.iter().chain(&self.create_slot) {
+            let _ = writeln!(out, "{};\n", s.trim_end().trim_end_matches(';'));
+        }
+        out
+    }
+}
+
+/// The tables each publication should list, keyed by `schema.table`.
+type Wanted = BTreeMap<String, PublishedTable>;
+
+/// Work out the statements that bring the database to the wanted state.
+pub async fn plan(store: &Store, config: &Config) -> anyhow::Result<Plan> {
+    let version = store.server_version().await?;
+    if version < MIN_SERVER_VERSION {
+        bail!(
+            "PostgreSQL {} is too old: walhook needs PostgreSQL 15 or newer",
+            version / 10000
+        );
+    }
+    let mut plan = Plan::default();
+
+    // 1. Schema objects.
+    if !store.schema_ready().await? {
+        plan.statements
+            .push(ddl::create_schema(&config.postgres.schema));
+    }
+
+    // 2. Publications: an explicit list of the captured host tables.
+    let (full, keyless) = wanted_tables(store, config, &mut plan.warnings).await?;
+    let via_root = config.capture.publish_via_partition_root;
+    let [main, insert_only] = config.publications();
+    for (name, wanted, publish) in [
+        (main, &full, "insert, update, delete, truncate"),
+        (insert_only, &keyless, "insert, truncate"),
+    ] {
+        let options = PublicationOptions {
+            publish: publish.to_owned(),
+            via_partition_root: via_root,
+        };
+        plan_publication(store, &mut plan, &name, wanted, &options).await?;
+    }
+
+    // 3. The slot.
+    let slot = &config.postgres.slot;
+    if !store.check_slot_for_setup(slot).await? {
+        plan.create_slot = Some(ddl::create_slot(slot));
+    }
+    Ok(plan)
+}
+
+/// The captured host tables.
+async fn captured_tables(store: &Store, config: &Config) -> anyhow::Result<Vec<HostTable>> {
+    Ok(store
+        .host_tables()
+        .await?
+        .into_iter()
+        .filter(|t| config.captures(&t.schema, &t.name))
+        .collect())
+}
+
+/// The tables setup wants published: those with a replica identity (and
+/// walhook's own `webhook`), and those published insert-only.
+async fn wanted_tables(
+    store: &Store,
+    config: &Config,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<(Wanted, Wanted)> {
+    let schema = &config.postgres.schema;
+    let mut full = Wanted::new();
+    let mut keyless = Wanted::new();
+    full.insert(
+        format!("{schema}.webhook"),
+        PublishedTable {
+            schema: schema.clone(),
+            name: "webhook".into(),
+            columns: Vec::new(),
+        },
+    );
+    for table in captured_tables(store, config).await? {
+        let excluded = config
+            .tables
+            .get(&table.qualified())
+            .map(|t| t.exclude_columns.clone())
+            .unwrap_or_default();
+        for col in &excluded {
+            if !table.columns.contains(col) {
+                warnings.push(format!(
+                    "[tables.\"{}\"] exclude_columns names {col:?}, which the table does not have",
+                    table.qualified()
+                ));
+            }
+        }
+        let columns = if excluded.is_empty() {
+            Vec::new()
+        } else {
+            table
+                .columns
+                .iter()
+                .filter(|c| !excluded.contains(c))
+                .cloned()
+                .collect()
+        };
+        let entry = PublishedTable {
+            schema: table.schema.clone(),
+            name: table.name.clone(),
+            columns,
+        };
+        if table.has_identity {
+            full.insert(table.qualified(), entry);
+        } else {
+            let sql_name = format!(
+                "{}.{}",
+                crate::store::ident(&table.schema),
+                crate::store::ident(&table.name)
+            );
+            warnings.push(format!(
+                "table {} has no primary key or replica identity: only its INSERTs and TRUNCATEs \
+                 are published (its UPDATE and DELETE keep working). Give it one with \
+                 ALTER TABLE {sql_name} ADD PRIMARY KEY (...) or ALTER TABLE {sql_name} REPLICA \
+                 IDENTITY FULL, then run setup again",
+                table.qualified(),
+            ));
+            keyless.insert(table.qualified(), entry);
+        }
+    }
+    Ok((full, keyless))
+}
+
+async fn plan_publication(
+    store: &Store,
+    plan: &mut Plan,
+    name: &str,
+    wanted: &Wanted,
+    options: &PublicationOptions,
+) -> anyhow::Result<()> {
+    let tables: Vec<PublishedTable> = wanted.values().cloned().collect();
+    let Some(existing) = store.publication_options(name).await? else {
+        plan.statements
+            .push(ddl::create_publication(name, &tables, options));
+        return Ok(());
+    };
+    if existing != *options {
+        plan.statements
+            .push(ddl::set_publication_options(name, options));
+    }
+    let current = store.published_tables(name).await?;
+    let wanted_columns: BTreeMap<String, Vec<String>> = wanted
+        .iter()
+        .map(|(qualified, t)| (qualified.clone(), t.columns.clone()))
+        .collect();
+    if current == wanted_columns {
+        return Ok(());
+    }
+    if tables.is_empty() {
+        // A publication cannot SET an empty table list: re-create it.
+        plan.statements.push(ddl::drop_publication(name));
+        plan.statements
+            .push(ddl::create_publication(name, &tables, options));
+    } else {
+        plan.statements
+            .push(ddl::set_publication_tables(name, &tables));
+    }
+    Ok(())
+}
+
+/// Run a plan.
+pub async fn apply(store: &Store, config: &Config, plan: &Plan) -> anyhow::Result<()> {
+    store.run_in_transaction(&plan.statements).await?;
+    if let Some(create) = &plan.create_slot {
+        // Snapshots of an earlier slot's history describe positions the new
+        // slot never had; the new slot starts from the hooks as they are.
+        store.clear_snapshots().await?;
+        store
+            .run_statement(
+                create,
+                &format!("creating replication slot {:?}", config.postgres.slot),
+            )
+            .await?;
+    }
+    store.seed_snapshot(&config.postgres.slot).await
+}
+
+/// Publish tables created since `setup` ran, as `setup` would, by adding
+/// them only: the running daemon never removes a table or changes a column
+/// list (that is `setup`'s job, with the config it is given).
+pub async fn add_new_tables(store: &Store, config: &Config) -> anyhow::Result<()> {
+    let (full, keyless) = wanted_tables(store, config, &mut Vec::new()).await?;
+    let [main, insert_only] = config.publications();
+    let mut published = store.published_tables(&main).await?;
+    published.extend(store.published_tables(&insert_only).await?);
+    for (publication, wanted) in [(&main, &full), (&insert_only, &keyless)] {
+        for (qualified, table) in wanted {
+            if published.contains_key(qualified) {
+                continue;
+            }
+            let statement = ddl::add_publication_table(publication, table);
+            store
+                .run_statement(&statement, &format!("running: {statement}"))
+                .await?;
+            tracing::info!("publication updated with new tables: {statement}");
+        }
+    }
+    Ok(())
+}
+
+/// walhook's publications, each with whether it exists.
+pub async fn publications(store: &Store, config: &Config) -> anyhow::Result<Vec<(String, bool)>> {
+    let names = config.publications();
+    let present = store.existing_publications(&names).await?;
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            let exists = present.contains(&name);
+            (name, exists)
+        })
+        .collect())
+}

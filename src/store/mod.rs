@@ -1,0 +1,155 @@
+//! The store: every SQL statement walhook runs, against its own objects
+//! (`webhook`, `webhook_usage`, `delivery`, `registry_snapshot`) and the
+//! server's catalog, in one place.
+//!
+//! The stages above never write SQL: they ask a [`Store`] for typed facts
+//! (the slot's position, the hooks' rows, the parked events) and hand it
+//! typed records. Delivery sees the store only through the small
+//! [`DeliveryStore`](crate::delivery::DeliveryStore) interface, so lanes,
+//! parking and retries can be tested without a database.
+//!
+//! Errors name what was being done and carry the server's message with its
+//! detail and hint; a lost or refused connection is marked
+//! [`LostConnection`](crate::errors::LostConnection) here, where it
+//! happens.
+
+pub mod catalog;
+pub mod ddl;
+pub mod parked;
+pub mod slot;
+pub mod snapshots;
+pub mod usage;
+pub mod webhooks;
+
+use std::fmt::Display;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use crate::config::Connection;
+use crate::errors::{is_lost_connection, mark_sql_error, LostConnection};
+
+/// One SQL session and the schema walhook's objects live in.
+#[derive(Clone)]
+pub struct Store {
+    client: Arc<Client>,
+    schema: Arc<str>,
+}
+
+impl Store {
+    /// Open an SQL session (application_name, timeouts and TLS as
+    /// configured). A refused connection is a [`LostConnection`].
+    pub async fn connect(conn: &Connection, schema: &str) -> anyhow::Result<Store> {
+        let client = crate::postgres::connect_sql(conn)
+            .await
+            .map_err(mark_sql_error)?;
+        Ok(Store::new(Arc::new(client), schema))
+    }
+
+    pub fn new(client: Arc<Client>, schema: &str) -> Store {
+        Store {
+            client,
+            schema: Arc::from(schema),
+        }
+    }
+
+    /// The schema's name, unquoted.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Whether the session has ended (the server closed it, or the
+    /// network dropped).
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Resolves once the session has ended.
+    pub async fn closed(&self) {
+        while !self.client.is_closed() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// One of walhook's tables as SQL, the schema quoted.
+    fn table(&self, name: &str) -> String {
+        format!("{}.{name}", ident(&self.schema))
+    }
+
+    /// One of walhook's tables as people read it, in messages.
+    pub fn table_name(&self, name: &str) -> String {
+        format!("{}.{name}", self.schema)
+    }
+}
+
+/// A quoted SQL identifier.
+pub fn ident(name: &str) -> String {
+    postgres_protocol::escape::escape_identifier(name)
+}
+
+/// A quoted SQL string literal.
+pub fn literal(text: &str) -> String {
+    postgres_protocol::escape::escape_literal(text)
+}
+
+/// The server's message with its detail and hint, on one line (the Display
+/// of tokio-postgres errors repeats itself through `source`).
+pub fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = db.message().to_owned();
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!(" ({detail})"));
+            }
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!("; hint: {hint}"));
+            }
+            if matches!(
+                *db.code(),
+                SqlState::UNDEFINED_TABLE | SqlState::INVALID_SCHEMA_NAME
+            ) {
+                text.push_str(" (is walhook set up here? run `walhook setup`)");
+            }
+            text
+        }
+        None => error_chain(e),
+    }
+}
+
+/// An error and its causes, joined with ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// What was being done, and what the server said.
+fn failed(what: impl Display, e: tokio_postgres::Error) -> anyhow::Error {
+    let error = anyhow::anyhow!("{what}: {}", pg_message(&e));
+    if is_lost_connection(&e) {
+        anyhow::Error::new(LostConnection(error))
+    } else {
+        error
+    }
+}
+
+/// `.sql("reading the slot")?` names the step that failed.
+trait SqlResult<T> {
+    fn sql(self, what: impl Display) -> anyhow::Result<T>;
+}
+
+impl<T> SqlResult<T> for Result<T, tokio_postgres::Error> {
+    fn sql(self, what: impl Display) -> anyhow::Result<T> {
+        self.map_err(|e| failed(what, e))
+    }
+}

@@ -1,0 +1,254 @@
+//! The replication slot and the leadership lock.
+
+use anyhow::{anyhow, bail};
+use serde::Serialize;
+use tokio_postgres::error::SqlState;
+
+use super::{failed, SqlResult, Store};
+use crate::errors::SlotLost;
+use crate::pgoutput::Lsn;
+
+/// The slot as `setup` sees it.
+#[derive(Debug, Clone)]
+pub struct SlotFacts {
+    pub plugin: Option<String>,
+    /// `wal_status`, or why the server invalidated it.
+    pub lost: Option<String>,
+    pub active: bool,
+}
+
+/// The slot and the server's position, for `walhook status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SlotStatus {
+    pub name: String,
+    pub exists: bool,
+    pub plugin: Option<String>,
+    pub database: Option<String>,
+    pub wal_status: Option<String>,
+    pub invalidation_reason: Option<String>,
+    pub active: bool,
+    pub active_pid: Option<i32>,
+    pub confirmed_flush_lsn: Option<String>,
+    pub restart_lsn: Option<String>,
+    pub server_lsn: Option<String>,
+    pub lag_bytes: Option<i64>,
+    pub retained_wal_bytes: Option<i64>,
+    pub safe_wal_size: Option<i64>,
+    pub inactive_since: Option<String>,
+    /// The walsender serving the slot, from `pg_stat_replication`.
+    #[serde(skip)]
+    pub walsender_pid: Option<i32>,
+    #[serde(skip)]
+    pub walsender_state: Option<String>,
+    /// `pg_stat_replication.flush_lag`, in seconds.
+    #[serde(skip)]
+    pub flush_lag: Option<f64>,
+}
+
+/// The slot as `teardown` sees it.
+#[derive(Debug, Clone)]
+pub struct SlotForTeardown {
+    pub active_pid: Option<i32>,
+    pub active: bool,
+    pub wal_status: Option<String>,
+    pub retained_bytes: Option<i64>,
+}
+
+/// How dropping the slot went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SlotDrop {
+    Dropped,
+    AlreadyGone,
+    InUse,
+}
+
+/// The reason a slot is lost: `invalidation_reason` where the server has
+/// it (17+), else `wal_status lost`.
+const LOST_REASON: &str = "CASE WHEN s.wal_status = 'lost' OR to_jsonb(s)->>'invalidation_reason' IS NOT NULL \
+     THEN coalesce('invalidation_reason ' || (to_jsonb(s)->>'invalidation_reason'), 'wal_status lost') END";
+
+impl Store {
+    /// The slot's confirmed position; [`SlotLost`] when the server
+    /// invalidated it, and a clear error when it is missing.
+    pub async fn slot_position(&self, slot: &str) -> anyhow::Result<Lsn> {
+        let row = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT s.confirmed_flush_lsn::text, {LOST_REASON} \
+                       FROM pg_replication_slots s WHERE s.slot_name = $1"
+                ),
+                &[&slot],
+            )
+            .await
+            .sql("reading pg_replication_slots")?
+            .ok_or_else(|| {
+                anyhow!(
+                    "replication slot {slot:?} does not exist: run `walhook setup` to create it"
+                )
+            })?;
+        if let Some(reason) = row.get::<_, Option<String>>(1) {
+            return Err(SlotLost {
+                slot: slot.to_owned(),
+                reason,
+            }
+            .into());
+        }
+        let text: Option<String> = row.get(0);
+        let text =
+            text.ok_or_else(|| anyhow!("replication slot {slot:?} has no confirmed position"))?;
+        Lsn::parse(&text).map_err(|e| anyhow!("slot {slot:?}: {e}"))
+    }
+
+    /// The slot's plugin and whether it is lost, `None` when it does not
+    /// exist.
+    pub async fn slot_facts(&self, slot: &str) -> anyhow::Result<Option<SlotFacts>> {
+        let row = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT s.plugin::text, {LOST_REASON}, s.active \
+                       FROM pg_replication_slots s WHERE s.slot_name = $1"
+                ),
+                &[&slot],
+            )
+            .await
+            .sql("reading pg_replication_slots")?;
+        Ok(row.map(|r| SlotFacts {
+            plugin: r.get(0),
+            lost: r.get(1),
+            active: r.get(2),
+        }))
+    }
+
+    /// The slot, the server's position and the walsender, for `status`.
+    pub async fn slot_status(&self, slot: &str) -> anyhow::Result<SlotStatus> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT s.slot_name IS NOT NULL, s.plugin::text, s.database::text, s.wal_status, \
+                            to_jsonb(s)->>'invalidation_reason', coalesce(s.active, false), s.active_pid, \
+                            s.confirmed_flush_lsn::text, s.restart_lsn::text, c.lsn::text, \
+                            pg_wal_lsn_diff(c.lsn, s.confirmed_flush_lsn)::bigint, \
+                            pg_wal_lsn_diff(c.lsn, s.restart_lsn)::bigint, s.safe_wal_size, \
+                            to_jsonb(s)->>'inactive_since', r.pid, r.state, \
+                            extract(epoch FROM r.flush_lag)::float8 \
+                       FROM (SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+                                         ELSE pg_current_wal_lsn() END AS lsn) c \
+                       LEFT JOIN pg_replication_slots s ON s.slot_name = $1 \
+                       LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid",
+                &[&slot],
+            )
+            .await
+            .sql(format!(
+                "reading replication slot {slot:?} from pg_replication_slots"
+            ))?;
+        Ok(SlotStatus {
+            name: slot.to_owned(),
+            exists: row.get(0),
+            plugin: row.get(1),
+            database: row.get(2),
+            wal_status: row.get(3),
+            invalidation_reason: row.get(4),
+            active: row.get(5),
+            active_pid: row.get(6),
+            confirmed_flush_lsn: row.get(7),
+            restart_lsn: row.get(8),
+            server_lsn: row.get(9),
+            lag_bytes: row.get(10),
+            retained_wal_bytes: row.get(11),
+            safe_wal_size: row.get(12),
+            inactive_since: row.get(13),
+            walsender_pid: row.get(14),
+            walsender_state: row.get(15),
+            flush_lag: row.get(16),
+        })
+    }
+
+    /// The slot as `teardown` needs it, `None` when it does not exist.
+    pub async fn slot_for_teardown(&self, slot: &str) -> anyhow::Result<Option<SlotForTeardown>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT active, active_pid, wal_status, \
+                        pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+                                             ELSE pg_current_wal_lsn() END, restart_lsn)::bigint \
+                   FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .sql(format!("reading replication slot {slot:?}"))?;
+        Ok(row.map(|r| SlotForTeardown {
+            active: r.get(0),
+            active_pid: r.get(1),
+            wal_status: r.get(2),
+            retained_bytes: r.get(3),
+        }))
+    }
+
+    pub async fn drop_slot(&self, slot: &str) -> anyhow::Result<SlotDrop> {
+        match self
+            .client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+        {
+            Ok(_) => Ok(SlotDrop::Dropped),
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => Ok(SlotDrop::AlreadyGone),
+            Err(e) if e.code() == Some(&SqlState::OBJECT_IN_USE) => Ok(SlotDrop::InUse),
+            Err(e) => Err(failed(format!("dropping replication slot {slot:?}"), e)),
+        }
+    }
+
+    /// Try to become the one walhook streaming `slot`: a session-level
+    /// advisory lock named after it, held until this session ends.
+    pub async fn try_leadership(&self, slot: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtext('walhook slot ' || $1))",
+                &[&slot],
+            )
+            .await
+            .sql("taking the leadership lock (pg_try_advisory_lock)")?
+            .get(0))
+    }
+
+    /// The server's WAL insert position now (`None` on a standby).
+    pub async fn wal_insert_position(&self) -> anyhow::Result<Option<Lsn>> {
+        let position: Option<String> = self
+            .client
+            .query_one(
+                "SELECT CASE WHEN pg_is_in_recovery() THEN NULL \
+                        ELSE pg_current_wal_insert_lsn()::text END",
+                &[],
+            )
+            .await
+            .sql("reading the WAL position")?
+            .get(0);
+        position
+            .map(|p| Lsn::parse(&p).map_err(|e| anyhow!("WAL position {p:?}: {e}")))
+            .transpose()
+    }
+
+    /// Refuse a slot that is lost or not walhook's, for `setup`.
+    pub async fn check_slot_for_setup(&self, slot: &str) -> anyhow::Result<bool> {
+        let Some(facts) = self.slot_facts(slot).await? else {
+            return Ok(false);
+        };
+        if facts.plugin.as_deref() != Some("pgoutput") {
+            bail!(
+                "replication slot {slot:?} exists but uses plugin {:?}, not pgoutput; \
+                 choose another [postgres] slot or drop it",
+                facts.plugin
+            );
+        }
+        if let Some(reason) = facts.lost {
+            return Err(SlotLost {
+                slot: slot.to_owned(),
+                reason,
+            }
+            .into());
+        }
+        Ok(true)
+    }
+}
