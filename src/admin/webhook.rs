@@ -212,7 +212,7 @@ async fn add(config: &Config, args: &AddArgs) -> anyhow::Result<u8> {
     );
     // The daemon's own validation, so a row the daemon would skip is never
     // written.
-    let hook = Webhook::from_row(&row).map_err(refuse)?;
+    let hook = Webhook::from_row(&row).map_err(|e| refuse(e.0))?;
     check_target(&config.delivery, &hook.target_url)
         .map_err(|why| refuse(format!("target_url {why}")))?;
     // Headers walhook sets itself are never replaced by the hook's.

@@ -95,3 +95,6 @@ pub struct DeliveryContext {
     pub usage: UsageBook,
     pub store: Arc<dyn DeliveryStore>,
 }
+
+#[cfg(test)]
+mod tests;

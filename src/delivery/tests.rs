@@ -1,0 +1,327 @@
+//! Lanes, parking, replay and retries against an in-memory store and a
+//! real HTTP receiver on loopback: no database.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU16, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+
+use super::*;
+use crate::checkpoint::Checkpoint;
+use crate::events::WebhookRow;
+use crate::registry::WebhookState;
+
+/// Parked events and stored states, in memory.
+#[derive(Default)]
+struct MemoryStore {
+    next_id: AtomicI64,
+    parked: Mutex<Vec<(i64, i32, String, ParkedRow)>>,
+    states: Mutex<Vec<(i32, WebhookState)>>,
+}
+
+impl MemoryStore {
+    fn parked_of(&self, webhook_id: i32) -> Vec<(i64, String, i32)> {
+        self.parked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.1 == webhook_id)
+            .map(|p| (p.0, p.2.clone(), p.3.attempts))
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl DeliveryStore for MemoryStore {
+    async fn park(&self, event: &ParkedEvent<'_>) -> anyhow::Result<()> {
+        let mut parked = self.parked.lock().unwrap();
+        if parked
+            .iter()
+            .any(|p| p.1 == event.webhook_id && p.3.event_id == event.event_id)
+        {
+            return Ok(());
+        }
+        let id = self.next_id.fetch_add(1, Ordering::AcqRel) + 1;
+        parked.push((
+            id,
+            event.webhook_id,
+            event.last_error.unwrap_or_default().to_owned(),
+            ParkedRow {
+                delivery_id: id,
+                event_id: event.event_id,
+                event: event.event.to_owned(),
+                body: Bytes::copy_from_slice(event.body),
+                attempts: event.attempts,
+            },
+        ));
+        Ok(())
+    }
+
+    async fn next_parked(&self, webhook_id: i32, limit: i64) -> anyhow::Result<Vec<ParkedRow>> {
+        Ok(self
+            .parked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.1 == webhook_id)
+            .take(limit as usize)
+            .map(|p| ParkedRow {
+                delivery_id: p.3.delivery_id,
+                event_id: p.3.event_id,
+                event: p.3.event.clone(),
+                body: p.3.body.clone(),
+                attempts: p.3.attempts,
+            })
+            .collect())
+    }
+
+    async fn parked_count(&self, webhook_id: i32) -> anyhow::Result<i64> {
+        Ok(self.parked_of(webhook_id).len() as i64)
+    }
+
+    async fn remove_parked(&self, delivery_ids: &[i64]) -> anyhow::Result<()> {
+        self.parked
+            .lock()
+            .unwrap()
+            .retain(|p| !delivery_ids.contains(&p.0));
+        Ok(())
+    }
+
+    async fn record_parked_failure(
+        &self,
+        delivery_id: i64,
+        attempts: u32,
+        _error: Option<&str>,
+    ) -> anyhow::Result<()> {
+        for p in self.parked.lock().unwrap().iter_mut() {
+            if p.0 == delivery_id {
+                p.3.attempts = attempts as i32;
+            }
+        }
+        Ok(())
+    }
+
+    async fn store_state(&self, webhook_id: i32, state: WebhookState) -> anyhow::Result<()> {
+        self.states.lock().unwrap().push((webhook_id, state));
+        Ok(())
+    }
+
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+/// A loopback receiver: records `(event id, body)` and answers `status`.
+#[derive(Clone, Default)]
+struct Target {
+    status: Arc<AtomicU16>,
+    received: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+async fn receive(State(t): State<Target>, headers: HeaderMap, body: String) -> StatusCode {
+    let id = headers
+        .get("x-superoffice-eventid")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    t.received.lock().unwrap().push((id, body));
+    StatusCode::from_u16(t.status.load(Ordering::Acquire)).unwrap_or(StatusCode::OK)
+}
+
+impl Target {
+    async fn start(status: u16) -> (Target, String) {
+        let target = Target::default();
+        target.status.store(status, Ordering::Release);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let app = axum::Router::new()
+            .route("/hook", post(receive))
+            .with_state(target.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (target, url)
+    }
+
+    fn bodies(&self) -> Vec<String> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.1.clone())
+            .collect()
+    }
+}
+
+fn hook(url: &str, state: WebhookState) -> Arc<Webhook> {
+    let row: BTreeMap<String, Option<String>> = [
+        ("webhook_id", "7"),
+        ("name", "test"),
+        ("events", "*"),
+        ("target_url", url),
+        ("type", "webhook"),
+        ("state", &(state as i16).to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), Some(v.to_owned())))
+    .collect();
+    Arc::new(Webhook::from_row(&WebhookRow(row)).expect("a valid hook"))
+}
+
+fn context(store: Arc<MemoryStore>, tune: impl FnOnce(&mut DeliveryConfig)) -> DeliveryContext {
+    // The process installs the provider in main.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = DeliveryConfig {
+        allow_http: true,
+        allow_private_targets: true,
+        ..DeliveryConfig::default()
+    };
+    tune(&mut config);
+    DeliveryContext {
+        http: http_client(&config).expect("an HTTP client"),
+        config: Live::new(config),
+        metrics: Arc::default(),
+        usage: UsageBook::default(),
+        store,
+    }
+}
+
+/// `n` events of one transaction, each with its key and body.
+fn jobs(
+    checkpoint: &mut Checkpoint,
+    hook: &Arc<Webhook>,
+    keys: &[&str],
+) -> (Vec<Job>, crate::checkpoint::OpenTxn) {
+    let txn = checkpoint.begin();
+    let jobs = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| Job {
+            hook: Arc::clone(hook),
+            event: "item.changed".into(),
+            event_id: Uuid::from_u128(i as u128 + 1),
+            ordering_key: (*key).to_owned(),
+            scope: OrderScope::Key,
+            body: Bytes::from(format!("{key}:{i}")),
+            commit_lsn: Lsn(100),
+            change_index: i as u32,
+            ticket: txn.ticket(),
+        })
+        .collect();
+    (jobs, txn)
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn events_of_one_row_arrive_in_commit_order_across_lanes() {
+    let (target, url) = Target::start(200).await;
+    let store = Arc::new(MemoryStore::default());
+    let mut dispatcher = Dispatcher::new(context(Arc::clone(&store), |c| {
+        c.concurrency_per_webhook = 8
+    }));
+    let hook = hook(&url, WebhookState::Active);
+    let keys: Vec<String> = (0..60).map(|i| format!("row{}", i % 6)).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut checkpoint = Checkpoint::new(Lsn(1));
+    let (jobs, txn) = jobs(&mut checkpoint, &hook, &keys);
+    checkpoint.commit(txn, Lsn(200));
+    for job in jobs {
+        dispatcher.dispatch(job).await.unwrap();
+    }
+    wait_for("60 deliveries", || target.bodies().len() == 60).await;
+    for row in 0..6 {
+        let seen: Vec<usize> = target
+            .bodies()
+            .iter()
+            .filter_map(|b| b.strip_prefix(&format!("row{row}:")))
+            .map(|i| i.parse().unwrap())
+            .collect();
+        let mut sorted = seen.clone();
+        sorted.sort_unstable();
+        assert_eq!(seen, sorted, "row{row} out of order");
+    }
+    wait_for("the transaction settled", || {
+        checkpoint.confirmable() == Lsn(200)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failing_target_trips_the_hook_and_its_event_is_parked_with_its_attempts() {
+    let (target, url) = Target::start(500).await;
+    let store = Arc::new(MemoryStore::default());
+    let mut dispatcher = Dispatcher::new(context(Arc::clone(&store), |c| {
+        c.max_consecutive_errors = 2
+    }));
+    let hook = hook(&url, WebhookState::Active);
+    let mut checkpoint = Checkpoint::new(Lsn(1));
+    let (jobs, txn) = jobs(&mut checkpoint, &hook, &["a"]);
+    checkpoint.commit(txn, Lsn(200));
+    for job in jobs {
+        dispatcher.dispatch(job).await.unwrap();
+    }
+    wait_for("the event parked", || !store.parked_of(7).is_empty()).await;
+    let parked = store.parked_of(7);
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].2, 2, "both attempts counted");
+    assert!(parked[0].1.contains("500"), "last error kept: {parked:?}");
+    assert_eq!(target.bodies().len(), 2);
+    // Parked is settled: the slot may move past the transaction.
+    wait_for("the transaction settled", || {
+        checkpoint.confirmable() == Lsn(200)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reactivation_delivers_parked_events_first_then_live_ones() {
+    let (target, url) = Target::start(200).await;
+    let store = Arc::new(MemoryStore::default());
+    let ctx = context(Arc::clone(&store), |_| {});
+    let tripped = hook(&url, WebhookState::TooManyErrors);
+    let mut checkpoint = Checkpoint::new(Lsn(1));
+    let mut dispatcher = Dispatcher::new(ctx);
+    // Three events parked while the hook was in TooManyErrors.
+    let (parked, txn) = jobs(&mut checkpoint, &tripped, &["a", "b", "a"]);
+    checkpoint.commit(txn, Lsn(200));
+    for job in parked {
+        dispatcher.park(job).await.unwrap();
+    }
+    assert_eq!(store.parked_of(7).len(), 3);
+    assert!(target.bodies().is_empty());
+    // Set Active again: the replayer drains the parked events in order,
+    // and an event dispatched meanwhile queues behind them.
+    let active = hook(&url, WebhookState::Active);
+    dispatcher.hook_changed(&active, false).await;
+    let txn = checkpoint.begin();
+    dispatcher
+        .dispatch(Job {
+            hook: Arc::clone(&active),
+            event: "item.changed".into(),
+            event_id: Uuid::from_u128(99),
+            ordering_key: "a".into(),
+            scope: OrderScope::Key,
+            body: Bytes::from_static(b"a:live"),
+            commit_lsn: Lsn(300),
+            change_index: 0,
+            ticket: txn.ticket(),
+        })
+        .await
+        .unwrap();
+    checkpoint.commit(txn, Lsn(400));
+    wait_for("four deliveries", || target.bodies().len() == 4).await;
+    assert_eq!(target.bodies(), ["a:0", "b:1", "a:2", "a:live"]);
+    wait_for("nothing left parked", || store.parked_of(7).is_empty()).await;
+}

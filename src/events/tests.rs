@@ -1,0 +1,167 @@
+//! Row changes into events, without a server.
+
+use super::*;
+use bytes::Bytes;
+use serde_json::json;
+
+fn column(name: &str, type_oid: u32, is_key: bool) -> pgoutput::Column {
+    pgoutput::Column {
+        is_key,
+        name: name.into(),
+        type_oid,
+        type_modifier: -1,
+    }
+}
+
+fn builder() -> EventBuilder {
+    let config = Config::parse("[tables.\"crm.contacts\"]\nentity = \"contact\"\n").unwrap();
+    let mut b = EventBuilder::new(&config, TypeCatalog::builtin());
+    b.add_relation(
+        pgoutput::Relation {
+            oid: 100,
+            namespace: "crm".into(),
+            name: "contacts".into(),
+            replica_identity: ReplicaIdentity::Default,
+            columns: vec![
+                column("id", 23, true),
+                column("name", 25, false),
+                column("updated_associate_id", 23, false),
+            ],
+        },
+        None,
+    );
+    b
+}
+
+fn text(s: &str) -> TupleValue {
+    TupleValue::Text(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+const TXN: TxnInfo = TxnInfo {
+    xid: 700,
+    commit_lsn: Lsn(0x16B3748),
+    commit_time: 0,
+};
+
+fn event(change: Change) -> ChangeEvent {
+    match change {
+        Change::Event(e) => *e,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+#[test]
+fn insert_gives_created_with_all_columns() {
+    let mut b = builder();
+    let mut index = 0;
+    let mut out = b
+        .change(
+            &TXN,
+            &mut index,
+            pgoutput::Message::Insert(pgoutput::Insert {
+                relation_oid: 100,
+                new: TupleData(vec![text("42"), text("Ann"), text("7")]),
+            }),
+        )
+        .unwrap();
+    let e = event(out.remove(0));
+    assert_eq!(e.event, "contact.created");
+    assert_eq!(e.primary_key, json!(42));
+    assert_eq!(e.changes, vec!["id", "name", "updated_associate_id"]);
+    assert_eq!(e.field_values["name"], json!("Ann"));
+    assert_eq!(e.changed_by_associate_id, 7);
+    assert_eq!(index, 1);
+    assert_eq!(e.timestamp(), "2000-01-01T00:00:00.000000Z");
+}
+
+#[test]
+fn update_with_unchanged_toast_names_missing_column() {
+    let mut b = builder();
+    let mut index = 0;
+    let mut out = b
+        .change(
+            &TXN,
+            &mut index,
+            pgoutput::Message::Update(pgoutput::Update {
+                relation_oid: 100,
+                old: None,
+                new: TupleData(vec![
+                    text("42"),
+                    TupleValue::UnchangedToast,
+                    TupleValue::Null,
+                ]),
+            }),
+        )
+        .unwrap();
+    let e = event(out.remove(0));
+    assert_eq!(e.event, "contact.changed");
+    assert_eq!(e.missing_columns, vec!["name"]);
+    assert!(!e.changes_exact);
+    assert_eq!(e.changes, vec!["id", "updated_associate_id"]);
+    assert!(!e.field_values.contains_key("name"));
+}
+
+#[test]
+fn delete_reports_key_values() {
+    let mut b = builder();
+    let mut index = 3;
+    let mut out = b
+        .change(
+            &TXN,
+            &mut index,
+            pgoutput::Message::Delete(pgoutput::Delete {
+                relation_oid: 100,
+                old: OldTuple::Key(TupleData(vec![
+                    text("42"),
+                    TupleValue::Null,
+                    TupleValue::Null,
+                ])),
+            }),
+        )
+        .unwrap();
+    let e = event(out.remove(0));
+    assert_eq!(e.event, "contact.deleted");
+    assert_eq!(
+        e.values,
+        Some(json!({"id": 42}).as_object().unwrap().clone())
+    );
+    assert_eq!(e.index, 3);
+    assert!(e.changes.is_empty());
+}
+
+#[test]
+fn event_ids_are_stable_and_differ_between_hooks() {
+    let mut b = builder();
+    let mut index = 0;
+    let e = event(
+        b.change(
+            &TXN,
+            &mut index,
+            pgoutput::Message::Insert(pgoutput::Insert {
+                relation_oid: 100,
+                new: TupleData(vec![text("1"), text("x"), TupleValue::Null]),
+            }),
+        )
+        .unwrap()
+        .remove(0),
+    );
+    assert_eq!(e.event_id("7", 1), e.event_id("7", 1));
+    assert_ne!(e.event_id("7", 1), e.event_id("7", 2));
+    assert_ne!(e.event_id("7", 1), e.event_id("8", 1));
+}
+
+#[test]
+fn unknown_relation_is_an_error() {
+    let mut b = builder();
+    let err = b
+        .change(
+            &TXN,
+            &mut 0,
+            pgoutput::Message::Insert(pgoutput::Insert {
+                relation_oid: 999,
+                new: TupleData(vec![]),
+            }),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("999"));
+}
