@@ -11,8 +11,9 @@
 //! the `webhook` rows and matches events to them, `delivery` signs and POSTs,
 //! `checkpoint` decides which LSN may be confirmed to the server, and `store`
 //! writes usage statistics and parked events. `config`, `cli`, `setup`,
-//! `daemon` and `demo` wire it together; `cluster` and `receiver` are the
-//! throwaway PostgreSQL and loopback HTTP receiver used by `demo` and tests.
+//! `daemon` and `demo` wire it together. The throwaway PostgreSQL and the
+//! loopback HTTP receiver that `demo` and the tests use live in the
+//! `walhook-lab` crate (`lab/`), outside the daemon's library.
 
 pub mod checkpoint;
 pub mod delivery;
@@ -24,11 +25,9 @@ pub mod store;
 
 pub mod admin;
 pub mod cli;
-pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod metrics;
 pub mod postgres;
-pub mod receiver;
 pub mod setup;

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 use common::*;
 use serde_json::{json, Value};
-use walhook::receiver::Receiver;
+use walhook_lab::receiver::Receiver;
 
 const HOST: &str = "CREATE TABLE contact (contact_id serial PRIMARY KEY, name text);";
 

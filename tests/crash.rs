@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use walhook::cluster::StopMode;
-use walhook::receiver::{ReceivedRequest, Receiver};
+use walhook_lab::cluster::StopMode;
+use walhook_lab::receiver::{ReceivedRequest, Receiver};
 
 const ITEMS: &str = "CREATE TABLE item (id int PRIMARY KEY, version int NOT NULL);";
 const WAIT: Duration = Duration::from_secs(60);

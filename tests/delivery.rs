@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use walhook::receiver::{ReceivedRequest, Receiver};
+use walhook_lab::receiver::{ReceivedRequest, Receiver};
 
 const CRM: &str = "
 CREATE TABLE contact (

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use walhook::cluster::{Cluster, ClusterOptions};
+use walhook_lab::cluster::{Cluster, ClusterOptions};
 
 fn run_to_exit(config: &std::path::Path, timeout: Duration) -> (Option<i32>, String) {
     let mut child = Command::new(BIN)

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use walhook::receiver::Receiver;
+use walhook_lab::receiver::Receiver;
 
 const WAIT: Duration = Duration::from_secs(30);
 

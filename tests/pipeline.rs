@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use serde_json::{json, Value};
-use walhook::receiver::{ReceivedRequest, Receiver};
+use walhook_lab::receiver::{ReceivedRequest, Receiver};
 
 const CRM: &str = "
 CREATE TABLE contact (

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use walhook::receiver::Receiver;
+use walhook_lab::receiver::Receiver;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -12,7 +12,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
-use walhook::cluster::Cluster;
+use walhook_lab::cluster::Cluster;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_walhook");
 
@@ -39,7 +39,7 @@ impl Harness {
         extra_config: &str,
     ) -> Harness {
         let cluster = tokio::task::spawn_blocking(move || {
-            walhook::cluster::Cluster::start_with(walhook::cluster::ClusterOptions {
+            walhook_lab::cluster::Cluster::start_with(walhook_lab::cluster::ClusterOptions {
                 extra_settings: settings,
             })
         })
