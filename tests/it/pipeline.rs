@@ -1,14 +1,13 @@
 //! End to end: row changes in a real PostgreSQL become signed POSTs to a
 //! real loopback receiver, through walhook's real binary.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
 use serde_json::{json, Value};
 use walhook_lab::receiver::{ReceivedRequest, Receiver};
+
+use crate::common::*;
 
 const CRM: &str = "
 CREATE TABLE contact (

@@ -1,14 +1,13 @@
 //! The DBA's commands (`status`, `webhook ...`, `teardown`) through
 //! walhook's real binary, against a throwaway PostgreSQL.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
 use serde_json::{json, Value};
 use walhook_lab::receiver::Receiver;
+
+use crate::common::*;
 
 const HOST: &str = "CREATE TABLE contact (contact_id serial PRIMARY KEY, name text);";
 

@@ -3,16 +3,15 @@
 //! After each, every committed change reaches the hook at least once,
 //! repeats carry the same EventId, and per-row order holds.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
 use walhook_lab::cluster::StopMode;
 use walhook_lab::receiver::{ReceivedRequest, Receiver};
+
+use crate::common::*;
 
 const ITEMS: &str = "CREATE TABLE item (id int PRIMARY KEY, version int NOT NULL);";
 const WAIT: Duration = Duration::from_secs(60);

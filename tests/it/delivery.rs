@@ -2,15 +2,14 @@
 //! TooManyErrors and parking, 410, a blackhole beside a healthy hook,
 //! per-row order, and parked events surviving a restart.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use walhook_lab::receiver::{ReceivedRequest, Receiver};
+
+use crate::common::*;
 
 const CRM: &str = "
 CREATE TABLE contact (

@@ -2,13 +2,12 @@
 //! wrong: wal_level, privileges, missing objects, a busy slot, an
 //! unreachable server, a wrong password, a bad config.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
 use walhook_lab::cluster::{Cluster, ClusterOptions};
+
+use crate::common::*;
 
 fn run_to_exit(config: &std::path::Path, timeout: Duration) -> (Option<i32>, String) {
     let mut child = Command::new(BIN)

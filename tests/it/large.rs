@@ -1,12 +1,11 @@
 //! One transaction of 1,000,000 rows: memory stays bounded by the in-flight
 //! budget, and the position is confirmed only after the whole transaction.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use walhook_lab::receiver::Receiver;
+
+use crate::common::*;
 
 fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -2,13 +2,12 @@
 //! missing keys, key-changing updates, partitions, several schemas, names
 //! that need quoting, TRUNCATE, and ALTER TABLE while streaming.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use serde_json::{json, Value};
 use walhook_lab::receiver::Receiver;
+
+use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -1,12 +1,11 @@
 //! Running walhook as a DBA does: metrics and health, SIGHUP reloads, and
 //! secrets that never reach the log.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use walhook_lab::receiver::Receiver;
+
+use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -1,8 +1,6 @@
 //! The test harness: a throwaway PostgreSQL, walhook's real binary, and a
 //! real loopback receiver. Nothing is mocked.
 
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
