@@ -348,8 +348,9 @@ async fn replayed_changes_meet_the_hooks_of_their_time() {
     )
     .await
     .unwrap();
-    h.add_hook("item.*", &b.url("/b"), None).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b_id = h.add_hook("item.*", &b.url("/b"), None).await;
+    // The daemon has read both changes of the webhook table.
+    h.wait_log(&format!("webhook table: Added({b_id})")).await;
     h.kill_daemon();
 
     a_status.store(200, Ordering::SeqCst);
@@ -362,7 +363,8 @@ async fn replayed_changes_meet_the_hooks_of_their_time() {
     })
     .await;
     b.wait_until(WAIT, |r| !r.is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Whatever else was going to arrive has arrived by now.
+    h.wait_caught_up("the daemon to pass every change").await;
     let keys = |r: &Receiver| -> Vec<i64> {
         r.requests()
             .iter()
