@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::sync::watch;
+use walhook_lab::cluster::Cluster;
+use walhook_lab::receiver::{ReceivedRequest, Receiver};
 
-use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::delivery::signing;
-use crate::receiver::{ReceivedRequest, Receiver};
 use crate::registry::WebhookState;
 use crate::store::webhooks::NewWebhook;
 use crate::store::Store;

@@ -24,7 +24,9 @@
 //! and health. On top: [`setup`] (setup's plan and `check`), [`daemon`]
 //! (`walhook run`: sessions, the pipeline, reload, leadership), [`admin`]
 //! (the DBA's commands), [`cli`] and [`demo`]. Imports only ever point
-//! down this list: no stage imports one that uses it.
+//! down this list: no stage imports one that uses it. The throwaway
+//! PostgreSQL and the loopback HTTP receiver that `demo` and the tests use
+//! live in the `walhook-lab` crate (`lab/`), outside the daemon's library.
 
 pub mod config;
 pub mod errors;
@@ -45,6 +47,3 @@ pub mod cli;
 pub mod daemon;
 pub mod demo;
 pub mod setup;
-
-pub mod cluster;
-pub mod receiver;

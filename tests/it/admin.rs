@@ -1,14 +1,13 @@
 //! The DBA's commands (`status`, `webhook ...`, `teardown`) through
 //! walhook's real binary, against a throwaway PostgreSQL.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
 use serde_json::{json, Value};
-use walhook::receiver::Receiver;
+use walhook_lab::receiver::Receiver;
+
+use crate::common::*;
 
 const HOST: &str = "CREATE TABLE contact (contact_id serial PRIMARY KEY, name text);";
 
@@ -60,27 +59,6 @@ fn stderr(out: &Output) -> String {
 
 async fn count(h: &Harness, sql: &str) -> i64 {
     h.db.query_one(sql, &[]).await.unwrap().get(0)
-}
-
-/// A walsender outlives its client by a moment.
-async fn wait_for_released_slot(h: &Harness) {
-    h.wait_for(
-        "the slot to be released",
-        std::time::Duration::from_secs(10),
-        |db| {
-            Box::pin(async move {
-                db.query_one(
-                    "SELECT NOT coalesce(bool_or(active), false) FROM pg_replication_slots \
-                      WHERE slot_name = 'walhook'",
-                    &[],
-                )
-                .await
-                .map(|r| r.get::<_, bool>(0))
-                .unwrap_or(false)
-            })
-        },
-    )
-    .await;
 }
 
 /// Park an event for `webhook_id` by SQL, filling whatever NOT NULL
@@ -389,7 +367,7 @@ async fn status_reports_slot_and_hook_counts() {
         "{doc}"
     );
     assert!(h.stop_daemon().success());
-    wait_for_released_slot(&h).await;
+    h.wait_slot_released().await;
 
     h.db.execute(
         "INSERT INTO walhook.webhook_usage (webhook_id, total_calls, total_errors, \
@@ -606,6 +584,7 @@ async fn teardown_drops_slot_and_publications_idempotently() {
     );
     assert_eq!(count(&h, slots).await, 1);
     assert!(h.stop_daemon().success());
+    h.wait_slot_released().await;
 
     // No terminal and no --yes: refused, nothing dropped.
     let out = h.walhook(&["teardown"]);

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use walhook::cluster::{Cluster, ClusterOptions, StopMode};
+use walhook_lab::cluster::{Cluster, ClusterOptions, StopMode};
 
 /// The postmaster's pid, from the first line of `postmaster.pid`.
 fn postmaster_pid(data_dir: &Path) -> i32 {

@@ -1,8 +1,6 @@
 //! The test harness: a throwaway PostgreSQL, walhook's real binary, and a
 //! real loopback receiver. Nothing is mocked.
 
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -12,7 +10,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
-use walhook::cluster::Cluster;
+use walhook_lab::cluster::Cluster;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_walhook");
 
@@ -39,7 +37,7 @@ impl Harness {
         extra_config: &str,
     ) -> Harness {
         let cluster = tokio::task::spawn_blocking(move || {
-            walhook::cluster::Cluster::start_with(walhook::cluster::ClusterOptions {
+            walhook_lab::cluster::Cluster::start_with(walhook_lab::cluster::ClusterOptions {
                 extra_settings: settings,
             })
         })
@@ -232,6 +230,85 @@ impl Harness {
         .await;
     }
 
+    /// Wait until no walhook streams from the slot: a walsender outlives
+    /// its client by a moment.
+    pub async fn wait_slot_released(&self) {
+        self.wait_for("the slot to be released", Duration::from_secs(10), |db| {
+            Box::pin(async move {
+                db.query_one(
+                    "SELECT NOT coalesce(bool_or(active), false) FROM pg_replication_slots \
+                      WHERE slot_name = 'walhook'",
+                    &[],
+                )
+                .await
+                .map(|r| r.get::<_, bool>(0))
+                .unwrap_or(false)
+            })
+        })
+        .await;
+    }
+
+    /// Wait until the daemon has dealt with every change committed so far:
+    /// the slot's confirmed position reaches the WAL position taken now. A
+    /// change is confirmed only once each of its deliveries succeeded or
+    /// was parked, so what a hook has not received by then, it never will.
+    pub async fn wait_caught_up(&self, what: &str) {
+        let lsn = self.current_lsn().await;
+        self.wait_confirmed(what, lsn, Duration::from_secs(30))
+            .await;
+    }
+
+    /// Wait until the daemon's log contains `needle`.
+    pub async fn wait_log(&self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !self.daemon_log().contains(needle) {
+            if tokio::time::Instant::now() > deadline {
+                panic!("no {needle:?} in the daemon log:\n{}", self.daemon_log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `webhook_id`'s row in webhook_usage (all zero before the first write).
+    pub async fn usage(&self, webhook_id: i32) -> Usage {
+        self.db
+            .query_opt(
+                "SELECT total_calls, total_errors, consecutive_errors, last_error \
+                   FROM walhook.webhook_usage WHERE webhook_id = $1",
+                &[&webhook_id],
+            )
+            .await
+            .unwrap()
+            .map(|row| Usage {
+                total_calls: row.get(0),
+                total_errors: row.get(1),
+                consecutive_errors: row.get(2),
+                last_error: row.get(3),
+            })
+            .unwrap_or_default()
+    }
+
+    /// Wait until `webhook_id`'s statistics satisfy `done`, and return
+    /// them. The daemon writes webhook_usage in batches about a second
+    /// apart, so tests poll for what they expect rather than sleep.
+    pub async fn wait_usage(&self, webhook_id: i32, done: impl Fn(&Usage) -> bool) -> Usage {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let usage = self.usage(webhook_id).await;
+            if done(&usage) {
+                return usage;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "webhook {webhook_id}: statistics never as expected, last {usage:?}; \
+                     daemon log:\n{}",
+                    self.daemon_log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The slot's confirmed position, as text and number.
     pub async fn confirmed(&self) -> u64 {
         let text: String = self
@@ -255,6 +332,15 @@ impl Harness {
             .get(0);
         parse_lsn(&text)
     }
+}
+
+/// A hook's statistics, as walhook writes them to webhook_usage.
+#[derive(Debug, Default)]
+pub struct Usage {
+    pub total_calls: i64,
+    pub total_errors: i64,
+    pub consecutive_errors: i32,
+    pub last_error: Option<String>,
 }
 
 impl Drop for Harness {

@@ -2,15 +2,14 @@
 //! TooManyErrors and parking, 410, a blackhole beside a healthy hook,
 //! per-row order, and parked events surviving a restart.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
-use walhook::receiver::{ReceivedRequest, Receiver};
+use walhook_lab::receiver::{ReceivedRequest, Receiver};
+
+use crate::common::*;
 
 const CRM: &str = "
 CREATE TABLE contact (
@@ -115,23 +114,14 @@ async fn failures_then_success_keep_event_id_and_body() {
             got[0].header("x-superoffice-eventid")
         );
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await; // statistics flush
-    let row =
-        h.db.query_one(
-            "SELECT total_calls, total_errors, consecutive_errors, last_error \
-               FROM walhook.webhook_usage WHERE webhook_id = $1",
-            &[&hook],
-        )
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, i64>(0), 3);
-    assert_eq!(row.get::<_, i64>(1), 2);
+    let usage = h.wait_usage(hook, |u| u.total_calls >= 3).await;
+    assert_eq!(usage.total_calls, 3, "{usage:?}");
+    assert_eq!(usage.total_errors, 2, "{usage:?}");
     assert_eq!(
-        row.get::<_, i32>(2),
-        0,
+        usage.consecutive_errors, 0,
         "a success resets consecutive_errors"
     );
-    let last_error: String = row.get(3);
+    let last_error = usage.last_error.unwrap_or_default();
     assert!(last_error.starts_with("HTTP 503"), "{last_error}");
     assert_eq!(state(&h, hook).await, 1);
     assert!(h.stop_daemon().success());
@@ -163,11 +153,7 @@ async fn too_many_errors_parks_and_reactivation_delivers_in_order_across_a_resta
     }
     wait_parked(&h, hook, |n| n >= 11).await;
     // The slot moved on past the parked changes.
-    let confirmed = h.confirmed().await;
-    let current = h.current_lsn().await;
-    h.wait_confirmed("the slot to pass parked changes", current, WAIT)
-        .await;
-    assert!(h.confirmed().await >= confirmed);
+    h.wait_caught_up("the slot to pass parked changes").await;
 
     // Parked rows survive a restart.
     assert!(h.stop_daemon().success());
@@ -209,7 +195,8 @@ async fn gone_stops_the_hook() {
     h.db.batch_execute("INSERT INTO contact (name) VALUES ('b')")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    h.wait_caught_up("the daemon to pass the change after the hook stopped")
+        .await;
     assert_eq!(
         receiver.requests().len(),
         1,
@@ -264,14 +251,8 @@ async fn a_blackhole_and_a_failing_target_never_slow_a_healthy_hook() {
     wait_state(&h, broken, 3).await;
     wait_parked(&h, dead, |n| n >= 200).await;
     wait_parked(&h, broken, |n| n >= 200).await;
-    let last_error: String =
-        h.db.query_one(
-            "SELECT last_error FROM walhook.webhook_usage WHERE webhook_id = $1",
-            &[&dead],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let usage = h.wait_usage(dead, |u| u.last_error.is_some()).await;
+    let last_error = usage.last_error.unwrap_or_default();
     assert!(last_error.contains("timed out"), "{last_error}");
     assert!(h.stop_daemon().success());
 }
@@ -412,15 +393,9 @@ async fn a_binary_error_body_is_stored_and_the_hook_still_parks() {
         .unwrap();
     wait_state(&h, hook, 3).await;
     wait_parked(&h, hook, |n| n >= 1).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await; // statistics flush
-    let last_error: String =
-        h.db.query_one(
-            "SELECT last_error FROM walhook.webhook_usage WHERE webhook_id = $1",
-            &[&hook],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    // A body the statistics write could not store would never show here.
+    let usage = h.wait_usage(hook, |u| u.last_error.is_some()).await;
+    let last_error = usage.last_error.unwrap_or_default();
     assert!(last_error.starts_with("HTTP 500"), "{last_error}");
     assert!(
         !h.daemon_log().contains("statistics write failed"),

@@ -2,13 +2,12 @@
 //! missing keys, key-changing updates, partitions, several schemas, names
 //! that need quoting, TRUNCATE, and ALTER TABLE while streaming.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use serde_json::{json, Value};
-use walhook::receiver::Receiver;
+use walhook_lab::receiver::Receiver;
+
+use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -72,9 +71,10 @@ async fn replica_identities_keys_partitions_and_quoted_names() {
     .await
     .unwrap();
     // 2 + 3 + 2 + 1 + 1 + 2 + 1 + 1 = 13 events
-    let got = r.wait_until(WAIT, |x| x.len() >= 13).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let got = if got.len() > 13 { r.requests() } else { got };
+    r.wait_until(WAIT, |x| x.len() >= 13).await;
+    // Whatever else was going to arrive has arrived by now.
+    h.wait_caught_up("the daemon to pass every change").await;
+    let got = r.requests();
     let events: Vec<String> = got
         .iter()
         .map(|x| x.json()["Event"].as_str().unwrap().to_owned())

@@ -1,14 +1,13 @@
 //! End to end: row changes in a real PostgreSQL become signed POSTs to a
 //! real loopback receiver, through walhook's real binary.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
 use serde_json::{json, Value};
-use walhook::receiver::{ReceivedRequest, Receiver};
+use walhook_lab::receiver::{ReceivedRequest, Receiver};
+
+use crate::common::*;
 
 const CRM: &str = "
 CREATE TABLE contact (
@@ -219,8 +218,8 @@ async fn wildcards_states_bad_rows_and_hooks_added_mid_stream() {
                 && r.iter().filter(|x| x.path == "/late").count() >= 4
         })
         .await;
-    // Anything that was going to arrive wrongly has had time to.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Anything that was going to arrive wrongly has arrived by now.
+    h.wait_caught_up("the daemon to pass every change").await;
 
     // Rows go concurrently, so only events of one row keep their order:
     // compare the sets here, per-row order is checked elsewhere.
@@ -325,7 +324,7 @@ async fn changes_made_while_stopped_or_killed_are_delivered() {
     };
     receiver.wait_until(WAIT, |r| r.len() >= 80).await;
     h.kill_daemon();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.wait_slot_released().await;
     h.start_daemon().await;
     writer.await.unwrap();
     let total = 1 + 20 + 300;

@@ -2,13 +2,12 @@
 //! wrong: wal_level, privileges, missing objects, a busy slot, an
 //! unreachable server, a wrong password, a bad config.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
-use walhook::cluster::{Cluster, ClusterOptions};
+use walhook_lab::cluster::{Cluster, ClusterOptions};
+
+use crate::common::*;
 
 fn run_to_exit(config: &std::path::Path, timeout: Duration) -> (Option<i32>, String) {
     let mut child = Command::new(BIN)
@@ -120,8 +119,31 @@ async fn missing_objects_privileges_busy_slot_and_passwords() {
         format!("host all pwuser 127.0.0.1/32 scram-sha-256\nhost replication pwuser 127.0.0.1/32 scram-sha-256\n{old}"),
     )
     .unwrap();
+    let loaded: String =
+        h.db.query_one("SELECT pg_conf_load_time()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
     h.db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The postmaster reloads in its own time; a new session then reports
+    // the new load time.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let session = h.cluster.client("postgres").await.unwrap();
+        let reloaded: bool = session
+            .query_one(
+                "SELECT pg_conf_load_time() > $1::text::timestamptz",
+                &[&loaded],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if reloaded {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pg_hba.conf was never reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let url = format!(
         "postgres://pwuser:wrong@127.0.0.1:{}/postgres",
         h.cluster.port()
@@ -139,7 +161,7 @@ async fn missing_objects_privileges_busy_slot_and_passwords() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    h.wait_slot_active(Duration::from_secs(10)).await;
     let (code, err) = run_to_exit(&write_config(dir.path(), &url), Duration::from_secs(4));
     let _ = recvlogical.kill();
     let _ = recvlogical.wait();

@@ -12,12 +12,13 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
 };
-use walhook::cluster::Cluster;
 use walhook::config::{Config, Connection};
 use walhook::postgres::connect_sql;
-use walhook::receiver::Receiver;
+use walhook_lab::cluster::Cluster;
+use walhook_lab::receiver::Receiver;
 
-const BIN: &str = env!("CARGO_BIN_EXE_walhook");
+use crate::common::BIN;
+
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A certificate authority made for one test.

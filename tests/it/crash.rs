@@ -3,16 +3,15 @@
 //! After each, every committed change reaches the hook at least once,
 //! repeats carry the same EventId, and per-row order holds.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
-use walhook::cluster::StopMode;
-use walhook::receiver::{ReceivedRequest, Receiver};
+use walhook_lab::cluster::StopMode;
+use walhook_lab::receiver::{ReceivedRequest, Receiver};
+
+use crate::common::*;
 
 const ITEMS: &str = "CREATE TABLE item (id int PRIMARY KEY, version int NOT NULL);";
 const WAIT: Duration = Duration::from_secs(60);
@@ -349,8 +348,9 @@ async fn replayed_changes_meet_the_hooks_of_their_time() {
     )
     .await
     .unwrap();
-    h.add_hook("item.*", &b.url("/b"), None).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b_id = h.add_hook("item.*", &b.url("/b"), None).await;
+    // The daemon has read both changes of the webhook table.
+    h.wait_log(&format!("webhook table: Added({b_id})")).await;
     h.kill_daemon();
 
     a_status.store(200, Ordering::SeqCst);
@@ -363,7 +363,8 @@ async fn replayed_changes_meet_the_hooks_of_their_time() {
     })
     .await;
     b.wait_until(WAIT, |r| !r.is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Whatever else was going to arrive has arrived by now.
+    h.wait_caught_up("the daemon to pass every change").await;
     let keys = |r: &Receiver| -> Vec<i64> {
         r.requests()
             .iter()

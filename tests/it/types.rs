@@ -7,14 +7,13 @@
 //! added by a new PostgreSQL release is checked (or makes the test fail)
 //! rather than silently forgotten.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
 use serde_json::Value;
-use walhook::receiver::Receiver;
+use walhook_lab::receiver::Receiver;
+
+use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -1,12 +1,11 @@
 //! Running walhook as a DBA does: metrics and health, SIGHUP reloads, and
 //! secrets that never reach the log.
 
-mod common;
+use std::time::Duration;
 
-use std::time::{Duration, Instant};
+use walhook_lab::receiver::Receiver;
 
-use common::*;
-use walhook::receiver::Receiver;
+use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -77,7 +76,7 @@ async fn metrics_health_and_sighup_reload() {
     )
     .unwrap();
     sighup(pid);
-    wait_log(&h, "config reloaded").await;
+    h.wait_log("config reloaded").await;
     h.db.batch_execute("INSERT INTO contact (name) VALUES ('b')")
         .await
         .unwrap();
@@ -92,7 +91,8 @@ async fn metrics_health_and_sighup_reload() {
     // An invalid file keeps the old config, and says why.
     std::fs::write(&h.config_path, format!("{original}\nnot toml at all [\n")).unwrap();
     sighup(pid);
-    wait_log(&h, "config reload failed, keeping the old config").await;
+    h.wait_log("config reload failed, keeping the old config")
+        .await;
     h.db.batch_execute("INSERT INTO contact (name) VALUES ('c')")
         .await
         .unwrap();
@@ -106,18 +106,6 @@ async fn metrics_health_and_sighup_reload() {
     for r in &got {
         let signature = r.header("x-superoffice-signature").unwrap();
         assert!(!log.contains(signature), "a signature reached the log");
-    }
-}
-
-async fn wait_log(h: &Harness, needle: &str) {
-    let deadline = Instant::now() + WAIT;
-    while !h.daemon_log().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in:\n{}",
-            h.daemon_log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -160,7 +148,7 @@ async fn the_readme_run_role_is_enough_and_replicated_changes_can_be_skipped() {
     )
     .unwrap();
     let receiver = Receiver::start().await.unwrap();
-    h.add_hook("*", &receiver.url("/o"), None).await;
+    let hook = h.add_hook("*", &receiver.url("/o"), None).await;
     h.start_daemon().await;
     // Each statement its own transaction: the origin is the session's at
     // commit time.
@@ -173,22 +161,16 @@ async fn the_readme_run_role_is_enough_and_replicated_changes_can_be_skipped() {
     ] {
         h.db.batch_execute(sql).await.unwrap();
     }
-    let got = receiver.wait_until(WAIT, |r| !r.is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    h.wait_caught_up("the daemon to pass both inserts").await;
     let keys: Vec<i64> = receiver
         .requests()
         .iter()
         .map(|r| r.json()["PrimaryKey"].as_i64().unwrap())
         .collect();
     assert_eq!(keys, [2], "log:\n{}", h.daemon_log());
-    assert!(!got.is_empty());
     // Statistics were written by the run role.
-    let calls: i64 =
-        h.db.query_one("SELECT total_calls FROM walhook.webhook_usage", &[])
-            .await
-            .unwrap()
-            .get(0);
-    assert_eq!(calls, 1);
+    let usage = h.wait_usage(hook, |u| u.total_calls >= 1).await;
+    assert_eq!(usage.total_calls, 1, "{usage:?}");
     assert!(h.stop_daemon().success());
 }
 
@@ -205,7 +187,7 @@ async fn tables_created_later_are_published_when_the_config_allows_it() {
     h.db.batch_execute("CREATE TABLE later (id int PRIMARY KEY)")
         .await
         .unwrap();
-    wait_log(&h, "publication updated with new tables").await;
+    h.wait_log("publication updated with new tables").await;
     h.db.batch_execute("INSERT INTO later VALUES (1)")
         .await
         .unwrap();

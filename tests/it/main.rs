@@ -1,0 +1,18 @@
+//! walhook's integration tests, as one test binary: each module below was
+//! its own binary linking the whole crate; one link is enough. Fixtures stay
+//! in tests/fixtures. Run one module with e.g.
+//! `cargo test --release --test it delivery::`.
+
+mod common;
+
+mod admin;
+mod crash;
+mod delivery;
+mod errors;
+mod large;
+mod operations;
+mod pgoutput_fixtures;
+mod pipeline;
+mod shapes;
+mod tls;
+mod types;
