@@ -4,11 +4,13 @@
 //! error that names it (a typo must never silently fall back to a default
 //! beside a production database). `systemd/walhook.toml` documents each key.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Deserializer};
 
 /// The whole configuration file.
@@ -536,39 +538,86 @@ fn pgpass_lookup(text: &str, host: &str, port: u16, dbname: &str, user: &str) ->
         })
 }
 
-/// The connection string without the given parameters.
-fn without_params(url: &str, keys: &[&str]) -> String {
-    let keep = |kv: &&str| {
-        !keys
-            .iter()
-            .any(|k| kv.split_once('=').is_some_and(|(n, _)| n == *k))
-    };
-    match url.split_once('?') {
-        Some((base, query)) => {
-            let kept: Vec<&str> = query.split('&').filter(keep).collect();
-            if kept.is_empty() {
-                base.to_owned()
-            } else {
-                format!("{base}?{}", kept.join("&"))
-            }
+/// The parameters of a connection string: the `&`-separated query of a URL
+/// (`postgres://host/db?sslmode=require&...`), or the space-separated
+/// `name=value` pairs of a key/value string (`host=db sslmode=require`).
+///
+/// Not `url::Url`: it refuses the multi-host URLs libpq and tokio-postgres
+/// accept (`postgres://h1:5432,h2:5433/db`), and its `query_pairs` reads a
+/// `+` as a space, which libpq does not.
+struct Params<'a> {
+    /// A URL without its query; empty for a key/value string.
+    base: &'a str,
+    /// The parameters as written (percent-encoded in a URL).
+    items: Vec<&'a str>,
+    url: bool,
+}
+
+impl<'a> Params<'a> {
+    fn of(conn: &'a str) -> Params<'a> {
+        if !conn.contains("://") {
+            let items = conn.split(' ').collect();
+            return Params {
+                base: "",
+                items,
+                url: false,
+            };
         }
-        None if !url.contains("://") => url.split(' ').filter(keep).collect::<Vec<_>>().join(" "),
-        None => url.to_owned(),
+        let (base, items) = match conn.split_once('?') {
+            Some((base, query)) => (base, query.split('&').collect()),
+            None => (conn, Vec::new()),
+        };
+        Params {
+            base,
+            items,
+            url: true,
+        }
+    }
+
+    /// A parameter's name and value. In a URL both are percent-decoded as
+    /// libpq and tokio-postgres decode them: `%XX` only, a `+` stays a `+`
+    /// (unlike an HTML form's `application/x-www-form-urlencoded`).
+    fn pair(&self, item: &'a str) -> Option<(Cow<'a, str>, Cow<'a, str>)> {
+        let (name, value) = item.split_once('=')?;
+        if !self.url {
+            return Some((name.into(), value.into()));
+        }
+        let decode = |text: &'a str| percent_decode_str(text).decode_utf8_lossy();
+        Some((decode(name), decode(value)))
     }
 }
 
-/// A query parameter of a URL-style connection string (tokio-postgres
-/// accepts but does not expose sslrootcert, and folds sslmode to 3 values).
+/// The connection string without the given parameters; the others stay as
+/// written.
+fn without_params(url: &str, keys: &[&str]) -> String {
+    let params = Params::of(url);
+    let kept: Vec<&str> = params
+        .items
+        .iter()
+        .copied()
+        .filter(|item| {
+            !params
+                .pair(item)
+                .is_some_and(|(name, _)| keys.contains(&&*name))
+        })
+        .collect();
+    match (params.url, kept.is_empty()) {
+        (false, _) => kept.join(" "),
+        (true, true) => params.base.to_owned(),
+        (true, false) => format!("{}?{}", params.base, kept.join("&")),
+    }
+}
+
+/// A parameter of a connection string, decoded (tokio-postgres accepts but
+/// does not expose sslrootcert, and folds sslmode to 3 values).
 fn url_param(url: &str, key: &str) -> Option<String> {
-    let query = url.split_once('?').map(|(_, q)| q).or_else(|| {
-        // key=value style: "host=... sslmode=require"
-        (!url.contains("://")).then_some(url)
-    })?;
-    query
-        .split(['&', ' '])
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v.to_owned())
+    let params = Params::of(url);
+    params
+        .items
+        .iter()
+        .filter_map(|item| params.pair(item))
+        .find(|(name, _)| name == key)
+        .map(|(_, value)| value.into_owned())
 }
 
 #[cfg(test)]
@@ -655,5 +704,71 @@ mod tests {
         assert_eq!(conn.dbname, "crm");
         assert_eq!(conn.sslmode, SslMode::VerifyFull);
         assert!(!format!("{conn:?}").contains("pw"));
+    }
+
+    fn connection(url: &str) -> Connection {
+        Config::parse(&format!("[postgres]\nurl = {url:?}\n"))
+            .unwrap()
+            .connection()
+            .unwrap()
+    }
+
+    /// A user name and password percent-encoded in the URL, with the
+    /// characters that would otherwise end them.
+    #[test]
+    fn percent_encoded_credentials() {
+        let conn = connection("postgres://al%40ice:p%40ss%3Aw%2Frd%3Fx+y%25@db.example/crm");
+        assert_eq!(conn.user, "al@ice");
+        assert_eq!(conn.password.as_deref(), Some("p@ss:w/rd?x+y%"));
+        assert_eq!(conn.host, "db.example");
+        assert_eq!(conn.dbname, "crm");
+    }
+
+    #[test]
+    fn several_url_params() {
+        let url = "postgres://alice@db.example/crm?application_name=x&sslmode=verify-ca\
+                   &sslrootcert=%2Fetc%2Fwalhook%2Fca%20bundle+1.pem&connect_timeout=5";
+        assert_eq!(url_param(url, "sslmode").as_deref(), Some("verify-ca"));
+        assert_eq!(
+            url_param(url, "sslrootcert").as_deref(),
+            Some("/etc/walhook/ca bundle+1.pem")
+        );
+        assert_eq!(url_param(url, "application_name").as_deref(), Some("x"));
+        assert_eq!(url_param(url, "host"), None);
+        assert_eq!(
+            without_params(url, &["sslmode", "sslrootcert"]),
+            "postgres://alice@db.example/crm?application_name=x&connect_timeout=5"
+        );
+        let conn = connection(url);
+        assert_eq!(conn.sslmode, SslMode::VerifyCa);
+        assert_eq!(
+            conn.sslrootcert.as_deref(),
+            Some(Path::new("/etc/walhook/ca bundle+1.pem"))
+        );
+
+        // Names are percent-decoded too, as tokio-postgres decodes them.
+        let url = "postgres://u@h/d?ssl%6Dode=disable";
+        assert_eq!(url_param(url, "sslmode").as_deref(), Some("disable"));
+        assert_eq!(without_params(url, &["sslmode"]), "postgres://u@h/d");
+
+        let url = "postgres://u@h/d";
+        assert_eq!(url_param(url, "sslmode"), None);
+        assert_eq!(without_params(url, &["sslmode"]), url);
+    }
+
+    #[test]
+    fn key_value_params() {
+        let conn =
+            "host=db.example user=u sslmode=verify-full sslrootcert=/etc/ca%20x.pem dbname=crm";
+        assert_eq!(url_param(conn, "sslmode").as_deref(), Some("verify-full"));
+        // No percent-decoding outside a URL, as in libpq.
+        assert_eq!(
+            url_param(conn, "sslrootcert").as_deref(),
+            Some("/etc/ca%20x.pem")
+        );
+        assert_eq!(
+            without_params(conn, &["sslmode", "sslrootcert"]),
+            "host=db.example user=u dbname=crm"
+        );
     }
 }

@@ -25,6 +25,7 @@ use anyhow::{bail, Context};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -147,17 +148,16 @@ fn root_store(conn: &Connection) -> anyhow::Result<RootCertStore> {
 /// `io::Error` in the chain): a bad file needs the operator, not a retry.
 fn load_roots(path: &Path) -> anyhow::Result<RootCertStore> {
     let shown = path.display();
-    let pem = match std::fs::read(path) {
-        Ok(pem) => pem,
-        Err(e) => bail!("postgres.url: sslrootcert {shown} cannot be read: {e}"),
-    };
-    let mut certs = Vec::new();
-    for item in rustls_pemfile::certs(&mut pem.as_slice()) {
-        match item {
-            Ok(cert) => certs.push(cert),
-            Err(e) => bail!("postgres.url: sslrootcert {shown} is not valid PEM: {e}"),
+    let unreadable = |e: pem::Error| match e {
+        pem::Error::Io(e) => {
+            anyhow::anyhow!("postgres.url: sslrootcert {shown} cannot be read: {e}")
         }
-    }
+        e => anyhow::anyhow!("postgres.url: sslrootcert {shown} is not valid PEM: {e}"),
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(unreadable)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unreadable)?;
     if certs.is_empty() {
         bail!("postgres.url: sslrootcert {shown} holds no PEM certificate (-----BEGIN CERTIFICATE-----)");
     }
@@ -394,5 +394,41 @@ mod tests {
             e.contains(&*junk.to_string_lossy()) && e.contains("no PEM certificate"),
             "{e}"
         );
+    }
+
+    /// Every certificate of a bundle is a root, other PEM sections (a key)
+    /// are skipped, and a cut-off or undecodable section is refused.
+    #[test]
+    fn sslrootcert_bundles() {
+        let ca = |name: &str| {
+            let mut params = rcgen::CertificateParams::default();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let key = rcgen::KeyPair::generate().unwrap();
+            (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+        };
+        let (one, one_key) = ca("one");
+        let (two, _) = ca("two");
+        let dir = tempfile::tempdir().unwrap();
+
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, format!("{one_key}{one}some text\n{two}")).unwrap();
+        assert_eq!(load_roots(&bundle).unwrap().len(), 2);
+
+        let cut = dir.path().join("cut.pem");
+        std::fs::write(&cut, &one[..one.len() / 2]).unwrap();
+        let e = format!("{:#}", load_roots(&cut).unwrap_err());
+        assert!(e.contains("cut.pem is not valid PEM"), "{e}");
+
+        let bad = dir.path().join("bad.pem");
+        let body = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        std::fs::write(&bad, body).unwrap();
+        let e = format!("{:#}", load_roots(&bad).unwrap_err());
+        assert!(e.contains("bad.pem is not valid PEM"), "{e}");
+
+        let e = format!("{:#}", load_roots(dir.path()).unwrap_err());
+        assert!(e.contains("cannot be read"), "{e}");
     }
 }

@@ -183,39 +183,15 @@ fn transport_error(e: &reqwest::Error) -> String {
     text
 }
 
-/// `Retry-After`: seconds or an HTTP date.
+/// `Retry-After`: seconds or an HTTP date (RFC 9110: the IMF-fixdate, or the
+/// obsolete RFC 850 and asctime forms). A date in the past means now.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    if let Ok(secs) = value.trim().parse::<u64>() {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let at = httpdate_parse(value.trim())?;
+    let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(SystemTime::now()).unwrap_or_default())
-}
-
-fn httpdate_parse(value: &str) -> Option<SystemTime> {
-    // IMF-fixdate, e.g. "Sun, 06 Nov 1994 08:49:37 GMT"; humantime parses the
-    // RFC 3339 form, so rebuild one.
-    let parts: Vec<&str> = value.split_whitespace().collect();
-    if parts.len() != 6 || parts[5] != "GMT" {
-        return None;
-    }
-    let month = match parts[2] {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
-    let rfc3339 = format!("{}-{month:02}-{:0>2}T{}Z", parts[3], parts[1], parts[4]);
-    humantime::parse_rfc3339(&rfc3339).ok()
 }
 
 /// The target policy: `https://` unless http is allowed, and no loopback,
@@ -283,6 +259,38 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert!(parse_retry_after("soon").is_none());
+    }
+
+    /// The three date forms RFC 9110 has recipients accept, past and future.
+    #[test]
+    fn retry_after_dates() {
+        for past in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            " Sun, 06 Nov 1994 08:49:37 GMT ",
+        ] {
+            assert_eq!(parse_retry_after(past), Some(Duration::ZERO), "{past:?}");
+        }
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        let wait = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!(
+            wait > Duration::from_secs(3590) && wait <= Duration::from_secs(3600),
+            "{wait:?}"
+        );
+        for invalid in [
+            "",
+            "-5",
+            "1.5",
+            "Sun, 06 Nov 1994 08:49:37 CET",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 25:49:37 GMT",
+            "1994-11-06T08:49:37Z",
+            "06 Nov 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(parse_retry_after(invalid), None, "{invalid:?}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rand::Rng;
+use rand::RngExt;
 use uuid::Uuid;
 
 use super::hook::HookControl;
