@@ -69,7 +69,13 @@ fn init_logging(config: &Config) -> LogFilterHandle {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
-    let registry = tracing_subscriber::registry().with(filter);
+    // Whatever the filter says, other crates log at most at info: below
+    // that, the SQL client logs statement parameters (hook secrets,
+    // header values) and the HTTP stack logs request headers (signatures).
+    let no_secrets = tracing_subscriber::filter::filter_fn(|meta| {
+        meta.target().starts_with("walhook") || *meta.level() <= tracing::Level::INFO
+    });
+    let registry = tracing_subscriber::registry().with(filter).with(no_secrets);
     let _ = match (config.log.format, under_journald) {
         (LogFormat::Json, _) => registry.with(lines.json()).try_init(),
         (LogFormat::Text, true) => registry.with(lines.without_time()).try_init(),

@@ -14,6 +14,7 @@ use reqwest::Url;
 use serde_json::{Map, Value};
 
 use crate::events::{ChangeEvent, Operation, WebhookChange, WebhookRow};
+use crate::text::{redacted_url, redacted_url_text};
 
 /// `webhook.state`, as in SuperOffice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -138,10 +139,17 @@ impl Webhook {
             return Err("events is empty".into());
         }
         let url_text = get("target_url").unwrap_or("");
-        let target_url = Url::parse(url_text)
-            .map_err(|e| format!("target_url {url_text:?} does not parse: {e}"))?;
+        let target_url = Url::parse(url_text).map_err(|e| {
+            format!(
+                "target_url {:?} does not parse: {e}",
+                redacted_url_text(url_text)
+            )
+        })?;
         if !matches!(target_url.scheme(), "http" | "https") {
-            return Err(format!("target_url {url_text:?} is not an http(s) URL"));
+            return Err(format!(
+                "target_url {:?} is not an http(s) URL",
+                redacted_url(&target_url)
+            ));
         }
         let headers = match get("headers") {
             None => Vec::new(),

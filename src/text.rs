@@ -32,9 +32,47 @@ pub fn human_duration(d: Duration) -> String {
     }
 }
 
+/// A URL as walhook prints it: any user name and password replaced by
+/// `***`, so credentials in a target URL never reach a log, `last_error`
+/// or a listing.
+pub fn redacted_url(url: &url::Url) -> String {
+    if url.username().is_empty() && url.password().is_none() {
+        return url.to_string();
+    }
+    let mut shown = url.clone();
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("***");
+    shown.to_string()
+}
+
+/// [`redacted_url`] for a URL given as text; text that does not parse is
+/// shown up to its last `@`, cut.
+pub fn redacted_url_text(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(url) => redacted_url(&url),
+        Err(_) => match text.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => text.to_owned(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_credentials_are_hidden() {
+        let url = url::Url::parse("https://user:secret@example.com/hook?x=1").unwrap();
+        assert_eq!(redacted_url(&url), "https://***@example.com/hook?x=1");
+        let plain = url::Url::parse("https://example.com/hook").unwrap();
+        assert_eq!(redacted_url(&plain), "https://example.com/hook");
+        assert_eq!(
+            redacted_url_text("https://:pw@example.com/"),
+            "https://***@example.com/"
+        );
+        assert_eq!(redacted_url_text("not a url user:pw@x"), "***@x");
+    }
 
     #[test]
     fn truncation_counts_characters() {

@@ -17,7 +17,7 @@ use crate::events::WebhookRow;
 use crate::registry::{Webhook, WebhookState};
 use crate::store::webhooks::NewWebhook;
 use crate::store::{error_chain, Store};
-use crate::text::truncate_chars;
+use crate::text::{redacted_url, redacted_url_text, truncate_chars};
 
 /// `walhook webhook ...`.
 pub async fn webhook(config: &Config, command: WebhookCommand) -> anyhow::Result<u8> {
@@ -46,7 +46,9 @@ async fn list(config: &Config, as_json: bool) -> anyhow::Result<u8> {
         let id = get("webhook_id").unwrap_or_default();
         // What the daemon would make of the row.
         let problem = match Webhook::from_row(&row) {
-            Ok(hook) => check_target(&config.delivery, &hook.target_url).err(),
+            Ok(hook) => check_target(&config.delivery, &hook.target_url)
+                .err()
+                .map(|r| r.to_string()),
             Err(why) => Some(format!("skipped by the daemon: {why}")),
         };
         let header_names: Vec<String> = get("headers")
@@ -61,7 +63,7 @@ async fn list(config: &Config, as_json: bool) -> anyhow::Result<u8> {
             "state_name": state.map(state_name),
             "type": get("type"),
             "events": get("events"),
-            "target_url": get("target_url"),
+            "target_url": get("target_url").as_deref().map(redacted_url_text),
             "secret": get("secret").is_some_and(|s| !s.is_empty()),
             "headers": header_names,
             "properties": get("properties").and_then(|p| serde_json::from_str::<Value>(&p).ok()),
@@ -319,6 +321,7 @@ async fn test(config: &Config, id: i32) -> anyhow::Result<u8> {
     let hook =
         Webhook::from_row(&row).map_err(|why| anyhow!("webhook_id {id} cannot be used: {why}"))?;
     let url = hook.target_url.clone();
+    let shown = redacted_url(&url);
     check_target(&config.delivery, &url)
         .map_err(|why| anyhow!("webhook_id {id}: target_url {why}"))?;
     let event_id = Uuid::new_v4();
@@ -333,7 +336,7 @@ async fn test(config: &Config, id: i32) -> anyhow::Result<u8> {
     );
     let http = http_client(&config.delivery).context("building the HTTP client")?;
     println!(
-        "POST {url}  (webhook_id {id} {:?}, state {}, event test, EventId {event_id}, {})",
+        "POST {shown}  (webhook_id {id} {:?}, state {}, event test, EventId {event_id}, {})",
         hook.name,
         hook.state,
         if hook.secret.is_some() {
@@ -353,9 +356,10 @@ async fn test(config: &Config, id: i32) -> anyhow::Result<u8> {
     let mut response = match sent {
         Ok(r) => r,
         Err(e) => {
+            let e = e.without_url();
             println!("no response after {elapsed} ms: {}", error_chain(&e));
             eprintln!(
-                "walhook: webhook_id {id}: POST {url} failed: {}",
+                "walhook: webhook_id {id}: POST {shown} failed: {}",
                 error_chain(&e)
             );
             return Ok(exit::FAILURE);
@@ -403,7 +407,7 @@ async fn test(config: &Config, id: i32) -> anyhow::Result<u8> {
         Ok(exit::OK)
     } else {
         eprintln!(
-            "walhook: webhook_id {id}: {url} answered {} {}, not 2xx",
+            "walhook: webhook_id {id}: {shown} answered {} {}, not 2xx",
             status.as_u16(),
             status.canonical_reason().unwrap_or("")
         );

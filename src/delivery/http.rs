@@ -1,15 +1,13 @@
-//! One HTTP attempt, and the target policy.
+//! One HTTP attempt: the POST, and what its answer means.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::StatusCode;
 use uuid::Uuid;
 
 use super::request;
+use super::target_policy::check_target;
 use crate::config::DeliveryConfig;
 use crate::registry::Webhook;
 use crate::text::{truncate_chars, LAST_ERROR_MAX_CHARS};
@@ -26,55 +24,6 @@ pub enum DeliveryOutcome {
         error: String,
         retry_after: Option<Duration>,
     },
-}
-
-/// Builds the HTTP client used for every target.
-pub fn http_client(config: &DeliveryConfig) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .connect_timeout(config.connect_timeout)
-        .timeout(config.timeout)
-        // A redirect is reported as a failure, never followed: the hook's
-        // URL is what the DBA configured.
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(config.concurrency_per_webhook)
-        .dns_resolver(Arc::new(PolicyResolver {
-            allow_private: config.allow_private_targets,
-        }))
-        .build()?)
-}
-
-/// Resolves host names and keeps only the addresses the policy allows, so
-/// the check applies to the address actually connected to (a name that
-/// resolves to a private address, or re-resolves to one later, is refused).
-struct PolicyResolver {
-    allow_private: bool,
-}
-
-impl Resolve for PolicyResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let allow_private = self.allow_private;
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = addrs
-                .iter()
-                .copied()
-                .filter(|a| allow_private || is_public(&a.ip()))
-                .collect();
-            if allowed.is_empty() && !addrs.is_empty() {
-                let list: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
-                return Err(format!(
-                    "refused: {host} resolves only to non-public addresses ({}); set \
-                     delivery.allow_private_targets = true to allow them",
-                    list.join(", ")
-                )
-                .into());
-            }
-            let addrs: Addrs = Box::new(allowed.into_iter());
-            Ok(addrs)
-        })
-    }
 }
 
 /// What one attempt sends.
@@ -94,7 +43,7 @@ pub async fn attempt(
 ) -> DeliveryOutcome {
     if let Err(refusal) = check_target(config, &job.hook.target_url) {
         return DeliveryOutcome::Failed {
-            error: refusal,
+            error: refusal.to_string(),
             retry_after: None,
         };
     }
@@ -112,9 +61,11 @@ pub async fn attempt(
         Ok(r) => r,
         Err(e) => {
             return DeliveryOutcome::Failed {
-                error: transport_error(&e),
+                // The hook's URL is known; leaving it out keeps any
+                // credentials in it out of last_error.
+                error: transport_error(&e.without_url()),
                 retry_after: None,
-            }
+            };
         }
     };
     let status = response.status();
@@ -194,59 +145,6 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     Some(at.duration_since(SystemTime::now()).unwrap_or_default())
 }
 
-/// The target policy: `https://` unless http is allowed, and no loopback,
-/// private or link-local address unless those are allowed.
-pub fn check_target(config: &DeliveryConfig, url: &reqwest::Url) -> Result<(), String> {
-    if url.scheme() == "http" && !config.allow_http {
-        return Err(format!(
-            "refused: {url} is plain http:// (set delivery.allow_http = true to allow it)"
-        ));
-    }
-    if !config.allow_private_targets {
-        let ip = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => {
-                Some(IpAddr::from([127, 0, 0, 1]))
-            }
-            _ => None,
-        };
-        if let Some(ip) = ip.filter(|ip| !is_public(ip)) {
-            return Err(format!(
-                "refused: {url} is a non-public address {ip} (set delivery.allow_private_targets = true to allow it)"
-            ));
-        }
-    }
-    Ok(())
-}
-
-pub fn is_public(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64/10 shared
-                || o[0] >= 240)
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(&IpAddr::V4(v4));
-            }
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80) // link local
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,26 +189,5 @@ mod tests {
         ] {
             assert_eq!(parse_retry_after(invalid), None, "{invalid:?}");
         }
-    }
-
-    #[test]
-    fn target_policy() {
-        let strict = DeliveryConfig::default();
-        let url = |s: &str| reqwest::Url::parse(s).unwrap();
-        assert!(check_target(&strict, &url("https://example.com/x")).is_ok());
-        assert!(check_target(&strict, &url("http://example.com/x"))
-            .unwrap_err()
-            .contains("allow_http"));
-        assert!(check_target(&strict, &url("https://127.0.0.1/x"))
-            .unwrap_err()
-            .contains("allow_private_targets"));
-        assert!(check_target(&strict, &url("https://[fe80::1]/x")).is_err());
-        assert!(check_target(&strict, &url("https://10.1.2.3/x")).is_err());
-        let open = DeliveryConfig {
-            allow_http: true,
-            allow_private_targets: true,
-            ..DeliveryConfig::default()
-        };
-        assert!(check_target(&open, &url("http://127.0.0.1:9/x")).is_ok());
     }
 }

@@ -31,6 +31,7 @@
 //! Everything delivery stores goes through the [`DeliveryStore`]
 //! interface, which the store implements for PostgreSQL.
 
+mod client;
 mod dispatcher;
 mod hook;
 pub mod http;
@@ -40,6 +41,7 @@ mod replay;
 pub mod request;
 mod retry;
 pub mod signing;
+pub mod target_policy;
 pub mod usage;
 
 use std::sync::Arc;
@@ -47,11 +49,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use uuid::Uuid;
 
+pub use self::client::http_client;
 pub use self::dispatcher::Dispatcher;
 pub use self::hook::{HookControl, ParkReason};
-pub use self::http::{attempt, check_target, http_client, is_public, Attempt, DeliveryOutcome};
+pub use self::http::{attempt, Attempt, DeliveryOutcome};
 pub use self::parking::{DeliveryStore, ParkedEvent, ParkedRow};
 pub use self::retry::backoff;
+pub use self::target_policy::{check_target, is_public, TargetRefused};
 pub use self::usage::{UsageBook, UsageDelta};
 use crate::checkpoint::Ticket;
 use crate::config::{DeliveryConfig, Live};

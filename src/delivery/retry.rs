@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::hook::HookControl;
 use super::{attempt, Attempt, DeliveryContext, DeliveryOutcome};
 use crate::registry::WebhookState;
-use crate::text::{first_line, human_duration};
+use crate::text::{first_line, human_duration, redacted_url};
 
 /// How delivering one event ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -97,7 +97,7 @@ pub(super) async fn deliver(
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 if !control.gone.swap(true, Ordering::AcqRel) {
-                    tracing::warn!(webhook_id = id, url = %hook.target_url,
+                    tracing::warn!(webhook_id = id, url = %redacted_url(&hook.target_url),
                         "target answered 410 Gone; webhook state set to Stopped (2)");
                 }
                 control.trip_notify.notify_waiters();
@@ -109,7 +109,7 @@ pub(super) async fn deliver(
                 if errors >= config.max_consecutive_errors {
                     if !control.tripped.swap(true, Ordering::AcqRel) {
                         ctx.usage.set_state(id, WebhookState::TooManyErrors);
-                        tracing::warn!(webhook_id = id, url = %hook.target_url, errors,
+                        tracing::warn!(webhook_id = id, url = %redacted_url(&hook.target_url), errors,
                             "too many consecutive errors: webhook state set to TooManyErrors (3), \
                              its events are parked until it is set Active again: {}",
                             first_line(&error));
