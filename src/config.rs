@@ -193,6 +193,9 @@ pub struct DeliveryConfig {
     /// "0s" keeps them until delivered or discarded.
     #[serde(deserialize_with = "duration")]
     pub parked_retention: Duration,
+    /// The largest request body: an event that would be larger is sent
+    /// with its largest values left out and named in `MissingColumns`.
+    pub max_body_bytes: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -211,6 +214,7 @@ impl Default for DeliveryConfig {
             backlog_limit: 10_000,
             backlog_max_age: Duration::from_secs(300),
             parked_retention: Duration::from_secs(30 * 24 * 3600),
+            max_body_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -239,6 +243,24 @@ impl Default for LogConfig {
     }
 }
 
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+fn hours(n: u64) -> Duration {
+    Duration::from_secs(n * 3600)
+}
+
+/// The most requests one hook may have in flight: each is a lane task and
+/// a connection.
+pub const MAX_CONCURRENCY: usize = 1024;
+/// Bounds of `delivery.max_body_bytes`: parked bodies are stored as text,
+/// and PostgreSQL refuses any message over 1 GiB.
+pub const MIN_BODY_BYTES: usize = 64 * 1024;
+pub const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(|e| {
@@ -263,39 +285,148 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        for (key, value) in [
-            ("postgres.schema", &self.postgres.schema),
-            ("postgres.slot", &self.postgres.slot),
-            ("postgres.publication", &self.postgres.publication),
+        // walhook's own suffix: the insert-only publication is
+        // `<publication>_keyless`, and every name must fit PostgreSQL's
+        // 63-byte identifiers with it.
+        let keyless_suffix = "_keyless".len();
+        for (key, value, max) in [
+            ("postgres.schema", &self.postgres.schema, 63),
+            ("postgres.slot", &self.postgres.slot, 63),
+            (
+                "postgres.publication",
+                &self.postgres.publication,
+                63 - keyless_suffix,
+            ),
         ] {
             // Slot and publication names travel inside replication commands,
             // so they are held to PostgreSQL's unquoted-identifier shape.
             if value.is_empty()
-                || value.len() > 63
+                || value.len() > max
                 || !value
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
                 || value.starts_with(|c: char| c.is_ascii_digit())
             {
-                bail!("key {key}: {value:?} must be 1-63 characters of a-z, 0-9 and _, not starting with a digit");
+                let why = if key == "postgres.publication" {
+                    " (walhook adds \"_keyless\" for a second publication, and names are at most 63 bytes)"
+                } else {
+                    ""
+                };
+                bail!(
+                    "key {key}: {value:?} must be 1-{max} characters of a-z, 0-9 and _, not \
+                     starting with a digit{why}"
+                );
             }
         }
-        if self.delivery.concurrency_per_webhook == 0 {
-            bail!("key delivery.concurrency_per_webhook must be at least 1");
+        if self.postgres.application_name.len() > 63 {
+            bail!("key postgres.application_name: at most 63 bytes");
         }
-        if self.delivery.max_consecutive_errors == 0 {
-            bail!("key delivery.max_consecutive_errors must be at least 1");
+        let d = &self.delivery;
+        let p = &self.postgres;
+        for (key, value, min, max) in [
+            (
+                "postgres.statement_timeout",
+                p.statement_timeout,
+                ms(1),
+                hours(24),
+            ),
+            ("postgres.lock_timeout", p.lock_timeout, ms(1), hours(24)),
+            (
+                "postgres.status_interval",
+                p.status_interval,
+                ms(100),
+                secs(60),
+            ),
+            (
+                "capture.auto_add_interval",
+                self.capture.auto_add_interval,
+                secs(1),
+                hours(24),
+            ),
+            (
+                "delivery.connect_timeout",
+                d.connect_timeout,
+                ms(100),
+                secs(300),
+            ),
+            ("delivery.timeout", d.timeout, ms(100), secs(3600)),
+            ("delivery.max_backoff", d.max_backoff, ms(100), hours(24)),
+            (
+                "delivery.shutdown_timeout",
+                d.shutdown_timeout,
+                ms(0),
+                secs(600),
+            ),
+            (
+                "delivery.backlog_max_age",
+                d.backlog_max_age,
+                secs(1),
+                hours(24 * 7),
+            ),
+        ] {
+            if value < min || value > max {
+                bail!(
+                    "key {key}: {} is out of range: it must be from {} to {}",
+                    humantime::format_duration(value),
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                );
+            }
+        }
+        if !d.parked_retention.is_zero() && d.parked_retention < secs(60) {
+            bail!(
+                "key delivery.parked_retention: {} is too short: \"0s\" keeps parked events until \
+                 they are delivered, otherwise at least 1m",
+                humantime::format_duration(d.parked_retention)
+            );
+        }
+        for (key, value, min, max) in [
+            (
+                "delivery.max_consecutive_errors",
+                u64::from(d.max_consecutive_errors),
+                1,
+                1_000_000_000,
+            ),
+            (
+                "delivery.concurrency_per_webhook",
+                d.concurrency_per_webhook as u64,
+                1,
+                MAX_CONCURRENCY as u64,
+            ),
+            (
+                "delivery.backlog_limit",
+                d.backlog_limit as u64,
+                1,
+                1_000_000_000,
+            ),
+            (
+                "delivery.max_in_flight_bytes",
+                d.max_in_flight_bytes,
+                64 * 1024,
+                u64::from(u32::MAX),
+            ),
+            (
+                "delivery.max_body_bytes",
+                d.max_body_bytes as u64,
+                MIN_BODY_BYTES as u64,
+                MAX_BODY_BYTES as u64,
+            ),
+        ] {
+            if value < min || value > max {
+                bail!("key {key}: {value} is out of range: it must be from {min} to {max}");
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            bail!(
+                "key log.level: {:?} is not a valid level or filter ({e}); write e.g. \"info\" \
+                 or \"warn,walhook=debug\"",
+                self.log.level
+            );
         }
         if let Some(addr) = self.metrics.listen {
             if !addr.ip().is_loopback() {
                 bail!("key metrics.listen: {addr} is not a loopback address; metrics and health are served on loopback only (127.0.0.1 or [::1])");
             }
-        }
-        if self.delivery.backlog_limit == 0 {
-            bail!("key delivery.backlog_limit must be at least 1");
-        }
-        if self.delivery.max_in_flight_bytes < 64 * 1024 {
-            bail!("key delivery.max_in_flight_bytes must be at least 65536");
         }
         for (name, table) in &self.tables {
             if name.split_once('.').is_none() {
@@ -770,5 +901,52 @@ mod tests {
             without_params(conn, &["sslmode", "sslrootcert"]),
             "host=db.example user=u dbname=crm"
         );
+    }
+}
+
+#[cfg(test)]
+mod validation_tests {
+    use super::*;
+
+    fn refused(toml: &str) -> String {
+        match Config::parse(toml) {
+            Ok(_) => panic!("accepted: {toml}"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn every_value_that_would_break_later_is_refused_naming_its_key() {
+        for (toml, key) in [
+            ("[delivery]\nconcurrency_per_webhook = 10000000", "delivery.concurrency_per_webhook"),
+            ("[delivery]\nconcurrency_per_webhook = 0", "delivery.concurrency_per_webhook"),
+            ("[delivery]\ntimeout = \"0s\"", "delivery.timeout"),
+            ("[delivery]\nconnect_timeout = \"0s\"", "delivery.connect_timeout"),
+            ("[delivery]\nmax_in_flight_bytes = 5000000000", "delivery.max_in_flight_bytes"),
+            ("[delivery]\nmax_body_bytes = 2000000000", "delivery.max_body_bytes"),
+            ("[delivery]\nmax_consecutive_errors = 0", "delivery.max_consecutive_errors"),
+            ("[delivery]\nparked_retention = \"1s\"", "delivery.parked_retention"),
+            ("[postgres]\nstatus_interval = \"0s\"", "postgres.status_interval"),
+            ("[log]\nlevel = \"(((\"", "log.level"),
+            ("[log]\nlevel = \"info,walhook=loud\"", "log.level"),
+            (
+                "[postgres]\npublication = \"p23456789012345678901234567890123456789012345678901234567\"",
+                "postgres.publication",
+            ),
+        ] {
+            let error = refused(toml);
+            assert!(error.contains(key), "{toml}: {error}");
+        }
+    }
+
+    #[test]
+    fn values_at_the_edges_of_their_ranges_are_accepted() {
+        let config = Config::parse(
+            "[postgres]\npublication = \"p234567890123456789012345678901234567890123456789012345\"\n\
+             [delivery]\nconcurrency_per_webhook = 1024\nmax_in_flight_bytes = 4294967295\n\
+             parked_retention = \"0s\"\ntimeout = \"100ms\"\n[log]\nlevel = \"warn,walhook=debug\"",
+        )
+        .unwrap();
+        assert_eq!(config.keyless_publication().len(), 63);
     }
 }

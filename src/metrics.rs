@@ -111,6 +111,14 @@ impl Metrics {
         self.delivery_seconds.observe(took.as_secs_f64());
     }
 
+    /// An event dropped without an attempt: its hook was set Stopped or
+    /// Unknown, or removed, while the event waited.
+    pub fn dropped(&self) {
+        self.deliveries
+            .get_or_create(&vec![("outcome".to_owned(), "dropped".to_owned())])
+            .inc();
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -203,10 +203,15 @@ impl Pipeline {
         if update != RegistryUpdate::Nothing {
             tracing::info!(lsn = %info.commit_lsn, "webhook table: {update:?}");
         }
-        if let RegistryUpdate::Added(id) | RegistryUpdate::Changed(id) = update {
-            if let Some(hook) = self.registry.get(id).cloned() {
-                self.dispatcher.hook_changed(&hook, was_active).await;
+        match update {
+            RegistryUpdate::Added(id) | RegistryUpdate::Changed(id) => {
+                if let Some(hook) = self.registry.get(id).cloned() {
+                    self.dispatcher.hook_changed(&hook, was_active).await;
+                }
             }
+            RegistryUpdate::Removed(id) => self.dispatcher.hook_removed(id),
+            RegistryUpdate::Cleared => self.dispatcher.all_hooks_removed(),
+            _ => {}
         }
         if let Some(txn) = self.txn.as_mut() {
             txn.registry_changed = true;

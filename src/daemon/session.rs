@@ -63,6 +63,9 @@ impl Session {
         if *process.shutdown.borrow() {
             return Ok(None);
         }
+        if let Some(problem) = crate::setup::encoding_problem(&store.server_encoding().await?) {
+            bail!("{problem}");
+        }
         let start = store.slot_position(&slot).await?;
         let mut publications = Vec::new();
         for name in config.publications() {

@@ -103,14 +103,55 @@ impl Dispatcher {
         self.activated(hook).await;
     }
 
-    /// The registry changed this hook's row.
+    /// The registry changed this hook's row: attempts from now on use the
+    /// new row (URL, secret, headers), and waiting retries look again.
     pub async fn hook_changed(&mut self, hook: &Arc<Webhook>, was_active: bool) {
+        if let Some(known) = self.hooks.get(&hook.id) {
+            let control = &known.control;
+            control.removed.store(false, Ordering::Release);
+            let stopping = matches!(hook.state, WebhookState::Stopped | WebhookState::Unknown);
+            if stopping && control.in_flight() > 0 {
+                tracing::info!(
+                    webhook_id = hook.id,
+                    state = %hook.state,
+                    "hook stopped: its {} queued or retrying event(s) are dropped, not parked",
+                    control.in_flight()
+                );
+            }
+        }
         if hook.state == WebhookState::Active && !was_active {
             // Only a real transition into Active clears a trip and resumes
             // parked delivery.
             self.activated(hook).await;
         } else {
             self.ensure_lanes(hook);
+        }
+        if let Some(known) = self.hooks.get(&hook.id) {
+            known.control.trip_notify.notify_waiters();
+        }
+    }
+
+    /// The `webhook` table was truncated.
+    pub fn all_hooks_removed(&mut self) {
+        let ids: Vec<i32> = self.hooks.keys().copied().collect();
+        for id in ids {
+            self.hook_removed(id);
+        }
+    }
+
+    /// The hook's row was deleted: its waiting events are dropped.
+    pub fn hook_removed(&mut self, id: i32) {
+        if let Some(known) = self.hooks.get(&id) {
+            let control = &known.control;
+            control.removed.store(true, Ordering::Release);
+            control.trip_notify.notify_waiters();
+            if control.in_flight() > 0 {
+                tracing::info!(
+                    webhook_id = id,
+                    "hook removed: its {} queued or retrying event(s) are dropped, not parked",
+                    control.in_flight()
+                );
+            }
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::registry::Webhook;
+use crate::registry::{Webhook, WebhookState};
 
 /// Why a hook's events are parked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,8 @@ pub struct HookControl {
     pub(super) mode: tokio::sync::Mutex<Mode>,
     /// A replayer is running for this hook.
     pub(super) replaying: AtomicBool,
+    /// The hook's row was deleted.
+    pub(super) removed: AtomicBool,
 }
 
 impl HookControl {
@@ -71,6 +73,7 @@ impl HookControl {
             trip_notify: Notify::new(),
             mode: tokio::sync::Mutex::new(mode),
             replaying: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
         }
     }
 
@@ -88,6 +91,17 @@ impl HookControl {
 
     pub(super) fn is_tripped(&self) -> bool {
         self.tripped.load(Ordering::Acquire)
+    }
+
+    /// The DBA stopped the hook (state Stopped or Unknown) or deleted its
+    /// row: its waiting events get no further attempt and are dropped,
+    /// never parked, as SuperOffice does with a stopped hook.
+    pub(super) fn is_stopped(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+            || matches!(
+                self.current().state,
+                WebhookState::Stopped | WebhookState::Unknown
+            )
     }
 
     pub(super) fn is_gone(&self) -> bool {

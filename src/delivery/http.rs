@@ -47,6 +47,7 @@ pub async fn attempt(
             retry_after: None,
         };
     }
+    let started = tokio::time::Instant::now();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -69,9 +70,12 @@ pub async fn attempt(
         }
     };
     let status = response.status();
+    let deadline = started + config.timeout;
+    let mut response = response;
     if status.is_success() {
-        // Read the body so the connection returns to the pool.
-        let _ = response.bytes().await;
+        // A short body is read so the connection returns to the pool; a
+        // long one is cut, and the connection closed with it.
+        let _ = read_prefix(&mut response, deadline).await;
         return DeliveryOutcome::Delivered(status);
     }
     if status == StatusCode::GONE {
@@ -95,18 +99,37 @@ pub async fn attempt(
         ));
     }
     error.push('\n');
-    // Only as much of the body as last_error can hold is read.
-    let mut response = response;
-    while error.len() < LAST_ERROR_MAX_CHARS * 4 {
-        match response.chunk().await {
-            Ok(Some(chunk)) => error.push_str(&String::from_utf8_lossy(&chunk)),
-            _ => break,
-        }
-    }
+    let body = read_prefix(&mut response, deadline).await;
+    error.push_str(&String::from_utf8_lossy(&body));
     DeliveryOutcome::Failed {
         error: storable(&truncate_chars(&error, LAST_ERROR_MAX_CHARS)),
         retry_after,
     }
+}
+
+/// The most of a response body walhook reads, success or failure: more
+/// than `last_error` keeps, and a bound on what a hostile target can make
+/// walhook hold.
+pub const RESPONSE_PREFIX_BYTES: usize = 64 * 1024;
+
+/// At most [`RESPONSE_PREFIX_BYTES`] of the body, read before `deadline`
+/// (the attempt's timeout). What is left unread is discarded with the
+/// connection when the response is dropped.
+pub async fn read_prefix(
+    response: &mut reqwest::Response,
+    deadline: tokio::time::Instant,
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < RESPONSE_PREFIX_BYTES {
+        match tokio::time::timeout_at(deadline, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                let room = RESPONSE_PREFIX_BYTES - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            _ => break,
+        }
+    }
+    body
 }
 
 /// Text PostgreSQL can store: a NUL byte (from a binary response body) is

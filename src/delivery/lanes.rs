@@ -75,6 +75,11 @@ pub(super) async fn run_lane(
 /// (database unreachable) the ticket is left unsettled: the event stays
 /// unconfirmed and is read again after a restart, never lost.
 async fn run_job(ctx: &DeliveryContext, control: &HookControl, job: Job) {
+    if control.is_stopped() {
+        ctx.metrics.dropped();
+        job.ticket.settle();
+        return;
+    }
     // A hook that went to parking while this job waited in its lane parks
     // it too, so its queue frees the byte budget at once; the replayer
     // delivers it in commit order once the lanes are empty.
@@ -91,6 +96,10 @@ async fn run_job(ctx: &DeliveryContext, control: &HookControl, job: Job) {
     let outcome = deliver(ctx, control, &job.event, job.event_id, &job.body, 0).await;
     match outcome {
         Settled::Delivered | Settled::Dropped => job.ticket.settle(),
+        Settled::Stopped => {
+            ctx.metrics.dropped();
+            job.ticket.settle();
+        }
         Settled::Unsettled => {}
         Settled::Tripped { attempts, error } => {
             {

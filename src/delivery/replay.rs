@@ -89,7 +89,7 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
             .await;
             match settled {
                 Settled::Delivered => delivered.push(row.delivery_id),
-                Settled::Dropped | Settled::Unsettled => {
+                Settled::Dropped | Settled::Unsettled | Settled::Stopped => {
                     store.remove_parked(&delivered).await?;
                     return Ok(false);
                 }

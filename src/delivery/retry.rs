@@ -23,6 +23,9 @@ pub(super) enum Settled {
     /// The store's session closed before the outcome could be stored: the
     /// event stays unsettled and is read again by the next session.
     Unsettled,
+    /// The hook was stopped or removed meanwhile: dropped by the state
+    /// rules, never parked.
+    Stopped,
     /// The hook tripped (too many consecutive errors): park it.
     Tripped {
         attempts: u32,
@@ -44,6 +47,9 @@ pub(super) async fn deliver(
     let mut last_error = None;
     let first = retry;
     loop {
+        if control.is_stopped() {
+            return Settled::Stopped;
+        }
         if control.is_gone() {
             return Settled::Dropped;
         }
@@ -127,7 +133,8 @@ pub(super) async fn deliver(
                 tracing::warn!(webhook_id = id, event_id = %event_id, retry = retry - 1,
                     "delivery failed, next attempt in {}: {}", human_duration(wait), first_line(&error));
                 last_error = Some(error);
-                // Another lane tripping or a 410 ends the wait early.
+                // Another lane tripping, a 410 or a change of the hook's row
+                // ends the wait early.
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = control.trip_notify.notified() => {}

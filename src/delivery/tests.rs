@@ -325,3 +325,72 @@ async fn reactivation_delivers_parked_events_first_then_live_ones() {
     assert_eq!(target.bodies(), ["a:0", "b:1", "a:2", "a:live"]);
     wait_for("nothing left parked", || store.parked_of(7).is_empty()).await;
 }
+
+#[tokio::test]
+async fn a_hook_stopped_or_removed_while_retrying_gets_no_further_attempt_and_nothing_is_parked() {
+    for remove in [false, true] {
+        let (target, url) = Target::start(500).await;
+        let store = Arc::new(MemoryStore::default());
+        let mut dispatcher = Dispatcher::new(context(Arc::clone(&store), |c| {
+            c.max_consecutive_errors = 100
+        }));
+        let active = hook(&url, WebhookState::Active);
+        let mut checkpoint = Checkpoint::new(Lsn(1));
+        let (jobs, txn) = jobs(&mut checkpoint, &active, &["a", "b"]);
+        checkpoint.commit(txn, Lsn(200));
+        for job in jobs {
+            dispatcher.dispatch(job).await.unwrap();
+        }
+        // Both events failed once and wait for their retry (1 s).
+        wait_for("a first attempt of each", || target.bodies().len() == 2).await;
+        if remove {
+            dispatcher.hook_removed(7);
+        } else {
+            dispatcher
+                .hook_changed(&hook(&url, WebhookState::Stopped), true)
+                .await;
+        }
+        // Both jobs end (the transaction settles) without another attempt.
+        wait_for("the transaction settled", || {
+            checkpoint.confirmable() == Lsn(200)
+        })
+        .await;
+        assert_eq!(target.bodies().len(), 2, "removed: {remove}");
+        assert!(store.parked_of(7).is_empty(), "removed: {remove}");
+    }
+}
+
+#[tokio::test]
+async fn a_changed_url_applies_from_the_next_attempt_with_the_same_event_id() {
+    let (broken, broken_url) = Target::start(500).await;
+    let (fixed, fixed_url) = Target::start(200).await;
+    let store = Arc::new(MemoryStore::default());
+    let mut dispatcher = Dispatcher::new(context(Arc::clone(&store), |c| {
+        c.max_consecutive_errors = 100
+    }));
+    let mut checkpoint = Checkpoint::new(Lsn(1));
+    let (jobs, txn) = jobs(
+        &mut checkpoint,
+        &hook(&broken_url, WebhookState::Active),
+        &["a"],
+    );
+    checkpoint.commit(txn, Lsn(200));
+    for job in jobs {
+        dispatcher.dispatch(job).await.unwrap();
+    }
+    wait_for("the failed attempt", || broken.bodies().len() == 1).await;
+    dispatcher
+        .hook_changed(&hook(&fixed_url, WebhookState::Active), true)
+        .await;
+    wait_for("delivery to the new URL", || fixed.bodies().len() == 1).await;
+    let ids = |t: &Target| -> Vec<String> {
+        t.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.0.clone())
+            .collect()
+    };
+    assert_eq!(ids(&broken), ids(&fixed), "same EventId");
+    assert_eq!(broken.bodies(), fixed.bodies(), "same body");
+}

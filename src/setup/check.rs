@@ -39,6 +39,13 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
         ),
         Err(e) => push(CheckLevel::Fail, format!("{e:#}")),
     }
+    match store.server_encoding().await {
+        Ok(encoding) => match super::encoding_problem(&encoding) {
+            Some(problem) => push(CheckLevel::Fail, problem),
+            None => push(CheckLevel::Ok, format!("database encoding is {encoding}")),
+        },
+        Err(e) => push(CheckLevel::Fail, format!("{e:#}")),
+    }
     match store.wal_level().await {
         Ok(level) if level == "logical" => push(CheckLevel::Ok, "wal_level is logical".into()),
         Ok(level) => push(

@@ -23,6 +23,21 @@ use crate::store::{ddl, Store};
 /// (column lists, CREATE OR REPLACE TRIGGER).
 pub const MIN_SERVER_VERSION: i32 = 150000;
 
+/// Why walhook refuses a database whose encoding is not UTF-8: the
+/// replication stream carries text in the server's encoding, and a byte
+/// that is not UTF-8 (SQL_ASCII accepts any) makes the server fail the
+/// stream at that change, every time it is read again.
+pub fn encoding_problem(encoding: &str) -> Option<String> {
+    (encoding != "UTF8").then(|| {
+        format!(
+            "the database's encoding is {encoding}, not UTF8: walhook sends JSON, which is \
+             UTF-8, and a value the server cannot convert stops the replication stream at that \
+             change. Move the data to a database created with ENCODING 'UTF8' (pg_dump, then \
+             restore into it) and point postgres.url there"
+        )
+    })
+}
+
 /// What setup would do.
 #[derive(Debug, Default)]
 pub struct Plan {

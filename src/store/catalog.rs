@@ -187,6 +187,16 @@ impl Store {
             .get(0))
     }
 
+    /// The database's encoding (`server_encoding`), e.g. `UTF8`.
+    pub async fn server_encoding(&self) -> anyhow::Result<String> {
+        Ok(self
+            .client
+            .query_one("SHOW server_encoding", &[])
+            .await
+            .sql("SHOW server_encoding")?
+            .get(0))
+    }
+
     pub async fn wal_level(&self) -> anyhow::Result<String> {
         Ok(self
             .client
