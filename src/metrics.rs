@@ -30,6 +30,9 @@ pub struct Metrics {
     pub events_matched: Counter,
     /// Events not sent because their hook is Stopped (2) or Unknown (0).
     pub events_skipped: Counter,
+    /// Events sent with their largest values left out, over
+    /// `delivery.max_body_bytes`.
+    pub events_cut: Counter,
     /// Attempts by outcome: delivered, failed, gone, parked, dropped.
     pub deliveries: Family<Vec<(String, String)>, Counter>,
     pub delivery_seconds: Histogram,
@@ -44,6 +47,7 @@ impl Default for Metrics {
         let changes_decoded = Counter::default();
         let events_matched = Counter::default();
         let events_skipped = Counter::default();
+        let events_cut = Counter::default();
         let deliveries = Family::<Vec<(String, String)>, Counter>::default();
         let delivery_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let lag_bytes = Gauge::default();
@@ -63,6 +67,11 @@ impl Default for Metrics {
             "events_skipped",
             "Events not sent because their hook is Stopped or Unknown",
             events_skipped.clone(),
+        );
+        registry.register(
+            "events_cut",
+            "Events sent with their largest values left out (delivery.max_body_bytes)",
+            events_cut.clone(),
         );
         registry.register(
             "deliveries",
@@ -94,6 +103,7 @@ impl Default for Metrics {
             changes_decoded,
             events_matched,
             events_skipped,
+            events_cut,
             deliveries,
             delivery_seconds,
             lag_bytes,

@@ -219,8 +219,24 @@ impl Pipeline {
     }
 
     /// Address an event to every matching hook, by the hook's state.
-    async fn route(&mut self, event: ChangeEvent) -> anyhow::Result<()> {
+    async fn route(&mut self, mut event: ChangeEvent) -> anyhow::Result<()> {
         self.metrics.changes_decoded.inc();
+        let max_body = self.config.delivery.max_body_bytes;
+        if event.field_values_len() > max_body.saturating_sub(request::BODY_FRAME_BYTES) {
+            // One event must never stall the pipeline or be refused by the
+            // database when parked: its largest values are left out.
+            let left_out = request::leave_out_largest(
+                &mut event,
+                max_body.saturating_sub(request::BODY_FRAME_BYTES),
+            );
+            self.metrics.events_cut.inc();
+            tracing::warn!(
+                table = %event.table,
+                key = %event.primary_key,
+                lsn = %event.txn.commit_lsn,
+                "event larger than delivery.max_body_bytes ({max_body}): sent without columns {left_out:?}, named in MissingColumns"
+            );
+        }
         let Some(txn) = self.txn.as_ref() else {
             bail!("an event outside a transaction");
         };
@@ -242,6 +258,7 @@ impl Pipeline {
                 event_id,
                 &hook,
                 &self.config.events.context_identifier,
+                max_body,
             );
             let job = Job {
                 event: event.event.clone(),

@@ -34,13 +34,30 @@ struct Body<'a> {
     lsn: String,
 }
 
-/// The body of `event` for `hook`; the same bytes on every attempt.
+/// The body of `event` for `hook`; the same bytes on every attempt. A body
+/// over `max_bytes` leaves out its largest values, as
+/// [`leave_out_largest`] does.
 pub fn event_body(
     event: &ChangeEvent,
     event_id: Uuid,
     hook: &Webhook,
     context_identifier: &str,
+    max_bytes: usize,
 ) -> Bytes {
+    let body = body_of(event, event_id, hook, context_identifier);
+    if body.len() <= max_bytes || event.field_values.is_empty() {
+        return body;
+    }
+    // This hook's Properties or name made the body too large: fit this
+    // hook's copy.
+    let mut event = event.clone();
+    let over = body.len() - max_bytes;
+    let budget = event.field_values_len().saturating_sub(over);
+    leave_out_largest(&mut event, budget);
+    body_of(&event, event_id, hook, context_identifier)
+}
+
+fn body_of(event: &ChangeEvent, event_id: Uuid, hook: &Webhook, context_identifier: &str) -> Bytes {
     let body = Body {
         event_id,
         timestamp: event.timestamp(),
@@ -62,6 +79,67 @@ pub fn event_body(
     // Serialising these types (strings, maps, numbers) cannot fail.
     Bytes::from(serde_json::to_vec(&body).expect("event body serialises"))
 }
+
+/// The bytes a value takes in a body, counted without building the text.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a Value to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+impl ChangeEvent {
+    /// The bytes FieldValues takes in a body.
+    pub fn field_values_len(&self) -> usize {
+        self.field_values
+            .iter()
+            .map(|(k, v)| k.len() + 4 + json_len(v))
+            .sum()
+    }
+}
+
+/// Leave the largest values out of `event.field_values` until they take at
+/// most `budget` bytes, naming them in `MissingColumns` (the rule for an
+/// unchanged TOAST value: a receiver that needs them reads the row).
+/// Returns the columns left out.
+pub fn leave_out_largest(event: &mut ChangeEvent, budget: usize) -> Vec<String> {
+    let mut sizes: Vec<(usize, String)> = event
+        .field_values
+        .iter()
+        .map(|(k, v)| (k.len() + 4 + json_len(v), k.clone()))
+        .collect();
+    let mut total: usize = sizes.iter().map(|(n, _)| n).sum();
+    sizes.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut left_out = Vec::new();
+    for (size, column) in sizes {
+        if total <= budget {
+            break;
+        }
+        event.field_values.remove(&column);
+        total -= size;
+        left_out.push(column);
+    }
+    for column in &left_out {
+        if !event.missing_columns.contains(column) {
+            event.missing_columns.push(column.clone());
+        }
+    }
+    left_out
+}
+
+/// What a body holds besides FieldValues, at most (names, key, Changes,
+/// Values): room kept when an event is fitted before any hook is known.
+pub const BODY_FRAME_BYTES: usize = 64 * 1024;
 
 /// The body of the `test` event sent by `walhook webhook test`.
 pub fn test_body(event_id: Uuid, hook: &Webhook, context_identifier: &str) -> Bytes {
@@ -146,4 +224,88 @@ fn is_reserved(name: &str) -> bool {
             name,
             "content-type" | "user-agent" | "content-length" | "host" | "transfer-encoding"
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::events::{Operation, TxnInfo, WebhookRow};
+    use crate::pgoutput::Lsn;
+
+    fn event(fields: Value) -> ChangeEvent {
+        ChangeEvent {
+            event: "big.created".into(),
+            entity: "big".into(),
+            operation: Operation::Created,
+            table: "public.big".into(),
+            primary_key: json!(1),
+            changes: vec!["id".into(), "small".into(), "huge".into(), "medium".into()],
+            changes_exact: true,
+            field_values: fields.as_object().cloned().unwrap_or_default(),
+            missing_columns: Vec::new(),
+            values: None,
+            changed_by_associate_id: 0,
+            txn: TxnInfo {
+                xid: 1,
+                commit_lsn: Lsn(1),
+                commit_time: 0,
+            },
+            index: 0,
+            ordering_key: "1".into(),
+            previous_key: None,
+        }
+    }
+
+    fn hook(properties: Option<&str>) -> Webhook {
+        let row = [
+            ("webhook_id", Some("1")),
+            ("name", Some("h")),
+            ("events", Some("*")),
+            ("target_url", Some("https://example.com/")),
+            ("type", Some("webhook")),
+            ("state", Some("1")),
+            ("properties", properties),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.map(str::to_owned)))
+        .collect();
+        Webhook::from_row(&WebhookRow(row)).unwrap()
+    }
+
+    #[test]
+    fn an_oversized_body_leaves_out_its_largest_values_and_names_them() {
+        // Each \u{1} becomes six bytes of JSON: the counted size, not the
+        // text's, decides.
+        let huge = "\u{1}".repeat(200_000);
+        let medium = "m".repeat(30_000);
+        let e = event(json!({"id": 1, "small": "s", "huge": huge, "medium": medium}));
+        let max = 128 * 1024;
+        let body = event_body(&e, Uuid::nil(), &hook(None), "Default", max);
+        assert!(body.len() <= max, "{} bytes", body.len());
+        let doc: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["MissingColumns"], json!(["huge"]));
+        assert_eq!(doc["FieldValues"]["medium"], json!(medium));
+        assert_eq!(doc["FieldValues"]["small"], json!("s"));
+        // A body within the bound is untouched.
+        let small = event(json!({"id": 1, "small": "s"}));
+        let doc: Value =
+            serde_json::from_slice(&event_body(&small, Uuid::nil(), &hook(None), "D", max))
+                .unwrap();
+        assert_eq!(doc["MissingColumns"], json!([]));
+    }
+
+    #[test]
+    fn a_hook_whose_properties_push_the_body_over_gets_a_smaller_copy() {
+        let properties = json!({"blob": "p".repeat(100_000)}).to_string();
+        let e = event(json!({"id": 1, "medium": "m".repeat(60_000)}));
+        let max = 128 * 1024;
+        let body = event_body(&e, Uuid::nil(), &hook(Some(&properties)), "D", max);
+        assert!(body.len() <= max, "{} bytes", body.len());
+        let doc: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["MissingColumns"], json!(["medium"]));
+        // The event itself is unchanged for other hooks.
+        assert!(e.missing_columns.is_empty());
+    }
 }
