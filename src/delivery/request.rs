@@ -119,7 +119,7 @@ pub fn leave_out_largest(event: &mut ChangeEvent, budget: usize) -> Vec<String> 
         .map(|(k, v)| (k.len() + 4 + json_len(v), k.clone()))
         .collect();
     let mut total: usize = sizes.iter().map(|(n, _)| n).sum();
-    sizes.sort_by(|a, b| b.0.cmp(&a.0));
+    sizes.sort_by_key(|s| std::cmp::Reverse(s.0));
     let mut left_out = Vec::new();
     for (size, column) in sizes {
         if total <= budget {
