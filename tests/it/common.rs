@@ -21,6 +21,8 @@ pub struct Harness {
     pub db: tokio_postgres::Client,
     daemon: Option<Child>,
     runs: usize,
+    /// RUST_LOG for the daemons this harness starts.
+    pub log_filter: String,
 }
 
 impl Harness {
@@ -67,6 +69,7 @@ impl Harness {
             db,
             daemon: None,
             runs: 0,
+            log_filter: "walhook=debug,info".into(),
         };
         let out = h.walhook(&["setup"]);
         assert!(out.status.success(), "setup failed: {}", text(&out));
@@ -104,7 +107,7 @@ impl Harness {
             .arg("-c")
             .arg(&self.config_path)
             .arg("run")
-            .env("RUST_LOG", "walhook=debug,info")
+            .env("RUST_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -350,6 +353,29 @@ impl Drop for Harness {
             let _ = child.wait();
         }
     }
+}
+
+/// The process's peak resident set size (`VmHWM`) in KiB. Panics when it
+/// cannot be measured: a memory bound checked against nothing proves
+/// nothing.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot measure walhook's memory: reading {path}: {e}"));
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap_or_else(|| panic!("cannot measure walhook's memory: no VmHWM in {path}"));
+    let kib = line
+        .trim()
+        .strip_suffix("kB")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("cannot measure walhook's memory: VmHWM {line:?} in {path}"));
+    assert!(
+        kib > 0,
+        "cannot measure walhook's memory: VmHWM is 0 in {path}"
+    );
+    kib
 }
 
 pub fn parse_lsn(text: &str) -> u64 {

@@ -221,3 +221,128 @@ fn domains_render_as_their_base() {
     assert_eq!(text_to_json(&cat, 50_000, "5"), json!(5));
     assert_eq!(text_to_json(&cat, 50_001, "{x,y}"), json!(["x", "y"]));
 }
+
+mod fuzz {
+    //! Every text-output parser against arbitrary and near-valid input:
+    //! a value is converted or kept as text, never a panic. CI runs the
+    //! default 256 cases per property; a long run sets PROPTEST_CASES
+    //! (see the README's "Testing" section).
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const HSTORE: u32 = 40_000;
+    const NUMERIC: u32 = 1700;
+    const DATE: u32 = 1082;
+    const JSONB: u32 = 3802;
+    const BOX_ARRAY: u32 = 1020;
+    const INT2VECTOR: u32 = 22;
+
+    /// Types of every category the converter knows.
+    const TYPES: &[u32] = &[
+        INT4,
+        FLOAT8,
+        NUMERIC,
+        16,
+        DATE,
+        TIMESTAMP,
+        TIMESTAMPTZ,
+        114,
+        JSONB,
+        INT4_ARRAY,
+        TEXT_ARRAY,
+        BOX_ARRAY,
+        INT2VECTOR,
+        INNER,
+        OUTER,
+        OUTER_ARRAY,
+        EMPTY,
+        HSTORE,
+        25,
+    ];
+
+    fn catalog() -> TypeCatalog {
+        composites().with_json_cast(HSTORE, "hstore_to_json")
+    }
+
+    /// Strings made of the characters the parsers care about, so most
+    /// cases reach deep into them rather than failing on the first byte.
+    fn near_valid() -> impl Strategy<Value = String> {
+        let pieces = prop::sample::select(vec![
+            "{",
+            "}",
+            "(",
+            ")",
+            "[",
+            "]",
+            ",",
+            ";",
+            "\"",
+            "\\",
+            " ",
+            "=>",
+            "NULL",
+            "1",
+            "-",
+            ".",
+            "e",
+            "+",
+            "2024-01-01",
+            " 12:00:00",
+            "+05:30",
+            " BC",
+            "Infinity",
+            "NaN",
+            ":",
+            "a",
+            "ä",
+            "\u{0}",
+            "t",
+            "f",
+            "[1:2]=",
+            "=",
+        ]);
+        prop::collection::vec(pieces, 0..40).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(oid in prop::sample::select(TYPES), text in ".{0,200}") {
+            let _ = text_to_json(&catalog(), oid, &text);
+        }
+
+        #[test]
+        fn near_valid_text_never_panics(oid in prop::sample::select(TYPES), text in near_valid()) {
+            let _ = text_to_json(&catalog(), oid, &text);
+        }
+
+        #[test]
+        fn nested_arrays_and_records_of_any_depth_never_panic(depth in 0usize..300, oid in prop::sample::select(TYPES)) {
+            let arrays = format!("{}1{}", "{".repeat(depth), "}".repeat(depth));
+            let records = format!("{}1{}", "(".repeat(depth), ")".repeat(depth));
+            let _ = text_to_json(&catalog(), oid, &arrays);
+            let _ = text_to_json(&catalog(), oid, &records);
+        }
+
+        #[test]
+        fn numerics_are_numbers_exactly_when_json_has_them(
+            int in "-?[0-9]{1,40}",
+            frac in proptest::option::of("[0-9]{1,40}"),
+        ) {
+            let text = match &frac {
+                Some(f) => format!("{int}.{f}"),
+                None => int.clone(),
+            };
+            let value = text_to_json(&catalog(), NUMERIC, &text);
+            // Leading zeros are not JSON: those stay exact as strings.
+            let digits = int.trim_start_matches('-');
+            if digits.len() > 1 && digits.starts_with('0') {
+                prop_assert!(value.is_string());
+            } else {
+                prop_assert!(value.is_number(), "{text} -> {value}");
+                prop_assert_eq!(value.to_string(), text);
+            }
+        }
+    }
+}

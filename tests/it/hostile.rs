@@ -1,0 +1,327 @@
+//! Hostile inputs: targets that answer with huge bodies, never answer,
+//! trickle, lie or redirect, each beside a healthy hook whose pace must
+//! hold; a row larger than any body walhook sends; and secrets that must
+//! never reach the log, even at trace level.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use walhook_lab::receiver::Receiver;
+
+use crate::common::*;
+
+const ITEMS: &str = "CREATE TABLE item (id int PRIMARY KEY, payload text);";
+
+/// Short timeouts and few retries, so hostile targets trip in seconds.
+const FAST: &str = "max_consecutive_errors = 3\nmax_backoff = \"300ms\"\ntimeout = \"2s\"\nconnect_timeout = \"1s\"\n";
+
+/// What a hostile target does with each connection.
+#[derive(Clone, Copy, Debug)]
+enum Hostility {
+    /// 200 with a 3 GB body, streamed as fast as it is read.
+    Huge2xx,
+    /// 500 with a 3 GB body.
+    Huge5xx,
+    /// 200, chunked, chunks for ever.
+    EndlessChunks,
+    /// Accepts and never answers.
+    Blackhole,
+    /// Sends its status line one byte a second.
+    Slowloris,
+    /// Answers bytes that are not HTTP.
+    Garbage,
+    /// 302 to another target (must not be followed).
+    Redirect,
+    /// Announces a 1 GB body, sends 10 bytes, then holds the connection.
+    LyingLength,
+}
+
+async fn read_request_head(stream: &mut TcpStream) {
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+        if seen.len() > 1 << 20 {
+            return;
+        }
+    }
+}
+
+async fn serve_hostile(stream: TcpStream, how: Hostility, redirect_to: String) {
+    let mut stream = stream;
+    read_request_head(&mut stream).await;
+    let chunk = vec![b'x'; 64 * 1024];
+    match how {
+        Hostility::Huge2xx | Hostility::Huge5xx => {
+            let status = if matches!(how, Hostility::Huge2xx) {
+                "200 OK"
+            } else {
+                "500 Internal Server Error"
+            };
+            let head = format!("HTTP/1.1 {status}\r\nContent-Length: 3000000000\r\n\r\n");
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut sent = 0u64;
+            while sent < 3_000_000_000 && stream.write_all(&chunk).await.is_ok() {
+                sent += chunk.len() as u64;
+            }
+        }
+        Hostility::EndlessChunks => {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .await;
+            let frame = [
+                format!("{:x}\r\n", chunk.len()).into_bytes(),
+                chunk.clone(),
+                b"\r\n".to_vec(),
+            ]
+            .concat();
+            while stream.write_all(&frame).await.is_ok() {}
+        }
+        Hostility::Blackhole => {
+            tokio::time::sleep(Duration::from_secs(120)).await;
+        }
+        Hostility::Slowloris => {
+            for b in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" {
+                if stream.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        Hostility::Garbage => {
+            let _ = stream
+                .write_all(b"\x00\x01\x02 not http at all \xff\xfe\r\n\r\n")
+                .await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        Hostility::Redirect => {
+            let head = format!(
+                "HTTP/1.1 302 Found\r\nLocation: {redirect_to}\r\nContent-Length: 0\r\n\r\n"
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        Hostility::LyingLength => {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n0123456789")
+                .await;
+            tokio::time::sleep(Duration::from_secs(120)).await;
+        }
+    }
+}
+
+/// A loopback target that behaves as `how` on every connection.
+async fn hostile_target(how: Hostility, redirect_to: String) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hostile", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve_hostile(stream, how, redirect_to.clone()));
+        }
+    });
+    url
+}
+
+/// Insert `rows` rows, one transaction each, and return how long until the
+/// healthy receiver has all of them.
+async fn healthy_pace(h: &Harness, healthy: &Receiver, first: i32, rows: i32) -> Duration {
+    let before = healthy.requests_to("/healthy").len();
+    let started = Instant::now();
+    for id in first..first + rows {
+        h.db.execute("INSERT INTO item VALUES ($1, 'x')", &[&id])
+            .await
+            .unwrap();
+    }
+    let got = healthy
+        .wait_until(Duration::from_secs(60), |r| {
+            r.iter().filter(|r| r.path == "/healthy").count() >= before + rows as usize
+        })
+        .await;
+    assert_eq!(
+        got.iter().filter(|r| r.path == "/healthy").count(),
+        before + rows as usize,
+        "the healthy hook fell behind; log:\n{}",
+        h.daemon_log()
+    );
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_targets_cost_a_healthy_hook_nothing_and_walhook_little_memory() {
+    let mut h = Harness::start(ITEMS, FAST).await;
+    let healthy = Receiver::start().await.unwrap();
+    h.add_hook("item.created", &healthy.url("/healthy"), None)
+        .await;
+    h.start_daemon().await;
+    // Warm up, then the pace with no hostile hook beside it.
+    healthy_pace(&h, &healthy, 1, 5).await;
+    let alone = healthy_pace(&h, &healthy, 100, 20).await;
+
+    let mut hostile = Vec::new();
+    for how in [
+        Hostility::Huge2xx,
+        Hostility::Huge5xx,
+        Hostility::EndlessChunks,
+        Hostility::Blackhole,
+        Hostility::Slowloris,
+        Hostility::Garbage,
+        Hostility::Redirect,
+        Hostility::LyingLength,
+    ] {
+        let url = hostile_target(how, healthy.url("/redirected")).await;
+        hostile.push((how, h.add_hook("item.created", &url, None).await));
+    }
+    let beside = healthy_pace(&h, &healthy, 1000, 20).await;
+    // Let every hostile target play out: each hook is delivered or trips
+    // and parks (its events settle either way), so the slot catches up.
+    h.wait_caught_up("every hostile hook delivered or parked")
+        .await;
+
+    assert!(
+        beside < alone * 3 + Duration::from_secs(2),
+        "the healthy hook took {beside:?} beside hostile targets, {alone:?} alone; log:\n{}",
+        h.daemon_log()
+    );
+    assert!(
+        healthy.requests_to("/redirected").is_empty(),
+        "a redirect was followed"
+    );
+    let peak_mib = peak_rss_kib(h.daemon_pid()) / 1024;
+    assert!(
+        peak_mib < 200,
+        "walhook peaked at {peak_mib} MiB against hostile targets"
+    );
+    for (how, id) in hostile {
+        let usage = h.usage(id).await;
+        match how {
+            // A 2xx is a success whatever follows it; the body is cut.
+            Hostility::Huge2xx | Hostility::EndlessChunks => {
+                assert_eq!(usage.total_errors, 0, "{how:?}: {usage:?}")
+            }
+            _ => assert!(usage.total_errors > 0, "{how:?}: {usage:?}"),
+        }
+    }
+    eprintln!(
+        "healthy hook: 20 rows in {alone:?} alone, {beside:?} beside 8 hostile targets; \
+         walhook peak RSS {peak_mib} MiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_larger_than_any_body_is_sent_without_its_largest_value_and_parks_cleanly() {
+    let mut h = Harness::start(ITEMS, "max_body_bytes = 1048576\n").await;
+    let healthy = Receiver::start().await.unwrap();
+    let healthy_id = h
+        .add_hook("item.created", &healthy.url("/healthy"), None)
+        .await;
+    let parked_id = h
+        .add_hook("item.created", &healthy.url("/parked"), None)
+        .await;
+    // TooManyErrors: every event for it is parked in walhook.delivery.
+    h.db.execute(
+        "UPDATE walhook.webhook SET state = 3 WHERE webhook_id = $1",
+        &[&parked_id],
+    )
+    .await
+    .unwrap();
+    h.start_daemon().await;
+    // 40 MB of control characters: each becomes six bytes of JSON.
+    h.db.execute(
+        "INSERT INTO item VALUES (1, repeat(chr(1), 40 * 1024 * 1024))",
+        &[],
+    )
+    .await
+    .unwrap();
+    h.db.execute("INSERT INTO item VALUES (2, 'small')", &[])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let got = healthy
+        .wait_until(Duration::from_secs(60), |r| {
+            r.iter().filter(|r| r.path == "/healthy").count() >= 2
+        })
+        .await;
+    let waited = started.elapsed();
+    let healthy_got: Vec<_> = got.iter().filter(|r| r.path == "/healthy").collect();
+    assert_eq!(healthy_got.len(), 2, "log:\n{}", h.daemon_log());
+    let big = healthy_got[0].json();
+    assert_eq!(big["FieldValues"]["id"], 1);
+    assert!(big["FieldValues"].get("payload").is_none(), "{big}");
+    assert_eq!(big["MissingColumns"], serde_json::json!(["payload"]));
+    assert!(healthy_got[0].body.len() <= 1024 * 1024);
+    assert_eq!(healthy_got[1].json()["FieldValues"]["payload"], "small");
+    h.wait_caught_up("both rows settled").await;
+    let parked: i64 =
+        h.db.query_one(
+            "SELECT count(*) FROM walhook.delivery WHERE webhook_id = $1",
+            &[&parked_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(parked, 2);
+    assert!(h.daemon_log().contains("max_body_bytes"));
+    let _ = healthy_id;
+    eprintln!("the healthy hook had both rows {waited:?} after the commits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_log_even_at_trace_level() {
+    let mut h = Harness::start(ITEMS, "").await;
+    h.log_filter = "trace".into();
+    let receiver = Receiver::start().await.unwrap();
+    let url = receiver
+        .url("/hook")
+        .replace("http://", "http://hookuser:url-password-4711@");
+    let id: i32 =
+        h.db.query_one(
+            "INSERT INTO walhook.webhook (name, events, target_url, secret, headers) \
+             VALUES ('secretive', 'item.*', $1, 'hook-secret-4711', \
+                     '{\"X-Api-Key\": \"header-value-4711\"}') RETURNING webhook_id",
+            &[&url],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    h.start_daemon().await;
+    h.db.execute("INSERT INTO item VALUES (1, 'x')", &[])
+        .await
+        .unwrap();
+    let got = receiver
+        .wait_until(Duration::from_secs(30), |r| !r.is_empty())
+        .await;
+    assert_eq!(got.len(), 1, "log:\n{}", h.daemon_log());
+    // The hook's row also travels through the registry snapshot insert.
+    h.db.execute(
+        "UPDATE walhook.webhook SET name = 'renamed' WHERE webhook_id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    h.wait_caught_up("the rename").await;
+    h.stop_daemon();
+    let signature = got[0]
+        .header("x-superoffice-signature")
+        .expect("signed")
+        .to_owned();
+    let log = h.daemon_log();
+    assert!(
+        log.len() > 10_000,
+        "trace logging is on: {} bytes",
+        log.len()
+    );
+    for secret in [
+        "hook-secret-4711",
+        "header-value-4711",
+        "url-password-4711",
+        signature.as_str(),
+    ] {
+        assert!(!log.contains(secret), "{secret:?} in the log");
+    }
+}
