@@ -8,6 +8,9 @@ use walhook::cli::{exit, Cli, Command, DEFAULT_CONFIG};
 use walhook::config::{Config, LogFormat};
 use walhook::{admin, daemon, demo};
 
+/// Stack of each runtime thread: see where the runtime is built.
+const THREAD_STACK_BYTES: usize = 32 * 1024 * 1024;
+
 fn main() -> ExitCode {
     // pgwire-replication and reqwest both use rustls; with more than one
     // provider compiled in, rustls needs the process to choose one.
@@ -23,7 +26,15 @@ fn main() -> ExitCode {
     };
     let log_filter = init_logging(&config);
 
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Values nested as deep as PostgreSQL allows (jsonb of ~15,000 levels,
+    // more with a raised max_stack_depth) are serialised and dropped
+    // recursively: the threads get stacks for that. It is address space;
+    // only what is touched is memory.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(THREAD_STACK_BYTES)
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("walhook: cannot start the async runtime: {e}");

@@ -175,7 +175,7 @@ impl Webhook {
         };
         let properties = match get("properties") {
             None => None,
-            Some(text) => match serde_json::from_str(text) {
+            Some(text) => match crate::text::parse_json(text) {
                 Ok(Value::Object(map)) => Some(map),
                 Ok(_) => return Err("properties is not a JSON object".into()),
                 Err(e) => return Err(format!("properties is not valid JSON: {e}")),

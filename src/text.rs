@@ -57,9 +57,40 @@ pub fn redacted_url_text(text: &str) -> String {
     }
 }
 
+/// Parse JSON of any depth PostgreSQL accepts (about 15,000 levels with
+/// its default `max_stack_depth`, more when raised), where serde_json
+/// alone stops at 128: the parser's stack grows on the heap as it needs.
+/// Serialising and dropping such a value recurse too; the daemon's
+/// threads have stacks sized for it (see `main`).
+pub fn parse_json(text: &str) -> serde_json::Result<serde_json::Value> {
+    use serde::Deserialize;
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.disable_recursion_limit();
+    let value = serde_json::Value::deserialize(serde_stacker::Deserializer::new(&mut de))?;
+    de.end()?;
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_deeper_than_serde_jsons_default_limit_parses() {
+        let depth = 5_000;
+        let text = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let value = parse_json(&text).expect("deep JSON parses");
+        // Walk it without recursion.
+        let mut levels = 0;
+        let mut at = &value;
+        while let Some(inner) = at.as_array().and_then(|a| a.first()) {
+            at = inner;
+            levels += 1;
+        }
+        assert_eq!(levels, depth - 1);
+        assert!(parse_json("[1] x").is_err());
+        std::mem::forget(value); // dropping 5,000 levels is main's job
+    }
 
     #[test]
     fn url_credentials_are_hidden() {

@@ -37,7 +37,7 @@ fn convert(catalog: &TypeCatalog, category: JsonCategory, text: &str, depth: usi
         },
         JsonCategory::Number => number(text),
         JsonCategory::Json => {
-            serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+            crate::text::parse_json(text).unwrap_or_else(|_| Value::String(text.to_owned()))
         }
         JsonCategory::Date => Value::String(text.to_owned()),
         JsonCategory::Timestamp => Value::String(xsd_timestamp(text)),

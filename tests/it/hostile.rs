@@ -321,3 +321,35 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
         assert!(!log.contains(secret), "{secret:?} in the log");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsonb_of_any_depth_postgresql_accepts_is_delivered_as_to_jsonb_gives_it() {
+    let mut h = Harness::start("CREATE TABLE doc (id int PRIMARY KEY, body jsonb);", "").await;
+    let receiver = Receiver::start().await.unwrap();
+    let depth = 10_000;
+    let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let properties = format!("{{\"p\": {}{}}}", "[".repeat(2_000), "]".repeat(2_000));
+    h.db.execute(
+        "INSERT INTO walhook.webhook (name, events, target_url, properties) \
+         VALUES ('deep', 'doc.created', $1, $2::text::jsonb)",
+        &[&receiver.url("/deep"), &properties],
+    )
+    .await
+    .unwrap();
+    h.start_daemon().await;
+    h.db.execute("INSERT INTO doc VALUES (1, $1::text::jsonb)", &[&nested])
+        .await
+        .unwrap();
+    let got = receiver
+        .wait_until(Duration::from_secs(30), |r| !r.is_empty())
+        .await;
+    assert_eq!(got.len(), 1, "log:\n{}", h.daemon_log());
+    // Compared as text: the value is the same JSON, not a string of it.
+    let body = String::from_utf8_lossy(&got[0].body);
+    assert!(
+        body.contains(&format!("\"body\":{nested}")),
+        "FieldValues.body is not the nested array"
+    );
+    assert!(body.contains(&format!("\"Properties\":{properties}").replace(": ", ":")));
+    assert!(!h.daemon_log().contains("not valid JSON"));
+}
