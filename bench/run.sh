@@ -6,7 +6,8 @@
 #
 # Knobs (environment): ROWS (default 100000), UPDATES (default 50000, at most
 # ROWS), CONCURRENCY (delivery.concurrency_per_webhook, default 8),
-# SKIP_BUILD=1 (use the existing target/release/walhook), KEEP_TMP=1 (keep
+# SKIP_BUILD=1 (use the existing target/release/walhook), WALHOOK_BIN (another
+# walhook binary to measure, e.g. an older build, side by side), KEEP_TMP=1 (keep
 # the temp dir with all logs), WALHOOK_TIMEOUT (seconds, default 900),
 # RECVLOGICAL_TIMEOUT (seconds, default 600), DELIVERY_EXTRA (raw TOML lines
 # added to walhook's [delivery] table, e.g. DELIVERY_EXTRA='max_in_flight_bytes = 1048576').
@@ -148,11 +149,11 @@ trap 'exit 143' TERM
 
 # ------------------------------------------------------------------ build
 
-if [[ $SKIP_BUILD != 1 ]]; then
+WALHOOK=${WALHOOK_BIN:-$REPO/target/release/walhook}
+if [[ $SKIP_BUILD != 1 && -z ${WALHOOK_BIN:-} ]]; then
     say "cargo build --release"
     cargo build --release --quiet || die "cargo build --release failed"
 fi
-WALHOOK="$REPO/target/release/walhook"
 [[ -x $WALHOOK ]] || die "$WALHOOK not found (build it with cargo build --release)"
 
 # ---------------------------------------------------------------- binaries
