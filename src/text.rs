@@ -57,6 +57,21 @@ pub fn redacted_url_text(text: &str) -> String {
     }
 }
 
+/// An error and its causes, joined with ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// Parse JSON of any depth PostgreSQL accepts (about 15,000 levels with
 /// its default `max_stack_depth`, more when raised), where serde_json
 /// alone stops at 128: the parser's stack grows on the heap as it needs.

@@ -16,8 +16,8 @@ use crate::delivery::{check_target, http_client, request, DeliveryStore};
 use crate::events::WebhookRow;
 use crate::registry::{Webhook, WebhookState};
 use crate::store::webhooks::NewWebhook;
-use crate::store::{error_chain, Store};
-use crate::text::{redacted_url, redacted_url_text, truncate_chars};
+use crate::store::Store;
+use crate::text::{error_chain, redacted_url, redacted_url_text, truncate_chars};
 
 /// `walhook webhook ...`.
 pub async fn webhook(config: &Config, command: WebhookCommand) -> anyhow::Result<u8> {

@@ -114,23 +114,8 @@ pub fn pg_message(e: &tokio_postgres::Error) -> String {
             }
             text
         }
-        None => error_chain(e),
+        None => crate::text::error_chain(e),
     }
-}
-
-/// An error and its causes, joined with ": ".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// What was being done, and what the server said.
