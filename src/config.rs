@@ -193,6 +193,14 @@ pub struct DeliveryConfig {
     /// "0s" keeps them until delivered or discarded.
     #[serde(deserialize_with = "duration")]
     pub parked_retention: Duration,
+    /// A PEM file of CA certificates trusted for HTTPS targets besides the
+    /// system's.
+    pub ca_file: Option<PathBuf>,
+    /// A PEM certificate (chain) presented to targets that ask for one;
+    /// set together with `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// The PEM private key of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl Default for DeliveryConfig {
@@ -211,6 +219,9 @@ impl Default for DeliveryConfig {
             backlog_limit: 10_000,
             backlog_max_age: Duration::from_secs(300),
             parked_retention: Duration::from_secs(30 * 24 * 3600),
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
         }
     }
 }
@@ -296,6 +307,20 @@ impl Config {
         }
         if self.delivery.max_in_flight_bytes < 64 * 1024 {
             bail!("key delivery.max_in_flight_bytes must be at least 65536");
+        }
+        match (
+            &self.delivery.client_cert_file,
+            &self.delivery.client_key_file,
+        ) {
+            (Some(cert), None) => bail!(
+                "key delivery.client_key_file is missing: delivery.client_cert_file ({}) needs                  its private key; set both or neither",
+                cert.display()
+            ),
+            (None, Some(key)) => bail!(
+                "key delivery.client_cert_file is missing: delivery.client_key_file ({}) is                  the key of a certificate; set both or neither",
+                key.display()
+            ),
+            _ => {}
         }
         for (name, table) in &self.tables {
             if name.split_once('.').is_none() {
@@ -656,6 +681,35 @@ mod tests {
         assert_eq!(c.delivery.timeout, Duration::from_millis(250));
         let err = Config::parse("[delivery]\ntimeout = \"soon\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("soon"));
+    }
+
+    #[test]
+    fn client_certificate_needs_both_files() {
+        let both = Config::parse(
+            "[delivery]\nclient_cert_file = \"/etc/walhook/client.pem\"\n\
+             client_key_file = \"/etc/walhook/client.key\"\nca_file = \"/etc/walhook/ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            both.delivery.client_key_file.as_deref(),
+            Some(Path::new("/etc/walhook/client.key"))
+        );
+        assert_eq!(
+            both.delivery.ca_file.as_deref(),
+            Some(Path::new("/etc/walhook/ca.pem"))
+        );
+        let err = Config::parse("[delivery]\nclient_cert_file = \"/etc/walhook/client.pem\"\n")
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("key delivery.client_key_file is missing"),
+            "{err:#}"
+        );
+        let err = Config::parse("[delivery]\nclient_key_file = \"/etc/walhook/client.key\"\n")
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("key delivery.client_cert_file is missing"),
+            "{err:#}"
+        );
     }
 
     #[test]

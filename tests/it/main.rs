@@ -9,6 +9,7 @@ mod admin;
 mod crash;
 mod delivery;
 mod errors;
+mod https;
 mod large;
 mod operations;
 mod pgoutput_fixtures;
