@@ -683,6 +683,27 @@ mod tests {
         assert!(format!("{err:#}").contains("soon"));
     }
 
+    /// The documented example behaves like an empty file, and its
+    /// commented-out HTTPS keys parse once uncommented.
+    #[test]
+    fn the_example_config_is_the_defaults() {
+        let example = include_str!("../systemd/walhook.toml");
+        assert_eq!(Config::parse(example).unwrap(), Config::default());
+        let uncommented = example
+            .lines()
+            .map(|line| {
+                for key in ["ca_file", "client_cert_file", "client_key_file"] {
+                    if let Some(rest) = line.strip_prefix(&format!("# {key} = ")) {
+                        return format!("{key} = {rest}\n");
+                    }
+                }
+                format!("{line}\n")
+            })
+            .collect::<String>();
+        let d = Config::parse(&uncommented).unwrap().delivery;
+        assert!(d.ca_file.is_some() && d.client_cert_file.is_some() && d.client_key_file.is_some());
+    }
+
     #[test]
     fn client_certificate_needs_both_files() {
         let both = Config::parse(
