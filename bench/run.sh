@@ -587,6 +587,7 @@ if (( HTTPS )); then
     verdicts https walhook_tls "$TLS_HOOK_ID"
     TLS_RATIO=$(awk -v a="$WALHOOK_RATE" -v b="$RECV_RATE" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "?" }')
     TLS_CPU_PCT=$(awk -v c="$WALHOOK_CPU" -v s="$WALHOOK_SECONDS" 'BEGIN { printf "%.0f", 100 * c / s }')
+    TLS_DELIVERED_RATE=$(rate "$EXPECTED" "$DELIVERED_SECONDS")
     TLS_WARN_LINES=$(grep -E '(^| )(WARN|ERROR) ' "$TMP/walhook-https.plain.log" | head -n 10 || true)
 fi
 load_results HTTP
@@ -631,6 +632,7 @@ CPU during catch-up: walhook ${TLS_WALHOOK_CPU} s (${TLS_CPU_PCT}% of one core),
 webhook_usage   : total_calls ${TLS_calls:-?}, total_errors ${TLS_errors:-?}; $TLS_LOG_WARN WARN/ERROR lines; exit status $TLS_walhook_rc after SIGTERM
 
 side by side    : http $WALHOOK_RATE changes/s, https $TLS_WALHOOK_RATE changes/s (https / http $(awk -v a="$TLS_WALHOOK_RATE" -v b="$WALHOOK_RATE" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "?" }'))
+  receiver-side : http $DELIVERED_RATE changes/s, https $TLS_DELIVERED_RATE changes/s (https / http $(awk -v a="$TLS_DELIVERED_RATE" -v b="$DELIVERED_RATE" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "?" }'); without the confirmation delay)
 EOF
 fi
 echo "==================================================="
