@@ -22,7 +22,6 @@
 
 use std::error::Error as _;
 use std::fmt;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -204,7 +203,7 @@ fn read_private_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
 #[cfg(unix)]
 pub fn key_file_exposure(path: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let meta = fs::metadata(path).ok()?;
+    let meta = std::fs::metadata(path).ok()?;
     let mode = meta.mode() & 0o777;
     let allowed = if meta.uid() == 0 { 0o037 } else { 0o077 };
     (mode & allowed != 0).then(|| {
