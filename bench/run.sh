@@ -10,7 +10,9 @@
 # walhook binary to measure, e.g. an older build, side by side), KEEP_TMP=1 (keep
 # the temp dir with all logs), WALHOOK_TIMEOUT (seconds, default 900),
 # RECVLOGICAL_TIMEOUT (seconds, default 600), DELIVERY_EXTRA (raw TOML lines
-# added to walhook's [delivery] table, e.g. DELIVERY_EXTRA='max_in_flight_bytes = 1048576').
+# added to walhook's [delivery] table, e.g. DELIVERY_EXTRA='max_in_flight_bytes = 1048576'),
+# HTTPS (default 1: also deliver the same changes to nginx over TLS, with a
+# second walhook installation; 0: plain http only).
 set -euo pipefail
 
 ROWS=${ROWS:-100000}
@@ -20,11 +22,12 @@ WALHOOK_TIMEOUT=${WALHOOK_TIMEOUT:-900}
 RECVLOGICAL_TIMEOUT=${RECVLOGICAL_TIMEOUT:-600}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
+HTTPS=${HTTPS:-1}
 
 say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '\n[bench] FAILED: %s\n' "$*" >&2; exit 1; }
 
-for v in ROWS UPDATES CONCURRENCY WALHOOK_TIMEOUT RECVLOGICAL_TIMEOUT; do
+for v in ROWS UPDATES CONCURRENCY WALHOOK_TIMEOUT RECVLOGICAL_TIMEOUT HTTPS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
 done
 (( ROWS >= 1 )) || die "ROWS must be at least 1"
@@ -128,7 +131,7 @@ cleanup() {
     fi
     if [[ -n $TMP && -d $TMP ]]; then
         if (( rc != 0 )); then
-            for f in walhook.log pg/postgres.log nginx/error.log recvlogical.log; do
+            for f in walhook.log walhook-https.log pg/postgres.log nginx/error.log recvlogical.log; do
                 if [[ -s $TMP/$f ]]; then
                     echo "---- last lines of $f ----" >&2
                     tail -n 25 "$TMP/$f" >&2
@@ -189,6 +192,9 @@ if (( IS_ROOT )); then
     id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' user to run PostgreSQL as"
 fi
 command -v curl >/dev/null || die "curl is needed (to check the receiver)"
+if (( HTTPS )) && ! command -v openssl >/dev/null; then
+    apt_install openssl || die "openssl is needed for the https case (or run with HTTPS=0)"
+fi
 
 # -------------------------------------------------------------- PostgreSQL
 
@@ -239,6 +245,30 @@ q "CREATE TABLE bench_item (id int PRIMARY KEY, n int NOT NULL, label text NOT N
 
 STUB_STATUS=0
 "$NGINX_BIN" -V 2>&1 | grep -q stub_status && STUB_STATUS=1
+if (( HTTPS )); then
+    # A self-signed certificate for localhost (P-256, as most sites now
+    # serve), which walhook is then given as delivery.ca_file. CA:FALSE: a
+    # CA certificate cannot be a server's own.
+    mkdir -p "$TMP/nginx/tls"
+    cat >"$TMP/nginx/tls/openssl.cnf" <<EOF
+[req]
+distinguished_name = dn
+x509_extensions = leaf
+prompt = no
+[dn]
+CN = localhost
+[leaf]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost, IP:127.0.0.1
+EOF
+    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -config "$TMP/nginx/tls/openssl.cnf" \
+        -keyout "$TMP/nginx/tls/key.pem" -out "$TMP/nginx/tls/cert.pem" \
+        >"$TMP/nginx/tls/openssl.log" 2>&1 \
+        || { cat "$TMP/nginx/tls/openssl.log" >&2; die "openssl could not make the certificate"; }
+fi
 # The receiver: 200 to everything, no logging, keep-alive without limit.
 write_nginx_conf() {
     cat >"$TMP/nginx/nginx.conf" <<EOF
@@ -263,16 +293,29 @@ http {
         location / { return 200; }
         $( (( STUB_STATUS )) && echo "location = /__bench_status { stub_status; }" )
     }
+$( (( HTTPS )) && cat <<TLS
+    server {
+        listen 127.0.0.1:$NGINX_TLS_PORT ssl;
+        ssl_certificate $TMP/nginx/tls/cert.pem;
+        ssl_certificate_key $TMP/nginx/tls/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:1m;
+        location / { return 200; }
+    }
+TLS
+)
 }
 EOF
 }
 code=""
 for attempt in 1 2 3; do
     NGINX_PORT=$(free_port) || die "no free port for nginx"
+    NGINX_TLS_PORT=$(free_port) || die "no free port for nginx"
+    [[ $NGINX_TLS_PORT != "$NGINX_PORT" ]] || NGINX_TLS_PORT=$(free_port) || die "no free port for nginx"
     write_nginx_conf
     "$NGINX_BIN" -t -q -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx" \
         || die "nginx rejected its config ($TMP/nginx/nginx.conf)"
-    say "starting nginx on 127.0.0.1:$NGINX_PORT (worker_processes 2, location / { return 200; })"
+    say "starting nginx on 127.0.0.1:$NGINX_PORT$( (( HTTPS )) && echo " and, TLS, $NGINX_TLS_PORT") (worker_processes 2, location / { return 200; })"
     "$NGINX_BIN" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx" \
         >"$TMP/nginx/stdout.log" 2>&1 &
     NGINX_PID=$!
@@ -283,6 +326,12 @@ for attempt in 1 2 3; do
         kill -0 "$NGINX_PID" 2>/dev/null || break
         sleep 0.1
     done
+    if [[ $code == 200 ]] && (( HTTPS )); then
+        HOOK_TLS_URL="https://localhost:$NGINX_TLS_PORT/hook"
+        code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$TMP/nginx/tls/cert.pem" \
+            -X POST -d '{}' "$HOOK_TLS_URL" 2>/dev/null || true)
+        [[ $code == 200 ]] || die "nginx does not answer POST $HOOK_TLS_URL with 200 (got '$code')"
+    fi
     [[ $code == 200 ]] && break
     if kill -0 "$NGINX_PID" 2>/dev/null; then
         die "nginx does not answer POST $HOOK_URL with 200 (got '$code')"
@@ -302,26 +351,51 @@ nginx_requests() {
 
 # ------------------------------------------------------------ walhook setup
 
-cat >"$TMP/walhook.toml" <<EOF
+# walhook_config SCHEMA EXTRA_DELIVERY: one installation (schema, slot and
+# publication all named SCHEMA). Only public.* is captured, so neither
+# installation publishes the other's tables.
+walhook_config() {
+    cat <<EOF
 [postgres]
 url = "$PG_URL"
 status_interval = "1s"
+schema = "$1"
+slot = "$1"
+publication = "$1"
+
+[capture]
+include = ["public.*"]
 
 [delivery]
 allow_http = true
 allow_private_targets = true
 concurrency_per_webhook = $CONCURRENCY
+$2
 ${DELIVERY_EXTRA:-}
 EOF
+}
+# setup_walhook CONFIG SCHEMA URL: run setup, register the hook; prints its id.
+setup_walhook() {
+    "$WALHOOK" -c "$1" setup >"$1.setup.log" 2>&1 \
+        || { cat "$1.setup.log" >&2; die "walhook setup failed ($1)"; }
+    q "INSERT INTO $2.webhook (name, events, target_url, secret)
+       VALUES ('bench', '*', '$3', 'bench-secret') RETURNING webhook_id" | head -n1
+}
+walhook_config walhook "" >"$TMP/walhook.toml"
 say "walhook setup"
-"$WALHOOK" -c "$TMP/walhook.toml" setup >"$TMP/setup.log" 2>&1 \
-    || { cat "$TMP/setup.log" >&2; die "walhook setup failed"; }
-HOOK_ID=$(q "INSERT INTO walhook.webhook (name, events, target_url, secret)
-             VALUES ('bench', '*', '$HOOK_URL', 'bench-secret') RETURNING webhook_id" | head -n1)
+HOOK_ID=$(setup_walhook "$TMP/walhook.toml" walhook "$HOOK_URL")
 [[ $HOOK_ID =~ ^[0-9]+$ ]] || die "registering the webhook failed"
+if (( HTTPS )); then
+    # The same changes, delivered over TLS by a second installation with its
+    # own slot, so both start from the same backlog.
+    walhook_config walhook_tls "ca_file = \"$TMP/nginx/tls/cert.pem\"" >"$TMP/walhook-https.toml"
+    say "walhook setup (https: schema, slot and publication walhook_tls)"
+    TLS_HOOK_ID=$(setup_walhook "$TMP/walhook-https.toml" walhook_tls "$HOOK_TLS_URL")
+    [[ $TLS_HOOK_ID =~ ^[0-9]+$ ]] || die "registering the https webhook failed"
+fi
 q "SELECT pg_create_logical_replication_slot('bench_recvlogical', 'pgoutput')" >/dev/null
-[[ $(q "SELECT count(*) FROM pg_replication_slots WHERE slot_name IN ('walhook', 'bench_recvlogical')") == 2 ]] \
-    || die "the two replication slots are not there"
+[[ $(q "SELECT count(*) FROM pg_replication_slots WHERE slot_name IN ('walhook', 'bench_recvlogical', 'walhook_tls')") == $(( 2 + HTTPS )) ]] \
+    || die "the replication slots are not there"
 
 # ---------------------------------------------------------------- workload
 
@@ -369,122 +443,156 @@ q "SELECT pg_drop_replication_slot('bench_recvlogical')" >/dev/null
 
 # ------------------------------------------------------------------ walhook
 
-slot_done() {
-    [[ $(q "SELECT confirmed_flush_lsn >= '$END_LSN'::pg_lsn FROM pg_replication_slots
-             WHERE slot_name = 'walhook'" 2>/dev/null) == t ]]
-}
-usage_row() {
-    q "SELECT total_calls || ' ' || total_errors FROM walhook.webhook_usage WHERE webhook_id = $HOOK_ID" \
-        2>/dev/null || true
-}
+# measure_walhook NAME FILE SLOT SCHEMA HOOK_ID: run walhook with
+# $TMP/FILE.toml until it has caught up with the backlog; sets the result
+# variables (RESULT_VARS) for that run.
+measure_walhook() {
+    RUN_NAME=$1 RUN_FILE=$2 RUN_SLOT=$3 RUN_SCHEMA=$4 RUN_HOOK=$5
+    slot_done() {
+        [[ $(q "SELECT confirmed_flush_lsn >= '$END_LSN'::pg_lsn FROM pg_replication_slots
+                 WHERE slot_name = '$RUN_SLOT'" 2>/dev/null) == t ]]
+    }
+    usage_row() {
+        q "SELECT total_calls || ' ' || total_errors FROM $RUN_SCHEMA.webhook_usage WHERE webhook_id = $RUN_HOOK" \
+            2>/dev/null || true
+    }
 
-ng_base=$(nginx_requests)
-ng_polls=0
-NGINX_CPU_BEFORE=0
-for p in $(pgrep -P "$NGINX_PID" 2>/dev/null || true); do
-    NGINX_CPU_BEFORE=$(awk -v a="$NGINX_CPU_BEFORE" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
-done
+    ng_base=$(nginx_requests)
+    ng_polls=0
+    NGINX_CPU_BEFORE=0
+    for p in $(pgrep -P "$NGINX_PID" 2>/dev/null || true); do
+        NGINX_CPU_BEFORE=$(awk -v a="$NGINX_CPU_BEFORE" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
+    done
 
-say "walhook run: catching up with $EXPECTED changes (timeout ${WALHOOK_TIMEOUT}s)"
-t0=$(now)
-NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$WALHOOK" -c "$TMP/walhook.toml" run >"$TMP/walhook.log" 2>&1 &
-WALHOOK_PID=$!
-deadline=$(( SECONDS + WALHOOK_TIMEOUT ))
-# Two milestones; walhook is done when both are reached:
-# - the slot's confirmed_flush_lsn reaches the end LSN (walhook confirms a
-#   position once everything before it is settled, which includes events
-#   parked in walhook.delivery, so this alone does not prove delivery);
-# - the receiver has all requests: nginx's request counter when stub_status
-#   is available, else webhook_usage.total_calls (written about once a second).
-SLOT_SECONDS=""
-DELIVERED_SECONDS=""
-if (( ng_base >= 0 )); then DELIVERED_BY="nginx stub_status"; else DELIVERED_BY="webhook_usage.total_calls"; fi
-next_progress=$(( SECONDS + 10 ))
-while :; do
-    kill -0 "$WALHOOK_PID" 2>/dev/null || die "walhook exited during the catch-up (see its log below)"
-    if [[ -z $DELIVERED_SECONDS ]]; then
-        if (( ng_base >= 0 )); then
-            n=$(nginx_requests)
-            ng_polls=$(( ng_polls + 1 ))
-            if (( n >= 0 && n - ng_base - ng_polls >= EXPECTED )); then
-                DELIVERED_SECONDS=$(elapsed "$t0" "$(now)")
-            fi
-        else
-            read -r c _ <<<"$(usage_row)" || true
-            if [[ ${c:-0} =~ ^[0-9]+$ ]] && (( c >= EXPECTED )); then
-                DELIVERED_SECONDS=$(elapsed "$t0" "$(now)")
+    say "walhook run ($RUN_NAME): catching up with $EXPECTED changes (timeout ${WALHOOK_TIMEOUT}s)"
+    t0=$(now)
+    NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$WALHOOK" -c "$TMP/$RUN_FILE.toml" run >"$TMP/$RUN_FILE.log" 2>&1 &
+    WALHOOK_PID=$!
+    deadline=$(( SECONDS + WALHOOK_TIMEOUT ))
+    # Two milestones; walhook is done when both are reached:
+    # - the slot's confirmed_flush_lsn reaches the end LSN (walhook confirms a
+    #   position once everything before it is settled, which includes events
+    #   parked in walhook.delivery, so this alone does not prove delivery);
+    # - the receiver has all requests: nginx's request counter when stub_status
+    #   is available, else webhook_usage.total_calls (written about once a second).
+    SLOT_SECONDS=""
+    DELIVERED_SECONDS=""
+    if (( ng_base >= 0 )); then DELIVERED_BY="nginx stub_status"; else DELIVERED_BY="webhook_usage.total_calls"; fi
+    next_progress=$(( SECONDS + 10 ))
+    while :; do
+        kill -0 "$WALHOOK_PID" 2>/dev/null || die "walhook exited during the catch-up (see its log below)"
+        if [[ -z $DELIVERED_SECONDS ]]; then
+            if (( ng_base >= 0 )); then
+                n=$(nginx_requests)
+                ng_polls=$(( ng_polls + 1 ))
+                if (( n >= 0 && n - ng_base - ng_polls >= EXPECTED )); then
+                    DELIVERED_SECONDS=$(elapsed "$t0" "$(now)")
+                fi
+            else
+                read -r c _ <<<"$(usage_row)" || true
+                if [[ ${c:-0} =~ ^[0-9]+$ ]] && (( c >= EXPECTED )); then
+                    DELIVERED_SECONDS=$(elapsed "$t0" "$(now)")
+                fi
             fi
         fi
-    fi
-    if [[ -z $SLOT_SECONDS ]] && slot_done; then
-        SLOT_SECONDS=$(elapsed "$t0" "$(now)")
-    fi
-    [[ -n $SLOT_SECONDS && -n $DELIVERED_SECONDS ]] && break
-    if (( SECONDS >= deadline )); then
-        [[ -n $SLOT_SECONDS ]] || die "walhook did not confirm $END_LSN within ${WALHOOK_TIMEOUT}s (webhook_usage calls/errors: $(usage_row))"
-        die "the receiver did not get all $EXPECTED requests within ${WALHOOK_TIMEOUT}s ($DELIVERED_BY; webhook_usage calls/errors: $(usage_row))"
-    fi
-    if (( SECONDS >= next_progress )); then
-        say "  ... $(elapsed "$t0" "$(now)")s, webhook_usage calls/errors: $(usage_row)${SLOT_SECONDS:+, slot confirmed at ${SLOT_SECONDS}s}"
-        next_progress=$(( SECONDS + 10 ))
-    fi
-    sleep 0.05
-done
-WALHOOK_SECONDS=$(awk -v a="$SLOT_SECONDS" -v b="$DELIVERED_SECONDS" 'BEGIN { printf "%.3f", (a > b ? a : b) }')
-WALHOOK_RATE=$(rate "$EXPECTED" "$WALHOOK_SECONDS")
-say "walhook done after ${WALHOOK_SECONDS}s (slot confirmed $END_LSN at ${SLOT_SECONDS}s, all requests received at ${DELIVERED_SECONDS}s)"
+        if [[ -z $SLOT_SECONDS ]] && slot_done; then
+            SLOT_SECONDS=$(elapsed "$t0" "$(now)")
+        fi
+        [[ -n $SLOT_SECONDS && -n $DELIVERED_SECONDS ]] && break
+        if (( SECONDS >= deadline )); then
+            [[ -n $SLOT_SECONDS ]] || die "walhook did not confirm $END_LSN within ${WALHOOK_TIMEOUT}s (webhook_usage calls/errors: $(usage_row))"
+            die "the receiver did not get all $EXPECTED requests within ${WALHOOK_TIMEOUT}s ($DELIVERED_BY; webhook_usage calls/errors: $(usage_row))"
+        fi
+        if (( SECONDS >= next_progress )); then
+            say "  ... $(elapsed "$t0" "$(now)")s, webhook_usage calls/errors: $(usage_row)${SLOT_SECONDS:+, slot confirmed at ${SLOT_SECONDS}s}"
+            next_progress=$(( SECONDS + 10 ))
+        fi
+        sleep 0.05
+    done
+    WALHOOK_SECONDS=$(awk -v a="$SLOT_SECONDS" -v b="$DELIVERED_SECONDS" 'BEGIN { printf "%.3f", (a > b ? a : b) }')
+    WALHOOK_RATE=$(rate "$EXPECTED" "$WALHOOK_SECONDS")
+    say "walhook ($RUN_NAME) done after ${WALHOOK_SECONDS}s (slot confirmed $END_LSN at ${SLOT_SECONDS}s, all requests received at ${DELIVERED_SECONDS}s)"
 
-# Statistics are written about once a second: wait for the last flush.
-calls=""; errors=""
-for _ in $(seq 1 50); do
-    read -r calls errors <<<"$(usage_row)" || true
-    [[ ${calls:-0} -ge $EXPECTED ]] && break
-    sleep 0.1
-done
-ng_final=-1
-if (( ng_base >= 0 )); then
-    n=$(nginx_requests)
-    ng_polls=$(( ng_polls + 1 ))
-    (( n >= 0 )) && ng_final=$(( n - ng_base - ng_polls ))
+    # Statistics are written about once a second: wait for the last flush.
+    calls=""; errors=""
+    for _ in $(seq 1 50); do
+        read -r calls errors <<<"$(usage_row)" || true
+        [[ ${calls:-0} -ge $EXPECTED ]] && break
+        sleep 0.1
+    done
+    ng_final=-1
+    if (( ng_base >= 0 )); then
+        n=$(nginx_requests)
+        ng_polls=$(( ng_polls + 1 ))
+        (( n >= 0 )) && ng_final=$(( n - ng_base - ng_polls ))
+    fi
+
+    # Resources, read while walhook still runs.
+    WALHOOK_HWM=$(awk '/^VmHWM:/ { print $2 }' "/proc/$WALHOOK_PID/status")
+    WALHOOK_CPU=$(cpu_seconds "$WALHOOK_PID")
+    WALSENDER_PID=$(q "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '$RUN_SLOT'")
+    WALSENDER_CPU=$( [[ $WALSENDER_PID =~ ^[0-9]+$ ]] && cpu_seconds "$WALSENDER_PID" || echo "?")
+    SQL_CPU=0
+    for p in $(q "SELECT pid FROM pg_stat_activity WHERE application_name = 'walhook'
+                  AND backend_type = 'client backend'" 2>/dev/null || true); do
+        SQL_CPU=$(awk -v a="$SQL_CPU" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
+    done
+    NGINX_CPU_AFTER=0
+    for p in $(pgrep -P "$NGINX_PID" 2>/dev/null || true); do
+        NGINX_CPU_AFTER=$(awk -v a="$NGINX_CPU_AFTER" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
+    done
+    NGINX_CPU=$(awk -v a="$NGINX_CPU_BEFORE" -v b="$NGINX_CPU_AFTER" 'BEGIN { printf "%.2f", b - a }')
+
+    say "stopping walhook (SIGTERM)"
+    kill -TERM "$WALHOOK_PID"
+    wait_exit "$WALHOOK_PID" 30 || die "walhook did not exit within 30 s of SIGTERM"
+    set +e
+    wait "$WALHOOK_PID"
+    walhook_rc=$?
+    set -e
+    WALHOOK_PID=""
+
+    # Log lines without colour codes, in case the terminal escape codes are on.
+    sed 's/\x1b\[[0-9;]*m//g' "$TMP/$RUN_FILE.log" >"$TMP/$RUN_FILE.plain.log"
+    LOG_WARN=$(grep -c -E '(^| )(WARN|ERROR) ' "$TMP/$RUN_FILE.plain.log" || true)
+}
+
+# The figures of one run; save_results PREFIX keeps them as PREFIX_NAME,
+# load_results PREFIX brings them back.
+RESULT_VARS=(SLOT_SECONDS DELIVERED_SECONDS DELIVERED_BY WALHOOK_SECONDS WALHOOK_RATE calls errors
+             ng_final WALHOOK_HWM WALHOOK_CPU WALSENDER_CPU SQL_CPU NGINX_CPU walhook_rc LOG_WARN RUN_FILE)
+save_results() { local v; for v in "${RESULT_VARS[@]}"; do printf -v "${1}_$v" '%s' "${!v}"; done; }
+load_results() { local v n; for v in "${RESULT_VARS[@]}"; do n="${1}_$v"; printf -v "$v" '%s' "${!n}"; done; }
+
+measure_walhook http walhook walhook walhook "$HOOK_ID"
+save_results HTTP
+if (( HTTPS )); then
+    measure_walhook https walhook-https walhook_tls walhook_tls "$TLS_HOOK_ID"
+    save_results TLS
 fi
-
-# Resources, read while walhook still runs.
-WALHOOK_HWM=$(awk '/^VmHWM:/ { print $2 }' "/proc/$WALHOOK_PID/status")
-WALHOOK_CPU=$(cpu_seconds "$WALHOOK_PID")
-WALSENDER_PID=$(q "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'walhook'")
-WALSENDER_CPU=$( [[ $WALSENDER_PID =~ ^[0-9]+$ ]] && cpu_seconds "$WALSENDER_PID" || echo "?")
-SQL_CPU=0
-for p in $(q "SELECT pid FROM pg_stat_activity WHERE application_name = 'walhook'
-              AND backend_type = 'client backend'" 2>/dev/null || true); do
-    SQL_CPU=$(awk -v a="$SQL_CPU" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
-done
-NGINX_CPU_AFTER=0
-for p in $(pgrep -P "$NGINX_PID" 2>/dev/null || true); do
-    NGINX_CPU_AFTER=$(awk -v a="$NGINX_CPU_AFTER" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
-done
-NGINX_CPU=$(awk -v a="$NGINX_CPU_BEFORE" -v b="$NGINX_CPU_AFTER" 'BEGIN { printf "%.2f", b - a }')
-
-say "stopping walhook (SIGTERM)"
-kill -TERM "$WALHOOK_PID"
-wait_exit "$WALHOOK_PID" 30 || die "walhook did not exit within 30 s of SIGTERM"
-set +e
-wait "$WALHOOK_PID"
-walhook_rc=$?
-set -e
-WALHOOK_PID=""
-
-# Log lines without colour codes, in case the terminal escape codes are on.
-sed 's/\x1b\[[0-9;]*m//g' "$TMP/walhook.log" >"$TMP/walhook.plain.log"
-LOG_WARN=$(grep -c -E '(^| )(WARN|ERROR) ' "$TMP/walhook.plain.log" || true)
+load_results HTTP
 
 # ---------------------------------------------------------------- verdicts
 
 problems=()
-[[ ${calls:-} =~ ^[0-9]+$ ]] || problems+=("walhook.webhook_usage has no row for webhook $HOOK_ID")
-[[ ${calls:-} == "$EXPECTED" ]] || problems+=("webhook_usage.total_calls is ${calls:-none}, expected $EXPECTED")
-[[ ${errors:-} == 0 ]] || problems+=("webhook_usage.total_errors is ${errors:-none}, expected 0")
-(( ng_final < 0 || ng_final == EXPECTED )) || problems+=("nginx counted $ng_final requests, expected $EXPECTED")
-(( walhook_rc == 0 )) || problems+=("walhook exited with status $walhook_rc after SIGTERM")
+# verdicts NAME SCHEMA HOOK_ID: the checks of the run whose results are loaded.
+verdicts() {
+    [[ ${calls:-} =~ ^[0-9]+$ ]] || problems+=("$1: $2.webhook_usage has no row for webhook $3")
+    [[ ${calls:-} == "$EXPECTED" ]] || problems+=("$1: webhook_usage.total_calls is ${calls:-none}, expected $EXPECTED")
+    [[ ${errors:-} == 0 ]] || problems+=("$1: webhook_usage.total_errors is ${errors:-none}, expected 0")
+    (( ng_final < 0 || ng_final == EXPECTED )) || problems+=("$1: nginx counted $ng_final requests, expected $EXPECTED")
+    (( walhook_rc == 0 )) || problems+=("$1: walhook exited with status $walhook_rc after SIGTERM")
+}
+if (( HTTPS )); then
+    load_results TLS
+    verdicts https walhook_tls "$TLS_HOOK_ID"
+    TLS_RATIO=$(awk -v a="$WALHOOK_RATE" -v b="$RECV_RATE" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "?" }')
+    TLS_CPU_PCT=$(awk -v c="$WALHOOK_CPU" -v s="$WALHOOK_SECONDS" 'BEGIN { printf "%.0f", 100 * c / s }')
+    TLS_DELIVERED_RATE=$(rate "$EXPECTED" "$DELIVERED_SECONDS")
+    TLS_WARN_LINES=$(grep -E '(^| )(WARN|ERROR) ' "$TMP/walhook-https.plain.log" | head -n 10 || true)
+fi
+load_results HTTP
+verdicts http walhook "$HOOK_ID"
 
 RATIO=$(awk -v a="$WALHOOK_RATE" -v b="$RECV_RATE" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "?" }')
 CPU_PCT=$(awk -v c="$WALHOOK_CPU" -v s="$WALHOOK_SECONDS" 'BEGIN { printf "%.0f", 100 * c / s }')
@@ -501,7 +609,7 @@ workload        : $ROWS inserts (1 transaction) + $UPDATES updates (1 transactio
                   table bench_item (id int PRIMARY KEY, n int, label text); $WAL_MIB MiB of WAL
 server          : PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), throwaway cluster, fsync=off, autovacuum=off
 machine         : $(nproc) CPUs
-receiver        : nginx, worker_processes 2, return 200, loopback
+receiver        : nginx, worker_processes 2, return 200, loopback$( (( HTTPS )) && printf '%s' "; https: the same nginx over TLS 1.3 (self-signed P-256 certificate, walhook's delivery.ca_file)")
 walhook config  : concurrency_per_webhook = $CONCURRENCY, status_interval = 1s, 1 hook (events '*')${DELIVERY_EXTRA:+; extra [delivery]: $(tr '\n' ' ' <<<"$DELIVERY_EXTRA")}
 
 pg_recvlogical  : $RECV_RATE changes/s   (${RECV_SECONDS} s to $END_LSN)
@@ -513,12 +621,30 @@ receiver-side   : $DELIVERED_RATE changes/s, ratio $DELIVERED_RATIO   (from the 
 CPU during catch-up: walhook ${WALHOOK_CPU} s (${CPU_PCT}% of one core), its walsender ${WALSENDER_CPU} s, its SQL sessions ${SQL_CPU} s, nginx workers ${NGINX_CPU} s
 webhook_usage   : total_calls ${calls:-?}, total_errors ${errors:-?}; nginx counted $( (( ng_final >= 0 )) && echo "$ng_final" || echo "n/a") requests
 walhook log     : $LOG_WARN WARN/ERROR lines; exit status $walhook_rc after SIGTERM
-===================================================
 EOF
+if (( HTTPS )); then
+    cat <<EOF
+
+over https      : the same $EXPECTED changes from their own slot, by a second installation
+walhook https   : $TLS_WALHOOK_RATE changes/s   (${TLS_WALHOOK_SECONDS} s; slot confirmed at ${TLS_SLOT_SECONDS} s, receiver had every request at ${TLS_DELIVERED_SECONDS} s)
+ratio           : $TLS_RATIO   (walhook https / pg_recvlogical)
+walhook peak RSS: $(( TLS_WALHOOK_HWM / 1024 )) MiB   (VmHWM $TLS_WALHOOK_HWM kB)
+CPU during catch-up: walhook ${TLS_WALHOOK_CPU} s (${TLS_CPU_PCT}% of one core), nginx workers ${TLS_NGINX_CPU} s
+webhook_usage   : total_calls ${TLS_calls:-?}, total_errors ${TLS_errors:-?}; $TLS_LOG_WARN WARN/ERROR lines; exit status $TLS_walhook_rc after SIGTERM
+
+side by side    : http $WALHOOK_RATE changes/s, https $TLS_WALHOOK_RATE changes/s (https / http $(awk -v a="$TLS_WALHOOK_RATE" -v b="$WALHOOK_RATE" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "?" }'))
+  receiver-side : http $DELIVERED_RATE changes/s, https $TLS_DELIVERED_RATE changes/s (https / http $(awk -v a="$TLS_DELIVERED_RATE" -v b="$DELIVERED_RATE" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "?" }'); without the confirmation delay)
+EOF
+fi
+echo "==================================================="
 [[ -n $SLOT_NOTE ]] && echo "$SLOT_NOTE"
 if (( LOG_WARN > 0 )); then
     echo "walhook WARN/ERROR lines (first 10):"
     grep -E '(^| )(WARN|ERROR) ' "$TMP/walhook.plain.log" | head -n 10
+fi
+if [[ -n ${TLS_WARN_LINES:-} ]]; then
+    echo "walhook (https) WARN/ERROR lines (first 10):"
+    echo "$TLS_WARN_LINES"
 fi
 if (( ${#problems[@]} > 0 )); then
     for p in "${problems[@]}"; do echo "PROBLEM: $p" >&2; done

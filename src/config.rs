@@ -196,6 +196,14 @@ pub struct DeliveryConfig {
     /// The largest request body: an event that would be larger is sent
     /// with its largest values left out and named in `MissingColumns`.
     pub max_body_bytes: usize,
+    /// A PEM file of CA certificates trusted for HTTPS targets besides the
+    /// system's.
+    pub ca_file: Option<PathBuf>,
+    /// A PEM certificate (chain) presented to targets that ask for one;
+    /// set together with `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// The PEM private key of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl Default for DeliveryConfig {
@@ -215,6 +223,9 @@ impl Default for DeliveryConfig {
             backlog_max_age: Duration::from_secs(300),
             parked_retention: Duration::from_secs(30 * 24 * 3600),
             max_body_bytes: 16 * 1024 * 1024,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
         }
     }
 }
@@ -427,6 +438,22 @@ impl Config {
             if !addr.ip().is_loopback() {
                 bail!("key metrics.listen: {addr} is not a loopback address; metrics and health are served on loopback only (127.0.0.1 or [::1])");
             }
+        }
+        match (
+            &self.delivery.client_cert_file,
+            &self.delivery.client_key_file,
+        ) {
+            (Some(cert), None) => bail!(
+                "key delivery.client_key_file is missing: delivery.client_cert_file ({}) needs \
+                 its private key; set both or neither",
+                cert.display()
+            ),
+            (None, Some(key)) => bail!(
+                "key delivery.client_cert_file is missing: delivery.client_key_file ({}) is \
+                 the key of a certificate; set both or neither",
+                key.display()
+            ),
+            _ => {}
         }
         for (name, table) in &self.tables {
             if name.split_once('.').is_none() {
@@ -787,6 +814,56 @@ mod tests {
         assert_eq!(c.delivery.timeout, Duration::from_millis(250));
         let err = Config::parse("[delivery]\ntimeout = \"soon\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("soon"));
+    }
+
+    /// The documented example behaves like an empty file, and its
+    /// commented-out HTTPS keys parse once uncommented.
+    #[test]
+    fn the_example_config_is_the_defaults() {
+        let example = include_str!("../systemd/walhook.toml");
+        assert_eq!(Config::parse(example).unwrap(), Config::default());
+        let uncommented = example
+            .lines()
+            .map(|line| {
+                for key in ["ca_file", "client_cert_file", "client_key_file"] {
+                    if let Some(rest) = line.strip_prefix(&format!("# {key} = ")) {
+                        return format!("{key} = {rest}\n");
+                    }
+                }
+                format!("{line}\n")
+            })
+            .collect::<String>();
+        let d = Config::parse(&uncommented).unwrap().delivery;
+        assert!(d.ca_file.is_some() && d.client_cert_file.is_some() && d.client_key_file.is_some());
+    }
+
+    #[test]
+    fn client_certificate_needs_both_files() {
+        let both = Config::parse(
+            "[delivery]\nclient_cert_file = \"/etc/walhook/client.pem\"\n\
+             client_key_file = \"/etc/walhook/client.key\"\nca_file = \"/etc/walhook/ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            both.delivery.client_key_file.as_deref(),
+            Some(Path::new("/etc/walhook/client.key"))
+        );
+        assert_eq!(
+            both.delivery.ca_file.as_deref(),
+            Some(Path::new("/etc/walhook/ca.pem"))
+        );
+        let err = Config::parse("[delivery]\nclient_cert_file = \"/etc/walhook/client.pem\"\n")
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("key delivery.client_key_file is missing"),
+            "{err:#}"
+        );
+        let err = Config::parse("[delivery]\nclient_key_file = \"/etc/walhook/client.key\"\n")
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("key delivery.client_cert_file is missing"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -1,17 +1,21 @@
 //! A loopback HTTP receiver that records every request.
 //!
 //! `walhook demo` shows deliveries with it, and the integration tests use it
-//! as a real target (real sockets, real HTTP), answering with whatever
-//! status the test chooses.
+//! as a real target (real sockets, real HTTP, or HTTPS with the certificate
+//! a test gives it), answering with whatever status the test chooses.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::serve::IncomingStream;
 use tokio::sync::Notify;
+
+use crate::tls::{Failures, ServerTls, TlsListener};
 
 /// One request as it arrived.
 #[derive(Debug, Clone)]
@@ -22,6 +26,8 @@ pub struct ReceivedRequest {
     pub at: Instant,
     /// The status the receiver answered with.
     pub status: u16,
+    /// The DER certificate the client presented over HTTPS, if any.
+    pub client_certificate: Option<Vec<u8>>,
 }
 
 impl ReceivedRequest {
@@ -55,6 +61,37 @@ pub struct Receiver {
     addr: SocketAddr,
     shared: Arc<Shared>,
     server: tokio::task::JoinHandle<()>,
+    /// Serving HTTPS (then URLs name `localhost`, the name a test
+    /// certificate carries).
+    https: bool,
+    /// TLS handshakes that failed (HTTPS only).
+    failures: Arc<Failures>,
+}
+
+/// Who sent a request: what the handler learns about the connection.
+#[derive(Clone)]
+struct Peer {
+    client_certificate: Option<Vec<u8>>,
+}
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
+    fn connect_info(_: IncomingStream<'_, tokio::net::TcpListener>) -> Peer {
+        Peer {
+            client_certificate: None,
+        }
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Peer {
+        let (_, session) = stream.io().get_ref();
+        Peer {
+            client_certificate: session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|cert| cert.to_vec()),
+        }
+    }
 }
 
 impl Receiver {
@@ -85,10 +122,32 @@ impl Receiver {
         Receiver::start_full(|_, _| 200, delay, true).await
     }
 
+    /// An HTTPS receiver answering 200 to everything, serving `tls`.
+    pub async fn start_https(tls: ServerTls) -> anyhow::Result<Receiver> {
+        Receiver::start_https_with(tls, |_, _| 200).await
+    }
+
+    /// An HTTPS receiver serving `tls`, answering what `respond` says.
+    pub async fn start_https_with(
+        tls: ServerTls,
+        respond: impl Fn(&ReceivedRequest, usize) -> u16 + Send + Sync + 'static,
+    ) -> anyhow::Result<Receiver> {
+        Receiver::start_serving(respond, Duration::ZERO, true, Some(tls)).await
+    }
+
     async fn start_full(
         respond: impl Fn(&ReceivedRequest, usize) -> u16 + Send + Sync + 'static,
         delay: Duration,
         keep: bool,
+    ) -> anyhow::Result<Receiver> {
+        Receiver::start_serving(respond, delay, keep, None).await
+    }
+
+    async fn start_serving(
+        respond: impl Fn(&ReceivedRequest, usize) -> u16 + Send + Sync + 'static,
+        delay: Duration,
+        keep: bool,
+        tls: Option<ServerTls>,
     ) -> anyhow::Result<Receiver> {
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),
@@ -103,19 +162,66 @@ impl Receiver {
         let addr = listener.local_addr()?;
         let app = axum::Router::new()
             .fallback(record)
-            .with_state(Arc::clone(&shared));
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+            .with_state(Arc::clone(&shared))
+            .into_make_service_with_connect_info::<Peer>();
+        let failures = Arc::new(Failures::default());
+        let https = tls.is_some();
+        let server = match tls {
+            None => tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }),
+            Some(tls) => {
+                let listener = TlsListener::new(listener, &tls, Arc::clone(&failures))?;
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app).await;
+                })
+            }
+        };
         Ok(Receiver {
             addr,
             shared,
             server,
+            https,
+            failures,
         })
     }
 
+    /// The URL of `path`: `http://127.0.0.1:PORT/path`, or for HTTPS
+    /// `https://localhost:PORT/path` (the receiver listens on 127.0.0.1).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        if self.https {
+            format!("https://localhost:{}{path}", self.addr.port())
+        } else {
+            format!("http://{}{path}", self.addr)
+        }
+    }
+
+    /// The port the receiver listens on (on 127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// TLS handshakes that failed so far, as the server saw them.
+    pub fn handshake_failures(&self) -> Vec<String> {
+        self.failures
+            .list
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Wait until at least one TLS handshake has failed, or `timeout`;
+    /// returns the failures so far.
+    pub async fn wait_handshake_failure(&self, timeout: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.failures.notify.notified();
+            let failures = self.handshake_failures();
+            if !failures.is_empty() || tokio::time::Instant::now() >= deadline {
+                return failures;
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
     }
 
     pub fn requests(&self) -> Vec<ReceivedRequest> {
@@ -160,6 +266,7 @@ impl Drop for Receiver {
 
 async fn record(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -179,6 +286,7 @@ async fn record(
         body,
         at: Instant::now(),
         status: 0,
+        client_certificate: peer.client_certificate,
     };
     let status = {
         let mut requests = shared.requests.lock().unwrap_or_else(|e| e.into_inner());

@@ -46,6 +46,10 @@ pub async fn setup(config: &Config, dry_run: bool) -> anyhow::Result<()> {
 /// `walhook check`: the config, the connection, then the database.
 pub async fn check(config: &Config) -> u8 {
     println!("OK    config parses");
+    let mut failed = false;
+    for line in setup::check_delivery_files(config) {
+        failed |= print_line(&line);
+    }
     let conn = match config.connection() {
         Ok(c) => c,
         Err(e) => {
@@ -63,21 +67,23 @@ pub async fn check(config: &Config) -> u8 {
             return exit::CHECK_FAILED;
         }
     };
-    let mut failed = false;
     for line in setup::check(&store, config).await {
-        let tag = match line.level {
-            setup::CheckLevel::Ok => "OK  ",
-            setup::CheckLevel::Warn => "WARN",
-            setup::CheckLevel::Fail => {
-                failed = true;
-                "FAIL"
-            }
-        };
-        println!("{tag}  {}", line.text);
+        failed |= print_line(&line);
     }
     if failed {
         exit::CHECK_FAILED
     } else {
         exit::OK
     }
+}
+
+/// Print a line of `walhook check`; true when it reports a problem.
+fn print_line(line: &setup::CheckLine) -> bool {
+    let tag = match line.level {
+        setup::CheckLevel::Ok => "OK  ",
+        setup::CheckLevel::Warn => "WARN",
+        setup::CheckLevel::Fail => "FAIL",
+    };
+    println!("{tag}  {}", line.text);
+    line.level == setup::CheckLevel::Fail
 }

@@ -12,7 +12,7 @@ use super::render::{columns, state_name};
 use super::{connect, invalid};
 use crate::cli::{exit, AddArgs, WebhookCommand};
 use crate::config::Config;
-use crate::delivery::{check_target, http_client, request, DeliveryStore};
+use crate::delivery::{check_target, http_client, request, tls, DeliveryStore};
 use crate::events::WebhookRow;
 use crate::registry::{Webhook, WebhookState};
 use crate::store::webhooks::NewWebhook;
@@ -357,11 +357,13 @@ async fn test(config: &Config, id: i32) -> anyhow::Result<u8> {
         Ok(r) => r,
         Err(e) => {
             let e = e.without_url();
-            println!("no response after {elapsed} ms: {}", error_chain(&e));
-            eprintln!(
-                "walhook: webhook_id {id}: POST {shown} failed: {}",
-                error_chain(&e)
-            );
+            let host = url.host_str().unwrap_or_default();
+            let why = match tls::describe_failure(&e, host, &config.delivery) {
+                Some(words) => format!("{words} ({})", error_chain(&e)),
+                None => error_chain(&e),
+            };
+            println!("no response after {elapsed} ms: {why}");
+            eprintln!("walhook: webhook_id {id}: POST {shown} failed: {why}");
             return Ok(exit::FAILURE);
         }
     };

@@ -52,6 +52,15 @@ impl Pipeline {
                 "delivery.max_in_flight_bytes",
                 old.max_in_flight_bytes == d.max_in_flight_bytes,
             ),
+            ("delivery.ca_file", old.ca_file == d.ca_file),
+            (
+                "delivery.client_cert_file",
+                old.client_cert_file == d.client_cert_file,
+            ),
+            (
+                "delivery.client_key_file",
+                old.client_key_file == d.client_key_file,
+            ),
         ] {
             if !same {
                 restart.push(key.to_owned());

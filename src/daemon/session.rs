@@ -57,6 +57,9 @@ impl Session {
         process: &mut Process,
     ) -> anyhow::Result<Option<Session>> {
         let conn = config.connection()?;
+        // Before anything else: an unreadable CA file or client key needs
+        // the operator, and says so before walhook touches the slot.
+        let http = http_client(&config.delivery)?;
         let store = Store::connect(&conn, &config.postgres.schema).await?;
         let slot = config.postgres.slot.clone();
         wait_for_leadership(&store, &slot, &mut process.shutdown).await?;
@@ -112,7 +115,7 @@ impl Session {
             "streaming"
         );
         let dispatcher = Dispatcher::new(DeliveryContext {
-            http: http_client(&config.delivery)?,
+            http,
             config: Live::new(config.delivery.clone()),
             metrics: Arc::clone(&process.metrics),
             usage,

@@ -1,5 +1,6 @@
-//! The HTTP client every delivery uses: timeouts, no redirects, and a
-//! resolver that enforces the target policy on every resolved address.
+//! The HTTP client every delivery uses: timeouts, no redirects, TLS as
+//! `tls` configures it, and a resolver that enforces the target policy on
+//! every resolved address.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,11 +8,24 @@ use std::sync::Arc;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use super::target_policy::is_public;
+use super::tls;
 use crate::config::DeliveryConfig;
 
-/// Builds the HTTP client used for every target.
+/// Builds the HTTP client used for every target. Errors name the TLS key
+/// and file at fault (`delivery.ca_file`, `client_cert_file`,
+/// `client_key_file`).
 pub fn http_client(config: &DeliveryConfig) -> anyhow::Result<reqwest::Client> {
+    let (tls, trust) = tls::client_config(config)?;
+    tracing::debug!("HTTPS targets: trusting {trust}");
+    if let Some(problem) = config
+        .client_key_file
+        .as_deref()
+        .and_then(tls::key_file_exposure)
+    {
+        tracing::warn!("{problem}");
+    }
     Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
         .connect_timeout(config.connect_timeout)
         .timeout(config.timeout)
         // A redirect is reported as a failure, never followed: the hook's

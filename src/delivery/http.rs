@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::request;
 use super::target_policy::check_target;
+use super::tls;
 use crate::config::DeliveryConfig;
 use crate::registry::Webhook;
 use crate::text::{truncate_chars, LAST_ERROR_MAX_CHARS};
@@ -64,7 +65,7 @@ pub async fn attempt(
             return DeliveryOutcome::Failed {
                 // The hook's URL is known; leaving it out keeps any
                 // credentials in it out of last_error.
-                error: transport_error(&e.without_url()),
+                error: transport_error(&e.without_url(), &job.hook.target_url, config),
                 retry_after: None,
             };
         }
@@ -138,8 +139,9 @@ fn storable(text: &str) -> String {
     text.replace('\0', "\u{FFFD}")
 }
 
-/// A transport error with its causes (connect refused, timeout, TLS, ...).
-fn transport_error(e: &reqwest::Error) -> String {
+/// A transport error with its causes (connect refused, timeout, TLS, ...);
+/// a TLS failure is said in words first, naming the host.
+fn transport_error(e: &reqwest::Error, url: &url::Url, config: &DeliveryConfig) -> String {
     let mut text = if e.is_timeout() {
         "timed out: ".to_owned()
     } else if e.is_connect() {
@@ -154,7 +156,10 @@ fn transport_error(e: &reqwest::Error) -> String {
         text.push_str(&s.to_string());
         source = s.source();
     }
-    text
+    match tls::describe_failure(e, url.host_str().unwrap_or_default(), config) {
+        Some(words) => format!("{words} ({text})"),
+        None => text,
+    }
 }
 
 /// `Retry-After`: seconds or an HTTP date (RFC 9110: the IMF-fixdate, or the

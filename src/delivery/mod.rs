@@ -42,6 +42,7 @@ pub mod request;
 mod retry;
 pub mod signing;
 pub mod target_policy;
+pub mod tls;
 pub mod usage;
 
 use std::sync::Arc;

@@ -171,8 +171,6 @@ fn hook(url: &str, state: WebhookState) -> Arc<Webhook> {
 }
 
 fn context(store: Arc<MemoryStore>, tune: impl FnOnce(&mut DeliveryConfig)) -> DeliveryContext {
-    // The process installs the provider in main.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut config = DeliveryConfig {
         allow_http: true,
         allow_private_targets: true,

@@ -1,9 +1,10 @@
-//! `walhook check`: the pre-flight checks that need a database connection,
-//! each a line with a level and, for a problem, the fix.
+//! `walhook check`: the pre-flight checks, each a line with a level and,
+//! for a problem, the fix: the files the config names, then everything
+//! that needs a database connection.
 
 use super::{publications, MIN_SERVER_VERSION};
 use crate::config::Config;
-use crate::delivery::check_target;
+use crate::delivery::{check_target, tls};
 use crate::registry::Webhook;
 use crate::store::Store;
 
@@ -22,7 +23,56 @@ pub struct CheckLine {
     pub text: String,
 }
 
-/// The checks, in the order a DBA fixes things.
+/// The HTTPS files of `[delivery]`: each readable, the client key not
+/// readable by others, and together a usable TLS configuration.
+pub fn check_delivery_files(config: &Config) -> Vec<CheckLine> {
+    let d = &config.delivery;
+    let mut out = Vec::new();
+    let mut unreadable = false;
+    for (key, path) in [
+        ("delivery.ca_file", &d.ca_file),
+        ("delivery.client_cert_file", &d.client_cert_file),
+        ("delivery.client_key_file", &d.client_key_file),
+    ] {
+        let Some(path) = path else { continue };
+        if let Err(e) = std::fs::read(path) {
+            unreadable = true;
+            out.push(CheckLine {
+                level: CheckLevel::Fail,
+                text: format!(
+                    "key {key}: cannot read {}: {e} (the file must exist and be readable by the \
+                     user walhook runs as, for instance root:walhook mode 640)",
+                    path.display()
+                ),
+            });
+        }
+    }
+    if let Some(problem) = d
+        .client_key_file
+        .as_deref()
+        .and_then(tls::key_file_exposure)
+    {
+        out.push(CheckLine {
+            level: CheckLevel::Fail,
+            text: problem,
+        });
+    }
+    if !unreadable {
+        out.push(match tls::client_config(d) {
+            Ok((_, trust)) => CheckLine {
+                level: CheckLevel::Ok,
+                text: format!("HTTPS targets: trusting {trust}"),
+            },
+            Err(e) => CheckLine {
+                level: CheckLevel::Fail,
+                text: format!("{e:#}"),
+            },
+        });
+    }
+    out
+}
+
+/// The checks that need the database, in the order a DBA fixes things.
 pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
     let mut out = Vec::new();
     let mut push = |level, text: String| out.push(CheckLine { level, text });

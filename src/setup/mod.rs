@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 use anyhow::bail;
 
-pub use self::check::{check, CheckLevel, CheckLine};
+pub use self::check::{check, check_delivery_files, CheckLevel, CheckLine};
 use crate::config::Config;
 use crate::store::catalog::{HostTable, PublicationOptions, PublishedTable};
 use crate::store::{ddl, Store};

@@ -8,6 +8,10 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
 use serde_json::Value;
 use sha2::Sha256;
 use walhook_lab::cluster::Cluster;
@@ -477,4 +481,81 @@ pub fn decimal(text: &str) -> Option<(bool, String, i64)> {
     }
     let exponent = exponent - frac.len() as i64 + (digits.len() - trimmed.len()) as i64;
     Some((negative, trimmed.to_owned(), exponent))
+}
+
+/// A certificate authority made for one test.
+pub struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+/// A certificate and its private key, as PEM.
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The certificate as DER, to compare with what a server received.
+    pub der: Vec<u8>,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses):
+    /// (certificate PEM, private key PEM).
+    pub fn server_cert(&self, names: &[&str]) -> (String, String) {
+        let issued = self.issue(names, ExtendedKeyUsagePurpose::ServerAuth, |_| {});
+        (issued.cert_pem, issued.key_pem)
+    }
+
+    /// A server certificate for `names` that expired in 2021.
+    pub fn expired_server_cert(&self, names: &[&str]) -> (String, String) {
+        let issued = self.issue(names, ExtendedKeyUsagePurpose::ServerAuth, |params| {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        });
+        (issued.cert_pem, issued.key_pem)
+    }
+
+    /// A client certificate for `name`.
+    pub fn client_cert(&self, name: &str) -> Issued {
+        self.issue(&[name], ExtendedKeyUsagePurpose::ClientAuth, |_| {})
+    }
+
+    fn issue(
+        &self,
+        names: &[&str],
+        purpose: ExtendedKeyUsagePurpose,
+        tune: impl FnOnce(&mut CertificateParams),
+    ) -> Issued {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        params.extended_key_usages = vec![purpose];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        tune(&mut params);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        }
+    }
 }

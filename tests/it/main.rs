@@ -10,6 +10,7 @@ mod crash;
 mod delivery;
 mod errors;
 mod hostile;
+mod https;
 mod large;
 mod operations;
 mod pgoutput_fixtures;
