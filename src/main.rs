@@ -131,12 +131,13 @@ async fn dispatch(command: Command, config: Config, reloader: Reloader) -> u8 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            // The daemon's errors also go to the log; the DBA's commands
-            // only print theirs once.
+            // Once: the daemon's commands say it in the log (stderr, or
+            // the journal), the DBA's commands print it.
             if logged {
                 tracing::error!("{e:#}");
+            } else {
+                eprintln!("walhook: {e:#}");
             }
-            eprintln!("walhook: {e:#}");
             if e.downcast_ref::<admin::Invalid>().is_some() {
                 exit::CONFIG
             } else {

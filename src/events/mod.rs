@@ -523,11 +523,13 @@ impl EventBuilder {
                 _ => (current, None),
             }
         };
+        // The first configured column whose value is an id: a column that
+        // exists but is NULL falls through to the next.
         let changed_by_associate_id = self
             .changed_by_columns
             .iter()
-            .find_map(|c| field_values.get(c))
-            .and_then(|v| match v {
+            .filter_map(|c| field_values.get(c))
+            .find_map(|v| match v {
                 Value::Number(n) => n.as_i64(),
                 Value::String(s) => s.parse().ok(),
                 _ => None,

@@ -246,3 +246,39 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn changed_by_is_the_first_configured_column_that_holds_an_id() {
+    let config = Config::default();
+    let relation = |oid| pgoutput::Relation {
+        oid,
+        namespace: "crm".into(),
+        name: "person".into(),
+        replica_identity: ReplicaIdentity::Default,
+        columns: vec![
+            column("id", 23, true),
+            column("updated_associate_id", 23, false),
+            column("registered_associate_id", 23, false),
+        ],
+    };
+    let mut b = EventBuilder::new(&config, TypeCatalog::builtin());
+    b.add_relation(relation(200), None);
+    let changed_by = |b: &mut EventBuilder, updated: TupleValue, registered: TupleValue| {
+        let mut index = 0;
+        let mut out = b
+            .change(
+                &TXN,
+                &mut index,
+                pgoutput::Message::Insert(pgoutput::Insert {
+                    relation_oid: 200,
+                    new: TupleData(vec![text("1"), updated, registered]),
+                }),
+            )
+            .unwrap();
+        event(out.remove(0)).changed_by_associate_id
+    };
+    assert_eq!(changed_by(&mut b, text("7"), text("42")), 7);
+    assert_eq!(changed_by(&mut b, TupleValue::Null, text("42")), 42);
+    assert_eq!(changed_by(&mut b, TupleValue::Null, TupleValue::Null), 0);
+    assert_eq!(changed_by(&mut b, text("7"), TupleValue::Null), 7);
+}
