@@ -1,0 +1,262 @@
+//! The connection to PostgreSQL: the URL or key=value string, PG*
+//! variables, `password_file` and `~/.pgpass`, resolved once.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use percent_encoding::percent_decode_str;
+
+use super::PostgresConfig;
+
+/// TLS mode to PostgreSQL, as libpq's sslmode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+/// Everything needed to open a session, resolved once.
+#[derive(Clone)]
+pub struct Connection {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+    pub sslmode: SslMode,
+    pub sslrootcert: Option<PathBuf>,
+    pub application_name: String,
+    pub statement_timeout: Duration,
+    pub lock_timeout: Duration,
+}
+
+impl std::fmt::Debug for Connection {
+    // The password never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}@{}:{}/{}",
+            self.user, self.host, self.port, self.dbname
+        )
+    }
+}
+
+impl Connection {
+    pub(super) fn from_config(pg: &PostgresConfig) -> anyhow::Result<Connection> {
+        // tokio-postgres knows only three sslmodes and no sslrootcert;
+        // walhook reads those two itself.
+        let stripped = without_params(&pg.url, &["sslmode", "sslrootcert"]);
+        let parsed: tokio_postgres::Config = stripped.parse().with_context(|| {
+            "key postgres.url is not a valid PostgreSQL URL or connection string"
+        })?;
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let host = match parsed.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => env("PGHOST").unwrap_or_else(|| "localhost".into()),
+        };
+        let port = match parsed.get_ports().first() {
+            Some(p) => *p,
+            None => match env("PGPORT") {
+                Some(p) => p
+                    .parse()
+                    .with_context(|| format!("PGPORT={p:?} is not a port number"))?,
+                None => 5432,
+            },
+        };
+        let user = parsed
+            .get_user()
+            .map(str::to_owned)
+            .or_else(|| env("PGUSER"))
+            .unwrap_or_else(|| "postgres".into());
+        let dbname = parsed
+            .get_dbname()
+            .map(str::to_owned)
+            .or_else(|| env("PGDATABASE"))
+            .unwrap_or_else(|| user.clone());
+        let password = match (&pg.password_file, parsed.get_password()) {
+            (Some(file), _) => {
+                let text = std::fs::read_to_string(file).with_context(|| {
+                    format!("key postgres.password_file: cannot read {}", file.display())
+                })?;
+                Some(text.lines().next().unwrap_or("").to_owned())
+            }
+            (None, Some(p)) => Some(String::from_utf8_lossy(p).into_owned()),
+            (None, None) => env("PGPASSWORD").or_else(|| pgpass(&host, port, &dbname, &user)),
+        };
+        let sslmode = match url_param(&pg.url, "sslmode")
+            .or_else(|| env("PGSSLMODE"))
+            .as_deref()
+        {
+            None | Some("prefer") | Some("allow") => SslMode::Prefer,
+            Some("disable") => SslMode::Disable,
+            Some("require") => SslMode::Require,
+            Some("verify-ca") => SslMode::VerifyCa,
+            Some("verify-full") => SslMode::VerifyFull,
+            Some(other) => bail!("key postgres.url: unknown sslmode {other:?}"),
+        };
+        let sslrootcert = url_param(&pg.url, "sslrootcert")
+            .or_else(|| env("PGSSLROOTCERT"))
+            .map(PathBuf::from);
+        Ok(Connection {
+            host,
+            port,
+            user,
+            password,
+            dbname,
+            sslmode,
+            sslrootcert,
+            application_name: pg.application_name.clone(),
+            statement_timeout: pg.statement_timeout,
+            lock_timeout: pg.lock_timeout,
+        })
+    }
+
+    /// A tokio-postgres config for ordinary SQL sessions.
+    pub fn sql_config(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.dbname)
+            .application_name(&self.application_name)
+            .connect_timeout(Duration::from_secs(10))
+            .options(format!(
+                "-c statement_timeout={} -c lock_timeout={} -c synchronous_commit=on",
+                self.statement_timeout.as_millis(),
+                self.lock_timeout.as_millis()
+            ));
+        if let Some(p) = &self.password {
+            c.password(p);
+        }
+        c
+    }
+}
+
+/// The password for a connection from `$PGPASSFILE` or `~/.pgpass`, as
+/// libpq reads it: `host:port:database:user:password`, `*` matching
+/// anything, `\:` and `\\` escaped. A missing file means no password.
+pub(super) fn pgpass(host: &str, port: u16, dbname: &str, user: &str) -> Option<String> {
+    let path = std::env::var_os("PGPASSFILE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    pgpass_lookup(&text, host, port, dbname, user)
+}
+
+pub(super) fn pgpass_lookup(
+    text: &str,
+    host: &str,
+    port: u16,
+    dbname: &str,
+    user: &str,
+) -> Option<String> {
+    let port = port.to_string();
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .find_map(|line| {
+            let mut fields = Vec::with_capacity(5);
+            let mut field = String::new();
+            let mut chars = line.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => field.extend(chars.next()),
+                    ':' if fields.len() < 4 => fields.push(std::mem::take(&mut field)),
+                    c => field.push(c),
+                }
+            }
+            fields.push(field);
+            let [h, p, d, u, password] = <[String; 5]>::try_from(fields).ok()?;
+            let matches = |pattern: &str, value: &str| pattern == "*" || pattern == value;
+            (matches(&h, host) && matches(&p, &port) && matches(&d, dbname) && matches(&u, user))
+                .then_some(password)
+        })
+}
+
+/// The parameters of a connection string: the `&`-separated query of a URL
+/// (`postgres://host/db?sslmode=require&...`), or the space-separated
+/// `name=value` pairs of a key/value string (`host=db sslmode=require`).
+///
+/// Not `url::Url`: it refuses the multi-host URLs libpq and tokio-postgres
+/// accept (`postgres://h1:5432,h2:5433/db`), and its `query_pairs` reads a
+/// `+` as a space, which libpq does not.
+pub(super) struct Params<'a> {
+    /// A URL without its query; empty for a key/value string.
+    base: &'a str,
+    /// The parameters as written (percent-encoded in a URL).
+    items: Vec<&'a str>,
+    url: bool,
+}
+
+impl<'a> Params<'a> {
+    fn of(conn: &'a str) -> Params<'a> {
+        if !conn.contains("://") {
+            let items = conn.split(' ').collect();
+            return Params {
+                base: "",
+                items,
+                url: false,
+            };
+        }
+        let (base, items) = match conn.split_once('?') {
+            Some((base, query)) => (base, query.split('&').collect()),
+            None => (conn, Vec::new()),
+        };
+        Params {
+            base,
+            items,
+            url: true,
+        }
+    }
+
+    /// A parameter's name and value. In a URL both are percent-decoded as
+    /// libpq and tokio-postgres decode them: `%XX` only, a `+` stays a `+`
+    /// (unlike an HTML form's `application/x-www-form-urlencoded`).
+    fn pair(&self, item: &'a str) -> Option<(Cow<'a, str>, Cow<'a, str>)> {
+        let (name, value) = item.split_once('=')?;
+        if !self.url {
+            return Some((name.into(), value.into()));
+        }
+        let decode = |text: &'a str| percent_decode_str(text).decode_utf8_lossy();
+        Some((decode(name), decode(value)))
+    }
+}
+
+/// The connection string without the given parameters; the others stay as
+/// written.
+pub(super) fn without_params(url: &str, keys: &[&str]) -> String {
+    let params = Params::of(url);
+    let kept: Vec<&str> = params
+        .items
+        .iter()
+        .copied()
+        .filter(|item| {
+            !params
+                .pair(item)
+                .is_some_and(|(name, _)| keys.contains(&&*name))
+        })
+        .collect();
+    match (params.url, kept.is_empty()) {
+        (false, _) => kept.join(" "),
+        (true, true) => params.base.to_owned(),
+        (true, false) => format!("{}?{}", params.base, kept.join("&")),
+    }
+}
+
+/// A parameter of a connection string, decoded (tokio-postgres accepts but
+/// does not expose sslrootcert, and folds sslmode to 3 values).
+pub(super) fn url_param(url: &str, key: &str) -> Option<String> {
+    let params = Params::of(url);
+    params
+        .items
+        .iter()
+        .filter_map(|item| params.pair(item))
+        .find(|(name, _)| name == key)
+        .map(|(_, value)| value.into_owned())
+}

@@ -1,0 +1,352 @@
+//! The TOML configuration file.
+//!
+//! Every key has a default, so an empty file is valid; an unknown key is an
+//! error that names it (a typo must never silently fall back to a default
+//! beside a production database). `systemd/walhook.toml` documents each key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Deserializer};
+
+mod connection;
+mod validate;
+
+pub use self::connection::{Connection, SslMode};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub postgres: PostgresConfig,
+    pub capture: CaptureConfig,
+    pub events: EventsConfig,
+    /// Per-table settings keyed by `"schema.table"`.
+    pub tables: BTreeMap<String, TableConfig>,
+    pub delivery: DeliveryConfig,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
+}
+
+impl Config {
+    /// walhook's publications: the main one, and the insert-only one for
+    /// tables without a replica identity (publishing their UPDATE or
+    /// DELETE would make the host's statements fail).
+    pub fn publications(&self) -> [String; 2] {
+        [
+            self.postgres.publication.clone(),
+            self.keyless_publication(),
+        ]
+    }
+
+    /// The insert-only publication for tables without an identity.
+    pub fn keyless_publication(&self) -> String {
+        format!("{}_keyless", self.postgres.publication)
+    }
+}
+
+/// The optional Prometheus metrics and health listener.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A loopback address such as "127.0.0.1:9187"; unset: no listener.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// libpq-style URL or key=value connection string.
+    pub url: String,
+    /// A file whose first line is the password (instead of the URL or PGPASSWORD).
+    pub password_file: Option<PathBuf>,
+    pub schema: String,
+    pub slot: String,
+    pub publication: String,
+    pub application_name: String,
+    #[serde(deserialize_with = "duration")]
+    pub statement_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub lock_timeout: Duration,
+    /// How often the confirmed position is sent to the server, whatever the
+    /// pipeline is doing.
+    #[serde(deserialize_with = "duration")]
+    pub status_interval: Duration,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: "postgres://walhook@127.0.0.1:5432/postgres".into(),
+            password_file: None,
+            schema: "walhook".into(),
+            slot: "walhook".into(),
+            publication: "walhook".into(),
+            application_name: "walhook".into(),
+            statement_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(5),
+            status_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Which host tables `setup` publishes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// `schema.table` patterns; `*` matches any run of characters.
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    /// Changes to a partition are published as changes to its partitioned
+    /// table (events name the parent); false names the partition.
+    pub publish_via_partition_root: bool,
+    /// Let the running daemon add tables created later to the publication
+    /// (as `setup` would), checking every `auto_add_interval`. Needs a run
+    /// role that owns the tables; off by default.
+    pub auto_add_tables: bool,
+    #[serde(deserialize_with = "duration")]
+    pub auto_add_interval: Duration,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            include: vec!["*.*".into()],
+            exclude: Vec::new(),
+            publish_via_partition_root: true,
+            auto_add_tables: false,
+            auto_add_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    pub context_identifier: String,
+    /// Columns read, in order, for ChangedByAssociateId.
+    pub changed_by_columns: Vec<String>,
+    /// Skip changes that carry a replication origin (rows this database
+    /// received as a logical replication subscriber).
+    pub skip_replicated: bool,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            context_identifier: "Default".into(),
+            changed_by_columns: vec![
+                "updated_associate_id".into(),
+                "registered_associate_id".into(),
+            ],
+            skip_replicated: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TableConfig {
+    /// The entity name events use instead of the table's name.
+    pub entity: Option<String>,
+    /// Columns that never leave the server (publication column list).
+    pub exclude_columns: Vec<String>,
+}
+
+/// How events of one hook are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryOrder {
+    /// Events of one row keep commit order; rows go concurrently.
+    Row,
+    /// One strict commit order per hook.
+    Webhook,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    pub max_consecutive_errors: u32,
+    pub allow_http: bool,
+    pub allow_private_targets: bool,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Longest wait between two attempts of one event.
+    #[serde(deserialize_with = "duration")]
+    pub max_backoff: Duration,
+    pub ordering: DeliveryOrder,
+    /// Requests one hook may have in flight at once (rows spread over them).
+    pub concurrency_per_webhook: usize,
+    /// Bytes of request bodies in flight before walhook stops reading WAL.
+    pub max_in_flight_bytes: u64,
+    /// How long SIGTERM waits for in-flight deliveries.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Events one hook may have queued before its new events are parked.
+    pub backlog_limit: usize,
+    /// How long a hook may go without delivering anything while it has
+    /// queued events before its new events are parked.
+    #[serde(deserialize_with = "duration")]
+    pub backlog_max_age: Duration,
+    /// Parked events older than this are dropped (counted and logged);
+    /// "0s" keeps them until delivered or discarded.
+    #[serde(deserialize_with = "duration")]
+    pub parked_retention: Duration,
+    /// The largest request body: an event that would be larger is sent
+    /// with its largest values left out and named in `MissingColumns`.
+    pub max_body_bytes: usize,
+    /// A PEM file of CA certificates trusted for HTTPS targets besides the
+    /// system's.
+    pub ca_file: Option<PathBuf>,
+    /// A PEM certificate (chain) presented to targets that ask for one;
+    /// set together with `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// The PEM private key of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            max_consecutive_errors: 9,
+            allow_http: false,
+            allow_private_targets: false,
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(15),
+            max_backoff: Duration::from_secs(300),
+            ordering: DeliveryOrder::Row,
+            concurrency_per_webhook: 8,
+            max_in_flight_bytes: 64 * 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(10),
+            backlog_limit: 10_000,
+            backlog_max_age: Duration::from_secs(300),
+            parked_retention: Duration::from_secs(30 * 24 * 3600),
+            max_body_bytes: 16 * 1024 * 1024,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `walhook=debug`; RUST_LOG wins.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// The most requests one hook may have in flight: each is a lane task and
+/// a connection.
+pub const MAX_CONCURRENCY: usize = 1024;
+/// Bounds of `delivery.max_body_bytes`: parked bodies are stored as text,
+/// and PostgreSQL refuses any message over 1 GiB.
+pub const MIN_BODY_BYTES: usize = 64 * 1024;
+pub const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {text:?} ({e}); write it like \"5s\" or \"250ms\""
+        ))
+    })
+}
+
+impl Config {
+    /// Read and validate a config file; errors name the file and the key.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The entity name for a table: the configured one, else the table name.
+    pub fn entity_for<'a>(&'a self, schema: &str, table: &'a str) -> &'a str {
+        self.tables
+            .get(&format!("{schema}.{table}"))
+            .and_then(|t| t.entity.as_deref())
+            .unwrap_or(table)
+    }
+
+    /// Whether `setup` should publish `schema.table`.
+    pub fn captures(&self, schema: &str, table: &str) -> bool {
+        let name = format!("{schema}.{table}");
+        self.capture.include.iter().any(|p| glob_match(p, &name))
+            && !self.capture.exclude.iter().any(|p| glob_match(p, &name))
+    }
+
+    /// Connection settings from the URL, PG* variables and password_file.
+    pub fn connection(&self) -> anyhow::Result<Connection> {
+        Connection::from_config(&self.postgres)
+    }
+}
+
+/// A setting that SIGHUP may replace while tasks keep reading it.
+#[derive(Debug)]
+pub struct Live<T>(std::sync::Arc<std::sync::RwLock<std::sync::Arc<T>>>);
+
+impl<T> Clone for Live<T> {
+    fn clone(&self) -> Self {
+        Live(std::sync::Arc::clone(&self.0))
+    }
+}
+
+impl<T> Live<T> {
+    pub fn new(value: T) -> Live<T> {
+        Live(std::sync::Arc::new(std::sync::RwLock::new(
+            std::sync::Arc::new(value),
+        )))
+    }
+
+    /// The current value (cheap: an Arc clone).
+    pub fn get(&self) -> std::sync::Arc<T> {
+        std::sync::Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn set(&self, value: T) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(value);
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    fn go(p: &[u8], t: &[u8]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some((b'*', rest)) => (0..=t.len()).any(|i| go(rest, &t[i..])),
+            Some((c, rest)) => t.first() == Some(c) && go(rest, &t[1..]),
+        }
+    }
+    go(pattern.as_bytes(), text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,247 @@
+//! Reading and checking the configuration file.
+
+use super::connection::{pgpass_lookup, url_param, without_params};
+use super::*;
+
+#[test]
+fn empty_file_gives_defaults() {
+    let c = Config::parse("").unwrap();
+    assert_eq!(c.postgres.slot, "walhook");
+    assert_eq!(c.delivery.max_consecutive_errors, 9);
+    assert_eq!(c.events.context_identifier, "Default");
+    assert!(!c.delivery.allow_http);
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let err = Config::parse("[delivery]\nmax_consecutive_error = 3\n").unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("max_consecutive_error"), "{text}");
+}
+
+#[test]
+fn tables_map_entities() {
+    let c = Config::parse(
+        "[tables.\"crm.contacts\"]\nentity = \"contact\"\nexclude_columns = [\"password_hash\"]\n",
+    )
+    .unwrap();
+    assert_eq!(c.entity_for("crm", "contacts"), "contact");
+    assert_eq!(c.entity_for("crm", "other"), "other");
+}
+
+#[test]
+fn durations_parse_and_fail_clearly() {
+    let c = Config::parse("[delivery]\ntimeout = \"250ms\"\n").unwrap();
+    assert_eq!(c.delivery.timeout, Duration::from_millis(250));
+    let err = Config::parse("[delivery]\ntimeout = \"soon\"\n").unwrap_err();
+    assert!(format!("{err:#}").contains("soon"));
+}
+
+/// The documented example behaves like an empty file, and its
+/// commented-out HTTPS keys parse once uncommented.
+#[test]
+fn the_example_config_is_the_defaults() {
+    let example = include_str!("../../systemd/walhook.toml");
+    assert_eq!(Config::parse(example).unwrap(), Config::default());
+    let uncommented = example
+        .lines()
+        .map(|line| {
+            for key in ["ca_file", "client_cert_file", "client_key_file"] {
+                if let Some(rest) = line.strip_prefix(&format!("# {key} = ")) {
+                    return format!("{key} = {rest}\n");
+                }
+            }
+            format!("{line}\n")
+        })
+        .collect::<String>();
+    let d = Config::parse(&uncommented).unwrap().delivery;
+    assert!(d.ca_file.is_some() && d.client_cert_file.is_some() && d.client_key_file.is_some());
+}
+
+#[test]
+fn client_certificate_needs_both_files() {
+    let both = Config::parse(
+        "[delivery]\nclient_cert_file = \"/etc/walhook/client.pem\"\n\
+         client_key_file = \"/etc/walhook/client.key\"\nca_file = \"/etc/walhook/ca.pem\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        both.delivery.client_key_file.as_deref(),
+        Some(Path::new("/etc/walhook/client.key"))
+    );
+    assert_eq!(
+        both.delivery.ca_file.as_deref(),
+        Some(Path::new("/etc/walhook/ca.pem"))
+    );
+    let err =
+        Config::parse("[delivery]\nclient_cert_file = \"/etc/walhook/client.pem\"\n").unwrap_err();
+    assert!(
+        format!("{err:#}").contains("key delivery.client_key_file is missing"),
+        "{err:#}"
+    );
+    let err =
+        Config::parse("[delivery]\nclient_key_file = \"/etc/walhook/client.key\"\n").unwrap_err();
+    assert!(
+        format!("{err:#}").contains("key delivery.client_cert_file is missing"),
+        "{err:#}"
+    );
+}
+
+#[test]
+fn bad_slot_name_is_refused() {
+    let err = Config::parse("[postgres]\nslot = \"My Slot\"\n").unwrap_err();
+    assert!(format!("{err:#}").contains("postgres.slot"));
+}
+
+#[test]
+fn globs() {
+    assert!(glob_match("*.*", "public.contact"));
+    assert!(glob_match("crm.*", "crm.contact"));
+    assert!(!glob_match("crm.*", "public.contact"));
+    assert!(glob_match("public.c*t", "public.contact"));
+}
+
+#[test]
+fn pgpass_lines() {
+    let text =
+        "# comment\nother:5432:*:bob:x\ndb.example:*:crm:alice:p\\:w\\\\d\n*:*:*:*:fallback\n";
+    assert_eq!(
+        pgpass_lookup(text, "db.example", 6543, "crm", "alice").as_deref(),
+        Some("p:w\\d")
+    );
+    assert_eq!(
+        pgpass_lookup(text, "h", 1, "d", "u").as_deref(),
+        Some("fallback")
+    );
+    assert_eq!(
+        pgpass_lookup("other:5432:*:bob:x\n", "h", 1, "d", "u"),
+        None
+    );
+}
+
+#[test]
+fn connection_from_url() {
+    let c = Config::parse(
+        "[postgres]\nurl = \"postgres://alice:pw@db.example:6543/crm?sslmode=verify-full\"\n",
+    )
+    .unwrap();
+    let conn = c.connection().unwrap();
+    assert_eq!(conn.host, "db.example");
+    assert_eq!(conn.port, 6543);
+    assert_eq!(conn.user, "alice");
+    assert_eq!(conn.password.as_deref(), Some("pw"));
+    assert_eq!(conn.dbname, "crm");
+    assert_eq!(conn.sslmode, SslMode::VerifyFull);
+    assert!(!format!("{conn:?}").contains("pw"));
+}
+
+fn connection(url: &str) -> Connection {
+    Config::parse(&format!("[postgres]\nurl = {url:?}\n"))
+        .unwrap()
+        .connection()
+        .unwrap()
+}
+
+/// A user name and password percent-encoded in the URL, with the
+/// characters that would otherwise end them.
+#[test]
+fn percent_encoded_credentials() {
+    let conn = connection("postgres://al%40ice:p%40ss%3Aw%2Frd%3Fx+y%25@db.example/crm");
+    assert_eq!(conn.user, "al@ice");
+    assert_eq!(conn.password.as_deref(), Some("p@ss:w/rd?x+y%"));
+    assert_eq!(conn.host, "db.example");
+    assert_eq!(conn.dbname, "crm");
+}
+
+#[test]
+fn several_url_params() {
+    let url = "postgres://alice@db.example/crm?application_name=x&sslmode=verify-ca\
+               &sslrootcert=%2Fetc%2Fwalhook%2Fca%20bundle+1.pem&connect_timeout=5";
+    assert_eq!(url_param(url, "sslmode").as_deref(), Some("verify-ca"));
+    assert_eq!(
+        url_param(url, "sslrootcert").as_deref(),
+        Some("/etc/walhook/ca bundle+1.pem")
+    );
+    assert_eq!(url_param(url, "application_name").as_deref(), Some("x"));
+    assert_eq!(url_param(url, "host"), None);
+    assert_eq!(
+        without_params(url, &["sslmode", "sslrootcert"]),
+        "postgres://alice@db.example/crm?application_name=x&connect_timeout=5"
+    );
+    let conn = connection(url);
+    assert_eq!(conn.sslmode, SslMode::VerifyCa);
+    assert_eq!(
+        conn.sslrootcert.as_deref(),
+        Some(Path::new("/etc/walhook/ca bundle+1.pem"))
+    );
+
+    // Names are percent-decoded too, as tokio-postgres decodes them.
+    let url = "postgres://u@h/d?ssl%6Dode=disable";
+    assert_eq!(url_param(url, "sslmode").as_deref(), Some("disable"));
+    assert_eq!(without_params(url, &["sslmode"]), "postgres://u@h/d");
+
+    let url = "postgres://u@h/d";
+    assert_eq!(url_param(url, "sslmode"), None);
+    assert_eq!(without_params(url, &["sslmode"]), url);
+}
+
+#[test]
+fn key_value_params() {
+    let conn = "host=db.example user=u sslmode=verify-full sslrootcert=/etc/ca%20x.pem dbname=crm";
+    assert_eq!(url_param(conn, "sslmode").as_deref(), Some("verify-full"));
+    // No percent-decoding outside a URL, as in libpq.
+    assert_eq!(
+        url_param(conn, "sslrootcert").as_deref(),
+        Some("/etc/ca%20x.pem")
+    );
+    assert_eq!(
+        without_params(conn, &["sslmode", "sslrootcert"]),
+        "host=db.example user=u dbname=crm"
+    );
+}
+
+mod validation_tests {
+    use super::*;
+
+    fn refused(toml: &str) -> String {
+        match Config::parse(toml) {
+            Ok(_) => panic!("accepted: {toml}"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn every_value_that_would_break_later_is_refused_naming_its_key() {
+        for (toml, key) in [
+            ("[delivery]\nconcurrency_per_webhook = 10000000", "delivery.concurrency_per_webhook"),
+            ("[delivery]\nconcurrency_per_webhook = 0", "delivery.concurrency_per_webhook"),
+            ("[delivery]\ntimeout = \"0s\"", "delivery.timeout"),
+            ("[delivery]\nconnect_timeout = \"0s\"", "delivery.connect_timeout"),
+            ("[delivery]\nmax_in_flight_bytes = 5000000000", "delivery.max_in_flight_bytes"),
+            ("[delivery]\nmax_body_bytes = 2000000000", "delivery.max_body_bytes"),
+            ("[delivery]\nmax_consecutive_errors = 0", "delivery.max_consecutive_errors"),
+            ("[delivery]\nparked_retention = \"1s\"", "delivery.parked_retention"),
+            ("[postgres]\nstatus_interval = \"0s\"", "postgres.status_interval"),
+            ("[log]\nlevel = \"(((\"", "log.level"),
+            ("[log]\nlevel = \"info,walhook=loud\"", "log.level"),
+            (
+                "[postgres]\npublication = \"p23456789012345678901234567890123456789012345678901234567\"",
+                "postgres.publication",
+            ),
+        ] {
+            let error = refused(toml);
+            assert!(error.contains(key), "{toml}: {error}");
+        }
+    }
+
+    #[test]
+    fn values_at_the_edges_of_their_ranges_are_accepted() {
+        let config = Config::parse(
+            "[postgres]\npublication = \"p234567890123456789012345678901234567890123456789012345\"\n\
+             [delivery]\nconcurrency_per_webhook = 1024\nmax_in_flight_bytes = 4294967295\n\
+             parked_retention = \"0s\"\ntimeout = \"100ms\"\n[log]\nlevel = \"warn,walhook=debug\"",
+        )
+        .unwrap();
+        assert_eq!(config.keyless_publication().len(), 63);
+    }
+}

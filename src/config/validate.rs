@@ -1,0 +1,198 @@
+//! Every value checked against what the code can honour, when the file
+//! is read: the error names the key, the value and the range.
+
+use std::time::Duration;
+
+use anyhow::bail;
+
+use super::{Config, MAX_BODY_BYTES, MAX_CONCURRENCY, MIN_BODY_BYTES};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+fn hours(n: u64) -> Duration {
+    Duration::from_secs(n * 3600)
+}
+
+impl Config {
+    pub(super) fn validate(&self) -> anyhow::Result<()> {
+        // walhook's own suffix: the insert-only publication is
+        // `<publication>_keyless`, and every name must fit PostgreSQL's
+        // 63-byte identifiers with it.
+        let keyless_suffix = "_keyless".len();
+        for (key, value, max) in [
+            ("postgres.schema", &self.postgres.schema, 63),
+            ("postgres.slot", &self.postgres.slot, 63),
+            (
+                "postgres.publication",
+                &self.postgres.publication,
+                63 - keyless_suffix,
+            ),
+        ] {
+            // Slot and publication names travel inside replication commands,
+            // so they are held to PostgreSQL's unquoted-identifier shape.
+            if value.is_empty()
+                || value.len() > max
+                || !value
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                || value.starts_with(|c: char| c.is_ascii_digit())
+            {
+                let why = if key == "postgres.publication" {
+                    " (walhook adds \"_keyless\" for a second publication, and names are at most 63 bytes)"
+                } else {
+                    ""
+                };
+                bail!(
+                    "key {key}: {value:?} must be 1-{max} characters of a-z, 0-9 and _, not \
+                     starting with a digit{why}"
+                );
+            }
+        }
+        if self.postgres.application_name.len() > 63 {
+            bail!("key postgres.application_name: at most 63 bytes");
+        }
+        let d = &self.delivery;
+        let p = &self.postgres;
+        for (key, value, min, max) in [
+            (
+                "postgres.statement_timeout",
+                p.statement_timeout,
+                ms(1),
+                hours(24),
+            ),
+            ("postgres.lock_timeout", p.lock_timeout, ms(1), hours(24)),
+            (
+                "postgres.status_interval",
+                p.status_interval,
+                ms(100),
+                secs(60),
+            ),
+            (
+                "capture.auto_add_interval",
+                self.capture.auto_add_interval,
+                secs(1),
+                hours(24),
+            ),
+            (
+                "delivery.connect_timeout",
+                d.connect_timeout,
+                ms(100),
+                secs(300),
+            ),
+            ("delivery.timeout", d.timeout, ms(100), secs(3600)),
+            ("delivery.max_backoff", d.max_backoff, ms(100), hours(24)),
+            (
+                "delivery.shutdown_timeout",
+                d.shutdown_timeout,
+                ms(0),
+                secs(600),
+            ),
+            (
+                "delivery.backlog_max_age",
+                d.backlog_max_age,
+                secs(1),
+                hours(24 * 7),
+            ),
+        ] {
+            if value < min || value > max {
+                bail!(
+                    "key {key}: {} is out of range: it must be from {} to {}",
+                    humantime::format_duration(value),
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                );
+            }
+        }
+        if !d.parked_retention.is_zero() && d.parked_retention < secs(60) {
+            bail!(
+                "key delivery.parked_retention: {} is too short: \"0s\" keeps parked events until \
+                 they are delivered, otherwise at least 1m",
+                humantime::format_duration(d.parked_retention)
+            );
+        }
+        for (key, value, min, max) in [
+            (
+                "delivery.max_consecutive_errors",
+                u64::from(d.max_consecutive_errors),
+                1,
+                1_000_000_000,
+            ),
+            (
+                "delivery.concurrency_per_webhook",
+                d.concurrency_per_webhook as u64,
+                1,
+                MAX_CONCURRENCY as u64,
+            ),
+            (
+                "delivery.backlog_limit",
+                d.backlog_limit as u64,
+                1,
+                1_000_000_000,
+            ),
+            (
+                "delivery.max_in_flight_bytes",
+                d.max_in_flight_bytes,
+                64 * 1024,
+                u64::from(u32::MAX),
+            ),
+            (
+                "delivery.max_body_bytes",
+                d.max_body_bytes as u64,
+                MIN_BODY_BYTES as u64,
+                MAX_BODY_BYTES as u64,
+            ),
+        ] {
+            if value < min || value > max {
+                bail!("key {key}: {value} is out of range: it must be from {min} to {max}");
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            bail!(
+                "key log.level: {:?} is not a valid level or filter ({e}); write e.g. \"info\" \
+                 or \"warn,walhook=debug\"",
+                self.log.level
+            );
+        }
+        if let Some(addr) = self.metrics.listen {
+            if !addr.ip().is_loopback() {
+                bail!("key metrics.listen: {addr} is not a loopback address; metrics and health are served on loopback only (127.0.0.1 or [::1])");
+            }
+        }
+        match (
+            &self.delivery.client_cert_file,
+            &self.delivery.client_key_file,
+        ) {
+            (Some(cert), None) => bail!(
+                "key delivery.client_key_file is missing: delivery.client_cert_file ({}) needs \
+                 its private key; set both or neither",
+                cert.display()
+            ),
+            (None, Some(key)) => bail!(
+                "key delivery.client_cert_file is missing: delivery.client_key_file ({}) is \
+                 the key of a certificate; set both or neither",
+                key.display()
+            ),
+            _ => {}
+        }
+        for (name, table) in &self.tables {
+            if name.split_once('.').is_none() {
+                bail!("[tables.{name:?}]: the key must be \"schema.table\"");
+            }
+            if let Some(entity) = &table.entity {
+                if entity.is_empty() || entity.contains([',', ' ', '*']) {
+                    bail!("[tables.{name:?}] entity {entity:?} must be non-empty without ',', ' ' or '*'");
+                }
+            }
+        }
+        for pattern in self.capture.include.iter().chain(&self.capture.exclude) {
+            if pattern.split_once('.').is_none() {
+                bail!("key capture.include/exclude: pattern {pattern:?} must be \"schema.table\" (use * as a wildcard)");
+            }
+        }
+        Ok(())
+    }
+}
