@@ -10,6 +10,11 @@
 # the temp dir with all logs), WALHOOK_TIMEOUT (seconds, default 900),
 # RECVLOGICAL_TIMEOUT (seconds, default 600), DELIVERY_EXTRA (raw TOML lines
 # added to walhook's [delivery] table, e.g. DELIVERY_EXTRA='max_in_flight_bytes = 1048576').
+#
+#   HOOKS=compare bench/run.sh   # the cost of matching: no hook, 10,000 hooks none
+#                                # matching, 10,000 + 1 matching, 1 hook, side by side
+#
+# HOOK_COUNT (default 10000) is the size of the large tables in that mode.
 set -euo pipefail
 
 ROWS=${ROWS:-100000}
@@ -19,11 +24,14 @@ WALHOOK_TIMEOUT=${WALHOOK_TIMEOUT:-900}
 RECVLOGICAL_TIMEOUT=${RECVLOGICAL_TIMEOUT:-600}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
+HOOKS=${HOOKS:-}
+HOOK_COUNT=${HOOK_COUNT:-10000}
 
 say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '\n[bench] FAILED: %s\n' "$*" >&2; exit 1; }
 
-for v in ROWS UPDATES CONCURRENCY WALHOOK_TIMEOUT RECVLOGICAL_TIMEOUT; do
+[[ -z $HOOKS || $HOOKS == compare ]] || die "HOOKS must be empty or 'compare' (got '$HOOKS')"
+for v in ROWS UPDATES CONCURRENCY WALHOOK_TIMEOUT RECVLOGICAL_TIMEOUT HOOK_COUNT; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
 done
 (( ROWS >= 1 )) || die "ROWS must be at least 1"
@@ -315,6 +323,158 @@ EOF
 say "walhook setup"
 "$WALHOOK" -c "$TMP/walhook.toml" setup >"$TMP/setup.log" 2>&1 \
     || { cat "$TMP/setup.log" >&2; die "walhook setup failed"; }
+
+# ------------------------------------------- HOOKS=compare: the cost of matching
+#
+# The same workload four times, each on a fresh slot created after the
+# webhook table was filled for the case (so the hooks stand as they are from
+# the slot's first change on): no hook; HOOK_COUNT hooks none of which
+# matches bench_item (each `nomatchN.created, otherN.*`); the same plus one
+# hook `bench_item.*` at nginx; that hook alone. Each run is timed from
+# starting `walhook run` until the slot is confirmed at the end LSN and, when
+# a hook matches, nginx has every request. pg_recvlogical reads the first
+# case's WAL as the yardstick.
+
+# The rows of the webhook table for case $1; sets CASE_REQUESTS (requests
+# the receiver must get) and CASE_HOOK (the matching hook's id, or empty).
+fill_webhook_table() {
+    q "DELETE FROM walhook.webhook; DELETE FROM walhook.webhook_usage;
+       DELETE FROM walhook.delivery; DELETE FROM walhook.registry_snapshot" >/dev/null
+    CASE_HOOK=""
+    CASE_REQUESTS=0
+    if [[ $1 == nomatch || $1 == nomatch+one ]]; then
+        q "INSERT INTO walhook.webhook (name, events, target_url, secret)
+           SELECT 'tenant ' || g, 'nomatch' || g || '.created, other' || g || '.*',
+                  '$HOOK_URL/tenant' || g, 'secret ' || g
+             FROM generate_series(1, $HOOK_COUNT) AS g" >/dev/null
+    fi
+    if [[ $1 == one || $1 == nomatch+one ]]; then
+        CASE_HOOK=$(q "INSERT INTO walhook.webhook (name, events, target_url, secret)
+                       VALUES ('bench', 'bench_item.*', '$HOOK_URL', 'bench-secret')
+                       RETURNING webhook_id" | head -n1)
+        [[ $CASE_HOOK =~ ^[0-9]+$ ]] || die "registering the matching webhook failed"
+        CASE_REQUESTS=$EXPECTED
+    fi
+}
+
+# The walhook slot has been confirmed at END_LSN.
+slot_done() {
+    [[ $(q "SELECT confirmed_flush_lsn >= '$END_LSN'::pg_lsn FROM pg_replication_slots
+             WHERE slot_name = 'walhook'" 2>/dev/null) == t ]]
+}
+
+# Time `walhook run` catching up to END_LSN for case $1; sets CASE_SECONDS,
+# CASE_HWM (kB) and CASE_CPU (s).
+catch_up() {
+    local case=$1 base polls=0 slot_at="" delivered_at="" n t0 deadline
+    base=$(nginx_requests)
+    (( CASE_REQUESTS == 0 )) && delivered_at=0
+    t0=$(now)
+    NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$WALHOOK" -c "$TMP/walhook.toml" run \
+        >"$TMP/walhook-$case.log" 2>&1 &
+    WALHOOK_PID=$!
+    deadline=$(( SECONDS + WALHOOK_TIMEOUT ))
+    while :; do
+        kill -0 "$WALHOOK_PID" 2>/dev/null \
+            || { tail -n 25 "$TMP/walhook-$case.log" >&2; die "walhook exited during case $case"; }
+        if [[ -z $delivered_at ]]; then
+            if (( base >= 0 )); then
+                n=$(nginx_requests)
+                polls=$(( polls + 1 ))
+                if (( n >= 0 && n - base - polls >= CASE_REQUESTS )); then
+                    delivered_at=$(elapsed "$t0" "$(now)")
+                fi
+            else
+                n=$(q "SELECT total_calls FROM walhook.webhook_usage WHERE webhook_id = $CASE_HOOK" 2>/dev/null || true)
+                if [[ ${n:-0} =~ ^[0-9]+$ ]] && (( n >= CASE_REQUESTS )); then
+                    delivered_at=$(elapsed "$t0" "$(now)")
+                fi
+            fi
+        fi
+        if [[ -z $slot_at ]] && slot_done; then
+            slot_at=$(elapsed "$t0" "$(now)")
+        fi
+        [[ -n $slot_at && -n $delivered_at ]] && break
+        (( SECONDS < deadline )) || die "case $case: walhook did not catch up within ${WALHOOK_TIMEOUT}s"
+        sleep 0.05
+    done
+    CASE_SECONDS=$(awk -v a="$slot_at" -v b="$delivered_at" 'BEGIN { printf "%.3f", (a > b ? a : b) }')
+    CASE_HWM=$(awk '/^VmHWM:/ { print $2 }' "/proc/$WALHOOK_PID/status")
+    CASE_CPU=$(cpu_seconds "$WALHOOK_PID")
+    kill -TERM "$WALHOOK_PID"
+    wait_exit "$WALHOOK_PID" 30 || die "walhook did not exit within 30 s of SIGTERM (case $case)"
+    WALHOOK_PID=""
+}
+
+if [[ $HOOKS == compare ]]; then
+    CASES=(none nomatch nomatch+one one)
+    declare -A RATE SECS HWM CPU
+    for case in "${CASES[@]}"; do
+        # A fresh slot per case, created once the hooks stand.
+        if [[ $(q "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walhook'") == 1 ]]; then
+            q "SELECT pg_drop_replication_slot('walhook')" >/dev/null
+        fi
+        q "TRUNCATE bench_item" >/dev/null
+        fill_webhook_table "$case"
+        "$WALHOOK" -c "$TMP/walhook.toml" setup >"$TMP/setup-$case.log" 2>&1 \
+            || { cat "$TMP/setup-$case.log" >&2; die "walhook setup failed (case $case)"; }
+        if [[ $case == none ]]; then
+            q "SELECT pg_create_logical_replication_slot('bench_recvlogical', 'pgoutput')" >/dev/null
+        fi
+        say "case $case: $(q "SELECT count(*) FROM walhook.webhook") hooks; workload: $ROWS inserts, $UPDATES updates"
+        q "INSERT INTO bench_item (id, n, label)
+           SELECT g, g, 'item ' || g FROM generate_series(1, $ROWS) AS g" >/dev/null
+        q "UPDATE bench_item SET n = n + 1, label = label || ' upd' WHERE id <= $UPDATES" >/dev/null
+        END_LSN=$(q "SELECT pg_current_wal_lsn()")
+        if [[ $case == none ]]; then
+            t0=$(now)
+            timeout "$RECVLOGICAL_TIMEOUT" "$RECVLOGICAL_BIN" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d bench \
+                --slot=bench_recvlogical --start --endpos="$END_LSN" --no-loop \
+                -o proto_version=1 -o publication_names=walhook,walhook_keyless \
+                -f /dev/null >"$TMP/recvlogical.log" 2>&1 || die "pg_recvlogical failed"
+            RECV_SECONDS=$(elapsed "$t0" "$(now)")
+            RECV_RATE=$(rate "$EXPECTED" "$RECV_SECONDS")
+            q "SELECT pg_drop_replication_slot('bench_recvlogical')" >/dev/null
+            say "pg_recvlogical: ${RECV_SECONDS}s, $RECV_RATE changes/s"
+        fi
+        catch_up "$case"
+        if [[ -n $CASE_HOOK ]]; then
+            calls=$(q "SELECT total_calls FROM walhook.webhook_usage WHERE webhook_id = $CASE_HOOK")
+            [[ $calls == "$EXPECTED" ]] \
+                || die "case $case: webhook_usage.total_calls is '$calls', expected $EXPECTED"
+        fi
+        RATE[$case]=$(rate "$EXPECTED" "$CASE_SECONDS")
+        SECS[$case]=$CASE_SECONDS
+        HWM[$case]=$(( CASE_HWM / 1024 ))
+        CPU[$case]=$CASE_CPU
+        say "case $case: ${CASE_SECONDS}s, ${RATE[$case]} changes/s"
+    done
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "?" }'; }
+    verdict() { awk -v r="$1" 'BEGIN { print (r >= 0.9 ? "meets the goal (>= 0.9)" : "BELOW the goal (>= 0.9)") }'; }
+    R1=$(ratio "${RATE[nomatch]}" "${RATE[none]}")
+    R2=$(ratio "${RATE[nomatch+one]}" "${RATE[one]}")
+    echo
+    echo "================ walhook benchmark: the cost of matching ================"
+    echo "workload        : $ROWS inserts + $UPDATES updates = $EXPECTED changes of bench_item, per case"
+    echo "pg_recvlogical  : $RECV_RATE changes/s (first case's WAL)"
+    printf '%-40s %10s %9s %9s %9s\n' case changes/s seconds "peak RSS" "CPU"
+    for case in "${CASES[@]}"; do
+        case $case in
+            none) label="no hook" ;;
+            nomatch) label="$HOOK_COUNT hooks, none matching" ;;
+            nomatch+one) label="$HOOK_COUNT hooks + 1 matching (delivered)" ;;
+            one) label="1 hook matching (delivered)" ;;
+        esac
+        printf '%-40s %10s %9s %5s MiB %7s s\n' "$label" "${RATE[$case]}" "${SECS[$case]}" "${HWM[$case]}" "${CPU[$case]}"
+    done
+    echo "$HOOK_COUNT none matching / no hook      : $R1   $(verdict "$R1")"
+    echo "$HOOK_COUNT + 1 matching / 1 hook alone  : $R2   $(verdict "$R2")"
+    echo "Each time includes walhook's start-up and up to ~1.2 s of confirmation"
+    echo "delay: use ROWS=300000 UPDATES=150000 or more so that they weigh little."
+    echo "=========================================================================="
+    exit 0
+fi
+
 HOOK_ID=$(q "INSERT INTO walhook.webhook (name, events, target_url, secret)
              VALUES ('bench', '*', '$HOOK_URL', 'bench-secret') RETURNING webhook_id" | head -n1)
 [[ $HOOK_ID =~ ^[0-9]+$ ]] || die "registering the webhook failed"
@@ -368,10 +528,6 @@ q "SELECT pg_drop_replication_slot('bench_recvlogical')" >/dev/null
 
 # ------------------------------------------------------------------ walhook
 
-slot_done() {
-    [[ $(q "SELECT confirmed_flush_lsn >= '$END_LSN'::pg_lsn FROM pg_replication_slots
-             WHERE slot_name = 'walhook'" 2>/dev/null) == t ]]
-}
 usage_row() {
     q "SELECT total_calls || ' ' || total_errors FROM walhook.webhook_usage WHERE webhook_id = $HOOK_ID" \
         2>/dev/null || true
