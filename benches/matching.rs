@@ -398,6 +398,28 @@ fn main() {
     );
 
     println!();
+    println!("== memory of a registry of 10,000 hooks (nomatchN.created, otherN.*)");
+    let rows: Vec<WebhookRow> = non_matching(10_000).collect();
+    let unindexed: Vec<WebhookRow> = rows
+        .iter()
+        .cloned()
+        .map(|mut row| {
+            row.0.insert("type".into(), Some("email".into()));
+            row
+        })
+        .collect();
+    let (registry, indexed) = allocated_by(|| Registry::from_rows(rows));
+    drop(registry);
+    let (registry, without_index) = allocated_by(|| Registry::from_rows(unindexed));
+    drop(registry);
+    println!(
+        "{:<30}: {:>6.1} MiB held, of which the index {:.1} MiB",
+        "registry",
+        indexed.held as f64 / 1_048_576.0,
+        (indexed.held - without_index.held) as f64 / 1_048_576.0,
+    );
+
+    println!();
     println!(
         "== one webhook-row change in a table of 10,000 (applied, and kept for the next snapshot)"
     );

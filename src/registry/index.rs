@@ -4,23 +4,30 @@
 //! A multi-tenant `webhook` table holds thousands of rows, and most changes
 //! concern none of them; comparing each change with every hook made the
 //! pipeline's cost grow with the table. Each pattern form has its own
-//! place, so an event looks at exactly four short lists:
+//! place, so an event reads exactly four lists, which hold only the hooks
+//! that want it:
 //!
-//! | pattern           | kept in                                  |
-//! |-------------------|------------------------------------------|
-//! | `contact.created` | `by_entity["contact"].by_operation[created]` |
-//! | `contact.*`       | `by_entity["contact"].every_operation`   |
-//! | `*.deleted`       | `by_operation[deleted]`                  |
-//! | `*` (and `*.*`)   | `every_event`                            |
+//! | pattern           | kept in                                       |
+//! |-------------------|-----------------------------------------------|
+//! | `contact.created` | `by_entity["contact"].by_operation[created]`  |
+//! | `contact.*`       | `by_entity["contact"].every_operation`        |
+//! | `*.deleted`       | `by_operation[deleted]`                       |
+//! | `*` (and `*.*`)   | `every_event`                                 |
 //!
 //! Each list is ordered by webhook_id, and matching merges the four, so
 //! hooks come out in webhook_id order, each once, exactly as a scan of the
 //! table in webhook_id order gives them (the registry's tests check that
-//! for every pattern form). A pattern naming an operation that events never
-//! have (`contact.updated`, `*.inserted`) can match nothing and is not
-//! kept. Adding, changing or removing a hook touches only the lists its
-//! patterns name, and an entity whose lists become empty is forgotten, so
-//! the index stays the size of the live hooks.
+//! for every pattern form). A pattern naming an operation that events
+//! never have (`contact.updated`, `*.inserted`) can match nothing and is
+//! not kept.
+//!
+//! Adding, changing or removing a hook touches only the lists its patterns
+//! name, and an entity whose lists become empty is forgotten, so the index
+//! stays the size of the live hooks. Most lists hold one hook or a few (a
+//! tenant's own entity), so a list is a short sorted vector until it grows
+//! long and then a B-tree: small for the many short lists, and adding or
+//! removing a hook in a list of 10,000 costs a B-tree step, not a shift of
+//! the whole list.
 //!
 //! An entry may carry a column set: a pattern such as
 //! `contact.changed(name,email)` lands in the same list as
@@ -30,6 +37,7 @@
 
 use std::collections::{btree_map, BTreeMap, BTreeSet, HashMap};
 use std::iter::Peekable;
+use std::slice;
 use std::sync::Arc;
 
 use super::webhook::{EventPattern, Webhook};
@@ -60,22 +68,126 @@ fn slot_named(suffix: &str) -> Option<usize> {
     OPERATIONS.iter().position(|op| op.suffix() == suffix)
 }
 
-/// Hooks whose patterns select one (entity, operation) key, by webhook_id.
-type Entries = BTreeMap<i32, Entry>;
+/// The length from which a list is a B-tree; it goes back to a vector
+/// below half of it, so a list at the border does not switch on every
+/// change.
+#[cfg(not(test))]
+const LONG: usize = 32;
+/// Short enough for the registry's property tests to move lists back and
+/// forth between the two forms.
+#[cfg(test)]
+const LONG: usize = 4;
+
+/// Hooks whose patterns select one key, in webhook_id order.
+#[derive(Debug, Clone)]
+enum Entries {
+    Short(Vec<Entry>),
+    Long(BTreeMap<i32, Entry>),
+}
+
+impl Default for Entries {
+    fn default() -> Entries {
+        Entries::Short(Vec::new())
+    }
+}
+
+impl Entries {
+    fn is_empty(&self) -> bool {
+        match self {
+            Entries::Short(entries) => entries.is_empty(),
+            Entries::Long(entries) => entries.is_empty(),
+        }
+    }
+
+    /// Add a hook's entry, or widen the one it has.
+    fn add(&mut self, hook: &Arc<Webhook>, columns: Option<BTreeSet<String>>) {
+        let id = hook.id;
+        let new = |columns: Option<BTreeSet<String>>| Entry {
+            id,
+            columns: columns.map(Arc::new),
+            hook: hook.clone(),
+        };
+        match self {
+            Entries::Short(entries) => match entries.binary_search_by_key(&id, |e| e.id) {
+                Ok(i) => entries[i].widen(columns.as_ref()),
+                Err(i) => {
+                    entries.insert(i, new(columns));
+                    if entries.len() >= LONG {
+                        let long = entries.drain(..).map(|e| (e.id, e)).collect();
+                        *self = Entries::Long(long);
+                    }
+                }
+            },
+            Entries::Long(entries) => match entries.entry(id) {
+                btree_map::Entry::Occupied(mut entry) => entry.get_mut().widen(columns.as_ref()),
+                btree_map::Entry::Vacant(entry) => {
+                    entry.insert(new(columns));
+                }
+            },
+        }
+    }
+
+    fn remove(&mut self, id: i32) {
+        match self {
+            Entries::Short(entries) => {
+                if let Ok(i) = entries.binary_search_by_key(&id, |e| e.id) {
+                    entries.remove(i);
+                    if entries.is_empty() {
+                        // Give the memory back: most lists are emptied for good.
+                        *entries = Vec::new();
+                    }
+                }
+            }
+            Entries::Long(entries) => {
+                entries.remove(&id);
+                if entries.len() < LONG / 2 {
+                    let short = std::mem::take(entries).into_values().collect();
+                    *self = Entries::Short(short);
+                }
+            }
+        }
+    }
+
+    fn iter(&self) -> EntriesIter<'_> {
+        match self {
+            Entries::Short(entries) => EntriesIter::Short(entries.iter()),
+            Entries::Long(entries) => EntriesIter::Long(entries.values()),
+        }
+    }
+}
+
+enum EntriesIter<'a> {
+    Short(slice::Iter<'a, Entry>),
+    Long(btree_map::Values<'a, i32, Entry>),
+}
+
+impl<'a> Iterator for EntriesIter<'a> {
+    type Item = &'a Entry;
+
+    fn next(&mut self) -> Option<&'a Entry> {
+        match self {
+            EntriesIter::Short(entries) => entries.next(),
+            EntriesIter::Long(entries) => entries.next(),
+        }
+    }
+}
 
 /// The lists every event reads when its entity has none: matching always
 /// merges four lists, an empty one standing in for a missing entity.
-static NO_ENTRIES: Entries = BTreeMap::new();
+static NO_ENTRIES: Entries = Entries::Short(Vec::new());
 
 /// One hook in one list.
 #[derive(Debug, Clone)]
 struct Entry {
-    hook: Arc<Webhook>,
+    /// The hook's webhook_id, kept here so that merging lists reads no
+    /// hook.
+    id: i32,
     /// `None`: every event of the list's key. `Some`: only events whose
     /// `Changes` name one of these columns (a column filter). When several
     /// of a hook's patterns land in one list, the entry lets through what
     /// any of them would.
-    columns: Option<BTreeSet<String>>,
+    columns: Option<Arc<BTreeSet<String>>>,
+    hook: Arc<Webhook>,
 }
 
 impl Entry {
@@ -92,7 +204,7 @@ impl Entry {
         match (&mut self.columns, columns) {
             (None, _) => {}
             (own, None) => *own = None,
-            (Some(own), Some(more)) => own.extend(more.iter().cloned()),
+            (Some(own), Some(more)) => Arc::make_mut(own).extend(more.iter().cloned()),
         }
     }
 }
@@ -106,7 +218,7 @@ struct EntityEntries {
 
 impl EntityEntries {
     fn is_empty(&self) -> bool {
-        self.every_operation.is_empty() && self.by_operation.iter().all(BTreeMap::is_empty)
+        self.every_operation.is_empty() && self.by_operation.iter().all(Entries::is_empty)
     }
 }
 
@@ -139,8 +251,10 @@ impl<'p> Place<'p> {
 /// The hooks that receive events, by the keys their patterns select.
 #[derive(Debug, Default, Clone)]
 pub struct MatchIndex {
-    /// `contact.*` and `contact.created`, by entity.
-    by_entity: HashMap<Box<str>, EntityEntries>,
+    /// `contact.*` and `contact.created`, by entity. Boxed: a table of
+    /// thousands of tenants has thousands of entities, and the map's free
+    /// slots then cost a pointer each, not five lists.
+    by_entity: HashMap<Box<str>, Box<EntityEntries>>,
     /// `*.deleted`, by operation.
     by_operation: [Entries; 4],
     /// `*`.
@@ -167,12 +281,8 @@ impl MatchIndex {
         for pattern in &hook.events {
             match Place::of(pattern) {
                 None => {}
-                Some(Place::EveryEvent) => {
-                    self.every_event.remove(&id);
-                }
-                Some(Place::Operation(op)) => {
-                    self.by_operation[op].remove(&id);
-                }
+                Some(Place::EveryEvent) => self.every_event.remove(id),
+                Some(Place::Operation(op)) => self.by_operation[op].remove(id),
                 Some(Place::EveryOperationOf(entity)) => {
                     self.remove_from_entity(entity, id, |e| &mut e.every_operation);
                 }
@@ -192,7 +302,7 @@ impl MatchIndex {
     pub fn is_empty(&self) -> bool {
         self.by_entity.is_empty()
             && self.every_event.is_empty()
-            && self.by_operation.iter().all(BTreeMap::is_empty)
+            && self.by_operation.iter().all(Entries::is_empty)
     }
 
     /// The indexed hooks that want this event, in webhook_id order, each
@@ -221,22 +331,13 @@ impl MatchIndex {
             Place::EveryOperationOf(entity) => &mut self.entity_entries(entity).every_operation,
             Place::Exact(entity, op) => &mut self.entity_entries(entity).by_operation[op],
         };
-        match entries.entry(hook.id) {
-            btree_map::Entry::Occupied(mut entry) => entry.get_mut().widen(columns.as_ref()),
-            btree_map::Entry::Vacant(entry) => {
-                entry.insert(Entry {
-                    hook: hook.clone(),
-                    columns,
-                });
-            }
-        }
+        entries.add(hook, columns);
     }
 
     fn entity_entries(&mut self, entity: &str) -> &mut EntityEntries {
         // Look up before inserting so that only a new entity allocates.
         if !self.by_entity.contains_key(entity) {
-            self.by_entity
-                .insert(entity.into(), EntityEntries::default());
+            self.by_entity.insert(entity.into(), Box::default());
         }
         self.by_entity
             .get_mut(entity)
@@ -252,7 +353,7 @@ impl MatchIndex {
         let Some(entries) = self.by_entity.get_mut(entity) else {
             return;
         };
-        list(entries).remove(&id);
+        list(entries).remove(id);
         if entries.is_empty() {
             self.by_entity.remove(entity);
         }
@@ -263,7 +364,7 @@ impl MatchIndex {
 /// webhook_id order. Allocates nothing.
 pub struct Matches<'a> {
     event: &'a ChangeEvent,
-    lists: [Peekable<btree_map::Iter<'a, i32, Entry>>; 4],
+    lists: [Peekable<EntriesIter<'a>>; 4],
 }
 
 impl<'a> Iterator for Matches<'a> {
@@ -274,13 +375,13 @@ impl<'a> Iterator for Matches<'a> {
             let id = self
                 .lists
                 .iter_mut()
-                .filter_map(|list| list.peek().map(|(id, _)| **id))
+                .filter_map(|list| list.peek().map(|entry| entry.id))
                 .min()?;
             // A hook may sit in several lists (`contact.*, *`): take it
             // from each, and let it through when any of its entries does.
             let mut wanted = None;
             for list in &mut self.lists {
-                if let Some((_, entry)) = list.next_if(|(other, _)| **other == id) {
+                if let Some(entry) = list.next_if(|entry| entry.id == id) {
                     if entry.accepts(self.event) {
                         wanted = Some(&entry.hook);
                     }
