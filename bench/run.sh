@@ -13,8 +13,11 @@
 #
 #   HOOKS=compare bench/run.sh   # the cost of matching: no hook, 10,000 hooks none
 #                                # matching, 10,000 + 1 matching, 1 hook, side by side
+#   HOOKS=fanout ROWS=300 UPDATES=0 bench/run.sh
+#                                # 1,000 hooks all matching: every change sent 1,000 times
 #
-# HOOK_COUNT (default 10000) is the size of the large tables in that mode.
+# HOOK_COUNT (default 10000) is the size of the large tables of `compare`,
+# FANOUT_HOOKS (default 1000) the number of hooks of `fanout`.
 set -euo pipefail
 
 ROWS=${ROWS:-100000}
@@ -26,12 +29,14 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 HOOKS=${HOOKS:-}
 HOOK_COUNT=${HOOK_COUNT:-10000}
+FANOUT_HOOKS=${FANOUT_HOOKS:-1000}
 
 say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '\n[bench] FAILED: %s\n' "$*" >&2; exit 1; }
 
-[[ -z $HOOKS || $HOOKS == compare ]] || die "HOOKS must be empty or 'compare' (got '$HOOKS')"
-for v in ROWS UPDATES CONCURRENCY WALHOOK_TIMEOUT RECVLOGICAL_TIMEOUT HOOK_COUNT; do
+[[ -z $HOOKS || $HOOKS == compare || $HOOKS == fanout ]] \
+    || die "HOOKS must be empty, 'compare' or 'fanout' (got '$HOOKS')"
+for v in ROWS UPDATES CONCURRENCY WALHOOK_TIMEOUT RECVLOGICAL_TIMEOUT HOOK_COUNT FANOUT_HOOKS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
 done
 (( ROWS >= 1 )) || die "ROWS must be at least 1"
@@ -245,15 +250,23 @@ q "CREATE TABLE bench_item (id int PRIMARY KEY, n int NOT NULL, label text NOT N
 # ------------------------------------------------------------------- nginx
 
 STUB_STATUS=0
+# Connections per nginx worker: with fan-out, every hook keeps up to
+# CONCURRENCY connections open, and a worker that runs out closes idle
+# ones, which walhook sees as failed attempts.
+NGINX_CONNECTIONS=1024
+if [[ $HOOKS == fanout ]]; then
+    NGINX_CONNECTIONS=$(( FANOUT_HOOKS * CONCURRENCY + 1024 ))
+fi
 "$NGINX_BIN" -V 2>&1 | grep -q stub_status && STUB_STATUS=1
 # The receiver: 200 to everything, no logging, keep-alive without limit.
 write_nginx_conf() {
     cat >"$TMP/nginx/nginx.conf" <<EOF
 worker_processes 2;
+worker_rlimit_nofile $(( 2 * NGINX_CONNECTIONS ));
 daemon off;
 pid $TMP/nginx/nginx.pid;
 error_log $TMP/nginx/error.log warn;
-events { worker_connections 1024; }
+events { worker_connections $NGINX_CONNECTIONS; }
 http {
     access_log off;
     client_body_buffer_size 1m;
@@ -334,14 +347,22 @@ say "walhook setup"
 # starting `walhook run` until the slot is confirmed at the end LSN and, when
 # a hook matches, nginx has every request. pg_recvlogical reads the first
 # case's WAL as the yardstick.
+#
+# HOOKS=fanout runs one case the same way: FANOUT_HOOKS hooks, all
+# `bench_item.*`, so that each change is sent FANOUT_HOOKS times.
 
 # The rows of the webhook table for case $1; sets CASE_REQUESTS (requests
-# the receiver must get) and CASE_HOOK (the matching hook's id, or empty).
+# the receiver must get).
 fill_webhook_table() {
     q "DELETE FROM walhook.webhook; DELETE FROM walhook.webhook_usage;
        DELETE FROM walhook.delivery; DELETE FROM walhook.registry_snapshot" >/dev/null
-    CASE_HOOK=""
     CASE_REQUESTS=0
+    if [[ $1 == fanout ]]; then
+        q "INSERT INTO walhook.webhook (name, events, target_url, secret)
+           SELECT 'fan-out ' || g, 'bench_item.*', '$HOOK_URL/fan' || g, 'secret ' || g
+             FROM generate_series(1, $FANOUT_HOOKS) AS g" >/dev/null
+        CASE_REQUESTS=$(( EXPECTED * FANOUT_HOOKS ))
+    fi
     if [[ $1 == nomatch || $1 == nomatch+one ]]; then
         q "INSERT INTO walhook.webhook (name, events, target_url, secret)
            SELECT 'tenant ' || g, 'nomatch' || g || '.created, other' || g || '.*',
@@ -349,12 +370,16 @@ fill_webhook_table() {
              FROM generate_series(1, $HOOK_COUNT) AS g" >/dev/null
     fi
     if [[ $1 == one || $1 == nomatch+one ]]; then
-        CASE_HOOK=$(q "INSERT INTO walhook.webhook (name, events, target_url, secret)
-                       VALUES ('bench', 'bench_item.*', '$HOOK_URL', 'bench-secret')
-                       RETURNING webhook_id" | head -n1)
-        [[ $CASE_HOOK =~ ^[0-9]+$ ]] || die "registering the matching webhook failed"
+        q "INSERT INTO walhook.webhook (name, events, target_url, secret)
+           VALUES ('bench', 'bench_item.*', '$HOOK_URL', 'bench-secret')" >/dev/null
         CASE_REQUESTS=$EXPECTED
     fi
+}
+
+# Requests walhook has counted, over all hooks (written about once a second).
+calls_counted() {
+    q "SELECT coalesce(sum(total_calls), 0) || ' ' || coalesce(sum(total_errors), 0)
+         FROM walhook.webhook_usage" 2>/dev/null || true
 }
 
 # The walhook slot has been confirmed at END_LSN.
@@ -385,7 +410,7 @@ catch_up() {
                     delivered_at=$(elapsed "$t0" "$(now)")
                 fi
             else
-                n=$(q "SELECT total_calls FROM walhook.webhook_usage WHERE webhook_id = $CASE_HOOK" 2>/dev/null || true)
+                read -r n _ <<<"$(calls_counted)" || true
                 if [[ ${n:-0} =~ ^[0-9]+$ ]] && (( n >= CASE_REQUESTS )); then
                     delivered_at=$(elapsed "$t0" "$(now)")
                 fi
@@ -406,8 +431,8 @@ catch_up() {
     WALHOOK_PID=""
 }
 
-if [[ $HOOKS == compare ]]; then
-    CASES=(none nomatch nomatch+one one)
+if [[ -n $HOOKS ]]; then
+    if [[ $HOOKS == compare ]]; then CASES=(none nomatch nomatch+one one); else CASES=(fanout); fi
     declare -A RATE SECS HWM CPU
     for case in "${CASES[@]}"; do
         # A fresh slot per case, created once the hooks stand.
@@ -438,17 +463,26 @@ if [[ $HOOKS == compare ]]; then
             say "pg_recvlogical: ${RECV_SECONDS}s, $RECV_RATE changes/s"
         fi
         catch_up "$case"
-        if [[ -n $CASE_HOOK ]]; then
-            calls=$(q "SELECT total_calls FROM walhook.webhook_usage WHERE webhook_id = $CASE_HOOK")
-            [[ $calls == "$EXPECTED" ]] \
-                || die "case $case: webhook_usage.total_calls is '$calls', expected $EXPECTED"
-        fi
+        read -r calls errors <<<"$(calls_counted)"
+        [[ $calls == "$CASE_REQUESTS" && $errors == 0 ]] \
+            || die "case $case: webhook_usage counts $calls calls and $errors errors, expected $CASE_REQUESTS and 0"
         RATE[$case]=$(rate "$EXPECTED" "$CASE_SECONDS")
         SECS[$case]=$CASE_SECONDS
         HWM[$case]=$(( CASE_HWM / 1024 ))
         CPU[$case]=$CASE_CPU
         say "case $case: ${CASE_SECONDS}s, ${RATE[$case]} changes/s"
     done
+    if [[ $HOOKS == fanout ]]; then
+        echo
+        echo "================ walhook benchmark: fan-out ================"
+        echo "workload        : $ROWS inserts + $UPDATES updates = $EXPECTED changes of bench_item"
+        echo "hooks           : $FANOUT_HOOKS, all 'bench_item.*', each its own URL on nginx"
+        echo "requests        : $CASE_REQUESTS delivered in ${SECS[fanout]} s: $(rate "$CASE_REQUESTS" "${SECS[fanout]}") requests/s"
+        echo "changes         : ${RATE[fanout]} changes/s"
+        echo "walhook         : peak RSS ${HWM[fanout]} MiB, CPU ${CPU[fanout]} s"
+        echo "============================================================"
+        exit 0
+    fi
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "?" }'; }
     verdict() { awk -v r="$1" 'BEGIN { print (r >= 0.9 ? "meets the goal (>= 0.9)" : "BELOW the goal (>= 0.9)") }'; }
     R1=$(ratio "${RATE[nomatch]}" "${RATE[none]}")
