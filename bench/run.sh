@@ -13,6 +13,14 @@
 # added to walhook's [delivery] table, e.g. DELIVERY_EXTRA='max_in_flight_bytes = 1048576'),
 # HTTPS (default 1: also deliver the same changes to nginx over TLS, with a
 # second walhook installation; 0: plain http only).
+#
+#   HOOKS=compare bench/run.sh   # the cost of matching: no hook, 10,000 hooks none
+#                                # matching, 10,000 + 1 matching, 1 hook, side by side
+#   HOOKS=fanout ROWS=300 UPDATES=0 bench/run.sh
+#                                # 1,000 hooks all matching: every change sent 1,000 times
+#
+# HOOK_COUNT (default 10000) is the size of the large tables of `compare`,
+# FANOUT_HOOKS (default 1000) the number of hooks of `fanout`.
 set -euo pipefail
 
 ROWS=${ROWS:-100000}
@@ -23,11 +31,16 @@ RECVLOGICAL_TIMEOUT=${RECVLOGICAL_TIMEOUT:-600}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 HTTPS=${HTTPS:-1}
+HOOKS=${HOOKS:-}
+HOOK_COUNT=${HOOK_COUNT:-10000}
+FANOUT_HOOKS=${FANOUT_HOOKS:-1000}
 
 say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '\n[bench] FAILED: %s\n' "$*" >&2; exit 1; }
 
-for v in ROWS UPDATES CONCURRENCY WALHOOK_TIMEOUT RECVLOGICAL_TIMEOUT HTTPS; do
+[[ -z $HOOKS || $HOOKS == compare || $HOOKS == fanout ]] \
+    || die "HOOKS must be empty, 'compare' or 'fanout' (got '$HOOKS')"
+for v in ROWS UPDATES CONCURRENCY WALHOOK_TIMEOUT RECVLOGICAL_TIMEOUT HTTPS HOOK_COUNT FANOUT_HOOKS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
 done
 (( ROWS >= 1 )) || die "ROWS must be at least 1"
@@ -244,6 +257,13 @@ q "CREATE TABLE bench_item (id int PRIMARY KEY, n int NOT NULL, label text NOT N
 # ------------------------------------------------------------------- nginx
 
 STUB_STATUS=0
+# Connections per nginx worker: with fan-out, every hook keeps up to
+# CONCURRENCY connections open, and a worker that runs out closes idle
+# ones, which walhook sees as failed attempts.
+NGINX_CONNECTIONS=1024
+if [[ $HOOKS == fanout ]]; then
+    NGINX_CONNECTIONS=$(( FANOUT_HOOKS * CONCURRENCY + 1024 ))
+fi
 "$NGINX_BIN" -V 2>&1 | grep -q stub_status && STUB_STATUS=1
 if (( HTTPS )); then
     # A self-signed certificate for localhost (P-256, as most sites now
@@ -273,10 +293,11 @@ fi
 write_nginx_conf() {
     cat >"$TMP/nginx/nginx.conf" <<EOF
 worker_processes 2;
+worker_rlimit_nofile $(( 2 * NGINX_CONNECTIONS ));
 daemon off;
 pid $TMP/nginx/nginx.pid;
 error_log $TMP/nginx/error.log warn;
-events { worker_connections 1024; }
+events { worker_connections $NGINX_CONNECTIONS; }
 http {
     access_log off;
     client_body_buffer_size 1m;
@@ -383,6 +404,181 @@ setup_walhook() {
 }
 walhook_config walhook "" >"$TMP/walhook.toml"
 say "walhook setup"
+"$WALHOOK" -c "$TMP/walhook.toml" setup >"$TMP/setup.log" 2>&1 \
+    || { cat "$TMP/setup.log" >&2; die "walhook setup failed"; }
+
+# ------------------------------------------- HOOKS=compare: the cost of matching
+#
+# The same workload four times, each on a fresh slot created after the
+# webhook table was filled for the case (so the hooks stand as they are from
+# the slot's first change on): no hook; HOOK_COUNT hooks none of which
+# matches bench_item (each `nomatchN.created, otherN.*`); the same plus one
+# hook `bench_item.*` at nginx; that hook alone. Each run is timed from
+# starting `walhook run` until the slot is confirmed at the end LSN and, when
+# a hook matches, nginx has every request. pg_recvlogical reads the first
+# case's WAL as the yardstick.
+#
+# HOOKS=fanout runs one case the same way: FANOUT_HOOKS hooks, all
+# `bench_item.*`, so that each change is sent FANOUT_HOOKS times.
+
+# The rows of the webhook table for case $1; sets CASE_REQUESTS (requests
+# the receiver must get).
+fill_webhook_table() {
+    q "DELETE FROM walhook.webhook; DELETE FROM walhook.webhook_usage;
+       DELETE FROM walhook.delivery; DELETE FROM walhook.registry_snapshot" >/dev/null
+    CASE_REQUESTS=0
+    if [[ $1 == fanout ]]; then
+        q "INSERT INTO walhook.webhook (name, events, target_url, secret)
+           SELECT 'fan-out ' || g, 'bench_item.*', '$HOOK_URL/fan' || g, 'secret ' || g
+             FROM generate_series(1, $FANOUT_HOOKS) AS g" >/dev/null
+        CASE_REQUESTS=$(( EXPECTED * FANOUT_HOOKS ))
+    fi
+    if [[ $1 == nomatch || $1 == nomatch+one ]]; then
+        q "INSERT INTO walhook.webhook (name, events, target_url, secret)
+           SELECT 'tenant ' || g, 'nomatch' || g || '.created, other' || g || '.*',
+                  '$HOOK_URL/tenant' || g, 'secret ' || g
+             FROM generate_series(1, $HOOK_COUNT) AS g" >/dev/null
+    fi
+    if [[ $1 == one || $1 == nomatch+one ]]; then
+        q "INSERT INTO walhook.webhook (name, events, target_url, secret)
+           VALUES ('bench', 'bench_item.*', '$HOOK_URL', 'bench-secret')" >/dev/null
+        CASE_REQUESTS=$EXPECTED
+    fi
+}
+
+# Requests walhook has counted, over all hooks (written about once a second).
+calls_counted() {
+    q "SELECT coalesce(sum(total_calls), 0) || ' ' || coalesce(sum(total_errors), 0)
+         FROM walhook.webhook_usage" 2>/dev/null || true
+}
+
+# The walhook slot has been confirmed at END_LSN.
+slot_done() {
+    [[ $(q "SELECT confirmed_flush_lsn >= '$END_LSN'::pg_lsn FROM pg_replication_slots
+             WHERE slot_name = 'walhook'" 2>/dev/null) == t ]]
+}
+
+# Time `walhook run` catching up to END_LSN for case $1; sets CASE_SECONDS,
+# CASE_HWM (kB) and CASE_CPU (s).
+catch_up() {
+    local case=$1 base polls=0 slot_at="" delivered_at="" n t0 deadline
+    base=$(nginx_requests)
+    (( CASE_REQUESTS == 0 )) && delivered_at=0
+    t0=$(now)
+    NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$WALHOOK" -c "$TMP/walhook.toml" run \
+        >"$TMP/walhook-$case.log" 2>&1 &
+    WALHOOK_PID=$!
+    deadline=$(( SECONDS + WALHOOK_TIMEOUT ))
+    while :; do
+        kill -0 "$WALHOOK_PID" 2>/dev/null \
+            || { tail -n 25 "$TMP/walhook-$case.log" >&2; die "walhook exited during case $case"; }
+        if [[ -z $delivered_at ]]; then
+            if (( base >= 0 )); then
+                n=$(nginx_requests)
+                polls=$(( polls + 1 ))
+                if (( n >= 0 && n - base - polls >= CASE_REQUESTS )); then
+                    delivered_at=$(elapsed "$t0" "$(now)")
+                fi
+            else
+                read -r n _ <<<"$(calls_counted)" || true
+                if [[ ${n:-0} =~ ^[0-9]+$ ]] && (( n >= CASE_REQUESTS )); then
+                    delivered_at=$(elapsed "$t0" "$(now)")
+                fi
+            fi
+        fi
+        if [[ -z $slot_at ]] && slot_done; then
+            slot_at=$(elapsed "$t0" "$(now)")
+        fi
+        [[ -n $slot_at && -n $delivered_at ]] && break
+        (( SECONDS < deadline )) || die "case $case: walhook did not catch up within ${WALHOOK_TIMEOUT}s"
+        sleep 0.05
+    done
+    CASE_SECONDS=$(awk -v a="$slot_at" -v b="$delivered_at" 'BEGIN { printf "%.3f", (a > b ? a : b) }')
+    CASE_HWM=$(awk '/^VmHWM:/ { print $2 }' "/proc/$WALHOOK_PID/status")
+    CASE_CPU=$(cpu_seconds "$WALHOOK_PID")
+    kill -TERM "$WALHOOK_PID"
+    wait_exit "$WALHOOK_PID" 30 || die "walhook did not exit within 30 s of SIGTERM (case $case)"
+    WALHOOK_PID=""
+}
+
+if [[ -n $HOOKS ]]; then
+    if [[ $HOOKS == compare ]]; then CASES=(none nomatch nomatch+one one); else CASES=(fanout); fi
+    declare -A RATE SECS HWM CPU
+    for case in "${CASES[@]}"; do
+        # A fresh slot per case, created once the hooks stand.
+        if [[ $(q "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walhook'") == 1 ]]; then
+            q "SELECT pg_drop_replication_slot('walhook')" >/dev/null
+        fi
+        q "TRUNCATE bench_item" >/dev/null
+        fill_webhook_table "$case"
+        "$WALHOOK" -c "$TMP/walhook.toml" setup >"$TMP/setup-$case.log" 2>&1 \
+            || { cat "$TMP/setup-$case.log" >&2; die "walhook setup failed (case $case)"; }
+        if [[ $case == none ]]; then
+            q "SELECT pg_create_logical_replication_slot('bench_recvlogical', 'pgoutput')" >/dev/null
+        fi
+        say "case $case: $(q "SELECT count(*) FROM walhook.webhook") hooks; workload: $ROWS inserts, $UPDATES updates"
+        q "INSERT INTO bench_item (id, n, label)
+           SELECT g, g, 'item ' || g FROM generate_series(1, $ROWS) AS g" >/dev/null
+        q "UPDATE bench_item SET n = n + 1, label = label || ' upd' WHERE id <= $UPDATES" >/dev/null
+        END_LSN=$(q "SELECT pg_current_wal_lsn()")
+        if [[ $case == none ]]; then
+            t0=$(now)
+            timeout "$RECVLOGICAL_TIMEOUT" "$RECVLOGICAL_BIN" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d bench \
+                --slot=bench_recvlogical --start --endpos="$END_LSN" --no-loop \
+                -o proto_version=1 -o publication_names=walhook,walhook_keyless \
+                -f /dev/null >"$TMP/recvlogical.log" 2>&1 || die "pg_recvlogical failed"
+            RECV_SECONDS=$(elapsed "$t0" "$(now)")
+            RECV_RATE=$(rate "$EXPECTED" "$RECV_SECONDS")
+            q "SELECT pg_drop_replication_slot('bench_recvlogical')" >/dev/null
+            say "pg_recvlogical: ${RECV_SECONDS}s, $RECV_RATE changes/s"
+        fi
+        catch_up "$case"
+        read -r calls errors <<<"$(calls_counted)"
+        [[ $calls == "$CASE_REQUESTS" && $errors == 0 ]] \
+            || die "case $case: webhook_usage counts $calls calls and $errors errors, expected $CASE_REQUESTS and 0"
+        RATE[$case]=$(rate "$EXPECTED" "$CASE_SECONDS")
+        SECS[$case]=$CASE_SECONDS
+        HWM[$case]=$(( CASE_HWM / 1024 ))
+        CPU[$case]=$CASE_CPU
+        say "case $case: ${CASE_SECONDS}s, ${RATE[$case]} changes/s"
+    done
+    if [[ $HOOKS == fanout ]]; then
+        echo
+        echo "================ walhook benchmark: fan-out ================"
+        echo "workload        : $ROWS inserts + $UPDATES updates = $EXPECTED changes of bench_item"
+        echo "hooks           : $FANOUT_HOOKS, all 'bench_item.*', each its own URL on nginx"
+        echo "requests        : $CASE_REQUESTS delivered in ${SECS[fanout]} s: $(rate "$CASE_REQUESTS" "${SECS[fanout]}") requests/s"
+        echo "changes         : ${RATE[fanout]} changes/s"
+        echo "walhook         : peak RSS ${HWM[fanout]} MiB, CPU ${CPU[fanout]} s"
+        echo "============================================================"
+        exit 0
+    fi
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "?" }'; }
+    verdict() { awk -v r="$1" 'BEGIN { print (r >= 0.9 ? "meets the goal (>= 0.9)" : "BELOW the goal (>= 0.9)") }'; }
+    R1=$(ratio "${RATE[nomatch]}" "${RATE[none]}")
+    R2=$(ratio "${RATE[nomatch+one]}" "${RATE[one]}")
+    echo
+    echo "================ walhook benchmark: the cost of matching ================"
+    echo "workload        : $ROWS inserts + $UPDATES updates = $EXPECTED changes of bench_item, per case"
+    echo "pg_recvlogical  : $RECV_RATE changes/s (first case's WAL)"
+    printf '%-40s %10s %9s %9s %9s\n' case changes/s seconds "peak RSS" "CPU"
+    for case in "${CASES[@]}"; do
+        case $case in
+            none) label="no hook" ;;
+            nomatch) label="$HOOK_COUNT hooks, none matching" ;;
+            nomatch+one) label="$HOOK_COUNT hooks + 1 matching (delivered)" ;;
+            one) label="1 hook matching (delivered)" ;;
+        esac
+        printf '%-40s %10s %9s %5s MiB %7s s\n' "$label" "${RATE[$case]}" "${SECS[$case]}" "${HWM[$case]}" "${CPU[$case]}"
+    done
+    echo "$HOOK_COUNT none matching / no hook      : $R1   $(verdict "$R1")"
+    echo "$HOOK_COUNT + 1 matching / 1 hook alone  : $R2   $(verdict "$R2")"
+    echo "Each time includes walhook's start-up and up to ~1.2 s of confirmation"
+    echo "delay: use ROWS=300000 UPDATES=150000 or more so that they weigh little."
+    echo "=========================================================================="
+    exit 0
+fi
+
 HOOK_ID=$(setup_walhook "$TMP/walhook.toml" walhook "$HOOK_URL")
 [[ $HOOK_ID =~ ^[0-9]+$ ]] || die "registering the webhook failed"
 if (( HTTPS )); then

@@ -1,7 +1,6 @@
 //! The reading side of a session: one message at a time, in WAL order,
 //! from the source through decoding, events and the registry to delivery.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
@@ -10,10 +9,10 @@ use crate::checkpoint::{Checkpoint, OpenTxn};
 use crate::config::Config;
 use crate::delivery::{request, Dispatcher, Job, OrderScope};
 use crate::events::catalog::TypeCatalog;
-use crate::events::{Change, ChangeEvent, EventBuilder, Operation, TxnInfo, WebhookRow};
+use crate::events::{Change, ChangeEvent, EventBuilder, Operation, TxnInfo};
 use crate::metrics::Metrics;
 use crate::pgoutput::{self, Lsn, Message};
-use crate::registry::{Registry, RegistryUpdate, WebhookState};
+use crate::registry::{PendingSnapshots, Registry, RegistryUpdate, WebhookState};
 use crate::source::SourceMessage;
 use crate::store::Store;
 
@@ -40,7 +39,7 @@ pub(super) struct Pipeline {
     pub dispatcher: Dispatcher,
     txn: Option<OpenTransaction>,
     /// Registry states to record before confirming past their commit.
-    snapshots: VecDeque<(Lsn, Vec<WebhookRow>)>,
+    snapshots: PendingSnapshots,
     pub metrics: Arc<Metrics>,
     /// The server's WAL end as last heard of, for the lag metric.
     pub server_end: Lsn,
@@ -58,6 +57,7 @@ impl Pipeline {
         dispatcher: Dispatcher,
         metrics: Arc<Metrics>,
     ) -> Pipeline {
+        let snapshots = PendingSnapshots::new(&registry);
         Pipeline {
             config,
             store,
@@ -67,7 +67,7 @@ impl Pipeline {
             checkpoint: Checkpoint::new(start),
             dispatcher,
             txn: None,
-            snapshots: VecDeque::new(),
+            snapshots,
             metrics,
             server_end: start,
         }
@@ -99,7 +99,7 @@ impl Pipeline {
                     .ok_or_else(|| anyhow!("Commit at {end_lsn} without a Begin"))?;
                 if txn.registry_changed {
                     self.snapshots
-                        .push_back((end_lsn, self.registry.rows().cloned().collect()));
+                        .record(end_lsn, self.registry.take_row_changes());
                 }
                 self.checkpoint.commit(txn.checkpoint, end_lsn);
                 self.server_end = self.server_end.max(end_lsn);
@@ -283,16 +283,16 @@ impl Pipeline {
 
     /// Write the registry snapshot the position is about to pass, then
     /// return the position that may be confirmed. Only the newest snapshot
-    /// at or before it matters; it leaves the queue only once written, so
-    /// a failed write is tried again and nothing new is confirmed without
-    /// it.
+    /// at or before it matters; it counts as written only once the write
+    /// succeeded, so a failed write is tried again and nothing new is
+    /// confirmed without it.
     pub async fn write_snapshots_and_confirmable(&mut self) -> anyhow::Result<Lsn> {
         let target = self.checkpoint.confirmable();
-        let due = self.snapshots.iter().rposition(|(lsn, _)| *lsn <= target);
-        if let Some(i) = due {
-            let (lsn, rows) = &self.snapshots[i];
-            self.store.write_snapshot(*lsn, rows).await?;
-            self.snapshots.drain(..=i);
+        if let Some(lsn) = self.snapshots.due(target) {
+            self.store
+                .write_snapshot(lsn, self.snapshots.rows())
+                .await?;
+            self.snapshots.written();
         }
         Ok(target)
     }

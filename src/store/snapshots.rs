@@ -58,9 +58,13 @@ impl Store {
 
     /// Record the hooks as they stand after the transaction ending at
     /// `lsn`.
-    pub async fn write_snapshot(&self, lsn: Lsn, rows: &[WebhookRow]) -> anyhow::Result<()> {
+    pub async fn write_snapshot(
+        &self,
+        lsn: Lsn,
+        rows: impl IntoIterator<Item = &WebhookRow>,
+    ) -> anyhow::Result<()> {
         let hooks = serde_json::Value::Array(
-            rows.iter()
+            rows.into_iter()
                 .map(|r| serde_json::to_value(&r.0).unwrap_or_default())
                 .collect(),
         );

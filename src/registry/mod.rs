@@ -1,0 +1,178 @@
+//! The `webhook` table, held in memory, and the matching of events to it.
+//!
+//! Loaded at start, then kept current from the replication stream itself,
+//! so a hook inserted at LSN x sees exactly the changes committed after x.
+//! A bad row is skipped with a warning naming its webhook_id; the other
+//! hooks keep working.
+//!
+//! The table may hold thousands of rows, so nothing here costs in
+//! proportion to it per change: an event finds its hooks by lookup
+//! ([`index`]), a webhook row change touches that row's entries only, and
+//! the states kept for registry snapshots share the rows instead of
+//! copying them ([`snapshots`]).
+
+mod index;
+mod snapshots;
+mod webhook;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::events::{ChangeEvent, WebhookChange, WebhookRow};
+
+use self::index::MatchIndex;
+pub use self::index::Matches;
+pub use self::snapshots::PendingSnapshots;
+pub use self::webhook::{EventPattern, InvalidRow, Webhook, WebhookState};
+
+/// A webhook row as it stands after a change, `None` when it is gone.
+pub type RowChange = (i32, Option<Arc<WebhookRow>>);
+
+/// The hooks as of the last applied position of the stream.
+#[derive(Debug, Default, Clone)]
+pub struct Registry {
+    /// The valid rows, parsed.
+    hooks: BTreeMap<i32, Arc<Webhook>>,
+    /// Every row as text, invalid ones too, kept for the registry
+    /// snapshots; shared with the snapshots not yet written.
+    rows: BTreeMap<i32, Arc<WebhookRow>>,
+    /// The hooks that receive events, by what they select.
+    index: MatchIndex,
+    /// Rows changed since [`Registry::take_row_changes`] last ran.
+    changed_rows: BTreeSet<i32>,
+}
+
+/// What applying a change did, for the log and for delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegistryUpdate {
+    Added(i32),
+    Changed(i32),
+    Removed(i32),
+    Invalid(i32),
+    Cleared,
+    Nothing,
+}
+
+impl Registry {
+    pub fn from_rows(rows: impl IntoIterator<Item = WebhookRow>) -> Registry {
+        let mut registry = Registry::default();
+        for row in rows {
+            registry.upsert(row);
+        }
+        registry.changed_rows.clear();
+        registry
+    }
+
+    pub fn apply(&mut self, change: WebhookChange) -> RegistryUpdate {
+        match change {
+            WebhookChange::Upsert(row) => self.upsert(row),
+            WebhookChange::Delete { webhook_id } => {
+                match webhook_id.and_then(|id| id.parse::<i32>().ok()) {
+                    Some(id) => {
+                        if self.rows.remove(&id).is_some() {
+                            self.changed_rows.insert(id);
+                        }
+                        match self.hooks.remove(&id) {
+                            Some(old) => {
+                                self.index.remove(&old);
+                                RegistryUpdate::Removed(id)
+                            }
+                            None => RegistryUpdate::Nothing,
+                        }
+                    }
+                    None => RegistryUpdate::Nothing,
+                }
+            }
+            WebhookChange::Truncate => {
+                self.changed_rows.extend(self.rows.keys().copied());
+                self.hooks.clear();
+                self.rows.clear();
+                self.index.clear();
+                RegistryUpdate::Cleared
+            }
+        }
+    }
+
+    fn upsert(&mut self, row: WebhookRow) -> RegistryUpdate {
+        let id_text = row.0.get("webhook_id").cloned().flatten();
+        let Some(id) = id_text.as_deref().and_then(|t| t.parse::<i32>().ok()) else {
+            tracing::warn!(webhook_id = ?id_text, "webhook row without a valid webhook_id skipped");
+            return RegistryUpdate::Nothing;
+        };
+        // An UPDATE without the old row sends only changed TOASTed columns;
+        // merge over the known row so nothing is forgotten.
+        let mut merged = self
+            .rows
+            .get(&id)
+            .map(|known| WebhookRow::clone(known))
+            .unwrap_or_default();
+        merged.0.extend(row.0);
+        let parsed = Webhook::from_row(&merged);
+        self.rows.insert(id, Arc::new(merged));
+        self.changed_rows.insert(id);
+        match parsed {
+            Ok(hook) => {
+                if !hook.receives_events() {
+                    tracing::warn!(
+                        webhook_id = id,
+                        r#type = %hook.kind,
+                        "webhook is not of type 'webhook' and receives no events"
+                    );
+                }
+                let hook = Arc::new(hook);
+                let old = self.hooks.insert(id, hook.clone());
+                if let Some(old) = &old {
+                    self.index.remove(old);
+                }
+                if hook.receives_events() {
+                    self.index.insert(&hook);
+                }
+                match old {
+                    Some(_) => RegistryUpdate::Changed(id),
+                    None => RegistryUpdate::Added(id),
+                }
+            }
+            Err(why) => {
+                tracing::warn!(webhook_id = id, "webhook skipped: {why}");
+                if let Some(old) = self.hooks.remove(&id) {
+                    self.index.remove(&old);
+                }
+                RegistryUpdate::Invalid(id)
+            }
+        }
+    }
+
+    pub fn get(&self, id: i32) -> Option<&Arc<Webhook>> {
+        self.hooks.get(&id)
+    }
+
+    pub fn hooks(&self) -> impl Iterator<Item = &Arc<Webhook>> {
+        self.hooks.values()
+    }
+
+    /// Hooks of type `webhook` whose `events` select this event, whatever
+    /// their state (the caller decides what each state gets), in
+    /// webhook_id order.
+    pub fn matching<'a>(&'a self, event: &'a ChangeEvent) -> Matches<'a> {
+        self.index.matching(event)
+    }
+
+    /// Every row as text, invalid ones too, in webhook_id order: what a
+    /// snapshot records.
+    pub fn rows(&self) -> impl Iterator<Item = &Arc<WebhookRow>> {
+        self.rows.values()
+    }
+
+    /// The rows changed since the last call, as they stand now, in
+    /// webhook_id order: what a transaction did to the table, for
+    /// [`PendingSnapshots::record`].
+    pub fn take_row_changes(&mut self) -> Vec<RowChange> {
+        std::mem::take(&mut self.changed_rows)
+            .into_iter()
+            .map(|id| (id, self.rows.get(&id).cloned()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,462 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::events::{Operation, TxnInfo};
+use crate::pgoutput::Lsn;
+
+fn row(pairs: &[(&str, Option<&str>)]) -> WebhookRow {
+    WebhookRow(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_owned)))
+            .collect(),
+    )
+}
+
+fn good(id: &str, events: &str) -> WebhookRow {
+    row(&[
+        ("webhook_id", Some(id)),
+        ("name", Some("n")),
+        ("events", Some(events)),
+        ("target_url", Some("https://example.com/hook")),
+        ("type", Some("webhook")),
+        ("state", Some("1")),
+    ])
+}
+
+fn event(entity: &str, operation: Operation) -> ChangeEvent {
+    ChangeEvent {
+        event: format!("{entity}.{}", operation.suffix()),
+        entity: entity.to_owned(),
+        operation,
+        table: format!("public.{entity}"),
+        primary_key: 1.into(),
+        changes: vec!["id".into()],
+        changes_exact: true,
+        field_values: Default::default(),
+        missing_columns: Vec::new(),
+        values: None,
+        changed_by_associate_id: 0,
+        txn: TxnInfo {
+            xid: 1,
+            commit_lsn: Lsn(1),
+            commit_time: 0,
+        },
+        index: 0,
+        ordering_key: String::new(),
+        previous_key: None,
+    }
+}
+
+/// What matching meant before the index: every hook asked in turn.
+fn scan<'a>(registry: &'a Registry, event: &ChangeEvent) -> Vec<&'a Arc<Webhook>> {
+    registry
+        .hooks()
+        .filter(|h| h.kind == "webhook" && h.wants(event))
+        .collect()
+}
+
+fn matching_ids(registry: &Registry, event: &ChangeEvent) -> Vec<i32> {
+    registry.matching(event).map(|h| h.id).collect()
+}
+
+#[test]
+fn patterns() {
+    use Operation::*;
+    let any = EventPattern::parse("*").unwrap();
+    let entity = EventPattern::parse("contact.*").unwrap();
+    let op = EventPattern::parse("*.deleted").unwrap();
+    let exact = EventPattern::parse("contact.created").unwrap();
+    assert!(any.matches("x.created", "x", Created));
+    assert!(entity.matches("contact.changed", "contact", Changed));
+    assert!(!entity.matches("person.changed", "person", Changed));
+    assert!(op.matches("person.deleted", "person", Deleted));
+    assert!(!op.matches("person.created", "person", Created));
+    assert!(exact.matches("contact.created", "contact", Created));
+    assert!(!exact.matches("contact.changed", "contact", Changed));
+    assert!(EventPattern::parse("contact").is_err());
+}
+
+#[test]
+fn events_ignore_spaces() {
+    let hook = Webhook::from_row(&good("1", " contact.created , person.changed ")).unwrap();
+    assert_eq!(hook.events.len(), 2);
+}
+
+#[test]
+fn bad_rows_are_skipped_with_reason() {
+    let mut r = good("5", "contact.created");
+    r.0.insert("target_url".into(), Some("not a url".into()));
+    assert!(Webhook::from_row(&r).unwrap_err().0.contains("target_url"));
+    let mut r = good("5", "contact.created");
+    r.0.insert("headers".into(), Some("[1]".into()));
+    assert!(Webhook::from_row(&r).unwrap_err().0.contains("headers"));
+    let mut r = good("5", "contact.created");
+    r.0.insert("headers".into(), Some("{\"a\": 1}".into()));
+    assert!(Webhook::from_row(&r).unwrap_err().0.contains("\"a\""));
+    assert!(Webhook::from_row(&good("5", " , "))
+        .unwrap_err()
+        .0
+        .contains("events"));
+
+    let mut registry = Registry::from_rows([good("1", "*")]);
+    let mut bad = good("2", "*");
+    bad.0.insert("properties".into(), Some("3".into()));
+    assert_eq!(
+        registry.apply(WebhookChange::Upsert(bad)),
+        RegistryUpdate::Invalid(2)
+    );
+    assert!(registry.get(1).is_some());
+    assert!(registry.get(2).is_none());
+}
+
+#[test]
+fn updates_merge_and_deletes_remove() {
+    let mut registry = Registry::from_rows([good("1", "*")]);
+    let update = row(&[("webhook_id", Some("1")), ("state", Some("2"))]);
+    assert_eq!(
+        registry.apply(WebhookChange::Upsert(update)),
+        RegistryUpdate::Changed(1)
+    );
+    assert_eq!(registry.get(1).unwrap().state, WebhookState::Stopped);
+    assert_eq!(
+        registry.apply(WebhookChange::Delete {
+            webhook_id: Some("1".into())
+        }),
+        RegistryUpdate::Removed(1)
+    );
+    assert!(registry.get(1).is_none());
+}
+
+#[test]
+fn matching_finds_each_pattern_form_in_webhook_id_order() {
+    let registry = Registry::from_rows([
+        good("5", "*"),
+        good("4", "*.deleted"),
+        good("3", "contact.*"),
+        good("2", "contact.deleted"),
+        good("1", "person.deleted, contact.*, *.deleted"),
+        good("6", "person.*"),
+    ]);
+    let deleted = event("contact", Operation::Deleted);
+    assert_eq!(matching_ids(&registry, &deleted), [1, 2, 3, 4, 5]);
+    let created = event("contact", Operation::Created);
+    assert_eq!(matching_ids(&registry, &created), [1, 3, 5]);
+    let other = event("project", Operation::Created);
+    assert_eq!(matching_ids(&registry, &other), [5]);
+}
+
+#[test]
+fn matching_leaves_out_hooks_of_other_types_and_keeps_every_state() {
+    let mut other_type = good("1", "*");
+    other_type.0.insert("type".into(), Some("email".into()));
+    let mut stopped = good("2", "*");
+    stopped.0.insert("state".into(), Some("2".into()));
+    let mut too_many = good("3", "*");
+    too_many.0.insert("state".into(), Some("3".into()));
+    let registry = Registry::from_rows([other_type, stopped, too_many]);
+    let e = event("contact", Operation::Created);
+    assert_eq!(matching_ids(&registry, &e), [2, 3]);
+}
+
+#[test]
+fn a_changed_hook_is_matched_by_its_new_patterns_only() {
+    let mut registry = Registry::from_rows([good("1", "contact.created")]);
+    let update = row(&[("webhook_id", Some("1")), ("events", Some("person.*"))]);
+    registry.apply(WebhookChange::Upsert(update));
+    assert!(matching_ids(&registry, &event("contact", Operation::Created)).is_empty());
+    assert_eq!(
+        matching_ids(&registry, &event("person", Operation::Changed)),
+        [1]
+    );
+    let invalid = row(&[("webhook_id", Some("1")), ("target_url", Some("nope"))]);
+    registry.apply(WebhookChange::Upsert(invalid));
+    assert!(matching_ids(&registry, &event("person", Operation::Changed)).is_empty());
+}
+
+#[test]
+fn row_changes_name_each_changed_row_once_as_it_stands() {
+    let mut registry = Registry::from_rows([good("1", "*"), good("2", "*")]);
+    assert!(registry.take_row_changes().is_empty());
+    registry.apply(WebhookChange::Upsert(good("3", "*")));
+    registry.apply(WebhookChange::Upsert(good("3", "contact.*")));
+    registry.apply(WebhookChange::Delete {
+        webhook_id: Some("1".into()),
+    });
+    let changes = registry.take_row_changes();
+    let ids: Vec<(i32, bool)> = changes.iter().map(|(id, r)| (*id, r.is_some())).collect();
+    assert_eq!(ids, [(1, false), (3, true)]);
+    assert_eq!(
+        changes[1].1.as_ref().unwrap().0["events"].as_deref(),
+        Some("contact.*")
+    );
+    registry.apply(WebhookChange::Truncate);
+    let ids: Vec<(i32, bool)> = registry
+        .take_row_changes()
+        .iter()
+        .map(|(id, r)| (*id, r.is_some()))
+        .collect();
+    assert_eq!(ids, [(2, false), (3, false)]);
+}
+
+#[test]
+fn a_snapshot_falls_due_once_the_position_reaches_its_commit() {
+    let mut registry = Registry::from_rows([good("1", "*")]);
+    let mut pending = PendingSnapshots::new(&registry);
+    assert_eq!(pending.due(Lsn(100)), None);
+    registry.apply(WebhookChange::Upsert(good("2", "*")));
+    pending.record(Lsn(10), registry.take_row_changes());
+    registry.apply(WebhookChange::Delete {
+        webhook_id: Some("1".into()),
+    });
+    pending.record(Lsn(20), registry.take_row_changes());
+    assert_eq!(pending.due(Lsn(9)), None);
+    assert_eq!(pending.due(Lsn(15)), Some(Lsn(10)));
+    let ids = |p: &PendingSnapshots| -> Vec<String> {
+        p.rows()
+            .map(|r| r.0["webhook_id"].clone().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(&pending), ["1", "2"]);
+    // Not written (the write failed): due again, or a newer state instead.
+    assert_eq!(pending.due(Lsn(15)), Some(Lsn(10)));
+    assert_eq!(pending.due(Lsn(20)), Some(Lsn(20)));
+    assert_eq!(ids(&pending), ["2"]);
+    pending.written();
+    assert_eq!(pending.due(Lsn(30)), None);
+}
+
+// ---------------------------------------------------------------------
+// The index against a scan, on random tables changed at random.
+
+/// Entities of patterns and of events: `a` and `a.b` check that an
+/// entity containing a dot is matched by no pattern of its first part.
+const ENTITIES: [&str; 4] = ["contact", "person", "project", "a"];
+const EVENT_ENTITIES: [&str; 6] = ["contact", "person", "project", "a", "a.b", "other"];
+/// `updated` is no operation of any event.
+const PATTERN_OPERATIONS: [&str; 5] = ["created", "changed", "deleted", "truncated", "updated"];
+const OPERATIONS: [Operation; 4] = [
+    Operation::Created,
+    Operation::Changed,
+    Operation::Deleted,
+    Operation::Truncated,
+];
+
+fn pattern() -> impl Strategy<Value = String> {
+    let entity = proptest::sample::select(&ENTITIES[..]);
+    let op = proptest::sample::select(&PATTERN_OPERATIONS[..]);
+    prop_oneof![
+        2 => Just("*".to_owned()),
+        1 => Just("*.*".to_owned()),
+        4 => entity.clone().prop_map(|e| format!("{e}.*")),
+        4 => op.clone().prop_map(|o| format!("*.{o}")),
+        8 => (entity, op).prop_map(|(e, o)| format!("{e}.{o}")),
+        // Rows these make are invalid: skipped, and out of the index.
+        1 => Just("contact".to_owned()),
+        1 => Just("a.b.created".to_owned()),
+    ]
+}
+
+/// An `events` column: comma-separated, with spaces anywhere.
+fn events_column() -> impl Strategy<Value = String> {
+    (
+        proptest::collection::vec((pattern(), 0..3usize, 0..3usize), 0..4),
+        any::<bool>(),
+    )
+        .prop_map(|(patterns, trailing_comma)| {
+            let mut text = patterns
+                .iter()
+                .map(|(p, before, after)| {
+                    format!("{}{p}{}", " ".repeat(*before), " ".repeat(*after))
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            if trailing_comma {
+                text.push_str(", ");
+            }
+            text
+        })
+}
+
+#[derive(Debug, Clone)]
+enum TableChange {
+    /// An INSERT or UPDATE sending every column.
+    Whole {
+        id: i32,
+        events: String,
+        kind: &'static str,
+        state: &'static str,
+        url_ok: bool,
+    },
+    /// An UPDATE sending some columns only (merged over the known row).
+    Some {
+        id: i32,
+        events: Option<String>,
+        kind: Option<&'static str>,
+        state: Option<&'static str>,
+    },
+    Delete(Option<String>),
+    Truncate,
+}
+
+fn table_change() -> impl Strategy<Value = TableChange> {
+    let id = 1..16i32;
+    let kind = proptest::sample::select(&["webhook", "webhook", "webhook", "email"][..]);
+    let state = proptest::sample::select(&["0", "1", "1", "2", "3", "9"][..]);
+    prop_oneof![
+        8 => (id.clone(), events_column(), kind.clone(), state.clone(), proptest::bool::weighted(0.9))
+            .prop_map(|(id, events, kind, state, url_ok)| TableChange::Whole { id, events, kind, state, url_ok }),
+        4 => (
+            id.clone(),
+            proptest::option::of(events_column()),
+            proptest::option::of(kind),
+            proptest::option::of(state),
+        )
+            .prop_map(|(id, events, kind, state)| TableChange::Some { id, events, kind, state }),
+        3 => prop_oneof![
+            8 => id.prop_map(|id| Some(id.to_string())),
+            1 => Just(None),
+            1 => Just(Some("x".to_owned())),
+        ]
+        .prop_map(TableChange::Delete),
+        1 => Just(TableChange::Truncate),
+    ]
+}
+
+impl TableChange {
+    fn into_change(self) -> WebhookChange {
+        match self {
+            TableChange::Whole {
+                id,
+                events,
+                kind,
+                state,
+                url_ok,
+            } => {
+                let id = id.to_string();
+                let url = if url_ok {
+                    "https://example.com/h"
+                } else {
+                    "not a url"
+                };
+                WebhookChange::Upsert(row(&[
+                    ("webhook_id", Some(&id)),
+                    ("name", Some("n")),
+                    ("events", Some(&events)),
+                    ("target_url", Some(url)),
+                    ("type", Some(kind)),
+                    ("state", Some(state)),
+                ]))
+            }
+            TableChange::Some {
+                id,
+                events,
+                kind,
+                state,
+            } => {
+                let id = id.to_string();
+                let mut pairs = vec![("webhook_id", Some(id.as_str()))];
+                pairs.extend(events.as_deref().map(|e| ("events", Some(e))));
+                pairs.extend(kind.map(|k| ("type", Some(k))));
+                pairs.extend(state.map(|s| ("state", Some(s))));
+                WebhookChange::Upsert(row(&pairs))
+            }
+            TableChange::Delete(webhook_id) => WebhookChange::Delete { webhook_id },
+            TableChange::Truncate => WebhookChange::Truncate,
+        }
+    }
+}
+
+fn assert_index_agrees_with_scan(registry: &Registry) -> Result<(), TestCaseError> {
+    for entity in EVENT_ENTITIES {
+        for operation in OPERATIONS {
+            let e = event(entity, operation);
+            let by_index: Vec<&Arc<Webhook>> = registry.matching(&e).collect();
+            let by_scan = scan(registry, &e);
+            let ids = |hooks: &[&Arc<Webhook>]| hooks.iter().map(|h| h.id).collect::<Vec<_>>();
+            prop_assert_eq!(ids(&by_index), ids(&by_scan), "event {}", e.event);
+            for (a, b) in by_index.iter().zip(&by_scan) {
+                prop_assert!(Arc::ptr_eq(a, b), "hook {} is not the current one", a.id);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rows_now(registry: &Registry) -> Vec<WebhookRow> {
+    registry.rows().map(|r| WebhookRow::clone(r)).collect()
+}
+
+proptest! {
+    #[test]
+    fn the_index_returns_exactly_the_hooks_a_scan_returns(
+        initial in proptest::collection::vec(table_change(), 0..12),
+        changes in proptest::collection::vec(table_change(), 1..40),
+    ) {
+        let mut registry = Registry::from_rows(initial.into_iter().filter_map(|c| match c.into_change() {
+            WebhookChange::Upsert(row) => Some(row),
+            _ => None,
+        }));
+        assert_index_agrees_with_scan(&registry)?;
+        for change in changes {
+            registry.apply(change.into_change());
+            assert_index_agrees_with_scan(&registry)?;
+        }
+        let ids: Vec<i32> = registry.hooks().map(|h| h.id).collect();
+        for id in ids {
+            registry.apply(WebhookChange::Delete { webhook_id: Some(id.to_string()) });
+        }
+        prop_assert!(registry.index.is_empty(), "entries left behind: {:?}", registry.index);
+    }
+
+    #[test]
+    fn a_snapshot_written_is_the_table_as_of_its_position(
+        initial in proptest::collection::vec(table_change(), 0..8),
+        transactions in proptest::collection::vec(
+            (proptest::collection::vec(table_change(), 0..4), 0..3usize, any::<bool>()),
+            1..20,
+        ),
+    ) {
+        let mut registry = Registry::from_rows(initial.into_iter().filter_map(|c| match c.into_change() {
+            WebhookChange::Upsert(row) => Some(row),
+            _ => None,
+        }));
+        let mut pending = PendingSnapshots::new(&registry);
+        // The table after each transaction, by its end position.
+        let mut history = BTreeMap::from([(Lsn(0), rows_now(&registry))]);
+        let mut written = rows_now(&registry);
+        let mut written_at = Lsn(0);
+        let mut position = Lsn(0);
+        for (i, (changes, lag, write_succeeds)) in transactions.into_iter().enumerate() {
+            let end = Lsn(10 * (i as u64 + 1));
+            let touched = !changes.is_empty();
+            for change in changes {
+                registry.apply(change.into_change());
+            }
+            if touched {
+                pending.record(end, registry.take_row_changes());
+            }
+            history.insert(end, rows_now(&registry));
+            // The confirmable position trails the stream by a few commits.
+            position = position.max(Lsn(end.0.saturating_sub(10 * lag as u64)));
+            let table_at_position = history.range(..=position).next_back().unwrap().1.clone();
+            match pending.due(position) {
+                Some(lsn) => {
+                    prop_assert!(lsn <= position && lsn >= written_at);
+                    let rows: Vec<WebhookRow> = pending.rows().cloned().collect();
+                    prop_assert_eq!(&rows, &history[&lsn]);
+                    prop_assert_eq!(&rows, &table_at_position);
+                    if write_succeeds {
+                        pending.written();
+                        written = rows;
+                        written_at = lsn;
+                    }
+                }
+                None => prop_assert_eq!(&written, &table_at_position),
+            }
+        }
+    }
+}
