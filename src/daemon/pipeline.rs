@@ -100,6 +100,9 @@ impl Pipeline {
                 if txn.registry_changed {
                     self.snapshots
                         .record(end_lsn, self.registry.take_row_changes());
+                    if self.snapshots.over_bound() {
+                        self.spill_snapshots().await?;
+                    }
                 }
                 self.checkpoint.commit(txn.checkpoint, end_lsn);
                 self.server_end = self.server_end.max(end_lsn);
@@ -295,6 +298,19 @@ impl Pipeline {
             self.snapshots.written();
         }
         Ok(target)
+    }
+
+    /// Write every pending registry state now, oldest first (see
+    /// [`crate::registry::SPILL_PENDING_BYTES`]).
+    async fn spill_snapshots(&mut self) -> anyhow::Result<()> {
+        while let Some(lsn) = self.snapshots.oldest_pending() {
+            self.snapshots.due(lsn);
+            self.store
+                .write_snapshot(lsn, self.snapshots.rows())
+                .await?;
+            self.snapshots.written();
+        }
+        Ok(())
     }
 
     /// Hooks with parked events or a running error count, as stored: they

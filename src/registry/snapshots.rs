@@ -36,6 +36,30 @@ pub struct PendingSnapshots {
     /// Per transaction that changed the table, in commit order: its end
     /// position and the rows it changed, as they stood at its commit.
     pending: VecDeque<(Lsn, Vec<RowChange>)>,
+    /// Bytes of row text `pending` holds on its own (rows no longer in the
+    /// registry), for the spill bound.
+    pending_bytes: usize,
+}
+
+/// Pending states beyond which they are written at once instead of when
+/// the position passes them: memory stays bounded while the confirmed
+/// position is held back (a target that never answers, and a hook row
+/// updated again and again). Writing a state early is always right: a
+/// restart uses the newest snapshot at or before its position.
+pub const SPILL_PENDING_BYTES: usize = 8 * 1024 * 1024;
+pub const SPILL_PENDING_STATES: usize = 256;
+
+fn row_bytes(changes: &[RowChange]) -> usize {
+    changes
+        .iter()
+        .filter_map(|(_, row)| row.as_ref())
+        .map(|row| {
+            row.0
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, String::len))
+                .sum::<usize>()
+        })
+        .sum()
 }
 
 impl PendingSnapshots {
@@ -46,12 +70,14 @@ impl PendingSnapshots {
             base: registry.rows.clone(),
             unwritten: None,
             pending: VecDeque::new(),
+            pending_bytes: 0,
         }
     }
 
     /// A transaction ending at `end` changed these rows.
     pub fn record(&mut self, end: Lsn, changes: Vec<RowChange>) {
         if !changes.is_empty() {
+            self.pending_bytes += row_bytes(&changes);
             self.pending.push_back((end, changes));
         }
     }
@@ -66,6 +92,7 @@ impl PendingSnapshots {
             .is_some_and(|(end, _)| *end <= position)
         {
             let (end, changes) = self.pending.pop_front().expect("front was just seen");
+            self.pending_bytes = self.pending_bytes.saturating_sub(row_bytes(&changes));
             for (id, row) in changes {
                 match row {
                     Some(row) => self.base.insert(id, row),
@@ -75,6 +102,17 @@ impl PendingSnapshots {
             self.unwritten = Some(end);
         }
         self.unwritten
+    }
+
+    /// Whether the pending states passed the spill bound.
+    pub fn over_bound(&self) -> bool {
+        self.pending_bytes > SPILL_PENDING_BYTES || self.pending.len() > SPILL_PENDING_STATES
+    }
+
+    /// The oldest pending state's position: writing the states one by one
+    /// from here keeps a snapshot for every position a restart can start at.
+    pub fn oldest_pending(&self) -> Option<Lsn> {
+        self.pending.front().map(|(end, _)| *end)
     }
 
     /// The state [`PendingSnapshots::due`] returned, in webhook_id order.

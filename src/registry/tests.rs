@@ -460,3 +460,51 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn pending_snapshots_pass_their_bound_before_memory_grows() {
+    // A hook with 1 MB of headers, renamed again and again while the
+    // confirmed position is held back: the pending states reach the spill
+    // bound after a few renames, not after hundreds of megabytes.
+    let headers = format!("{{\"X-Big\": \"{}\"}}", "h".repeat(1024 * 1024));
+    let row = |name: &str| {
+        WebhookRow(
+            [
+                ("webhook_id", Some("1".to_owned())),
+                ("name", Some(name.to_owned())),
+                ("events", Some("*".to_owned())),
+                ("target_url", Some("https://example.com/".to_owned())),
+                ("type", Some("webhook".to_owned())),
+                ("headers", Some(headers.clone())),
+                ("state", Some("1".to_owned())),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        )
+    };
+    let mut registry = Registry::from_rows([row("start")]);
+    let mut pending = PendingSnapshots::new(&registry);
+    let mut renames = 0;
+    while !pending.over_bound() {
+        renames += 1;
+        assert!(renames < 50, "never over the bound");
+        registry.apply(crate::events::WebhookChange::Upsert(row(&format!(
+            "n{renames}"
+        ))));
+        pending.record(Lsn(renames), registry.take_row_changes());
+    }
+    assert!(
+        renames as usize <= SPILL_PENDING_BYTES / (1024 * 1024) + 1,
+        "{renames}"
+    );
+    // Spilling writes every state oldest first, and empties the queue.
+    let mut written = Vec::new();
+    while let Some(lsn) = pending.oldest_pending() {
+        assert_eq!(pending.due(lsn), Some(lsn));
+        written.push(lsn);
+        pending.written();
+    }
+    assert_eq!(written, (1..=renames).map(Lsn).collect::<Vec<_>>());
+    assert!(!pending.over_bound());
+}
