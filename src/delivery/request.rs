@@ -231,30 +231,13 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::events::{Operation, TxnInfo, WebhookRow};
-    use crate::pgoutput::Lsn;
+    use crate::events::{Operation, WebhookRow};
 
     fn event(fields: Value) -> ChangeEvent {
         ChangeEvent {
-            event: "big.created".into(),
-            entity: "big".into(),
-            operation: Operation::Created,
-            table: "public.big".into(),
-            primary_key: json!(1),
             changes: vec!["id".into(), "small".into(), "huge".into(), "medium".into()],
-            changes_exact: true,
             field_values: fields.as_object().cloned().unwrap_or_default(),
-            missing_columns: Vec::new(),
-            values: None,
-            changed_by_associate_id: 0,
-            txn: TxnInfo {
-                xid: 1,
-                commit_lsn: Lsn(1),
-                commit_time: 0,
-            },
-            index: 0,
-            ordering_key: "1".into(),
-            previous_key: None,
+            ..ChangeEvent::sample("big", Operation::Created)
         }
     }
 

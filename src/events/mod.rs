@@ -96,6 +96,34 @@ impl ChangeEvent {
     }
 }
 
+#[cfg(test)]
+impl ChangeEvent {
+    /// An event of `entity` keyed by `id` = 1, for tests without a server.
+    pub(crate) fn sample(entity: &str, operation: Operation) -> ChangeEvent {
+        ChangeEvent {
+            event: format!("{entity}.{}", operation.suffix()),
+            entity: entity.to_owned(),
+            operation,
+            table: format!("public.{entity}"),
+            primary_key: 1.into(),
+            changes: vec!["id".into()],
+            changes_exact: true,
+            field_values: Default::default(),
+            missing_columns: Vec::new(),
+            values: None,
+            changed_by_associate_id: 0,
+            txn: TxnInfo {
+                xid: 1,
+                commit_lsn: Lsn(1),
+                commit_time: 0,
+            },
+            index: 0,
+            ordering_key: "1".into(),
+            previous_key: None,
+        }
+    }
+}
+
 /// PostgreSQL epoch (2000-01-01) microseconds as RFC 3339 UTC.
 pub fn rfc3339(pg_micros: i64) -> String {
     const PG_EPOCH_UNIX_SECS: u64 = 946_684_800;

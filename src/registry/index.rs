@@ -397,8 +397,7 @@ impl<'a> Iterator for Matches<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{TxnInfo, WebhookRow};
-    use crate::pgoutput::Lsn;
+    use crate::events::WebhookRow;
 
     fn hook(id: i32, events: &str) -> Arc<Webhook> {
         let row = WebhookRow(
@@ -416,25 +415,8 @@ mod tests {
 
     fn changed(entity: &str, changes: &[&str]) -> ChangeEvent {
         ChangeEvent {
-            event: format!("{entity}.changed"),
-            entity: entity.to_owned(),
-            operation: Operation::Changed,
-            table: format!("public.{entity}"),
-            primary_key: 1.into(),
             changes: changes.iter().map(|c| c.to_string()).collect(),
-            changes_exact: true,
-            field_values: Default::default(),
-            missing_columns: Vec::new(),
-            values: None,
-            changed_by_associate_id: 0,
-            txn: TxnInfo {
-                xid: 1,
-                commit_lsn: Lsn(1),
-                commit_time: 0,
-            },
-            index: 0,
-            ordering_key: String::new(),
-            previous_key: None,
+            ..ChangeEvent::sample(entity, Operation::Changed)
         }
     }
 

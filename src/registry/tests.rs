@@ -4,7 +4,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::*;
-use crate::events::{Operation, TxnInfo};
+use crate::events::Operation;
 use crate::pgoutput::Lsn;
 
 fn row(pairs: &[(&str, Option<&str>)]) -> WebhookRow {
@@ -28,27 +28,7 @@ fn good(id: &str, events: &str) -> WebhookRow {
 }
 
 fn event(entity: &str, operation: Operation) -> ChangeEvent {
-    ChangeEvent {
-        event: format!("{entity}.{}", operation.suffix()),
-        entity: entity.to_owned(),
-        operation,
-        table: format!("public.{entity}"),
-        primary_key: 1.into(),
-        changes: vec!["id".into()],
-        changes_exact: true,
-        field_values: Default::default(),
-        missing_columns: Vec::new(),
-        values: None,
-        changed_by_associate_id: 0,
-        txn: TxnInfo {
-            xid: 1,
-            commit_lsn: Lsn(1),
-            commit_time: 0,
-        },
-        index: 0,
-        ordering_key: String::new(),
-        previous_key: None,
-    }
+    ChangeEvent::sample(entity, operation)
 }
 
 /// What matching meant before the index: every hook asked in turn.
