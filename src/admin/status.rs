@@ -281,7 +281,11 @@ fn print_status(report: &SlotReport, hooks: &[HookStats], parked_total: i64, web
                 h.consecutive_errors.to_string(),
                 or_dash(h.last_success.as_deref()),
                 h.parked.to_string(),
-                h.last_error.as_deref().map_or("-".into(), |e| short(e, 60)),
+                // When it happened: after a recovery the last error is
+                // history, and its time says so.
+                h.last_error.as_deref().map_or("-".into(), |e| {
+                    format!("{} {}", or_dash(h.last_failure.as_deref()), short(e, 60))
+                }),
             ]
         })
         .collect();
