@@ -45,7 +45,16 @@ fn main() -> ExitCode {
         path: cli.config.clone(),
         log_filter,
     };
-    let code = runtime.block_on(dispatch(cli.command, config, reloader));
+    // On a runtime thread, not main's: those threads have the stacks sized
+    // above, and block_on would run the whole command on main's.
+    let code = runtime.block_on(async {
+        tokio::spawn(dispatch(cli.command, config, reloader))
+            .await
+            .unwrap_or_else(|e| {
+                eprintln!("walhook: {e}");
+                exit::FAILURE
+            })
+    });
     // Background tasks (idle HTTP connections, SQL sessions) must not hold
     // the exit up.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
