@@ -41,6 +41,9 @@ pub struct HookControl {
     pub(super) consecutive_errors: AtomicU32,
     /// Jobs queued in or running on the lanes.
     pub(super) in_flight: AtomicUsize,
+    /// Events the reader parked that the parking writer has not written
+    /// yet: the replayer must not switch to Live while any are on their way.
+    pub(super) unwritten: AtomicUsize,
     /// Per lane: when the job it is working on was queued (milliseconds
     /// since [`epoch_millis`]'s start), 0 when idle. Lanes are FIFO, so the
     /// oldest of these is the age of the hook's backlog.
@@ -67,6 +70,7 @@ impl HookControl {
             current: RwLock::new(hook),
             consecutive_errors: AtomicU32::new(0),
             in_flight: AtomicUsize::new(0),
+            unwritten: AtomicUsize::new(0),
             lane_heads: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
             tripped: AtomicBool::new(false),
             gone: AtomicBool::new(false),
@@ -87,6 +91,11 @@ impl HookControl {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Parked events still waiting for the parking writer.
+    pub(super) fn unwritten(&self) -> usize {
+        self.unwritten.load(Ordering::Acquire)
     }
 
     pub(super) fn is_tripped(&self) -> bool {

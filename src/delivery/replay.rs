@@ -63,9 +63,11 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
         if batch.is_empty() {
             // Under the mode lock no event can be parked meanwhile.
             let mut mode = control.mode.lock().await;
-            // Live only when nothing is parked and nothing is still on the
-            // lanes (a lane may be about to park a job it holds).
+            // Live only when nothing is parked, nothing is still on the
+            // lanes (a lane may be about to park a job it holds) and
+            // nothing is on its way to the table.
             if control.in_flight() == 0
+                && control.unwritten() == 0
                 && !control.is_tripped()
                 && store.parked_count(control.id).await? == 0
             {
