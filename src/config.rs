@@ -193,6 +193,9 @@ pub struct DeliveryConfig {
     /// "0s" keeps them until delivered or discarded.
     #[serde(deserialize_with = "duration")]
     pub parked_retention: Duration,
+    /// Parked events one hook may have in `delivery`: a hook that reaches
+    /// it is set to Stopped, so a dead target never fills the database.
+    pub max_parked_events_per_webhook: u64,
     /// The largest request body: an event that would be larger is sent
     /// with its largest values left out and named in `MissingColumns`.
     pub max_body_bytes: usize,
@@ -222,6 +225,7 @@ impl Default for DeliveryConfig {
             backlog_limit: 10_000,
             backlog_max_age: Duration::from_secs(300),
             parked_retention: Duration::from_secs(30 * 24 * 3600),
+            max_parked_events_per_webhook: 1_000_000,
             max_body_bytes: 16 * 1024 * 1024,
             ca_file: None,
             client_cert_file: None,
@@ -407,6 +411,12 @@ impl Config {
             (
                 "delivery.backlog_limit",
                 d.backlog_limit as u64,
+                1,
+                1_000_000_000,
+            ),
+            (
+                "delivery.max_parked_events_per_webhook",
+                d.max_parked_events_per_webhook,
                 1,
                 1_000_000_000,
             ),
@@ -1003,6 +1013,10 @@ mod validation_tests {
             ("[delivery]\nmax_body_bytes = 2000000000", "delivery.max_body_bytes"),
             ("[delivery]\nmax_consecutive_errors = 0", "delivery.max_consecutive_errors"),
             ("[delivery]\nparked_retention = \"1s\"", "delivery.parked_retention"),
+            (
+                "[delivery]\nmax_parked_events_per_webhook = 0",
+                "delivery.max_parked_events_per_webhook",
+            ),
             ("[postgres]\nstatus_interval = \"0s\"", "postgres.status_interval"),
             ("[log]\nlevel = \"(((\"", "log.level"),
             ("[log]\nlevel = \"info,walhook=loud\"", "log.level"),

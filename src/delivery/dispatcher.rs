@@ -169,6 +169,7 @@ impl Dispatcher {
             return;
         }
         let parked = matches!(*control.mode.lock().await, Mode::Parking(_));
+        control.parked_limit_reached.store(false, Ordering::Release);
         if control.is_tripped() || control.is_gone() {
             control.tripped.store(false, Ordering::Release);
             control.gone.store(false, Ordering::Release);
@@ -186,6 +187,10 @@ impl Dispatcher {
     /// while the in-flight byte budget is spent.
     pub async fn dispatch(&mut self, job: Job) -> anyhow::Result<()> {
         let control = self.ensure_lanes(&job.hook);
+        if drop_past_parked_limit(&self.ctx, &control, &job) {
+            job.ticket.settle();
+            return Ok(());
+        }
         let cost = self.cost(&job);
         let mut budget_spent = false;
         let permit = loop {
@@ -299,6 +304,10 @@ impl Dispatcher {
     /// Park an event of a hook in state 3 (TooManyErrors).
     pub async fn park(&mut self, job: Job) -> anyhow::Result<()> {
         let control = self.ensure_lanes(&job.hook);
+        if drop_past_parked_limit(&self.ctx, &control, &job) {
+            job.ticket.settle();
+            return Ok(());
+        }
         let mut mode = control.mode.lock().await;
         if *mode == Mode::Live {
             *mode = Mode::Parking(ParkReason::TooManyErrors);
@@ -360,4 +369,21 @@ impl Dispatcher {
         }
         finished
     }
+}
+
+/// A hook stopped for reaching `delivery.max_parked_events_per_webhook`
+/// is Stopped until it is set Active again: its events are dropped and
+/// counted, as for any Stopped hook, even before the registry has read
+/// the new state back.
+fn drop_past_parked_limit(ctx: &DeliveryContext, control: &HookControl, job: &Job) -> bool {
+    if !control.parked_limit_reached.load(Ordering::Acquire) {
+        return false;
+    }
+    tracing::debug!(
+        webhook_id = control.id,
+        event_id = %job.event_id,
+        "dropped: the hook was stopped at its parked events limit"
+    );
+    ctx.metrics.dropped();
+    true
 }

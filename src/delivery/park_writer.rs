@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use super::hook::{HookControl, ParkReason};
 use super::parking::ParkedEvent;
 use super::{DeliveryContext, Job};
+use crate::registry::WebhookState;
 
 /// A batch is written once it holds this many events...
 pub(super) const BATCH_EVENTS: usize = 500;
@@ -102,6 +103,18 @@ async fn run_writer(ctx: DeliveryContext, mut receiver: mpsc::Receiver<Unwritten
         }
         let written = write_until_done(&ctx, &batch).await;
         let count = batch.len();
+        if written {
+            let mut per_hook: Vec<(Arc<HookControl>, usize)> = Vec::new();
+            for item in &batch {
+                match per_hook.iter_mut().find(|(c, _)| c.id == item.control.id) {
+                    Some((_, n)) => *n += 1,
+                    None => per_hook.push((Arc::clone(&item.control), 1)),
+                }
+            }
+            for (control, n) in per_hook {
+                enforce_parked_limit(&ctx, &control, n).await;
+            }
+        }
         for item in batch.drain(..) {
             if written {
                 item.job.ticket.settle();
@@ -149,5 +162,66 @@ async fn write_until_done(ctx: &DeliveryContext, batch: &[Unwritten]) -> bool {
                 wait = (wait * 2).min(Duration::from_secs(30));
             }
         }
+    }
+}
+
+/// Count `written` more parked events of a hook and stop the hook once it
+/// has `delivery.max_parked_events_per_webhook` parked: a dead target must
+/// never fill the database walhook sits beside. What is parked stays for
+/// replay; later events follow the Stopped rule (dropped and counted).
+async fn enforce_parked_limit(ctx: &DeliveryContext, control: &HookControl, written: usize) {
+    let limit = i64::try_from(ctx.config.get().max_parked_events_per_webhook).unwrap_or(i64::MAX);
+    if control.parked.load(Ordering::Acquire) < 0 {
+        // Counted once from the table (this batch included), then kept.
+        match ctx.store.parked_count(control.id).await {
+            Ok(n) => control.parked.store(n, Ordering::Release),
+            Err(e) => {
+                tracing::warn!(webhook_id = control.id, "counting parked events: {e:#}");
+                return;
+            }
+        }
+    } else {
+        control.parked_added(written);
+    }
+    if control.parked.load(Ordering::Acquire) < limit
+        || control.parked_limit_reached.load(Ordering::Acquire)
+    {
+        return;
+    }
+    // The running count can drift above the table (parked_retention drops
+    // rows): only the table's own count stops a hook.
+    let parked = match ctx.store.parked_count(control.id).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(webhook_id = control.id, "counting parked events: {e:#}");
+            return;
+        }
+    };
+    control.parked.store(parked, Ordering::Release);
+    if parked < limit {
+        return;
+    }
+    control.parked_limit_reached.store(true, Ordering::Release);
+    control.trip_notify.notify_waiters();
+    ctx.metrics.hooks_stopped_parked_limit.inc();
+    tracing::error!(
+        webhook_id = control.id,
+        name = %control.current().name,
+        parked,
+        limit,
+        "webhook {} has {parked} parked events, the limit of delivery.max_parked_events_per_webhook \
+         ({limit}): it is set to Stopped (2); its parked events are kept and are delivered \
+         once it is set Active again, events until then are dropped",
+        control.id
+    );
+    if let Err(e) = ctx
+        .store
+        .store_state(control.id, WebhookState::Stopped)
+        .await
+    {
+        tracing::error!(
+            webhook_id = control.id,
+            "could not store state Stopped (2): {e:#}"
+        );
     }
 }

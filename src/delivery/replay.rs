@@ -92,11 +92,11 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
             match settled {
                 Settled::Delivered => delivered.push(row.delivery_id),
                 Settled::Dropped | Settled::Unsettled | Settled::Stopped => {
-                    store.remove_parked(&delivered).await?;
+                    remove_delivered(store.as_ref(), control, &delivered).await?;
                     return Ok(false);
                 }
                 Settled::Tripped { attempts, error } => {
-                    store.remove_parked(&delivered).await?;
+                    remove_delivered(store.as_ref(), control, &delivered).await?;
                     store
                         .record_parked_failure(row.delivery_id, attempts, error.as_deref())
                         .await?;
@@ -104,6 +104,16 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
                 }
             }
         }
-        store.remove_parked(&delivered).await?;
+        remove_delivered(store.as_ref(), control, &delivered).await?;
     }
+}
+
+async fn remove_delivered(
+    store: &dyn super::DeliveryStore,
+    control: &HookControl,
+    delivered: &[i64],
+) -> anyhow::Result<()> {
+    store.remove_parked(delivered).await?;
+    control.parked_removed(delivered.len());
+    Ok(())
 }

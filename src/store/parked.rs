@@ -245,6 +245,24 @@ impl Store {
             .collect())
     }
 
+    /// Parked events per hook, by webhook_id.
+    pub async fn parked_counts(&self) -> anyhow::Result<Vec<(i32, i64)>> {
+        Ok(self
+            .client
+            .query(
+                &format!(
+                    "SELECT webhook_id, count(*) FROM {} GROUP BY 1 ORDER BY 1",
+                    self.table("delivery")
+                ),
+                &[],
+            )
+            .await
+            .sql("counting parked events")?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
     /// The hooks that have parked events, as a set.
     pub async fn parked_hook_set(&self) -> anyhow::Result<HashSet<i32>> {
         Ok(self.hooks_with_parked().await?.into_iter().collect())
