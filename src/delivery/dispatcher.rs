@@ -330,9 +330,26 @@ impl Dispatcher {
         control: &Arc<HookControl>,
         cost: u32,
     ) -> anyhow::Result<()> {
-        // The semaphore is never closed: an error would only mean "no
-        // permits", and then the job goes without one rather than never.
-        let budget = Arc::clone(&self.budget).acquire_many_owned(cost).await.ok();
+        // The semaphore is never closed, so an error here is only "no
+        // permits". A spent budget is handled as for live jobs: hooks
+        // that are behind and hold it are parked, so their queued jobs
+        // free it.
+        let budget = loop {
+            if let Ok(permit) = Arc::clone(&self.budget).try_acquire_many_owned(cost) {
+                break permit;
+            }
+            if self.hooks.len() > 1 {
+                self.park_laggards().await;
+            }
+            if let Ok(Ok(permit)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                Arc::clone(&self.budget).acquire_many_owned(cost),
+            )
+            .await
+            {
+                break permit;
+            }
+        };
         self.park_queue
             .send(job, reason, Arc::clone(control), budget)
             .await

@@ -37,7 +37,7 @@ struct Unwritten {
     reason: ParkReason,
     control: Arc<HookControl>,
     /// Returned to the byte budget once the event is written.
-    _budget: Option<OwnedSemaphorePermit>,
+    _budget: OwnedSemaphorePermit,
 }
 
 /// The reader's side of the parking writer.
@@ -65,7 +65,7 @@ impl ParkQueue {
         job: Job,
         reason: ParkReason,
         control: Arc<HookControl>,
-        budget: Option<OwnedSemaphorePermit>,
+        budget: OwnedSemaphorePermit,
     ) -> anyhow::Result<()> {
         let item = Unwritten {
             job,
