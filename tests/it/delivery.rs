@@ -493,4 +493,12 @@ async fn a_hook_at_its_parked_limit_is_stopped_and_keeps_what_was_parked() {
     assert_eq!(parked(&h, hook).await, kept);
     assert_eq!(state(&h, hook).await, 2);
     assert!(h.stop_daemon().success());
+    // `walhook check` warns for a hook at 80% of the limit or more.
+    let check = h.walhook(&["check"]);
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        out.contains(&format!("webhook_id {hook} has {kept} parked events"))
+            && out.contains("max_parked_events_per_webhook (5)"),
+        "{out}"
+    );
 }
