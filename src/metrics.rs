@@ -39,6 +39,9 @@ pub struct Metrics {
     pub lag_bytes: Gauge,
     pub in_flight_bytes: Gauge,
     pub parked_events: Gauge,
+    /// Hooks set to Stopped for reaching
+    /// `delivery.max_parked_events_per_webhook`.
+    pub hooks_stopped_parked_limit: Counter,
 }
 
 impl Default for Metrics {
@@ -53,6 +56,7 @@ impl Default for Metrics {
         let lag_bytes = Gauge::default();
         let in_flight_bytes = Gauge::default();
         let parked_events = Gauge::default();
+        let hooks_stopped_parked_limit = Counter::default();
         registry.register(
             "changes_decoded",
             "Row changes decoded from the replication stream",
@@ -98,6 +102,11 @@ impl Default for Metrics {
             "Events parked by this process since it started",
             parked_events.clone(),
         );
+        registry.register(
+            "hooks_stopped_parked_limit",
+            "Hooks set to Stopped for reaching delivery.max_parked_events_per_webhook",
+            hooks_stopped_parked_limit.clone(),
+        );
         Metrics {
             registry,
             changes_decoded,
@@ -109,6 +118,7 @@ impl Default for Metrics {
             lag_bytes,
             in_flight_bytes,
             parked_events,
+            hooks_stopped_parked_limit,
         }
     }
 }

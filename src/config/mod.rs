@@ -196,6 +196,9 @@ pub struct DeliveryConfig {
     /// "0s" keeps them until delivered or discarded.
     #[serde(deserialize_with = "duration")]
     pub parked_retention: Duration,
+    /// Parked events one hook may have in `delivery`: a hook that reaches
+    /// it is set to Stopped, so a dead target never fills the database.
+    pub max_parked_events_per_webhook: u64,
     /// The largest request body: an event that would be larger is sent
     /// with its largest values left out and named in `MissingColumns`.
     pub max_body_bytes: usize,
@@ -225,6 +228,7 @@ impl Default for DeliveryConfig {
             backlog_limit: 10_000,
             backlog_max_age: Duration::from_secs(300),
             parked_retention: Duration::from_secs(30 * 24 * 3600),
+            max_parked_events_per_webhook: 1_000_000,
             max_body_bytes: 16 * 1024 * 1024,
             ca_file: None,
             client_cert_file: None,

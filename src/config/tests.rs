@@ -221,6 +221,10 @@ mod validation_tests {
             ("[delivery]\nmax_body_bytes = 2000000000", "delivery.max_body_bytes"),
             ("[delivery]\nmax_consecutive_errors = 0", "delivery.max_consecutive_errors"),
             ("[delivery]\nparked_retention = \"1s\"", "delivery.parked_retention"),
+            (
+                "[delivery]\nmax_parked_events_per_webhook = 0",
+                "delivery.max_parked_events_per_webhook",
+            ),
             ("[postgres]\nstatus_interval = \"0s\"", "postgres.status_interval"),
             ("[log]\nlevel = \"(((\"", "log.level"),
             ("[log]\nlevel = \"info,walhook=loud\"", "log.level"),

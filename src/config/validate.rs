@@ -134,6 +134,12 @@ impl Config {
                 1_000_000_000,
             ),
             (
+                "delivery.max_parked_events_per_webhook",
+                d.max_parked_events_per_webhook,
+                1,
+                1_000_000_000,
+            ),
+            (
                 "delivery.max_in_flight_bytes",
                 d.max_in_flight_bytes,
                 64 * 1024,

@@ -13,7 +13,8 @@ use tokio::task::JoinSet;
 
 use super::hook::{epoch_millis, HookControl, Mode, ParkReason};
 use super::lanes::{run_lane, LaneItem, Queued};
-use super::parking::{park_job, past_bound, start_parking};
+use super::park_writer::ParkQueue;
+use super::parking::{past_bound, start_parking};
 use super::{DeliveryContext, Job, OrderScope};
 use crate::config::{DeliveryConfig, DeliveryOrder};
 use crate::registry::{Webhook, WebhookState};
@@ -30,8 +31,10 @@ pub struct Dispatcher {
     budget: Arc<Semaphore>,
     budget_max: u32,
     hooks: HashMap<i32, HookLanes>,
-    /// Lanes and replayers.
+    /// Lanes, replayers and the parking writer.
     tasks: JoinSet<()>,
+    /// Parked events go to `delivery` through it, off the reader's path.
+    park_queue: ParkQueue,
     /// Hooks found with parked events at start that have no lanes yet
     /// (their row was missing or invalid then): they start out parking, so
     /// their live events queue behind the parked ones.
@@ -41,12 +44,15 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(ctx: DeliveryContext) -> Dispatcher {
         let budget_max = u32::try_from(ctx.config.get().max_in_flight_bytes).unwrap_or(u32::MAX);
+        let mut tasks = JoinSet::new();
+        let park_queue = ParkQueue::start(ctx.clone(), &mut tasks);
         Dispatcher {
             budget: Arc::new(Semaphore::new(budget_max as usize)),
             budget_max,
             ctx,
             hooks: HashMap::new(),
-            tasks: JoinSet::new(),
+            tasks,
+            park_queue,
             parked_at_start: HashSet::new(),
         }
     }
@@ -163,6 +169,7 @@ impl Dispatcher {
             return;
         }
         let parked = matches!(*control.mode.lock().await, Mode::Parking(_));
+        control.parked_limit_reached.store(false, Ordering::Release);
         if control.is_tripped() || control.is_gone() {
             control.tripped.store(false, Ordering::Release);
             control.gone.store(false, Ordering::Release);
@@ -180,10 +187,11 @@ impl Dispatcher {
     /// while the in-flight byte budget is spent.
     pub async fn dispatch(&mut self, job: Job) -> anyhow::Result<()> {
         let control = self.ensure_lanes(&job.hook);
-        // A body larger than the whole budget still goes, alone.
-        let cost = u32::try_from(job.body.len().max(1))
-            .unwrap_or(u32::MAX)
-            .min(self.budget_max);
+        if drop_past_parked_limit(&self.ctx, &control, &job) {
+            job.ticket.settle();
+            return Ok(());
+        }
+        let cost = self.cost(&job);
         let mut budget_spent = false;
         let permit = loop {
             {
@@ -193,9 +201,11 @@ impl Dispatcher {
                     start_parking(&mut self.tasks, &self.ctx, &control, &mut mode);
                 }
                 if let Mode::Parking(reason) = *mode {
-                    park_job(&self.ctx, &job, reason, 0, None).await?;
-                    job.ticket.settle();
-                    return Ok(());
+                    // Counted under the mode lock: the replayer cannot go
+                    // Live before the writer has stored it.
+                    control.unwritten.fetch_add(1, Ordering::AcqRel);
+                    drop(mode);
+                    return self.park_later(job, reason, &control, cost).await;
                 }
             }
             // The semaphore is never closed, so an error here is only
@@ -294,13 +304,63 @@ impl Dispatcher {
     /// Park an event of a hook in state 3 (TooManyErrors).
     pub async fn park(&mut self, job: Job) -> anyhow::Result<()> {
         let control = self.ensure_lanes(&job.hook);
+        if drop_past_parked_limit(&self.ctx, &control, &job) {
+            job.ticket.settle();
+            return Ok(());
+        }
         let mut mode = control.mode.lock().await;
         if *mode == Mode::Live {
             *mode = Mode::Parking(ParkReason::TooManyErrors);
         }
-        park_job(&self.ctx, &job, ParkReason::TooManyErrors, 0, None).await?;
-        job.ticket.settle();
-        Ok(())
+        control.unwritten.fetch_add(1, Ordering::AcqRel);
+        drop(mode);
+        let cost = self.cost(&job);
+        self.park_later(job, ParkReason::TooManyErrors, &control, cost)
+            .await
+    }
+
+    /// Hand a job, already counted in the hook's `unwritten`, to the
+    /// parking writer. It keeps its share of the byte budget until it is
+    /// written, so events waiting for the database bound memory like
+    /// queued ones; its ticket is settled once its batch is committed.
+    async fn park_later(
+        &mut self,
+        job: Job,
+        reason: ParkReason,
+        control: &Arc<HookControl>,
+        cost: u32,
+    ) -> anyhow::Result<()> {
+        // The semaphore is never closed, so an error here is only "no
+        // permits". A spent budget is handled as for live jobs: hooks
+        // that are behind and hold it are parked, so their queued jobs
+        // free it.
+        let budget = loop {
+            if let Ok(permit) = Arc::clone(&self.budget).try_acquire_many_owned(cost) {
+                break permit;
+            }
+            if self.hooks.len() > 1 {
+                self.park_laggards().await;
+            }
+            if let Ok(Ok(permit)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                Arc::clone(&self.budget).acquire_many_owned(cost),
+            )
+            .await
+            {
+                break permit;
+            }
+        };
+        self.park_queue
+            .send(job, reason, Arc::clone(control), budget)
+            .await
+    }
+
+    /// A job's share of the byte budget: a body larger than the whole
+    /// budget still goes, alone.
+    fn cost(&self, job: &Job) -> u32 {
+        u32::try_from(job.body.len().max(1))
+            .unwrap_or(u32::MAX)
+            .min(self.budget_max)
     }
 
     /// New delivery settings from a reloaded config (SIGHUP).
@@ -318,6 +378,7 @@ impl Dispatcher {
     /// after the next start.
     pub async fn drain(&mut self, timeout: Duration) -> bool {
         self.hooks.clear();
+        self.park_queue.close();
         let all_done = async { while self.tasks.join_next().await.is_some() {} };
         let finished = tokio::time::timeout(timeout, all_done).await.is_ok();
         if !finished {
@@ -325,4 +386,21 @@ impl Dispatcher {
         }
         finished
     }
+}
+
+/// A hook stopped for reaching `delivery.max_parked_events_per_webhook`
+/// is Stopped until it is set Active again: its events are dropped and
+/// counted, as for any Stopped hook, even before the registry has read
+/// the new state back.
+fn drop_past_parked_limit(ctx: &DeliveryContext, control: &HookControl, job: &Job) -> bool {
+    if !control.parked_limit_reached.load(Ordering::Acquire) {
+        return false;
+    }
+    tracing::debug!(
+        webhook_id = control.id,
+        event_id = %job.event_id,
+        "dropped: the hook was stopped at its parked events limit"
+    );
+    ctx.metrics.dropped();
+    true
 }

@@ -1,7 +1,7 @@
 //! One hook's delivery state, shared by its lanes, its replayer and the
 //! reader (see the state table in the module above).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,16 @@ pub struct HookControl {
     pub(super) consecutive_errors: AtomicU32,
     /// Jobs queued in or running on the lanes.
     pub(super) in_flight: AtomicUsize,
+    /// Events the reader parked that the parking writer has not written
+    /// yet: the replayer must not switch to Live while any are on their way.
+    pub(super) unwritten: AtomicUsize,
+    /// Parked events of the hook in `delivery` as far as this process
+    /// knows (-1: not counted yet): written by the parking writer and the
+    /// lanes, removed by the replayer.
+    pub(super) parked: AtomicI64,
+    /// The hook reached `delivery.max_parked_events_per_webhook` and was
+    /// set to Stopped: its new events are dropped until it is set Active.
+    pub(super) parked_limit_reached: AtomicBool,
     /// Per lane: when the job it is working on was queued (milliseconds
     /// since [`epoch_millis`]'s start), 0 when idle. Lanes are FIFO, so the
     /// oldest of these is the age of the hook's backlog.
@@ -67,6 +77,9 @@ impl HookControl {
             current: RwLock::new(hook),
             consecutive_errors: AtomicU32::new(0),
             in_flight: AtomicUsize::new(0),
+            unwritten: AtomicUsize::new(0),
+            parked: AtomicI64::new(-1),
+            parked_limit_reached: AtomicBool::new(false),
             lane_heads: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
             tripped: AtomicBool::new(false),
             gone: AtomicBool::new(false),
@@ -89,6 +102,29 @@ impl HookControl {
         self.in_flight.load(Ordering::Acquire)
     }
 
+    /// Parked events still waiting for the parking writer.
+    pub(super) fn unwritten(&self) -> usize {
+        self.unwritten.load(Ordering::Acquire)
+    }
+
+    /// `added` more parked events were written to `delivery`.
+    pub(super) fn parked_added(&self, added: usize) {
+        let _ = self
+            .parked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n >= 0).then(|| n + added as i64)
+            });
+    }
+
+    /// `removed` more parked events left `delivery` (delivered).
+    pub(super) fn parked_removed(&self, removed: usize) {
+        let _ = self
+            .parked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n >= 0).then(|| (n - removed as i64).max(0))
+            });
+    }
+
     pub(super) fn is_tripped(&self) -> bool {
         self.tripped.load(Ordering::Acquire)
     }
@@ -98,6 +134,7 @@ impl HookControl {
     /// never parked, as SuperOffice does with a stopped hook.
     pub(super) fn is_stopped(&self) -> bool {
         self.removed.load(Ordering::Acquire)
+            || self.parked_limit_reached.load(Ordering::Acquire)
             || matches!(
                 self.current().state,
                 WebhookState::Stopped | WebhookState::Unknown

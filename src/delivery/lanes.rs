@@ -89,6 +89,7 @@ async fn run_job(ctx: &DeliveryContext, control: &HookControl, job: Job) {
     };
     if let Some(reason) = parking {
         if park_until_done(ctx, &job, reason, 0, None).await {
+            control.parked_added(1);
             job.ticket.settle();
         }
         return;
@@ -119,6 +120,7 @@ async fn run_job(ctx: &DeliveryContext, control: &HookControl, job: Job) {
             )
             .await
             {
+                control.parked_added(1);
                 job.ticket.settle();
             }
         }

@@ -36,6 +36,7 @@ mod dispatcher;
 mod hook;
 pub mod http;
 mod lanes;
+mod park_writer;
 mod parking;
 mod replay;
 pub mod request;

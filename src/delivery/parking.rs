@@ -23,6 +23,9 @@ use crate::registry::WebhookState;
 pub trait DeliveryStore: Send + Sync {
     /// Store an event durably; storing the same event again is a no-op.
     async fn park(&self, event: &ParkedEvent<'_>) -> anyhow::Result<()>;
+    /// Store events durably in one commit, in the order given; events
+    /// already stored are skipped.
+    async fn park_batch(&self, events: &[ParkedEvent<'_>]) -> anyhow::Result<()>;
     /// A hook's oldest parked events, at most `limit`, in commit order.
     async fn next_parked(&self, webhook_id: i32, limit: i64) -> anyhow::Result<Vec<ParkedRow>>;
     async fn parked_count(&self, webhook_id: i32) -> anyhow::Result<i64>;

@@ -63,9 +63,11 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
         if batch.is_empty() {
             // Under the mode lock no event can be parked meanwhile.
             let mut mode = control.mode.lock().await;
-            // Live only when nothing is parked and nothing is still on the
-            // lanes (a lane may be about to park a job it holds).
+            // Live only when nothing is parked, nothing is still on the
+            // lanes (a lane may be about to park a job it holds) and
+            // nothing is on its way to the table.
             if control.in_flight() == 0
+                && control.unwritten() == 0
                 && !control.is_tripped()
                 && store.parked_count(control.id).await? == 0
             {
@@ -90,11 +92,11 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
             match settled {
                 Settled::Delivered => delivered.push(row.delivery_id),
                 Settled::Dropped | Settled::Unsettled | Settled::Stopped => {
-                    store.remove_parked(&delivered).await?;
+                    remove_delivered(store.as_ref(), control, &delivered).await?;
                     return Ok(false);
                 }
                 Settled::Tripped { attempts, error } => {
-                    store.remove_parked(&delivered).await?;
+                    remove_delivered(store.as_ref(), control, &delivered).await?;
                     store
                         .record_parked_failure(row.delivery_id, attempts, error.as_deref())
                         .await?;
@@ -102,6 +104,16 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
                 }
             }
         }
-        store.remove_parked(&delivered).await?;
+        remove_delivered(store.as_ref(), control, &delivered).await?;
     }
+}
+
+async fn remove_delivered(
+    store: &dyn super::DeliveryStore,
+    control: &HookControl,
+    delivered: &[i64],
+) -> anyhow::Result<()> {
+    store.remove_parked(delivered).await?;
+    control.parked_removed(delivered.len());
+    Ok(())
 }

@@ -21,6 +21,9 @@ struct MemoryStore {
     next_id: AtomicI64,
     parked: Mutex<Vec<(i64, i32, String, ParkedRow)>>,
     states: Mutex<Vec<(i32, WebhookState)>>,
+    /// The size of each batch written.
+    batches: Mutex<Vec<usize>>,
+    gate: tokio::sync::RwLock<()>,
 }
 
 impl MemoryStore {
@@ -58,6 +61,16 @@ impl DeliveryStore for MemoryStore {
                 attempts: event.attempts,
             },
         ));
+        Ok(())
+    }
+
+    async fn park_batch(&self, events: &[ParkedEvent<'_>]) -> anyhow::Result<()> {
+        // Held by a test to look at what happens before a batch is stored.
+        let _open = self.gate.read().await;
+        self.batches.lock().unwrap().push(events.len());
+        for event in events {
+            self.park(event).await?;
+        }
         Ok(())
     }
 
@@ -297,7 +310,7 @@ async fn reactivation_delivers_parked_events_first_then_live_ones() {
     for job in parked {
         dispatcher.park(job).await.unwrap();
     }
-    assert_eq!(store.parked_of(7).len(), 3);
+    wait_for("three parked", || store.parked_of(7).len() == 3).await;
     assert!(target.bodies().is_empty());
     // Set Active again: the replayer drains the parked events in order,
     // and an event dispatched meanwhile queues behind them.
@@ -391,4 +404,48 @@ async fn a_changed_url_applies_from_the_next_attempt_with_the_same_event_id() {
     };
     assert_eq!(ids(&broken), ids(&fixed), "same EventId");
     assert_eq!(broken.bodies(), fixed.bodies(), "same body");
+}
+
+#[tokio::test]
+async fn a_burst_of_parked_events_is_written_in_few_batches_in_order_and_settled_after() {
+    let (target, url) = Target::start(200).await;
+    let store = Arc::new(MemoryStore::default());
+    let mut dispatcher = Dispatcher::new(context(Arc::clone(&store), |_| {}));
+    let tripped = hook(&url, WebhookState::TooManyErrors);
+    let keys: Vec<String> = (0..1000).map(|i| format!("row{}", i % 7)).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut checkpoint = Checkpoint::new(Lsn(1));
+    let (parked, txn) = jobs(&mut checkpoint, &tripped, &keys);
+    checkpoint.commit(txn, Lsn(200));
+    // The store is held: the reader parks all of them without waiting for
+    // it, and nothing is confirmed while none is stored.
+    let held = store.gate.write().await;
+    let reader = async {
+        for job in parked {
+            dispatcher.park(job).await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .expect("the reader never waits for the database");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(store.parked_of(7).is_empty());
+    assert_eq!(checkpoint.confirmable(), Lsn(1), "settled before stored");
+    drop(held);
+    wait_for("the transaction settled", || {
+        checkpoint.confirmable() == Lsn(200)
+    })
+    .await;
+    let batches = store.batches.lock().unwrap().clone();
+    assert_eq!(batches.iter().sum::<usize>(), 1000);
+    assert!(batches.len() <= 4, "written in {batches:?}");
+    let ids: Vec<u128> = store
+        .parked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| p.3.event_id.as_u128())
+        .collect();
+    assert_eq!(ids, (1..=1000).collect::<Vec<u128>>(), "in order");
+    assert!(target.bodies().is_empty());
 }

@@ -245,5 +245,25 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
         }
         Err(e) => push(CheckLevel::Fail, format!("{e:#} (run `walhook setup`)")),
     }
+    let limit = config.delivery.max_parked_events_per_webhook;
+    match store.parked_counts().await {
+        Ok(counts) => {
+            for (webhook_id, parked) in counts {
+                // Warn well before the limit stops the hook.
+                if parked as u64 * 10 >= limit * 8 {
+                    push(
+                        CheckLevel::Warn,
+                        format!(
+                            "webhook_id {webhook_id} has {parked} parked events, {}% of \
+                             delivery.max_parked_events_per_webhook ({limit}): at the limit it is \
+                             set to Stopped (2); fix its target and set it Active to deliver them",
+                            parked as u64 * 100 / limit.max(1)
+                        ),
+                    );
+                }
+            }
+        }
+        Err(e) => push(CheckLevel::Warn, format!("{e:#}")),
+    }
     out
 }

@@ -54,6 +54,76 @@ impl DeliveryStore for Store {
         Ok(())
     }
 
+    /// Park events durably in one statement and one commit, in the order
+    /// given (their delivery_id follows it); events already parked are
+    /// skipped.
+    async fn park_batch(&self, events: &[ParkedEvent<'_>]) -> anyhow::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let n = events.len();
+        let mut webhook_ids = Vec::with_capacity(n);
+        let mut event_ids = Vec::with_capacity(n);
+        let mut names = Vec::with_capacity(n);
+        let mut keys = Vec::with_capacity(n);
+        let mut bodies = Vec::with_capacity(n);
+        let mut reasons = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut errors = Vec::with_capacity(n);
+        let mut lsns = Vec::with_capacity(n);
+        let mut indexes = Vec::with_capacity(n);
+        for event in events {
+            webhook_ids.push(event.webhook_id);
+            event_ids.push(event.event_id.to_string());
+            names.push(event.event);
+            keys.push(event.ordering_key);
+            bodies.push(std::str::from_utf8(event.body).with_context(|| {
+                format!("parked body of event {} is not UTF-8", event.event_id)
+            })?);
+            reasons.push(event.reason.as_str());
+            attempts.push(event.attempts);
+            errors.push(
+                event
+                    .last_error
+                    .map(|e| truncate_chars(e, LAST_ERROR_MAX_CHARS)),
+            );
+            lsns.push(event.commit_lsn.to_string());
+            indexes.push(event.change_index as i32);
+        }
+        // One multi-row INSERT from arrays: a single round trip and, as a
+        // single statement outside a transaction, a single commit.
+        let sql = format!(
+            "INSERT INTO {} (webhook_id, event_id, event, ordering_key, body, reason, \
+                              attempts, last_error, commit_lsn, change_index) \
+             SELECT w, e::uuid, n, k, b, r, a, l, c::pg_lsn, i \
+               FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                           $6::text[], $7::int[], $8::text[], $9::text[], $10::int[]) \
+                    WITH ORDINALITY AS p (w, e, n, k, b, r, a, l, c, i, ord) \
+              ORDER BY ord \
+             ON CONFLICT (webhook_id, event_id) DO NOTHING",
+            self.table("delivery")
+        );
+        self.client
+            .execute(
+                &sql,
+                &[
+                    &webhook_ids,
+                    &event_ids,
+                    &names,
+                    &keys,
+                    &bodies,
+                    &reasons,
+                    &attempts,
+                    &errors,
+                    &lsns,
+                    &indexes,
+                ],
+            )
+            .await
+            .sql(format!("parking a batch of {n} events"))?;
+        Ok(())
+    }
+
     async fn next_parked(&self, webhook_id: i32, limit: i64) -> anyhow::Result<Vec<ParkedRow>> {
         let rows = self
             .client
@@ -172,6 +242,24 @@ impl Store {
             .sql("reading parked events")?
             .iter()
             .map(|r| r.get(0))
+            .collect())
+    }
+
+    /// Parked events per hook, by webhook_id.
+    pub async fn parked_counts(&self) -> anyhow::Result<Vec<(i32, i64)>> {
+        Ok(self
+            .client
+            .query(
+                &format!(
+                    "SELECT webhook_id, count(*) FROM {} GROUP BY 1 ORDER BY 1",
+                    self.table("delivery")
+                ),
+                &[],
+            )
+            .await
+            .sql("counting parked events")?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
             .collect())
     }
 

@@ -450,3 +450,55 @@ async fn a_slow_hook_holding_the_byte_budget_is_parked_so_others_go_on() {
     assert_eq!(reasons, ["backlog"]);
     assert!(h.stop_daemon().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_at_its_parked_limit_is_stopped_and_keeps_what_was_parked() {
+    let mut h = Harness::start(CRM, &format!("{FAST}max_parked_events_per_webhook = 5\n")).await;
+    let receiver = Receiver::start_with(|_, _| 500).await.unwrap();
+    let hook = h.add_hook("*", &receiver.url("/down"), None).await;
+    h.start_daemon().await;
+    h.db.batch_execute("INSERT INTO contact (name) VALUES ('e0')")
+        .await
+        .unwrap();
+    wait_state(&h, hook, 3).await;
+    // One change at a time, so the parking writer stores them one by one.
+    for i in 1..=20 {
+        h.db.execute(
+            "UPDATE contact SET name = $1, version = $2 WHERE contact_id = 1",
+            &[&format!("e{i}"), &i],
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    wait_state(&h, hook, 2).await;
+    h.wait_caught_up("the daemon to pass the changes").await;
+    let kept = parked(&h, hook).await;
+    assert!(
+        (5..=8).contains(&kept),
+        "{kept} parked; log:\n{}",
+        h.daemon_log()
+    );
+    assert!(
+        h.daemon_log().contains("max_parked_events_per_webhook"),
+        "the stop is logged; log:\n{}",
+        h.daemon_log()
+    );
+    // Stopped: later changes are dropped, what was parked stays.
+    h.db.batch_execute("INSERT INTO contact (name) VALUES ('after')")
+        .await
+        .unwrap();
+    h.wait_caught_up("the daemon to pass the change after the stop")
+        .await;
+    assert_eq!(parked(&h, hook).await, kept);
+    assert_eq!(state(&h, hook).await, 2);
+    assert!(h.stop_daemon().success());
+    // `walhook check` warns for a hook at 80% of the limit or more.
+    let check = h.walhook(&["check"]);
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        out.contains(&format!("webhook_id {hook} has {kept} parked events"))
+            && out.contains("max_parked_events_per_webhook (5)"),
+        "{out}"
+    );
+}

@@ -1,0 +1,227 @@
+//! The parking writer: the reader hands it the events it parks and goes
+//! on; it writes them to `delivery` in batches, one commit per batch.
+//!
+//! One INSERT and one commit per parked event ran the whole pipeline at
+//! the database's commit rate, so a single parked hook slowed every
+//! healthy one. Here an event waits in a bounded queue, still holding its
+//! share of the in-flight byte budget (memory stays bounded), and its
+//! ticket is settled only once its batch is committed (the store's session
+//! runs with synchronous_commit on): nothing is confirmed before it is
+//! durable. Batches keep the reader's order, and parked events are read
+//! back by (commit_lsn, change_index) anyway, so batching never reorders a
+//! hook's events.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::JoinSet;
+
+use super::hook::{HookControl, ParkReason};
+use super::parking::ParkedEvent;
+use super::{DeliveryContext, Job};
+use crate::registry::WebhookState;
+
+/// A batch is written once it holds this many events...
+pub(super) const BATCH_EVENTS: usize = 500;
+/// ...or once its first event has waited this long.
+pub(super) const BATCH_AGE: Duration = Duration::from_millis(20);
+/// Events waiting to be written; past it the reader waits (they also
+/// hold the byte budget, which usually binds first).
+const QUEUE_EVENTS: usize = 8192;
+
+/// An event on its way to `delivery`.
+struct Unwritten {
+    job: Job,
+    reason: ParkReason,
+    control: Arc<HookControl>,
+    /// Returned to the byte budget once the event is written.
+    _budget: OwnedSemaphorePermit,
+}
+
+/// The reader's side of the parking writer.
+pub(super) struct ParkQueue {
+    /// None once delivery is draining.
+    sender: Option<mpsc::Sender<Unwritten>>,
+}
+
+impl ParkQueue {
+    /// Start the writer task in `tasks`.
+    pub(super) fn start(ctx: DeliveryContext, tasks: &mut JoinSet<()>) -> ParkQueue {
+        let (sender, receiver) = mpsc::channel(QUEUE_EVENTS);
+        tasks.spawn(run_writer(ctx, receiver));
+        ParkQueue {
+            sender: Some(sender),
+        }
+    }
+
+    /// Hand a job to the writer. The caller holds the hook's mode lock (or
+    /// has just released it) and has already counted the job in
+    /// `control.unwritten` under it, so the replayer cannot switch the hook
+    /// to Live while the job is still on its way to the table.
+    pub(super) async fn send(
+        &self,
+        job: Job,
+        reason: ParkReason,
+        control: Arc<HookControl>,
+        budget: OwnedSemaphorePermit,
+    ) -> anyhow::Result<()> {
+        let item = Unwritten {
+            job,
+            reason,
+            control,
+            _budget: budget,
+        };
+        let Some(sender) = &self.sender else {
+            item.control.unwritten.fetch_sub(1, Ordering::AcqRel);
+            anyhow::bail!("delivery is stopping: the event is not parked");
+        };
+        if let Err(mpsc::error::SendError(item)) = sender.send(item).await {
+            item.control.unwritten.fetch_sub(1, Ordering::AcqRel);
+            anyhow::bail!("the parking writer ended unexpectedly");
+        }
+        Ok(())
+    }
+
+    /// No more events: the writer writes what it holds, then ends.
+    pub(super) fn close(&mut self) {
+        self.sender = None;
+    }
+}
+
+async fn run_writer(ctx: DeliveryContext, mut receiver: mpsc::Receiver<Unwritten>) {
+    let mut batch: Vec<Unwritten> = Vec::with_capacity(BATCH_EVENTS);
+    while let Some(first) = receiver.recv().await {
+        batch.push(first);
+        let closes = tokio::time::Instant::now() + BATCH_AGE;
+        while batch.len() < BATCH_EVENTS {
+            match tokio::time::timeout_at(closes, receiver.recv()).await {
+                Ok(Some(item)) => batch.push(item),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let written = write_until_done(&ctx, &batch).await;
+        let count = batch.len();
+        if written {
+            let mut per_hook: Vec<(Arc<HookControl>, usize)> = Vec::new();
+            for item in &batch {
+                match per_hook.iter_mut().find(|(c, _)| c.id == item.control.id) {
+                    Some((_, n)) => *n += 1,
+                    None => per_hook.push((Arc::clone(&item.control), 1)),
+                }
+            }
+            for (control, n) in per_hook {
+                enforce_parked_limit(&ctx, &control, n).await;
+            }
+        }
+        for item in batch.drain(..) {
+            if written {
+                item.job.ticket.settle();
+            }
+            // Unsettled when the session ended: the event stays
+            // unconfirmed and is read again by the next session.
+            item.control.unwritten.fetch_sub(1, Ordering::AcqRel);
+        }
+        if written {
+            ctx.metrics.parked_events.inc_by(count as i64);
+        }
+    }
+}
+
+/// Write a batch, retrying until the store takes it. Returns false when
+/// the store's session ended first.
+async fn write_until_done(ctx: &DeliveryContext, batch: &[Unwritten]) -> bool {
+    let events: Vec<ParkedEvent<'_>> = batch
+        .iter()
+        .map(|item| ParkedEvent {
+            webhook_id: item.job.hook.id,
+            event_id: item.job.event_id,
+            event: &item.job.event,
+            ordering_key: &item.job.ordering_key,
+            body: &item.job.body,
+            reason: item.reason,
+            attempts: 0,
+            last_error: None,
+            commit_lsn: item.job.commit_lsn,
+            change_index: item.job.change_index,
+        })
+        .collect();
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match ctx.store.park_batch(&events).await {
+            Ok(()) => return true,
+            Err(_) if ctx.store.is_closed() => return false,
+            Err(e) => {
+                tracing::error!(
+                    events = events.len(),
+                    "could not park a batch of events, trying again in {}: {e:#}",
+                    crate::text::human_duration(wait)
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Count `written` more parked events of a hook and stop the hook once it
+/// has `delivery.max_parked_events_per_webhook` parked: a dead target must
+/// never fill the database walhook sits beside. What is parked stays for
+/// replay; later events follow the Stopped rule (dropped and counted).
+async fn enforce_parked_limit(ctx: &DeliveryContext, control: &HookControl, written: usize) {
+    let limit = i64::try_from(ctx.config.get().max_parked_events_per_webhook).unwrap_or(i64::MAX);
+    if control.parked.load(Ordering::Acquire) < 0 {
+        // Counted once from the table (this batch included), then kept.
+        match ctx.store.parked_count(control.id).await {
+            Ok(n) => control.parked.store(n, Ordering::Release),
+            Err(e) => {
+                tracing::warn!(webhook_id = control.id, "counting parked events: {e:#}");
+                return;
+            }
+        }
+    } else {
+        control.parked_added(written);
+    }
+    if control.parked.load(Ordering::Acquire) < limit
+        || control.parked_limit_reached.load(Ordering::Acquire)
+    {
+        return;
+    }
+    // The running count can drift above the table (parked_retention drops
+    // rows): only the table's own count stops a hook.
+    let parked = match ctx.store.parked_count(control.id).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(webhook_id = control.id, "counting parked events: {e:#}");
+            return;
+        }
+    };
+    control.parked.store(parked, Ordering::Release);
+    if parked < limit {
+        return;
+    }
+    control.parked_limit_reached.store(true, Ordering::Release);
+    control.trip_notify.notify_waiters();
+    ctx.metrics.hooks_stopped_parked_limit.inc();
+    tracing::error!(
+        webhook_id = control.id,
+        name = %control.current().name,
+        parked,
+        limit,
+        "webhook {} has {parked} parked events, the limit of delivery.max_parked_events_per_webhook \
+         ({limit}): it is set to Stopped (2); its parked events are kept and are delivered \
+         once it is set Active again, events until then are dropped",
+        control.id
+    );
+    if let Err(e) = ctx
+        .store
+        .store_state(control.id, WebhookState::Stopped)
+        .await
+    {
+        tracing::error!(
+            webhook_id = control.id,
+            "could not store state Stopped (2): {e:#}"
+        );
+    }
+}
