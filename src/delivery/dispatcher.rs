@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::hook::{epoch_millis, HookControl, Mode, ParkReason};
@@ -217,16 +217,8 @@ impl Dispatcher {
             // are behind and holding it are parked, so a slow target never
             // stalls the others (their queued jobs park and free it); a
             // hook alone just applies back-pressure.
-            if self.hooks.len() > 1 {
-                budget_spent = true;
-                self.park_laggards().await;
-            }
-            if let Ok(Ok(permit)) = tokio::time::timeout(
-                Duration::from_secs(1),
-                Arc::clone(&self.budget).acquire_many_owned(cost),
-            )
-            .await
-            {
+            budget_spent = self.hooks.len() > 1;
+            if let Some(permit) = self.wait_for_budget(cost).await {
                 break permit;
             }
         };
@@ -285,6 +277,23 @@ impl Dispatcher {
         control.in_flight() * 2 > total
     }
 
+    /// One round of waiting for `cost` bytes of the spent budget: with
+    /// other hooks waiting, the hooks that are behind and hold it are
+    /// parked first (their queued jobs park and free it); then up to a
+    /// second for the bytes.
+    async fn wait_for_budget(&mut self, cost: u32) -> Option<OwnedSemaphorePermit> {
+        if self.hooks.len() > 1 {
+            self.park_laggards().await;
+        }
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            Arc::clone(&self.budget).acquire_many_owned(cost),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+    }
+
     /// With the byte budget spent and other hooks waiting: park the live
     /// hook that is behind and holds most of it.
     async fn park_laggards(&mut self) {
@@ -338,15 +347,7 @@ impl Dispatcher {
             if let Ok(permit) = Arc::clone(&self.budget).try_acquire_many_owned(cost) {
                 break permit;
             }
-            if self.hooks.len() > 1 {
-                self.park_laggards().await;
-            }
-            if let Ok(Ok(permit)) = tokio::time::timeout(
-                Duration::from_secs(1),
-                Arc::clone(&self.budget).acquire_many_owned(cost),
-            )
-            .await
-            {
+            if let Some(permit) = self.wait_for_budget(cost).await {
                 break permit;
             }
         };
