@@ -225,13 +225,13 @@ impl Pipeline {
     async fn route(&mut self, mut event: ChangeEvent) -> anyhow::Result<()> {
         self.metrics.changes_decoded.inc();
         let max_body = self.config.delivery.max_body_bytes;
-        if event.field_values_len() > max_body.saturating_sub(request::BODY_FRAME_BYTES) {
+        let fields_budget = max_body.saturating_sub(request::BODY_FRAME_BYTES);
+        if event.field_values_len_bound() > fields_budget
+            && event.field_values_len() > fields_budget
+        {
             // One event must never stall the pipeline or be refused by the
             // database when parked: its largest values are left out.
-            let left_out = request::leave_out_largest(
-                &mut event,
-                max_body.saturating_sub(request::BODY_FRAME_BYTES),
-            );
+            let left_out = request::leave_out_largest(&mut event, fields_budget);
             self.metrics.events_cut.inc();
             tracing::warn!(
                 table = %event.table,

@@ -71,12 +71,8 @@ impl Session {
         }
         let start = store.slot_position(&slot).await?;
         let mut publications = Vec::new();
-        for name in config.publications() {
-            if !store
-                .existing_publications(std::slice::from_ref(&name))
-                .await?
-                .contains(&name)
-            {
+        for (name, exists) in crate::setup::publications(&store, &config).await? {
+            if !exists {
                 bail!("publication {name:?} does not exist: run `walhook setup` to create it");
             }
             publications.push(name);
