@@ -3,15 +3,21 @@
 //! `walhook demo` shows deliveries with it, and the integration tests use it
 //! as a real target (real sockets, real HTTP, or HTTPS with the certificate
 //! a test gives it), answering with whatever status the test chooses.
+//!
+//! It speaks HTTP/1.1 and HTTP/2: over TLS the version is agreed by ALPN
+//! (see [`ServerTls`]); on plain TCP a client that opens with the HTTP/2
+//! preface (prior knowledge, h2c) is served HTTP/2, any other HTTP/1.1.
+//! Each request records its version and the connection it came on.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri, Version};
 use axum::serve::IncomingStream;
 use tokio::sync::Notify;
 
@@ -28,6 +34,11 @@ pub struct ReceivedRequest {
     pub status: u16,
     /// The DER certificate the client presented over HTTPS, if any.
     pub client_certificate: Option<Vec<u8>>,
+    /// The HTTP version it came in.
+    pub version: Version,
+    /// The connection it came on: the same number for requests on one
+    /// connection, never the same for two connections in this process.
+    pub connection: u64,
 }
 
 impl ReceivedRequest {
@@ -72,12 +83,22 @@ pub struct Receiver {
 #[derive(Clone)]
 struct Peer {
     client_certificate: Option<Vec<u8>>,
+    connection: u64,
+}
+
+/// Numbers connections across every receiver of the process (axum asks
+/// for a connection's `Peer` once, when it is accepted).
+static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+
+fn next_connection() -> u64 {
+    CONNECTIONS.fetch_add(1, Ordering::Relaxed) + 1
 }
 
 impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
     fn connect_info(_: IncomingStream<'_, tokio::net::TcpListener>) -> Peer {
         Peer {
             client_certificate: None,
+            connection: next_connection(),
         }
     }
 }
@@ -90,6 +111,7 @@ impl Connected<IncomingStream<'_, TlsListener>> for Peer {
                 .peer_certificates()
                 .and_then(|chain| chain.first())
                 .map(|cert| cert.to_vec()),
+            connection: next_connection(),
         }
     }
 }
@@ -114,12 +136,26 @@ impl Receiver {
 
     /// Requests received so far.
     pub fn count(&self) -> u64 {
-        self.shared.count.load(std::sync::atomic::Ordering::Acquire)
+        self.shared.count.load(Ordering::Acquire)
+    }
+
+    /// How many connections the requests so far came on.
+    pub fn connections_used(&self) -> usize {
+        let mut connections: Vec<u64> = self.requests().iter().map(|r| r.connection).collect();
+        connections.sort_unstable();
+        connections.dedup();
+        connections.len()
     }
 
     /// A receiver answering 200 after `delay`, without blocking a thread.
     pub async fn start_slow(delay: Duration) -> anyhow::Result<Receiver> {
         Receiver::start_full(|_, _| 200, delay, true).await
+    }
+
+    /// A receiver answering 200 after `delay` over HTTPS, serving `tls`:
+    /// a distant target, whose requests overlap.
+    pub async fn start_https_slow(tls: ServerTls, delay: Duration) -> anyhow::Result<Receiver> {
+        Receiver::start_serving(|_, _| 200, delay, true, Some(tls)).await
     }
 
     /// An HTTPS receiver answering 200 to everything, serving `tls`.
@@ -267,6 +303,7 @@ impl Drop for Receiver {
 async fn record(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
+    version: Version,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -274,9 +311,7 @@ async fn record(
     if !shared.delay.is_zero() {
         tokio::time::sleep(shared.delay).await;
     }
-    shared
-        .count
-        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    shared.count.fetch_add(1, Ordering::AcqRel);
     if !shared.keep {
         return StatusCode::OK;
     }
@@ -287,6 +322,8 @@ async fn record(
         at: Instant::now(),
         status: 0,
         client_certificate: peer.client_certificate,
+        version,
+        connection: peer.connection,
     };
     let status = {
         let mut requests = shared.requests.lock().unwrap_or_else(|e| e.into_inner());

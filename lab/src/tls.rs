@@ -1,5 +1,6 @@
 //! TLS for the receiver: a server certificate, optionally a CA whose client
-//! certificates it requires, and a listener that does the handshakes.
+//! certificates it requires, the HTTP versions it offers by ALPN, and a
+//! listener that does the handshakes.
 //!
 //! Handshakes run in their own tasks, so a client that stalls or fails one
 //! never holds up the next; every failure is kept, for tests that expect
@@ -19,8 +20,9 @@ use tokio::sync::{mpsc, Notify};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-/// How a receiver serves TLS: its certificate chain and key, and whether
-/// clients must present a certificate.
+/// How a receiver serves TLS: its certificate chain and key, whether
+/// clients must present a certificate, and the HTTP versions it offers
+/// (h2 and http/1.1 unless [`http1_only`](Self::http1_only)).
 #[derive(Clone)]
 pub struct ServerTls {
     config: Arc<rustls::ServerConfig>,
@@ -69,10 +71,21 @@ impl ServerTls {
             }
         };
         let mut config = builder.with_single_cert(chain, key)?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(ServerTls {
             config: Arc::new(config),
         })
+    }
+
+    /// The same, offering only http/1.1 by ALPN: a target that does not
+    /// speak HTTP/2 (a client that offers only h2 is refused in the
+    /// handshake).
+    pub fn http1_only(self) -> ServerTls {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        ServerTls {
+            config: Arc::new(config),
+        }
     }
 }
 

@@ -165,6 +165,61 @@ pub enum DeliveryOrder {
     Webhook,
 }
 
+/// Which HTTP version requests to targets use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HttpVersion {
+    /// HTTP/2 when an https target offers it in the TLS handshake (ALPN),
+    /// HTTP/1.1 otherwise and on http.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only, never HTTP/2.
+    Http1,
+    /// HTTP/2 only, with prior knowledge: also on http (h2c), for receivers
+    /// known to speak it; a target that does not fails every attempt.
+    Http2,
+}
+
+impl HttpVersion {
+    /// The value as written in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            HttpVersion::Auto => "auto",
+            HttpVersion::Http1 => "http1",
+            HttpVersion::Http2 => "http2",
+        }
+    }
+}
+
+/// Both a wrong word and a wrong type (`http_version = 2`) are refused
+/// naming the key and the accepted values.
+impl<'de> Deserialize<'de> for HttpVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<HttpVersion, D::Error> {
+        struct Words;
+        const CHOICES: &str = "\"auto\", \"http1\" or \"http2\" (auto: HTTP/2 where an \
+                               https target offers it, else HTTP/1.1; http1: never HTTP/2; \
+                               http2: HTTP/2 with prior knowledge, also on http)";
+        impl serde::de::Visitor<'_> for Words {
+            type Value = HttpVersion;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "for key delivery.http_version {CHOICES}")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<HttpVersion, E> {
+                match text {
+                    "auto" => Ok(HttpVersion::Auto),
+                    "http1" => Ok(HttpVersion::Http1),
+                    "http2" => Ok(HttpVersion::Http2),
+                    _ => Err(E::custom(format!(
+                        "key delivery.http_version: {text:?} is not {CHOICES}"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_str(Words)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
@@ -181,6 +236,8 @@ pub struct DeliveryConfig {
     pub ordering: DeliveryOrder,
     /// Requests one hook may have in flight at once (rows spread over them).
     pub concurrency_per_webhook: usize,
+    /// HTTP/2 or HTTP/1.1 to targets.
+    pub http_version: HttpVersion,
     /// Bytes of request bodies in flight before walhook stops reading WAL.
     pub max_in_flight_bytes: u64,
     /// How long SIGTERM waits for in-flight deliveries.
@@ -223,6 +280,7 @@ impl Default for DeliveryConfig {
             max_backoff: Duration::from_secs(300),
             ordering: DeliveryOrder::Row,
             concurrency_per_webhook: 8,
+            http_version: HttpVersion::Auto,
             max_in_flight_bytes: 64 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
             backlog_limit: 10_000,

@@ -88,6 +88,46 @@ fn client_certificate_needs_both_files() {
 }
 
 #[test]
+fn http_version_takes_three_words() {
+    assert_eq!(
+        Config::parse("").unwrap().delivery.http_version,
+        HttpVersion::Auto
+    );
+    for (word, version) in [
+        ("auto", HttpVersion::Auto),
+        ("http1", HttpVersion::Http1),
+        ("http2", HttpVersion::Http2),
+    ] {
+        let c = Config::parse(&format!("[delivery]\nhttp_version = \"{word}\"\n")).unwrap();
+        assert_eq!(c.delivery.http_version, version);
+        assert_eq!(version.name(), word);
+    }
+}
+
+/// A wrong word or a wrong type names the key, the value and the three
+/// accepted words, and the line it is on.
+#[test]
+fn a_wrong_http_version_is_refused_naming_the_key_and_the_choices() {
+    for (value, shown) in [
+        ("\"h2\"", "\"h2\" is not"),
+        ("\"HTTP2\"", "\"HTTP2\" is not"),
+        ("\"\"", "\"\" is not"),
+        ("2", "invalid type: integer `2`"),
+        ("[\"auto\"]", "invalid type: sequence"),
+    ] {
+        let toml = format!("[delivery]\nhttp_version = {value}\n");
+        let err = format!("{:#}", Config::parse(&toml).unwrap_err());
+        assert!(err.contains("key delivery.http_version"), "{toml}: {err}");
+        assert!(err.contains(shown), "{toml}: {err}");
+        assert!(
+            err.contains("\"auto\", \"http1\" or \"http2\""),
+            "{toml}: {err}"
+        );
+        assert!(err.contains("line 2"), "{toml}: {err}");
+    }
+}
+
+#[test]
 fn bad_slot_name_is_refused() {
     let err = Config::parse("[postgres]\nslot = \"My Slot\"\n").unwrap_err();
     assert!(format!("{err:#}").contains("postgres.slot"));

@@ -52,6 +52,7 @@ impl Pipeline {
                 "delivery.max_in_flight_bytes",
                 old.max_in_flight_bytes == d.max_in_flight_bytes,
             ),
+            ("delivery.http_version", old.http_version == d.http_version),
             ("delivery.ca_file", old.ca_file == d.ca_file),
             (
                 "delivery.client_cert_file",

@@ -18,7 +18,10 @@
 //!
 //! Built here with the ring provider named explicitly, so it works whether or
 //! not a process-wide default provider was installed, and handed to reqwest
-//! ready-made. ALPN offers HTTP/1.1 only: reqwest is built without HTTP/2.
+//! ready-made. reqwest leaves a ready-made configuration's ALPN alone, so
+//! the protocols offered are set here from `delivery.http_version`: h2 and
+//! http/1.1 (`auto`, the target chooses), http/1.1 only (`http1`), or h2
+//! only (`http2`).
 
 use std::error::Error as _;
 use std::fmt;
@@ -30,7 +33,7 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::{AlertDescription, CertificateError, RootCertStore};
 
-use crate::config::DeliveryConfig;
+use crate::config::{DeliveryConfig, HttpVersion};
 
 /// Where the trusted authorities came from, for `walhook check` and the
 /// log.
@@ -108,8 +111,18 @@ pub fn client_config(
         // Config validation refuses one without the other.
         _ => builder.with_no_client_auth(),
     };
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tls.alpn_protocols = alpn_protocols(config.http_version);
     Ok((tls, summary))
+}
+
+/// What the TLS handshake offers for `version`, most preferred first.
+fn alpn_protocols(version: HttpVersion) -> Vec<Vec<u8>> {
+    let (h2, http1) = (b"h2".to_vec(), b"http/1.1".to_vec());
+    match version {
+        HttpVersion::Auto => vec![h2, http1],
+        HttpVersion::Http1 => vec![http1],
+        HttpVersion::Http2 => vec![h2],
+    }
 }
 
 /// The trusted authorities: the system's (or, without a system store, the
@@ -238,6 +251,18 @@ pub fn describe_failure(
     config: &DeliveryConfig,
 ) -> Option<String> {
     let tls = find_rustls_error(error)?;
+    if config.http_version == HttpVersion::Http2
+        && matches!(
+            tls,
+            rustls::Error::AlertReceived(AlertDescription::NoApplicationProtocol)
+        )
+    {
+        // Only h2 was offered, and the target speaks none of it.
+        return Some(format!(
+            "TLS: {host} does not offer HTTP/2 (delivery.http_version = \"http2\"): set it to \
+             \"auto\" to use HTTP/1.1 with targets that do not speak HTTP/2"
+        ));
+    }
     Some(describe(tls, host, config.client_cert_file.is_some()))
 }
 

@@ -10,6 +10,7 @@ mod crash;
 mod delivery;
 mod errors;
 mod hostile;
+mod http2;
 mod https;
 mod large;
 mod operations;

@@ -101,12 +101,13 @@ fn server_config(cert_pem: &str, key_pem: &str, client_ca: Option<&Ca>) -> rustl
 
 /// A whole handshake (and, for TLS 1.3, the server's verdict on the
 /// client's certificate) between walhook's configuration for `config` and
-/// `server`, connecting to `name`: the error the client sees, if any.
+/// `server`, connecting to `name`: the protocol agreed by ALPN, or the
+/// error the client sees.
 fn handshake(
     config: &DeliveryConfig,
     server: rustls::ServerConfig,
     name: &str,
-) -> Result<(), rustls::Error> {
+) -> Result<Option<Vec<u8>>, rustls::Error> {
     let (client, _) = client_config(config).unwrap();
     let mut client = ClientConnection::new(
         Arc::new(client),
@@ -133,7 +134,7 @@ fn handshake(
             client.process_new_packets()?;
         }
         if !client.is_handshaking() && !server.is_handshaking() && !server.wants_write() {
-            return Ok(());
+            return Ok(client.alpn_protocol().map(<[u8]>::to_vec));
         }
     }
     panic!("the handshake did not finish");
@@ -348,7 +349,66 @@ fn the_default_trust_is_not_empty() {
     let (config, trust) = client_config(&DeliveryConfig::default()).unwrap();
     assert!(trust.system + trust.webpki > 0, "{trust}");
     assert!(trust.ca_file.is_none() && trust.client_cert.is_none());
-    assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    assert_eq!(
+        config.alpn_protocols,
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    );
+}
+
+/// A server's ALPN protocols, most preferred first.
+fn server_speaking(cert: &str, key: &str, protocols: &[&str]) -> rustls::ServerConfig {
+    let mut server = server_config(cert, key, None);
+    server.alpn_protocols = protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
+    server
+}
+
+/// `delivery.http_version` decides what the handshake offers: `auto` takes
+/// h2 where the server has it and http/1.1 where it has only that, `http1`
+/// never agrees to h2, `http2` agrees to nothing else.
+#[test]
+fn http_version_decides_the_protocols_offered() {
+    let ca = Ca::new("test CA");
+    let (cert, key) = ca.server(&["localhost"]);
+    let files = Files::new();
+    let ca_file = files.write("ca.pem", &ca.cert.pem());
+    let config = |version| {
+        config_with(|c| {
+            c.ca_file = Some(ca_file.clone());
+            c.http_version = version;
+        })
+    };
+    let agreed = |version, protocols: &[&str]| {
+        handshake(
+            &config(version),
+            server_speaking(&cert, &key, protocols),
+            "localhost",
+        )
+    };
+    let h2 = Ok(Some(b"h2".to_vec()));
+    let http1 = Ok(Some(b"http/1.1".to_vec()));
+    assert_eq!(agreed(HttpVersion::Auto, &["h2", "http/1.1"]), h2);
+    assert_eq!(agreed(HttpVersion::Auto, &["http/1.1"]), http1);
+    assert_eq!(agreed(HttpVersion::Http1, &["h2", "http/1.1"]), http1);
+    assert_eq!(agreed(HttpVersion::Http2, &["h2", "http/1.1"]), h2);
+    // A server without ALPN agrees to nothing: the client then speaks
+    // what its http_version says (HTTP/1.1 for auto).
+    assert_eq!(agreed(HttpVersion::Auto, &[]), Ok(None));
+
+    let refused = agreed(HttpVersion::Http2, &["http/1.1"]).unwrap_err();
+    assert_eq!(
+        refused,
+        rustls::Error::AlertReceived(AlertDescription::NoApplicationProtocol)
+    );
+    assert_eq!(
+        words(refused.clone(), &config(HttpVersion::Http2)),
+        "TLS: localhost does not offer HTTP/2 (delivery.http_version = \"http2\"): set it to \
+         \"auto\" to use HTTP/1.1 with targets that do not speak HTTP/2"
+    );
+    // With h2 and http/1.1 offered the alert means neither is spoken.
+    assert_eq!(
+        words(refused, &config(HttpVersion::Auto)),
+        "TLS: localhost ended the handshake (NoApplicationProtocol)"
+    );
 }
 
 #[cfg(unix)]
