@@ -233,7 +233,12 @@ async fn concurrent_deliveries_to_an_h2_target_share_one_connection() {
         at_once >= 8,
         "at most {at_once} h2 requests were in flight together"
     );
-    assert_eq!(h2.connections_used(), 1);
+    assert_eq!(
+        h2.connections_used(),
+        1,
+        "{at_once} h2 requests in flight together; daemon log:\n{}",
+        h.daemon_log()
+    );
 
     let got = http1.wait_until(WAIT, |r| r.len() >= ROWS).await;
     assert_eq!(got.len(), ROWS, "daemon log:\n{}", h.daemon_log());
