@@ -231,7 +231,7 @@ impl Session {
                         biased;
                         _ = process.shutdown.changed() => return Ok(()),
                         // Waiting on the byte budget must not hide a closed
-                        // SQL session (lanes cannot park without it).
+                        // SQL session (queues cannot park without it).
                         _ = self.store.closed() => return Err(sql_session_closed()),
                         handled = self.pipeline.handle(message) => handled?,
                     }

@@ -9,7 +9,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use super::target_policy::is_public;
 use super::tls;
-use crate::config::DeliveryConfig;
+use crate::config::{Concurrency, DeliveryConfig};
 
 /// Builds the HTTP client used for every target. Errors name the TLS key
 /// and file at fault (`delivery.ca_file`, `client_cert_file`,
@@ -31,7 +31,10 @@ pub fn http_client(config: &DeliveryConfig) -> anyhow::Result<reqwest::Client> {
         // A redirect is reported as a failure, never followed: the hook's
         // URL is what the DBA configured.
         .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(config.concurrency_per_webhook)
+        .pool_max_idle_per_host(match config.concurrency_per_webhook {
+            Concurrency::Fixed(n) => n,
+            Concurrency::Adaptive => config.max_concurrency_per_webhook,
+        })
         .dns_resolver(Arc::new(PolicyResolver {
             allow_private: config.allow_private_targets,
         }))
