@@ -269,7 +269,7 @@ impl Default for DeliveryConfig {
             ordering: DeliveryOrder::Row,
             concurrency_per_webhook: Concurrency::Adaptive,
             max_concurrency_per_webhook: 512,
-            max_in_flight_bytes: 64 * 1024 * 1024,
+            max_in_flight_bytes: 32 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
             backlog_limit: 10_000,
             backlog_max_age: Duration::from_secs(300),

@@ -19,6 +19,10 @@ use super::{DeliveryContext, Job, OrderScope};
 use crate::config::{Concurrency, DeliveryConfig, DeliveryOrder};
 use crate::registry::{Webhook, WebhookState};
 
+/// Memory a queued job takes besides its body: the job and its strings,
+/// its queue entry and its ticket.
+const JOB_OVERHEAD: usize = 512;
+
 struct HookQueue {
     control: Arc<HookControl>,
     queue: mpsc::UnboundedSender<Queued>,
@@ -331,10 +335,12 @@ impl Dispatcher {
             .await
     }
 
-    /// A job's share of the byte budget: a body larger than the whole
-    /// budget still goes, alone.
+    /// A job's share of the byte budget: its body and what a queued job
+    /// costs besides (so a backlog of small events is bounded by memory,
+    /// not by their bodies alone). A body larger than the whole budget
+    /// still goes, alone.
     fn cost(&self, job: &Job) -> u32 {
-        u32::try_from(job.body.len().max(1))
+        u32::try_from(job.body.len().saturating_add(JOB_OVERHEAD))
             .unwrap_or(u32::MAX)
             .min(self.budget_max)
     }
