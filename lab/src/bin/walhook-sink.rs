@@ -40,7 +40,10 @@ const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 const MAX_FIELDS: usize = 16;
 
 #[derive(Parser, Debug)]
-#[command(name = "walhook-sink", about = "A counting webhook target for walhook's benchmark")]
+#[command(
+    name = "walhook-sink",
+    about = "A counting webhook target for walhook's benchmark"
+)]
 struct Args {
     /// Address to listen on; port 0 picks a free one. The address bound is
     /// printed on stdout as `listening on ADDR`.
@@ -93,7 +96,10 @@ struct Sink {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.fields.len() > MAX_FIELDS {
-        bail!("at most {MAX_FIELDS} --field options (got {})", args.fields.len());
+        bail!(
+            "at most {MAX_FIELDS} --field options (got {})",
+            args.fields.len()
+        );
     }
     if !args.fields.is_empty() && args.log.is_none() {
         bail!("--field needs --log: the fields only go to the log");
@@ -210,8 +216,8 @@ impl Sink {
         };
         // The body is parsed only when something must come from it.
         let parsed = if header_id.is_none() || !self.fields.is_empty() {
-            let value: serde_json::Value = serde_json::from_slice(body)
-                .map_err(|e| format!("the body is not JSON: {e}"))?;
+            let value: serde_json::Value =
+                serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
             Some(value)
         } else {
             None
@@ -229,7 +235,7 @@ impl Sink {
             return Err(format!("EventId '{}' is not a UUID", truncated(&event_id)));
         }
         let mut line = format!("{arrival} {event_id}");
-        if let Some(body) = &parsed {
+        if let (false, Some(body)) = (self.fields.is_empty(), &parsed) {
             let values = body
                 .get("FieldValues")
                 .and_then(|v| v.as_object())
@@ -404,7 +410,9 @@ mod tests {
     #[test]
     fn the_body_event_id_serves_when_the_header_is_missing() {
         let body = format!(r#"{{"EventId":"{ID}"}}"#);
-        let line = sink(&[]).log_line(1, &HeaderMap::new(), body.as_bytes()).unwrap();
+        let line = sink(&[])
+            .log_line(1, &HeaderMap::new(), body.as_bytes())
+            .unwrap();
         assert_eq!(line, format!("1 {ID}\n"));
     }
 
