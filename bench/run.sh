@@ -1340,10 +1340,10 @@ section_parked() {
         hwm=$(walhook_hwm)
         stop_walhook "parked, $k hooks"
         say "parked: $k hooks: $r changes/s, p99 $p99 ms; $parked parked"
-        summary parked "healthy hook, $k hooks in state 3" "$r changes/s, p99 $p99 ms" \
+        summary parked "healthy hook + $k hook(s) in state 3" "$r changes/s, p99 $p99 ms" \
             "p50 $p50 ms at $(rate "$g" "$PARKED_LAT_SECONDS") tx/s" "$(( hwm / 1024 )) MiB"
         if (( k > 0 )); then
-            summary parked "  bytes per parked event ($k hooks)" "table $(( table_bytes / parked )) B" \
+            summary parked "  bytes per parked event ($k hook(s))" "table $(( table_bytes / parked )) B" \
                 "WAL $(( wal_bytes / parked )) B (walhook's writes)" ""
         fi
     done
