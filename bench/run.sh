@@ -16,7 +16,7 @@
 #   crash    a steady load while walhook is killed and PostgreSQL restarted; every change counted
 #
 # Knobs (environment): ROWS (default 100000), UPDATES (default 50000, at most
-# ROWS), CONCURRENCY (delivery.concurrency_per_webhook, default 8),
+# ROWS), CONCURRENCY (delivery.concurrency_per_webhook: "adaptive", the default, or a number),
 # SKIP_BUILD=1 (use the existing target/release/walhook), WALHOOK_BIN (another
 # walhook binary to measure, e.g. an older build, side by side), KEEP_TMP=1 (keep
 # the temp dir with all logs), WALHOOK_TIMEOUT (seconds, default 900),
@@ -44,7 +44,7 @@ if [[ $SMOKE == 1 ]]; then
 fi
 ROWS=${ROWS:-100000}
 UPDATES=${UPDATES:-50000}
-CONCURRENCY=${CONCURRENCY:-8}
+CONCURRENCY=${CONCURRENCY:-adaptive}
 WALHOOK_TIMEOUT=${WALHOOK_TIMEOUT:-900}
 RECVLOGICAL_TIMEOUT=${RECVLOGICAL_TIMEOUT:-600}
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -85,7 +85,7 @@ die() { printf '\n[bench] FAILED: %s\n' "$*" >&2; exit 1; }
 
 [[ -z $HOOKS || $HOOKS == compare || $HOOKS == fanout ]] \
     || die "HOOKS must be empty, 'compare' or 'fanout' (got '$HOOKS')"
-for v in ROWS UPDATES CONCURRENCY WALHOOK_TIMEOUT RECVLOGICAL_TIMEOUT HTTPS HOOK_COUNT FANOUT_HOOKS \
+for v in ROWS UPDATES WALHOOK_TIMEOUT RECVLOGICAL_TIMEOUT HTTPS HOOK_COUNT FANOUT_HOOKS \
          DECODE_ROWS DECODE_UPDATES WRK_SECONDS WRK_CONNECTIONS SLOW_ROWS SLOW_DELAY_MS \
          LATENCY_RATE LATENCY_SECONDS PARKED_ROWS PARKED_LAT_SECONDS REPLAY_EVENTS \
          CRASH_RATE CRASH_KILLS CRASH_INTERVAL CRASH_DRAIN_TIMEOUT SINK_TLS; do
@@ -93,7 +93,15 @@ for v in ROWS UPDATES CONCURRENCY WALHOOK_TIMEOUT RECVLOGICAL_TIMEOUT HTTPS HOOK
 done
 (( ROWS >= 1 )) || die "ROWS must be at least 1"
 (( UPDATES <= ROWS )) || die "UPDATES ($UPDATES) must not exceed ROWS ($ROWS)"
-(( CONCURRENCY >= 1 )) || die "CONCURRENCY must be at least 1"
+[[ $CONCURRENCY == adaptive || $CONCURRENCY =~ ^[1-9][0-9]*$ ]] \
+    || die "CONCURRENCY must be 'adaptive' or a number of at least 1 (got '$CONCURRENCY')"
+# The value as TOML, and the most requests one hook may have in flight
+# (walhook's default ceiling when adaptive).
+if [[ $CONCURRENCY == adaptive ]]; then
+    CONCURRENCY_TOML='"adaptive"'; CONCURRENCY_MAX=512
+else
+    CONCURRENCY_TOML=$CONCURRENCY; CONCURRENCY_MAX=$CONCURRENCY
+fi
 (( BASH_VERSINFO[0] >= 5 )) || die "bash 5 or newer is needed (EPOCHREALTIME)"
 (( DECODE_ROWS >= 1 && DECODE_UPDATES <= DECODE_ROWS )) \
     || die "DECODE_ROWS must be at least 1 and DECODE_UPDATES ($DECODE_UPDATES) at most DECODE_ROWS ($DECODE_ROWS)"
@@ -364,7 +372,7 @@ STUB_STATUS=0
 # ones, which walhook sees as failed attempts.
 NGINX_CONNECTIONS=1024
 if [[ $HOOKS == fanout ]]; then
-    NGINX_CONNECTIONS=$(( FANOUT_HOOKS * CONCURRENCY + 1024 ))
+    NGINX_CONNECTIONS=$(( FANOUT_HOOKS * (CONCURRENCY_MAX < 8 ? CONCURRENCY_MAX : 8) + 1024 ))
 fi
 if (( NEED_NGINX )) && "$NGINX_BIN" -V 2>&1 | grep -q stub_status; then STUB_STATUS=1; fi
 if (( NEED_CERT )); then
@@ -494,7 +502,7 @@ include = ["public.${3:-bench_item}"]
 [delivery]
 allow_http = true
 allow_private_targets = true
-concurrency_per_webhook = $CONCURRENCY
+concurrency_per_webhook = $CONCURRENCY_TOML
 $2
 ${DELIVERY_EXTRA:-}
 EOF
@@ -1246,7 +1254,7 @@ section_slow() {
     drop_slot wh_slow
     r=$(rate "$SLOW_ROWS" "$secs")
     ceiling="no delay"
-    (( SLOW_DELAY_MS > 0 )) && ceiling="$(( CONCURRENCY * 1000 / SLOW_DELAY_MS ))/s at concurrency $CONCURRENCY"
+    (( SLOW_DELAY_MS > 0 )) && ceiling="$(( CONCURRENCY_MAX * 1000 / SLOW_DELAY_MS ))/s at concurrency $CONCURRENCY_MAX"
     say "slow: ${secs}s, $r changes/s"
     summary slow "${SLOW_DELAY_MS} ms target, $SLOW_ROWS rows in 1 tx" "$r changes/s" "ceiling $ceiling" "$(( hwm / 1024 )) MiB"
 }
