@@ -80,3 +80,13 @@ CREATE TABLE IF NOT EXISTS {schema}.registry_snapshot (
     hooks   jsonb       NOT NULL,
     created timestamptz NOT NULL DEFAULT now()
 );
+
+-- The position walhook has settled (everything before it delivered, parked
+-- or dropped by the state rules), per slot. walhook resumes from it when the
+-- slot's own position is behind (a kill, a server crash). Removed when the
+-- slot is created or dropped, so a new slot never inherits it.
+CREATE TABLE IF NOT EXISTS {schema}.slot_progress (
+    slot_name text        PRIMARY KEY,
+    lsn       pg_lsn      NOT NULL,
+    updated   timestamptz NOT NULL DEFAULT now()
+);

@@ -9,10 +9,16 @@
 //! A [`Ticket`] is settled only by an explicit call: dropping one (a task
 //! cancelled at shutdown, a crash) leaves its transaction unconfirmed, so it
 //! is delivered again after a restart instead of lost.
+//!
+//! The last settle of a transaction (or its Commit, when everything was
+//! settled before it arrived) wakes [`Checkpoint::settled`], so the position
+//! can be confirmed and recorded at once rather than on a timer.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 use crate::pgoutput::Lsn;
 
@@ -22,6 +28,19 @@ struct TxnState {
     pending: AtomicUsize,
     /// Commit end LSN, 0 until the Commit arrives.
     end: AtomicU64,
+    /// Whether any event of the transaction was handed to delivery.
+    had_events: AtomicBool,
+    /// The checkpoint's wake-up, for when `pending` reaches zero.
+    settled: Arc<Notify>,
+}
+
+impl TxnState {
+    /// One claim fewer; the last one wakes the checkpoint's owner.
+    fn release(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.settled.notify_one();
+        }
+    }
 }
 
 /// One event's claim on its transaction.
@@ -32,7 +51,7 @@ pub struct Ticket(Arc<TxnState>);
 impl Ticket {
     /// The event is delivered, parked or deliberately dropped.
     pub fn settle(self) {
-        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+        self.0.release();
     }
 }
 
@@ -44,6 +63,7 @@ impl OpenTxn {
     /// A ticket for one more event of this transaction.
     pub fn ticket(&self) -> Ticket {
         self.0.pending.fetch_add(1, Ordering::AcqRel);
+        self.0.had_events.store(true, Ordering::Relaxed);
         Ticket(Arc::clone(&self.0))
     }
 }
@@ -55,6 +75,9 @@ pub struct Checkpoint {
     /// Highest position known to contain nothing unread.
     idle_position: Lsn,
     confirmed: Lsn,
+    /// Commit end of the newest confirmable transaction that had events.
+    events_settled: Lsn,
+    settled: Arc<Notify>,
 }
 
 impl Checkpoint {
@@ -71,6 +94,8 @@ impl Checkpoint {
         let state = Arc::new(TxnState {
             pending: AtomicUsize::new(1),
             end: AtomicU64::new(0),
+            had_events: AtomicBool::new(false),
+            settled: Arc::clone(&self.settled),
         });
         self.txns.push_back(Arc::clone(&state));
         self.in_txn = true;
@@ -79,7 +104,7 @@ impl Checkpoint {
 
     pub fn commit(&mut self, txn: OpenTxn, end_lsn: Lsn) {
         txn.0.end.store(end_lsn.0, Ordering::Release);
-        txn.0.pending.fetch_sub(1, Ordering::AcqRel);
+        txn.0.release();
         self.in_txn = false;
         self.idle_position = self.idle_position.max(end_lsn);
     }
@@ -101,12 +126,30 @@ impl Checkpoint {
                 break;
             }
             self.confirmed = self.confirmed.max(Lsn(end));
+            if front.had_events.load(Ordering::Relaxed) {
+                self.events_settled = self.events_settled.max(Lsn(end));
+            }
             self.txns.pop_front();
         }
         if self.txns.is_empty() && !self.in_txn {
             self.confirmed = self.confirmed.max(self.idle_position);
         }
         self.confirmed
+    }
+
+    /// The commit end of the newest transaction with events that
+    /// [`confirmable`](Self::confirmable) has passed: when it moves, a
+    /// restart from the old position would send something again. (Passing
+    /// transactions without events, or WAL that carries none, changes
+    /// nothing a restart would repeat.)
+    pub fn events_settled(&self) -> Lsn {
+        self.events_settled
+    }
+
+    /// The wake-up notified when a transaction may have become
+    /// confirmable (a wake-up that comes while nobody waits is kept).
+    pub fn settled(&self) -> Arc<Notify> {
+        Arc::clone(&self.settled)
     }
 
     /// Transactions read but not yet settled.
@@ -155,5 +198,39 @@ mod tests {
         assert_eq!(c.confirmable(), Lsn(400));
         c.commit(t, Lsn(950));
         assert_eq!(c.confirmable(), Lsn(950));
+    }
+
+    #[tokio::test]
+    async fn the_last_settle_wakes_the_owner_once_committed() {
+        let mut c = Checkpoint::new(Lsn(100));
+        let woken = c.settled();
+        let t = c.begin();
+        let a = t.ticket();
+        let b = t.ticket();
+        c.commit(t, Lsn(200));
+        a.settle();
+        assert_eq!(c.confirmable(), Lsn(100));
+        b.settle();
+        // The permit stored by the last settle resolves at once.
+        tokio::time::timeout(std::time::Duration::from_secs(1), woken.notified())
+            .await
+            .expect("the last settle wakes the checkpoint's owner");
+        assert_eq!(c.confirmable(), Lsn(200));
+    }
+
+    #[test]
+    fn only_transactions_with_events_move_events_settled() {
+        let mut c = Checkpoint::new(Lsn(100));
+        let t1 = c.begin();
+        let a = t1.ticket();
+        c.commit(t1, Lsn(200));
+        let t2 = c.begin();
+        c.commit(t2, Lsn(300));
+        c.keepalive(Lsn(400));
+        assert_eq!(c.confirmable(), Lsn(100));
+        assert_eq!(c.events_settled(), Lsn(0));
+        a.settle();
+        assert_eq!(c.confirmable(), Lsn(400));
+        assert_eq!(c.events_settled(), Lsn(200), "t2 had no events");
     }
 }

@@ -62,11 +62,25 @@ pub struct SourceSettings<'a> {
     pub slot: &'a str,
     pub publications: Vec<String>,
     pub status_interval: Duration,
+    /// Where to start: transactions committed before it are not sent. It is
+    /// also the position first reported as flushed.
+    pub start: Lsn,
 }
+
+/// The shortest gap between two status updates that carry a newer
+/// position: the server learns of a settled transaction within this, yet
+/// a busy stream costs it at most ten small messages a second.
+const CONFIRM_GAP: Duration = Duration::from_millis(100);
 
 impl Source {
     /// Connect, pin the output settings, read IDENTIFY_SYSTEM and start
-    /// streaming from the slot's confirmed position.
+    /// streaming from `settings.start` (the server forwards a position
+    /// before the slot's confirmed one to that).
+    ///
+    /// A position after the slot's is honoured: PostgreSQL decodes from the
+    /// slot's restart_lsn as always but outputs no transaction whose commit
+    /// record starts before the requested position (`CreateDecodingContext`
+    /// makes it the snapshot builder's `start_decoding_at`).
     pub async fn start(settings: SourceSettings<'_>) -> anyhow::Result<Source> {
         let conn = settings.connection;
         let tls = match conn.sslmode {
@@ -90,9 +104,11 @@ impl Source {
         .with_port(conn.port)
         .with_tls(tls)
         .with_application_name(conn.application_name.clone())
-        .with_status_interval(settings.status_interval)
+        // A newer position goes out within CONFIRM_GAP; with nothing new to
+        // say, a status update still goes out every status_interval.
+        .with_status_interval(settings.status_interval.min(CONFIRM_GAP))
         .with_wakeup_interval(settings.status_interval)
-        .with_start_lsn(Lsn(0))
+        .with_start_lsn(settings.start)
         .with_buffer_size(1024);
 
         let mut client = ReplicationClient::connect_gated(config)

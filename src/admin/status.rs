@@ -24,7 +24,11 @@ struct SlotReport {
 pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<u8> {
     let store = connect(config).await?;
     let slot_name = &config.postgres.slot;
-    let slot = store.slot_status(slot_name).await?;
+    let mut slot = store.slot_status(slot_name).await?;
+    // Informative only: an installation without the table still has a status.
+    if let Ok(progress) = store.stored_progress(slot_name).await {
+        slot.settled_lsn = progress.settled.map(|lsn| lsn.to_string());
+    }
 
     let mut problems: Vec<(u8, String)> = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
@@ -237,6 +241,14 @@ fn print_status(report: &SlotReport, hooks: &[HookStats], parked_total: i64, web
                 or_dash(slot.server_lsn.as_deref())
             ),
         ));
+        if let Some(settled) = &slot.settled_lsn {
+            lines.push((
+                "settled",
+                format!(
+                    "{settled} (recorded by walhook; it resumes from here if the slot is behind)"
+                ),
+            ));
+        }
         lines.push(("lag", slot.lag_bytes.map_or("unknown".into(), bytes)));
         lines.push((
             "time lag",

@@ -123,10 +123,11 @@ pub async fn teardown(config: &Config, drop_schema: bool, yes: bool) -> anyhow::
                  stop walhook first, then run teardown again; nothing was dropped"
             ),
         }
-        // The snapshots record the hooks at positions of the dropped slot;
-        // a slot made by the next setup starts a new history.
+        // The snapshots and the settled position record positions of the
+        // dropped slot; a slot made by the next setup starts a new history.
         if schema_exists && !drop_schema {
             store.clear_snapshots().await?;
+            store.clear_progress(slot).await?;
         }
     }
     for (p, exists) in &publications {

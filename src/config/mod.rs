@@ -220,6 +220,47 @@ impl<'de> Deserialize<'de> for HttpVersion {
     }
 }
 
+/// How many requests one hook may have in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concurrency {
+    /// Grows while the target keeps its latency, shrinks when it slows
+    /// down or pushes back, up to `max_concurrency_per_webhook`.
+    Adaptive,
+    Fixed(usize),
+}
+
+impl<'de> Deserialize<'de> for Concurrency {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Concurrency;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "delivery.concurrency_per_webhook to be \"adaptive\" or a number of requests",
+                )
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Concurrency, E> {
+                // Out-of-range numbers are refused by validation, naming
+                // the range.
+                Ok(Concurrency::Fixed(usize::try_from(n).unwrap_or(0)))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Concurrency, E> {
+                Ok(Concurrency::Fixed(usize::try_from(n).unwrap_or(usize::MAX)))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Concurrency, E> {
+                match s {
+                    "adaptive" => Ok(Concurrency::Adaptive),
+                    other => Err(E::custom(format!(
+                        "expected delivery.concurrency_per_webhook to be \"adaptive\" or a number \
+                         of requests, got {other:?}"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
@@ -234,8 +275,12 @@ pub struct DeliveryConfig {
     #[serde(deserialize_with = "duration")]
     pub max_backoff: Duration,
     pub ordering: DeliveryOrder,
-    /// Requests one hook may have in flight at once (rows spread over them).
-    pub concurrency_per_webhook: usize,
+    /// Requests one hook may have in flight at once (rows spread over
+    /// them): "adaptive" (the default) follows what the target sustains,
+    /// a number fixes it.
+    pub concurrency_per_webhook: Concurrency,
+    /// The most requests an adaptive hook may have in flight.
+    pub max_concurrency_per_webhook: usize,
     /// HTTP/2 or HTTP/1.1 to targets.
     pub http_version: HttpVersion,
     /// Bytes of request bodies in flight before walhook stops reading WAL.
@@ -279,9 +324,10 @@ impl Default for DeliveryConfig {
             timeout: Duration::from_secs(15),
             max_backoff: Duration::from_secs(300),
             ordering: DeliveryOrder::Row,
-            concurrency_per_webhook: 8,
+            concurrency_per_webhook: Concurrency::Adaptive,
+            max_concurrency_per_webhook: 512,
             http_version: HttpVersion::Auto,
-            max_in_flight_bytes: 64 * 1024 * 1024,
+            max_in_flight_bytes: 32 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
             backlog_limit: 10_000,
             backlog_max_age: Duration::from_secs(300),
@@ -319,9 +365,9 @@ impl Default for LogConfig {
     }
 }
 
-/// The most requests one hook may have in flight: each is a lane task and
-/// a connection.
-pub const MAX_CONCURRENCY: usize = 1024;
+/// The most requests one hook may have in flight: over HTTP/1.1 each is a
+/// connection to the target.
+pub const MAX_CONCURRENCY: usize = 4096;
 /// Bounds of `delivery.max_body_bytes`: parked bodies are stored as text,
 /// and PostgreSQL refuses any message over 1 GiB.
 pub const MIN_BODY_BYTES: usize = 64 * 1024;

@@ -255,6 +255,14 @@ mod validation_tests {
         for (toml, key) in [
             ("[delivery]\nconcurrency_per_webhook = 10000000", "delivery.concurrency_per_webhook"),
             ("[delivery]\nconcurrency_per_webhook = 0", "delivery.concurrency_per_webhook"),
+            ("[delivery]\nconcurrency_per_webhook = -3", "delivery.concurrency_per_webhook"),
+            ("[delivery]\nconcurrency_per_webhook = \"fast\"", "delivery.concurrency_per_webhook"),
+            ("[delivery]\nconcurrency_per_webhook = 1.5", "delivery.concurrency_per_webhook"),
+            ("[delivery]\nmax_concurrency_per_webhook = 0", "delivery.max_concurrency_per_webhook"),
+            (
+                "[delivery]\nmax_concurrency_per_webhook = 5000",
+                "delivery.max_concurrency_per_webhook",
+            ),
             ("[delivery]\ntimeout = \"0s\"", "delivery.timeout"),
             ("[delivery]\nconnect_timeout = \"0s\"", "delivery.connect_timeout"),
             ("[delivery]\nmax_in_flight_bytes = 5000000000", "delivery.max_in_flight_bytes"),
@@ -282,7 +290,7 @@ mod validation_tests {
     fn values_at_the_edges_of_their_ranges_are_accepted() {
         let config = Config::parse(
             "[postgres]\npublication = \"p234567890123456789012345678901234567890123456789012345\"\n\
-             [delivery]\nconcurrency_per_webhook = 1024\nmax_in_flight_bytes = 4294967295\n\
+             [delivery]\nconcurrency_per_webhook = 4096\nmax_in_flight_bytes = 4294967295\n\
              parked_retention = \"0s\"\ntimeout = \"100ms\"\n[log]\nlevel = \"warn,walhook=debug\"",
         )
         .unwrap();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use super::{Config, MAX_BODY_BYTES, MAX_CONCURRENCY, MIN_BODY_BYTES};
+use super::{Concurrency, Config, MAX_BODY_BYTES, MAX_CONCURRENCY, MIN_BODY_BYTES};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -123,7 +123,16 @@ impl Config {
             ),
             (
                 "delivery.concurrency_per_webhook",
-                d.concurrency_per_webhook as u64,
+                match d.concurrency_per_webhook {
+                    Concurrency::Fixed(n) => n as u64,
+                    Concurrency::Adaptive => 1,
+                },
+                1,
+                MAX_CONCURRENCY as u64,
+            ),
+            (
+                "delivery.max_concurrency_per_webhook",
+                d.max_concurrency_per_webhook as u64,
                 1,
                 MAX_CONCURRENCY as u64,
             ),

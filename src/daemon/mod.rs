@@ -35,6 +35,11 @@ pub(crate) struct Process {
     reload: watch::Receiver<Arc<Config>>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    /// The slot and the position the last session settled: the next
+    /// session resumes from it when the slot's position is behind (a
+    /// server crash rewound it, or the last status update never reached
+    /// the server), even if recording it failed.
+    settled: Option<(String, crate::pgoutput::Lsn)>,
 }
 
 /// Longest pause between two sessions after lost connections.
@@ -66,6 +71,7 @@ pub async fn run_with_reload(
         reload,
         metrics: Arc::new(Metrics::default()),
         health: Arc::new(Health::default()),
+        settled: None,
     };
     process.reload.mark_unchanged();
     if let Some(listen) = config.metrics.listen {

@@ -43,6 +43,9 @@ pub(super) struct Pipeline {
     pub metrics: Arc<Metrics>,
     /// The server's WAL end as last heard of, for the lag metric.
     pub server_end: Lsn,
+    /// The newest position found confirmable with its registry snapshot
+    /// written: what this session has settled.
+    pub settled: Lsn,
 }
 
 impl Pipeline {
@@ -70,6 +73,7 @@ impl Pipeline {
             snapshots,
             metrics,
             server_end: start,
+            settled: start,
         }
     }
 
@@ -297,6 +301,7 @@ impl Pipeline {
                 .await?;
             self.snapshots.written();
         }
+        self.settled = target;
         Ok(target)
     }
 

@@ -67,18 +67,10 @@ impl Pipeline {
                 restart.push(key.to_owned());
             }
         }
-        let lanes_changed =
-            old.ordering != d.ordering || old.concurrency_per_webhook != d.concurrency_per_webhook;
         self.dispatcher.set_config(d.clone());
         self.builder.set_mappings(new);
         self.config = Arc::clone(new);
         tracing::info!(changed = ?sections, "config reloaded");
-        if lanes_changed {
-            tracing::info!(
-                "delivery.ordering and delivery.concurrency_per_webhook apply to hooks seen \
-                 from now on; hooks already delivering keep their lanes until a restart"
-            );
-        }
         if !restart.is_empty() {
             tracing::warn!(
                 "config reloaded, but these take effect only after a restart: {}",

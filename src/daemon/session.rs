@@ -1,6 +1,12 @@
 //! One session: connect, lead, stream and deliver until shutdown or an
 //! error; then let delivery finish what it holds and confirm what is
 //! settled.
+//!
+//! The settled position is confirmed to the server and recorded in
+//! `slot_progress` as soon as it passes a transaction with events (the
+//! checkpoint wakes the session), so a restart resends only what was in
+//! flight; the slot's own position lags behind it and a server crash can
+//! rewind it. A session resumes from the later of the two.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +23,15 @@ use crate::delivery::{http_client, DeliveryContext, Dispatcher, UsageBook};
 use crate::errors::LostConnection;
 use crate::events::catalog::TypeCatalog;
 use crate::events::EventBuilder;
+use crate::pgoutput::Lsn;
 use crate::registry::Registry;
 use crate::source::{Source, SourceSettings};
+use crate::store::progress::{ProgressUnavailable, ProgressWriter, StoredProgress};
 use crate::store::usage::UsageWriter;
 use crate::store::Store;
 
-/// How often the position is confirmed and health is reported.
+/// How often health and metrics are reported (the position is confirmed
+/// whenever it advances, and on this tick too).
 const TICK: Duration = Duration::from_millis(200);
 /// How often expired parked events are dropped.
 const RETENTION_SWEEP: Duration = Duration::from_secs(600);
@@ -46,6 +55,68 @@ pub(super) struct Session {
     /// Writes `webhook_usage` once a second; stopped by `usage_stop`.
     usage_writer: JoinHandle<()>,
     usage_stop: watch::Sender<bool>,
+    /// Records the settled position, `None` when this database cannot
+    /// (see [`ProgressUnavailable`]).
+    progress: Option<Progress>,
+}
+
+/// The session's end of the [`ProgressWriter`].
+struct Progress {
+    /// The newest settled position to record (the newest wins).
+    settled: watch::Sender<Lsn>,
+    writer: JoinHandle<Lsn>,
+    /// [`Checkpoint::events_settled`](crate::checkpoint::Checkpoint::events_settled)
+    /// when a position was last handed to the writer.
+    events_handed: Lsn,
+}
+
+/// Where a session resumes, and why not from a recorded position.
+#[derive(Debug, PartialEq, Eq)]
+struct Resume {
+    start: Lsn,
+    ignored: Vec<String>,
+    /// The recorded position was ignored: it must go, or it would be
+    /// ignored (and never overwritten) on every start.
+    clear_stored: bool,
+}
+
+/// The later of the slot's confirmed position, the position recorded in
+/// `slot_progress` and the one this process settled in an earlier session:
+/// each is settled, and the slot's may be behind the others (not yet sent to
+/// the server, or rewound by a server crash). A position beyond the
+/// server's WAL belongs to another history (a restored backup) and is
+/// ignored.
+fn resume_position(
+    slot: &str,
+    slot_position: Lsn,
+    stored: StoredProgress,
+    earlier_session: Option<Lsn>,
+) -> Resume {
+    let mut resume = Resume {
+        start: slot_position,
+        ignored: Vec::new(),
+        clear_stored: false,
+    };
+    for (recorded, position) in [(true, stored.settled), (false, earlier_session)] {
+        let Some(position) = position else { continue };
+        match stored.server_wal {
+            Some(wal) if position > wal => {
+                let what = if recorded {
+                    "the position recorded in slot_progress"
+                } else {
+                    "the position settled before reconnecting"
+                };
+                resume.ignored.push(format!(
+                    "{what} for slot {slot:?}, {position}, is beyond the server's WAL position \
+                     {wal} (pg_current_wal_lsn()): ignored, as it cannot be of this server's \
+                     history; resuming from the slot's position {slot_position}"
+                ));
+                resume.clear_stored |= recorded;
+            }
+            _ => resume.start = resume.start.max(position),
+        }
+    }
+    resume
 }
 
 impl Session {
@@ -69,7 +140,42 @@ impl Session {
         if let Some(problem) = crate::setup::encoding_problem(&store.server_encoding().await?) {
             bail!("{problem}");
         }
-        let start = store.slot_position(&slot).await?;
+        let slot_position = store.slot_position(&slot).await?;
+        let stored = match store.stored_progress(&slot).await {
+            Ok(stored) => Some(stored),
+            Err(e) if e.downcast_ref::<ProgressUnavailable>().is_some() => {
+                tracing::warn!(
+                    "the settled position cannot be recorded, so after a restart more is sent \
+                     again: {e:#}"
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let earlier_session = process
+            .settled
+            .as_ref()
+            .filter(|(s, _)| *s == slot)
+            .map(|(_, lsn)| *lsn);
+        let resume = resume_position(
+            &slot,
+            slot_position,
+            stored.unwrap_or(StoredProgress {
+                settled: None,
+                server_wal: None,
+            }),
+            earlier_session,
+        );
+        for warning in &resume.ignored {
+            tracing::warn!("{warning}");
+        }
+        let recorded = if resume.clear_stored {
+            store.clear_progress(&slot).await?;
+            Lsn(0)
+        } else {
+            stored.and_then(|s| s.settled).unwrap_or(Lsn(0))
+        };
+        let start = resume.start;
         let mut publications = Vec::new();
         for (name, exists) in crate::setup::publications(&store, &config).await? {
             if !exists {
@@ -102,14 +208,35 @@ impl Session {
             slot: &slot,
             publications,
             status_interval: config.postgres.status_interval,
+            start,
         })
         .await?;
         tracing::info!(
             slot = %slot,
             position = %start,
+            slot_position = %slot_position,
             hooks = registry.hooks().count(),
             "streaming"
         );
+        let progress = stored.map(|_| {
+            let (settled, position) = watch::channel(start);
+            // The start itself is recorded when it is newer (it came from
+            // an earlier session of this process).
+            let writer = tokio::spawn(
+                ProgressWriter {
+                    store: store.clone(),
+                    slot: slot.clone(),
+                    recorded,
+                }
+                .run(position),
+            );
+            settled.send_modify(|_| {});
+            Progress {
+                settled,
+                writer,
+                events_handed: Lsn(0),
+            }
+        });
         let dispatcher = Dispatcher::new(DeliveryContext {
             http,
             config: Live::new(config.delivery.clone()),
@@ -135,7 +262,25 @@ impl Session {
             pipeline,
             usage_writer,
             usage_stop,
+            progress,
         }))
+    }
+
+    /// Confirm what is settled, and have it recorded when it passed a
+    /// transaction with events (passing anything else changes nothing a
+    /// restart would resend, and recording it would only write more WAL,
+    /// which in turn moves the position).
+    async fn advance(&mut self) -> anyhow::Result<Lsn> {
+        let lsn = self.pipeline.write_snapshots_and_confirmable().await?;
+        self.source.confirm(lsn);
+        let events = self.pipeline.checkpoint.events_settled();
+        if let Some(progress) = self.progress.as_mut() {
+            if events > progress.events_handed {
+                progress.events_handed = events;
+                progress.settled.send_replace(lsn);
+            }
+        }
+        Ok(lsn)
     }
 
     /// Stream until shutdown (`Ok`) or an error, then finish.
@@ -145,7 +290,9 @@ impl Session {
         current: &mut Arc<Config>,
     ) -> anyhow::Result<()> {
         let result = self.stream(process, current).await;
-        self.finish(result.is_ok()).await;
+        let slot = self.config.postgres.slot.clone();
+        let settled = self.finish(result.is_ok()).await;
+        process.settled = Some((slot, settled));
         result
     }
 
@@ -162,6 +309,7 @@ impl Session {
         let mut status_at = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let settled = self.pipeline.checkpoint.settled();
         loop {
             tokio::select! {
                 biased;
@@ -170,8 +318,7 @@ impl Session {
                     if self.store.is_closed() {
                         return Err(sql_session_closed());
                     }
-                    let lsn = self.pipeline.write_snapshots_and_confirmable().await?;
-                    self.source.confirm(lsn);
+                    let lsn = self.advance().await?;
                     let pending = self.pipeline.checkpoint.pending_transactions() > 0;
                     process.health.tick(lsn.0, pending);
                     let lag = self.pipeline.server_end.0.saturating_sub(lsn.0);
@@ -185,6 +332,11 @@ impl Session {
                         let status = format!("streaming, confirmed {lsn}, lag {lag} bytes");
                         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&status)]);
                     }
+                }
+                // Before reading more: a busy stream must not hold the
+                // position back until the next tick.
+                _ = settled.notified() => {
+                    self.advance().await?;
                 }
                 changed = process.reload.changed(), if reload_open => {
                     if changed.is_err() {
@@ -231,7 +383,7 @@ impl Session {
                         biased;
                         _ = process.shutdown.changed() => return Ok(()),
                         // Waiting on the byte budget must not hide a closed
-                        // SQL session (lanes cannot park without it).
+                        // SQL session (queues cannot park without it).
                         _ = self.store.closed() => return Err(sql_session_closed()),
                         handled = self.pipeline.handle(message) => handled?,
                     }
@@ -241,8 +393,9 @@ impl Session {
     }
 
     /// Stop reading, let delivery finish what it has within the shutdown
-    /// timeout, write the statistics, confirm what is settled.
-    async fn finish(mut self, shutting_down: bool) {
+    /// timeout, write the statistics, confirm and record what is settled;
+    /// returns that position.
+    async fn finish(mut self, shutting_down: bool) -> Lsn {
         let metrics = &self.pipeline.metrics;
         let counts = format!(
             "{} changes decoded, {} events matched, {} parked, {} skipped (Stopped/Unknown) since start",
@@ -278,6 +431,17 @@ impl Session {
             }
         };
         self.source.confirm(last);
+        if let Some(progress) = self.progress.take() {
+            // Whatever the writer was doing, this write supersedes it.
+            progress.writer.abort();
+            if let Err(e) = self
+                .store
+                .write_progress(&self.config.postgres.slot, last)
+                .await
+            {
+                tracing::warn!(position = %last, "recording the settled position failed: {e:#}");
+            }
+        }
         // The status update goes out on the source's timer; give it that long.
         let deadline = tokio::time::Instant::now() + self.config.postgres.status_interval * 3;
         while self.source.reported() < last && tokio::time::Instant::now() < deadline {
@@ -290,5 +454,53 @@ impl Session {
             tracing::info!(%confirmed, "session closed");
         }
         self.source.stop().await;
+        self.pipeline.settled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(settled: Option<u64>, wal: Option<u64>) -> StoredProgress {
+        StoredProgress {
+            settled: settled.map(Lsn),
+            server_wal: wal.map(Lsn),
+        }
+    }
+
+    #[test]
+    fn resumes_from_the_latest_settled_position() {
+        let r = resume_position("w", Lsn(100), stored(Some(300), Some(1000)), Some(Lsn(200)));
+        assert_eq!(
+            r,
+            Resume {
+                start: Lsn(300),
+                ignored: vec![],
+                clear_stored: false
+            }
+        );
+        let r = resume_position("w", Lsn(100), stored(Some(300), Some(1000)), Some(Lsn(400)));
+        assert_eq!(r.start, Lsn(400));
+        let r = resume_position("w", Lsn(500), stored(Some(300), Some(1000)), None);
+        assert_eq!(r.start, Lsn(500), "a slot ahead of the record wins");
+        let r = resume_position("w", Lsn(100), stored(None, None), None);
+        assert_eq!(r.start, Lsn(100));
+    }
+
+    #[test]
+    fn a_position_beyond_the_servers_wal_is_ignored_and_named() {
+        let r = resume_position(
+            "w",
+            Lsn(100),
+            stored(Some(0x2_0000_0000), Some(0x1000)),
+            None,
+        );
+        assert_eq!(r.start, Lsn(100));
+        assert!(r.clear_stored);
+        assert_eq!(r.ignored.len(), 1);
+        assert!(r.ignored[0].contains("2/0"), "{}", r.ignored[0]);
+        assert!(r.ignored[0].contains("0/1000"), "{}", r.ignored[0]);
+        assert!(r.ignored[0].contains("\"w\""), "{}", r.ignored[0]);
     }
 }

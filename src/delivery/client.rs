@@ -20,11 +20,11 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use super::target_policy::is_public;
 use super::tls;
-use crate::config::{DeliveryConfig, HttpVersion};
+use crate::config::{Concurrency, DeliveryConfig, HttpVersion};
 
 /// Idle connections kept per host, at most. Idle HTTP/1.1 connections are
 /// what a burst left behind; keeping one per request a hook may have in
-/// flight (hundreds, with a high `concurrency_per_webhook`) would hold that
+/// flight (hundreds, with adaptive concurrency) would hold that
 /// many sockets open at the target for as long as the pool keeps them, for
 /// the rare burst that comes back as large. 32 warm connections restart a
 /// busy hook without handshakes while its other requests open theirs. An
@@ -64,7 +64,10 @@ pub fn http_client(config: &DeliveryConfig) -> anyhow::Result<reqwest::Client> {
         // A redirect is reported as a failure, never followed: the hook's
         // URL is what the DBA configured.
         .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(config.concurrency_per_webhook.min(MAX_IDLE_PER_HOST))
+        .pool_max_idle_per_host(match config.concurrency_per_webhook {
+            Concurrency::Fixed(n) => n.min(MAX_IDLE_PER_HOST),
+            Concurrency::Adaptive => MAX_IDLE_PER_HOST,
+        })
         // The flow-control window follows the measured bandwidth-delay
         // product, so large bodies to a distant target are not held to the
         // 64 KiB default window per round trip.

@@ -1,41 +1,45 @@
-//! The dispatcher: routes each job of an Active hook to one of the hook's
-//! lanes (or parks it), holds the in-flight byte budget, and starts
+//! The dispatcher: routes each job of an Active hook to the hook's queue
+//! (or parks it), holds the in-flight byte budget, and starts
 //! replayers.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use super::concurrency::ConcurrencyLimit;
 use super::hook::{epoch_millis, HookControl, Mode, ParkReason};
-use super::lanes::{run_lane, LaneItem, Queued};
 use super::park_writer::ParkQueue;
 use super::parking::{past_bound, start_parking};
+use super::queue::{run_queue, Keys, Queued};
 use super::{DeliveryContext, Job, OrderScope};
-use crate::config::{DeliveryConfig, DeliveryOrder};
+use crate::config::{Concurrency, DeliveryConfig, DeliveryOrder};
 use crate::registry::{Webhook, WebhookState};
 
-struct HookLanes {
+/// Memory a queued job takes besides its body: the job and its strings,
+/// its queue entry and its ticket.
+const JOB_OVERHEAD: usize = 512;
+
+struct HookQueue {
     control: Arc<HookControl>,
-    lanes: Vec<mpsc::UnboundedSender<LaneItem>>,
+    queue: mpsc::UnboundedSender<Queued>,
 }
 
-/// Routes jobs to the hooks' lanes, parks, and runs replayers.
+/// Routes jobs to the hooks' queues, parks, and runs replayers.
 pub struct Dispatcher {
     ctx: DeliveryContext,
     /// Bytes of request bodies that may be queued or in flight.
     budget: Arc<Semaphore>,
     budget_max: u32,
-    hooks: HashMap<i32, HookLanes>,
-    /// Lanes, replayers and the parking writer.
+    hooks: HashMap<i32, HookQueue>,
+    /// Queues, replayers and the parking writer.
     tasks: JoinSet<()>,
     /// Parked events go to `delivery` through it, off the reader's path.
     park_queue: ParkQueue,
-    /// Hooks found with parked events at start that have no lanes yet
+    /// Hooks found with parked events at start that have no queue yet
     /// (their row was missing or invalid then): they start out parking, so
     /// their live events queue behind the parked ones.
     parked_at_start: HashSet<i32>,
@@ -58,29 +62,24 @@ impl Dispatcher {
     }
 
     /// The control of a hook, updated to the hook as it stands now; its
-    /// lanes are started the first time a hook is seen.
-    pub fn ensure_lanes(&mut self, hook: &Arc<Webhook>) -> Arc<HookControl> {
+    /// queue is started the first time a hook is seen.
+    pub fn ensure_queue(&mut self, hook: &Arc<Webhook>) -> Arc<HookControl> {
         let entry = self.hooks.entry(hook.id).or_insert_with(|| {
             let config = self.ctx.config.get();
-            let lane_count = match config.ordering {
-                DeliveryOrder::Webhook => 1,
-                DeliveryOrder::Row => config.concurrency_per_webhook,
-            };
             let mode = if self.parked_at_start.remove(&hook.id) {
                 Mode::Parking(ParkReason::Backlog)
             } else {
                 Mode::Live
             };
-            let control = Arc::new(HookControl::new(Arc::clone(hook), lane_count, mode));
-            let lanes = (0..lane_count)
-                .map(|lane| {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    self.tasks
-                        .spawn(run_lane(rx, lane, self.ctx.clone(), Arc::clone(&control)));
-                    tx
-                })
-                .collect();
-            HookLanes { control, lanes }
+            let control = Arc::new(HookControl::new(
+                Arc::clone(hook),
+                concurrency_limit(&config),
+                mode,
+            ));
+            let (queue, rx) = mpsc::unbounded_channel();
+            self.tasks
+                .spawn(run_queue(rx, self.ctx.clone(), Arc::clone(&control)));
+            HookQueue { control, queue }
         });
         entry.control.set_current(Arc::clone(hook));
         Arc::clone(&entry.control)
@@ -94,7 +93,7 @@ impl Dispatcher {
     /// Set up a hook found with parked events at start, or whose stored
     /// consecutive error count is known.
     pub async fn restore(&mut self, hook: &Arc<Webhook>, parked: bool, consecutive_errors: u32) {
-        let control = self.ensure_lanes(hook);
+        let control = self.ensure_queue(hook);
         control
             .consecutive_errors
             .store(consecutive_errors, Ordering::Release);
@@ -130,7 +129,7 @@ impl Dispatcher {
             // parked delivery.
             self.activated(hook).await;
         } else {
-            self.ensure_lanes(hook);
+            self.ensure_queue(hook);
         }
         if let Some(known) = self.hooks.get(&hook.id) {
             known.control.trip_notify.notify_waiters();
@@ -164,7 +163,7 @@ impl Dispatcher {
     /// The hook is Active: resume delivery when it has parked events, and
     /// clear a trip or a 410.
     async fn activated(&mut self, hook: &Arc<Webhook>) {
-        let control = self.ensure_lanes(hook);
+        let control = self.ensure_queue(hook);
         if hook.state != WebhookState::Active {
             return;
         }
@@ -182,11 +181,11 @@ impl Dispatcher {
         }
     }
 
-    /// Route one event of an Active hook: to its lanes, or to `delivery`
+    /// Route one event of an Active hook: to its queue, or to `delivery`
     /// when the hook is parking or its backlog passed the bound. Waits
     /// while the in-flight byte budget is spent.
     pub async fn dispatch(&mut self, job: Job) -> anyhow::Result<()> {
-        let control = self.ensure_lanes(&job.hook);
+        let control = self.ensure_queue(&job.hook);
         if drop_past_parked_limit(&self.ctx, &control, &job) {
             job.ticket.settle();
             return Ok(());
@@ -222,50 +221,30 @@ impl Dispatcher {
                 break permit;
             }
         };
-        let Some(hook_lanes) = self.hooks.get(&job.hook.id) else {
-            unreachable!("ensure_lanes() started the lanes");
+        let Some(hook_queue) = self.hooks.get(&job.hook.id) else {
+            unreachable!("ensure_queue() started the queue");
         };
-        let lanes = &hook_lanes.lanes;
-        let lane_of = |key: &str| {
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            key.hash(&mut hasher);
-            (hasher.finish() % lanes.len() as u64) as usize
-        };
-        let target = lane_of(&job.ordering_key);
-        let others: Vec<usize> = match &job.scope {
-            OrderScope::Key => Vec::new(),
-            OrderScope::AlsoAfter(key) => {
-                let other = lane_of(key);
-                if other == target {
-                    Vec::new()
-                } else {
-                    vec![other]
-                }
+        let keys = match (self.ctx.config.get().ordering, &job.scope) {
+            // One strict order: every event waits for the one before.
+            (DeliveryOrder::Webhook, _) => Keys::One(0),
+            (DeliveryOrder::Row, OrderScope::Key) => Keys::One(Keys::of(&job.ordering_key)),
+            (DeliveryOrder::Row, OrderScope::AlsoAfter(old)) => {
+                Keys::Two(Keys::of(&job.ordering_key), Keys::of(old))
             }
-            OrderScope::Barrier => (0..lanes.len()).filter(|&l| l != target).collect(),
+            (DeliveryOrder::Row, OrderScope::Barrier) => Keys::Barrier,
         };
-        let (release_tx, release_rx) = watch::channel(false);
-        let mut wait_for = Vec::with_capacity(others.len());
-        for lane in others {
-            let (reached_tx, reached_rx) = oneshot::channel();
-            let _ = lanes[lane].send(LaneItem::Barrier {
-                reached: reached_tx,
-                release: release_rx.clone(),
-            });
-            wait_for.push(reached_rx);
-        }
         control.in_flight.fetch_add(1, Ordering::AcqRel);
         let queued = Queued {
-            enqueued: epoch_millis(),
-            release: (!wait_for.is_empty()).then_some(release_tx),
-            wait_for,
             job,
+            keys,
+            enqueued: epoch_millis(),
             budget: permit,
         };
-        if lanes[target].send(LaneItem::Job(Box::new(queued))).is_err() {
-            // Lanes end only when their sender is dropped; the ticket stays
-            // unsettled, so the event is read again after a restart.
-            tracing::error!(webhook_id = control.id, "delivery lane ended unexpectedly");
+        if hook_queue.queue.send(queued).is_err() {
+            // A queue ends only when its sender is dropped; the ticket
+            // stays unsettled, so the event is read again after a restart.
+            control.in_flight.fetch_sub(1, Ordering::AcqRel);
+            tracing::error!(webhook_id = control.id, "delivery queue ended unexpectedly");
         }
         Ok(())
     }
@@ -298,8 +277,8 @@ impl Dispatcher {
     /// hook that is behind and holds most of it.
     async fn park_laggards(&mut self) {
         let config = self.ctx.config.get();
-        for hook_lanes in self.hooks.values() {
-            let control = &hook_lanes.control;
+        for hook_queue in self.hooks.values() {
+            let control = &hook_queue.control;
             if !self.holds_most_of_the_budget(control) {
                 continue;
             }
@@ -312,7 +291,7 @@ impl Dispatcher {
 
     /// Park an event of a hook in state 3 (TooManyErrors).
     pub async fn park(&mut self, job: Job) -> anyhow::Result<()> {
-        let control = self.ensure_lanes(&job.hook);
+        let control = self.ensure_queue(&job.hook);
         if drop_past_parked_limit(&self.ctx, &control, &job) {
             job.ticket.settle();
             return Ok(());
@@ -356,16 +335,30 @@ impl Dispatcher {
             .await
     }
 
-    /// A job's share of the byte budget: a body larger than the whole
-    /// budget still goes, alone.
+    /// A job's share of the byte budget: its body and what a queued job
+    /// costs besides (so a backlog of small events is bounded by memory,
+    /// not by their bodies alone). A body larger than the whole budget
+    /// still goes, alone.
     fn cost(&self, job: &Job) -> u32 {
-        u32::try_from(job.body.len().max(1))
+        u32::try_from(job.body.len().saturating_add(JOB_OVERHEAD))
             .unwrap_or(u32::MAX)
             .min(self.budget_max)
     }
 
-    /// New delivery settings from a reloaded config (SIGHUP).
+    /// New delivery settings from a reloaded config (SIGHUP). Changed
+    /// concurrency settings apply to every hook at once, its limit starting
+    /// over.
     pub fn set_config(&self, config: DeliveryConfig) {
+        let old = self.ctx.config.get();
+        if old.concurrency_per_webhook != config.concurrency_per_webhook
+            || old.max_concurrency_per_webhook != config.max_concurrency_per_webhook
+        {
+            for hook_queue in self.hooks.values() {
+                hook_queue
+                    .control
+                    .set_concurrency(concurrency_limit(&config));
+            }
+        }
         self.ctx.config.set(config);
     }
 
@@ -386,6 +379,14 @@ impl Dispatcher {
             self.tasks.abort_all();
         }
         finished
+    }
+}
+
+/// A new hook's concurrency limit.
+fn concurrency_limit(config: &DeliveryConfig) -> ConcurrencyLimit {
+    match config.concurrency_per_webhook {
+        Concurrency::Adaptive => ConcurrencyLimit::adaptive(config.max_concurrency_per_webhook),
+        Concurrency::Fixed(n) => ConcurrencyLimit::fixed(n),
     }
 }
 

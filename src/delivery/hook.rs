@@ -1,12 +1,13 @@
-//! One hook's delivery state, shared by its lanes, its replayer and the
+//! One hook's delivery state, shared by its queue, its replayer and the
 //! reader (see the state table in the module above).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use super::concurrency::{ConcurrencyLimit, Signal};
 use crate::registry::{Webhook, WebhookState};
 
 /// Why a hook's events are parked.
@@ -25,39 +26,41 @@ impl ParkReason {
     }
 }
 
-/// Whether new events of a hook go to its lanes or to `delivery`.
+/// Whether new events of a hook go to its queue or to `delivery`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
     Live,
     Parking(ParkReason),
 }
 
-/// Shared state of one hook: lanes, replayer and reader all see it.
+/// Shared state of one hook: queue, replayer and reader all see it.
 pub struct HookControl {
     pub id: i32,
     /// The hook as it stands now: attempts use its URL, headers and secret
     /// (a DBA's fix applies at once); bodies keep the event's time.
     current: RwLock<Arc<Webhook>>,
     pub(super) consecutive_errors: AtomicU32,
-    /// Jobs queued in or running on the lanes.
+    /// Jobs queued in or running from its queue.
     pub(super) in_flight: AtomicUsize,
     /// Events the reader parked that the parking writer has not written
     /// yet: the replayer must not switch to Live while any are on their way.
     pub(super) unwritten: AtomicUsize,
     /// Parked events of the hook in `delivery` as far as this process
     /// knows (-1: not counted yet): written by the parking writer and the
-    /// lanes, removed by the replayer.
+    /// queue, removed by the replayer.
     pub(super) parked: AtomicI64,
     /// The hook reached `delivery.max_parked_events_per_webhook` and was
     /// set to Stopped: its new events are dropped until it is set Active.
     pub(super) parked_limit_reached: AtomicBool,
-    /// Per lane: when the job it is working on was queued (milliseconds
-    /// since [`epoch_millis`]'s start), 0 when idle. Lanes are FIFO, so the
-    /// oldest of these is the age of the hook's backlog.
-    pub(super) lane_heads: Vec<AtomicU64>,
-    /// Tripped by too many errors: lanes park instead of attempting.
+    /// When the oldest event still queued or running was queued
+    /// (milliseconds since [`epoch_millis`]'s start), 0 when none: the age
+    /// of the hook's backlog.
+    pub(super) oldest_queued: AtomicU64,
+    /// Requests the hook may have in flight, adapted by its attempts.
+    concurrency: Mutex<ConcurrencyLimit>,
+    /// Tripped by too many errors: queued events park instead of attempting.
     pub(super) tripped: AtomicBool,
-    /// Answered 410: lanes drop instead of attempting.
+    /// Answered 410: queued events are dropped instead of attempting.
     pub(super) gone: AtomicBool,
     /// Wakes retry waits when the hook trips or is gone.
     pub(super) trip_notify: Notify,
@@ -71,7 +74,7 @@ pub struct HookControl {
 }
 
 impl HookControl {
-    pub(super) fn new(hook: Arc<Webhook>, lanes: usize, mode: Mode) -> HookControl {
+    pub(super) fn new(hook: Arc<Webhook>, limit: ConcurrencyLimit, mode: Mode) -> HookControl {
         HookControl {
             id: hook.id,
             current: RwLock::new(hook),
@@ -80,7 +83,8 @@ impl HookControl {
             unwritten: AtomicUsize::new(0),
             parked: AtomicI64::new(-1),
             parked_limit_reached: AtomicBool::new(false),
-            lane_heads: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
+            oldest_queued: AtomicU64::new(0),
+            concurrency: Mutex::new(limit),
             tripped: AtomicBool::new(false),
             gone: AtomicBool::new(false),
             trip_notify: Notify::new(),
@@ -147,15 +151,34 @@ impl HookControl {
 
     /// How long the oldest event still queued for this hook has waited.
     pub(super) fn backlog_age(&self) -> Duration {
-        let now = epoch_millis();
-        self.lane_heads
-            .iter()
-            .map(|h| h.load(Ordering::Acquire))
-            .filter(|&at| at != 0)
-            .min()
-            .map_or(Duration::ZERO, |at| {
-                Duration::from_millis(now.saturating_sub(at))
-            })
+        match self.oldest_queued.load(Ordering::Acquire) {
+            0 => Duration::ZERO,
+            at => Duration::from_millis(epoch_millis().saturating_sub(at)),
+        }
+    }
+
+    fn concurrency(&self) -> MutexGuard<'_, ConcurrencyLimit> {
+        self.concurrency.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Requests the hook may have in flight now.
+    pub(super) fn concurrency_limit(&self) -> usize {
+        self.concurrency().limit()
+    }
+
+    /// The limit held back events that could have started.
+    pub(super) fn held_back(&self) {
+        self.concurrency().held_back();
+    }
+
+    /// What an attempt's outcome says about the target's capacity.
+    pub(super) fn record_attempt(&self, signal: Signal) {
+        self.concurrency().record(Instant::now(), signal);
+    }
+
+    /// New concurrency settings (a reload): the limit starts over.
+    pub(super) fn set_concurrency(&self, limit: ConcurrencyLimit) {
+        *self.concurrency() = limit;
     }
 }
 

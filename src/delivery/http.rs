@@ -24,7 +24,21 @@ pub enum DeliveryOutcome {
     Failed {
         error: String,
         retry_after: Option<Duration>,
+        kind: FailureKind,
     },
+}
+
+/// What a failed attempt says about the target's capacity, for the
+/// hook's concurrency limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Refused by the target policy: nothing was sent.
+    NotSent,
+    /// The target answered with an error status.
+    Answered,
+    /// 429, 503, a timeout or a failed connection: the target is
+    /// overloaded or unreachable, so it gets fewer requests at once.
+    Overloaded,
 }
 
 /// What one attempt sends.
@@ -46,6 +60,7 @@ pub async fn attempt(
         return DeliveryOutcome::Failed {
             error: refusal.to_string(),
             retry_after: None,
+            kind: FailureKind::NotSent,
         };
     }
     let started = tokio::time::Instant::now();
@@ -65,6 +80,11 @@ pub async fn attempt(
             return DeliveryOutcome::Failed {
                 // The hook's URL is known; leaving it out keeps any
                 // credentials in it out of last_error.
+                kind: if e.is_timeout() || e.is_connect() {
+                    FailureKind::Overloaded
+                } else {
+                    FailureKind::Answered
+                },
                 error: transport_error(&e.without_url(), &job.hook.target_url, config),
                 retry_after: None,
             };
@@ -105,6 +125,13 @@ pub async fn attempt(
     DeliveryOutcome::Failed {
         error: storable(&truncate_chars(&error, LAST_ERROR_MAX_CHARS)),
         retry_after,
+        kind: if status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::SERVICE_UNAVAILABLE
+        {
+            FailureKind::Overloaded
+        } else {
+            FailureKind::Answered
+        },
     }
 }
 

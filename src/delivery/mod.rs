@@ -1,10 +1,11 @@
 //! Delivery: signed POSTs to the hooks, with retries, parking and order.
 //!
-//! Each hook has its own lanes (tasks); an event goes to the lane its row
-//! hashes to, so events of one row keep commit order while other rows go
-//! concurrently, and a slow hook only ever waits on itself. Request bodies
-//! in flight are bounded by a byte budget: when it is spent the reader
-//! waits, which stops reading WAL (back-pressure) instead of growing.
+//! Each hook has its own queue (a task): events of one row keep commit
+//! order while other rows go concurrently, as many at once as the hook's
+//! concurrency limit allows (adapted to what its target sustains, or
+//! fixed), and a slow hook only ever waits on itself. Request bodies in
+//! flight are bounded by a byte budget: when it is spent the reader waits,
+//! which stops reading WAL (back-pressure) instead of growing.
 //!
 //! # A hook's delivery states
 //!
@@ -14,9 +15,9 @@
 //!
 //! | state     | new events go to        | left by                                        |
 //! |-----------|-------------------------|------------------------------------------------|
-//! | live      | its lanes               | too many errors (tripped), a backlog past its bound (parking), 410 (gone) |
+//! | live      | its queue               | too many errors (tripped), a backlog past its bound (parking), 410 (gone) |
 //! | parking   | `delivery` (parked)     | the replayer catching up (live)                |
-//! | replaying | `delivery`, behind the parked ones | all parked delivered and lanes empty (live); a failure (parking) |
+//! | replaying | `delivery`, behind the parked ones | all parked delivered and queue empty (live); a failure (parking) |
 //! | tripped   | `delivery`              | the hook set Active again (replaying)          |
 //! | gone      | dropped (410: Stopped)  | the hook set Active again (replaying or live)  |
 //!
@@ -24,7 +25,7 @@
 //! which also sets `webhook.state` 3) or whose backlog passes its bound is
 //! switched to parking: its events go to the `delivery` table so the slot
 //! can move on, and a replayer delivers them in commit order once the hook
-//! is Active and its lanes are empty. While a hook has parked events, its
+//! is Active and its queue is empty. While a hook has parked events, its
 //! new events are parked behind them, so a row's events never overtake
 //! each other.
 //!
@@ -32,12 +33,13 @@
 //! interface, which the store implements for PostgreSQL.
 
 mod client;
+mod concurrency;
 mod dispatcher;
 mod hook;
 pub mod http;
-mod lanes;
 mod park_writer;
 mod parking;
+mod queue;
 mod replay;
 pub mod request;
 mod retry;
@@ -91,7 +93,7 @@ pub struct Job {
     pub ticket: Ticket,
 }
 
-/// Everything a lane or the replayer needs.
+/// Everything a hook's queue or its replayer needs.
 #[derive(Clone)]
 pub struct DeliveryContext {
     pub http: reqwest::Client,

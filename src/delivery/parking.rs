@@ -128,7 +128,7 @@ pub(super) async fn park_job(
         .await
 }
 
-/// Park, retrying until the store takes it: the lane waits rather than
+/// Park, retrying until the store takes it: the job waits rather than
 /// leave its transaction unconfirmed for the rest of the session. Returns
 /// false when the store's session ended first: the event stays
 /// unconfirmed and is read again by the next session, never lost.

@@ -1,5 +1,5 @@
 //! The replayer: a hook's parked events, delivered in commit order once
-//! the hook is Active and its lanes are empty, then back to live delivery.
+//! the hook is Active and its queue is empty, then back to live delivery.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ const BATCH: i64 = 100;
 /// longer Active; its events stay parked.
 pub(super) async fn run_replayer(ctx: DeliveryContext, control: Arc<HookControl>) {
     loop {
-        // Earlier events still on the lanes go first: per-row order.
+        // Earlier events still in the queue go first: per-row order.
         while control.in_flight() > 0 && !control.is_tripped() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -64,7 +64,7 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
             // Under the mode lock no event can be parked meanwhile.
             let mut mode = control.mode.lock().await;
             // Live only when nothing is parked, nothing is still on the
-            // lanes (a lane may be about to park a job it holds) and
+            // queue (a running job may be about to park itself) and
             // nothing is on its way to the table.
             if control.in_flight() == 0
                 && control.unwritten() == 0

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use rand::RngExt;
 use uuid::Uuid;
 
+use super::concurrency::Signal;
 use super::hook::HookControl;
+use super::http::FailureKind;
 use super::{attempt, Attempt, DeliveryContext, DeliveryOutcome};
 use crate::registry::WebhookState;
 use crate::text::{first_line, human_duration, redacted_url};
@@ -75,12 +77,23 @@ pub(super) async fn deliver(
         )
         .await;
         retry = retry.saturating_add(1);
-        let kind = match &outcome {
-            DeliveryOutcome::Delivered(_) => "delivered",
-            DeliveryOutcome::Gone => "gone",
-            DeliveryOutcome::Failed { .. } => "failed",
+        let took = started.elapsed();
+        let (kind, signal) = match &outcome {
+            DeliveryOutcome::Delivered(_) => ("delivered", Some(Signal::Answered(took))),
+            DeliveryOutcome::Gone => ("gone", Some(Signal::Answered(took))),
+            DeliveryOutcome::Failed { kind, .. } => (
+                "failed",
+                match kind {
+                    FailureKind::NotSent => None,
+                    FailureKind::Answered => Some(Signal::Answered(took)),
+                    FailureKind::Overloaded => Some(Signal::BackPressure),
+                },
+            ),
         };
-        ctx.metrics.delivery(kind, started.elapsed());
+        if let Some(signal) = signal {
+            control.record_attempt(signal);
+        }
+        ctx.metrics.delivery(kind, took);
         match outcome {
             DeliveryOutcome::Delivered(_) => {
                 control.consecutive_errors.store(0, Ordering::Release);
@@ -109,7 +122,9 @@ pub(super) async fn deliver(
                 control.trip_notify.notify_waiters();
                 return Settled::Dropped;
             }
-            DeliveryOutcome::Failed { error, retry_after } => {
+            DeliveryOutcome::Failed {
+                error, retry_after, ..
+            } => {
                 ctx.usage.failure(id, &error);
                 let errors = control.consecutive_errors.fetch_add(1, Ordering::AcqRel) + 1;
                 if errors >= config.max_consecutive_errors {
@@ -133,7 +148,7 @@ pub(super) async fn deliver(
                 tracing::warn!(webhook_id = id, event_id = %event_id, retry = retry - 1,
                     "delivery failed, next attempt in {}: {}", human_duration(wait), first_line(&error));
                 last_error = Some(error);
-                // Another lane tripping, a 410 or a change of the hook's row
+                // Another event tripping the hook, a 410 or a change of the hook's row
                 // ends the wait early.
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}

@@ -2,7 +2,8 @@
 //! real HTTP receiver on loopback: no database.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU16, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use axum::routing::post;
 
 use super::*;
 use crate::checkpoint::Checkpoint;
+use crate::config::Concurrency;
 use crate::events::WebhookRow;
 use crate::registry::WebhookState;
 
@@ -133,6 +135,11 @@ impl DeliveryStore for MemoryStore {
 struct Target {
     status: Arc<AtomicU16>,
     received: Arc<Mutex<Vec<(String, String)>>>,
+    /// How long each answer takes, in milliseconds.
+    delay_ms: Arc<AtomicU64>,
+    /// Requests being answered now, and the most at once.
+    open: Arc<AtomicUsize>,
+    most_at_once: Arc<AtomicUsize>,
 }
 
 async fn receive(State(t): State<Target>, headers: HeaderMap, body: String) -> StatusCode {
@@ -141,7 +148,14 @@ async fn receive(State(t): State<Target>, headers: HeaderMap, body: String) -> S
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    let open = t.open.fetch_add(1, Ordering::AcqRel) + 1;
+    t.most_at_once.fetch_max(open, Ordering::AcqRel);
     t.received.lock().unwrap().push((id, body));
+    let delay = t.delay_ms.load(Ordering::Acquire);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    t.open.fetch_sub(1, Ordering::AcqRel);
     StatusCode::from_u16(t.status.load(Ordering::Acquire)).unwrap_or(StatusCode::OK)
 }
 
@@ -236,11 +250,11 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 #[tokio::test]
-async fn events_of_one_row_arrive_in_commit_order_across_lanes() {
+async fn events_of_one_row_arrive_in_commit_order_while_rows_go_concurrently() {
     let (target, url) = Target::start(200).await;
     let store = Arc::new(MemoryStore::default());
     let mut dispatcher = Dispatcher::new(context(Arc::clone(&store), |c| {
-        c.concurrency_per_webhook = 8
+        c.concurrency_per_webhook = Concurrency::Fixed(8)
     }));
     let hook = hook(&url, WebhookState::Active);
     let keys: Vec<String> = (0..60).map(|i| format!("row{}", i % 6)).collect();
@@ -267,6 +281,78 @@ async fn events_of_one_row_arrive_in_commit_order_across_lanes() {
         checkpoint.confirmable() == Lsn(200)
     })
     .await;
+}
+
+/// Deliver `n` events of distinct rows to a target that answers after
+/// `delay_ms`; the most requests the target saw at once.
+async fn most_at_once(n: usize, delay_ms: u64, concurrency: Concurrency) -> usize {
+    let (target, url) = Target::start(200).await;
+    target.delay_ms.store(delay_ms, Ordering::Release);
+    let store = Arc::new(MemoryStore::default());
+    let mut dispatcher = Dispatcher::new(context(store, |c| {
+        c.concurrency_per_webhook = concurrency;
+    }));
+    let hook = hook(&url, WebhookState::Active);
+    let keys: Vec<String> = (0..n).map(|i| format!("row{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut checkpoint = Checkpoint::new(Lsn(1));
+    let (jobs, txn) = jobs(&mut checkpoint, &hook, &keys);
+    checkpoint.commit(txn, Lsn(200));
+    for job in jobs {
+        dispatcher.dispatch(job).await.unwrap();
+    }
+    wait_for("every delivery", || target.bodies().len() == n).await;
+    wait_for("the transaction settled", || {
+        checkpoint.confirmable() == Lsn(200)
+    })
+    .await;
+    target.most_at_once.load(Ordering::Acquire)
+}
+
+#[tokio::test]
+async fn a_distant_target_gets_hundreds_of_requests_at_once() {
+    // 50 ms away, a fixed 8 in flight would take 2,000 / 8 * 50 ms = 12.5 s.
+    let most = most_at_once(2_000, 50, Concurrency::Adaptive).await;
+    assert!(most > 100, "at most {most} requests at once");
+}
+
+#[tokio::test]
+async fn a_fixed_concurrency_is_never_exceeded() {
+    let most = most_at_once(400, 5, Concurrency::Fixed(3)).await;
+    assert_eq!(most, 3);
+}
+
+#[tokio::test]
+async fn a_target_answering_503_gets_no_more_requests_at_once_and_fewer_new_events() {
+    let (target, url) = Target::start(503).await;
+    let store = Arc::new(MemoryStore::default());
+    let mut dispatcher = Dispatcher::new(context(store, |c| {
+        c.max_consecutive_errors = 1_000;
+    }));
+    let hook = hook(&url, WebhookState::Active);
+    let keys: Vec<String> = (0..50).map(|i| format!("row{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut checkpoint = Checkpoint::new(Lsn(1));
+    let (jobs, txn) = jobs(&mut checkpoint, &hook, &keys);
+    checkpoint.commit(txn, Lsn(200));
+    for job in jobs {
+        dispatcher.dispatch(job).await.unwrap();
+    }
+    // The second attempts come a second after the first ones.
+    wait_for("retries", || target.received.lock().unwrap().len() >= 12).await;
+    let control = dispatcher.ensure_queue(&hook);
+    let limit = control.concurrency_limit();
+    assert!(limit < 8, "the limit stayed at {limit}");
+    let events: HashSet<String> = target
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.0.clone())
+        .collect();
+    // Only the events that started before the first 503 were tried.
+    assert!(events.len() <= 8, "{} events tried", events.len());
+    assert!(target.most_at_once.load(Ordering::Acquire) <= 8);
 }
 
 #[tokio::test]

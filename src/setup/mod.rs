@@ -224,9 +224,11 @@ async fn plan_publication(
 pub async fn apply(store: &Store, config: &Config, plan: &Plan) -> anyhow::Result<()> {
     store.run_in_transaction(&plan.statements).await?;
     if let Some(create) = &plan.create_slot {
-        // Snapshots of an earlier slot's history describe positions the new
-        // slot never had; the new slot starts from the hooks as they are.
+        // Snapshots and the settled position of an earlier slot's history
+        // describe positions the new slot never had; the new slot starts
+        // from the hooks as they are, at its own position.
         store.clear_snapshots().await?;
+        store.clear_progress(&config.postgres.slot).await?;
         store
             .run_statement(
                 create,

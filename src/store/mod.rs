@@ -1,6 +1,6 @@
 //! The store: every SQL statement walhook runs, against its own objects
-//! (`webhook`, `webhook_usage`, `delivery`, `registry_snapshot`) and the
-//! server's catalog, in one place.
+//! (`webhook`, `webhook_usage`, `delivery`, `registry_snapshot`,
+//! `slot_progress`) and the server's catalog, in one place.
 //!
 //! The stages above never write SQL: they ask a [`Store`] for typed facts
 //! (the slot's position, the hooks' rows, the parked events) and hand it
@@ -16,6 +16,7 @@
 pub mod catalog;
 pub mod ddl;
 pub mod parked;
+pub mod progress;
 pub mod slot;
 pub mod snapshots;
 pub mod usage;

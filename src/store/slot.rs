@@ -35,6 +35,9 @@ pub struct SlotStatus {
     pub retained_wal_bytes: Option<i64>,
     pub safe_wal_size: Option<i64>,
     pub inactive_since: Option<String>,
+    /// The settled position walhook recorded in `slot_progress`, where it
+    /// resumes when the slot is behind it.
+    pub settled_lsn: Option<String>,
     /// The walsender serving the slot, from `pg_stat_replication`.
     #[serde(skip)]
     pub walsender_pid: Option<i32>,
@@ -159,6 +162,7 @@ impl Store {
             retained_wal_bytes: row.get(11),
             safe_wal_size: row.get(12),
             inactive_since: row.get(13),
+            settled_lsn: None,
             walsender_pid: row.get(14),
             walsender_state: row.get(15),
             flush_lag: row.get(16),

@@ -330,6 +330,46 @@ impl Harness {
         parse_lsn(&text)
     }
 
+    /// The settled position walhook recorded for the slot, if any.
+    pub async fn stored_progress(&self) -> Option<u64> {
+        let text: Option<String> = self
+            .db
+            .query_opt(
+                "SELECT lsn::text FROM walhook.slot_progress WHERE slot_name = 'walhook'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        text.as_deref().map(parse_lsn)
+    }
+
+    /// Wait until the server has written out all WAL inserted so far, so
+    /// that a crash keeps every commit made until now (also asynchronous
+    /// ones).
+    pub async fn wait_wal_flushed(&self) {
+        let inserted: String = self
+            .db
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let inserted = parse_lsn(&inserted);
+        self.wait_for(
+            "the WAL to be flushed",
+            Duration::from_secs(10),
+            move |db| {
+                Box::pin(async move {
+                    db.query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+                        .await
+                        .map(|r| parse_lsn(&r.get::<_, String>(0)) >= inserted)
+                        .unwrap_or(false)
+                })
+            },
+        )
+        .await;
+    }
+
     pub async fn current_lsn(&self) -> u64 {
         let text: String = self
             .db

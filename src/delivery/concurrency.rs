@@ -1,0 +1,294 @@
+//! How many requests one hook may have in flight: fixed, or adapted to
+//! what its target sustains.
+//!
+//! A remote target 50 ms away gets only 8 / 0.05 s = 160 requests a second
+//! from a fixed 8 in flight, while a struggling one should get fewer, not
+//! more. The adaptive limit follows Vector's adaptive request concurrency
+//! (AIMD on observed round-trip times and back-pressure): once per
+//! round-trip time it looks at the requests that finished, and
+//!
+//! - on back-pressure (429, 503, a timeout, a failed connection) it halves
+//!   the limit at once, at most once per round trip;
+//! - when the mean round-trip time rose clearly above the hook's usual one
+//!   it lowers the limit by a tenth;
+//! - when the target kept its latency and the hook had more ready events
+//!   than the limit allowed, it raises it: doubling while nothing has
+//!   pushed back yet (slow start, so a fresh hook reaches a distant
+//!   target's rate in a few round trips), then one at a time.
+//!
+//! The limit stays between 1 and the configured ceiling. The controller is
+//! plain data with the clock passed in, so its rules are unit-tested
+//! without a network.
+
+use std::time::{Duration, Instant};
+
+/// Where an adaptive limit starts: what the fixed default used to be.
+const INITIAL: usize = 8;
+/// A window's mean round trip this much above the usual one is rising
+/// latency...
+const RISE_RATIO: f64 = 1.5;
+/// ...unless the rise is below this, which is noise on fast targets.
+const RISE_FLOOR: Duration = Duration::from_millis(2);
+/// The shortest and longest window between two decisions.
+const MIN_WINDOW: Duration = Duration::from_millis(5);
+const MAX_WINDOW: Duration = Duration::from_secs(1);
+/// Weight of the newest window in the usual round-trip time.
+const BASELINE_WEIGHT: f64 = 0.2;
+
+/// What one finished attempt says about its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Answered (any status that is not back-pressure): a round-trip time.
+    Answered(Duration),
+    /// 429, 503, a timeout or a failed connection: the target is
+    /// overloaded or unreachable.
+    BackPressure,
+}
+
+/// The limit of one hook.
+#[derive(Debug, Clone)]
+pub struct ConcurrencyLimit {
+    limit: usize,
+    /// None: fixed at `limit`.
+    adaptive: Option<Adaptive>,
+}
+
+#[derive(Debug, Clone)]
+struct Adaptive {
+    ceiling: usize,
+    slow_start: bool,
+    /// The hook's usual round-trip time (moving average of window means).
+    baseline: Option<Duration>,
+    window_start: Option<Instant>,
+    rtt_sum: Duration,
+    samples: u32,
+    back_pressure: bool,
+    /// The limit was already cut in this window: one cut per round trip,
+    /// so a burst of failures from one moment does not count many times.
+    cut: bool,
+    /// The hook had ready events the limit held back during this window.
+    held_back: bool,
+}
+
+impl ConcurrencyLimit {
+    pub fn fixed(limit: usize) -> ConcurrencyLimit {
+        ConcurrencyLimit {
+            limit: limit.max(1),
+            adaptive: None,
+        }
+    }
+
+    pub fn adaptive(ceiling: usize) -> ConcurrencyLimit {
+        let ceiling = ceiling.max(1);
+        ConcurrencyLimit {
+            limit: INITIAL.min(ceiling),
+            adaptive: Some(Adaptive {
+                ceiling,
+                slow_start: true,
+                baseline: None,
+                window_start: None,
+                rtt_sum: Duration::ZERO,
+                samples: 0,
+                back_pressure: false,
+                cut: false,
+                held_back: false,
+            }),
+        }
+    }
+
+    /// Requests that may be in flight now.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The hook had more ready events than the limit let start.
+    pub fn held_back(&mut self) {
+        if let Some(a) = &mut self.adaptive {
+            a.held_back = true;
+        }
+    }
+
+    /// One attempt finished at `now`.
+    pub fn record(&mut self, now: Instant, signal: Signal) {
+        let Some(a) = &mut self.adaptive else {
+            return;
+        };
+        let start = *a.window_start.get_or_insert(now);
+        match signal {
+            Signal::Answered(rtt) => {
+                a.rtt_sum += rtt;
+                a.samples += 1;
+            }
+            Signal::BackPressure => a.back_pressure = true,
+        }
+        // One decision per round trip: the effect of the last change is
+        // seen before the next. Back-pressure cuts at once, once.
+        let window = a
+            .baseline
+            .unwrap_or(MIN_WINDOW)
+            .clamp(MIN_WINDOW, MAX_WINDOW);
+        if now.duration_since(start) >= window {
+            self.limit = a.decide(self.limit);
+        } else if a.back_pressure && !a.cut {
+            a.cut = true;
+            a.back_pressure = false;
+            a.slow_start = false;
+            self.limit = (self.limit / 2).max(1);
+        }
+    }
+}
+
+impl Adaptive {
+    /// End the window: the new limit.
+    fn decide(&mut self, limit: usize) -> usize {
+        let mean = (self.samples > 0).then(|| self.rtt_sum / self.samples);
+        let rising = match (mean, self.baseline) {
+            (Some(mean), Some(usual)) => {
+                mean > usual.mul_f64(RISE_RATIO) && mean - usual > RISE_FLOOR
+            }
+            _ => false,
+        };
+        let next = if self.back_pressure && !self.cut {
+            self.slow_start = false;
+            limit / 2
+        } else if self.cut || self.back_pressure {
+            limit
+        } else if rising {
+            self.slow_start = false;
+            limit - limit.div_ceil(10)
+        } else if self.held_back && self.samples > 0 {
+            if self.slow_start {
+                limit * 2
+            } else {
+                limit + 1
+            }
+        } else {
+            limit
+        };
+        if let Some(mean) = mean {
+            self.baseline = Some(match self.baseline {
+                None => mean,
+                Some(usual) => usual.mul_f64(1.0 - BASELINE_WEIGHT) + mean.mul_f64(BASELINE_WEIGHT),
+            });
+        }
+        self.window_start = None;
+        self.rtt_sum = Duration::ZERO;
+        self.samples = 0;
+        self.back_pressure = false;
+        self.cut = false;
+        self.held_back = false;
+        next.clamp(1, self.ceiling)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drive `limit` through `windows` windows of one round trip each, with
+    /// every request answered after `rtt` and more events ready than the
+    /// limit allows.
+    fn busy_windows(limit: &mut ConcurrencyLimit, at: &mut Instant, rtt: Duration, windows: u32) {
+        for _ in 0..windows {
+            limit.held_back();
+            let n = limit.limit();
+            for _ in 0..n {
+                *at += rtt / n as u32;
+                limit.record(*at, Signal::Answered(rtt));
+            }
+            *at += rtt;
+            limit.record(*at, Signal::Answered(rtt));
+        }
+    }
+
+    #[test]
+    fn a_fixed_limit_never_moves() {
+        let mut limit = ConcurrencyLimit::fixed(8);
+        let mut at = Instant::now();
+        busy_windows(&mut limit, &mut at, Duration::from_millis(50), 20);
+        limit.record(at, Signal::BackPressure);
+        assert_eq!(limit.limit(), 8);
+        assert_eq!(ConcurrencyLimit::fixed(0).limit(), 1);
+    }
+
+    #[test]
+    fn a_distant_steady_target_is_reached_in_a_few_round_trips() {
+        let mut limit = ConcurrencyLimit::adaptive(512);
+        let mut at = Instant::now();
+        assert_eq!(limit.limit(), INITIAL);
+        // 8 -> 512 by doubling takes 6 windows; a few more for the first
+        // window that only learns the round-trip time.
+        busy_windows(&mut limit, &mut at, Duration::from_millis(50), 10);
+        assert_eq!(limit.limit(), 512);
+    }
+
+    #[test]
+    fn the_limit_grows_only_while_events_are_held_back() {
+        let mut limit = ConcurrencyLimit::adaptive(512);
+        let mut at = Instant::now();
+        for _ in 0..20 {
+            at += Duration::from_millis(60);
+            limit.record(at, Signal::Answered(Duration::from_millis(50)));
+        }
+        assert_eq!(limit.limit(), INITIAL);
+    }
+
+    #[test]
+    fn back_pressure_halves_and_ends_slow_start() {
+        let mut limit = ConcurrencyLimit::adaptive(512);
+        let mut at = Instant::now();
+        busy_windows(&mut limit, &mut at, Duration::from_millis(10), 4);
+        let before = limit.limit();
+        assert!(before > INITIAL, "{before}");
+        // A burst of failures from one moment cuts once.
+        for _ in 0..5 {
+            limit.record(at, Signal::BackPressure);
+        }
+        assert_eq!(limit.limit(), before / 2);
+        // The window of the cut ends without growth; after it the limit
+        // grows by one per busy window.
+        at += Duration::from_millis(10);
+        limit.record(at, Signal::Answered(Duration::from_millis(10)));
+        assert_eq!(limit.limit(), before / 2);
+        busy_windows(&mut limit, &mut at, Duration::from_millis(10), 3);
+        assert_eq!(limit.limit(), before / 2 + 3);
+    }
+
+    #[test]
+    fn a_target_that_keeps_failing_gets_one_request_at_a_time() {
+        let mut limit = ConcurrencyLimit::adaptive(512);
+        let mut at = Instant::now();
+        for _ in 0..20 {
+            at += Duration::from_millis(100);
+            limit.held_back();
+            limit.record(at, Signal::BackPressure);
+        }
+        assert_eq!(limit.limit(), 1);
+    }
+
+    #[test]
+    fn rising_latency_lowers_the_limit() {
+        let mut limit = ConcurrencyLimit::adaptive(512);
+        let mut at = Instant::now();
+        busy_windows(&mut limit, &mut at, Duration::from_millis(20), 5);
+        let before = limit.limit();
+        // The target slows down to four times its usual latency.
+        busy_windows(&mut limit, &mut at, Duration::from_millis(80), 1);
+        assert!(limit.limit() < before, "{} !< {before}", limit.limit());
+        // A small rise on a fast target is noise, not a reason.
+        let mut fast = ConcurrencyLimit::adaptive(512);
+        busy_windows(&mut fast, &mut at, Duration::from_micros(300), 5);
+        let before = fast.limit();
+        busy_windows(&mut fast, &mut at, Duration::from_micros(900), 1);
+        assert!(fast.limit() >= before, "{} < {before}", fast.limit());
+    }
+
+    #[test]
+    fn the_limit_stays_within_its_ceiling() {
+        let mut limit = ConcurrencyLimit::adaptive(20);
+        let mut at = Instant::now();
+        busy_windows(&mut limit, &mut at, Duration::from_millis(5), 30);
+        assert_eq!(limit.limit(), 20);
+        assert_eq!(ConcurrencyLimit::adaptive(3).limit(), 3);
+    }
+}

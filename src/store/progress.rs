@@ -1,0 +1,182 @@
+//! The settled position, kept in `slot_progress` (one row per slot).
+//!
+//! The slot's own `confirmed_flush_lsn` reaches the server only with a
+//! status update and reaches disk only at a checkpoint, so after a `kill -9`
+//! of walhook or a crash of PostgreSQL it is behind what walhook had
+//! settled, and everything in between would be sent again. walhook
+//! therefore records the position it may confirm in its own table as soon
+//! as it advances, and resumes from the later of the two.
+
+use std::time::Duration;
+
+use anyhow::anyhow;
+use tokio::sync::watch;
+use tokio_postgres::error::SqlState;
+
+use super::{failed, SqlResult, Store};
+use crate::errors::is_lost_connection;
+use crate::pgoutput::Lsn;
+
+/// What the store knows about where to resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredProgress {
+    /// The settled position recorded for the slot, if any.
+    pub settled: Option<Lsn>,
+    /// The server's WAL write position (`pg_current_wal_lsn()`), `None` on
+    /// a standby: a recorded position beyond it belongs to another history.
+    pub server_wal: Option<Lsn>,
+}
+
+/// Why the position cannot be recorded in this database, while streaming
+/// still works: an installation that has not run `setup` since
+/// `slot_progress` came, or a run role without rights on it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ProgressUnavailable(pub String);
+
+/// Longest pause between two failed writes.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(60);
+
+fn parse(text: &str, what: &str) -> anyhow::Result<Lsn> {
+    Lsn::parse(text).map_err(|e| anyhow!("{what} {text:?}: {e}"))
+}
+
+impl Store {
+    /// The recorded position of `slot` and the server's WAL position. A
+    /// missing table or missing rights is [`ProgressUnavailable`].
+    pub async fn stored_progress(&self, slot: &str) -> anyhow::Result<StoredProgress> {
+        let table = self.table("slot_progress");
+        let row = self
+            .client
+            .query_one(
+                &format!(
+                    "SELECT (SELECT lsn::text FROM {table} WHERE slot_name = $1), \
+                            CASE WHEN pg_is_in_recovery() THEN NULL \
+                                 ELSE pg_current_wal_lsn()::text END"
+                ),
+                &[&slot],
+            )
+            .await
+            .map_err(|e| self.progress_error("reading", e))?;
+        let settled: Option<String> = row.get(0);
+        let server_wal: Option<String> = row.get(1);
+        Ok(StoredProgress {
+            settled: settled
+                .map(|t| {
+                    parse(
+                        &t,
+                        &format!("{} position", self.table_name("slot_progress")),
+                    )
+                })
+                .transpose()?,
+            server_wal: server_wal
+                .map(|t| parse(&t, "pg_current_wal_lsn()"))
+                .transpose()?,
+        })
+    }
+
+    /// Record `lsn` as settled for `slot`. The row never moves backwards,
+    /// so a late write cannot undo a newer one. Committed asynchronously:
+    /// a write lost in a server crash only means a little more is sent
+    /// again, never that anything is skipped, and walhook adds no WAL
+    /// flush of its own to the host's commits.
+    pub async fn write_progress(&self, slot: &str, lsn: Lsn) -> anyhow::Result<()> {
+        let table = self.table("slot_progress");
+        self.client
+            .execute(
+                &format!(
+                    "WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true)) \
+                     INSERT INTO {table} AS p (slot_name, lsn, updated) \
+                     SELECT $1, $2::text::pg_lsn, now() FROM lazy \
+                     ON CONFLICT (slot_name) DO UPDATE SET lsn = EXCLUDED.lsn, updated = now() \
+                      WHERE p.lsn < EXCLUDED.lsn"
+                ),
+                &[&slot, &lsn.to_string()],
+            )
+            .await
+            .map_err(|e| self.progress_error("writing", e))?;
+        Ok(())
+    }
+
+    /// Forget the recorded position of `slot`: the slot is being dropped
+    /// or created, and a new slot must never inherit an old position. A
+    /// missing table (walhook not set up) is fine.
+    pub async fn clear_progress(&self, slot: &str) -> anyhow::Result<()> {
+        let table = self.table("slot_progress");
+        self.client
+            .execute(
+                &format!("DELETE FROM {table} WHERE slot_name = $1"),
+                &[&slot],
+            )
+            .await
+            .or_else(|e| match e.code() {
+                Some(&SqlState::UNDEFINED_TABLE) | Some(&SqlState::INVALID_SCHEMA_NAME) => Ok(0),
+                _ => Err(e),
+            })
+            .sql(format!(
+                "clearing the position of slot {slot:?} in {}",
+                self.table_name("slot_progress")
+            ))?;
+        Ok(())
+    }
+
+    fn progress_error(&self, what: &str, e: tokio_postgres::Error) -> anyhow::Error {
+        let table = self.table_name("slot_progress");
+        let unavailable = !is_lost_connection(&e)
+            && matches!(
+                e.code(),
+                Some(&SqlState::UNDEFINED_TABLE) | Some(&SqlState::INSUFFICIENT_PRIVILEGE)
+            );
+        let error = failed(format!("{what} {table}"), e);
+        if unavailable {
+            anyhow::Error::new(ProgressUnavailable(format!(
+                "{error:#} (run `walhook setup` to create it, and grant the run role \
+                 SELECT, INSERT, UPDATE on it)"
+            )))
+        } else {
+            error
+        }
+    }
+}
+
+/// Records the newest settled position it is handed, one write at a time:
+/// positions that arrive while a write is in flight are coalesced into the
+/// next one. A failed write is logged and tried again after a pause that
+/// grows to [`MAX_RETRY_PAUSE`]; a lost session is the session's to notice.
+pub struct ProgressWriter {
+    pub store: Store,
+    pub slot: String,
+    /// The position already recorded (the session's start).
+    pub recorded: Lsn,
+}
+
+impl ProgressWriter {
+    /// Write until `settled`'s sender is dropped; returns the position last
+    /// recorded.
+    pub async fn run(mut self, mut settled: watch::Receiver<Lsn>) -> Lsn {
+        let mut pause = Duration::from_millis(100);
+        while settled.changed().await.is_ok() {
+            let lsn = *settled.borrow_and_update();
+            if lsn <= self.recorded {
+                continue;
+            }
+            match self.store.write_progress(&self.slot, lsn).await {
+                Ok(()) => {
+                    self.recorded = lsn;
+                    pause = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        position = %lsn,
+                        "recording the settled position failed, retrying in {}: {e:#}",
+                        crate::text::human_duration(pause)
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                    settled.mark_changed();
+                }
+            }
+        }
+        self.recorded
+    }
+}
