@@ -100,13 +100,15 @@ pub async fn replay(config: &Config, webhook: Option<i32>) -> anyhow::Result<()>
                 first_line(error)
             ),
         }
-        if failure.is_none() && left == 0 && hook.state == WebhookState::TooManyErrors {
-            if store.set_webhook_state(id, WebhookState::Active).await? {
-                println!(
-                    "webhook_id {id}: state TooManyErrors -> Active: its target answers again, \
-                     so new events are delivered instead of parked"
-                );
-            }
+        if failure.is_none()
+            && left == 0
+            && hook.state == WebhookState::TooManyErrors
+            && store.set_webhook_state(id, WebhookState::Active).await?
+        {
+            println!(
+                "webhook_id {id}: state TooManyErrors -> Active: its target answers again, \
+                 so new events are delivered instead of parked"
+            );
         }
     }
     Ok(())
