@@ -81,6 +81,28 @@ pub struct ClusterOptions {
     pub extra_settings: Vec<(String, String)>,
 }
 
+/// How clients authenticate over TCP. The Unix socket in the cluster's
+/// private directory always trusts, so readiness probes need no password.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Auth {
+    /// Every TCP connection is trusted (`initdb -A trust`).
+    #[default]
+    Trust,
+    /// TCP connections log in with `scram-sha-256`, as production servers
+    /// are set up; the superuser `postgres` gets this password.
+    Scram { superuser_password: String },
+}
+
+impl Auth {
+    /// The pg_hba.conf method for TCP connections.
+    fn host_method(&self) -> &'static str {
+        match self {
+            Auth::Trust => "trust",
+            Auth::Scram { .. } => "scram-sha-256",
+        }
+    }
+}
+
 /// How to stop the server; the same modes as `pg_ctl stop -m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopMode {
@@ -120,6 +142,7 @@ pub struct Cluster {
     child: Option<Child>,
     /// `Some` when running as root and the server runs as `postgres`.
     run_as: Option<RunAs>,
+    auth: Auth,
 }
 
 /// Why one start attempt failed.
@@ -152,6 +175,11 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra `postgresql.conf` settings.
     pub fn start_with(options: ClusterOptions) -> anyhow::Result<Cluster> {
+        Self::start_with_auth(options, Auth::Trust)
+    }
+
+    /// Like [`Cluster::start_with`], with the given TCP authentication.
+    pub fn start_with_auth(options: ClusterOptions, auth: Auth) -> anyhow::Result<Cluster> {
         let settings = settings_text(&options)?;
         let bin_dir = find_bin_dir()?;
         let run_as = run_as_user()?;
@@ -179,6 +207,7 @@ impl Cluster {
             port: 0,
             child: None,
             run_as,
+            auth,
         };
         cluster.initdb()?;
         cluster.configure(&settings)?;
@@ -207,11 +236,17 @@ impl Cluster {
         HOST
     }
 
-    /// A libpq-style URL for the superuser `postgres` (trust auth, no
-    /// password), e.g. `postgres://postgres@127.0.0.1:5433/app`.
+    /// A libpq-style URL for the superuser `postgres` (with its password
+    /// under [`Auth::Scram`]), e.g. `postgres://postgres@127.0.0.1:5433/app`.
     pub fn url(&self, database: &str) -> String {
+        let password = match &self.auth {
+            Auth::Trust => String::new(),
+            Auth::Scram { superuser_password } => {
+                format!(":{}", percent_encode(superuser_password))
+            }
+        };
         format!(
-            "postgres://postgres@{HOST}:{}/{}",
+            "postgres://postgres{password}@{HOST}:{}/{}",
             self.port,
             percent_encode(database)
         )
@@ -319,13 +354,26 @@ impl Cluster {
     }
 
     fn initdb(&self) -> anyhow::Result<()> {
+        let mut auth_args = vec!["-A".to_owned(), "trust".to_owned()];
+        if let Auth::Scram { superuser_password } = &self.auth {
+            // In the cluster's own directory, which the server's user can read.
+            let pwfile = self.dir.path().join("superuser-password");
+            fs::write(&pwfile, format!("{superuser_password}\n"))
+                .with_context(|| format!("writing {}", pwfile.display()))?;
+            auth_args = vec![
+                "--auth-local=trust".to_owned(),
+                "--auth-host=scram-sha-256".to_owned(),
+                format!("--pwfile={}", pwfile.display()),
+            ];
+        }
         let mut failures = Vec::new();
         for locale in ["C.UTF-8", "C"] {
             let output = self
                 .command("initdb")
                 .arg("-D")
                 .arg(&self.data_dir)
-                .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
+                .args(&auth_args)
+                .args(["-U", "postgres", "-E", "UTF8", "--no-sync"])
                 .arg(format!("--locale={locale}"))
                 .stdin(Stdio::null())
                 .output()
@@ -363,8 +411,10 @@ impl Cluster {
         );
         append(&conf, &text)?;
 
-        // `initdb -A trust` already allows replication connections from
-        // 127.0.0.1; make sure of it in case a packager's template differs.
+        // `initdb` already allows replication connections from 127.0.0.1
+        // with the host method; make sure of it in case a packager's
+        // template differs.
+        let method = self.auth.host_method();
         let hba = self.data_dir.join("pg_hba.conf");
         let current =
             fs::read_to_string(&hba).with_context(|| format!("reading {}", hba.display()))?;
@@ -375,10 +425,13 @@ impl Cluster {
                 && fields[1] == "replication"
                 && fields[2] == "all"
                 && fields[3] == "127.0.0.1/32"
-                && fields[4] == "trust"
+                && fields[4] == method
         });
         if !allowed {
-            append(&hba, "\nhost replication all 127.0.0.1/32 trust\n")?;
+            append(
+                &hba,
+                &format!("\nhost replication all 127.0.0.1/32 {method}\n"),
+            )?;
         }
         Ok(())
     }

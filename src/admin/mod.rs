@@ -37,3 +37,12 @@ async fn connect(config: &Config) -> anyhow::Result<Store> {
     let conn = config.connection().map_err(|e| invalid(format!("{e:#}")))?;
     Store::connect(&conn, &config.postgres.schema).await
 }
+
+/// The store for `teardown`: as the role of `postgres.setup_url`, else
+/// `postgres.url`.
+async fn connect_for_setup(config: &Config) -> anyhow::Result<Store> {
+    let conn = config
+        .setup_connection()
+        .map_err(|e| invalid(format!("{e:#}")))?;
+    Store::connect(&conn, &config.postgres.schema).await
+}

@@ -1,12 +1,18 @@
 //! `walhook replay [--webhook ID]`: one attempt per parked event now, in
 //! commit order, stopping a hook at its first failure so its order holds.
+//!
+//! Every attempt counts in `webhook_usage` as the daemon's do (calls,
+//! errors, consecutive errors, last success or error), and a 410 Gone stops
+//! the hook as it would in the daemon. A hook in TooManyErrors whose parked
+//! events were all delivered is set Active again: its target answers, and
+//! left as it was it would keep parking every new event.
 
 use anyhow::bail;
 
 use super::connect;
 use crate::config::Config;
-use crate::delivery::{attempt, http_client, Attempt, DeliveryOutcome, DeliveryStore};
-use crate::registry::Registry;
+use crate::delivery::{attempt, http_client, Attempt, DeliveryOutcome, DeliveryStore, UsageBook};
+use crate::registry::{Registry, WebhookState};
 use crate::text::first_line;
 
 /// Parked events read at a time.
@@ -39,6 +45,7 @@ pub async fn replay(config: &Config, webhook: Option<i32>) -> anyhow::Result<()>
             );
             continue;
         };
+        let book = UsageBook::default();
         let mut delivered = 0u64;
         let mut failure = None;
         'hook: loop {
@@ -62,14 +69,19 @@ pub async fn replay(config: &Config, webhook: Option<i32>) -> anyhow::Result<()>
                 .await;
                 match outcome {
                     DeliveryOutcome::Delivered(_) => {
+                        book.success(id);
                         store.remove_parked(&[row.delivery_id]).await?;
                         delivered += 1;
                     }
                     DeliveryOutcome::Gone => {
-                        failure = Some("HTTP 410 Gone".to_owned());
+                        let error = "HTTP 410 Gone: the receiver asked to stop this hook";
+                        book.failure(id, error);
+                        book.set_state(id, WebhookState::Stopped);
+                        failure = Some(format!("{error}; webhook state set to Stopped (2)"));
                         break 'hook;
                     }
                     DeliveryOutcome::Failed { error, .. } => {
+                        book.failure(id, &error);
                         store
                             .record_parked_failure(row.delivery_id, attempts + 1, Some(&error))
                             .await?;
@@ -79,13 +91,24 @@ pub async fn replay(config: &Config, webhook: Option<i32>) -> anyhow::Result<()>
                 }
             }
         }
+        store.write_usage(&book.take()).await?;
         let left = store.parked_count(id).await?;
-        match failure {
+        match &failure {
             None => println!("webhook_id {id}: delivered {delivered} parked event(s)"),
             Some(error) => println!(
                 "webhook_id {id}: delivered {delivered}, stopped at a failure with {left} left: {}",
-                first_line(&error)
+                first_line(error)
             ),
+        }
+        if failure.is_none()
+            && left == 0
+            && hook.state == WebhookState::TooManyErrors
+            && store.set_webhook_state(id, WebhookState::Active).await?
+        {
+            println!(
+                "webhook_id {id}: state TooManyErrors -> Active: its target answers again, \
+                 so new events are delivered instead of parked"
+            );
         }
     }
     Ok(())

@@ -1,5 +1,7 @@
 //! `walhook teardown`: drop the slot and the publications (and the schema
-//! with `--drop-schema`), after saying what and asking.
+//! with `--drop-schema`), after saying what and asking, as the role of
+//! `postgres.setup_url` (else `postgres.url`). It drops nothing unless that
+//! role may drop all of it.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -7,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::render::bytes;
-use super::{connect, invalid};
+use super::{connect_for_setup, invalid};
 use crate::cli::exit;
 use crate::config::Config;
 use crate::store::ddl;
@@ -19,7 +21,7 @@ use crate::store::slot::SlotDrop;
 const ACTIVE_SLOT_PATIENCE: Duration = Duration::from_secs(2);
 
 pub async fn teardown(config: &Config, drop_schema: bool, yes: bool) -> anyhow::Result<u8> {
-    let store = connect(config).await?;
+    let store = connect_for_setup(config).await?;
     let slot = &config.postgres.slot;
     let schema = &config.postgres.schema;
     let patience = Instant::now();
@@ -87,6 +89,19 @@ pub async fn teardown(config: &Config, drop_schema: bool, yes: bool) -> anyhow::
     if todo == 0 {
         println!("nothing to drop: everything is already gone");
         return Ok(exit::OK);
+    }
+    let problems = crate::setup::teardown_problems(
+        &store,
+        config,
+        slot_row.is_some(),
+        drop_schema && schema_exists,
+    )
+    .await?;
+    if !problems.is_empty() {
+        bail!(
+            "teardown needs another role, so nothing was dropped:\n  - {}",
+            problems.join("\n  - ")
+        );
     }
 
     if !yes {

@@ -46,13 +46,50 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+/// Which of the two connections of `[postgres]` to resolve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `url` and `password_file`: the daemon and the DBA's commands.
+    Run,
+    /// `setup_url` and `setup_password_file` (or, when `setup_url` is not
+    /// set, those of `Run`): `setup`, `teardown` and `check`'s setup checks.
+    Setup,
+}
+
 impl Connection {
-    pub(super) fn from_config(pg: &PostgresConfig) -> anyhow::Result<Connection> {
+    pub(super) fn from_config(pg: &PostgresConfig, purpose: Purpose) -> anyhow::Result<Connection> {
+        match (purpose, &pg.setup_url) {
+            (Purpose::Setup, Some(url)) => Connection::from_parts(
+                pg,
+                url,
+                pg.setup_password_file.as_ref(),
+                "postgres.setup_url",
+                "postgres.setup_password_file",
+            ),
+            _ => Connection::from_parts(
+                pg,
+                &pg.url,
+                pg.password_file.as_ref(),
+                "postgres.url",
+                "postgres.password_file",
+            ),
+        }
+    }
+
+    /// A connection from one URL and its password file; `url_key` and
+    /// `password_key` name them in errors.
+    fn from_parts(
+        pg: &PostgresConfig,
+        url: &str,
+        password_file: Option<&PathBuf>,
+        url_key: &str,
+        password_key: &str,
+    ) -> anyhow::Result<Connection> {
         // tokio-postgres knows only three sslmodes and no sslrootcert;
         // walhook reads those two itself.
-        let stripped = without_params(&pg.url, &["sslmode", "sslrootcert"]);
+        let stripped = without_params(url, &["sslmode", "sslrootcert"]);
         let parsed: tokio_postgres::Config = stripped.parse().with_context(|| {
-            "key postgres.url is not a valid PostgreSQL URL or connection string"
+            format!("key {url_key} is not a valid PostgreSQL URL or connection string")
         })?;
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let host = match parsed.get_hosts().first() {
@@ -80,17 +117,17 @@ impl Connection {
             .map(str::to_owned)
             .or_else(|| env("PGDATABASE"))
             .unwrap_or_else(|| user.clone());
-        let password = match (&pg.password_file, parsed.get_password()) {
+        let password = match (password_file, parsed.get_password()) {
             (Some(file), _) => {
                 let text = std::fs::read_to_string(file).with_context(|| {
-                    format!("key postgres.password_file: cannot read {}", file.display())
+                    format!("key {password_key}: cannot read {}", file.display())
                 })?;
                 Some(text.lines().next().unwrap_or("").to_owned())
             }
             (None, Some(p)) => Some(String::from_utf8_lossy(p).into_owned()),
             (None, None) => env("PGPASSWORD").or_else(|| pgpass(&host, port, &dbname, &user)),
         };
-        let sslmode = match url_param(&pg.url, "sslmode")
+        let sslmode = match url_param(url, "sslmode")
             .or_else(|| env("PGSSLMODE"))
             .as_deref()
         {
@@ -99,9 +136,9 @@ impl Connection {
             Some("require") => SslMode::Require,
             Some("verify-ca") => SslMode::VerifyCa,
             Some("verify-full") => SslMode::VerifyFull,
-            Some(other) => bail!("key postgres.url: unknown sslmode {other:?}"),
+            Some(other) => bail!("key {url_key}: unknown sslmode {other:?}"),
         };
-        let sslrootcert = url_param(&pg.url, "sslrootcert")
+        let sslrootcert = url_param(url, "sslrootcert")
             .or_else(|| env("PGSSLROOTCERT"))
             .map(PathBuf::from);
         Ok(Connection {

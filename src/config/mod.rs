@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer};
 mod connection;
 mod validate;
 
-pub use self::connection::{Connection, SslMode};
+pub use self::connection::{Connection, Purpose, SslMode};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -62,6 +62,11 @@ pub struct PostgresConfig {
     pub url: String,
     /// A file whose first line is the password (instead of the URL or PGPASSWORD).
     pub password_file: Option<PathBuf>,
+    /// The connection `setup`, `teardown` and `check`'s setup checks use,
+    /// when they run as another role than the daemon; `url` when unset.
+    pub setup_url: Option<String>,
+    /// As `password_file`, for `setup_url`.
+    pub setup_password_file: Option<PathBuf>,
     pub schema: String,
     pub slot: String,
     pub publication: String,
@@ -81,6 +86,8 @@ impl Default for PostgresConfig {
         PostgresConfig {
             url: "postgres://walhook@127.0.0.1:5432/postgres".into(),
             password_file: None,
+            setup_url: None,
+            setup_password_file: None,
             schema: "walhook".into(),
             slot: "walhook".into(),
             publication: "walhook".into(),
@@ -413,7 +420,18 @@ impl Config {
 
     /// Connection settings from the URL, PG* variables and password_file.
     pub fn connection(&self) -> anyhow::Result<Connection> {
-        Connection::from_config(&self.postgres)
+        Connection::from_config(&self.postgres, Purpose::Run)
+    }
+
+    /// The connection of `setup`, `teardown` and `check`'s setup checks:
+    /// `setup_url` when set, else the same as [`connection`](Self::connection).
+    pub fn setup_connection(&self) -> anyhow::Result<Connection> {
+        Connection::from_config(&self.postgres, Purpose::Setup)
+    }
+
+    /// Whether setup runs as its own connection (`setup_url` is set).
+    pub fn has_setup_url(&self) -> bool {
+        self.postgres.setup_url.is_some()
     }
 }
 

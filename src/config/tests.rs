@@ -175,6 +175,55 @@ fn connection_from_url() {
     assert!(!format!("{conn:?}").contains("pw"));
 }
 
+#[test]
+fn setup_url_is_its_own_connection_and_url_is_the_fallback() {
+    let c = Config::parse("[postgres]\nurl = \"postgres://run:pw1@db.example/crm\"\n").unwrap();
+    assert!(!c.has_setup_url());
+    let setup = c.setup_connection().unwrap();
+    assert_eq!(
+        (setup.user.as_str(), setup.password.as_deref()),
+        ("run", Some("pw1"))
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("setup-password");
+    std::fs::write(&file, "pw2\n").unwrap();
+    let c = Config::parse(&format!(
+        "[postgres]\nurl = \"postgres://run:pw1@db.example/crm\"\n\
+         setup_url = \"host=db.example user=owner dbname=crm sslmode=require\"\n\
+         setup_password_file = {:?}\n",
+        file.display().to_string()
+    ))
+    .unwrap();
+    assert!(c.has_setup_url());
+    let run = c.connection().unwrap();
+    assert_eq!(
+        (run.user.as_str(), run.password.as_deref()),
+        ("run", Some("pw1"))
+    );
+    let setup = c.setup_connection().unwrap();
+    assert_eq!(setup.user, "owner");
+    assert_eq!(setup.password.as_deref(), Some("pw2"));
+    assert_eq!(setup.dbname, "crm");
+    assert_eq!(setup.sslmode, SslMode::Require);
+
+    // A broken setup_url is named as such, and does not break `url`.
+    let c = Config::parse(
+        "[postgres]\nurl = \"postgres://run@db.example/crm\"\nsetup_url = \"postgres://x/y?sslmode=bogus\"\n",
+    )
+    .unwrap();
+    assert!(c.connection().is_ok());
+    let e = format!("{:#}", c.setup_connection().unwrap_err());
+    assert!(e.contains("postgres.setup_url"), "{e}");
+    let c = Config::parse(
+        "[postgres]\nurl = \"postgres://run@db.example/crm\"\nsetup_url = \"postgres://o@db.example/crm\"\n\
+         setup_password_file = \"/nonexistent/pw\"\n",
+    )
+    .unwrap();
+    let e = format!("{:#}", c.setup_connection().unwrap_err());
+    assert!(e.contains("postgres.setup_password_file"), "{e}");
+}
+
 fn connection(url: &str) -> Connection {
     Config::parse(&format!("[postgres]\nurl = {url:?}\n"))
         .unwrap()

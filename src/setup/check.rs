@@ -12,6 +12,8 @@ use crate::store::Store;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckLevel {
     Ok,
+    /// Not a problem: what to do next (before `setup`, run it).
+    Next,
     Warn,
     Fail,
 }
@@ -72,6 +74,73 @@ pub fn check_delivery_files(config: &Config) -> Vec<CheckLine> {
     out
 }
 
+/// Which of walhook's schema, publications and slot exist, by name.
+async fn installed_parts(store: &Store, config: &Config) -> anyhow::Result<Vec<String>> {
+    let mut parts = Vec::new();
+    if store.schema_exists().await? {
+        parts.push(format!("schema {:?}", config.postgres.schema));
+    }
+    for (publication, exists) in publications(store, config).await? {
+        if exists {
+            parts.push(format!("publication {publication:?}"));
+        }
+    }
+    if store.slot_facts(&config.postgres.slot).await?.is_some() {
+        parts.push(format!("replication slot {:?}", config.postgres.slot));
+    }
+    Ok(parts)
+}
+
+/// Whether the role `setup` connects as (postgres.setup_url, else
+/// postgres.url) may run it, naming the missing GRANT: a failure before
+/// setup, a warning after it (the daemon runs; adding tables later or
+/// `teardown` would fail).
+pub async fn check_setup_role(store: &Store, config: &Config, set_up: bool) -> Vec<CheckLine> {
+    let key = if config.has_setup_url() {
+        "postgres.setup_url"
+    } else {
+        "postgres.url"
+    };
+    let problems = match super::setup_problems(store, config).await {
+        Ok(problems) => problems,
+        Err(e) => {
+            return vec![CheckLine {
+                level: CheckLevel::Fail,
+                text: format!("{e:#}"),
+            }]
+        }
+    };
+    if problems.is_empty() {
+        let role = store
+            .role_powers()
+            .await
+            .map(|p| p.role)
+            .unwrap_or_default();
+        return vec![CheckLine {
+            level: CheckLevel::Ok,
+            text: format!("setup role {role:?} ({key}) has what `walhook setup` needs"),
+        }];
+    }
+    let level = if set_up {
+        CheckLevel::Warn
+    } else {
+        CheckLevel::Fail
+    };
+    problems
+        .into_iter()
+        .map(|problem| CheckLine {
+            level: level.clone(),
+            text: format!("setup ({key}): {problem}"),
+        })
+        .collect()
+}
+
+/// Whether anything of walhook exists in the database (`check` and
+/// `teardown` say "not set up yet" otherwise).
+pub async fn is_set_up(store: &Store, config: &Config) -> anyhow::Result<bool> {
+    Ok(!installed_parts(store, config).await?.is_empty())
+}
+
 /// The checks that need the database, in the order a DBA fixes things.
 pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
     let mut out = Vec::new();
@@ -121,6 +190,24 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
         ),
         Err(e) => push(CheckLevel::Fail, format!("{e:#}")),
     }
+    match store.role_powers().await {
+        Ok(powers) if !powers.superuser => match store.reads_all_stats(&powers.role).await {
+            Ok(true) => {}
+            Ok(false) => push(
+                CheckLevel::Warn,
+                format!(
+                    "role {0:?} is not a member of pg_read_all_stats: `walhook status` shows the \
+                     time lag only of a walsender of its own role; GRANT pg_read_all_stats TO {1} \
+                     (as a superuser) shows it whoever streams",
+                    powers.role,
+                    crate::store::ident(&powers.role)
+                ),
+            ),
+            Err(e) => push(CheckLevel::Warn, format!("{e:#}")),
+        },
+        Ok(_) => {}
+        Err(e) => push(CheckLevel::Warn, format!("{e:#}")),
+    }
     let slot = &config.postgres.slot;
     match store.slot_capacity(slot).await {
         Ok(c) if !c.ours && c.used >= c.max => push(
@@ -136,6 +223,35 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
             format!("max_replication_slots {}, {} in use", c.max, c.used),
         ),
         Err(e) => push(CheckLevel::Fail, format!("{e:#}")),
+    }
+    // Before setup nothing of walhook's exists yet: that is the next
+    // step, not a list of failures.
+    let set_up = match installed_parts(store, config).await {
+        Ok(parts) if parts.is_empty() => {
+            push(
+                CheckLevel::Next,
+                format!(
+                    "walhook is not set up in this database yet: run `walhook setup` (it creates \
+                     schema {:?}, publications {}, replication slot {slot:?})",
+                    config.postgres.schema,
+                    config
+                        .publications()
+                        .iter()
+                        .map(|p| format!("{p:?}"))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
+            );
+            false
+        }
+        Ok(_) => true,
+        Err(e) => {
+            push(CheckLevel::Fail, format!("{e:#}"));
+            false
+        }
+    };
+    if !set_up {
+        return out;
     }
     match store.slot_facts(slot).await {
         Ok(None) => push(

@@ -8,15 +8,20 @@
 //! store's.
 
 mod check;
+mod privileges;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use anyhow::bail;
 
-pub use self::check::{check, check_delivery_files, CheckLevel, CheckLine};
+pub use self::check::{
+    check, check_delivery_files, check_setup_role, is_set_up, CheckLevel, CheckLine,
+};
+pub use self::privileges::{run_role_to_grant, setup_problems, teardown_problems};
 use crate::config::Config;
 use crate::store::catalog::{HostTable, PublicationOptions, PublishedTable};
+use crate::store::privileges::run_role_grants;
 use crate::store::{ddl, Store};
 
 /// The oldest server whose pgoutput and publications walhook relies on
@@ -97,7 +102,16 @@ pub async fn plan(store: &Store, config: &Config) -> anyhow::Result<Plan> {
         plan_publication(store, &mut plan, &name, wanted, &options).await?;
     }
 
-    // 3. The slot.
+    // 3. What the daemon's role needs, when setup runs as another role.
+    if let Some(role) = run_role_to_grant(config)? {
+        // A missing role is `setup_problems`' to report.
+        if store.role_exists(&role).await? && !store.run_role_has_grants(&role).await? {
+            plan.statements
+                .extend(run_role_grants(&config.postgres.schema, &role));
+        }
+    }
+
+    // 4. The slot.
     let slot = &config.postgres.slot;
     if !store.check_slot_for_setup(slot).await? {
         plan.create_slot = Some(ddl::create_slot(slot));

@@ -655,3 +655,74 @@ async fn teardown_drops_slot_and_publications_idempotently() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(stdout(&out).contains("nothing to drop"), "{}", text(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_records_usage_and_resumes_a_hook_it_emptied() {
+    let h = Harness::start(HOST, "").await;
+    let receiver = Receiver::start().await.unwrap();
+    let failing = Receiver::start_with(|_, _| 500).await.unwrap();
+    let good = h.add_hook("contact.*", &receiver.url("/up"), None).await;
+    let bad = h.add_hook("contact.*", &failing.url("/down"), None).await;
+    // Both stopped by errors, as the daemon leaves them.
+    h.db.execute(
+        "UPDATE walhook.webhook SET state = 3 WHERE webhook_id = ANY ($1)",
+        &[&vec![good, bad]],
+    )
+    .await
+    .unwrap();
+    h.db.execute(
+        "INSERT INTO walhook.webhook_usage (webhook_id, total_calls, total_errors, \
+                consecutive_errors, last_error, last_failure) \
+         SELECT id, 9, 9, 9, 'HTTP 503', now() FROM unnest($1::int[]) AS id",
+        &[&vec![good, bad]],
+    )
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        park(&h, good).await;
+    }
+    park(&h, bad).await;
+
+    let out = walhook_async(&h.config_path, &["replay"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(&format!("webhook_id {good}: state TooManyErrors -> Active")),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(receiver.requests().len(), 2);
+    assert_eq!(failing.requests().len(), 1);
+
+    let usage = h.usage(good).await;
+    assert_eq!((usage.total_calls, usage.total_errors), (11, 9));
+    assert_eq!(usage.consecutive_errors, 0);
+    let recent_success = format!(
+        "SELECT count(*) FROM walhook.webhook_usage WHERE webhook_id = {good} \
+           AND last_success > now() - interval '1 minute'"
+    );
+    assert_eq!(count(&h, &recent_success).await, 1);
+    let state =
+        |id: i32| format!("SELECT state::bigint FROM walhook.webhook WHERE webhook_id = {id}");
+    assert_eq!(count(&h, &state(good)).await, 1);
+
+    // The failing hook: one more error, still stopped, its event kept.
+    let usage = h.usage(bad).await;
+    assert_eq!((usage.total_calls, usage.total_errors), (10, 10));
+    assert_eq!(usage.consecutive_errors, 10);
+    assert!(
+        usage
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("500")),
+        "{usage:?}"
+    );
+    assert_eq!(count(&h, &state(bad)).await, 3);
+    assert_eq!(
+        count(
+            &h,
+            &format!("SELECT count(*) FROM walhook.delivery WHERE webhook_id = {bad}")
+        )
+        .await,
+        1
+    );
+}

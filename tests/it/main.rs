@@ -16,6 +16,7 @@ mod large;
 mod operations;
 mod pgoutput_fixtures;
 mod pipeline;
+mod roles;
 mod shapes;
 mod tls;
 mod types;

@@ -1,0 +1,317 @@
+//! The README's "Roles" recipe, run as written: its SQL verbatim as a
+//! superuser and its config with only the host and file paths replaced,
+//! against a cluster that authenticates TCP with scram-sha-256, where an
+//! application role owns the tables. Then `check`, `setup`, `run`, one
+//! delivery and `teardown`, each as the role the README says.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use walhook_lab::cluster::{Auth, Cluster, ClusterOptions};
+use walhook_lab::receiver::Receiver;
+
+use crate::common::{text, BIN};
+
+const README: &str = include_str!("../../README.md");
+
+/// The application's database, as the README's recipe names it.
+const HOST_SQL: &str = "\
+    CREATE ROLE crm_owner NOLOGIN;
+    CREATE TABLE contact (contact_id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+                          name text, balance numeric(12, 2), data jsonb);
+    CREATE TABLE audit_note (note text);
+    ALTER TABLE contact OWNER TO crm_owner;
+    ALTER TABLE audit_note OWNER TO crm_owner;";
+
+/// The code block after the `<!-- roles-recipe: NAME -->` marker in the
+/// README's Roles section.
+fn recipe_block(name: &str) -> String {
+    let start = README
+        .find("### Roles\n")
+        .expect("README has a Roles section");
+    let section = &README[start..];
+    let end = section[1..].find("\n## ").map_or(section.len(), |i| i + 1);
+    let section = &section[..end];
+    let marker = format!("<!-- roles-recipe: {name} -->");
+    let after = &section[section
+        .find(&marker)
+        .unwrap_or_else(|| panic!("{marker} in the Roles section"))
+        + marker.len()..];
+    let open = after.find("```").expect("a code block after the marker");
+    let body = &after[open..];
+    let body = &body[body.find('\n').expect("fence line") + 1..];
+    body[..body.find("```").expect("closing fence")].to_owned()
+}
+
+/// The password each `CREATE ROLE name ... PASSWORD '...'` of the SQL sets.
+fn password_of(sql: &str, role: &str) -> String {
+    let line = sql
+        .lines()
+        .find(|l| l.starts_with(&format!("CREATE ROLE {role} ")))
+        .unwrap_or_else(|| panic!("the recipe creates role {role}"));
+    let quoted = &line[line.find("PASSWORD '").expect("a password") + 10..];
+    quoted[..quoted.find('\'').expect("closing quote")].to_owned()
+}
+
+fn walhook(config: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("PGPASSWORD")
+        .output()
+        .expect("walhook runs")
+}
+
+async fn walhook_async(config: &Path, args: &[&str]) -> Output {
+    let config = config.to_owned();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        walhook(&config, &args)
+    })
+    .await
+    .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Poll `sql` (one boolean) until it holds.
+async fn wait_true(db: &tokio_postgres::Client, what: &str, sql: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = db.query_one(sql, &[]).await.unwrap();
+        if row.get::<_, bool>(0) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const SLOTS: &str = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walhook'";
+const PUBLICATIONS: &str =
+    "SELECT count(*) FROM pg_publication WHERE pubname IN ('walhook', 'walhook_keyless')";
+const SCHEMA: &str = "SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook'";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_roles_recipe_works_as_written_with_scram() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        Cluster::start_with_auth(
+            ClusterOptions::default(),
+            Auth::Scram {
+                superuser_password: "super-secret".into(),
+            },
+        )
+    })
+    .await
+    .unwrap()
+    .expect("throwaway PostgreSQL with scram starts");
+    cluster
+        .execute("postgres", "CREATE DATABASE crm")
+        .await
+        .unwrap();
+    let db = cluster.client("crm").await.unwrap();
+    db.batch_execute(HOST_SQL).await.unwrap();
+
+    // Step 1: the SQL, verbatim, as a superuser.
+    let sql = recipe_block("superuser");
+    db.batch_execute(&sql)
+        .await
+        .unwrap_or_else(|e| panic!("the README's SQL fails: {e:?}\n{sql}"));
+
+    // Step 2: the config, pointed at this cluster and these files.
+    let dir = tempfile::tempdir().unwrap();
+    let files = format!("{}/", dir.path().display());
+    let recipe_config = recipe_block("config")
+        .replace("db.example:5432", &format!("127.0.0.1:{}", cluster.port()))
+        .replace("/etc/walhook/", &files);
+    let parsed: toml::Value = toml::from_str(&recipe_config).unwrap();
+    for (key, role) in [
+        ("password_file", "walhook"),
+        ("setup_password_file", "walhook_setup"),
+    ] {
+        let path = parsed["postgres"][key].as_str().expect(key);
+        std::fs::write(path, format!("{}\n", password_of(&sql, role))).unwrap();
+    }
+    let receiver = Receiver::start().await.unwrap();
+    let config = dir.path().join("walhook.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{recipe_config}status_interval = \"200ms\"\n\
+             [delivery]\nallow_http = true\nallow_private_targets = true\n"
+        ),
+    )
+    .unwrap();
+
+    // The setup role alone, without the recipe's run role configured: check
+    // names what that role lacks, and setup refuses before changing anything.
+    let run_only = dir.path().join("run-only.toml");
+    let text_run_only = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("setup_"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&run_only, text_run_only).unwrap();
+    let out = walhook_async(&run_only, &["check"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let said = stdout(&out);
+    assert!(said.contains("NEXT  walhook is not set up"), "{said}");
+    assert!(
+        said.contains(r#"GRANT CREATE ON DATABASE "crm" TO "walhook""#),
+        "{said}"
+    );
+    assert!(said.contains(r#"GRANT "crm_owner" TO "walhook""#), "{said}");
+    assert!(said.contains("table public.contact"), "{said}");
+    assert!(!said.contains("FAIL  replication slot"), "{said}");
+    let out = walhook_async(&run_only, &["setup"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("nothing was changed"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(count(&db, SCHEMA).await, 0);
+    assert_eq!(count(&db, PUBLICATIONS).await, 0);
+    assert_eq!(count(&db, SLOTS).await, 0);
+
+    // Step 3: check, then setup, as the README says.
+    let out = walhook_async(&config, &["check"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = stdout(&out);
+    assert!(said.contains("NEXT  walhook is not set up"), "{said}");
+    assert!(
+        said.contains("setup role \"walhook_setup\" (postgres.setup_url) has what"),
+        "{said}"
+    );
+    assert!(!said.contains("FAIL"), "{said}");
+    let out = walhook_async(&config, &["setup"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("role \"walhook\" (postgres.url) may use walhook's tables"),
+        "{}",
+        text(&out)
+    );
+    let out = walhook_async(&config, &["setup"]).await;
+    assert!(
+        stdout(&out).contains("nothing changed"),
+        "a second setup changes nothing: {}",
+        text(&out)
+    );
+    let out = walhook_async(&config, &["check"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!stdout(&out).contains("FAIL"), "{}", text(&out));
+    assert!(
+        !stdout(&out).contains("pg_read_all_stats"),
+        "{}",
+        text(&out)
+    );
+
+    // The run role adds a hook and streams; the application commits.
+    let out = walhook_async(
+        &config,
+        &[
+            "webhook",
+            "add",
+            "--name",
+            "crm",
+            "--events",
+            "contact.*",
+            "--url",
+            &receiver.url("/hook"),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let log = std::fs::File::create(dir.path().join("run.log")).unwrap();
+    let mut daemon: Child = Command::new(BIN)
+        .arg("-c")
+        .arg(&config)
+        .arg("run")
+        .env("RUST_LOG", "info")
+        .env_remove("PGPASSWORD")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_true(
+        &db,
+        "the daemon to stream as role walhook",
+        "SELECT EXISTS (SELECT 1 FROM pg_replication_slots s JOIN pg_stat_replication r \
+                         ON r.pid = s.active_pid \
+                        WHERE s.slot_name = 'walhook' AND r.usename = 'walhook')",
+    )
+    .await;
+    db.batch_execute(
+        "SET ROLE crm_owner; \
+         INSERT INTO contact (name, balance, data) VALUES ('Ada', 12.50, '{\"vip\": true}'); \
+         RESET ROLE;",
+    )
+    .await
+    .unwrap();
+    let got = receiver
+        .wait_until(Duration::from_secs(30), |r| !r.is_empty())
+        .await;
+    let log_text = || std::fs::read_to_string(dir.path().join("run.log")).unwrap_or_default();
+    assert_eq!(got.len(), 1, "one delivery; daemon log:\n{}", log_text());
+    assert_eq!(got[0].json()["Event"], "contact.created", "{}", log_text());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || daemon.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "daemon exit: {status}\n{}", log_text());
+    assert!(!log_text().contains("ERROR"), "{}", log_text());
+    wait_true(
+        &db,
+        "the slot to be released",
+        "SELECT NOT coalesce(bool_or(active), false) FROM pg_replication_slots \
+          WHERE slot_name = 'walhook'",
+    )
+    .await;
+
+    // Teardown as the run role may not drop the publications: nothing is
+    // dropped, and it says which role can.
+    let out = walhook_async(&run_only, &["teardown", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("nothing was dropped"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stderr(&out).contains("owned by role \"walhook_setup\""),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(count(&db, SLOTS).await, 1);
+    assert_eq!(count(&db, PUBLICATIONS).await, 2);
+
+    // Teardown as the setup role drops everything.
+    let out = walhook_async(&config, &["teardown", "--drop-schema", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(count(&db, SLOTS).await, 0);
+    assert_eq!(count(&db, PUBLICATIONS).await, 0);
+    assert_eq!(count(&db, SCHEMA).await, 0);
+}
