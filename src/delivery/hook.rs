@@ -173,7 +173,19 @@ impl HookControl {
 
     /// What an attempt's outcome says about the target's capacity.
     pub(super) fn record_attempt(&self, signal: Signal) {
-        self.concurrency().record(Instant::now(), signal);
+        let mut concurrency = self.concurrency();
+        let before = concurrency.limit();
+        concurrency.record(Instant::now(), signal);
+        let after = concurrency.limit();
+        if after != before {
+            tracing::debug!(
+                webhook_id = self.id,
+                before,
+                after,
+                ?signal,
+                "concurrency limit"
+            );
+        }
     }
 
     /// New concurrency settings (a reload): the limit starts over.
