@@ -86,6 +86,13 @@ pub enum Command {
     },
     /// A self-contained demonstration with a throwaway PostgreSQL.
     Demo,
+    /// Write the man pages and shell completions under DIR (the Debian
+    /// package's build step, pkg/build-deb.sh).
+    #[command(hide = true)]
+    PackageFiles {
+        /// Created if missing; files already there are replaced.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
