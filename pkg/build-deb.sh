@@ -25,5 +25,7 @@ rm -rf "$files"
 "$target_dir/release/walhook" package-files "$files" >/dev/null
 gzip -9n "$files"/man/man1/*.1
 
+# --no-strip: the release profile already leaves out the debug info but
+# keeps the symbol table on purpose, so a backtrace names its functions.
 # cargo deb prints the path of the package it wrote.
-cargo deb --no-build --package walhook --quiet
+cargo deb --no-build --no-strip --package walhook --quiet

@@ -34,6 +34,8 @@ version="$(dpkg-deb -f "$deb" Version)"
 upstream_version="${version%-*}"
 
 work="$(mktemp -d)"
+# postgres and walhook must reach the data directory and the socket in it.
+chmod 0755 "$work"
 pg_data="$work/data"
 pg_socket="$work/socket"
 pg_ctl=""
@@ -58,6 +60,8 @@ step "binary, user, config"
 [ "$(command -v walhook)" = /usr/bin/walhook ] || fail "walhook is not /usr/bin/walhook on PATH"
 got="$(walhook --version)"
 [ "$got" = "walhook $upstream_version" ] || fail "walhook --version said '$got', package is $version"
+# A panic's backtrace names functions only with the symbol table.
+[ "$(nm /usr/bin/walhook 2>/dev/null | grep -c ' T ')" -gt 0 ] || fail "/usr/bin/walhook has no symbol table"
 getent passwd walhook >/dev/null || fail "no walhook user after install"
 [ "$(getent passwd walhook | cut -d: -f7)" = /usr/sbin/nologin ] || fail "walhook user has a login shell"
 [ "$(stat -c '%a %U:%G' /etc/walhook)" = "750 root:walhook" ] ||
@@ -94,11 +98,12 @@ pg_ctl="$pg_bin/pg_ctl"
 install -d -o postgres -m 0700 "$pg_data"
 # The walhook user reaches the server through this socket only.
 install -d -o postgres -m 0755 "$pg_socket"
+install -d -o postgres -m 0755 "$work/server"
 runuser -u postgres -- "$pg_bin/initdb" -D "$pg_data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 \
     --no-sync >"$work/initdb.log" 2>&1 || { cat "$work/initdb.log" >&2; fail initdb; }
-runuser -u postgres -- "$pg_ctl" -D "$pg_data" -w -l "$work/postgres.log" \
+runuser -u postgres -- "$pg_ctl" -D "$pg_data" -w -l "$work/server/postgres.log" \
     -o "-c listen_addresses='' -k $pg_socket -c wal_level=logical -c fsync=off" start >/dev/null ||
-    { cat "$work/postgres.log" >&2; fail "starting PostgreSQL"; }
+    { cat "$work/server/postgres.log" >&2; fail "starting PostgreSQL"; }
 
 # What the README asks a DBA to do first: name the database in the
 # installed config file.
@@ -116,12 +121,14 @@ run_logged() {
 run_logged check-before-setup runuser -u walhook -- walhook check
 grep -q '^NEXT .*walhook setup' "$work/check-before-setup.out" ||
     { cat "$work/check-before-setup.out" >&2; fail "check before setup did not name setup as the next step"; }
+sed 's/^/    /' "$work/check-before-setup.out"
 run_logged setup walhook setup
 run_logged check-after-setup runuser -u walhook -- walhook check
 if grep -q '^NEXT ' "$work/check-after-setup.out"; then
     cat "$work/check-after-setup.out" >&2
     fail "check after setup still names a next step"
 fi
+sed 's/^/    /' "$work/check-after-setup.out"
 run_logged teardown walhook teardown --drop-schema --yes
 slots="$(runuser -u postgres -- "$pg_bin/psql" -h "$pg_socket" -At -c 'SELECT count(*) FROM pg_replication_slots')"
 [ "$slots" = 0 ] || fail "teardown left $slots replication slot(s)"
