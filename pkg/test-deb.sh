@@ -133,6 +133,15 @@ run_logged teardown walhook teardown --drop-schema --yes
 slots="$(runuser -u postgres -- "$pg_bin/psql" -h "$pg_socket" -At -c 'SELECT count(*) FROM pg_replication_slots')"
 [ "$slots" = 0 ] || fail "teardown left $slots replication slot(s)"
 
+step "reinstalling keeps the edited config and its modes"
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall "$deb" >"$work/apt-reinstall.log" 2>&1 ||
+    { cat "$work/apt-reinstall.log" >&2; fail "apt-get install --reinstall $deb"; }
+grep -q "^url = \"host=$pg_socket " /etc/walhook/walhook.toml || fail "reinstalling replaced the edited walhook.toml"
+[ "$(stat -c '%a %U:%G' /etc/walhook/walhook.toml)" = "640 root:walhook" ] ||
+    fail "after reinstalling walhook.toml is $(stat -c '%a %U:%G' /etc/walhook/walhook.toml)"
+# The daemon's user still reads it.
+run_logged check-after-reinstall runuser -u walhook -- walhook check
+
 step "purging"
 DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq walhook >"$work/apt-purge.log" 2>&1 ||
     { cat "$work/apt-purge.log" >&2; fail "apt-get purge walhook"; }
