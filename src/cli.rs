@@ -32,7 +32,17 @@ pub const DEFAULT_CONFIG: &str = "/etc/walhook/walhook.toml";
 #[command(
     name = "walhook",
     version,
-    about = "PostgreSQL row changes as signed webhook POSTs"
+    about = "PostgreSQL row changes as signed webhook POSTs",
+    // `--help` and the DESCRIPTION of walhook(1).
+    long_about = "PostgreSQL row changes as signed webhook POSTs.\n\n\
+        walhook reads a database's logical replication stream (pgoutput), \
+        turns every committed row change into an event, matches it against \
+        the rows of its webhook table and delivers a signed HTTP POST to each \
+        matching target, with retries, parking and statistics. `setup` \
+        creates its schema, publications and replication slot; `run` is the \
+        daemon, normally started by systemd as walhook.service; the other \
+        commands are for the DBA. A committed change is never lost: the slot's \
+        position is confirmed only once every event before it was settled."
 )]
 pub struct Cli {
     /// The TOML config file [default: /etc/walhook/walhook.toml if it exists]
@@ -86,6 +96,13 @@ pub enum Command {
     },
     /// A self-contained demonstration with a throwaway PostgreSQL.
     Demo,
+    /// Write the man pages and shell completions under DIR (the Debian
+    /// package's build step, pkg/build-deb.sh).
+    #[command(hide = true)]
+    PackageFiles {
+        /// Created if missing; files already there are replaced.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -23,7 +23,8 @@
 //! their TLS) are leaves every stage may use; [`metrics`] exports counters
 //! and health. On top: [`setup`] (setup's plan and `check`), [`daemon`]
 //! (`walhook run`: sessions, the pipeline, reload, leadership), [`admin`]
-//! (the DBA's commands), [`cli`] and [`demo`]. Imports only ever point
+//! (the DBA's commands), [`cli`], [`package_files`] (its man pages and
+//! completions) and [`demo`]. Imports only ever point
 //! down this list: no stage imports one that uses it. The throwaway
 //! PostgreSQL and the loopback HTTP receiver that `demo` and the tests use
 //! live in the `walhook-lab` crate (`lab/`), outside the daemon's library.
@@ -46,4 +47,5 @@ pub mod admin;
 pub mod cli;
 pub mod daemon;
 pub mod demo;
+pub mod package_files;
 pub mod setup;

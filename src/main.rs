@@ -25,6 +25,11 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let cli = Cli::parse();
+    // Needs no config: the package is built on machines without one (or
+    // with a broken one).
+    if let Command::PackageFiles { dir } = &cli.command {
+        return ExitCode::from(write_package_files(dir));
+    }
     let config = match load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -76,6 +81,22 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
             Config::load(std::path::Path::new(DEFAULT_CONFIG))
         }
         None => Ok(Config::default()),
+    }
+}
+
+/// `walhook package-files DIR`: prints each file written.
+fn write_package_files(dir: &std::path::Path) -> u8 {
+    match walhook::package_files::write_all(dir) {
+        Ok(files) => {
+            for file in files {
+                println!("{}", file.display());
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("walhook: {e}");
+            exit::FAILURE
+        }
     }
 }
 
@@ -135,6 +156,7 @@ async fn dispatch(command: Command, config: Config, reloader: Reloader) -> u8 {
         ),
         Command::Check => return admin::check(&config).await,
         Command::Demo => (demo::run().await.map(|()| exit::OK), true),
+        Command::PackageFiles { dir } => return write_package_files(&dir),
         Command::Status { json } => (admin::status(&config, json).await, false),
         Command::Webhook { command } => (admin::webhook(&config, command).await, false),
         Command::Teardown { drop_schema, yes } => {
