@@ -167,7 +167,7 @@ pub struct AddArgs {
     /// A JSON object, sent as Properties in every body.
     #[arg(long, value_name = "JSON")]
     pub properties: Option<String>,
-    /// The initial state: 0-3 or a name [default: active]
+    /// The initial state: 0-3 or a name
     #[arg(long, value_parser = parse_state, default_value = "active")]
     pub state: WebhookState,
 }
@@ -197,6 +197,19 @@ pub fn parse_state(text: &str) -> Result<WebhookState, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_default_is_shown_once_in_help() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("webhook")
+            .and_then(|w| w.find_subcommand_mut("add"))
+            .expect("webhook add")
+            .render_help()
+            .to_string();
+        assert_eq!(help.matches("[default: active]").count(), 1, "{help}");
+    }
 
     #[test]
     fn states_parse_by_number_and_name() {
