@@ -137,7 +137,11 @@ pub async fn run() -> anyhow::Result<()> {
             usage.total_calls, usage.total_errors
         );
     }
+    // The session says goodbye (Terminate) from its own task: give it the
+    // moment it needs before the server goes, so the demo does not end on
+    // a warning about a session cut short.
     drop(store);
+    tokio::time::sleep(Duration::from_millis(200)).await;
     drop(cluster);
     if requests.len() < expected {
         bail!(

@@ -30,13 +30,19 @@ fn main() -> ExitCode {
     if let Command::PackageFiles { dir } = &cli.command {
         return ExitCode::from(write_package_files(dir));
     }
-    let config = match load_config(&cli) {
+    let mut config = match load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("walhook: {e:#}");
             return ExitCode::from(exit::CONFIG);
         }
     };
+    // The demo narrates on stdout; the daemon it runs says only what went
+    // wrong, so its log lines do not interleave with the story (RUST_LOG
+    // still shows everything).
+    if matches!(cli.command, Command::Demo) {
+        config.log.level = "warn".into();
+    }
     let log_filter = init_logging(&config);
 
     // Values nested as deep as PostgreSQL allows (jsonb of ~15,000 levels,
