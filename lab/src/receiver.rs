@@ -207,7 +207,12 @@ impl Receiver {
                 let _ = axum::serve(listener, app).await;
             }),
             Some(tls) => {
-                let listener = TlsListener::new(listener, &tls, Arc::clone(&failures))?;
+                let recorder = Arc::clone(&failures);
+                let listener = TlsListener::new(
+                    listener,
+                    &tls,
+                    Arc::new(move |_peer, failure| recorder.record(failure)),
+                )?;
                 tokio::spawn(async move {
                     let _ = axum::serve(listener, app).await;
                 })

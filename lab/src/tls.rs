@@ -107,17 +107,22 @@ pub(crate) struct Failures {
 }
 
 /// A listener whose connections arrive with their TLS handshake done.
-pub(crate) struct TlsListener {
+/// Told of each failed TLS handshake: the peer and what went wrong.
+pub type HandshakeFailed = Arc<dyn Fn(SocketAddr, String) + Send + Sync>;
+
+pub struct TlsListener {
     local: SocketAddr,
     accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     acceptor_task: tokio::task::JoinHandle<()>,
 }
 
 impl TlsListener {
-    pub(crate) fn new(
+    /// `failed` hears of every handshake that failed or timed out, with
+    /// the peer's address.
+    pub fn new(
         listener: TcpListener,
         tls: &ServerTls,
-        failures: Arc<Failures>,
+        failed: HandshakeFailed,
     ) -> std::io::Result<TlsListener> {
         let local = listener.local_addr()?;
         let acceptor = TlsAcceptor::from(Arc::clone(&tls.config));
@@ -130,7 +135,7 @@ impl TlsListener {
                 };
                 let acceptor = acceptor.clone();
                 let sender = sender.clone();
-                let failures = Arc::clone(&failures);
+                let failed = Arc::clone(&failed);
                 tokio::spawn(async move {
                     let handshake =
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
@@ -138,8 +143,8 @@ impl TlsListener {
                         Ok(Ok(stream)) => {
                             let _ = sender.send((stream, peer)).await;
                         }
-                        Ok(Err(e)) => failures.record(format!("{e}")),
-                        Err(_) => failures.record("handshake timed out".to_owned()),
+                        Ok(Err(e)) => failed(peer, format!("{e}")),
+                        Err(_) => failed(peer, "handshake timed out".to_owned()),
                     }
                 });
             }
@@ -153,7 +158,7 @@ impl TlsListener {
 }
 
 impl Failures {
-    fn record(&self, failure: String) {
+    pub(crate) fn record(&self, failure: String) {
         self.list
             .lock()
             .unwrap_or_else(|e| e.into_inner())

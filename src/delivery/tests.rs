@@ -238,6 +238,20 @@ fn jobs(
     (jobs, txn)
 }
 
+/// Dispatch one transaction of events with `keys`, committed at Lsn(200).
+async fn dispatch_committed(
+    dispatcher: &mut Dispatcher,
+    checkpoint: &mut Checkpoint,
+    hook: &Arc<Webhook>,
+    keys: &[&str],
+) {
+    let (jobs, txn) = jobs(checkpoint, hook, keys);
+    checkpoint.commit(txn, Lsn(200));
+    for job in jobs {
+        dispatcher.dispatch(job).await.unwrap();
+    }
+}
+
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !done() {
@@ -260,11 +274,7 @@ async fn events_of_one_row_arrive_in_commit_order_while_rows_go_concurrently() {
     let keys: Vec<String> = (0..60).map(|i| format!("row{}", i % 6)).collect();
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let mut checkpoint = Checkpoint::new(Lsn(1));
-    let (jobs, txn) = jobs(&mut checkpoint, &hook, &keys);
-    checkpoint.commit(txn, Lsn(200));
-    for job in jobs {
-        dispatcher.dispatch(job).await.unwrap();
-    }
+    dispatch_committed(&mut dispatcher, &mut checkpoint, &hook, &keys).await;
     wait_for("60 deliveries", || target.bodies().len() == 60).await;
     for row in 0..6 {
         let seen: Vec<usize> = target
@@ -296,11 +306,7 @@ async fn most_at_once(n: usize, delay_ms: u64, concurrency: Concurrency) -> usiz
     let keys: Vec<String> = (0..n).map(|i| format!("row{i}")).collect();
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let mut checkpoint = Checkpoint::new(Lsn(1));
-    let (jobs, txn) = jobs(&mut checkpoint, &hook, &keys);
-    checkpoint.commit(txn, Lsn(200));
-    for job in jobs {
-        dispatcher.dispatch(job).await.unwrap();
-    }
+    dispatch_committed(&mut dispatcher, &mut checkpoint, &hook, &keys).await;
     wait_for("every delivery", || target.bodies().len() == n).await;
     wait_for("the transaction settled", || {
         checkpoint.confirmable() == Lsn(200)
@@ -333,11 +339,7 @@ async fn a_target_answering_503_gets_no_more_requests_at_once_and_fewer_new_even
     let keys: Vec<String> = (0..50).map(|i| format!("row{i}")).collect();
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let mut checkpoint = Checkpoint::new(Lsn(1));
-    let (jobs, txn) = jobs(&mut checkpoint, &hook, &keys);
-    checkpoint.commit(txn, Lsn(200));
-    for job in jobs {
-        dispatcher.dispatch(job).await.unwrap();
-    }
+    dispatch_committed(&mut dispatcher, &mut checkpoint, &hook, &keys).await;
     // The second attempts come a second after the first ones.
     wait_for("retries", || target.received.lock().unwrap().len() >= 12).await;
     let control = dispatcher.ensure_queue(&hook);
@@ -364,11 +366,7 @@ async fn a_failing_target_trips_the_hook_and_its_event_is_parked_with_its_attemp
     }));
     let hook = hook(&url, WebhookState::Active);
     let mut checkpoint = Checkpoint::new(Lsn(1));
-    let (jobs, txn) = jobs(&mut checkpoint, &hook, &["a"]);
-    checkpoint.commit(txn, Lsn(200));
-    for job in jobs {
-        dispatcher.dispatch(job).await.unwrap();
-    }
+    dispatch_committed(&mut dispatcher, &mut checkpoint, &hook, &["a"]).await;
     wait_for("the event parked", || !store.parked_of(7).is_empty()).await;
     let parked = store.parked_of(7);
     assert_eq!(parked.len(), 1);
@@ -433,11 +431,7 @@ async fn a_hook_stopped_or_removed_while_retrying_gets_no_further_attempt_and_no
         }));
         let active = hook(&url, WebhookState::Active);
         let mut checkpoint = Checkpoint::new(Lsn(1));
-        let (jobs, txn) = jobs(&mut checkpoint, &active, &["a", "b"]);
-        checkpoint.commit(txn, Lsn(200));
-        for job in jobs {
-            dispatcher.dispatch(job).await.unwrap();
-        }
+        dispatch_committed(&mut dispatcher, &mut checkpoint, &active, &["a", "b"]).await;
         // Both events failed once and wait for their retry (1 s).
         wait_for("a first attempt of each", || target.bodies().len() == 2).await;
         if remove {

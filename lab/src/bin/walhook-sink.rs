@@ -26,12 +26,8 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use clap::Parser;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+use tokio::net::TcpListener;
+use walhook_lab::tls::{HandshakeFailed, ServerTls, TlsListener};
 
 /// The largest body accepted: walhook's own bound (`delivery.max_body_bytes`)
 /// is at most 16 MiB by default.
@@ -142,7 +138,14 @@ async fn main() -> anyhow::Result<()> {
     );
     match tls {
         None => axum::serve(listener, app).await?,
-        Some(config) => axum::serve(TlsListener::new(listener, config), app).await?,
+        Some(tls) => {
+            // Handshakes run in their own tasks, so a client that stalls
+            // one never holds up the next; failures are only reported.
+            let failed: HandshakeFailed = Arc::new(|peer, failure| {
+                eprintln!("walhook-sink: TLS handshake with {peer}: {failure}")
+            });
+            axum::serve(TlsListener::new(listener, &tls, failed)?, app).await?
+        }
     }
     Ok(())
 }
@@ -287,92 +290,20 @@ fn truncated(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-/// A TLS server configuration offering HTTP/2 and HTTP/1.1 through ALPN.
-fn tls_config(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let cert_pem = std::fs::read(cert).with_context(|| format!("--tls-cert {}", cert.display()))?;
-    let key_pem = std::fs::read(key).with_context(|| format!("--tls-key {}", key.display()))?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("--tls-cert {}: not valid PEM: {e}", cert.display()))?;
-    if chain.is_empty() {
-        bail!("--tls-cert {}: no PEM certificate", cert.display());
-    }
-    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| anyhow::anyhow!("--tls-key {}: {e}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .with_context(|| {
-            format!(
-                "--tls-cert {} and --tls-key {} do not make a certificate and its key",
-                cert.display(),
-                key.display()
-            )
-        })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// Connections with their TLS handshake done. Handshakes run in their own
-/// tasks, so a client that stalls one never holds up the next.
-struct TlsListener {
-    local: SocketAddr,
-    accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-}
-
-impl TlsListener {
-    fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> TlsListener {
-        let local = listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let acceptor = TlsAcceptor::from(config);
-        let (sender, accepted) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(connection) => connection,
-                    Err(e) => {
-                        // Out of descriptors and the like: wait, then go on.
-                        eprintln!("walhook-sink: accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let acceptor = acceptor.clone();
-                let sender = sender.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-                    {
-                        Ok(Ok(stream)) => {
-                            let _ = sender.send((stream, peer)).await;
-                        }
-                        Ok(Err(e)) => eprintln!("walhook-sink: TLS handshake with {peer}: {e}"),
-                        Err(_) => eprintln!("walhook-sink: TLS handshake with {peer} timed out"),
-                    }
-                });
-            }
-        });
-        TlsListener { local, accepted }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.accepted.recv().await {
-            Some(connection) => connection,
-            // The acceptor task is gone: no connection will come again.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
+/// The lab's TLS server configuration, offering HTTP/2 and HTTP/1.1
+/// through ALPN, from the two files.
+fn tls_config(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<ServerTls> {
+    let read = |flag: &str, path: &PathBuf| {
+        std::fs::read_to_string(path).with_context(|| format!("{flag} {}", path.display()))
+    };
+    let (cert_pem, key_pem) = (read("--tls-cert", cert)?, read("--tls-key", key)?);
+    ServerTls::new(&cert_pem, &key_pem).with_context(|| {
+        format!(
+            "--tls-cert {} and --tls-key {} do not make a certificate and its key",
+            cert.display(),
+            key.display()
+        )
+    })
 }
 
 #[cfg(test)]
