@@ -32,6 +32,12 @@ const RISE_FLOOR: Duration = Duration::from_millis(2);
 /// The shortest and longest window between two decisions.
 const MIN_WINDOW: Duration = Duration::from_millis(5);
 const MAX_WINDOW: Duration = Duration::from_secs(1);
+/// A window lasts this share of the usual round trip. Requests started
+/// at a decision finish about one round trip later, all at once on a
+/// steady target; a window of a full round trip would end just after
+/// them half the time and wait for the next batch, so each step would
+/// take two round trips instead of one.
+const WINDOW_SHARE: f64 = 0.75;
 /// Weight of the newest window in the usual round-trip time.
 const BASELINE_WEIGHT: f64 = 0.2;
 
@@ -125,7 +131,7 @@ impl ConcurrencyLimit {
         // seen before the next. Back-pressure cuts at once, once.
         let window = a
             .baseline
-            .unwrap_or(MIN_WINDOW)
+            .map_or(MIN_WINDOW, |usual| usual.mul_f64(WINDOW_SHARE))
             .clamp(MIN_WINDOW, MAX_WINDOW);
         if now.duration_since(start) >= window {
             self.limit = a.decide(self.limit);
@@ -220,6 +226,39 @@ mod tests {
         // window that only learns the round-trip time.
         busy_windows(&mut limit, &mut at, Duration::from_millis(50), 10);
         assert_eq!(limit.limit(), 512);
+    }
+
+    /// A steady distant target answers each batch at once, one round trip
+    /// after the batch started, with a little jitter: the limit doubles
+    /// once per batch, not once every other batch.
+    #[test]
+    fn slow_start_doubles_once_per_round_trip_on_batched_answers() {
+        let rtt = Duration::from_millis(50);
+        let mut limit = ConcurrencyLimit::adaptive(512);
+        let mut at = Instant::now();
+        let mut batches = 0;
+        while limit.limit() < 512 {
+            assert!(
+                batches < 10,
+                "still at {} after {batches} batches",
+                limit.limit()
+            );
+            limit.held_back();
+            let n = limit.limit();
+            // Answers land together (a timer's tick), just before a full
+            // round trip after the last decision.
+            for i in 0..n {
+                limit.record(
+                    at + Duration::from_nanos(100 * i as u64),
+                    Signal::Answered(rtt),
+                );
+            }
+            at += rtt - Duration::from_micros(100);
+            batches += 1;
+        }
+        // 8 -> 512 is six doublings; the first batch only learns the
+        // round trip.
+        assert!(batches <= 7, "{batches} batches");
     }
 
     #[test]
