@@ -325,6 +325,8 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
     }
     match store.webhook_rows().await {
         Ok(rows) => {
+            out.extend(check_column_filters(store, config, &rows).await);
+            let mut push = |level, text: String| out.push(CheckLine { level, text });
             let mut bad = 0;
             for row in &rows {
                 match Webhook::from_row(row) {
@@ -359,8 +361,12 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
                 );
             }
         }
-        Err(e) => push(CheckLevel::Fail, format!("{e:#} (run `walhook setup`)")),
+        Err(e) => out.push(CheckLine {
+            level: CheckLevel::Fail,
+            text: format!("{e:#} (run `walhook setup`)"),
+        }),
     }
+    let mut push = |level, text: String| out.push(CheckLine { level, text });
     let limit = config.delivery.max_parked_events_per_webhook;
     match store.parked_counts().await {
         Ok(counts) => {
@@ -380,6 +386,59 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
             }
         }
         Err(e) => push(CheckLevel::Warn, format!("{e:#}")),
+    }
+    out
+}
+
+/// A warning per hook and table where a column filter is not exact: the
+/// filtered entity's table lacks REPLICA IDENTITY FULL, so its UPDATE
+/// events list every column whose new value was sent, and the filter lets
+/// through updates that did not change its columns.
+async fn check_column_filters(
+    store: &Store,
+    config: &Config,
+    rows: &[crate::events::WebhookRow],
+) -> Vec<CheckLine> {
+    let hooks: Vec<Webhook> = rows
+        .iter()
+        .filter_map(|r| Webhook::from_row(r).ok())
+        .filter(|h| h.column_filters().next().is_some())
+        .collect();
+    if hooks.is_empty() {
+        return Vec::new();
+    }
+    let tables = match store
+        .published_full_identities(&config.postgres.publication)
+        .await
+    {
+        Ok(tables) => tables,
+        Err(e) => {
+            return vec![CheckLine {
+                level: CheckLevel::Warn,
+                text: format!("{e:#}"),
+            }]
+        }
+    };
+    let mut out = Vec::new();
+    for hook in &hooks {
+        let entities: std::collections::BTreeSet<&str> =
+            hook.column_filters().map(|(entity, _)| entity).collect();
+        for (schema, table, full) in &tables {
+            if *full || !entities.contains(config.entity_for(schema, table)) {
+                continue;
+            }
+            out.push(CheckLine {
+                level: CheckLevel::Warn,
+                text: format!(
+                    "webhook_id {}: its column filter on {} is not exact for table {schema}.{table}: \
+                     without REPLICA IDENTITY FULL an UPDATE lists every column whose new value \
+                     was sent, so the hook also receives updates that did not change its columns; \
+                     ALTER TABLE {schema}.{table} REPLICA IDENTITY FULL makes it exact",
+                    hook.id,
+                    config.entity_for(schema, table),
+                ),
+            });
+        }
     }
     out
 }

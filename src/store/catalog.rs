@@ -326,6 +326,29 @@ impl Store {
             .collect())
     }
 
+    /// The published host tables as (schema, table, whether REPLICA
+    /// IDENTITY is FULL), to map an entity back to its tables.
+    pub async fn published_full_identities(
+        &self,
+        publication: &str,
+    ) -> anyhow::Result<Vec<(String, String, bool)>> {
+        Ok(self
+            .client
+            .query(
+                "SELECT p.schemaname::text, p.tablename::text, c.relreplident = 'f' \
+                   FROM pg_publication_tables p \
+                   JOIN pg_namespace n ON n.nspname = p.schemaname \
+                   JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename \
+                  WHERE p.pubname = $1 AND p.schemaname <> $2 ORDER BY 1, 2",
+                &[&publication, &self.schema()],
+            )
+            .await
+            .sql("reading the replica identity of published tables")?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
     /// The ordinary and partitioned tables outside the system schemas and
     /// walhook's own (partitions are published through their root).
     pub async fn host_tables(&self) -> anyhow::Result<Vec<HostTable>> {
