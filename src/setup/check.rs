@@ -390,10 +390,11 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
     out
 }
 
-/// A warning per hook and table where a column filter is not exact: the
-/// filtered entity's table lacks REPLICA IDENTITY FULL, so its UPDATE
-/// events list every column whose new value was sent, and the filter lets
-/// through updates that did not change its columns.
+/// Warnings per hook and table about column filters: a filter on a table
+/// without REPLICA IDENTITY FULL is not exact (its UPDATE events list every
+/// column whose new value was sent, so the filter lets through updates that
+/// did not change its columns); a filter naming a column the table does not
+/// publish, or an entity no published table has, can never match.
 async fn check_column_filters(
     store: &Store,
     config: &Config,
@@ -408,7 +409,7 @@ async fn check_column_filters(
         return Vec::new();
     }
     let tables = match store
-        .published_full_identities(&config.postgres.publication)
+        .published_for_filters(&config.postgres.publication)
         .await
     {
         Ok(tables) => tables,
@@ -420,24 +421,53 @@ async fn check_column_filters(
         }
     };
     let mut out = Vec::new();
+    let mut warn = |text: String| {
+        out.push(CheckLine {
+            level: CheckLevel::Warn,
+            text,
+        })
+    };
     for hook in &hooks {
-        let entities: std::collections::BTreeSet<&str> =
-            hook.column_filters().map(|(entity, _)| entity).collect();
-        for (schema, table, full) in &tables {
-            if *full || !entities.contains(config.entity_for(schema, table)) {
-                continue;
+        let id = hook.id;
+        // One line per hook and table, however many filters name it.
+        let mut not_exact = std::collections::BTreeSet::new();
+        for (entity, columns) in hook.column_filters() {
+            let of_entity: Vec<_> = tables
+                .iter()
+                .filter(|t| config.entity_for(&t.schema, &t.table) == entity)
+                .collect();
+            if of_entity.is_empty() {
+                warn(format!(
+                    "webhook_id {id}: its column filter on {entity} matches nothing: no published \
+                     table has the entity {entity:?}"
+                ));
             }
-            out.push(CheckLine {
-                level: CheckLevel::Warn,
-                text: format!(
-                    "webhook_id {}: its column filter on {} is not exact for table {schema}.{table}: \
-                     without REPLICA IDENTITY FULL an UPDATE lists every column whose new value \
-                     was sent, so the hook also receives updates that did not change its columns; \
-                     ALTER TABLE {schema}.{table} REPLICA IDENTITY FULL makes it exact",
-                    hook.id,
-                    config.entity_for(schema, table),
-                ),
-            });
+            for t in of_entity {
+                let unknown: Vec<&str> = columns
+                    .iter()
+                    .filter(|c| !t.columns.contains(c))
+                    .map(String::as_str)
+                    .collect();
+                if !unknown.is_empty() {
+                    warn(format!(
+                        "webhook_id {id}: its column filter on {entity} names {} that table \
+                         {}.{} does not publish; they never appear in Changes",
+                        unknown.join(", "),
+                        t.schema,
+                        t.table
+                    ));
+                }
+                if !t.full && not_exact.insert((&t.schema, &t.table)) {
+                    warn(format!(
+                        "webhook_id {id}: its column filter on {entity} is not exact for table \
+                         {0}.{1}: without REPLICA IDENTITY FULL an UPDATE lists every column \
+                         whose new value was sent, so the hook also receives updates that did \
+                         not change its columns; ALTER TABLE {0}.{1} REPLICA IDENTITY FULL makes \
+                         it exact",
+                        t.schema, t.table
+                    ));
+                }
+            }
         }
     }
     out

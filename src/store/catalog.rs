@@ -326,16 +326,16 @@ impl Store {
             .collect())
     }
 
-    /// The published host tables as (schema, table, whether REPLICA
-    /// IDENTITY is FULL), to map an entity back to its tables.
-    pub async fn published_full_identities(
+    /// The published host tables, to map an entity back to its tables.
+    pub async fn published_for_filters(
         &self,
         publication: &str,
-    ) -> anyhow::Result<Vec<(String, String, bool)>> {
+    ) -> anyhow::Result<Vec<FilterTable>> {
         Ok(self
             .client
             .query(
-                "SELECT p.schemaname::text, p.tablename::text, c.relreplident = 'f' \
+                "SELECT p.schemaname::text, p.tablename::text, c.relreplident = 'f', \
+                        p.attnames::text[] \
                    FROM pg_publication_tables p \
                    JOIN pg_namespace n ON n.nspname = p.schemaname \
                    JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename \
@@ -345,7 +345,12 @@ impl Store {
             .await
             .sql("reading the replica identity of published tables")?
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .map(|r| FilterTable {
+                schema: r.get(0),
+                table: r.get(1),
+                full: r.get(2),
+                columns: r.get(3),
+            })
             .collect())
     }
 
@@ -435,4 +440,15 @@ impl Store {
             .sql(format!("counting the rows of schema {:?}", self.schema()))?;
         Ok((row.get(0), row.get(1)))
     }
+}
+
+/// A published host table as column filters see it.
+#[derive(Debug, Clone)]
+pub struct FilterTable {
+    pub schema: String,
+    pub table: String,
+    /// REPLICA IDENTITY FULL: `Changes` is exact.
+    pub full: bool,
+    /// The published columns: the only names `Changes` can hold.
+    pub columns: Vec<String>,
 }

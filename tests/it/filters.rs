@@ -96,6 +96,13 @@ async fn check_warns_per_hook_and_table_where_a_filter_is_not_exact() {
     let bad = h
         .add_hook("contact.changed(name", "http://127.0.0.1:9/z", None)
         .await;
+    let typo = h
+        .add_hook(
+            "contact.changed(emial), contcat.changed(name)",
+            "http://127.0.0.1:9/t",
+            None,
+        )
+        .await;
 
     let out = h.walhook(&["check"]);
     let report = text(&out);
@@ -114,6 +121,25 @@ async fn check_warns_per_hook_and_table_where_a_filter_is_not_exact() {
             "webhook_id {bad} is skipped: events: the column filter"
         )) && report.contains("is not closed"),
         "{report}"
+    );
+
+    assert!(
+        report.contains(&format!(
+            "webhook_id {typo}: its column filter on contact names emial that table public.contact \
+             does not publish"
+        )),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "webhook_id {typo}: its column filter on contcat matches nothing"
+        )),
+        "{report}"
+    );
+    assert_eq!(
+        report.matches("its column filter on").count(),
+        3,
+        "one line per problem: {report}"
     );
 
     // `webhook add` refuses the same text before writing anything.
