@@ -83,6 +83,19 @@ pub enum Command {
         #[arg(long, value_name = "ID")]
         webhook: Option<i32>,
     },
+    /// Parked events one by one: list, show, redeliver, discard.
+    #[command(after_help = "Examples:\n  \
+        walhook parked list\n  \
+        walhook parked list --webhook 7 --json\n  \
+        walhook parked show 5f0c4a8e-8d4e-5b7e-9a51-3c1f2b0d9e11\n  \
+        walhook parked redeliver 5f0c4a8e-8d4e-5b7e-9a51-3c1f2b0d9e11\n  \
+        walhook parked discard 5f0c4a8e-8d4e-5b7e-9a51-3c1f2b0d9e11\n  \
+        walhook parked discard --webhook 7 --before 2024-06-01T00:00:00Z\n  \
+        walhook parked discard --webhook 7 --before 3days")]
+    Parked {
+        #[command(subcommand)]
+        command: ParkedCommand,
+    },
     /// Drop the replication slot and publications (and with --drop-schema
     /// walhook's schema) so no WAL is held after uninstalling.
     Teardown {
@@ -143,12 +156,57 @@ pub enum WebhookCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ParkedCommand {
+    /// Parked events per hook: how many, the oldest, and why they were
+    /// parked.
+    List {
+        /// Only this webhook_id.
+        #[arg(long, value_name = "ID")]
+        webhook: Option<i32>,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One parked event: its body, attempts and last error.
+    Show {
+        /// The EventId (as in the body and the webhook-id header).
+        event_id: uuid::Uuid,
+        /// Print one JSON document instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one parked event now, from this process, with the hook's
+    /// current URL, secret and headers; removed when the target answers
+    /// 2xx. Refused while an earlier event of the same row is parked.
+    /// Exits 0 when delivered, 1 otherwise.
+    Redeliver {
+        /// The EventId.
+        event_id: uuid::Uuid,
+    },
+    /// Delete parked events undelivered: one, or a hook's (optionally
+    /// only those parked before a time). Counted and logged.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["event_id", "webhook"])))]
+    Discard {
+        /// The EventId of the one event to discard.
+        event_id: Option<uuid::Uuid>,
+        /// Discard this webhook_id's parked events.
+        #[arg(long, value_name = "ID")]
+        webhook: Option<i32>,
+        /// With --webhook: only events parked before TIME, an RFC 3339 time
+        /// (2024-06-01T12:00:00Z) or an age (2h, 3days).
+        #[arg(long, value_name = "TIME", requires = "webhook")]
+        before: Option<String>,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct AddArgs {
     /// The hook's name (sent as WebhookName).
     #[arg(long)]
     pub name: String,
-    /// Comma-separated events, e.g. "contact.*, person.created, *.deleted".
+    /// Comma-separated events, e.g. "contact.*, person.created, *.deleted";
+    /// "contact.changed(name,email)" only when one of those columns changed.
     #[arg(long)]
     pub events: String,
     /// The target URL (https:// unless delivery.allow_http is set).

@@ -168,6 +168,7 @@ async fn dispatch(command: Command, config: Config, reloader: Reloader) -> u8 {
         Command::Teardown { drop_schema, yes } => {
             (admin::teardown(&config, drop_schema, yes).await, false)
         }
+        Command::Parked { command } => (admin::parked(&config, command).await, false),
         Command::Replay { webhook } => (
             admin::replay(&config, webhook).await.map(|()| exit::OK),
             false,

@@ -39,6 +39,12 @@ pub struct Metrics {
     pub lag_bytes: Gauge,
     pub in_flight_bytes: Gauge,
     pub parked_events: Gauge,
+    /// Events waiting in the `delivery` table, per webhook_id, as last
+    /// counted there: they change from other processes too (`walhook
+    /// parked discard`, `replay`), so the table is the truth.
+    pub parked_waiting: Family<Vec<(String, String)>, Gauge>,
+    /// The hooks `parked_waiting` has a series for.
+    parked_waiting_hooks: std::sync::Mutex<Vec<i32>>,
     /// Hooks set to Stopped for reaching
     /// `delivery.max_parked_events_per_webhook`.
     pub hooks_stopped_parked_limit: Counter,
@@ -56,6 +62,7 @@ impl Default for Metrics {
         let lag_bytes = Gauge::default();
         let in_flight_bytes = Gauge::default();
         let parked_events = Gauge::default();
+        let parked_waiting = Family::<Vec<(String, String)>, Gauge>::default();
         let hooks_stopped_parked_limit = Counter::default();
         registry.register(
             "changes_decoded",
@@ -103,6 +110,11 @@ impl Default for Metrics {
             parked_events.clone(),
         );
         registry.register(
+            "parked_waiting",
+            "Events waiting in the delivery table, per webhook_id (counted there periodically)",
+            parked_waiting.clone(),
+        );
+        registry.register(
             "hooks_stopped_parked_limit",
             "Hooks set to Stopped for reaching delivery.max_parked_events_per_webhook",
             hooks_stopped_parked_limit.clone(),
@@ -118,6 +130,8 @@ impl Default for Metrics {
             lag_bytes,
             in_flight_bytes,
             parked_events,
+            parked_waiting,
+            parked_waiting_hooks: Default::default(),
             hooks_stopped_parked_limit,
         }
     }
@@ -137,6 +151,27 @@ impl Metrics {
         self.deliveries
             .get_or_create(&vec![("outcome".to_owned(), "dropped".to_owned())])
             .inc();
+    }
+
+    /// Set the parked gauge from a count of the table, (webhook_id,
+    /// events); a hook left out has none any more and loses its series.
+    pub fn set_parked_waiting(&self, counts: &[(i32, i64)]) {
+        let label = |id: i32| vec![("webhook_id".to_owned(), id.to_string())];
+        // A poisoned lock only means a panic elsewhere mid-update; the list
+        // is rebuilt here whole.
+        let mut known = self
+            .parked_waiting_hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for id in known.iter() {
+            if !counts.iter().any(|(c, _)| c == id) {
+                self.parked_waiting.remove(&label(*id));
+            }
+        }
+        for (id, n) in counts {
+            self.parked_waiting.get_or_create(&label(*id)).set(*n);
+        }
+        *known = counts.iter().map(|(id, _)| *id).collect();
     }
 
     pub fn render(&self) -> String {

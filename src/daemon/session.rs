@@ -35,6 +35,9 @@ use crate::store::Store;
 const TICK: Duration = Duration::from_millis(200);
 /// How often expired parked events are dropped.
 const RETENTION_SWEEP: Duration = Duration::from_secs(600);
+/// How often the parked gauge is counted from the `delivery` table: one
+/// grouped count over an index, bounded by the parking limits.
+const PARKED_GAUGE_EVERY: Duration = Duration::from_secs(15);
 /// How often the systemd status line is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
@@ -304,6 +307,8 @@ impl Session {
         let config = Arc::clone(&self.config);
         let retention = config.delivery.parked_retention;
         let mut retention_tick = tokio::time::interval(RETENTION_SWEEP);
+        let mut parked_gauge_tick = tokio::time::interval(PARKED_GAUGE_EVERY);
+        parked_gauge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reload_open = true;
         let mut auto_add_tick = tokio::time::interval(config.capture.auto_add_interval);
         let mut status_at = tokio::time::Instant::now();
@@ -351,6 +356,12 @@ impl Session {
                 _ = auto_add_tick.tick(), if config.capture.auto_add_tables => {
                     if let Err(e) = crate::setup::add_new_tables(&self.store, current).await {
                         tracing::warn!("capture.auto_add_tables: {e:#}");
+                    }
+                }
+                _ = parked_gauge_tick.tick() => {
+                    match self.store.parked_counts().await {
+                        Ok(counts) => process.metrics.set_parked_waiting(&counts),
+                        Err(e) => tracing::warn!("counting parked events for metrics: {e:#}"),
                     }
                 }
                 _ = retention_tick.tick(), if !retention.is_zero() => {

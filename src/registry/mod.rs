@@ -23,7 +23,7 @@ use crate::events::{ChangeEvent, WebhookChange, WebhookRow};
 use self::index::MatchIndex;
 pub use self::index::Matches;
 pub use self::snapshots::{PendingSnapshots, SPILL_PENDING_BYTES, SPILL_PENDING_STATES};
-pub use self::webhook::{EventPattern, InvalidRow, Webhook, WebhookState};
+pub use self::webhook::{EventPattern, InvalidRow, Webhook, WebhookState, MAX_FILTER_COLUMNS};
 
 /// A webhook row as it stands after a change, `None` when it is gone.
 pub type RowChange = (i32, Option<Arc<WebhookRow>>);

@@ -1,6 +1,7 @@
 //! A row of the `webhook` table as walhook uses it: its state, its event
 //! patterns and its delivery settings, parsed once when the row arrives.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use reqwest::header::{HeaderName, HeaderValue};
@@ -54,10 +55,27 @@ pub enum EventPattern {
     Operation(String),
     /// `contact.created`
     Exact(String),
+    /// `contact.changed(name,email)`: a `contact.changed` event whose
+    /// `Changes` name at least one of these columns.
+    ChangedColumns {
+        entity: String,
+        columns: BTreeSet<String>,
+    },
 }
 
+/// The most columns one filter may name: a bound on what a row can make
+/// the daemon hold (the `events` column is itself at most 4000 characters).
+pub const MAX_FILTER_COLUMNS: usize = 256;
+
 impl EventPattern {
+    /// Parse one entry, spaces already removed.
     pub fn parse(text: &str) -> Result<EventPattern, String> {
+        if let Some(open) = text.find('(') {
+            return EventPattern::parse_filter(text, open);
+        }
+        if text.contains(')') {
+            return Err(format!("event {text:?} has ')' without '('"));
+        }
         if text == "*" {
             return Ok(EventPattern::Any);
         }
@@ -79,14 +97,104 @@ impl EventPattern {
         })
     }
 
-    pub fn matches(&self, event: &str, entity: &str, operation: Operation) -> bool {
+    /// `entity.changed(col,...)`, `open` being the position of `(`.
+    fn parse_filter(text: &str, open: usize) -> Result<EventPattern, String> {
+        let (name, rest) = text.split_at(open);
+        let Some(inner) = rest.strip_prefix('(').and_then(|r| r.strip_suffix(')')) else {
+            return Err(format!(
+                "event {text:?}: a column filter ends with ')' and nothing follows it"
+            ));
+        };
+        if inner.contains(['(', ')']) {
+            return Err(format!("event {text:?}: column filters do not nest"));
+        }
+        // Only UPDATE events have a meaningful `Changes`: INSERT lists every
+        // column and DELETE none, so a filter there would mean nothing.
+        let entity = match name.split_once('.') {
+            Some((entity, "changed"))
+                if !entity.is_empty() && entity != "*" && !entity.contains('.') =>
+            {
+                entity
+            }
+            _ => {
+                return Err(format!(
+                    "event {text:?}: a column filter follows an entity's changed event, \
+                     as in contact.changed(name,email)"
+                ))
+            }
+        };
+        let mut columns = BTreeSet::new();
+        for column in inner.split(',') {
+            if column.is_empty() {
+                return Err(format!(
+                    "event {text:?}: the column filter has an empty column name"
+                ));
+            }
+            columns.insert(column.to_owned());
+        }
+        if columns.len() > MAX_FILTER_COLUMNS {
+            return Err(format!(
+                "event {text:?}: the column filter names more than {MAX_FILTER_COLUMNS} columns"
+            ));
+        }
+        Ok(EventPattern::ChangedColumns {
+            entity: entity.to_owned(),
+            columns,
+        })
+    }
+
+    /// Whether this entry selects the event: the reference meaning that
+    /// the registry's index reproduces by lookup.
+    pub fn matches(&self, event: &ChangeEvent) -> bool {
         match self {
             EventPattern::Any => true,
-            EventPattern::Entity(e) => e == entity,
-            EventPattern::Operation(op) => op == operation.suffix(),
-            EventPattern::Exact(name) => name == event,
+            EventPattern::Entity(e) => *e == event.entity,
+            EventPattern::Operation(op) => op == event.operation.suffix(),
+            EventPattern::Exact(name) => *name == event.event,
+            EventPattern::ChangedColumns { entity, columns } => {
+                *entity == event.entity
+                    && event.operation == Operation::Changed
+                    && event.changes.iter().any(|c| columns.contains(c))
+            }
         }
     }
+}
+
+/// Split the `events` column into its entries: commas separate entries
+/// except inside a column filter's parentheses; spaces are ignored.
+fn split_events(text: &str) -> Result<Vec<String>, String> {
+    let mut entries = Vec::new();
+    let mut current = String::new();
+    let mut in_filter = false;
+    for c in text.chars().filter(|c| !c.is_whitespace()) {
+        match c {
+            '(' if in_filter => {
+                return Err(format!(
+                    "events: column filters do not nest, at {current:?}"
+                ))
+            }
+            '(' => in_filter = true,
+            ')' if !in_filter => return Err(format!("events: ')' without '(' after {current:?}")),
+            ')' => in_filter = false,
+            ',' if !in_filter => {
+                if !current.is_empty() {
+                    entries.push(std::mem::take(&mut current));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    if in_filter {
+        return Err(format!(
+            "events: the column filter of {current:?} is not closed with ')'"
+        ));
+    }
+    if !current.is_empty() {
+        entries.push(current);
+    }
+    Ok(entries)
 }
 
 /// Why a `webhook` row cannot be used: the daemon skips it with a warning
@@ -123,11 +231,9 @@ impl Webhook {
             .parse()
             .map_err(|_| "webhook_id is not an integer")?;
         let events_text = get("events").unwrap_or("");
-        let events = events_text
-            .split(',')
-            .map(|e| e.chars().filter(|c| !c.is_whitespace()).collect::<String>())
-            .filter(|e| !e.is_empty())
-            .map(|e| EventPattern::parse(&e))
+        let events = split_events(events_text)?
+            .iter()
+            .map(|e| EventPattern::parse(e))
             .collect::<Result<Vec<_>, _>>()?;
         if events.is_empty() {
             return Err("events is empty".into());
@@ -197,9 +303,16 @@ impl Webhook {
     /// Whether the hook's `events` select this event, pattern by pattern:
     /// the meaning the registry's index reproduces by lookup.
     pub fn wants(&self, event: &ChangeEvent) -> bool {
-        self.events
-            .iter()
-            .any(|p| p.matches(&event.event, &event.entity, event.operation))
+        self.events.iter().any(|p| p.matches(event))
+    }
+
+    /// The column filters of this hook, as (entity, columns): what
+    /// `walhook check` compares with the tables' replica identity.
+    pub fn column_filters(&self) -> impl Iterator<Item = (&str, &BTreeSet<String>)> {
+        self.events.iter().filter_map(|p| match p {
+            EventPattern::ChangedColumns { entity, columns } => Some((entity.as_str(), columns)),
+            _ => None,
+        })
     }
 
     /// Only hooks of type `webhook` receive events; other types are

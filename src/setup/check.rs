@@ -325,6 +325,8 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
     }
     match store.webhook_rows().await {
         Ok(rows) => {
+            out.extend(check_column_filters(store, config, &rows).await);
+            let mut push = |level, text: String| out.push(CheckLine { level, text });
             let mut bad = 0;
             for row in &rows {
                 match Webhook::from_row(row) {
@@ -359,8 +361,12 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
                 );
             }
         }
-        Err(e) => push(CheckLevel::Fail, format!("{e:#} (run `walhook setup`)")),
+        Err(e) => out.push(CheckLine {
+            level: CheckLevel::Fail,
+            text: format!("{e:#} (run `walhook setup`)"),
+        }),
     }
+    let mut push = |level, text: String| out.push(CheckLine { level, text });
     let limit = config.delivery.max_parked_events_per_webhook;
     match store.parked_counts().await {
         Ok(counts) => {
@@ -380,6 +386,89 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
             }
         }
         Err(e) => push(CheckLevel::Warn, format!("{e:#}")),
+    }
+    out
+}
+
+/// Warnings per hook and table about column filters: a filter on a table
+/// without REPLICA IDENTITY FULL is not exact (its UPDATE events list every
+/// column whose new value was sent, so the filter lets through updates that
+/// did not change its columns); a filter naming a column the table does not
+/// publish, or an entity no published table has, can never match.
+async fn check_column_filters(
+    store: &Store,
+    config: &Config,
+    rows: &[crate::events::WebhookRow],
+) -> Vec<CheckLine> {
+    let hooks: Vec<Webhook> = rows
+        .iter()
+        .filter_map(|r| Webhook::from_row(r).ok())
+        .filter(|h| h.column_filters().next().is_some())
+        .collect();
+    if hooks.is_empty() {
+        return Vec::new();
+    }
+    let tables = match store
+        .published_for_filters(&config.postgres.publication)
+        .await
+    {
+        Ok(tables) => tables,
+        Err(e) => {
+            return vec![CheckLine {
+                level: CheckLevel::Warn,
+                text: format!("{e:#}"),
+            }]
+        }
+    };
+    let mut out = Vec::new();
+    let mut warn = |text: String| {
+        out.push(CheckLine {
+            level: CheckLevel::Warn,
+            text,
+        })
+    };
+    for hook in &hooks {
+        let id = hook.id;
+        // One line per hook and table, however many filters name it.
+        let mut not_exact = std::collections::BTreeSet::new();
+        for (entity, columns) in hook.column_filters() {
+            let of_entity: Vec<_> = tables
+                .iter()
+                .filter(|t| config.entity_for(&t.schema, &t.table) == entity)
+                .collect();
+            if of_entity.is_empty() {
+                warn(format!(
+                    "webhook_id {id}: its column filter on {entity} matches nothing: no published \
+                     table has the entity {entity:?}"
+                ));
+            }
+            for t in of_entity {
+                let unknown: Vec<&str> = columns
+                    .iter()
+                    .filter(|c| !t.columns.contains(c))
+                    .map(String::as_str)
+                    .collect();
+                if !unknown.is_empty() {
+                    warn(format!(
+                        "webhook_id {id}: its column filter on {entity} names {} that table \
+                         {}.{} does not publish; they never appear in Changes",
+                        unknown.join(", "),
+                        t.schema,
+                        t.table
+                    ));
+                }
+                if !t.full && not_exact.insert((&t.schema, &t.table)) {
+                    warn(format!(
+                        "webhook_id {id}: its column filter on {entity} is not exact for table \
+                         {0}.{1}: without REPLICA IDENTITY FULL an UPDATE lists every column \
+                         whose new value was sent, so the hook also receives updates that did \
+                         not change its columns; ALTER TABLE {0}.{1} REPLICA IDENTITY FULL makes \
+                         it exact",
+                        t.schema, t.table
+                    ));
+                }
+            }
+        }
     }
     out
 }

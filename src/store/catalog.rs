@@ -326,6 +326,34 @@ impl Store {
             .collect())
     }
 
+    /// The published host tables, to map an entity back to its tables.
+    pub async fn published_for_filters(
+        &self,
+        publication: &str,
+    ) -> anyhow::Result<Vec<FilterTable>> {
+        Ok(self
+            .client
+            .query(
+                "SELECT p.schemaname::text, p.tablename::text, c.relreplident = 'f', \
+                        p.attnames::text[] \
+                   FROM pg_publication_tables p \
+                   JOIN pg_namespace n ON n.nspname = p.schemaname \
+                   JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename \
+                  WHERE p.pubname = $1 AND p.schemaname <> $2 ORDER BY 1, 2",
+                &[&publication, &self.schema()],
+            )
+            .await
+            .sql("reading the replica identity of published tables")?
+            .iter()
+            .map(|r| FilterTable {
+                schema: r.get(0),
+                table: r.get(1),
+                full: r.get(2),
+                columns: r.get(3),
+            })
+            .collect())
+    }
+
     /// The ordinary and partitioned tables outside the system schemas and
     /// walhook's own (partitions are published through their root).
     pub async fn host_tables(&self) -> anyhow::Result<Vec<HostTable>> {
@@ -412,4 +440,15 @@ impl Store {
             .sql(format!("counting the rows of schema {:?}", self.schema()))?;
         Ok((row.get(0), row.get(1)))
     }
+}
+
+/// A published host table as column filters see it.
+#[derive(Debug, Clone)]
+pub struct FilterTable {
+    pub schema: String,
+    pub table: String,
+    /// REPLICA IDENTITY FULL: `Changes` is exact.
+    pub full: bool,
+    /// The published columns: the only names `Changes` can hold.
+    pub columns: Vec<String>,
 }

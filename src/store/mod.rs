@@ -16,6 +16,7 @@
 pub mod catalog;
 pub mod ddl;
 pub mod parked;
+pub mod parked_admin;
 pub mod privileges;
 pub mod progress;
 pub mod slot;

@@ -1,0 +1,268 @@
+//! `walhook parked list|show|redeliver|discard` on events the daemon
+//! parked itself, and the parked gauge in the metrics.
+
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+use walhook_lab::receiver::Receiver;
+
+use crate::common::*;
+
+const HOST: &str = "CREATE TABLE contact (contact_id integer PRIMARY KEY, name text);";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Run walhook off the async runtime: the test's receivers must keep
+/// answering meanwhile.
+async fn walhook(h: &Harness, args: &[&str]) -> Output {
+    let mut command = std::process::Command::new(BIN);
+    command
+        .arg("-c")
+        .arg(&h.config_path)
+        .args(args)
+        .env("RUST_LOG", "warn");
+    tokio::task::spawn_blocking(move || command.output().expect("walhook runs"))
+        .await
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The hook's parked events in commit order: (EventId, event, row key).
+async fn parked(h: &Harness, webhook_id: i32) -> Vec<(String, String, String)> {
+    h.db.query(
+        "SELECT event_id::text, event::text, ordering_key FROM walhook.delivery \
+          WHERE webhook_id = $1 ORDER BY commit_lsn, change_index",
+        &[&webhook_id],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+async fn metrics(port: u16) -> String {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_events_listed_shown_redelivered_in_row_order_and_discarded() {
+    let port = free_port();
+    let mut h = Harness::start(HOST, &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n")).await;
+    let receiver = Receiver::start().await.unwrap();
+    let failing = Receiver::start_with(|_, _| 500).await.unwrap();
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let good = h
+        .add_hook("contact.*", &receiver.url("/good"), Some(secret))
+        .await;
+    let bad = h.add_hook("contact.*", &failing.url("/bad"), None).await;
+    // TooManyErrors: the daemon parks every event of both hooks.
+    h.db.execute(
+        "UPDATE walhook.webhook SET state = 3 WHERE webhook_id = ANY ($1)",
+        &[&vec![good, bad]],
+    )
+    .await
+    .unwrap();
+    h.start_daemon().await;
+    h.db.batch_execute(
+        "INSERT INTO contact VALUES (1, 'a');\
+         UPDATE contact SET name = 'b' WHERE contact_id = 1;\
+         INSERT INTO contact VALUES (2, 'c');",
+    )
+    .await
+    .unwrap();
+    h.wait_caught_up("the events to be parked").await;
+    let events = parked(&h, good).await;
+    let names: Vec<&str> = events.iter().map(|(_, e, _)| e.as_str()).collect();
+    assert_eq!(
+        names,
+        ["contact.created", "contact.changed", "contact.created"]
+    );
+    let (created_1, changed_1, created_2) = (&events[0].0, &events[1].0, &events[2].0);
+    assert_eq!(events[0].2, events[1].2, "one row, one ordering key");
+
+    // The gauge counts the table, per hook.
+    let wanted = format!("walhook_parked_waiting{{webhook_id=\"{good}\"}} 3");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let text = metrics(port).await;
+        if text.contains(&wanted) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {wanted:?} in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // list
+    let out = walhook(&h, &["parked", "list", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let of = |id: i32| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["webhook_id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(of(good)["count"], 3, "{list}");
+    assert_eq!(of(good)["reasons"]["TooManyErrors"], 3, "{list}");
+    assert!(of(good)["oldest"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    assert_eq!(of(bad)["count"], 3, "{list}");
+    let out = walhook(&h, &["parked", "list", "--webhook", &good.to_string()]).await;
+    let table = stdout(&out);
+    assert!(table.contains("TooManyErrors 3"), "{table}");
+    assert!(!table.contains(&format!("\n{bad} ")), "{table}");
+
+    // show
+    let out = walhook(&h, &["parked", "show", changed_1, "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["webhook_id"], good);
+    assert_eq!(shown["body"]["EventId"], changed_1.as_str());
+    assert_eq!(shown["body"]["FieldValues"]["name"], "b");
+    assert_eq!(shown["attempts"], 0);
+    let out = walhook(
+        &h,
+        &["parked", "show", "00000000-0000-0000-0000-000000000000"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("is not parked"), "{}", text(&out));
+
+    // redeliver: the row's later event is refused while its earlier one waits.
+    let out = walhook(&h, &["parked", "redeliver", changed_1]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("the first being EventId {created_1}")),
+        "{}",
+        text(&out)
+    );
+    assert!(receiver.requests().is_empty());
+    // Another row's event does not wait for row 1.
+    let out = walhook(&h, &["parked", "redeliver", created_2]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    for id in [created_1, changed_1] {
+        let out = walhook(&h, &["parked", "redeliver", id]).await;
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let got = receiver.requests_to("/good");
+    let ids: Vec<&str> = got
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap_or(""))
+        .collect();
+    assert_eq!(ids, [created_2.as_str(), created_1, changed_1]);
+    for r in &got {
+        assert_eq!(r.json()["EventId"], r.header("webhook-id").unwrap());
+        assert!(
+            verify_standard_webhooks(
+                secret,
+                r.header("webhook-id").unwrap(),
+                r.header("webhook-timestamp").unwrap(),
+                &r.body,
+                r.header("webhook-signature").unwrap(),
+            ),
+            "a redelivered event is signed with the hook's secret"
+        );
+    }
+    assert!(parked(&h, good).await.is_empty());
+    let usage = h.usage(good).await;
+    assert_eq!((usage.total_calls, usage.total_errors), (3, 0));
+
+    // redeliver to a failing target: kept, with the attempt recorded.
+    let bad_events = parked(&h, bad).await;
+    let out = walhook(&h, &["parked", "redeliver", &bad_events[0].0]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("stays parked"), "{}", text(&out));
+    let out = walhook(&h, &["parked", "show", &bad_events[0].0, "--json"]).await;
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["attempts"], 1);
+    assert!(
+        shown["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("500")),
+        "{shown}"
+    );
+    assert_eq!(h.usage(bad).await.total_errors, 1);
+
+    // discard: one, then a hook's before a time.
+    let out = walhook(&h, &["parked", "discard", &bad_events[2].0]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("discarded 1 parked event"),
+        "{}",
+        text(&out)
+    );
+    let bad_arg = bad.to_string();
+    let out = walhook(
+        &h,
+        &[
+            "parked",
+            "discard",
+            "--webhook",
+            &bad_arg,
+            "--before",
+            "2000-01-01T00:00:00Z",
+        ],
+    )
+    .await;
+    assert!(
+        stdout(&out).contains("discarded 0 parked event(s)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(parked(&h, bad).await.len(), 2);
+    let out = walhook(
+        &h,
+        &[
+            "parked",
+            "discard",
+            "--webhook",
+            &bad_arg,
+            "--before",
+            "2999-01-01T00:00:00Z",
+        ],
+    )
+    .await;
+    assert!(
+        stdout(&out).contains("discarded 2 parked event(s)"),
+        "{}",
+        text(&out)
+    );
+    assert!(parked(&h, bad).await.is_empty());
+    let out = walhook(&h, &["parked", "discard", "--before", "1h"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // The gauge follows the table, also after another process emptied it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let text = metrics(port).await;
+        if !text.contains("walhook_parked_waiting{") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    h.stop_daemon();
+}
