@@ -298,8 +298,20 @@ mod tests {
         assert_eq!(parse_rate("10/s"), Ok(Rate::PerMinute(600)));
         assert_eq!(parse_rate(" 300 / Min "), Ok(Rate::PerMinute(300)));
         assert_eq!(parse_rate("OFF"), Ok(Rate::Off));
-        assert_eq!(parse_rate("100000/s"), Ok(Rate::PerMinute(MAX_RATE_PER_MINUTE)));
-        for bad in ["0/s", "100001/s", "4294967295/s", "-1/s", "1.5/s", "10", "10/h", ""] {
+        assert_eq!(
+            parse_rate("100000/s"),
+            Ok(Rate::PerMinute(MAX_RATE_PER_MINUTE))
+        );
+        for bad in [
+            "0/s",
+            "100001/s",
+            "4294967295/s",
+            "-1/s",
+            "1.5/s",
+            "10",
+            "10/h",
+            "",
+        ] {
             assert!(parse_rate(bad).is_err(), "{bad:?}");
         }
         assert_eq!(parse_grace("0"), Ok(std::time::Duration::ZERO));

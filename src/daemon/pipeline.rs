@@ -242,7 +242,11 @@ impl Pipeline {
     }
 
     /// One `webhook_control` row, from the stream (`at`) or read at start.
-    pub async fn apply_control_row(&mut self, row: &crate::events::WebhookRow, at: Option<TxnInfo>) {
+    pub async fn apply_control_row(
+        &mut self,
+        row: &crate::events::WebhookRow,
+        at: Option<TxnInfo>,
+    ) {
         let Some((id, settings, warnings)) = HookSettings::from_row(row) else {
             tracing::warn!("webhook_control row without a valid webhook_id skipped");
             return;

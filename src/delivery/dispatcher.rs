@@ -166,7 +166,10 @@ impl Dispatcher {
                 *mode = Mode::Parking(ParkReason::Paused);
             }
             drop(mode);
-            tracing::info!(webhook_id = id, "hook paused: its events are parked until it is resumed");
+            tracing::info!(
+                webhook_id = id,
+                "hook paused: its events are parked until it is resumed"
+            );
         } else if !settings.paused && was_paused {
             tracing::info!(webhook_id = id, "hook resumed");
             let hook = control.current();

@@ -297,8 +297,7 @@ async fn run_job(ctx: &DeliveryContext, control: &HookControl, job: Job) {
                     *mode = Mode::Parking(reason);
                 }
             }
-            if park_until_done(ctx, &job, reason, attempts as i32, error.as_deref()).await
-            {
+            if park_until_done(ctx, &job, reason, attempts as i32, error.as_deref()).await {
                 control.parked_added(1);
                 job.ticket.settle();
             }

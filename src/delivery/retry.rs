@@ -107,9 +107,7 @@ pub(super) async fn deliver(
                 match kind {
                     FailureKind::NotSent => None,
                     FailureKind::Answered => Some(Signal::Answered(took)),
-                    FailureKind::Overloaded | FailureKind::Throttled => {
-                        Some(Signal::BackPressure)
-                    }
+                    FailureKind::Overloaded | FailureKind::Throttled => Some(Signal::BackPressure),
                 },
             ),
         };

@@ -17,6 +17,7 @@ mod operations;
 mod pgoutput_fixtures;
 mod pipeline;
 mod roles;
+mod settings;
 mod shapes;
 mod tls;
 mod types;
