@@ -360,8 +360,17 @@ impl Pipeline {
         // stays parked. They are read as they stand now: a change replayed
         // from before it is applied again, which delays a pause or a
         // resume by what is replayed, never loses an event.
-        for row in self.store.control_rows().await? {
-            self.apply_control_row(&row, None).await;
+        if self.store.has_control_table().await? {
+            for row in self.store.control_rows().await? {
+                self.apply_control_row(&row, None).await;
+            }
+        } else {
+            // Delivery works without it; only the per-hook settings wait.
+            tracing::warn!(
+                "table {} is missing: run `walhook setup` to add it (secret rotation, \
+                 rate limits and pauses need it)",
+                self.store.table_name("webhook_control")
+            );
         }
         let parked = self.store.parked_hook_set().await?;
         let errors = self.store.consecutive_errors().await?;

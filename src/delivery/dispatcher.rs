@@ -254,6 +254,13 @@ impl Dispatcher {
                     start_parking(&mut self.tasks, &self.ctx, &control, &mut mode);
                 }
                 if let Mode::Parking(reason) = *mode {
+                    // A pause outlasts a restart, which restores the hook
+                    // as parking for its backlog: say why it parks now.
+                    let reason = if control.is_paused() {
+                        ParkReason::Paused
+                    } else {
+                        reason
+                    };
                     // Counted under the mode lock: the replayer cannot go
                     // Live before the writer has stored it.
                     control.unwritten.fetch_add(1, Ordering::AcqRel);

@@ -29,6 +29,23 @@ pub enum PauseChange {
 }
 
 impl Store {
+    /// Whether `webhook_control` exists: an install set up by an older
+    /// walhook gets it from the next `walhook setup`.
+    pub async fn has_control_table(&self) -> anyhow::Result<bool> {
+        Ok(self
+            .client
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&self.table("webhook_control")],
+            )
+            .await
+            .sql(format!(
+                "looking for {}",
+                self.table_name("webhook_control")
+            ))?
+            .get(0))
+    }
+
     /// Every `webhook_control` row, as text.
     pub async fn control_rows(&self) -> anyhow::Result<Vec<WebhookRow>> {
         let rows = self
