@@ -347,7 +347,7 @@ fn main() {
             .remove(0)
         {
             Change::Event(event) => *event,
-            Change::Webhook(_) => unreachable!("bench_item is a host table"),
+            Change::Webhook(_) | Change::Control(_) => unreachable!("bench_item is a host table"),
         }
     };
 

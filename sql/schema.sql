@@ -90,3 +90,24 @@ CREATE TABLE IF NOT EXISTS {schema}.slot_progress (
     lsn       pg_lsn      NOT NULL,
     updated   timestamptz NOT NULL DEFAULT now()
 );
+
+-- Per-hook settings that are walhook's own, not SuperOffice columns:
+-- written by `walhook webhook rotate-secret|throttle|pause|resume`,
+-- published with `webhook` so the daemon applies them in commit order.
+CREATE TABLE IF NOT EXISTS {schema}.webhook_control (
+    webhook_id              integer PRIMARY KEY,
+    -- The secret a rotation replaced: it signs too, until it expires.
+    previous_secret         varchar(400),
+    previous_secret_expires timestamptz
+        CHECK (isfinite(previous_secret_expires)),
+    -- At most this many requests a minute (a rate per second is stored
+    -- times 60); NULL: no limit.
+    max_per_minute          integer
+        CHECK (max_per_minute BETWEEN 1 AND 6000000),
+    -- Set: the hook's events are parked, none sent, until it is cleared.
+    paused_at               timestamptz,
+    updated                 timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE {schema}.webhook_usage
+    ADD COLUMN IF NOT EXISTS total_throttled bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS last_throttled timestamptz;

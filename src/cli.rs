@@ -145,6 +145,50 @@ pub enum WebhookCommand {
         /// The webhook_id.
         id: i32,
     },
+    /// Give a hook a new signing secret; the old one keeps signing
+    /// (webhook-signature carries both) until the grace period ends.
+    #[command(after_help = "Examples:\n  \
+        walhook webhook rotate-secret 7                      # a generated whsec_ secret, printed once\n  \
+        walhook webhook rotate-secret 7 --secret-file /etc/walhook/hook7.secret --grace 2h")]
+    RotateSecret {
+        /// The webhook_id.
+        id: i32,
+        /// A file whose first line is the new secret; without it a
+        /// whsec_ secret of 32 random bytes is generated and printed.
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
+        /// How long the old secret keeps signing: 0 to 30 days, e.g. 90m,
+        /// 2h, 7d.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_grace)]
+        grace: std::time::Duration,
+    },
+    /// Limit a hook to at most N requests a second or a minute, or lift
+    /// the limit; the running walhook applies it at once.
+    #[command(after_help = "Examples:\n  \
+        walhook webhook throttle 7 --rate 10/s\n  \
+        walhook webhook throttle 7 --rate 300/min\n  \
+        walhook webhook throttle 7 --rate off")]
+    Throttle {
+        /// The webhook_id.
+        id: i32,
+        /// N/s, N/min (1/min to 100000/s), or off.
+        #[arg(long, value_parser = parse_rate)]
+        rate: Rate,
+    },
+    /// Stop sending to a hook but keep its events: they are parked until
+    /// `resume`. (State 2, Stopped, drops them instead.)
+    #[command(after_help = "Example:\n  walhook webhook pause 7")]
+    Pause {
+        /// The webhook_id.
+        id: i32,
+    },
+    /// Send to a paused hook again: its parked events first, in commit
+    /// order, then the new ones.
+    #[command(after_help = "Example:\n  walhook webhook resume 7")]
+    Resume {
+        /// The webhook_id.
+        id: i32,
+    },
     /// Delete a hook's row. Its statistics (webhook_usage) and parked events
     /// (delivery) are kept unless --purge is given.
     Remove {
@@ -230,6 +274,57 @@ pub struct AddArgs {
     pub state: WebhookState,
 }
 
+/// `walhook webhook throttle --rate`: requests a minute, or no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rate {
+    PerMinute(u32),
+    Off,
+}
+
+/// The most `--rate` allows, a minute: 100,000 a second.
+pub const MAX_RATE_PER_MINUTE: u32 = 6_000_000;
+
+/// `N/s`, `N/min` or `off`.
+pub fn parse_rate(text: &str) -> Result<Rate, String> {
+    let folded = text.trim().to_ascii_lowercase();
+    if folded == "off" || folded == "none" {
+        return Ok(Rate::Off);
+    }
+    let bad = || format!("rate {text:?} is not N/s, N/min or off (e.g. 10/s, 300/min)");
+    let (n, per) = folded.split_once('/').ok_or_else(bad)?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    let factor = match per.trim() {
+        "s" | "sec" | "second" => 60,
+        "m" | "min" | "minute" => 1,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(factor) {
+        Some(per_minute) if (1..=MAX_RATE_PER_MINUTE).contains(&per_minute) => {
+            Ok(Rate::PerMinute(per_minute))
+        }
+        _ => Err(format!(
+            "rate {text:?} is out of range: 1/min to 100000/s, or off"
+        )),
+    }
+}
+
+/// The longest grace period of a secret rotation.
+pub const MAX_GRACE: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// `--grace`: a duration such as `90m`, `2h`, `7d`, or `0`.
+pub fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
+    let grace = if text.trim() == "0" {
+        std::time::Duration::ZERO
+    } else {
+        humantime::parse_duration(text.trim())
+            .map_err(|e| format!("grace {text:?} is not a duration such as 90m, 2h or 7d: {e}"))?
+    };
+    if grace > MAX_GRACE {
+        return Err(format!("grace {text:?} is longer than 30 days"));
+    }
+    Ok(grace)
+}
+
 /// A webhook state given as 0-3 or as its name, in any case (`-` and `_`
 /// ignored, so `too-many-errors` works too).
 pub fn parse_state(text: &str) -> Result<WebhookState, String> {
@@ -255,6 +350,35 @@ pub fn parse_state(text: &str) -> Result<WebhookState, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_and_grace_periods_parse_within_their_bounds() {
+        assert_eq!(parse_rate("10/s"), Ok(Rate::PerMinute(600)));
+        assert_eq!(parse_rate(" 300 / Min "), Ok(Rate::PerMinute(300)));
+        assert_eq!(parse_rate("OFF"), Ok(Rate::Off));
+        assert_eq!(
+            parse_rate("100000/s"),
+            Ok(Rate::PerMinute(MAX_RATE_PER_MINUTE))
+        );
+        for bad in [
+            "0/s",
+            "100001/s",
+            "4294967295/s",
+            "-1/s",
+            "1.5/s",
+            "10",
+            "10/h",
+            "",
+        ] {
+            assert!(parse_rate(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_grace("0"), Ok(std::time::Duration::ZERO));
+        assert_eq!(parse_grace("2h"), Ok(std::time::Duration::from_secs(7200)));
+        assert_eq!(parse_grace("30d"), Ok(MAX_GRACE));
+        for bad in ["31d", "soon", "-1h", ""] {
+            assert!(parse_grace(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn every_default_is_shown_once_in_help() {

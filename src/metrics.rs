@@ -33,7 +33,8 @@ pub struct Metrics {
     /// Events sent with their largest values left out, over
     /// `delivery.max_body_bytes`.
     pub events_cut: Counter,
-    /// Attempts by outcome: delivered, failed, gone, parked, dropped.
+    /// Attempts by outcome: delivered, failed, throttled (429, 503 with
+    /// Retry-After), gone, parked, dropped.
     pub deliveries: Family<Vec<(String, String)>, Counter>,
     pub delivery_seconds: Histogram,
     pub lag_bytes: Gauge,

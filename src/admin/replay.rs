@@ -5,13 +5,16 @@
 //! errors, consecutive errors, last success or error), and a 410 Gone stops
 //! the hook as it would in the daemon. A hook in TooManyErrors whose parked
 //! events were all delivered is set Active again: its target answers, and
-//! left as it was it would keep parking every new event.
+//! left as it was it would keep parking every new event. A paused hook is
+//! left alone: `walhook webhook resume` delivers its events.
 
 use anyhow::bail;
 
 use super::connect;
 use crate::config::Config;
-use crate::delivery::{attempt, http_client, Attempt, DeliveryOutcome, DeliveryStore, UsageBook};
+use crate::delivery::{
+    attempt, http_client, Attempt, DeliveryOutcome, DeliveryStore, HookSettings, UsageBook,
+};
 use crate::registry::{Registry, WebhookState};
 use crate::text::first_line;
 
@@ -22,6 +25,13 @@ pub async fn replay(config: &Config, webhook: Option<i32>) -> anyhow::Result<()>
     let store = connect(config).await?;
     let registry = Registry::from_rows(store.webhook_rows().await?);
     let http = http_client(&config.delivery)?;
+    let settings: std::collections::HashMap<i32, HookSettings> = store
+        .control_rows()
+        .await?
+        .iter()
+        .filter_map(HookSettings::from_row)
+        .map(|(id, settings, _)| (id, settings))
+        .collect();
     if let Some(id) = webhook {
         if registry.get(id).is_none() {
             bail!("webhook_id {id} does not exist (or its row is invalid; see `walhook check`)");
@@ -45,6 +55,15 @@ pub async fn replay(config: &Config, webhook: Option<i32>) -> anyhow::Result<()>
             );
             continue;
         };
+        let settings = settings.get(&id).cloned().unwrap_or_default();
+        if settings.paused {
+            println!(
+                "webhook_id {id}: paused; its {} parked event(s) are kept until \
+                 `walhook webhook resume {id}`",
+                store.parked_count(id).await?
+            );
+            continue;
+        }
         let book = UsageBook::default();
         let mut delivered = 0u64;
         let mut failure = None;
@@ -64,6 +83,7 @@ pub async fn replay(config: &Config, webhook: Option<i32>) -> anyhow::Result<()>
                         event_id: row.event_id,
                         body: &row.body,
                         retry: attempts,
+                        settings: &settings,
                     },
                 )
                 .await;

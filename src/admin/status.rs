@@ -128,6 +128,20 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<u8> {
     Ok(problems.iter().map(|(c, _)| *c).max().unwrap_or(exit::OK))
 }
 
+/// The hook's state, and its pause and rate limit when set.
+fn hook_state(h: &HookStats) -> String {
+    let mut text = h.state.map_or("-".into(), state_name);
+    if h.paused {
+        text.push_str(", paused");
+    }
+    match h.max_per_minute {
+        Some(n) if n % 60 == 0 => text.push_str(&format!(", max {}/s", n / 60)),
+        Some(n) => text.push_str(&format!(", max {n}/min")),
+        None => {}
+    }
+    text
+}
+
 fn hook_json(h: &HookStats) -> Value {
     json!({
         "webhook_id": h.id,
@@ -143,6 +157,9 @@ fn hook_json(h: &HookStats) -> Value {
         "last_error": h.last_error.as_deref().map(|e| short(e, 200)),
         "parked": h.parked,
         "oldest_parked": h.oldest_parked,
+        "paused": h.paused,
+        "max_per_minute": h.max_per_minute,
+        "total_throttled": h.total_throttled,
     })
 }
 
@@ -287,7 +304,7 @@ fn print_status(report: &SlotReport, hooks: &[HookStats], parked_total: i64, web
                     (Some(n), true) => short(n, 30),
                     _ => "(removed)".into(),
                 },
-                h.state.map_or("-".into(), state_name),
+                hook_state(h),
                 h.total_calls.to_string(),
                 h.total_errors.to_string(),
                 h.consecutive_errors.to_string(),

@@ -1,4 +1,4 @@
-//! `walhook webhook list|add|set-state|test|remove`.
+//! `walhook webhook list|add|set-state|rotate-secret|throttle|pause|resume|test|remove`.
 
 use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -10,11 +10,15 @@ use uuid::Uuid;
 
 use super::render::{columns, state_name};
 use super::{connect, invalid};
-use crate::cli::{exit, AddArgs, WebhookCommand};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+
+use crate::cli::{exit, AddArgs, Rate, WebhookCommand};
 use crate::config::Config;
-use crate::delivery::{check_target, http_client, request, tls, DeliveryStore};
+use crate::delivery::{check_target, http_client, request, tls, DeliveryStore, HookSettings};
 use crate::events::WebhookRow;
 use crate::registry::{Webhook, WebhookState};
+use crate::store::control::PauseChange;
 use crate::store::webhooks::NewWebhook;
 use crate::store::Store;
 use crate::text::{error_chain, redacted_url, redacted_url_text, truncate_chars};
@@ -27,7 +31,119 @@ pub async fn webhook(config: &Config, command: WebhookCommand) -> anyhow::Result
         WebhookCommand::SetState { id, state } => set_state(config, id, state).await,
         WebhookCommand::Test { id } => test(config, id).await,
         WebhookCommand::Remove { id, purge } => remove(config, id, purge).await,
+        WebhookCommand::RotateSecret {
+            id,
+            secret_file,
+            grace,
+        } => rotate_secret(config, id, secret_file.as_deref(), grace).await,
+        WebhookCommand::Throttle { id, rate } => throttle(config, id, rate).await,
+        WebhookCommand::Pause { id } => pause(config, id, true).await,
+        WebhookCommand::Resume { id } => pause(config, id, false).await,
     }
+}
+
+/// The settings `webhook_control` holds for hook `id` (defaults when it
+/// has no row).
+async fn control_settings(store: &Store, id: i32) -> anyhow::Result<HookSettings> {
+    Ok(store
+        .control_rows()
+        .await?
+        .iter()
+        .filter_map(HookSettings::from_row)
+        .find(|(hook, _, _)| *hook == id)
+        .map(|(_, settings, _)| settings)
+        .unwrap_or_default())
+}
+
+async fn rotate_secret(
+    config: &Config,
+    id: i32,
+    secret_file: Option<&std::path::Path>,
+    grace: std::time::Duration,
+) -> anyhow::Result<u8> {
+    let refuse = |why: String| invalid(format!("webhook_id {id}: {why}"));
+    let (secret, generated) = match secret_file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| refuse(format!("cannot read secret file {}: {e}", file.display())))?;
+            let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+            if line.is_empty() {
+                return Err(refuse(format!(
+                    "secret file {}: the first line is empty",
+                    file.display()
+                )));
+            }
+            if line.chars().count() > 400 {
+                return Err(refuse(format!(
+                    "secret file {}: the secret is longer than 400 characters (webhook.secret is varchar(400))",
+                    file.display()
+                )));
+            }
+            (line.to_owned(), false)
+        }
+        None => {
+            let bytes: [u8; 32] = rand::random();
+            (format!("whsec_{}", BASE64.encode(bytes)), true)
+        }
+    };
+    let store = connect(config).await?;
+    let expires = store
+        .rotate_secret(id, &secret, grace)
+        .await?
+        .ok_or_else(|| no_such_webhook(&store, id))?;
+    match expires {
+        Some(at) if !grace.is_zero() => println!(
+            "webhook_id {id}: new secret set; the previous one also signs webhook-signature until {at} \
+             (X-SuperOffice-Signature carries the new one's only)"
+        ),
+        Some(_) => println!("webhook_id {id}: new secret set; the previous one no longer signs"),
+        None => println!("webhook_id {id}: new secret set (it had none before)"),
+    }
+    if generated {
+        // The one time it is shown: the receiver needs it.
+        println!("{secret}");
+    }
+    Ok(exit::OK)
+}
+
+async fn throttle(config: &Config, id: i32, rate: Rate) -> anyhow::Result<u8> {
+    let store = connect(config).await?;
+    let per_minute = match rate {
+        Rate::PerMinute(n) => Some(i32::try_from(n).unwrap_or(i32::MAX)),
+        Rate::Off => None,
+    };
+    if !store.set_max_rate(id, per_minute).await? {
+        return Err(no_such_webhook(&store, id));
+    }
+    match per_minute {
+        Some(n) if n % 60 == 0 => println!("webhook_id {id}: at most {}/s", n / 60),
+        Some(n) => println!("webhook_id {id}: at most {n}/min"),
+        None => println!("webhook_id {id}: no rate limit"),
+    }
+    Ok(exit::OK)
+}
+
+async fn pause(config: &Config, id: i32, paused: bool) -> anyhow::Result<u8> {
+    let store = connect(config).await?;
+    match store.set_paused(id, paused).await? {
+        PauseChange::NoSuchHook => return Err(no_such_webhook(&store, id)),
+        PauseChange::Unchanged => println!(
+            "webhook_id {id} is already {}: nothing changed",
+            if paused { "paused" } else { "not paused" }
+        ),
+        PauseChange::Changed if paused => println!(
+            "webhook_id {id} paused: its events are parked, none sent, until \
+             `walhook webhook resume {id}`"
+        ),
+        PauseChange::Changed => {
+            let parked = store.parked_count(id).await?;
+            println!(
+                "webhook_id {id} resumed: its {parked} parked event(s) are delivered first, in order, \
+                 by the running walhook"
+            );
+        }
+    }
+    Ok(exit::OK)
 }
 
 /// The error for a webhook_id that is not in the table.
@@ -218,7 +334,7 @@ async fn add(config: &Config, args: &AddArgs) -> anyhow::Result<u8> {
     check_target(&config.delivery, &hook.target_url)
         .map_err(|why| refuse(format!("target_url {why}")))?;
     // Headers walhook sets itself are never replaced by the hook's.
-    let sent = request::headers(&hook, "test", Uuid::nil(), b"", 0, 0);
+    let sent = request::headers(&hook, None, "test", Uuid::nil(), b"", 0, 0);
     for (name, value) in &hook.headers {
         if sent.get(name) != Some(value) {
             eprintln!(
@@ -326,10 +442,11 @@ async fn test(config: &Config, id: i32) -> anyhow::Result<u8> {
         .map_err(|why| anyhow!("webhook_id {id}: target_url {why}"))?;
     let event_id = Uuid::new_v4();
     let body = request::test_body(event_id, &hook, &config.events.context_identifier);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let mut headers = request::headers(&hook, "test", event_id, &body, 0, now);
+    let settings = control_settings(&store, id).await?;
+    let at = SystemTime::now();
+    let now = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let previous = settings.previous_secret_at(at);
+    let mut headers = request::headers(&hook, previous, "test", event_id, &body, 0, now);
     headers.insert(
         HeaderName::from_static("x-hook-test"),
         HeaderValue::from_static("true"),

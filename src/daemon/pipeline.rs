@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context};
 
 use crate::checkpoint::{Checkpoint, OpenTxn};
 use crate::config::Config;
-use crate::delivery::{request, Dispatcher, Job, OrderScope};
+use crate::delivery::{request, Dispatcher, HookSettings, Job, OrderScope};
 use crate::events::catalog::TypeCatalog;
 use crate::events::{Change, ChangeEvent, EventBuilder, Operation, TxnInfo};
 use crate::metrics::Metrics;
@@ -182,6 +182,7 @@ impl Pipeline {
                             }
                         }
                         Change::Webhook(change) => self.webhook_changed(info, change).await,
+                        Change::Control(change) => self.control_changed(info, change).await,
                     }
                 }
             }
@@ -223,6 +224,40 @@ impl Pipeline {
         if let Some(txn) = self.txn.as_mut() {
             txn.registry_changed = true;
         }
+    }
+
+    /// A change to `webhook_control`: the hook's delivery follows it from
+    /// this commit on.
+    async fn control_changed(&mut self, info: TxnInfo, change: crate::events::WebhookChange) {
+        use crate::events::WebhookChange;
+        match change {
+            WebhookChange::Upsert(row) => self.apply_control_row(&row, Some(info)).await,
+            WebhookChange::Delete { webhook_id } => {
+                if let Some(id) = webhook_id.and_then(|id| id.parse::<i32>().ok()) {
+                    self.dispatcher.settings_changed(id, None).await;
+                }
+            }
+            WebhookChange::Truncate => self.dispatcher.all_settings_removed().await,
+        }
+    }
+
+    /// One `webhook_control` row, from the stream (`at`) or read at start.
+    pub async fn apply_control_row(
+        &mut self,
+        row: &crate::events::WebhookRow,
+        at: Option<TxnInfo>,
+    ) {
+        let Some((id, settings, warnings)) = HookSettings::from_row(row) else {
+            tracing::warn!("webhook_control row without a valid webhook_id skipped");
+            return;
+        };
+        for warning in warnings {
+            tracing::warn!(webhook_id = id, "webhook_control: {warning}");
+        }
+        if let Some(info) = at {
+            tracing::info!(lsn = %info.commit_lsn, webhook_id = id, ?settings, "webhook_control changed");
+        }
+        self.dispatcher.settings_changed(id, Some(settings)).await;
     }
 
     /// Address an event to every matching hook, by the hook's state.
@@ -321,6 +356,22 @@ impl Pipeline {
     /// Hooks with parked events or a running error count, as stored: they
     /// resume as they were (parking, or counting toward TooManyErrors).
     pub async fn restore_hooks(&mut self) -> anyhow::Result<()> {
+        // Settings first, so a paused hook restored with parked events
+        // stays parked. They are read as they stand now: a change replayed
+        // from before it is applied again, which delays a pause or a
+        // resume by what is replayed, never loses an event.
+        if self.store.has_control_table().await? {
+            for row in self.store.control_rows().await? {
+                self.apply_control_row(&row, None).await;
+            }
+        } else {
+            // Delivery works without it; only the per-hook settings wait.
+            tracing::warn!(
+                "table {} is missing: run `walhook setup` to add it (secret rotation, \
+                 rate limits and pauses need it)",
+                self.store.table_name("webhook_control")
+            );
+        }
         let parked = self.store.parked_hook_set().await?;
         let errors = self.store.consecutive_errors().await?;
         let hooks: Vec<_> = self.registry.hooks().cloned().collect();

@@ -15,6 +15,7 @@ use super::hook::{epoch_millis, HookControl, Mode, ParkReason};
 use super::park_writer::ParkQueue;
 use super::parking::{past_bound, start_parking};
 use super::queue::{run_queue, Keys, Queued};
+use super::settings::HookSettings;
 use super::{DeliveryContext, Job, OrderScope};
 use crate::config::{Concurrency, DeliveryConfig, DeliveryOrder};
 use crate::registry::{Webhook, WebhookState};
@@ -43,6 +44,9 @@ pub struct Dispatcher {
     /// (their row was missing or invalid then): they start out parking, so
     /// their live events queue behind the parked ones.
     parked_at_start: HashSet<i32>,
+    /// `webhook_control` rows by webhook_id, also of hooks without a
+    /// queue yet, so a queue starts with its hook's settings.
+    settings: HashMap<i32, Arc<HookSettings>>,
 }
 
 impl Dispatcher {
@@ -58,6 +62,7 @@ impl Dispatcher {
             tasks,
             park_queue,
             parked_at_start: HashSet::new(),
+            settings: HashMap::new(),
         }
     }
 
@@ -76,6 +81,9 @@ impl Dispatcher {
                 concurrency_limit(&config),
                 mode,
             ));
+            if let Some(settings) = self.settings.get(&hook.id) {
+                control.set_settings(Arc::clone(settings));
+            }
             let (queue, rx) = mpsc::unbounded_channel();
             self.tasks
                 .spawn(run_queue(rx, self.ctx.clone(), Arc::clone(&control)));
@@ -133,6 +141,49 @@ impl Dispatcher {
         }
         if let Some(known) = self.hooks.get(&hook.id) {
             known.control.trip_notify.notify_waiters();
+        }
+    }
+
+    /// A hook's `webhook_control` row changed (`None`: removed), at start
+    /// or in commit order from the stream: a pause parks its events from
+    /// here on and stops its attempts, a resume replays what was parked, a
+    /// new rate or previous secret applies from the next attempt.
+    pub async fn settings_changed(&mut self, id: i32, settings: Option<HookSettings>) {
+        let settings = Arc::new(settings.unwrap_or_default());
+        if *settings == HookSettings::default() {
+            self.settings.remove(&id);
+        } else {
+            self.settings.insert(id, Arc::clone(&settings));
+        }
+        let Some(known) = self.hooks.get(&id) else {
+            return;
+        };
+        let control = Arc::clone(&known.control);
+        let was_paused = control.set_settings(Arc::clone(&settings)).paused;
+        if settings.paused && !was_paused {
+            let mut mode = control.mode.lock().await;
+            if *mode == Mode::Live {
+                *mode = Mode::Parking(ParkReason::Paused);
+            }
+            drop(mode);
+            tracing::info!(
+                webhook_id = id,
+                "hook paused: its events are parked until it is resumed"
+            );
+        } else if !settings.paused && was_paused {
+            tracing::info!(webhook_id = id, "hook resumed");
+            let hook = control.current();
+            self.activated(&hook).await;
+        }
+        // Waits (retries, a hold, the rate) look at the new settings.
+        control.trip_notify.notify_waiters();
+    }
+
+    /// `webhook_control` was truncated.
+    pub async fn all_settings_removed(&mut self) {
+        let ids: Vec<i32> = self.settings.keys().copied().collect();
+        for id in ids {
+            self.settings_changed(id, None).await;
         }
     }
 
@@ -195,11 +246,21 @@ impl Dispatcher {
         let permit = loop {
             {
                 let mut mode = control.mode.lock().await;
+                if *mode == Mode::Live && control.is_paused() {
+                    *mode = Mode::Parking(ParkReason::Paused);
+                }
                 let hogging = budget_spent && self.holds_most_of_the_budget(&control);
                 if *mode == Mode::Live && past_bound(&self.ctx.config.get(), &control, hogging) {
                     start_parking(&mut self.tasks, &self.ctx, &control, &mut mode);
                 }
                 if let Mode::Parking(reason) = *mode {
+                    // A pause outlasts a restart, which restores the hook
+                    // as parking for its backlog: say why it parks now.
+                    let reason = if control.is_paused() {
+                        ParkReason::Paused
+                    } else {
+                        reason
+                    };
                     // Counted under the mode lock: the replayer cannot go
                     // Live before the writer has stored it.
                     control.unwritten.fetch_add(1, Ordering::AcqRel);

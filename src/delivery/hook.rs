@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::concurrency::{ConcurrencyLimit, Signal};
+use super::settings::HookSettings;
 use crate::registry::{Webhook, WebhookState};
 
 /// Why a hook's events are parked.
@@ -15,6 +16,8 @@ use crate::registry::{Webhook, WebhookState};
 pub enum ParkReason {
     TooManyErrors,
     Backlog,
+    /// `walhook webhook pause`: kept until `resume`.
+    Paused,
 }
 
 impl ParkReason {
@@ -22,6 +25,7 @@ impl ParkReason {
         match self {
             ParkReason::TooManyErrors => "TooManyErrors",
             ParkReason::Backlog => "backlog",
+            ParkReason::Paused => "paused",
         }
     }
 }
@@ -71,6 +75,13 @@ pub struct HookControl {
     pub(super) replaying: AtomicBool,
     /// The hook's row was deleted.
     pub(super) removed: AtomicBool,
+    /// Its `webhook_control` row: previous secret, rate, pause.
+    settings: RwLock<Arc<HookSettings>>,
+    /// No request starts before this ([`epoch_millis`]; 0: none): the
+    /// target answered 429 or 503 with Retry-After.
+    held_until: AtomicU64,
+    /// The earliest start of the next request under the hook's rate.
+    next_start: Mutex<Option<Instant>>,
 }
 
 impl HookControl {
@@ -91,7 +102,87 @@ impl HookControl {
             mode: tokio::sync::Mutex::new(mode),
             replaying: AtomicBool::new(false),
             removed: AtomicBool::new(false),
+            settings: RwLock::new(Arc::default()),
+            held_until: AtomicU64::new(0),
+            next_start: Mutex::new(None),
         }
+    }
+
+    pub fn settings(&self) -> Arc<HookSettings> {
+        Arc::clone(&self.settings.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// New settings; returns the ones they replace.
+    pub(super) fn set_settings(&self, settings: Arc<HookSettings>) -> Arc<HookSettings> {
+        let old = std::mem::replace(
+            &mut *self.settings.write().unwrap_or_else(|e| e.into_inner()),
+            settings,
+        );
+        if old.max_per_minute != self.settings().max_per_minute {
+            // A new rate applies from the next request, not after a slot
+            // reserved under the old one.
+            *self.next_start.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        old
+    }
+
+    /// `walhook webhook pause`: nothing is sent, new events are parked.
+    pub(super) fn is_paused(&self) -> bool {
+        self.settings().paused
+    }
+
+    /// The target asked for a pause: no request of the hook starts for
+    /// `wait`.
+    pub(super) fn hold_for(&self, wait: Duration) {
+        let until = epoch_millis().saturating_add(wait.as_millis() as u64);
+        self.held_until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Wait until the hook may send its next request: past a hold the
+    /// target asked for, and at the hook's rate. Returns early (false)
+    /// when the hook is stopped, tripped, paused or changed meanwhile, so
+    /// the caller looks again.
+    pub(super) async fn wait_turn(&self) -> bool {
+        loop {
+            let held = self
+                .held_until
+                .load(Ordering::Acquire)
+                .saturating_sub(epoch_millis());
+            let wait = if held > 0 {
+                Duration::from_millis(held)
+            } else if let Some(spacing) = self.settings().spacing() {
+                let now = Instant::now();
+                let at = {
+                    let mut next = self.next_start.lock().unwrap_or_else(|e| e.into_inner());
+                    let at = next.map_or(now, |n| n.max(now));
+                    *next = Some(at + spacing);
+                    at
+                };
+                if at <= now {
+                    return true;
+                }
+                // The slot is reserved: sleep to it, then send.
+                let woken = tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => false,
+                    _ = self.trip_notify.notified() => true,
+                };
+                return !woken || !self.must_stop_waiting();
+            } else {
+                return true;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.trip_notify.notified() => {
+                    if self.must_stop_waiting() {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    fn must_stop_waiting(&self) -> bool {
+        self.is_stopped() || self.is_tripped() || self.is_gone() || self.is_paused()
     }
 
     pub fn current(&self) -> Arc<Webhook> {

@@ -7,6 +7,7 @@ use reqwest::StatusCode;
 use uuid::Uuid;
 
 use super::request;
+use super::settings::HookSettings;
 use super::target_policy::check_target;
 use super::tls;
 use crate::config::DeliveryConfig;
@@ -36,9 +37,13 @@ pub enum FailureKind {
     NotSent,
     /// The target answered with an error status.
     Answered,
-    /// 429, 503, a timeout or a failed connection: the target is
-    /// overloaded or unreachable, so it gets fewer requests at once.
+    /// 503 without Retry-After, a timeout or a failed connection: the
+    /// target is overloaded or unreachable, so it gets fewer requests at
+    /// once.
     Overloaded,
+    /// 429, or 503 with Retry-After: the target asks to be sent less. The
+    /// whole hook waits as asked, and it does not count as an error.
+    Throttled,
 }
 
 /// What one attempt sends.
@@ -48,6 +53,8 @@ pub struct Attempt<'a> {
     pub event_id: Uuid,
     pub body: &'a Bytes,
     pub retry: u32,
+    /// The hook's `webhook_control` settings (a rotated-out secret).
+    pub settings: &'a HookSettings,
 }
 
 /// One POST. Never panics on anything the target does.
@@ -64,10 +71,20 @@ pub async fn attempt(
         };
     }
     let started = tokio::time::Instant::now();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let headers = request::headers(job.hook, job.event, job.event_id, job.body, job.retry, now);
+    let at = SystemTime::now();
+    let now = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    // The old secret's expiry is checked now, at signing, whenever the
+    // settings were read.
+    let previous = job.settings.previous_secret_at(at);
+    let headers = request::headers(
+        job.hook,
+        previous,
+        job.event,
+        job.event_id,
+        job.body,
+        job.retry,
+        now,
+    );
     let sent = http
         .post(job.hook.target_url.clone())
         .headers(headers)
@@ -126,8 +143,10 @@ pub async fn attempt(
         error: storable(&truncate_chars(&error, LAST_ERROR_MAX_CHARS)),
         retry_after,
         kind: if status == StatusCode::TOO_MANY_REQUESTS
-            || status == StatusCode::SERVICE_UNAVAILABLE
+            || (status == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some())
         {
+            FailureKind::Throttled
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
             FailureKind::Overloaded
         } else {
             FailureKind::Answered

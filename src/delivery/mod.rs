@@ -20,6 +20,13 @@
 //! | replaying | `delivery`, behind the parked ones | all parked delivered and queue empty (live); a failure (parking) |
 //! | tripped   | `delivery`              | the hook set Active again (replaying)          |
 //! | gone      | dropped (410: Stopped)  | the hook set Active again (replaying or live)  |
+//! | paused    | `delivery` (parked, reason `paused`) | `walhook webhook resume` (replaying) |
+//!
+//! Paused is the parking state held by the hook's `webhook_control` row
+//! (`paused_at` set) rather than by its target: nothing is sent, not even
+//! retries or parked events, until the row is cleared; then the replayer
+//! delivers what was parked, in commit order, and the hook goes live.
+//! Unlike Stopped (2), which drops, a pause keeps every event.
 //!
 //! Parking: a hook whose target keeps failing (`max_consecutive_errors`,
 //! which also sets `webhook.state` 3) or whose backlog passes its bound is
@@ -43,6 +50,7 @@ mod queue;
 mod replay;
 pub mod request;
 mod retry;
+pub mod settings;
 pub mod signing;
 pub mod target_policy;
 pub mod tls;
@@ -59,6 +67,7 @@ pub use self::hook::{HookControl, ParkReason};
 pub use self::http::{attempt, Attempt, DeliveryOutcome};
 pub use self::parking::{DeliveryStore, ParkedEvent, ParkedRow};
 pub use self::retry::backoff;
+pub use self::settings::HookSettings;
 pub use self::target_policy::{check_target, is_public, TargetRefused};
 pub use self::usage::{UsageBook, UsageDelta};
 use crate::checkpoint::Ticket;

@@ -283,24 +283,21 @@ async fn run_job(ctx: &DeliveryContext, control: &HookControl, job: Job) {
             job.ticket.settle();
         }
         Settled::Unsettled => {}
-        Settled::Tripped { attempts, error } => {
+        Settled::Tripped { attempts, error } | Settled::Paused { attempts, error } => {
+            let reason = if control.is_tripped() {
+                ParkReason::TooManyErrors
+            } else {
+                ParkReason::Paused
+            };
             {
                 // From now on the reader parks this hook's events too, and
-                // re-activation starts the replayer.
+                // re-activation (or resume) starts the replayer.
                 let mut mode = control.mode.lock().await;
                 if *mode == Mode::Live {
-                    *mode = Mode::Parking(ParkReason::TooManyErrors);
+                    *mode = Mode::Parking(reason);
                 }
             }
-            if park_until_done(
-                ctx,
-                &job,
-                ParkReason::TooManyErrors,
-                attempts as i32,
-                error.as_deref(),
-            )
-            .await
-            {
+            if park_until_done(ctx, &job, reason, attempts as i32, error.as_deref()).await {
                 control.parked_added(1);
                 job.ticket.settle();
             }

@@ -1,5 +1,6 @@
 //! The replayer: a hook's parked events, delivered in commit order once
-//! the hook is Active and its queue is empty, then back to live delivery.
+//! the hook is Active, not paused, and its queue is empty, then back to
+//! live delivery.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,8 +15,8 @@ use crate::registry::WebhookState;
 const BATCH: i64 = 100;
 
 /// Deliver a hook's parked events in commit order, then switch it back to
-/// live delivery. Ends early when the hook trips, is stopped, or is no
-/// longer Active; its events stay parked.
+/// live delivery. Ends early when the hook trips, is stopped, paused, or
+/// is no longer Active; its events stay parked.
 pub(super) async fn run_replayer(ctx: DeliveryContext, control: Arc<HookControl>) {
     loop {
         // Earlier events still in the queue go first: per-row order.
@@ -41,6 +42,7 @@ pub(super) async fn run_replayer(ctx: DeliveryContext, control: Arc<HookControl>
         let again = control.current().state == WebhookState::Active
             && !control.is_tripped()
             && !control.is_gone()
+            && !control.is_paused()
             && matches!(*control.mode.lock().await, Mode::Parking(_))
             && !control.replaying.swap(true, Ordering::AcqRel);
         if !again {
@@ -55,6 +57,7 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
     loop {
         if control.is_tripped()
             || control.is_gone()
+            || control.is_paused()
             || control.current().state != WebhookState::Active
         {
             return Ok(false);
@@ -69,6 +72,7 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
             if control.in_flight() == 0
                 && control.unwritten() == 0
                 && !control.is_tripped()
+                && !control.is_paused()
                 && store.parked_count(control.id).await? == 0
             {
                 *mode = Mode::Live;
@@ -91,7 +95,10 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
             .await;
             match settled {
                 Settled::Delivered => delivered.push(row.delivery_id),
-                Settled::Dropped | Settled::Unsettled | Settled::Stopped => {
+                Settled::Dropped
+                | Settled::Unsettled
+                | Settled::Stopped
+                | Settled::Paused { .. } => {
                     remove_delivered(store.as_ref(), control, &delivered).await?;
                     return Ok(false);
                 }

@@ -183,8 +183,13 @@ pub fn test_body(event_id: Uuid, hook: &Webhook, context_identifier: &str) -> By
 
 /// Headers of one attempt. `retry` is 0 on the first try; `unix_time` is
 /// the time of this attempt, so a late delivery is not rejected as stale.
+/// `previous_secret` is a rotated-out secret still within its grace period
+/// at `unix_time`: it signs `webhook-signature` too, while
+/// `X-SuperOffice-Signature`, one value by definition, is the current
+/// secret's.
 pub fn headers(
     hook: &Webhook,
+    previous_secret: Option<&str>,
     event: &str,
     event_id: Uuid,
     body: &[u8],
@@ -229,7 +234,7 @@ pub fn headers(
         set(
             &mut h,
             "webhook-signature",
-            &signing::standard_webhooks_signature(secret, &id, &ts, body),
+            &signing::standard_webhooks_signatures(secret, previous_secret, &id, &ts, body),
         );
     }
     h

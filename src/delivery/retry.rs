@@ -33,6 +33,11 @@ pub(super) enum Settled {
         attempts: u32,
         error: Option<String>,
     },
+    /// The hook was paused (`walhook webhook pause`): park it.
+    Paused {
+        attempts: u32,
+        error: Option<String>,
+    },
 }
 
 /// Attempt until delivered, gone, or the hook trips. `retry` is how many
@@ -61,7 +66,18 @@ pub(super) async fn deliver(
                 error: last_error,
             };
         }
+        if control.is_paused() {
+            return Settled::Paused {
+                attempts: retry,
+                error: last_error,
+            };
+        }
+        if !control.wait_turn().await {
+            // Stopped, tripped, paused or changed while waiting: look again.
+            continue;
+        }
         let hook = control.current();
+        let settings = control.settings();
         let config = ctx.config.get();
         let started = Instant::now();
         let outcome = attempt(
@@ -73,6 +89,7 @@ pub(super) async fn deliver(
                 event_id,
                 body,
                 retry,
+                settings: &settings,
             },
         )
         .await;
@@ -82,11 +99,15 @@ pub(super) async fn deliver(
             DeliveryOutcome::Delivered(_) => ("delivered", Some(Signal::Answered(took))),
             DeliveryOutcome::Gone => ("gone", Some(Signal::Answered(took))),
             DeliveryOutcome::Failed { kind, .. } => (
-                "failed",
+                if *kind == FailureKind::Throttled {
+                    "throttled"
+                } else {
+                    "failed"
+                },
                 match kind {
                     FailureKind::NotSent => None,
                     FailureKind::Answered => Some(Signal::Answered(took)),
-                    FailureKind::Overloaded => Some(Signal::BackPressure),
+                    FailureKind::Overloaded | FailureKind::Throttled => Some(Signal::BackPressure),
                 },
             ),
         };
@@ -121,6 +142,23 @@ pub(super) async fn deliver(
                 }
                 control.trip_notify.notify_waiters();
                 return Settled::Dropped;
+            }
+            DeliveryOutcome::Failed {
+                error,
+                retry_after,
+                kind: FailureKind::Throttled,
+            } => {
+                // The target asks for less: the whole hook waits as long
+                // as it says (at most delivery.max_backoff), and it is not
+                // an error toward TooManyErrors.
+                let wait = retry_after
+                    .unwrap_or_else(|| backoff(retry - first, config.max_backoff))
+                    .min(config.max_backoff);
+                control.hold_for(wait);
+                ctx.usage.throttled(id);
+                tracing::warn!(webhook_id = id, event_id = %event_id, retry = retry - 1,
+                    "target throttles: no request to it for {}: {}", human_duration(wait), first_line(&error));
+                last_error = Some(error);
             }
             DeliveryOutcome::Failed {
                 error, retry_after, ..

@@ -42,6 +42,26 @@ pub fn standard_webhooks_signature(secret: &str, id: &str, timestamp: &str, body
     format!("v1,{sig}")
 }
 
+/// `webhook-signature` during a secret rotation: the current secret's
+/// signature, then the previous one's, space-separated as Standard
+/// Webhooks allows, so a receiver holding either secret verifies it.
+pub fn standard_webhooks_signatures(
+    secret: &str,
+    previous: Option<&str>,
+    id: &str,
+    timestamp: &str,
+    body: &[u8],
+) -> String {
+    let current = standard_webhooks_signature(secret, id, timestamp, body);
+    match previous.filter(|p| *p != secret) {
+        Some(previous) => format!(
+            "{current} {}",
+            standard_webhooks_signature(previous, id, timestamp, body)
+        ),
+        None => current,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +102,42 @@ mod tests {
                 v.secret
             );
         }
+    }
+
+    /// During a rotation both signatures are in the header, each exactly
+    /// what the reference library computes for its own secret.
+    #[test]
+    fn a_rotation_signs_with_both_secrets() {
+        let text = include_str!("../../tests/fixtures/signature-vectors.json");
+        let vectors: Vec<Vector> = serde_json::from_str(text).unwrap();
+        let (new, old) = (&vectors[0], &vectors[1]);
+        let header = standard_webhooks_signatures(
+            &new.secret,
+            Some(&old.secret),
+            &new.webhook_id,
+            &new.webhook_timestamp,
+            new.body.as_bytes(),
+        );
+        let old_over_new_body = standard_webhooks_signature(
+            &old.secret,
+            &new.webhook_id,
+            &new.webhook_timestamp,
+            new.body.as_bytes(),
+        );
+        assert_eq!(
+            header,
+            format!("{} {old_over_new_body}", new.webhook_signature)
+        );
+        // The same secret twice signs once.
+        assert_eq!(
+            standard_webhooks_signatures(
+                &new.secret,
+                Some(&new.secret),
+                &new.webhook_id,
+                &new.webhook_timestamp,
+                new.body.as_bytes()
+            ),
+            new.webhook_signature
+        );
     }
 }

@@ -22,6 +22,10 @@ pub struct UsageDelta {
     pub last_call: Option<SystemTime>,
     pub last_success: Option<SystemTime>,
     pub last_failure: Option<SystemTime>,
+    /// Answers that asked for less (429, 503 with Retry-After): calls, but
+    /// not errors.
+    pub throttled: i64,
+    pub last_throttled: Option<SystemTime>,
     /// A state delivery decided (410 Gone, too many errors).
     pub new_state: Option<WebhookState>,
 }
@@ -42,6 +46,8 @@ impl UsageDelta {
             last_call: newer.last_call.or(self.last_call),
             last_success: newer.last_success.or(self.last_success),
             last_failure: newer.last_failure.or(self.last_failure),
+            throttled: self.throttled + newer.throttled,
+            last_throttled: newer.last_throttled.or(self.last_throttled),
             new_state: newer.new_state.or(self.new_state),
         }
     }
@@ -79,6 +85,18 @@ impl UsageBook {
             d.last_call = Some(now);
             d.last_failure = Some(now);
             d.last_error = Some(truncate_chars(error, LAST_ERROR_MAX_CHARS));
+        });
+    }
+
+    /// The target answered 429 (or 503 with Retry-After): a call, not an
+    /// error, and the consecutive error count stays as it is.
+    pub fn throttled(&self, id: i32) {
+        let now = SystemTime::now();
+        self.with(id, |d| {
+            d.calls += 1;
+            d.throttled += 1;
+            d.last_call = Some(now);
+            d.last_throttled = Some(now);
         });
     }
 

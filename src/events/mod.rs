@@ -3,8 +3,9 @@
 //! Takes decoded pgoutput messages, keeps the relation descriptions the
 //! stream sends ahead of their changes, and turns each Insert, Update,
 //! Delete and Truncate into a [`ChangeEvent`]. Changes to walhook's own
-//! `webhook` table become [`WebhookChange`]s for the registry instead; the
-//! rest of walhook's schema never yields anything.
+//! `webhook` table become [`WebhookChange`]s for the registry instead, and
+//! those to `webhook_control` the same for delivery's per-hook settings;
+//! the rest of walhook's schema never yields anything.
 
 pub mod catalog;
 pub mod value;
@@ -153,6 +154,9 @@ pub enum WebhookChange {
 pub enum Change {
     Event(Box<ChangeEvent>),
     Webhook(WebhookChange),
+    /// A change to `webhook_control`, rows keyed by webhook_id like those
+    /// of `webhook`.
+    Control(WebhookChange),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +181,7 @@ pub enum EventError {
 enum RelationKind {
     Host,
     Webhook,
+    Control,
     /// walhook's own schema: never an event.
     Internal,
 }
@@ -264,6 +269,8 @@ impl EventBuilder {
         let kind = if rel.namespace == self.schema {
             if rel.name == "webhook" {
                 RelationKind::Webhook
+            } else if rel.name == "webhook_control" {
+                RelationKind::Control
             } else {
                 RelationKind::Internal
             }
@@ -353,6 +360,7 @@ impl EventBuilder {
                         .ok_or(EventError::UnknownRelation(oid))?;
                     match rel.kind {
                         RelationKind::Webhook => out.push(Change::Webhook(WebhookChange::Truncate)),
+                        RelationKind::Control => out.push(Change::Control(WebhookChange::Truncate)),
                         RelationKind::Internal => {}
                         RelationKind::Host => out.push(Change::Event(Box::new(ChangeEvent {
                             event: format!("{}.truncated", rel.entity),
@@ -408,7 +416,7 @@ impl EventBuilder {
         }
         match rel.kind {
             RelationKind::Internal => return Ok(None),
-            RelationKind::Webhook => {
+            kind @ (RelationKind::Webhook | RelationKind::Control) => {
                 let change = match (&new, &old) {
                     (Some(new), old) => {
                         let mut row = text_row(rel, new)?;
@@ -427,7 +435,11 @@ impl EventBuilder {
                     },
                     (None, None) => return Ok(None),
                 };
-                return Ok(Some(Change::Webhook(change)));
+                return Ok(Some(if kind == RelationKind::Webhook {
+                    Change::Webhook(change)
+                } else {
+                    Change::Control(change)
+                }));
             }
             RelationKind::Host => {}
         }

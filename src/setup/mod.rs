@@ -82,7 +82,8 @@ pub async fn plan(store: &Store, config: &Config) -> anyhow::Result<Plan> {
     let mut plan = Plan::default();
 
     // 1. Schema objects.
-    if !store.schema_ready().await? {
+    let schema_ready = store.schema_ready().await?;
+    if !schema_ready {
         plan.statements
             .push(ddl::create_schema(&config.postgres.schema));
     }
@@ -105,7 +106,11 @@ pub async fn plan(store: &Store, config: &Config) -> anyhow::Result<Plan> {
     // 3. What the daemon's role needs, when setup runs as another role.
     if let Some(role) = run_role_to_grant(config)? {
         // A missing role is `setup_problems`' to report.
-        if store.role_exists(&role).await? && !store.run_role_has_grants(&role).await? {
+        // Tables the schema statements are about to create (an upgrade adds
+        // some) are not in the catalog yet, so their grants are given then.
+        if store.role_exists(&role).await?
+            && (!schema_ready || !store.run_role_has_grants(&role).await?)
+        {
             plan.statements
                 .extend(run_role_grants(&config.postgres.schema, &role));
         }
@@ -130,7 +135,8 @@ async fn captured_tables(store: &Store, config: &Config) -> anyhow::Result<Vec<H
 }
 
 /// The tables setup wants published: those with a replica identity (and
-/// walhook's own `webhook`), and those published insert-only.
+/// walhook's own `webhook` and `webhook_control`), and those published
+/// insert-only.
 async fn wanted_tables(
     store: &Store,
     config: &Config,
@@ -139,14 +145,16 @@ async fn wanted_tables(
     let schema = &config.postgres.schema;
     let mut full = Wanted::new();
     let mut keyless = Wanted::new();
-    full.insert(
-        format!("{schema}.webhook"),
-        PublishedTable {
-            schema: schema.clone(),
-            name: "webhook".into(),
-            columns: Vec::new(),
-        },
-    );
+    for own in ["webhook", "webhook_control"] {
+        full.insert(
+            format!("{schema}.{own}"),
+            PublishedTable {
+                schema: schema.clone(),
+                name: own.into(),
+                columns: Vec::new(),
+            },
+        );
+    }
     for table in captured_tables(store, config).await? {
         let excluded = config
             .tables

@@ -1,6 +1,6 @@
 //! The store: every SQL statement walhook runs, against its own objects
 //! (`webhook`, `webhook_usage`, `delivery`, `registry_snapshot`,
-//! `slot_progress`) and the server's catalog, in one place.
+//! `slot_progress`, `webhook_control`) and the server's catalog, in one place.
 //!
 //! The stages above never write SQL: they ask a [`Store`] for typed facts
 //! (the slot's position, the hooks' rows, the parked events) and hand it
@@ -14,6 +14,7 @@
 //! happens.
 
 pub mod catalog;
+pub mod control;
 pub mod ddl;
 pub mod parked;
 pub mod parked_admin;

@@ -12,8 +12,9 @@ impl Store {
     pub async fn write_usage(&self, batch: &HashMap<i32, UsageDelta>) -> anyhow::Result<()> {
         let upsert = format!(
             "INSERT INTO {} AS u (webhook_id, total_calls, total_errors, \
-                 consecutive_errors, last_error, last_call, last_success, last_failure, updated) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now()) \
+                 consecutive_errors, last_error, last_call, last_success, last_failure, \
+                 total_throttled, last_throttled, updated) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, $11, now()) \
              ON CONFLICT (webhook_id) DO UPDATE SET \
                  total_calls = u.total_calls + EXCLUDED.total_calls, \
                  total_errors = u.total_errors + EXCLUDED.total_errors, \
@@ -23,6 +24,8 @@ impl Store {
                  last_call = coalesce(EXCLUDED.last_call, u.last_call), \
                  last_success = coalesce(EXCLUDED.last_success, u.last_success), \
                  last_failure = coalesce(EXCLUDED.last_failure, u.last_failure), \
+                 total_throttled = u.total_throttled + EXCLUDED.total_throttled, \
+                 last_throttled = coalesce(EXCLUDED.last_throttled, u.last_throttled), \
                  updated = now()",
             self.table("webhook_usage")
         );
@@ -46,6 +49,8 @@ impl Store {
                             &d.last_success,
                             &d.last_failure,
                             &d.reset,
+                            &d.throttled,
+                            &d.last_throttled,
                         ],
                     )
                     .await

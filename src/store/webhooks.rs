@@ -89,6 +89,12 @@ pub struct HookStats {
     pub last_error: Option<String>,
     pub parked: i64,
     pub oldest_parked: Option<String>,
+    /// `walhook webhook pause` holds its events.
+    pub paused: bool,
+    /// `walhook webhook throttle`: at most this many requests a minute.
+    pub max_per_minute: Option<i32>,
+    /// Answers that asked for less (429, 503 with Retry-After).
+    pub total_throttled: i64,
 }
 
 /// A timestamptz column as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -238,12 +244,16 @@ impl Store {
              SELECT i.webhook_id, w.webhook_id IS NOT NULL, w.name::text, w.state, \
                     coalesce(u.total_calls, 0)::bigint, coalesce(u.total_errors, 0)::bigint, \
                     coalesce(u.consecutive_errors, 0)::int, {last_success}, {last_failure}, \
-                    u.last_error::text, coalesce(p.n, 0)::bigint, {oldest} \
+                    u.last_error::text, coalesce(p.n, 0)::bigint, {oldest}, \
+                    c.paused_at IS NOT NULL, c.max_per_minute, \
+                    coalesce(u.total_throttled, 0)::bigint \
                FROM ids i \
                LEFT JOIN {webhook} w ON w.webhook_id = i.webhook_id \
                LEFT JOIN {usage} u ON u.webhook_id = i.webhook_id \
                LEFT JOIN parked p ON p.webhook_id = i.webhook_id \
+               LEFT JOIN {control} c ON c.webhook_id = i.webhook_id \
               ORDER BY 1",
+            control = self.table("webhook_control"),
             delivery = self.table("delivery"),
             webhook = self.table("webhook"),
             usage = self.table("webhook_usage"),
@@ -272,6 +282,9 @@ impl Store {
                 last_error: r.get(9),
                 parked: r.get(10),
                 oldest_parked: r.get(11),
+                paused: r.get(12),
+                max_per_minute: r.get(13),
+                total_throttled: r.get(14),
             })
             .collect())
     }

@@ -19,6 +19,7 @@ mod parked;
 mod pgoutput_fixtures;
 mod pipeline;
 mod roles;
+mod settings;
 mod shapes;
 mod tls;
 mod types;
