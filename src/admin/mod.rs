@@ -1,11 +1,12 @@
 //! The DBA's commands: `status`, `webhook list|add|set-state|test|remove`,
-//! `replay` and `teardown`.
+//! `replay`, `backfill` and `teardown`.
 //!
 //! Each opens one ordinary SQL session through the [`Store`], prints for a
 //! person (aligned columns) or, where asked, one JSON document for scripts,
 //! and returns the exit code. Errors name the object at fault: the
 //! webhook_id, the file, the URL, the slot.
 
+mod backfill;
 mod render;
 mod replay;
 mod setup;
@@ -13,6 +14,7 @@ mod status;
 mod teardown;
 mod webhook;
 
+pub use self::backfill::backfill;
 pub use self::replay::replay;
 pub use self::setup::{check, setup};
 pub use self::status::status;
