@@ -210,14 +210,9 @@ impl Store {
             )
             .await
             .sql(format!("reading publication {publication:?}"))?;
-        let Some(published) = published else {
-            return Err(TableRefused(format!(
-                "{qualified} is not in publication {publication:?}, so its live changes are \
-                 not streamed: capture it ([capture] in the config) and run `walhook setup`"
-            ))
-            .into());
-        };
-        let published: Vec<String> = published.get(0);
+        // The key is checked first, over every column: a keyless table is in
+        // the insert-only publication, and the key is what it lacks.
+        let published: Option<Vec<String>> = published.map(|r| r.get(0));
         let columns = self
             .client
             .query(
@@ -231,7 +226,8 @@ impl Store {
                             WHERE i.indrelid = a.attrelid AND i.indisprimary)::int2[]), false) \
                    FROM pg_attribute a \
                   WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
-                    AND a.attgenerated = '' AND a.attname::text = ANY($3::text[]) \
+                    AND a.attgenerated = '' \
+                    AND ($3::text[] IS NULL OR a.attname::text = ANY($3::text[])) \
                   ORDER BY a.attnum",
                 &[&oid, &(identity as char).to_string(), &published],
             )
@@ -287,6 +283,13 @@ impl Store {
             return Err(TableRefused(format!(
                 "{qualified} has no key (or its key columns are not published), so it cannot \
                  be read in chunks nor reconciled with live changes: {fix}"
+            ))
+            .into());
+        }
+        if published.is_none() {
+            return Err(TableRefused(format!(
+                "{qualified} is not in publication {publication:?}, so its live changes are \
+                 not streamed: capture it ([capture] in the config) and run `walhook setup`"
             ))
             .into());
         }
