@@ -154,7 +154,11 @@ pub struct BackfillArgs {
     #[command(subcommand)]
     pub command: Option<BackfillCommand>,
     /// A webhook_id to send the rows to; may be repeated.
-    #[arg(long = "webhook", value_name = "ID", required_unless_present = "all_hooks")]
+    #[arg(
+        long = "webhook",
+        value_name = "ID",
+        required_unless_present = "all_hooks"
+    )]
     pub webhooks: Vec<i32>,
     /// Every hook of the webhook table instead of --webhook (each gets
     /// every row, whatever its events).
@@ -258,8 +262,16 @@ mod tests {
     #[test]
     fn backfill_takes_tables_or_a_subcommand() {
         let cli = Cli::try_parse_from([
-            "walhook", "backfill", "--webhook", "3", "--webhook", "4", "--where", "id > 5",
-            "crm.contact", "crm.person",
+            "walhook",
+            "backfill",
+            "--webhook",
+            "3",
+            "--webhook",
+            "4",
+            "--where",
+            "id > 5",
+            "crm.contact",
+            "crm.person",
         ])
         .unwrap();
         match cli.command {

@@ -91,7 +91,9 @@ pub struct Watermark {
 
 /// Why a logical message with walhook's prefix is not a watermark.
 #[derive(Debug, thiserror::Error)]
-#[error("logical message with prefix {MESSAGE_PREFIX:?} at {lsn} is not a backfill watermark: {reason}")]
+#[error(
+    "logical message with prefix {MESSAGE_PREFIX:?} at {lsn} is not a backfill watermark: {reason}"
+)]
 pub struct NotAWatermark {
     pub lsn: Lsn,
     pub reason: String,
@@ -293,9 +295,9 @@ impl Reconciler {
                 None
             }
             Mark::High => {
-                let window = self.window.take_if(|w| {
-                    w.backfill_id == mark.backfill && w.chunk == mark.chunk
-                })?;
+                let window = self
+                    .window
+                    .take_if(|w| w.backfill_id == mark.backfill && w.chunk == mark.chunk)?;
                 let mut entry = self.board.lock().remove(&(mark.backfill, mark.chunk))?;
                 let chunk = entry.chunk.take()?;
                 let signals = entry.signals.take()?;

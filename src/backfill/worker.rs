@@ -154,7 +154,13 @@ impl Worker {
             let sent = dispatched
                 .await
                 .map_err(|_| anyhow!("the pipeline ended before backfill {id} was dispatched"))?;
-            tracing::debug!(backfill_id = id, chunk = chunk_no, rows, sent, "chunk dispatched");
+            tracing::debug!(
+                backfill_id = id,
+                chunk = chunk_no,
+                rows,
+                sent,
+                "chunk dispatched"
+            );
             let Some(last_key) = last_key else {
                 break;
             };

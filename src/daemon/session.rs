@@ -16,9 +16,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::leader::wait_for_leadership;
-use crate::backfill::{Board, Reconciler, Worker};
 use super::pipeline::Pipeline;
 use super::Process;
+use crate::backfill::{Board, Reconciler, Worker};
 use crate::config::{Config, Live};
 use crate::delivery::{http_client, DeliveryContext, Dispatcher, UsageBook};
 use crate::errors::LostConnection;

@@ -340,7 +340,10 @@ impl Store {
                 ],
             )
             .await
-            .sql(format!("registering a backfill of {}", new.table.qualified()))?;
+            .sql(format!(
+                "registering a backfill of {}",
+                new.table.qualified()
+            ))?;
         Ok(row.get(0))
     }
 
@@ -404,9 +407,7 @@ impl Store {
             )
             .await
             .sql(format!("cancelling backfill {id}"))?;
-        found
-            .map(|r| BackfillState::parse(r.get(0)))
-            .transpose()
+        found.map(|r| BackfillState::parse(r.get(0))).transpose()
     }
 
     /// Set a backfill's state unless it was cancelled meanwhile.

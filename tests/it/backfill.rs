@@ -15,9 +15,8 @@ const WAIT: Duration = Duration::from_secs(120);
 
 /// The backfill's state and rows_sent.
 async fn backfill_state(h: &Harness, id: i64) -> (String, i64) {
-    let row = h
-        .db
-        .query_one(
+    let row =
+        h.db.query_one(
             "SELECT state, rows_sent FROM walhook.backfill WHERE backfill_id = $1",
             &[&id],
         )
@@ -139,11 +138,7 @@ async fn a_backfill_through_concurrent_changes_and_a_kill_ends_with_the_tables_r
     h.start_daemon().await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(churn(
-        h.cluster.url("postgres"),
-        ROWS,
-        Arc::clone(&stop),
-    ));
+    let writer = tokio::spawn(churn(h.cluster.url("postgres"), ROWS, Arc::clone(&stop)));
     let id = start_backfill(&h, &["--webhook", &hook.to_string(), "public.item"]);
     // Part of the table is settled and recorded, not all of it.
     wait_backfill(&h, id, |_, rows| rows >= 1000).await;
@@ -164,7 +159,10 @@ async fn a_backfill_through_concurrent_changes_and_a_kill_ends_with_the_tables_r
         let got = received
             .get(id)
             .unwrap_or_else(|| panic!("row {id} = {row} never reached the hook"));
-        assert!(same_json(got, row), "row {id}: hook holds {got}, table {row}");
+        assert!(
+            same_json(got, row),
+            "row {id}: hook holds {got}, table {row}"
+        );
     }
     for id in received.keys() {
         assert!(table.contains_key(id), "row {id} deleted but still held");
@@ -175,7 +173,7 @@ async fn a_backfill_through_concurrent_changes_and_a_kill_ends_with_the_tables_r
         .collect();
     assert!(backfilled.iter().all(|r| {
         let b = r.json();
-        b["Backfill"] == Value::from(id) && b["Event"] == "item.created"
+        b["Backfill"] == id && b["Event"] == "item.created"
     }));
     // A chunk resent after the kill carries the EventIds it had.
     let mut ids_by_row: BTreeMap<i64, Vec<String>> = BTreeMap::new();
@@ -243,12 +241,11 @@ async fn tables_that_cannot_be_backfilled_are_refused_with_the_fix() {
     let out = h.walhook(&["backfill", "--webhook", "999", "item"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("webhook_id 999"), "{}", text(&out));
-    let rows: i64 = h
-        .db
-        .query_one("SELECT count(*) FROM walhook.backfill", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows: i64 =
+        h.db.query_one("SELECT count(*) FROM walhook.backfill", &[])
+            .await
+            .unwrap()
+            .get(0);
     assert_eq!(rows, 0, "a refused backfill registered nothing");
 }
 
@@ -269,7 +266,13 @@ async fn a_partitioned_table_is_backfilled_through_its_root_and_can_be_cancelled
     h.start_daemon().await;
     let id = start_backfill(
         &h,
-        &["--webhook", &hook.to_string(), "--where", "id % 2 = 0", "event"],
+        &[
+            "--webhook",
+            &hook.to_string(),
+            "--where",
+            "id % 2 = 0",
+            "event",
+        ],
     );
     wait_backfill(&h, id, |state, _| state == "done").await;
     h.wait_caught_up("the backfill delivered").await;
@@ -335,7 +338,11 @@ async fn a_million_rows_rate_and_the_live_streams_latency_meanwhile() {
     });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(900);
     while bulk.count() < 1_000_000 {
-        assert!(tokio::time::Instant::now() < deadline, "{} rows", bulk.count());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} rows",
+            bulk.count()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed();
