@@ -111,3 +111,23 @@ CREATE TABLE IF NOT EXISTS {schema}.webhook_control (
 ALTER TABLE {schema}.webhook_usage
     ADD COLUMN IF NOT EXISTS total_throttled bigint NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS last_throttled timestamptz;
+
+-- Backfills (`walhook backfill`): one row per table and request. The daemon
+-- reads the table in chunks by key and records here, after each chunk was
+-- settled (delivered or parked), the key it reached, so a restart resumes
+-- from there.
+CREATE TABLE IF NOT EXISTS {schema}.backfill (
+    backfill_id   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    table_name    text          NOT NULL,
+    webhook_ids   integer[]     NOT NULL,
+    where_sql     text,
+    state         text          NOT NULL DEFAULT 'pending'
+                  CHECK (state IN ('pending', 'running', 'done', 'cancelled', 'failed')),
+    -- The key of the last settled row, each column as text; NULL: from the start.
+    last_key      text[],
+    rows_sent     bigint        NOT NULL DEFAULT 0,
+    rows_estimate bigint        NOT NULL DEFAULT 0,
+    error         text,
+    created       timestamptz   NOT NULL DEFAULT now(),
+    updated       timestamptz   NOT NULL DEFAULT now()
+);

@@ -107,6 +107,11 @@ pub enum Command {
         #[arg(long, short = 'y')]
         yes: bool,
     },
+    /// Send the rows that already exist in tables to named hooks, as
+    /// `<entity>.created` events with a `Backfill` field, consistent with
+    /// the live stream; the running daemon does the work. `backfill list`
+    /// and `backfill cancel ID` manage them.
+    Backfill(BackfillArgs),
     /// A self-contained demonstration with a throwaway PostgreSQL.
     Demo,
     /// Write the man pages and shell completions under DIR (the Debian
@@ -241,6 +246,49 @@ pub enum ParkedCommand {
         /// (2024-06-01T12:00:00Z) or an age (2h, 3days).
         #[arg(long, value_name = "TIME", requires = "webhook")]
         before: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BackfillArgs {
+    #[command(subcommand)]
+    pub command: Option<BackfillCommand>,
+    /// A webhook_id to send the rows to; may be repeated.
+    #[arg(
+        long = "webhook",
+        value_name = "ID",
+        required_unless_present = "all_hooks"
+    )]
+    pub webhooks: Vec<i32>,
+    /// Every hook of the webhook table instead of --webhook (each gets
+    /// every row, whatever its events).
+    #[arg(long, conflicts_with = "webhooks")]
+    pub all_hooks: bool,
+    /// Only the rows this SQL condition holds for, e.g. "created > '2024-01-01'".
+    #[arg(long = "where", value_name = "SQL")]
+    pub where_sql: Option<String>,
+    /// Register and return at once (without it, a terminal shows progress
+    /// until every backfill ended).
+    #[arg(long)]
+    pub detach: bool,
+    /// Tables as SQL names them (schema.table); partitioned tables by their root.
+    #[arg(value_name = "TABLE", required = true)]
+    pub tables: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackfillCommand {
+    /// Every backfill and its progress.
+    List {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a backfill: no further chunk is read; rows already sent stay sent.
+    Cancel {
+        /// The backfill_id.
+        id: i64,
     },
 }
 
@@ -391,6 +439,44 @@ mod tests {
             .render_help()
             .to_string();
         assert_eq!(help.matches("[default: active]").count(), 1, "{help}");
+    }
+
+    #[test]
+    fn backfill_takes_tables_or_a_subcommand() {
+        let cli = Cli::try_parse_from([
+            "walhook",
+            "backfill",
+            "--webhook",
+            "3",
+            "--webhook",
+            "4",
+            "--where",
+            "id > 5",
+            "crm.contact",
+            "crm.person",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Backfill(b) => {
+                assert_eq!(b.webhooks, [3, 4]);
+                assert_eq!(b.tables, ["crm.contact", "crm.person"]);
+                assert_eq!(b.where_sql.as_deref(), Some("id > 5"));
+                assert!(b.command.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["walhook", "backfill", "cancel", "7"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Backfill(BackfillArgs {
+                command: Some(BackfillCommand::Cancel { id: 7 }),
+                ..
+            })
+        ));
+        // Hooks must be named, or all of them asked for explicitly.
+        assert!(Cli::try_parse_from(["walhook", "backfill", "crm.contact"]).is_err());
+        assert!(Cli::try_parse_from(["walhook", "backfill", "--all-hooks", "crm.contact"]).is_ok());
+        assert!(Cli::try_parse_from(["walhook", "backfill", "--webhook", "1"]).is_err());
     }
 
     #[test]

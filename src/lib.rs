@@ -14,6 +14,8 @@
 //! - [`registry`] holds the `webhook` rows and matches events to them;
 //! - [`delivery`] signs and POSTs, retries, parks and replays;
 //! - [`checkpoint`] decides which LSN may be confirmed to the server;
+//! - [`backfill`] is a second source of events beside the stream: existing
+//!   rows read in chunks between watermarks in the WAL;
 //! - [`store`] owns every SQL statement: slot, snapshots, parked events,
 //!   statistics, webhook rows, catalog and publications. Delivery reaches
 //!   it only through [`delivery::DeliveryStore`].
@@ -35,6 +37,7 @@ pub mod metrics;
 pub mod postgres;
 pub mod text;
 
+pub mod backfill;
 pub mod checkpoint;
 pub mod delivery;
 pub mod events;

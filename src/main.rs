@@ -165,6 +165,7 @@ async fn dispatch(command: Command, config: Config, reloader: Reloader) -> u8 {
         Command::PackageFiles { dir } => return write_package_files(&dir),
         Command::Status { json } => (admin::status(&config, json).await, false),
         Command::Webhook { command } => (admin::webhook(&config, command).await, false),
+        Command::Backfill(args) => (admin::backfill(&config, args).await, false),
         Command::Teardown { drop_schema, yes } => {
             (admin::teardown(&config, drop_schema, yes).await, false)
         }

@@ -49,6 +49,15 @@ pub enum SourceMessage {
     KeepAlive {
         wal_end: Lsn,
     },
+    /// A `pg_logical_emit_message` message (pgoutput `'M'`; the session
+    /// asks for them with the `messages` option). Transactional ones
+    /// arrive between Begin and Commit, in commit order.
+    Logical {
+        prefix: String,
+        content: Bytes,
+        lsn: Lsn,
+        transactional: bool,
+    },
 }
 
 pub struct Source {
@@ -185,9 +194,19 @@ impl Source {
                 },
                 ReplicationEvent::XLogData { data, .. } => SourceMessage::Data(data),
                 ReplicationEvent::KeepAlive { wal_end, .. } => SourceMessage::KeepAlive { wal_end },
-                // Logical messages (pg_logical_emit_message) carry no row
-                // change; the stop event is never requested.
-                ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => continue,
+                ReplicationEvent::Message {
+                    transactional,
+                    lsn,
+                    prefix,
+                    content,
+                } => SourceMessage::Logical {
+                    prefix,
+                    content,
+                    lsn,
+                    transactional,
+                },
+                // The stop event is never requested.
+                ReplicationEvent::StoppedAt { .. } => continue,
             }));
         }
     }

@@ -1,11 +1,13 @@
 //! The DBA's commands: `status`, `webhook list|add|set-state|test|remove`,
-//! `replay`, `parked list|show|redeliver|discard` and `teardown`.
+//! `replay`, `parked list|show|redeliver|discard`, `backfill` and
+//! `teardown`.
 //!
 //! Each opens one ordinary SQL session through the [`Store`], prints for a
 //! person (aligned columns) or, where asked, one JSON document for scripts,
 //! and returns the exit code. Errors name the object at fault: the
 //! webhook_id, the file, the URL, the slot.
 
+mod backfill;
 mod parked;
 mod render;
 mod replay;
@@ -14,6 +16,7 @@ mod status;
 mod teardown;
 mod webhook;
 
+pub use self::backfill::backfill;
 pub use self::parked::parked;
 pub use self::replay::replay;
 pub use self::setup::{check, setup};

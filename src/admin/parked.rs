@@ -188,6 +188,9 @@ async fn redeliver(config: &Config, event_id: Uuid) -> anyhow::Result<u8> {
     let http = http_client(&config.delivery)?;
     let body = Bytes::from(event.body.clone());
     let attempts = u32::try_from(event.attempts).unwrap_or(0);
+    // A rotated-out secret still in its grace period signs too, as the
+    // daemon's attempts do.
+    let settings = super::webhook::control_settings(&store, id).await?;
     let outcome = attempt(
         &http,
         &config.delivery,
@@ -197,6 +200,7 @@ async fn redeliver(config: &Config, event_id: Uuid) -> anyhow::Result<u8> {
             event_id,
             body: &body,
             retry: attempts,
+            settings: &settings,
         },
     )
     .await;

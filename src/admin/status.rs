@@ -99,6 +99,17 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<u8> {
         }
     };
     let parked_total: i64 = hooks.iter().map(|h| h.parked).sum();
+    // Every backfill with work left and the few that ended last;
+    // informative only, like the recorded position.
+    let backfills: Vec<_> = store
+        .backfills()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .filter(|(n, b)| b.state.is_open() || *n < 5)
+        .map(|(_, b)| b)
+        .collect();
 
     if as_json {
         let slot_json = if report.slot.exists {
@@ -112,12 +123,16 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<u8> {
             "schema": config.postgres.schema,
             "hooks": hooks.iter().map(hook_json).collect::<Vec<_>>(),
             "parked_total": parked_total,
+            "backfills": backfills.iter().map(super::backfill::backfill_json).collect::<Vec<_>>(),
             "warnings": warnings,
             "problems": problems.iter().map(|(_, p)| p).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print_status(&report, &hooks, parked_total, &store.table_name("webhook"));
+        if !backfills.is_empty() {
+            println!("\nBackfills:\n{}", super::backfill::table(&backfills));
+        }
         for w in &warnings {
             println!("WARNING: {w}");
         }

@@ -44,7 +44,7 @@ pub async fn webhook(config: &Config, command: WebhookCommand) -> anyhow::Result
 
 /// The settings `webhook_control` holds for hook `id` (defaults when it
 /// has no row).
-async fn control_settings(store: &Store, id: i32) -> anyhow::Result<HookSettings> {
+pub(super) async fn control_settings(store: &Store, id: i32) -> anyhow::Result<HookSettings> {
     Ok(store
         .control_rows()
         .await?

@@ -28,6 +28,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub backfill: BackfillConfig,
 }
 
 impl Config {
@@ -368,6 +369,34 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             format: LogFormat::Text,
+        }
+    }
+}
+
+/// `walhook backfill`: how the daemon reads existing rows.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackfillConfig {
+    /// Rows per chunk (one SELECT between two watermarks), 1..=MAX_CHUNK_ROWS;
+    /// halved for the rest of a table whenever a chunk hits the timeout.
+    pub chunk_rows: usize,
+    /// The most rows a second all backfills together read; 0: no limit.
+    pub max_rows_per_second: u64,
+    /// statement_timeout of one chunk's SELECT.
+    #[serde(deserialize_with = "duration")]
+    pub statement_timeout: Duration,
+}
+
+/// The largest `backfill.chunk_rows`: a chunk is held in memory until its
+/// high watermark is read.
+pub const MAX_CHUNK_ROWS: usize = 100_000;
+
+impl Default for BackfillConfig {
+    fn default() -> Self {
+        BackfillConfig {
+            chunk_rows: 1000,
+            max_rows_per_second: 5000,
+            statement_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -19,6 +19,19 @@ fn hours(n: u64) -> Duration {
 
 impl Config {
     pub(super) fn validate(&self) -> anyhow::Result<()> {
+        if !(1..=super::MAX_CHUNK_ROWS).contains(&self.backfill.chunk_rows) {
+            bail!(
+                "backfill.chunk_rows = {} is outside 1..={}",
+                self.backfill.chunk_rows,
+                super::MAX_CHUNK_ROWS
+            );
+        }
+        if !(ms(100)..=hours(1)).contains(&self.backfill.statement_timeout) {
+            bail!(
+                "backfill.statement_timeout = {:?} is outside 100ms..1h",
+                self.backfill.statement_timeout
+            );
+        }
         // walhook's own suffix: the insert-only publication is
         // `<publication>_keyless`, and every name must fit PostgreSQL's
         // 63-byte identifiers with it.

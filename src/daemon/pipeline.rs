@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 
+use crate::backfill::{self, ClosedChunk, Reconciler, Watermark};
 use crate::checkpoint::{Checkpoint, OpenTxn};
 use crate::config::Config;
 use crate::delivery::{request, Dispatcher, HookSettings, Job, OrderScope};
 use crate::events::catalog::TypeCatalog;
 use crate::events::{Change, ChangeEvent, EventBuilder, Operation, TxnInfo};
 use crate::metrics::Metrics;
-use crate::pgoutput::{self, Lsn, Message};
+use crate::pgoutput::{self, Lsn, Message, TupleData, TupleValue};
 use crate::registry::{PendingSnapshots, Registry, RegistryUpdate, WebhookState};
 use crate::source::SourceMessage;
 use crate::store::Store;
@@ -46,6 +47,8 @@ pub(super) struct Pipeline {
     /// The newest position found confirmable with its registry snapshot
     /// written: what this session has settled.
     pub settled: Lsn,
+    /// Backfill watermarks and the live changes between them.
+    pub backfill: Reconciler,
 }
 
 impl Pipeline {
@@ -59,6 +62,7 @@ impl Pipeline {
         start: Lsn,
         dispatcher: Dispatcher,
         metrics: Arc<Metrics>,
+        backfill: Reconciler,
     ) -> Pipeline {
         let snapshots = PendingSnapshots::new(&registry);
         Pipeline {
@@ -74,6 +78,7 @@ impl Pipeline {
             metrics,
             server_end: start,
             settled: start,
+            backfill,
         }
     }
 
@@ -108,6 +113,7 @@ impl Pipeline {
                         self.spill_snapshots().await?;
                     }
                 }
+                self.backfill.committed(end_lsn);
                 self.checkpoint.commit(txn.checkpoint, end_lsn);
                 self.server_end = self.server_end.max(end_lsn);
             }
@@ -115,6 +121,22 @@ impl Pipeline {
                 self.server_end = self.server_end.max(wal_end);
                 self.checkpoint.keepalive(wal_end);
             }
+            SourceMessage::Logical {
+                prefix,
+                content,
+                lsn,
+                transactional,
+            } => match Watermark::from_message(&prefix, &content, lsn) {
+                Ok(Some(mark)) if transactional => {
+                    if let Some(closed) = self.backfill.watermark(&mark) {
+                        self.send_chunk(closed).await?;
+                    }
+                }
+                Ok(_) => {}
+                // Someone else's message under walhook's prefix: not ours
+                // to act on, and no reason to stop the stream.
+                Err(e) => tracing::warn!("{e}"),
+            },
             SourceMessage::Data(bytes) => {
                 let message = pgoutput::decode(&bytes).with_context(|| {
                     format!(
@@ -264,21 +286,7 @@ impl Pipeline {
     async fn route(&mut self, mut event: ChangeEvent) -> anyhow::Result<()> {
         self.metrics.changes_decoded.inc();
         let max_body = self.config.delivery.max_body_bytes;
-        let fields_budget = max_body.saturating_sub(request::BODY_FRAME_BYTES);
-        if event.field_values_len_bound() > fields_budget
-            && event.field_values_len() > fields_budget
-        {
-            // One event must never stall the pipeline or be refused by the
-            // database when parked: its largest values are left out.
-            let left_out = request::leave_out_largest(&mut event, fields_budget);
-            self.metrics.events_cut.inc();
-            tracing::warn!(
-                table = %event.table,
-                key = %event.primary_key,
-                lsn = %event.txn.commit_lsn,
-                "event larger than delivery.max_body_bytes ({max_body}): sent without columns {left_out:?}, named in MissingColumns"
-            );
-        }
+        self.fit_body(&mut event);
         let Some(txn) = self.txn.as_ref() else {
             bail!("an event outside a transaction");
         };
@@ -289,6 +297,13 @@ impl Pipeline {
             _ => OrderScope::Key,
         };
         for hook in hooks {
+            self.backfill.live_event(
+                &event.table,
+                &event.ordering_key,
+                event.previous_key.as_deref(),
+                event.operation == Operation::Truncated,
+                hook.id,
+            );
             if matches!(hook.state, WebhookState::Stopped | WebhookState::Unknown) {
                 // A deliberate stop, as in SuperOffice: not delivered, not parked.
                 self.metrics.events_skipped.inc();
@@ -323,6 +338,135 @@ impl Pipeline {
         Ok(())
     }
 
+    /// One event must never stall the pipeline or be refused by the
+    /// database when parked: over `delivery.max_body_bytes`, its largest
+    /// values are left out.
+    fn fit_body(&self, event: &mut ChangeEvent) {
+        let max_body = self.config.delivery.max_body_bytes;
+        let fields_budget = max_body.saturating_sub(request::BODY_FRAME_BYTES);
+        if event.field_values_len_bound() > fields_budget
+            && event.field_values_len() > fields_budget
+        {
+            let left_out = request::leave_out_largest(event, fields_budget);
+            self.metrics.events_cut.inc();
+            tracing::warn!(
+                table = %event.table,
+                key = %event.primary_key,
+                lsn = %event.txn.commit_lsn,
+                "event larger than delivery.max_body_bytes ({max_body}): sent without columns {left_out:?}, named in MissingColumns"
+            );
+        }
+    }
+
+    /// A chunk at its high watermark: its rows that no live change won
+    /// over become `<entity>.created` events with the backfill's id, sent
+    /// to the backfill's hooks from this point of the stream, so each
+    /// row's later changes follow them (see [`crate::backfill`]).
+    async fn send_chunk(&mut self, mut closed: ClosedChunk) -> anyhow::Result<()> {
+        let Some(txn) = self.txn.as_mut() else {
+            bail!("a backfill watermark outside a transaction");
+        };
+        let info = txn.info;
+        let shape = std::sync::Arc::clone(&closed.chunk.table);
+        let backfill_id = closed.chunk.backfill_id;
+        let relation = pgoutput::Relation {
+            oid: shape.oid,
+            namespace: shape.namespace.clone(),
+            name: shape.name.clone(),
+            replica_identity: match shape.replica_identity {
+                b'f' => pgoutput::ReplicaIdentity::Full,
+                b'i' => pgoutput::ReplicaIdentity::Index,
+                b'n' => pgoutput::ReplicaIdentity::Nothing,
+                _ => pgoutput::ReplicaIdentity::Default,
+            },
+            columns: shape
+                .columns
+                .iter()
+                .map(|c| pgoutput::Column {
+                    is_key: c.is_identity,
+                    name: c.name.clone(),
+                    type_oid: c.type_oid,
+                    type_modifier: c.type_modifier,
+                })
+                .collect(),
+        };
+        let rows: Vec<TupleData> = std::mem::take(&mut closed.chunk.rows)
+            .into_iter()
+            .map(|row| {
+                TupleData(
+                    row.into_iter()
+                        .map(|v| match v {
+                            Some(text) => TupleValue::Text(text.into()),
+                            None => TupleValue::Null,
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        let first_index = txn.next_index;
+        txn.next_index = txn.next_index.saturating_add(rows.len() as u32);
+        if self.builder.needs_types(&relation) {
+            self.reload_types().await?;
+        }
+        let primary_key =
+            EventBuilder::needs_primary_key(&relation).then(|| shape.primary_key.clone());
+        let events = self
+            .builder
+            .backfill_events(relation, primary_key, &info, first_index, rows)
+            .with_context(|| format!("backfill {backfill_id} of {}", shape.qualified()))?;
+        let max_body = self.config.delivery.max_body_bytes;
+        let mut sent = 0;
+        for mut event in events {
+            event.backfill = Some(backfill_id);
+            self.fit_body(&mut event);
+            for &webhook_id in &closed.chunk.webhook_ids {
+                if !closed.sends(webhook_id, &event.ordering_key) {
+                    continue;
+                }
+                // A hook removed since the backfill was asked for gets nothing.
+                let Some(hook) = self.registry.get(webhook_id).cloned() else {
+                    continue;
+                };
+                if matches!(hook.state, WebhookState::Stopped | WebhookState::Unknown) {
+                    self.metrics.events_skipped.inc();
+                    continue;
+                }
+                let event_id =
+                    backfill::event_id(&self.system_id, backfill_id, &event.ordering_key, hook.id);
+                let body = request::event_body(
+                    &event,
+                    event_id,
+                    &hook,
+                    &self.config.events.context_identifier,
+                    max_body,
+                );
+                let Some(txn) = self.txn.as_ref() else {
+                    bail!("a backfill watermark outside a transaction");
+                };
+                let job = Job {
+                    event: event.event.clone(),
+                    event_id,
+                    ordering_key: event.ordering_key.clone(),
+                    scope: OrderScope::Key,
+                    body,
+                    commit_lsn: info.commit_lsn,
+                    change_index: event.index,
+                    ticket: txn.checkpoint.ticket(),
+                    hook,
+                };
+                self.metrics.events_matched.inc();
+                if job.hook.state == WebhookState::TooManyErrors {
+                    self.dispatcher.park(job).await?;
+                } else {
+                    self.dispatcher.dispatch(job).await?;
+                }
+                sent += 1;
+            }
+        }
+        self.backfill.dispatched(closed, sent);
+        Ok(())
+    }
+
     /// Write the registry snapshot the position is about to pass, then
     /// return the position that may be confirmed. Only the newest snapshot
     /// at or before it matters; it counts as written only once the write
@@ -337,6 +481,7 @@ impl Pipeline {
             self.snapshots.written();
         }
         self.settled = target;
+        self.backfill.settle(target);
         Ok(target)
     }
 

@@ -15,6 +15,7 @@ fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         ("delivery", old.delivery != new.delivery),
         ("log", old.log != new.log),
         ("metrics", old.metrics != new.metrics),
+        ("backfill", old.backfill != new.backfill),
     ]
     .into_iter()
     .filter_map(|(name, differs)| differs.then_some(name))
@@ -33,7 +34,7 @@ impl Pipeline {
         }
         let old = &self.config.delivery;
         let d = &new.delivery;
-        let mut restart: Vec<String> = ["postgres", "capture", "metrics"]
+        let mut restart: Vec<String> = ["postgres", "capture", "metrics", "backfill"]
             .into_iter()
             .filter(|s| sections.contains(s))
             .map(|s| format!("[{s}]"))

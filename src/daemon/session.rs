@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use super::leader::wait_for_leadership;
 use super::pipeline::Pipeline;
 use super::Process;
+use crate::backfill::{Board, Reconciler, Worker};
 use crate::config::{Config, Live};
 use crate::delivery::{http_client, DeliveryContext, Dispatcher, UsageBook};
 use crate::errors::LostConnection;
@@ -49,6 +50,38 @@ fn sql_session_closed() -> anyhow::Error {
     )))
 }
 
+/// How long the backfill worker waits before it starts again after its
+/// SQL session failed.
+const BACKFILL_RESTART: Duration = Duration::from_secs(5);
+
+/// The backfill worker, started again on its own SQL session whenever that
+/// fails: a backfill must not end the stream, and its progress is stored.
+async fn run_backfills(config: Arc<Config>, conn: crate::config::Connection, board: Arc<Board>) {
+    loop {
+        let result = async {
+            let store = Store::connect(&conn, &config.postgres.schema).await?;
+            Worker {
+                store,
+                board: Arc::clone(&board),
+                config: config.backfill.clone(),
+                publication: config.postgres.publication.clone(),
+                rows_read: 0,
+                started: tokio::time::Instant::now(),
+            }
+            .run()
+            .await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(
+                "backfill worker: {e:#}; starting again in {}",
+                crate::text::human_duration(BACKFILL_RESTART)
+            );
+        }
+        tokio::time::sleep(BACKFILL_RESTART).await;
+    }
+}
+
 /// A streaming session and what it started.
 pub(super) struct Session {
     config: Arc<Config>,
@@ -61,6 +94,8 @@ pub(super) struct Session {
     /// Records the settled position, `None` when this database cannot
     /// (see [`ProgressUnavailable`]).
     progress: Option<Progress>,
+    /// Runs the backfills (on its own SQL session); ends with the session.
+    backfill_worker: JoinHandle<()>,
 }
 
 /// The session's end of the [`ProgressWriter`].
@@ -247,6 +282,7 @@ impl Session {
             usage,
             store: Arc::new(store.clone()),
         });
+        let board = Board::new();
         let mut pipeline = Pipeline::new(
             Arc::clone(&config),
             store.clone(),
@@ -256,8 +292,10 @@ impl Session {
             start,
             dispatcher,
             Arc::clone(&process.metrics),
+            Reconciler::new(Arc::clone(&board)),
         );
         pipeline.restore_hooks().await?;
+        let backfill_worker = tokio::spawn(run_backfills(Arc::clone(&config), conn, board));
         Ok(Some(Session {
             config,
             store,
@@ -266,6 +304,7 @@ impl Session {
             usage_writer,
             usage_stop,
             progress,
+            backfill_worker,
         }))
     }
 
@@ -422,6 +461,9 @@ impl Session {
                 "session ended: finishing in-flight deliveries before reconnecting ({counts})"
             );
         }
+        // A chunk read but not yet at its high watermark is read again by
+        // the next session, from the key recorded last.
+        self.backfill_worker.abort();
         let timeout = self.config.delivery.shutdown_timeout;
         if !self.pipeline.dispatcher.drain(timeout).await {
             tracing::warn!(

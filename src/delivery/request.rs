@@ -32,6 +32,9 @@ struct Body<'a> {
     properties: Option<&'a Map<String, Value>>,
     table: &'a str,
     lsn: String,
+    /// Only on rows sent by `walhook backfill`: its backfill_id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backfill: Option<i64>,
 }
 
 /// The body of `event` for `hook`; the same bytes on every attempt. A body
@@ -75,6 +78,7 @@ fn body_of(event: &ChangeEvent, event_id: Uuid, hook: &Webhook, context_identifi
         properties: hook.properties.as_ref(),
         table: &event.table,
         lsn: event.txn.commit_lsn.to_string(),
+        backfill: event.backfill,
     };
     // Serialising these types (strings, maps, numbers) cannot fail.
     Bytes::from(serde_json::to_vec(&body).expect("event body serialises"))

@@ -75,6 +75,9 @@ pub struct ChangeEvent {
     /// The row's old key when an UPDATE changed it: the event also orders
     /// after that key's earlier events.
     pub previous_key: Option<String>,
+    /// The backfill_id when the event is an existing row sent by `walhook
+    /// backfill` rather than a change.
+    pub backfill: Option<i64>,
 }
 
 /// Namespace of walhook's EventIds (UUIDv5).
@@ -121,6 +124,7 @@ impl ChangeEvent {
             index: 0,
             ordering_key: "1".into(),
             previous_key: None,
+            backfill: None,
         }
     }
 }
@@ -378,6 +382,7 @@ impl EventBuilder {
                             index,
                             ordering_key: rel.qualified.clone(),
                             previous_key: None,
+                            backfill: None,
                         }))),
                     }
                 }
@@ -385,6 +390,42 @@ impl EventBuilder {
             _ => {}
         }
         Ok(out)
+    }
+
+    /// Existing rows of a table, read by a backfill in the stream's text
+    /// form, as INSERT-shaped events (`<entity>.created`, every column in
+    /// Changes), numbered from `first_index`. `relation` describes the
+    /// table as the stream would; the stream's own description, if any,
+    /// is left as it is, since live changes may still refer to it.
+    pub fn backfill_events(
+        &mut self,
+        relation: pgoutput::Relation,
+        primary_key: Option<Vec<String>>,
+        txn: &TxnInfo,
+        first_index: u32,
+        rows: Vec<TupleData>,
+    ) -> Result<Vec<ChangeEvent>, EventError> {
+        let oid = relation.oid;
+        let streamed = self.relations.remove(&oid);
+        self.add_relation(relation, primary_key);
+        let mut events = Vec::with_capacity(rows.len());
+        let mut result = Ok(());
+        for (n, row) in rows.into_iter().enumerate() {
+            let index = first_index.saturating_add(n as u32);
+            match self.row_change(txn, index, oid, Operation::Created, None, Some(row)) {
+                Ok(Some(Change::Event(event))) => events.push(*event),
+                Ok(_) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        match streamed {
+            Some(rel) => self.relations.insert(oid, rel),
+            None => self.relations.remove(&oid),
+        };
+        result.map(|()| events)
     }
 
     fn row_change(
@@ -591,6 +632,7 @@ impl EventBuilder {
             index,
             ordering_key,
             previous_key,
+            backfill: None,
         }))))
     }
 

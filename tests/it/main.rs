@@ -6,6 +6,7 @@
 mod common;
 
 mod admin;
+mod backfill;
 mod crash;
 mod delivery;
 mod errors;
