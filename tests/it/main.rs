@@ -9,6 +9,7 @@ mod admin;
 mod crash;
 mod delivery;
 mod errors;
+mod failover;
 mod hostile;
 mod http2;
 mod https;
