@@ -66,10 +66,12 @@ impl Invalidation {
             Some(other) => return Some(Invalidation::Other(other.to_owned())),
             None => {}
         }
-        if conflicting == Some(true) {
-            return Some(Invalidation::RecoveryConflict);
+        // PostgreSQL 16 sets `conflicting` for every invalidation, also for
+        // removed WAL, which only `wal_status lost` tells apart.
+        if wal_status == Some("lost") {
+            return Some(Invalidation::WalRemoved);
         }
-        (wal_status == Some("lost")).then_some(Invalidation::WalRemoved)
+        (conflicting == Some(true)).then_some(Invalidation::RecoveryConflict)
     }
 
     /// What to change so that it does not happen again.
@@ -213,16 +215,30 @@ mod tests {
     #[test]
     fn every_invalidation_reason_is_named_with_its_fix() {
         let cases = [
-            (Some("wal_removed"), None, Invalidation::WalRemoved, "max_slot_wal_keep_size"),
-            (Some("rows_removed"), None, Invalidation::RowsRemoved, "hot_standby_feedback"),
+            (
+                Some("wal_removed"),
+                None,
+                Invalidation::WalRemoved,
+                "max_slot_wal_keep_size",
+            ),
+            (
+                Some("rows_removed"),
+                None,
+                Invalidation::RowsRemoved,
+                "hot_standby_feedback",
+            ),
             (
                 Some("wal_level_insufficient"),
                 None,
                 Invalidation::WalLevelInsufficient,
                 "wal_level = logical",
             ),
-            (Some("idle_timeout"), None, Invalidation::IdleTimeout, "idle_replication_slot_timeout"),
-            (None, Some(true), Invalidation::RecoveryConflict, "hot_standby_feedback"),
+            (
+                Some("idle_timeout"),
+                None,
+                Invalidation::IdleTimeout,
+                "idle_replication_slot_timeout",
+            ),
             (
                 Some("something_new"),
                 None,
@@ -242,12 +258,30 @@ mod tests {
             .to_string();
             assert!(text.contains(fix), "{text}");
         }
-        // PostgreSQL 15 and 16 say only `wal_status lost`.
+        // PostgreSQL 15 and 16 say only `wal_status lost`; 16 also sets
+        // `conflicting` then, and alone for a conflict with recovery.
         assert_eq!(
             Invalidation::from_slot(Some("lost"), None, None),
             Some(Invalidation::WalRemoved)
         );
-        assert_eq!(Invalidation::from_slot(Some("reserved"), None, Some(false)), None);
+        assert_eq!(
+            Invalidation::from_slot(Some("lost"), None, Some(true)),
+            Some(Invalidation::WalRemoved)
+        );
+        assert_eq!(
+            Invalidation::from_slot(Some("reserved"), None, Some(true)),
+            Some(Invalidation::RecoveryConflict)
+        );
+        assert!(SlotLost {
+            slot: "walhook".into(),
+            cause: Invalidation::RecoveryConflict,
+        }
+        .to_string()
+        .contains("hot_standby_feedback"));
+        assert_eq!(
+            Invalidation::from_slot(Some("reserved"), None, Some(false)),
+            None
+        );
         // 18 keeps wal_status of an idle slot as it was.
         assert_eq!(
             Invalidation::from_slot(Some("reserved"), Some("idle_timeout"), None),

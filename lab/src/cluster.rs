@@ -264,8 +264,7 @@ impl Cluster {
             run_as: self.run_as,
             auth: self.auth.clone(),
         };
-        File::create(standby.data_dir.join("standby.signal"))
-            .context("writing standby.signal")?;
+        File::create(standby.data_dir.join("standby.signal")).context("writing standby.signal")?;
         let socket_dir = quote_value(&standby.dir.path().to_string_lossy())?;
         append(
             &standby.data_dir.join("postgresql.conf"),
@@ -303,7 +302,9 @@ impl Cluster {
             Auth::Trust => String::new(),
             Auth::Scram { superuser_password } => format!(
                 " password='{}'",
-                superuser_password.replace('\\', "\\\\").replace('\'', "\\'")
+                superuser_password
+                    .replace('\\', "\\\\")
+                    .replace('\'', "\\'")
             ),
         };
         format!(
@@ -785,7 +786,9 @@ fn copy_data_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
             if kind.is_dir() {
                 if top && name == "pg_replslot" {
                     fs::create_dir(&target)
-                        .and_then(|()| fs::set_permissions(&target, fs::metadata(&source)?.permissions()))
+                        .and_then(|()| {
+                            fs::set_permissions(&target, fs::metadata(&source)?.permissions())
+                        })
                         .with_context(|| format!("creating {}", target.display()))?;
                 } else {
                     copy(&source, &target, false)?;

@@ -209,7 +209,10 @@ async fn a_standby_replays_what_the_primary_commits() -> anyhow::Result<()> {
         primary.start_standby("standby1", ClusterOptions::default())
     })?;
     assert_ne!(standby.port(), primary.port());
-    assert_eq!(count(&standby, "SELECT count(*) FROM before_copy").await?, 1);
+    assert_eq!(
+        count(&standby, "SELECT count(*) FROM before_copy").await?,
+        1
+    );
     // Slots are the primary's own: the copy starts without them.
     assert_eq!(
         count(&standby, "SELECT count(*) FROM pg_replication_slots").await?,

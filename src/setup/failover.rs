@@ -235,8 +235,7 @@ mod tests {
             version_num,
             in_recovery: false,
             idle_slot_timeout: (version_num >= 180000).then(|| "0".into()),
-            synchronized_standby_slots: (version_num >= FAILOVER_SLOT_VERSION)
-                .then(String::new),
+            synchronized_standby_slots: (version_num >= FAILOVER_SLOT_VERSION).then(String::new),
             sync_replication_slots: (version_num >= FAILOVER_SLOT_VERSION).then(|| "off".into()),
             hot_standby_feedback: "off".into(),
             primary_slot_name: String::new(),
@@ -281,7 +280,11 @@ mod tests {
         };
         let lines = primary_lines(&f, std::slice::from_ref(&standby));
         assert_eq!(lines[0].level, CheckLevel::Warn);
-        assert!(lines[0].text.contains("(here: standby1)"), "{}", lines[0].text);
+        assert!(
+            lines[0].text.contains("(here: standby1)"),
+            "{}",
+            lines[0].text
+        );
 
         f.synchronized_standby_slots = Some("standby1, gone".into());
         let lines = primary_lines(&f, std::slice::from_ref(&standby));

@@ -196,9 +196,10 @@ async fn a_promoted_standby_carries_on_from_the_synced_slot() {
         streamed.len(),
         h.daemon_log()
     );
-    let (standby_db, conn) = tokio_postgres::connect(&standby.url("postgres"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (standby_db, conn) =
+        tokio_postgres::connect(&standby.url("postgres"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let primary_confirmed = h.confirmed().await;
     let deadline = Instant::now() + WAIT;
