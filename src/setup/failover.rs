@@ -196,11 +196,18 @@ fn standby_lines(f: &ServerFeatures, slot: &str) -> Vec<CheckLine> {
             !f.primary_slot_name.is_empty(),
             "primary_slot_name set to the standby's physical slot on the primary",
         ),
-        (
-            f.primary_conninfo.contains("dbname="),
+    ];
+    let conninfo = match &f.primary_conninfo {
+        Some(conninfo) => (
+            conninfo.contains("dbname="),
             "a dbname in primary_conninfo (slot synchronisation connects to a database)",
         ),
-    ];
+        None => (
+            false,
+            "a readable primary_conninfo: this role may not read it (GRANT pg_read_all_settings), \
+             so whether it names a dbname, which slot synchronisation needs, is unknown",
+        ),
+    };
     let mut out = vec![CheckLine {
         level: CheckLevel::Ok,
         text: format!(
@@ -208,7 +215,7 @@ fn standby_lines(f: &ServerFeatures, slot: &str) -> Vec<CheckLine> {
              point postgres.url here (slot {slot:?} must show synced = true first)"
         ),
     }];
-    for (fine, what) in wanted {
+    for (fine, what) in wanted.into_iter().chain([conninfo]) {
         out.push(CheckLine {
             level: if fine {
                 CheckLevel::Ok
@@ -239,7 +246,7 @@ mod tests {
             sync_replication_slots: (version_num >= FAILOVER_SLOT_VERSION).then(|| "off".into()),
             hot_standby_feedback: "off".into(),
             primary_slot_name: String::new(),
-            primary_conninfo: String::new(),
+            primary_conninfo: Some(String::new()),
         }
     }
 
@@ -305,7 +312,7 @@ mod tests {
         let mut f = features(170004);
         f.in_recovery = true;
         f.sync_replication_slots = Some("on".into());
-        f.primary_conninfo = "host=p user=r".into();
+        f.primary_conninfo = Some("host=p user=r".into());
         let lines = standby_lines(&f, "walhook");
         let failed: Vec<&str> = lines
             .iter()

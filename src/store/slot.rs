@@ -91,7 +91,8 @@ pub struct ServerFeatures {
     pub sync_replication_slots: Option<String>,
     pub hot_standby_feedback: String,
     pub primary_slot_name: String,
-    pub primary_conninfo: String,
+    /// `None` when this role may not read it (pg_read_all_settings).
+    pub primary_conninfo: Option<String>,
 }
 
 /// A physical slot on the primary: what a standby streams through.
@@ -323,7 +324,8 @@ impl Store {
                         current_setting('sync_replication_slots', true), \
                         current_setting('hot_standby_feedback'), \
                         coalesce(current_setting('primary_slot_name', true), ''), \
-                        coalesce(current_setting('primary_conninfo', true), '')",
+                        CASE WHEN pg_has_role('pg_read_all_settings', 'USAGE') \
+                             THEN coalesce(current_setting('primary_conninfo', true), '') END",
                 &[],
             )
             .await

@@ -281,3 +281,35 @@ async fn a_promoted_standby_carries_on_from_the_synced_slot() {
         resumed_after.as_secs_f64()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_17_the_key_is_refused_with_the_reason() {
+    let h = Harness::start(ITEMS, "").await;
+    let version: i32 =
+        h.db.query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .unwrap()
+            .get(0);
+    if version >= 170000 {
+        eprintln!(
+            "failover: refusal SKIPPED: PostgreSQL {} has failover slots",
+            version / 10000
+        );
+        return;
+    }
+    set_config(&h, "[postgres]\n", "[postgres]\nfailover_slot = true\n");
+    let reason = format!(
+        "needs PostgreSQL 17 or newer, and this server is PostgreSQL {}",
+        version / 10000
+    );
+    let setup = h.walhook(&["setup"]);
+    assert_eq!(setup.status.code(), Some(1), "{}", text(&setup));
+    assert!(text(&setup).contains(&reason), "{}", text(&setup));
+    let check = h.walhook(&["check"]);
+    assert_eq!(check.status.code(), Some(3), "{}", text(&check));
+    assert!(
+        text(&check).contains(&format!("FAIL  postgres.failover_slot = true {reason}")),
+        "{}",
+        text(&check)
+    );
+}
