@@ -20,14 +20,102 @@ pub struct LostConnection(pub anyhow::Error);
 /// position are gone, and walhook never re-creates it silently.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "replication slot {slot:?} was invalidated by the server ({reason}): changes since its \
-     position are gone. walhook never re-creates it silently; after checking what was missed, \
-     run `walhook teardown` and `walhook setup`"
+    "replication slot {slot:?} was invalidated by the server ({cause}): changes since its \
+     position are gone. {fix} walhook never re-creates it silently; after checking what was \
+     missed, run `walhook teardown` and `walhook setup`",
+    fix = cause.fix()
 )]
 pub struct SlotLost {
     pub slot: String,
-    /// `wal_status lost`, or the server's `invalidation_reason`.
-    pub reason: String,
+    pub cause: Invalidation,
+}
+
+/// Why the server invalidated a slot: `invalidation_reason` (17+; 18 adds
+/// `idle_timeout`), `conflicting` (16) or `wal_status lost` (15, 16).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The WAL the slot still needed was removed (`max_slot_wal_keep_size`).
+    WalRemoved,
+    /// A logical slot on a standby lost catalog rows its primary vacuumed.
+    RowsRemoved,
+    /// The primary's `wal_level` was lowered below `logical`.
+    WalLevelInsufficient,
+    /// Unused longer than `idle_replication_slot_timeout` (18+).
+    IdleTimeout,
+    /// PostgreSQL 16's `conflicting`: rows_removed or wal_level_insufficient,
+    /// which 16 does not tell apart.
+    RecoveryConflict,
+    /// A reason this walhook does not know, as the server named it.
+    Other(String),
+}
+
+impl Invalidation {
+    /// The cause from `pg_replication_slots`' `wal_status`,
+    /// `invalidation_reason` and `conflicting` (each absent on servers
+    /// without the column); `None` for a usable slot.
+    pub fn from_slot(
+        wal_status: Option<&str>,
+        invalidation_reason: Option<&str>,
+        conflicting: Option<bool>,
+    ) -> Option<Invalidation> {
+        match invalidation_reason {
+            Some("wal_removed") => return Some(Invalidation::WalRemoved),
+            Some("rows_removed") => return Some(Invalidation::RowsRemoved),
+            Some("wal_level_insufficient") => return Some(Invalidation::WalLevelInsufficient),
+            Some("idle_timeout") => return Some(Invalidation::IdleTimeout),
+            Some(other) => return Some(Invalidation::Other(other.to_owned())),
+            None => {}
+        }
+        // PostgreSQL 16 sets `conflicting` for every invalidation, also for
+        // removed WAL, which only `wal_status lost` tells apart.
+        if wal_status == Some("lost") {
+            return Some(Invalidation::WalRemoved);
+        }
+        (conflicting == Some(true)).then_some(Invalidation::RecoveryConflict)
+    }
+
+    /// What to change so that it does not happen again.
+    pub fn fix(&self) -> String {
+        match self {
+            Invalidation::WalRemoved => "The server removed WAL the slot still needed because \
+                 walhook fell further behind than max_slot_wal_keep_size allows (or was stopped \
+                 too long): raise max_slot_wal_keep_size (-1 keeps all) and keep walhook running."
+                .into(),
+            Invalidation::RowsRemoved => "The slot lives on a standby whose primary removed \
+                 catalog rows it still needed: on the standby set hot_standby_feedback = on and \
+                 stream from the primary through a physical slot (primary_slot_name)."
+                .into(),
+            Invalidation::WalLevelInsufficient => "wal_level on the primary was set below \
+                 logical: set wal_level = logical on the primary and restart it."
+                .into(),
+            Invalidation::IdleTimeout => "Nothing streamed from the slot for longer than \
+                 idle_replication_slot_timeout: keep walhook running, or raise that setting \
+                 (0 turns the timeout off) beyond the longest time walhook may be stopped."
+                .into(),
+            Invalidation::RecoveryConflict => "The slot lives on a standby and conflicted with \
+                 recovery (catalog rows removed by the primary, or wal_level below logical \
+                 there): set hot_standby_feedback = on with a physical slot (primary_slot_name) \
+                 on the standby, and wal_level = logical on the primary."
+                .into(),
+            Invalidation::Other(reason) => format!(
+                "The PostgreSQL documentation of pg_replication_slots.invalidation_reason says \
+                 what {reason:?} means."
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Invalidation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Invalidation::WalRemoved => f.write_str("wal_removed"),
+            Invalidation::RowsRemoved => f.write_str("rows_removed"),
+            Invalidation::WalLevelInsufficient => f.write_str("wal_level_insufficient"),
+            Invalidation::IdleTimeout => f.write_str("idle_timeout"),
+            Invalidation::RecoveryConflict => f.write_str("conflicting with recovery"),
+            Invalidation::Other(reason) => write!(f, "invalidation_reason {reason}"),
+        }
+    }
 }
 
 /// What the daemon does about a failed session.
@@ -114,13 +202,90 @@ mod tests {
         assert_eq!(Fault::of(&lost), Fault::LostConnection);
         let slot = anyhow::Error::new(SlotLost {
             slot: "walhook".into(),
-            reason: "wal_removed".into(),
+            cause: Invalidation::WalRemoved,
         })
         .context("starting");
         assert_eq!(Fault::of(&slot), Fault::SlotLost);
         assert_eq!(
             Fault::of(&anyhow::anyhow!("permission denied")),
             Fault::NeedsOperator
+        );
+    }
+
+    #[test]
+    fn every_invalidation_reason_is_named_with_its_fix() {
+        let cases = [
+            (
+                Some("wal_removed"),
+                None,
+                Invalidation::WalRemoved,
+                "max_slot_wal_keep_size",
+            ),
+            (
+                Some("rows_removed"),
+                None,
+                Invalidation::RowsRemoved,
+                "hot_standby_feedback",
+            ),
+            (
+                Some("wal_level_insufficient"),
+                None,
+                Invalidation::WalLevelInsufficient,
+                "wal_level = logical",
+            ),
+            (
+                Some("idle_timeout"),
+                None,
+                Invalidation::IdleTimeout,
+                "idle_replication_slot_timeout",
+            ),
+            (
+                Some("something_new"),
+                None,
+                Invalidation::Other("something_new".into()),
+                "\"something_new\"",
+            ),
+        ];
+        for (reason, conflicting, cause, fix) in cases {
+            assert_eq!(
+                Invalidation::from_slot(Some("lost"), reason, conflicting),
+                Some(cause.clone())
+            );
+            let text = SlotLost {
+                slot: "walhook".into(),
+                cause,
+            }
+            .to_string();
+            assert!(text.contains(fix), "{text}");
+        }
+        // PostgreSQL 15 and 16 say only `wal_status lost`; 16 also sets
+        // `conflicting` then, and alone for a conflict with recovery.
+        assert_eq!(
+            Invalidation::from_slot(Some("lost"), None, None),
+            Some(Invalidation::WalRemoved)
+        );
+        assert_eq!(
+            Invalidation::from_slot(Some("lost"), None, Some(true)),
+            Some(Invalidation::WalRemoved)
+        );
+        assert_eq!(
+            Invalidation::from_slot(Some("reserved"), None, Some(true)),
+            Some(Invalidation::RecoveryConflict)
+        );
+        assert!(SlotLost {
+            slot: "walhook".into(),
+            cause: Invalidation::RecoveryConflict,
+        }
+        .to_string()
+        .contains("hot_standby_feedback"));
+        assert_eq!(
+            Invalidation::from_slot(Some("reserved"), None, Some(false)),
+            None
+        );
+        // 18 keeps wal_status of an idle slot as it was.
+        assert_eq!(
+            Invalidation::from_slot(Some("reserved"), Some("idle_timeout"), None),
+            Some(Invalidation::IdleTimeout)
         );
     }
 

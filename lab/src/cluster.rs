@@ -200,7 +200,7 @@ impl Cluster {
             }
         }
 
-        let mut cluster = Cluster {
+        let cluster = Cluster {
             dir,
             data_dir,
             bin_dir,
@@ -211,19 +211,106 @@ impl Cluster {
         };
         cluster.initdb()?;
         cluster.configure(&settings)?;
+        cluster.start_on_free_port()
+    }
 
+    /// A physical standby of this cluster, streaming from it through the
+    /// physical replication slot `primary_slot` (which the caller creates
+    /// first, e.g. `pg_create_physical_replication_slot`). `options` are
+    /// the standby's extra settings (`sync_replication_slots`,
+    /// `hot_standby_feedback`, ...).
+    ///
+    /// The copy is a cold one: this cluster is stopped (fast) while its
+    /// data directory is copied, then started again, so it needs no
+    /// `pg_basebackup` (which not every server build ships). Replication
+    /// slots are not copied: a standby starts without any, as after
+    /// `pg_basebackup`.
+    pub fn start_standby(
+        &mut self,
+        primary_slot: &str,
+        options: ClusterOptions,
+    ) -> anyhow::Result<Cluster> {
+        let mut settings = ClusterOptions {
+            extra_settings: vec![
+                ("primary_conninfo".into(), self.standby_conninfo()),
+                ("primary_slot_name".into(), primary_slot.into()),
+                ("hot_standby".into(), "on".into()),
+            ],
+        };
+        settings.extra_settings.extend(options.extra_settings);
+        let settings = settings_text(&settings)?;
+
+        let dir = tempfile::Builder::new()
+            .prefix("walhook-pg-standby-")
+            .tempdir()
+            .context("creating a temporary directory for the standby")?;
+        let data_dir = dir.path().join("data");
+        let log_path = dir.path().join("postgres.log");
+        File::create(&log_path)
+            .with_context(|| format!("creating server log {}", log_path.display()))?;
+
+        self.stop(StopMode::Fast)?;
+        let copied = copy_data_dir(&self.data_dir, &data_dir);
+        // The primary comes back whatever became of the copy.
+        self.spawn_and_wait().map_err(StartError::into_inner)?;
+        copied?;
+
+        let standby = Cluster {
+            dir,
+            data_dir,
+            bin_dir: self.bin_dir.clone(),
+            port: 0,
+            child: None,
+            run_as: self.run_as,
+            auth: self.auth.clone(),
+        };
+        File::create(standby.data_dir.join("standby.signal")).context("writing standby.signal")?;
+        let socket_dir = quote_value(&standby.dir.path().to_string_lossy())?;
+        append(
+            &standby.data_dir.join("postgresql.conf"),
+            &format!(
+                "\n# Added by walhook's throwaway standby.\n\
+                 unix_socket_directories = {socket_dir}\n{settings}"
+            ),
+        )?;
+        if let Some(ids) = standby.run_as {
+            check_traversable(standby.dir.path(), ids)?;
+            chown_tree(standby.dir.path(), ids)?;
+        }
+        standby.start_on_free_port()
+    }
+
+    /// Starts a cluster whose data directory is ready, on a free port.
+    fn start_on_free_port(mut self) -> anyhow::Result<Cluster> {
         let mut attempt = 1;
         loop {
-            cluster.port = free_port()?;
-            match cluster.spawn_and_wait() {
-                Ok(()) => return Ok(cluster),
+            self.port = free_port()?;
+            match self.spawn_and_wait() {
+                Ok(()) => return Ok(self),
                 Err(StartError::PortTaken(error)) if attempt < PORT_ATTEMPTS => {
-                    tracing::debug!(port = cluster.port, %error, "port taken, retrying");
+                    tracing::debug!(port = self.port, %error, "port taken, retrying");
                     attempt += 1;
                 }
                 Err(error) => return Err(error.into_inner()),
             }
         }
+    }
+
+    /// The libpq key=value connection string a standby streams with.
+    fn standby_conninfo(&self) -> String {
+        let password = match &self.auth {
+            Auth::Trust => String::new(),
+            Auth::Scram { superuser_password } => format!(
+                " password='{}'",
+                superuser_password
+                    .replace('\\', "\\\\")
+                    .replace('\'', "\\'")
+            ),
+        };
+        format!(
+            "host={HOST} port={} user=postgres dbname=postgres application_name=standby{password}",
+            self.port
+        )
     }
 
     /// The TCP port the server listens on (stays the same across restarts).
@@ -674,6 +761,61 @@ fn check_traversable(dir: &Path, ids: RunAs) -> anyhow::Result<()> {
                 mode & 0o7777,
                 dir.display()
             );
+        }
+    }
+    Ok(())
+}
+
+/// Copies a stopped cluster's data directory, without its replication
+/// slots and its pid file, keeping file modes (the server insists on a
+/// private data directory).
+fn copy_data_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    fn copy(from: &Path, to: &Path, top: bool) -> anyhow::Result<()> {
+        let meta = fs::metadata(from).with_context(|| format!("reading {}", from.display()))?;
+        fs::create_dir(to).with_context(|| format!("creating {}", to.display()))?;
+        fs::set_permissions(to, meta.permissions())
+            .with_context(|| format!("setting the mode of {}", to.display()))?;
+        for entry in fs::read_dir(from).with_context(|| format!("listing {}", from.display()))? {
+            let entry = entry.with_context(|| format!("listing {}", from.display()))?;
+            let name = entry.file_name();
+            if top && (name == "postmaster.pid" || name == "postmaster.opts") {
+                continue;
+            }
+            let (source, target) = (entry.path(), to.join(&name));
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                if top && name == "pg_replslot" {
+                    fs::create_dir(&target)
+                        .and_then(|()| {
+                            fs::set_permissions(&target, fs::metadata(&source)?.permissions())
+                        })
+                        .with_context(|| format!("creating {}", target.display()))?;
+                } else {
+                    copy(&source, &target, false)?;
+                }
+            } else if kind.is_file() {
+                fs::copy(&source, &target)
+                    .with_context(|| format!("copying {}", source.display()))?;
+            } else {
+                bail!(
+                    "{} is neither a file nor a directory; the lab copies only plain data \
+                     directories",
+                    source.display()
+                );
+            }
+        }
+        Ok(())
+    }
+    copy(from, to, true)
+}
+
+/// Hands `dir` and everything in it to the server's user.
+fn chown_tree(dir: &Path, ids: RunAs) -> anyhow::Result<()> {
+    std::os::unix::fs::chown(dir, Some(ids.uid.as_raw()), Some(ids.gid.as_raw()))
+        .with_context(|| format!("handing {} to the postgres user", dir.display()))?;
+    if fs::symlink_metadata(dir)?.is_dir() {
+        for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            chown_tree(&entry?.path(), ids)?;
         }
     }
     Ok(())

@@ -188,3 +188,56 @@ async fn drop_kills_a_running_server() -> anyhow::Result<()> {
     assert!(client.query_one("SELECT 1", &[]).await.is_err());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_replays_what_the_primary_commits() -> anyhow::Result<()> {
+    let mut primary = Cluster::start()?;
+    primary
+        .execute(
+            "postgres",
+            "SELECT pg_create_physical_replication_slot('standby1', true); \
+             CREATE TABLE before_copy (id int); INSERT INTO before_copy VALUES (1);",
+        )
+        .await?;
+    primary
+        .execute(
+            "postgres",
+            "SELECT pg_create_logical_replication_slot('logical1', 'pgoutput')",
+        )
+        .await?;
+    let standby = tokio::task::block_in_place(|| {
+        primary.start_standby("standby1", ClusterOptions::default())
+    })?;
+    assert_ne!(standby.port(), primary.port());
+    assert_eq!(
+        count(&standby, "SELECT count(*) FROM before_copy").await?,
+        1
+    );
+    // Slots are the primary's own: the copy starts without them.
+    assert_eq!(
+        count(&standby, "SELECT count(*) FROM pg_replication_slots").await?,
+        0
+    );
+
+    // The primary came back and streams to the standby through its slot.
+    primary
+        .execute("postgres", "INSERT INTO before_copy VALUES (2)")
+        .await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count(&standby, "SELECT count(*) FROM before_copy").await? < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby never replayed the insert"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        count(
+            &primary,
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'standby1' AND active"
+        )
+        .await?,
+        1
+    );
+    Ok(())
+}

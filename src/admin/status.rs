@@ -41,20 +41,14 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<u8> {
             ),
         ));
     } else {
-        if slot.wal_status.as_deref() == Some("lost") || slot.invalidation_reason.is_some() {
-            let reason = slot
-                .invalidation_reason
-                .as_deref()
-                .map(|r| format!(" (invalidation_reason {r})"))
-                .unwrap_or_default();
+        if let Some(cause) = slot.invalidation.clone() {
             problems.push((
                 exit::SLOT_LOST,
-                format!(
-                    "replication slot {slot_name:?} was invalidated by the server (wal_status {}){reason}: \
-                     changes since its position are gone and walhook cannot stream from it. \
-                     After checking what was missed, run `walhook teardown` and `walhook setup`",
-                    slot.wal_status.as_deref().unwrap_or("-")
-                ),
+                crate::errors::SlotLost {
+                    slot: slot_name.clone(),
+                    cause,
+                }
+                .to_string(),
             ));
         } else if slot.wal_status.as_deref() == Some("unreserved") {
             warnings.push(format!(
@@ -246,12 +240,22 @@ fn print_status(report: &SlotReport, hooks: &[HookStats], parked_total: i64, web
         let status = or_dash(slot.wal_status.as_deref());
         lines.push((
             "wal_status",
-            if status == "lost" {
-                "lost  <-- the server invalidated the slot".into()
-            } else {
-                status
+            match &slot.invalidation {
+                Some(cause) => format!("{status}  <-- the server invalidated the slot: {cause}"),
+                None => status,
             },
         ));
+        if let Some(failover) = slot.failover {
+            let synced = if slot.synced == Some(true) {
+                " (synchronised from the primary: this server is a standby)"
+            } else {
+                ""
+            };
+            lines.push((
+                "failover",
+                format!("{}{synced}", if failover { "yes" } else { "no" }),
+            ));
+        }
         lines.push((
             "attached",
             if slot.active {

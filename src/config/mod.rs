@@ -70,6 +70,9 @@ pub struct PostgresConfig {
     pub setup_password_file: Option<PathBuf>,
     pub schema: String,
     pub slot: String,
+    /// `setup` creates the slot with FAILOVER (PostgreSQL 17+), so
+    /// standbys with `sync_replication_slots` keep a copy of it.
+    pub failover_slot: bool,
     pub publication: String,
     pub application_name: String,
     #[serde(deserialize_with = "duration")]
@@ -91,6 +94,7 @@ impl Default for PostgresConfig {
             setup_password_file: None,
             schema: "walhook".into(),
             slot: "walhook".into(),
+            failover_slot: false,
             publication: "walhook".into(),
             application_name: "walhook".into(),
             statement_timeout: Duration::from_secs(30),

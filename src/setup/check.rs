@@ -2,7 +2,7 @@
 //! for a problem, the fix: the files the config names, then everything
 //! that needs a database connection.
 
-use super::{publications, MIN_SERVER_VERSION};
+use super::{failover, publications, MIN_SERVER_VERSION};
 use crate::config::Config;
 use crate::delivery::{check_target, tls};
 use crate::registry::Webhook;
@@ -145,19 +145,31 @@ pub async fn is_set_up(store: &Store, config: &Config) -> anyhow::Result<bool> {
 pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
     let mut out = Vec::new();
     let mut push = |level, text: String| out.push(CheckLine { level, text });
-    match store.server_version().await {
-        Ok(v) if v >= MIN_SERVER_VERSION => {
-            push(CheckLevel::Ok, format!("server version {}", v / 10000))
+    let features = match store.server_features().await {
+        Ok(f) if f.version_num >= MIN_SERVER_VERSION => {
+            push(CheckLevel::Ok, failover::features_line(&f));
+            Some(f)
         }
-        Ok(v) => push(
-            CheckLevel::Fail,
-            format!(
-                "server version {} is too old: walhook needs PostgreSQL 15 or newer",
-                v / 10000
-            ),
-        ),
-        Err(e) => push(CheckLevel::Fail, format!("{e:#}")),
+        Ok(f) => {
+            push(
+                CheckLevel::Fail,
+                format!(
+                    "server version {} is too old: walhook needs PostgreSQL 15 or newer",
+                    f.version
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            push(CheckLevel::Fail, format!("{e:#}"));
+            None
+        }
+    };
+    if let Some(f) = &features {
+        out.extend(failover::idle_timeout_line(f));
+        out.extend(failover::check_failover(store, config, f).await);
     }
+    let mut push = |level, text: String| out.push(CheckLine { level, text });
     match store.server_encoding().await {
         Ok(encoding) => match super::encoding_problem(&encoding) {
             Some(problem) => push(CheckLevel::Fail, problem),
@@ -259,12 +271,13 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
             format!("replication slot {slot:?} does not exist: run `walhook setup`"),
         ),
         Ok(Some(facts)) => match facts.lost {
-            Some(reason) => push(
+            Some(cause) => push(
                 CheckLevel::Fail,
-                format!(
-                    "replication slot {slot:?} was invalidated ({reason}): changes were lost; \
-                     walhook will not re-create it silently"
-                ),
+                crate::errors::SlotLost {
+                    slot: slot.clone(),
+                    cause,
+                }
+                .to_string(),
             ),
             None => push(CheckLevel::Ok, format!("replication slot {slot:?} exists")),
         },

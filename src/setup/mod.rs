@@ -8,6 +8,7 @@
 //! store's.
 
 mod check;
+mod failover;
 mod privileges;
 
 use std::collections::BTreeMap;
@@ -79,6 +80,11 @@ pub async fn plan(store: &Store, config: &Config) -> anyhow::Result<Plan> {
             version / 10000
         );
     }
+    if config.postgres.failover_slot {
+        if let Some(refusal) = failover::failover_refusal(version) {
+            bail!("{refusal}");
+        }
+    }
     let mut plan = Plan::default();
 
     // 1. Schema objects.
@@ -119,7 +125,13 @@ pub async fn plan(store: &Store, config: &Config) -> anyhow::Result<Plan> {
     // 4. The slot.
     let slot = &config.postgres.slot;
     if !store.check_slot_for_setup(slot).await? {
-        plan.create_slot = Some(ddl::create_slot(slot));
+        plan.create_slot = Some(ddl::create_slot(slot, config.postgres.failover_slot));
+    } else if config.postgres.failover_slot {
+        // Re-creating the slot would lose the changes it holds.
+        let facts = store.slot_facts(slot).await?;
+        if facts.is_some_and(|f| f.failover != Some(true)) {
+            plan.warnings.push(failover::not_a_failover_slot(slot));
+        }
     }
     Ok(plan)
 }

@@ -83,10 +83,12 @@ pub fn drop_publication(name: &str) -> String {
     format!("DROP PUBLICATION IF EXISTS {}", ident(name))
 }
 
-pub fn create_slot(slot: &str) -> String {
+/// The slot; a failover slot (PostgreSQL 17+) is synchronised to standbys.
+pub fn create_slot(slot: &str, failover: bool) -> String {
     format!(
-        "SELECT pg_create_logical_replication_slot({}, 'pgoutput')",
-        literal(slot)
+        "SELECT pg_create_logical_replication_slot({}, 'pgoutput'{})",
+        literal(slot),
+        if failover { ", failover => true" } else { "" }
     )
 }
 

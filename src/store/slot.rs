@@ -5,16 +5,18 @@ use serde::Serialize;
 use tokio_postgres::error::SqlState;
 
 use super::{failed, SqlResult, Store};
-use crate::errors::SlotLost;
+use crate::errors::{Invalidation, SlotLost};
 use crate::pgoutput::Lsn;
 
-/// The slot as `setup` sees it.
+/// The slot as `setup` and `check` see it.
 #[derive(Debug, Clone)]
 pub struct SlotFacts {
     pub plugin: Option<String>,
-    /// `wal_status`, or why the server invalidated it.
-    pub lost: Option<String>,
+    /// Why the server invalidated it.
+    pub lost: Option<Invalidation>,
     pub active: bool,
+    /// Whether it is a failover slot (`None` before PostgreSQL 17).
+    pub failover: Option<bool>,
 }
 
 /// The slot and the server's position, for `walhook status`.
@@ -26,6 +28,13 @@ pub struct SlotStatus {
     pub database: Option<String>,
     pub wal_status: Option<String>,
     pub invalidation_reason: Option<String>,
+    /// Why the server invalidated it, from every column that can say.
+    #[serde(skip)]
+    pub invalidation: Option<Invalidation>,
+    /// A failover slot, synchronised to standbys (`None` before 17).
+    pub failover: Option<bool>,
+    /// Synchronised from a primary: this server is a standby (17+).
+    pub synced: Option<bool>,
     pub active: bool,
     pub active_pid: Option<i32>,
     pub confirmed_flush_lsn: Option<String>,
@@ -65,10 +74,50 @@ pub enum SlotDrop {
     InUse,
 }
 
-/// The reason a slot is lost: `invalidation_reason` where the server has
-/// it (17+), else `wal_status lost`.
-const LOST_REASON: &str = "CASE WHEN s.wal_status = 'lost' OR to_jsonb(s)->>'invalidation_reason' IS NOT NULL \
-     THEN coalesce('invalidation_reason ' || (to_jsonb(s)->>'invalidation_reason'), 'wal_status lost') END";
+/// The server's version and the settings behind the slot features that
+/// depend on it, each `None` where the server has no such setting.
+#[derive(Debug, Clone)]
+pub struct ServerFeatures {
+    /// `server_version`, e.g. `17.10`.
+    pub version: String,
+    /// `server_version_num`, e.g. 170010.
+    pub version_num: i32,
+    pub in_recovery: bool,
+    /// `idle_replication_slot_timeout` (18+), e.g. `0` or `1d`.
+    pub idle_slot_timeout: Option<String>,
+    /// `synchronized_standby_slots` (17+).
+    pub synchronized_standby_slots: Option<String>,
+    /// `sync_replication_slots` (17+), meaningful on a standby.
+    pub sync_replication_slots: Option<String>,
+    pub hot_standby_feedback: String,
+    pub primary_slot_name: String,
+    /// `None` when this role may not read it (pg_read_all_settings).
+    pub primary_conninfo: Option<String>,
+}
+
+/// A physical slot on the primary: what a standby streams through.
+#[derive(Debug, Clone)]
+pub struct PhysicalSlot {
+    pub name: String,
+    pub active: bool,
+    /// The slot holds an xmin: its standby sends hot standby feedback.
+    pub has_xmin: bool,
+}
+
+/// The columns [`Invalidation::from_slot`] reads, read through `to_jsonb`
+/// where a server version lacks them: `wal_status`,
+/// `invalidation_reason` (17+), `conflicting` (16+).
+const HEALTH_COLUMNS: &str = "s.wal_status, to_jsonb(s)->>'invalidation_reason', \
+     (to_jsonb(s)->>'conflicting')::bool";
+
+/// The slot's invalidation from the three [`HEALTH_COLUMNS`] at `first`.
+fn invalidation(row: &tokio_postgres::Row, first: usize) -> Option<Invalidation> {
+    Invalidation::from_slot(
+        row.get::<_, Option<&str>>(first),
+        row.get::<_, Option<&str>>(first + 1),
+        row.get::<_, Option<bool>>(first + 2),
+    )
+}
 
 impl Store {
     /// The slot's confirmed position; [`SlotLost`] when the server
@@ -78,7 +127,7 @@ impl Store {
             .client
             .query_opt(
                 &format!(
-                    "SELECT s.confirmed_flush_lsn::text, {LOST_REASON} \
+                    "SELECT s.confirmed_flush_lsn::text, {HEALTH_COLUMNS} \
                        FROM pg_replication_slots s WHERE s.slot_name = $1"
                 ),
                 &[&slot],
@@ -90,10 +139,10 @@ impl Store {
                     "replication slot {slot:?} does not exist: run `walhook setup` to create it"
                 )
             })?;
-        if let Some(reason) = row.get::<_, Option<String>>(1) {
+        if let Some(cause) = invalidation(&row, 1) {
             return Err(SlotLost {
                 slot: slot.to_owned(),
-                reason,
+                cause,
             }
             .into());
         }
@@ -110,7 +159,8 @@ impl Store {
             .client
             .query_opt(
                 &format!(
-                    "SELECT s.plugin::text, {LOST_REASON}, s.active \
+                    "SELECT s.plugin::text, s.active, (to_jsonb(s)->>'failover')::bool, \
+                            {HEALTH_COLUMNS} \
                        FROM pg_replication_slots s WHERE s.slot_name = $1"
                 ),
                 &[&slot],
@@ -119,8 +169,9 @@ impl Store {
             .sql("reading pg_replication_slots")?;
         Ok(row.map(|r| SlotFacts {
             plugin: r.get(0),
-            lost: r.get(1),
-            active: r.get(2),
+            active: r.get(1),
+            failover: r.get(2),
+            lost: invalidation(&r, 3),
         }))
     }
 
@@ -135,7 +186,9 @@ impl Store {
                             pg_wal_lsn_diff(c.lsn, s.confirmed_flush_lsn)::bigint, \
                             pg_wal_lsn_diff(c.lsn, s.restart_lsn)::bigint, s.safe_wal_size, \
                             to_jsonb(s)->>'inactive_since', r.pid, r.state, \
-                            extract(epoch FROM r.flush_lag)::float8 \
+                            extract(epoch FROM r.flush_lag)::float8, \
+                            (to_jsonb(s)->>'conflicting')::bool, (to_jsonb(s)->>'failover')::bool, \
+                            (to_jsonb(s)->>'synced')::bool \
                        FROM (SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
                                          ELSE pg_current_wal_lsn() END AS lsn) c \
                        LEFT JOIN pg_replication_slots s ON s.slot_name = $1 \
@@ -153,6 +206,9 @@ impl Store {
             database: row.get(2),
             wal_status: row.get(3),
             invalidation_reason: row.get(4),
+            invalidation: Invalidation::from_slot(row.get(3), row.get(4), row.get(17)),
+            failover: row.get(18),
+            synced: row.get(19),
             active: row.get(5),
             active_pid: row.get(6),
             confirmed_flush_lsn: row.get(7),
@@ -246,13 +302,65 @@ impl Store {
                 facts.plugin
             );
         }
-        if let Some(reason) = facts.lost {
+        if let Some(cause) = facts.lost {
             return Err(SlotLost {
                 slot: slot.to_owned(),
-                reason,
+                cause,
             }
             .into());
         }
         Ok(true)
+    }
+
+    /// The version and the settings `check` reports for slot features.
+    pub async fn server_features(&self) -> anyhow::Result<ServerFeatures> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT current_setting('server_version'), \
+                        current_setting('server_version_num')::int, pg_is_in_recovery(), \
+                        current_setting('idle_replication_slot_timeout', true), \
+                        current_setting('synchronized_standby_slots', true), \
+                        current_setting('sync_replication_slots', true), \
+                        current_setting('hot_standby_feedback'), \
+                        coalesce(current_setting('primary_slot_name', true), ''), \
+                        CASE WHEN pg_has_role('pg_read_all_settings', 'USAGE') \
+                             THEN coalesce(current_setting('primary_conninfo', true), '') END",
+                &[],
+            )
+            .await
+            .sql("reading the server's version and replication settings")?;
+        Ok(ServerFeatures {
+            version: row.get(0),
+            version_num: row.get(1),
+            in_recovery: row.get(2),
+            idle_slot_timeout: row.get(3),
+            synchronized_standby_slots: row.get(4),
+            sync_replication_slots: row.get(5),
+            hot_standby_feedback: row.get(6),
+            primary_slot_name: row.get(7),
+            primary_conninfo: row.get(8),
+        })
+    }
+
+    /// The physical replication slots, by name.
+    pub async fn physical_slots(&self) -> anyhow::Result<Vec<PhysicalSlot>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT slot_name::text, active, xmin IS NOT NULL FROM pg_replication_slots \
+                  WHERE slot_type = 'physical' ORDER BY slot_name",
+                &[],
+            )
+            .await
+            .sql("reading the physical replication slots")?;
+        Ok(rows
+            .iter()
+            .map(|r| PhysicalSlot {
+                name: r.get(0),
+                active: r.get(1),
+                has_xmin: r.get(2),
+            })
+            .collect())
     }
 }

@@ -2,6 +2,7 @@
 //! wrong: wal_level, privileges, missing objects, a busy slot, an
 //! unreachable server, a wrong password, a bad config.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -154,24 +155,14 @@ async fn missing_objects_privileges_busy_slot_and_passwords() {
 
     // The slot in use by another client: walhook waits and says why.
     let url = h.cluster.url("postgres");
-    let mut recvlogical = Command::new(h.cluster.bin_dir().join("pg_recvlogical"))
-        .args(["-d", &url, "-S", "walhook", "--start", "-f", "/dev/null"])
-        .args(["-o", "proto_version=1", "-o", "publication_names=walhook"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    h.wait_slot_active(Duration::from_secs(10)).await;
-    let (code, err) = run_to_exit(&write_config(dir.path(), &url), Duration::from_secs(4));
-    let _ = recvlogical.kill();
-    let _ = recvlogical.wait();
-    assert_eq!(code, None, "walhook keeps waiting for the slot:\n{err}");
-    assert!(err.contains("is active for PID"), "{err}");
-    let attempts = err.matches("reconnecting in").count();
-    assert!(
-        (1..=3).contains(&attempts),
-        "backs off, no retry storm ({attempts} tries in 4 s):\n{err}"
-    );
+    match pg_recvlogical(h.cluster.bin_dir()) {
+        Some(program) => slot_in_use_is_waited_for(&h, dir.path(), &url, &program).await,
+        None => eprintln!(
+            "errors: a slot in use by another client NOT CHECKED: no pg_recvlogical beside {} \
+             or under /usr/lib/postgresql",
+            h.cluster.bin_dir().display()
+        ),
+    }
 
     // Missing publication, then missing slot.
     h.db.batch_execute("DROP PUBLICATION walhook")
@@ -189,6 +180,45 @@ async fn missing_objects_privileges_busy_slot_and_passwords() {
         err.contains("replication slot \"walhook\" does not exist: run `walhook setup`"),
         "{err}"
     );
+}
+
+/// A slot held by `pg_recvlogical`: walhook keeps waiting, backing off.
+async fn slot_in_use_is_waited_for(h: &Harness, dir: &Path, url: &str, program: &Path) {
+    let mut recvlogical = Command::new(program)
+        .args(["-d", url, "-S", "walhook", "--start", "-f", "/dev/null"])
+        .args(["-o", "proto_version=1", "-o", "publication_names=walhook"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    h.wait_slot_active(Duration::from_secs(10)).await;
+    let (code, err) = run_to_exit(&write_config(dir, url), Duration::from_secs(4));
+    let _ = recvlogical.kill();
+    let _ = recvlogical.wait();
+    assert_eq!(code, None, "walhook keeps waiting for the slot:\n{err}");
+    assert!(err.contains("is active for PID"), "{err}");
+    let attempts = err.matches("reconnecting in").count();
+    assert!(
+        (1..=3).contains(&attempts),
+        "backs off, no retry storm ({attempts} tries in 4 s):\n{err}"
+    );
+}
+
+/// `pg_recvlogical` of the server under test, else of any installed
+/// version (a client streams from newer servers too); the npm server
+/// builds have none.
+fn pg_recvlogical(bin_dir: &Path) -> Option<PathBuf> {
+    let beside = bin_dir.join("pg_recvlogical");
+    if beside.exists() {
+        return Some(beside);
+    }
+    let mut installed: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path().join("bin/pg_recvlogical")))
+        .filter(|p| p.exists())
+        .collect();
+    installed.sort();
+    installed.pop()
 }
 
 #[test]
@@ -259,20 +289,7 @@ async fn a_lost_slot_is_reported_loudly_and_never_recreated() {
             break;
         }
     }
-    let run = h.walhook(&["run"]);
-    let err = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("invalidated") && err.contains("never re-create")
-            || err.contains("will not re-create"),
-        "{err}"
-    );
-    let status = h.walhook(&["status"]);
-    assert_eq!(status.status.code(), Some(4), "{}", text(&status));
-    let check = h.walhook(&["check"]);
-    assert_eq!(check.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&check.stdout)
-        .contains("FAIL  replication slot \"walhook\" was invalidated"));
+    assert_lost_slot_named(&h, "(wal_removed)", "raise max_slot_wal_keep_size");
     let setup = h.walhook(&["setup"]);
     assert_eq!(
         setup.status.code(),
@@ -285,4 +302,82 @@ async fn a_lost_slot_is_reported_loudly_and_never_recreated() {
             .unwrap()
             .get(0);
     assert_eq!(slots, 1, "the lost slot is not re-created or replaced");
+}
+
+/// `run`, `status` and `check` each name the cause of the lost slot and
+/// its fix.
+fn assert_lost_slot_named(h: &Harness, cause: &str, fix: &str) {
+    let run = h.walhook(&["run"]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("invalidated") && err.contains("never re-creates"),
+        "{err}"
+    );
+    assert!(err.contains(cause) && err.contains(fix), "run: {err}");
+    let status = h.walhook(&["status"]);
+    assert_eq!(status.status.code(), Some(4), "{}", text(&status));
+    assert!(
+        text(&status).contains(cause) && text(&status).contains(fix),
+        "status: {}",
+        text(&status)
+    );
+    let check = h.walhook(&["check"]);
+    assert_eq!(check.status.code(), Some(3));
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "FAIL  replication slot \"walhook\" was invalidated by the server {cause}"
+        )) && stdout.contains(fix),
+        "check: {stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_left_idle_past_the_timeout_is_named_with_the_fix() {
+    let h = Harness::start("CREATE TABLE t (id int PRIMARY KEY);", "").await;
+    let version: i32 =
+        h.db.query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .unwrap()
+            .get(0);
+    if version < 180000 {
+        eprintln!(
+            "errors: idle_timeout SKIPPED: PostgreSQL {} has no idle_replication_slot_timeout \
+             (it came with 18)",
+            version / 10000
+        );
+        return;
+    }
+    h.db.batch_execute("ALTER SYSTEM SET idle_replication_slot_timeout = '1s'")
+        .await
+        .unwrap();
+    h.db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    let check = h.walhook(&["check"]);
+    assert!(
+        text(&check).contains("WARN  idle_replication_slot_timeout is 1s"),
+        "{}",
+        text(&check)
+    );
+    // The server invalidates an idle slot at a checkpoint once the timeout
+    // has passed.
+    h.wait_for(
+        "the idle slot to be invalidated",
+        Duration::from_secs(30),
+        |db| {
+            Box::pin(async move {
+                db.batch_execute("CHECKPOINT").await.unwrap();
+                db.query_one(
+                    "SELECT invalidation_reason IS NOT DISTINCT FROM 'idle_timeout' \
+                   FROM pg_replication_slots WHERE slot_name = 'walhook'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0)
+            })
+        },
+    )
+    .await;
+    assert_lost_slot_named(&h, "(idle_timeout)", "idle_replication_slot_timeout");
 }

@@ -10,6 +10,7 @@ mod backfill;
 mod crash;
 mod delivery;
 mod errors;
+mod failover;
 mod filters;
 mod hostile;
 mod http2;

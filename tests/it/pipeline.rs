@@ -407,7 +407,12 @@ async fn unpublished_writes_never_pin_wal_and_setup_is_idempotent() {
         .collect();
     assert_eq!(
         published,
-        ["public.contact", "public.person", "walhook.webhook"]
+        [
+            "public.contact",
+            "public.person",
+            "walhook.webhook",
+            "walhook.webhook_control"
+        ]
     );
 
     h.start_daemon().await;

@@ -324,6 +324,17 @@ async fn field_values_equal_to_jsonb_for_every_type() {
     let mut rejected_sorted = rejected.clone();
     rejected_sorted.sort();
     let mut excluded: Vec<String> = EXCLUDED.iter().map(|s| s.to_string()).collect();
+    // A server built without libxml has the type but rejects every value
+    // (SQLSTATE 0A000): nothing of that type can be checked there.
+    let xml_refused =
+        h.db.simple_query("SELECT '<a/>'::xml")
+            .await
+            .err()
+            .and_then(|e| e.code().cloned());
+    if xml_refused == Some(tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED) {
+        eprintln!("types: xml NOT CHECKED: this server was built without libxml");
+        excluded.push("xml".into());
+    }
     excluded.sort();
     assert_eq!(
         rejected_sorted, excluded,
