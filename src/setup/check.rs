@@ -2,28 +2,12 @@
 //! for a problem, the fix: the files the config names, then everything
 //! that needs a database connection.
 
+use super::line::{CheckLevel, CheckLine};
 use super::{failover, publications, MIN_SERVER_VERSION};
 use crate::config::Config;
 use crate::delivery::{check_target, tls};
 use crate::registry::Webhook;
 use crate::store::Store;
-
-/// How serious a line of `walhook check` is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CheckLevel {
-    Ok,
-    /// Not a problem: what to do next (before `setup`, run it).
-    Next,
-    Warn,
-    Fail,
-}
-
-/// One line of `walhook check`.
-#[derive(Debug, Clone)]
-pub struct CheckLine {
-    pub level: CheckLevel,
-    pub text: String,
-}
 
 /// The HTTPS files of `[delivery]`: each readable, the client key not
 /// readable by others, and together a usable TLS configuration.

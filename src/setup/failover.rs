@@ -3,7 +3,7 @@
 //! account of what the primary and its standbys need so that a promoted
 //! standby has walhook's slot.
 
-use super::check::{CheckLevel, CheckLine};
+use super::line::{CheckLevel, CheckLine};
 use crate::config::Config;
 use crate::store::slot::{PhysicalSlot, ServerFeatures};
 use crate::store::Store;

@@ -9,6 +9,7 @@
 
 mod check;
 mod failover;
+mod line;
 mod privileges;
 
 use std::collections::BTreeMap;
@@ -16,9 +17,8 @@ use std::fmt::Write as _;
 
 use anyhow::bail;
 
-pub use self::check::{
-    check, check_delivery_files, check_setup_role, is_set_up, CheckLevel, CheckLine,
-};
+pub use self::check::{check, check_delivery_files, check_setup_role, is_set_up};
+pub use self::line::{CheckLevel, CheckLine};
 pub use self::privileges::{run_role_to_grant, setup_problems, teardown_problems};
 use crate::config::Config;
 use crate::store::catalog::{HostTable, PublicationOptions, PublishedTable};

@@ -1,0 +1,18 @@
+//! A line of `walhook check`: what every part of the check reports in.
+
+/// How serious a line of `walhook check` is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckLevel {
+    Ok,
+    /// Not a problem: what to do next (before `setup`, run it).
+    Next,
+    Warn,
+    Fail,
+}
+
+/// One line of `walhook check`.
+#[derive(Debug, Clone)]
+pub struct CheckLine {
+    pub level: CheckLevel,
+    pub text: String,
+}
