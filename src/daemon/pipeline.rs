@@ -253,6 +253,14 @@ impl Pipeline {
             (_, Some(old)) => OrderScope::AlsoAfter(old.clone()),
             _ => OrderScope::Key,
         };
+        if hooks.is_empty() {
+            return Ok(());
+        }
+        // Rendered once for all the event's hooks.
+        let shared = Arc::new(request::SharedBody::of(
+            &event,
+            &self.config.events.context_identifier,
+        ));
         for hook in hooks {
             if matches!(hook.state, WebhookState::Stopped | WebhookState::Unknown) {
                 // A deliberate stop, as in SuperOffice: not delivered, not parked.
@@ -260,19 +268,25 @@ impl Pipeline {
                 continue;
             }
             let event_id = event.event_id(&self.system_id, hook.id);
-            let body = request::event_body(
+            let (body, body_shared) = match request::hook_body(
+                &shared,
                 &event,
                 event_id,
                 &hook,
                 &self.config.events.context_identifier,
                 max_body,
-            );
+            ) {
+                request::HookBody::Shared(body) => (body, true),
+                request::HookBody::Own(body) => (body, false),
+            };
             let job = Job {
                 event: event.event.clone(),
                 event_id,
                 ordering_key: event.ordering_key.clone(),
                 scope: scope.clone(),
                 body,
+                shared: Arc::clone(&shared),
+                body_shared,
                 commit_lsn: event.txn.commit_lsn,
                 change_index: event.index,
                 ticket: txn.checkpoint.ticket(),

@@ -134,18 +134,7 @@ async fn run_writer(ctx: DeliveryContext, mut receiver: mpsc::Receiver<Unwritten
 async fn write_until_done(ctx: &DeliveryContext, batch: &[Unwritten]) -> bool {
     let events: Vec<ParkedEvent<'_>> = batch
         .iter()
-        .map(|item| ParkedEvent {
-            webhook_id: item.job.hook.id,
-            event_id: item.job.event_id,
-            event: &item.job.event,
-            ordering_key: &item.job.ordering_key,
-            body: &item.job.body,
-            reason: item.reason,
-            attempts: 0,
-            last_error: None,
-            commit_lsn: item.job.commit_lsn,
-            change_index: item.job.change_index,
-        })
+        .map(|item| ParkedEvent::of(&item.job, item.reason, 0, None))
         .collect();
     let mut wait = Duration::from_secs(1);
     loop {

@@ -11,7 +11,8 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use super::hook::{HookControl, Mode, ParkReason};
-use super::{DeliveryContext, Job};
+use super::request::{HookPart, SharedBody};
+use super::{DeliveryContext, Job, OrderScope};
 use crate::config::DeliveryConfig;
 use crate::pgoutput::Lsn;
 use crate::registry::WebhookState;
@@ -23,17 +24,24 @@ use crate::registry::WebhookState;
 pub trait DeliveryStore: Send + Sync {
     /// Store an event durably; storing the same event again is a no-op.
     async fn park(&self, event: &ParkedEvent<'_>) -> anyhow::Result<()>;
-    /// Store events durably in one commit, in the order given; events
-    /// already stored are skipped.
+    /// Store events durably in one commit; events already stored are
+    /// skipped.
     async fn park_batch(&self, events: &[ParkedEvent<'_>]) -> anyhow::Result<()>;
-    /// A hook's oldest parked events, at most `limit`, in commit order.
-    async fn next_parked(&self, webhook_id: i32, limit: i64) -> anyhow::Result<Vec<ParkedRow>>;
+    /// A hook's parked events after position `after` (from the first when
+    /// None), at most `limit`, in commit order.
+    async fn next_parked(
+        &self,
+        webhook_id: i32,
+        after: Option<Position>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<ParkedRow>>;
     async fn parked_count(&self, webhook_id: i32) -> anyhow::Result<i64>;
-    /// Remove delivered events.
-    async fn remove_parked(&self, delivery_ids: &[i64]) -> anyhow::Result<()>;
+    /// Remove a hook's delivered events.
+    async fn remove_parked(&self, webhook_id: i32, delivered: &[Position]) -> anyhow::Result<()>;
     async fn record_parked_failure(
         &self,
-        delivery_id: i64,
+        webhook_id: i32,
+        position: Position,
         attempts: u32,
         error: Option<&str>,
     ) -> anyhow::Result<()>;
@@ -44,25 +52,78 @@ pub trait DeliveryStore: Send + Sync {
     fn is_closed(&self) -> bool;
 }
 
+/// A change's place in commit order: its transaction's commit position
+/// and its index in the transaction. With the hook, it names a parked
+/// event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub commit_lsn: Lsn,
+    pub change_index: u32,
+}
+
 /// An event to park.
 pub struct ParkedEvent<'a> {
     pub webhook_id: i32,
     pub event_id: Uuid,
     pub event: &'a str,
     pub ordering_key: &'a str,
-    pub body: &'a [u8],
+    pub scope: &'a OrderScope,
+    /// The change's body parts shared by its hooks, stored once per change.
+    pub shared: &'a SharedBody,
+    pub body: ParkedBody<'a>,
     pub reason: ParkReason,
     pub attempts: i32,
     pub last_error: Option<&'a str>,
-    pub commit_lsn: Lsn,
-    pub change_index: u32,
+    pub position: Position,
+}
+
+/// What a parked event stores of its own body.
+pub enum ParkedBody<'a> {
+    /// The hook's part; the body is assembled from it and the shared parts.
+    Assembled(HookPart),
+    /// The whole body, rendered for this hook alone.
+    Whole(&'a [u8]),
+}
+
+impl<'a> ParkedEvent<'a> {
+    /// The parked form of `job`.
+    pub(super) fn of(
+        job: &'a Job,
+        reason: ParkReason,
+        attempts: i32,
+        last_error: Option<&'a str>,
+    ) -> ParkedEvent<'a> {
+        ParkedEvent {
+            webhook_id: job.hook.id,
+            event_id: job.event_id,
+            event: &job.event,
+            ordering_key: &job.ordering_key,
+            scope: &job.scope,
+            shared: &job.shared,
+            body: if job.body_shared {
+                ParkedBody::Assembled(HookPart::of(&job.hook))
+            } else {
+                ParkedBody::Whole(&job.body)
+            },
+            reason,
+            attempts,
+            last_error,
+            position: Position {
+                commit_lsn: job.commit_lsn,
+                change_index: job.change_index,
+            },
+        }
+    }
 }
 
 /// A parked event read back for delivery.
+#[derive(Debug, Clone)]
 pub struct ParkedRow {
-    pub delivery_id: i64,
+    pub position: Position,
     pub event_id: Uuid,
     pub event: String,
+    pub ordering_key: String,
+    pub scope: OrderScope,
     pub body: Bytes,
     pub attempts: i32,
 }
@@ -113,18 +174,7 @@ pub(super) async fn park_job(
 ) -> anyhow::Result<()> {
     ctx.metrics.parked_events.inc();
     ctx.store
-        .park(&ParkedEvent {
-            webhook_id: job.hook.id,
-            event_id: job.event_id,
-            event: &job.event,
-            ordering_key: &job.ordering_key,
-            body: &job.body,
-            reason,
-            attempts,
-            last_error,
-            commit_lsn: job.commit_lsn,
-            change_index: job.change_index,
-        })
+        .park(&ParkedEvent::of(job, reason, attempts, last_error))
         .await
 }
 

@@ -368,7 +368,7 @@ impl Store {
             .query_one(
                 "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL \
                     AND to_regclass($3) IS NOT NULL AND to_regclass($4) IS NOT NULL \
-                    AND to_regclass($5) IS NOT NULL \
+                    AND to_regclass($5) IS NOT NULL AND to_regclass($6) IS NOT NULL \
                     AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'webhook_touch' \
                                 AND tgrelid = to_regclass($1))",
                 &[
@@ -377,6 +377,8 @@ impl Store {
                     &self.table("delivery"),
                     &self.table("registry_snapshot"),
                     &self.table("slot_progress"),
+                    // Made last, by the migration to shared payloads too.
+                    &self.table("parked_event"),
                 ],
             )
             .await

@@ -14,6 +14,7 @@ mod http2;
 mod https;
 mod large;
 mod operations;
+mod parking;
 mod pgoutput_fixtures;
 mod pipeline;
 mod roles;
