@@ -42,6 +42,9 @@ pub struct Metrics {
     /// Hooks set to Stopped for reaching
     /// `delivery.max_parked_events_per_webhook`.
     pub hooks_stopped_parked_limit: Counter,
+    /// Times a hook's parked events passed the warning share of
+    /// `delivery.max_parked_events_per_webhook`.
+    pub hooks_near_parked_limit: Counter,
 }
 
 impl Default for Metrics {
@@ -57,6 +60,7 @@ impl Default for Metrics {
         let in_flight_bytes = Gauge::default();
         let parked_events = Gauge::default();
         let hooks_stopped_parked_limit = Counter::default();
+        let hooks_near_parked_limit = Counter::default();
         registry.register(
             "changes_decoded",
             "Row changes decoded from the replication stream",
@@ -107,6 +111,11 @@ impl Default for Metrics {
             "Hooks set to Stopped for reaching delivery.max_parked_events_per_webhook",
             hooks_stopped_parked_limit.clone(),
         );
+        registry.register(
+            "hooks_near_parked_limit",
+            "Times a hook's parked events passed 80% of delivery.max_parked_events_per_webhook",
+            hooks_near_parked_limit.clone(),
+        );
         Metrics {
             registry,
             changes_decoded,
@@ -119,6 +128,7 @@ impl Default for Metrics {
             in_flight_bytes,
             parked_events,
             hooks_stopped_parked_limit,
+            hooks_near_parked_limit,
         }
     }
 }

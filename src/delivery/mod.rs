@@ -57,7 +57,10 @@ pub use self::client::http_client;
 pub use self::dispatcher::Dispatcher;
 pub use self::hook::{HookControl, ParkReason};
 pub use self::http::{attempt, Attempt, DeliveryOutcome};
-pub use self::parking::{DeliveryStore, ParkedBody, ParkedEvent, ParkedRow, Position};
+pub use self::parking::{
+    parked_limit_warning, DeliveryStore, ParkedBody, ParkedEvent, ParkedRow, Position,
+    PARKED_WARN_PERCENT,
+};
 pub use self::retry::backoff;
 pub use self::target_policy::{check_target, is_public, TargetRefused};
 pub use self::usage::{UsageBook, UsageDelta};

@@ -128,6 +128,26 @@ pub struct ParkedRow {
     pub attempts: i32,
 }
 
+/// The share of `delivery.max_parked_events_per_webhook`, in percent, at
+/// which `check`, `status` and the daemon warn: well before the limit stops
+/// the hook.
+pub const PARKED_WARN_PERCENT: u64 = 80;
+
+/// The warning for a hook with `parked` events against `limit`, once it
+/// holds [`PARKED_WARN_PERCENT`] of it.
+pub fn parked_limit_warning(webhook_id: i32, parked: i64, limit: u64) -> Option<String> {
+    let parked = u64::try_from(parked).ok()?;
+    if parked.saturating_mul(100) < limit.saturating_mul(PARKED_WARN_PERCENT) {
+        return None;
+    }
+    Some(format!(
+        "webhook_id {webhook_id} has {parked} parked events, {}% of \
+         delivery.max_parked_events_per_webhook ({limit}): at the limit it is set to \
+         Stopped (2); fix its target and set it Active to deliver them",
+        parked.saturating_mul(100) / limit.max(1)
+    ))
+}
+
 /// A hook this far behind, with `backlog_limit` events queued, is not
 /// keeping up: its new events are parked. A hook that is merely catching
 /// up on a burst stays below it.
