@@ -89,8 +89,11 @@ CREATE TABLE IF NOT EXISTS {schema}.delivery (
     attempts     integer       NOT NULL DEFAULT 0,
     last_error   varchar(4000),
     created      timestamptz   NOT NULL DEFAULT now(),
-    PRIMARY KEY (webhook_id, commit_lsn, change_index),
-    FOREIGN KEY (commit_lsn, change_index) REFERENCES {schema}.delivery_payload
+    -- Its payload is the delivery_payload row of the same position. No
+    -- foreign key: its check would lock (and WAL-log) the payload for
+    -- every row; only the daemon's one session removes payloads, after
+    -- the rows that held them.
+    PRIMARY KEY (webhook_id, commit_lsn, change_index)
 );
 
 -- Installs from before delivery_payload: one row per hook with the whole
@@ -125,13 +128,12 @@ BEGIN
             ALTER COLUMN body DROP NOT NULL,
             ADD COLUMN webhook_name text,
             ADD COLUMN properties text,
-            ADD PRIMARY KEY (webhook_id, commit_lsn, change_index),
-            ADD FOREIGN KEY (commit_lsn, change_index) REFERENCES {schema}.delivery_payload;
+            ADD PRIMARY KEY (webhook_id, commit_lsn, change_index);
     END IF;
 END
 $migrate$;
 
--- For the foreign key's checks when payloads are removed.
+-- Finds whether any hook still holds a payload, when payloads are removed.
 CREATE INDEX IF NOT EXISTS delivery_payload_ref
     ON {schema}.delivery (commit_lsn, change_index);
 

@@ -38,6 +38,10 @@ pub trait DeliveryStore: Send + Sync {
     async fn parked_count(&self, webhook_id: i32) -> anyhow::Result<i64>;
     /// Remove a hook's delivered events.
     async fn remove_parked(&self, webhook_id: i32, delivered: &[Position]) -> anyhow::Result<()>;
+    /// Remove the changes' payloads at `positions` that no parked event
+    /// holds any more. Only the daemon, whose one session also parks,
+    /// calls it.
+    async fn release_payloads(&self, positions: &[Position]) -> anyhow::Result<()>;
     async fn record_parked_failure(
         &self,
         webhook_id: i32,

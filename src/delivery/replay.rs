@@ -199,6 +199,7 @@ async fn remove_delivered(
     }
     ctx.store.remove_parked(control.id, delivered).await?;
     control.parked_removed(delivered.len());
+    ctx.store.release_payloads(delivered).await?;
     delivered.clear();
     Ok(())
 }

@@ -112,6 +112,11 @@ impl DeliveryStore for MemoryStore {
         Ok(())
     }
 
+    async fn release_payloads(&self, _positions: &[Position]) -> anyhow::Result<()> {
+        // Bodies are kept whole per event here.
+        Ok(())
+    }
+
     async fn record_parked_failure(
         &self,
         webhook_id: i32,

@@ -52,12 +52,17 @@ impl DeliveryStore for Store {
             .client
             .query(
                 &format!(
+                    // The limit applies before the join: a plan from stale
+                    // statistics (a table just filled) then sorts the
+                    // hook's small rows, never joins all of them first.
                     "SELECT d.commit_lsn::text, d.change_index, d.event_id::text, p.event::text, \
                             p.ordering_key, p.also_after, p.barrier, {BODY}, d.attempts \
-                       FROM {} d JOIN {} p USING (commit_lsn, change_index) \
-                      WHERE d.webhook_id = $1 \
-                        AND (d.commit_lsn, d.change_index) > ($2::text::pg_lsn, $3) \
-                      ORDER BY d.commit_lsn, d.change_index LIMIT $4",
+                       FROM (SELECT * FROM {} \
+                              WHERE webhook_id = $1 \
+                                AND (commit_lsn, change_index) > ($2::text::pg_lsn, $3) \
+                              ORDER BY commit_lsn, change_index LIMIT $4) d \
+                       JOIN {} p USING (commit_lsn, change_index) \
+                      ORDER BY d.commit_lsn, d.change_index",
                     self.table("delivery"),
                     self.table("delivery_payload"),
                 ),
@@ -119,7 +124,7 @@ impl DeliveryStore for Store {
 
     /// Remove delivered events, a batch at a time: after a crash between a
     /// delivery and this, the event is sent again with its EventId, never
-    /// lost. Payloads no other hook holds go with them.
+    /// lost. Their payloads stay (see `release_payloads`).
     async fn remove_parked(&self, webhook_id: i32, delivered: &[Position]) -> anyhow::Result<()> {
         if delivered.is_empty() {
             return Ok(());
@@ -139,8 +144,19 @@ impl DeliveryStore for Store {
                 "removing {} delivered parked events of webhook_id {webhook_id}",
                 delivered.len()
             ))?;
-        self.remove_unheld_payloads(Some((&lsns, &indexes))).await;
         Ok(())
+    }
+
+    /// Remove the payloads at `positions` that no parked event holds any
+    /// more. Only the session that parks may call it: its statements run
+    /// one after another, so no event can be parked against a payload
+    /// while it is being removed.
+    async fn release_payloads(&self, positions: &[Position]) -> anyhow::Result<()> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let (lsns, indexes) = position_arrays(positions);
+        self.remove_unheld_payloads(Some((&lsns, &indexes))).await
     }
 
     async fn record_parked_failure(
@@ -243,8 +259,8 @@ impl Store {
             .await
             .sql("dropping parked events past delivery.parked_retention")?;
         // Also the payloads left by events removed elsewhere (a deleted
-        // hook, an admin's discard).
-        self.remove_unheld_payloads(None).await;
+        // hook, an admin's discard or replay). Run by the daemon's session.
+        self.remove_unheld_payloads(None).await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -382,26 +398,25 @@ impl Store {
     }
 
     /// Remove the payloads no parked event refers to any more: those at
-    /// `positions`, or all. Payloads a writer is referring to right now
-    /// are skipped (locked), and a removal that loses the race anyway
-    /// fails on the foreign key and is left for the next sweep: a payload
-    /// is never removed under a parked event.
-    async fn remove_unheld_payloads(&self, positions: Option<(&Vec<String>, &Vec<i32>)>) {
+    /// `positions`, or all.
+    async fn remove_unheld_payloads(
+        &self,
+        positions: Option<(&Vec<String>, &Vec<i32>)>,
+    ) -> anyhow::Result<()> {
         let (payload, delivery) = (self.table("delivery_payload"), self.table("delivery"));
         let unheld = format!(
             "NOT EXISTS (SELECT 1 FROM {delivery} d \
                           WHERE d.commit_lsn = p.commit_lsn AND d.change_index = p.change_index)"
         );
-        let result = match positions {
+        match positions {
             Some((lsns, indexes)) => {
                 self.client
                     .execute(
                         &format!(
-                            "DELETE FROM {payload} WHERE (commit_lsn, change_index) IN \
-                               (SELECT p.commit_lsn, p.change_index FROM {payload} p \
-                                  JOIN unnest($1::text[], $2::int[]) AS u (c, i) \
-                                    ON p.commit_lsn = u.c::pg_lsn AND p.change_index = u.i \
-                                 WHERE {unheld} FOR UPDATE OF p SKIP LOCKED)"
+                            "DELETE FROM {payload} p \
+                              USING unnest($1::text[], $2::int[]) AS u (c, i) \
+                              WHERE p.commit_lsn = u.c::pg_lsn AND p.change_index = u.i \
+                                AND {unheld}"
                         ),
                         &[lsns, indexes],
                     )
@@ -409,20 +424,12 @@ impl Store {
             }
             None => {
                 self.client
-                    .execute(
-                        &format!(
-                            "DELETE FROM {payload} WHERE (commit_lsn, change_index) IN \
-                               (SELECT p.commit_lsn, p.change_index FROM {payload} p \
-                                 WHERE {unheld} FOR UPDATE OF p SKIP LOCKED)"
-                        ),
-                        &[],
-                    )
+                    .execute(&format!("DELETE FROM {payload} p WHERE {unheld}"), &[])
                     .await
             }
-        };
-        if let Err(e) = result {
-            tracing::debug!("removing payloads of delivered parked events, left for later: {e}");
         }
+        .sql("removing the payloads of delivered parked events")?;
+        Ok(())
     }
 }
 
