@@ -49,6 +49,9 @@ pub trait DeliveryStore: Send + Sync {
         attempts: u32,
         error: Option<&str>,
     ) -> anyhow::Result<()>;
+    /// Bring the planner's statistics of the parked tables up to date
+    /// before a replay reads them in batches (best effort).
+    async fn refresh_statistics(&self) {}
     /// Store a hook's state now (not batched with the statistics).
     async fn store_state(&self, webhook_id: i32, state: WebhookState) -> anyhow::Result<()>;
     /// The store's session has ended: what is not stored yet stays

@@ -90,6 +90,7 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
     let mut read_all = false;
     let mut delivered: Vec<Position> = Vec::with_capacity(REMOVE_BATCH);
     let mut failed = false;
+    store.refresh_statistics().await;
     loop {
         let stopping = failed
             || control.is_tripped()
