@@ -1306,7 +1306,7 @@ section_parked() {
     for k in $PARKED_HOOKS; do
         # walhook is stopped: the table starts empty for each case, so its
         # size is this case's parked events alone.
-        q "TRUNCATE wh_parked.delivery; DELETE FROM wh_parked.webhook WHERE name LIKE 'parked %'" >/dev/null
+        q "TRUNCATE wh_parked.delivery, wh_parked.delivery_payload; DELETE FROM wh_parked.webhook WHERE name LIKE 'parked %'" >/dev/null
         if (( k > 0 )); then
             q "INSERT INTO wh_parked.webhook (name, events, target_url, secret, state)
                SELECT 'parked ' || g, '*', '$SINK_BASE/parked' || g, 'bench-secret', 3
@@ -1328,7 +1328,8 @@ section_parked() {
         (( parked == expect_parked )) || die "parked: $parked events parked, expected $expect_parked ($k hooks in state 3)"
         lsn_b=$(q "SELECT pg_current_wal_lsn()")
         wal_bytes=$(q "SELECT pg_wal_lsn_diff('$lsn_b', '$lsn_a')")
-        table_bytes=$(q "SELECT pg_total_relation_size('wh_parked.delivery')")
+        table_bytes=$(q "SELECT pg_total_relation_size('wh_parked.delivery')
+                              + pg_total_relation_size('wh_parked.delivery_payload')")
         r=$(rate "$PARKED_ROWS" "$secs")
         # The latency of the healthy hook while the others park.
         lines=$(wc -l <"$TMP/parked.arrivals")
@@ -1359,7 +1360,7 @@ section_parked() {
     # Replay: one hook in state 3 collects REPLAY_EVENTS parked events, then
     # goes back to 1; timed until the delivery table holds none of its rows
     # and the sink counted them all.
-    q "TRUNCATE wh_parked.delivery; DELETE FROM wh_parked.webhook WHERE name LIKE 'parked %'" >/dev/null
+    q "TRUNCATE wh_parked.delivery, wh_parked.delivery_payload; DELETE FROM wh_parked.webhook WHERE name LIKE 'parked %'" >/dev/null
     replay_hook=$(add_hook wh_parked "parked replay" "$SINK_BASE/replay" 3)
     q "INSERT INTO bench_parked (ts) SELECT clock_timestamp() FROM generate_series(1, $REPLAY_EVENTS)" >/dev/null
     end=$(q "SELECT pg_current_wal_lsn()")

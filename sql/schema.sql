@@ -51,27 +51,101 @@ CREATE TABLE IF NOT EXISTS {schema}.webhook_usage (
     updated            timestamptz   NOT NULL DEFAULT now()
 );
 
--- Events parked so the replication slot could move on. Bodies are stored
--- as they will be sent, in plain text.
-CREATE TABLE IF NOT EXISTS {schema}.delivery (
-    delivery_id  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    webhook_id   integer       NOT NULL,
-    event_id     uuid          NOT NULL,
-    event        varchar(400)  NOT NULL,
-    ordering_key text          NOT NULL,
-    -- The event's place in commit order: parked events are delivered in it.
+-- Events parked so the replication slot could move on, in two tables: a
+-- change's payload once, however many hooks parked it (delivery_payload),
+-- and one small row per hook and change (delivery). Bodies are stored in
+-- plain text, as parts: parked_event below joins them into the body as it
+-- is sent, byte for byte.
+CREATE TABLE IF NOT EXISTS {schema}.delivery_payload (
+    -- The change's place in commit order: parked events are delivered in it.
     commit_lsn   pg_lsn        NOT NULL,
     change_index integer       NOT NULL,
-    body         text          NOT NULL,
+    event        varchar(400)  NOT NULL,
+    -- What the change is ordered by: its row's key; also_after, the old
+    -- key of an UPDATE that changed it (ordered after both); barrier, a
+    -- TRUNCATE (ordered after and before everything).
+    ordering_key text          NOT NULL,
+    also_after   text,
+    barrier      boolean       NOT NULL DEFAULT false,
+    -- The body's parts shared by every hook, each JSON text: see
+    -- parked_event.
+    head         text          NOT NULL,
+    fields       text          NOT NULL,
+    tail         text          NOT NULL,
+    PRIMARY KEY (commit_lsn, change_index)
+);
+CREATE TABLE IF NOT EXISTS {schema}.delivery (
+    webhook_id   integer       NOT NULL,
+    commit_lsn   pg_lsn        NOT NULL,
+    change_index integer       NOT NULL,
+    event_id     uuid          NOT NULL,
+    -- The hook's name and properties as they stood at the change, JSON
+    -- text; or the whole body, when this hook's copy had to leave out
+    -- values (its properties made it too large).
+    webhook_name text,
+    properties   text,
+    body         text,
     reason       text          NOT NULL,
     attempts     integer       NOT NULL DEFAULT 0,
     last_error   varchar(4000),
     created      timestamptz   NOT NULL DEFAULT now(),
-    next_attempt timestamptz   NOT NULL DEFAULT now(),
-    UNIQUE (webhook_id, event_id)
+    -- Its payload is the delivery_payload row of the same position. No
+    -- foreign key: its check would lock (and WAL-log) the payload for
+    -- every row; only the daemon's one session removes payloads, after
+    -- the rows that held them.
+    PRIMARY KEY (webhook_id, commit_lsn, change_index)
 );
-CREATE INDEX IF NOT EXISTS delivery_webhook_order
-    ON {schema}.delivery (webhook_id, commit_lsn, change_index);
+
+-- Installs from before delivery_payload: one row per hook with the whole
+-- body. Their rows keep that body, gain a payload row (ordered as
+-- barriers: their ordering scope was not stored) and the new keys.
+DO $migrate$
+DECLARE
+    old_layout boolean := true;
+BEGIN
+    BEGIN
+        PERFORM delivery_id FROM {schema}.delivery LIMIT 0;
+    EXCEPTION WHEN undefined_column THEN
+        old_layout := false;
+    END;
+    IF old_layout THEN
+        INSERT INTO {schema}.delivery_payload
+               (commit_lsn, change_index, event, ordering_key, barrier, head, fields, tail)
+        SELECT DISTINCT ON (commit_lsn, change_index)
+               commit_lsn, change_index, event, ordering_key, true, '', '', ''
+          FROM {schema}.delivery
+         ORDER BY commit_lsn, change_index, delivery_id
+        ON CONFLICT DO NOTHING;
+        DELETE FROM {schema}.delivery a USING {schema}.delivery b
+         WHERE a.webhook_id = b.webhook_id AND a.commit_lsn = b.commit_lsn
+           AND a.change_index = b.change_index AND a.delivery_id > b.delivery_id;
+        DROP INDEX IF EXISTS {schema}.delivery_webhook_order;
+        ALTER TABLE {schema}.delivery
+            DROP COLUMN delivery_id,
+            DROP COLUMN event,
+            DROP COLUMN ordering_key,
+            DROP COLUMN next_attempt,
+            ALTER COLUMN body DROP NOT NULL,
+            ADD COLUMN webhook_name text,
+            ADD COLUMN properties text,
+            ADD PRIMARY KEY (webhook_id, commit_lsn, change_index);
+    END IF;
+END
+$migrate$;
+
+-- Finds whether any hook still holds a payload, when payloads are removed.
+CREATE INDEX IF NOT EXISTS delivery_payload_ref
+    ON {schema}.delivery (commit_lsn, change_index);
+
+-- A parked event as one row, with its body exactly as it is sent.
+CREATE OR REPLACE VIEW {schema}.parked_event AS
+SELECT d.webhook_id, d.event_id, p.event, p.ordering_key, p.also_after, p.barrier,
+       d.commit_lsn, d.change_index, d.reason, d.attempts, d.last_error, d.created,
+       coalesce(d.body,
+                '{"EventId":"' || d.event_id::text || p.head || d.webhook_name || p.fields
+                || coalesce(',"Properties":' || d.properties, '') || p.tail) AS body
+  FROM {schema}.delivery d
+  JOIN {schema}.delivery_payload p USING (commit_lsn, change_index);
 
 -- The hooks as they stood at a stream position, so that changes replayed
 -- after a restart are matched against the hooks of their time.

@@ -49,6 +49,9 @@ pub struct Metrics {
     /// Hooks set to Stopped for reaching
     /// `delivery.max_parked_events_per_webhook`.
     pub hooks_stopped_parked_limit: Counter,
+    /// Times a hook's parked events passed the warning share of
+    /// `delivery.max_parked_events_per_webhook`.
+    pub hooks_near_parked_limit: Counter,
 }
 
 impl Default for Metrics {
@@ -65,6 +68,7 @@ impl Default for Metrics {
         let parked_events = Gauge::default();
         let parked_waiting = Family::<Vec<(String, String)>, Gauge>::default();
         let hooks_stopped_parked_limit = Counter::default();
+        let hooks_near_parked_limit = Counter::default();
         registry.register(
             "changes_decoded",
             "Row changes decoded from the replication stream",
@@ -120,6 +124,11 @@ impl Default for Metrics {
             "Hooks set to Stopped for reaching delivery.max_parked_events_per_webhook",
             hooks_stopped_parked_limit.clone(),
         );
+        registry.register(
+            "hooks_near_parked_limit",
+            "Times a hook's parked events passed 80% of delivery.max_parked_events_per_webhook",
+            hooks_near_parked_limit.clone(),
+        );
         Metrics {
             registry,
             changes_decoded,
@@ -134,6 +143,7 @@ impl Default for Metrics {
             parked_waiting,
             parked_waiting_hooks: Default::default(),
             hooks_stopped_parked_limit,
+            hooks_near_parked_limit,
         }
     }
 }

@@ -145,7 +145,6 @@ async fn show(config: &Config, event_id: Uuid, as_json: bool) -> anyhow::Result<
             ("reason", event.reason.clone()),
             ("attempts", event.attempts.to_string()),
             ("parked", event.created.clone()),
-            ("next attempt", event.next_attempt.clone()),
             (
                 "last error",
                 event.last_error.clone().unwrap_or_else(|| "-".into())
@@ -164,6 +163,7 @@ async fn show(config: &Config, event_id: Uuid, as_json: bool) -> anyhow::Result<
 async fn redeliver(config: &Config, event_id: Uuid) -> anyhow::Result<u8> {
     let store = connect(config).await?;
     let event = find(&store, event_id).await?;
+    let position = event.position()?;
     let id = event.webhook_id;
     if let Some((count, first)) = store.parked_before(&event).await? {
         eprintln!(
@@ -209,7 +209,7 @@ async fn redeliver(config: &Config, event_id: Uuid) -> anyhow::Result<u8> {
     let code = match outcome {
         DeliveryOutcome::Delivered(status) => {
             book.success(id);
-            store.discard_parked_event(event.delivery_id).await?;
+            store.discard_parked_event(id, position).await?;
             println!(
                 "delivered EventId {event_id} ({}) to webhook_id {id} at {shown}: {status}; \
                  removed from the parked events",
@@ -222,7 +222,7 @@ async fn redeliver(config: &Config, event_id: Uuid) -> anyhow::Result<u8> {
             book.failure(id, error);
             book.set_state(id, WebhookState::Stopped);
             store
-                .record_parked_failure(event.delivery_id, attempts + 1, Some(error))
+                .record_parked_failure(id, position, attempts + 1, Some(error))
                 .await?;
             eprintln!(
                 "walhook: webhook_id {id}: {error}; state set to Stopped (2), EventId {event_id} \
@@ -233,7 +233,7 @@ async fn redeliver(config: &Config, event_id: Uuid) -> anyhow::Result<u8> {
         DeliveryOutcome::Failed { error, .. } => {
             book.failure(id, &error);
             store
-                .record_parked_failure(event.delivery_id, attempts + 1, Some(&error))
+                .record_parked_failure(id, position, attempts + 1, Some(&error))
                 .await?;
             eprintln!(
                 "walhook: webhook_id {id}: POST {shown} failed: {}; EventId {event_id} stays \
@@ -250,7 +250,10 @@ async fn redeliver(config: &Config, event_id: Uuid) -> anyhow::Result<u8> {
 async fn discard_one(config: &Config, event_id: Uuid) -> anyhow::Result<u8> {
     let store = connect(config).await?;
     let event = find(&store, event_id).await?;
-    if store.discard_parked_event(event.delivery_id).await? {
+    if store
+        .discard_parked_event(event.webhook_id, event.position()?)
+        .await?
+    {
         tracing::warn!(
             webhook_id = event.webhook_id,
             event_id = %event_id,

@@ -68,7 +68,7 @@ pub async fn replay(config: &Config, webhook: Option<i32>) -> anyhow::Result<()>
         let mut delivered = 0u64;
         let mut failure = None;
         'hook: loop {
-            let batch = store.next_parked(id, BATCH).await?;
+            let batch = store.next_parked(id, None, BATCH).await?;
             if batch.is_empty() {
                 break;
             }
@@ -90,7 +90,7 @@ pub async fn replay(config: &Config, webhook: Option<i32>) -> anyhow::Result<()>
                 match outcome {
                     DeliveryOutcome::Delivered(_) => {
                         book.success(id);
-                        store.remove_parked(&[row.delivery_id]).await?;
+                        store.remove_parked(id, &[row.position]).await?;
                         delivered += 1;
                     }
                     DeliveryOutcome::Gone => {
@@ -103,7 +103,7 @@ pub async fn replay(config: &Config, webhook: Option<i32>) -> anyhow::Result<()>
                     DeliveryOutcome::Failed { error, .. } => {
                         book.failure(id, &error);
                         store
-                            .record_parked_failure(row.delivery_id, attempts + 1, Some(&error))
+                            .record_parked_failure(id, row.position, attempts + 1, Some(&error))
                             .await?;
                         failure = Some(error);
                         break 'hook;

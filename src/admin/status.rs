@@ -7,6 +7,7 @@ use super::connect;
 use super::render::{bytes, columns, or_dash, pairs, short, state_name};
 use crate::cli::exit;
 use crate::config::Config;
+use crate::delivery::parked_limit_warning;
 use crate::store::slot::SlotStatus;
 use crate::store::webhooks::HookStats;
 
@@ -104,6 +105,14 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<u8> {
         .filter(|(n, b)| b.state.is_open() || *n < 5)
         .map(|(_, b)| b)
         .collect();
+    // Well before the limit stops a hook.
+    warnings.extend(hooks.iter().filter_map(|h| {
+        parked_limit_warning(
+            h.id,
+            h.parked,
+            config.delivery.max_parked_events_per_webhook,
+        )
+    }));
 
     if as_json {
         let slot_json = if report.slot.exists {

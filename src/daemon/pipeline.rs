@@ -296,6 +296,14 @@ impl Pipeline {
             (_, Some(old)) => OrderScope::AlsoAfter(old.clone()),
             _ => OrderScope::Key,
         };
+        if hooks.is_empty() {
+            return Ok(());
+        }
+        // Rendered once for all the event's hooks.
+        let shared = Arc::new(request::SharedBody::of(
+            &event,
+            &self.config.events.context_identifier,
+        ));
         for hook in hooks {
             self.backfill.live_event(
                 &event.table,
@@ -310,19 +318,23 @@ impl Pipeline {
                 continue;
             }
             let event_id = event.event_id(&self.system_id, hook.id);
-            let body = request::event_body(
+            let (body, body_shared) = request::hook_body(
+                &shared,
                 &event,
                 event_id,
                 &hook,
                 &self.config.events.context_identifier,
                 max_body,
-            );
+            )
+            .into_parts();
             let job = Job {
                 event: event.event.clone(),
                 event_id,
                 ordering_key: event.ordering_key.clone(),
                 scope: scope.clone(),
                 body,
+                shared: Arc::clone(&shared),
+                body_shared,
                 commit_lsn: event.txn.commit_lsn,
                 change_index: event.index,
                 ticket: txn.checkpoint.ticket(),
@@ -419,6 +431,10 @@ impl Pipeline {
         for mut event in events {
             event.backfill = Some(backfill_id);
             self.fit_body(&mut event);
+            let shared = Arc::new(request::SharedBody::of(
+                &event,
+                &self.config.events.context_identifier,
+            ));
             for &webhook_id in &closed.chunk.webhook_ids {
                 if !closed.sends(webhook_id, &event.ordering_key) {
                     continue;
@@ -433,13 +449,15 @@ impl Pipeline {
                 }
                 let event_id =
                     backfill::event_id(&self.system_id, backfill_id, &event.ordering_key, hook.id);
-                let body = request::event_body(
+                let (body, body_shared) = request::hook_body(
+                    &shared,
                     &event,
                     event_id,
                     &hook,
                     &self.config.events.context_identifier,
                     max_body,
-                );
+                )
+                .into_parts();
                 let Some(txn) = self.txn.as_ref() else {
                     bail!("a backfill watermark outside a transaction");
                 };
@@ -449,6 +467,8 @@ impl Pipeline {
                     ordering_key: event.ordering_key.clone(),
                     scope: OrderScope::Key,
                     body,
+                    shared: Arc::clone(&shared),
+                    body_shared,
                     commit_lsn: info.commit_lsn,
                     change_index: event.index,
                     ticket: txn.checkpoint.ticket(),

@@ -14,10 +14,11 @@ use super::concurrency::ConcurrencyLimit;
 use super::hook::{epoch_millis, HookControl, Mode, ParkReason};
 use super::park_writer::ParkQueue;
 use super::parking::{past_bound, start_parking};
-use super::queue::{run_queue, Keys, Queued};
+use super::queue::{run_queue, Queued};
+use super::replay::order_keys;
 use super::settings::HookSettings;
-use super::{DeliveryContext, Job, OrderScope};
-use crate::config::{Concurrency, DeliveryConfig, DeliveryOrder};
+use super::{DeliveryContext, Job};
+use crate::config::{Concurrency, DeliveryConfig};
 use crate::registry::{Webhook, WebhookState};
 
 /// Memory a queued job takes besides its body: the job and its strings,
@@ -285,15 +286,11 @@ impl Dispatcher {
         let Some(hook_queue) = self.hooks.get(&job.hook.id) else {
             unreachable!("ensure_queue() started the queue");
         };
-        let keys = match (self.ctx.config.get().ordering, &job.scope) {
-            // One strict order: every event waits for the one before.
-            (DeliveryOrder::Webhook, _) => Keys::One(0),
-            (DeliveryOrder::Row, OrderScope::Key) => Keys::One(Keys::of(&job.ordering_key)),
-            (DeliveryOrder::Row, OrderScope::AlsoAfter(old)) => {
-                Keys::Two(Keys::of(&job.ordering_key), Keys::of(old))
-            }
-            (DeliveryOrder::Row, OrderScope::Barrier) => Keys::Barrier,
-        };
+        let keys = order_keys(
+            self.ctx.config.get().ordering,
+            &job.ordering_key,
+            &job.scope,
+        );
         control.in_flight.fetch_add(1, Ordering::AcqRel);
         let queued = Queued {
             job,

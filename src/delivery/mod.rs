@@ -65,7 +65,10 @@ pub use self::client::http_client;
 pub use self::dispatcher::Dispatcher;
 pub use self::hook::{HookControl, ParkReason};
 pub use self::http::{attempt, Attempt, DeliveryOutcome};
-pub use self::parking::{DeliveryStore, ParkedEvent, ParkedRow};
+pub use self::parking::{
+    parked_limit_warning, DeliveryStore, ParkedBody, ParkedEvent, ParkedRow, Position,
+    PARKED_WARN_PERCENT,
+};
 pub use self::retry::backoff;
 pub use self::settings::HookSettings;
 pub use self::target_policy::{check_target, is_public, TargetRefused};
@@ -96,6 +99,12 @@ pub struct Job {
     pub ordering_key: String,
     pub scope: OrderScope,
     pub body: Bytes,
+    /// The event's body parts shared by its hooks: a parked event stores
+    /// them once per change, however many hooks park it.
+    pub shared: Arc<request::SharedBody>,
+    /// Whether `body` is assembled from `shared` and the hook's own part
+    /// (else it was rendered for this hook alone and is parked whole).
+    pub body_shared: bool,
     /// Where the event stands in commit order, kept when it is parked.
     pub commit_lsn: Lsn,
     pub change_index: u32,

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 
 use super::hook::{HookControl, ParkReason};
-use super::parking::ParkedEvent;
+use super::parking::{parked_limit_warning, ParkedEvent};
 use super::{DeliveryContext, Job};
 use crate::registry::WebhookState;
 
@@ -134,18 +134,7 @@ async fn run_writer(ctx: DeliveryContext, mut receiver: mpsc::Receiver<Unwritten
 async fn write_until_done(ctx: &DeliveryContext, batch: &[Unwritten]) -> bool {
     let events: Vec<ParkedEvent<'_>> = batch
         .iter()
-        .map(|item| ParkedEvent {
-            webhook_id: item.job.hook.id,
-            event_id: item.job.event_id,
-            event: &item.job.event,
-            ordering_key: &item.job.ordering_key,
-            body: &item.job.body,
-            reason: item.reason,
-            attempts: 0,
-            last_error: None,
-            commit_lsn: item.job.commit_lsn,
-            change_index: item.job.change_index,
-        })
+        .map(|item| ParkedEvent::of(&item.job, item.reason, 0, None))
         .collect();
     let mut wait = Duration::from_secs(1);
     loop {
@@ -171,7 +160,8 @@ async fn write_until_done(ctx: &DeliveryContext, batch: &[Unwritten]) -> bool {
 /// replay; later events follow the Stopped rule (dropped and counted).
 async fn enforce_parked_limit(ctx: &DeliveryContext, control: &HookControl, written: usize) {
     let limit = i64::try_from(ctx.config.get().max_parked_events_per_webhook).unwrap_or(i64::MAX);
-    if control.parked.load(Ordering::Acquire) < 0 {
+    let before = control.parked.load(Ordering::Acquire);
+    if before < 0 {
         // Counted once from the table (this batch included), then kept.
         match ctx.store.parked_count(control.id).await {
             Ok(n) => control.parked.store(n, Ordering::Release),
@@ -182,6 +172,15 @@ async fn enforce_parked_limit(ctx: &DeliveryContext, control: &HookControl, writ
         }
     } else {
         control.parked_added(written);
+    }
+    let now = control.parked.load(Ordering::Acquire);
+    let configured = ctx.config.get().max_parked_events_per_webhook;
+    // Once per crossing, well before the limit stops the hook.
+    if let Some(warning) = parked_limit_warning(control.id, now, configured) {
+        if before < 0 || parked_limit_warning(control.id, before, configured).is_none() {
+            ctx.metrics.hooks_near_parked_limit.inc();
+            tracing::warn!(webhook_id = control.id, "{warning}");
+        }
     }
     if control.parked.load(Ordering::Acquire) < limit
         || control.parked_limit_reached.load(Ordering::Acquire)

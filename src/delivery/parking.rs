@@ -11,7 +11,8 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use super::hook::{HookControl, Mode, ParkReason};
-use super::{DeliveryContext, Job};
+use super::request::{HookPart, SharedBody};
+use super::{DeliveryContext, Job, OrderScope};
 use crate::config::DeliveryConfig;
 use crate::pgoutput::Lsn;
 use crate::registry::WebhookState;
@@ -23,25 +24,48 @@ use crate::registry::WebhookState;
 pub trait DeliveryStore: Send + Sync {
     /// Store an event durably; storing the same event again is a no-op.
     async fn park(&self, event: &ParkedEvent<'_>) -> anyhow::Result<()>;
-    /// Store events durably in one commit, in the order given; events
-    /// already stored are skipped.
+    /// Store events durably in one commit; events already stored are
+    /// skipped.
     async fn park_batch(&self, events: &[ParkedEvent<'_>]) -> anyhow::Result<()>;
-    /// A hook's oldest parked events, at most `limit`, in commit order.
-    async fn next_parked(&self, webhook_id: i32, limit: i64) -> anyhow::Result<Vec<ParkedRow>>;
+    /// A hook's parked events after position `after` (from the first when
+    /// None), at most `limit`, in commit order.
+    async fn next_parked(
+        &self,
+        webhook_id: i32,
+        after: Option<Position>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<ParkedRow>>;
     async fn parked_count(&self, webhook_id: i32) -> anyhow::Result<i64>;
-    /// Remove delivered events.
-    async fn remove_parked(&self, delivery_ids: &[i64]) -> anyhow::Result<()>;
+    /// Remove a hook's delivered events.
+    async fn remove_parked(&self, webhook_id: i32, delivered: &[Position]) -> anyhow::Result<()>;
+    /// Remove the changes' payloads at `positions` that no parked event
+    /// holds any more. Only the daemon, whose one session also parks,
+    /// calls it.
+    async fn release_payloads(&self, positions: &[Position]) -> anyhow::Result<()>;
     async fn record_parked_failure(
         &self,
-        delivery_id: i64,
+        webhook_id: i32,
+        position: Position,
         attempts: u32,
         error: Option<&str>,
     ) -> anyhow::Result<()>;
+    /// Bring the planner's statistics of the parked tables up to date
+    /// before a replay reads them in batches (best effort).
+    async fn refresh_statistics(&self) {}
     /// Store a hook's state now (not batched with the statistics).
     async fn store_state(&self, webhook_id: i32, state: WebhookState) -> anyhow::Result<()>;
     /// The store's session has ended: what is not stored yet stays
     /// unconfirmed and is read again by the next session.
     fn is_closed(&self) -> bool;
+}
+
+/// A change's place in commit order: its transaction's commit position
+/// and its index in the transaction. With the hook, it names a parked
+/// event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub commit_lsn: Lsn,
+    pub change_index: u32,
 }
 
 /// An event to park.
@@ -50,21 +74,85 @@ pub struct ParkedEvent<'a> {
     pub event_id: Uuid,
     pub event: &'a str,
     pub ordering_key: &'a str,
-    pub body: &'a [u8],
+    pub scope: &'a OrderScope,
+    /// The change's body parts shared by its hooks, stored once per change.
+    pub shared: &'a SharedBody,
+    pub body: ParkedBody<'a>,
     pub reason: ParkReason,
     pub attempts: i32,
     pub last_error: Option<&'a str>,
-    pub commit_lsn: Lsn,
-    pub change_index: u32,
+    pub position: Position,
+}
+
+/// What a parked event stores of its own body.
+pub enum ParkedBody<'a> {
+    /// The hook's part; the body is assembled from it and the shared parts.
+    Assembled(HookPart),
+    /// The whole body, rendered for this hook alone.
+    Whole(&'a [u8]),
+}
+
+impl<'a> ParkedEvent<'a> {
+    /// The parked form of `job`.
+    pub(super) fn of(
+        job: &'a Job,
+        reason: ParkReason,
+        attempts: i32,
+        last_error: Option<&'a str>,
+    ) -> ParkedEvent<'a> {
+        ParkedEvent {
+            webhook_id: job.hook.id,
+            event_id: job.event_id,
+            event: &job.event,
+            ordering_key: &job.ordering_key,
+            scope: &job.scope,
+            shared: &job.shared,
+            body: if job.body_shared {
+                ParkedBody::Assembled(HookPart::of(&job.hook))
+            } else {
+                ParkedBody::Whole(&job.body)
+            },
+            reason,
+            attempts,
+            last_error,
+            position: Position {
+                commit_lsn: job.commit_lsn,
+                change_index: job.change_index,
+            },
+        }
+    }
 }
 
 /// A parked event read back for delivery.
+#[derive(Debug, Clone)]
 pub struct ParkedRow {
-    pub delivery_id: i64,
+    pub position: Position,
     pub event_id: Uuid,
     pub event: String,
+    pub ordering_key: String,
+    pub scope: OrderScope,
     pub body: Bytes,
     pub attempts: i32,
+}
+
+/// The share of `delivery.max_parked_events_per_webhook`, in percent, at
+/// which `check`, `status` and the daemon warn: well before the limit stops
+/// the hook.
+pub const PARKED_WARN_PERCENT: u64 = 80;
+
+/// The warning for a hook with `parked` events against `limit`, once it
+/// holds [`PARKED_WARN_PERCENT`] of it.
+pub fn parked_limit_warning(webhook_id: i32, parked: i64, limit: u64) -> Option<String> {
+    let parked = u64::try_from(parked).ok()?;
+    if parked.saturating_mul(100) < limit.saturating_mul(PARKED_WARN_PERCENT) {
+        return None;
+    }
+    Some(format!(
+        "webhook_id {webhook_id} has {parked} parked events, {}% of \
+         delivery.max_parked_events_per_webhook ({limit}): at the limit it is set to \
+         Stopped (2); fix its target and set it Active to deliver them",
+        parked.saturating_mul(100) / limit.max(1)
+    ))
 }
 
 /// A hook this far behind, with `backlog_limit` events queued, is not
@@ -113,18 +201,7 @@ pub(super) async fn park_job(
 ) -> anyhow::Result<()> {
     ctx.metrics.parked_events.inc();
     ctx.store
-        .park(&ParkedEvent {
-            webhook_id: job.hook.id,
-            event_id: job.event_id,
-            event: &job.event,
-            ordering_key: &job.ordering_key,
-            body: &job.body,
-            reason,
-            attempts,
-            last_error,
-            commit_lsn: job.commit_lsn,
-            change_index: job.change_index,
-        })
+        .park(&ParkedEvent::of(job, reason, attempts, last_error))
         .await
 }
 

@@ -1,18 +1,47 @@
 //! The replayer: a hook's parked events, delivered in commit order once
 //! the hook is Active, not paused, and its queue is empty, then back to
 //! live delivery.
+//!
+//! It reads the table in batches, a little ahead of delivery, and starts
+//! events through the same order rules as the hook's queue
+//! ([`OrderGate`]) up to the hook's concurrency limit: rows go
+//! concurrently, a row's events one after another in commit order, a
+//! TRUNCATE alone. So a hook drains its parked events at about its live
+//! rate instead of one round trip at a time.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
 use super::hook::{HookControl, Mode};
+use super::parking::{ParkedRow, Position};
+use super::queue::{Keys, OrderGate};
 use super::retry::{deliver, Settled};
-use super::DeliveryContext;
+use super::{DeliveryContext, OrderScope};
+use crate::config::DeliveryOrder;
 use crate::registry::WebhookState;
 
-/// Parked events fetched at a time: bounds the replayer's memory.
-const BATCH: i64 = 100;
+/// Parked events read at a time.
+const BATCH: i64 = 500;
+/// A new batch is read once fewer than this many read events wait: reading
+/// stays ahead of delivery while at most about two batches are held.
+const READ_AHEAD: usize = 500;
+/// Delivered events removed from the table in one statement.
+const REMOVE_BATCH: usize = 500;
+
+/// What an event waits for in a hook's queue, by the configured ordering
+/// and the event's ordering scope.
+pub(super) fn order_keys(order: DeliveryOrder, key: &str, scope: &OrderScope) -> Keys {
+    match (order, scope) {
+        // One strict order: every event waits for the one before.
+        (DeliveryOrder::Webhook, _) => Keys::One(0),
+        (DeliveryOrder::Row, OrderScope::Key) => Keys::One(Keys::of(key)),
+        (DeliveryOrder::Row, OrderScope::AlsoAfter(old)) => Keys::Two(Keys::of(key), Keys::of(old)),
+        (DeliveryOrder::Row, OrderScope::Barrier) => Keys::Barrier,
+    }
+}
 
 /// Deliver a hook's parked events in commit order, then switch it back to
 /// live delivery. Ends early when the hook trips, is stopped, paused, or
@@ -54,16 +83,70 @@ pub(super) async fn run_replayer(ctx: DeliveryContext, control: Arc<HookControl>
 /// Returns whether the hook caught up (and is Live again).
 async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::Result<bool> {
     let store = &ctx.store;
+    let mut gate: OrderGate<ParkedRow> = OrderGate::new();
+    let mut running = FuturesUnordered::new();
+    let mut ready = Vec::new();
+    // The last position read: later batches start after it.
+    let mut cursor: Option<Position> = None;
+    // The last read found nothing more after the cursor.
+    let mut read_all = false;
+    let mut delivered: Vec<Position> = Vec::with_capacity(REMOVE_BATCH);
+    let mut failed = false;
+    store.refresh_statistics().await;
     loop {
-        if control.is_tripped()
+        let stopping = failed
+            || control.is_tripped()
             || control.is_gone()
             || control.is_paused()
-            || control.current().state != WebhookState::Active
-        {
+            || control.current().state != WebhookState::Active;
+        if stopping {
+            // What was started finishes; what waits stays parked.
+            while let Some((_, position, settled)) = running.next().await {
+                settle(ctx, control, position, settled, &mut delivered).await?;
+            }
+            remove_delivered(ctx, control, &mut delivered).await?;
             return Ok(false);
         }
-        let batch = store.next_parked(control.id, BATCH).await?;
-        if batch.is_empty() {
+        if !read_all && gate.waiting() < READ_AHEAD {
+            let order = ctx.config.get().ordering;
+            let batch = store.next_parked(control.id, cursor, BATCH).await?;
+            read_all = batch.len() < BATCH as usize;
+            for row in batch {
+                cursor = Some(row.position);
+                gate.push(order_keys(order, &row.ordering_key, &row.scope), row);
+            }
+        }
+        if gate.take_ready(control.concurrency_limit(), &mut ready) {
+            control.held_back();
+        }
+        for (keys, row) in ready.drain(..) {
+            running.push(async move {
+                let settled = deliver(
+                    ctx,
+                    control,
+                    &row.event,
+                    row.event_id,
+                    &row.body,
+                    u32::try_from(row.attempts).unwrap_or(0),
+                )
+                .await;
+                (keys, row.position, settled)
+            });
+        }
+        if let Some((keys, position, settled)) = running.next().await {
+            gate.finished(keys);
+            failed = !settle(ctx, control, position, settled, &mut delivered).await?;
+            if delivered.len() >= REMOVE_BATCH {
+                remove_delivered(ctx, control, &mut delivered).await?;
+            }
+            continue;
+        }
+        if gate.waiting() > 0 || !read_all {
+            continue;
+        }
+        // Nothing read is left: everything before the cursor is delivered.
+        remove_delivered(ctx, control, &mut delivered).await?;
+        {
             // Under the mode lock no event can be parked meanwhile.
             let mut mode = control.mode.lock().await;
             // Live only when nothing is parked, nothing is still on the
@@ -78,49 +161,52 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
                 *mode = Mode::Live;
                 return Ok(true);
             }
-            drop(mode);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
         }
-        let mut delivered = Vec::with_capacity(batch.len());
-        for row in batch {
-            let settled = deliver(
-                ctx,
-                control,
-                &row.event,
-                row.event_id,
-                &row.body,
-                u32::try_from(row.attempts).unwrap_or(0),
-            )
-            .await;
-            match settled {
-                Settled::Delivered => delivered.push(row.delivery_id),
-                Settled::Dropped
-                | Settled::Unsettled
-                | Settled::Stopped
-                | Settled::Paused { .. } => {
-                    remove_delivered(store.as_ref(), control, &delivered).await?;
-                    return Ok(false);
-                }
-                Settled::Tripped { attempts, error } => {
-                    remove_delivered(store.as_ref(), control, &delivered).await?;
-                    store
-                        .record_parked_failure(row.delivery_id, attempts, error.as_deref())
-                        .await?;
-                    return Ok(false);
-                }
-            }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Read again from the first: what was read is delivered and gone,
+        // so only events parked meanwhile are found.
+        cursor = None;
+        read_all = false;
+    }
+}
+
+/// Book one finished replay; returns false when replay must stop (the
+/// event stays parked, with its failed attempts counted when it tripped).
+async fn settle(
+    ctx: &DeliveryContext,
+    control: &HookControl,
+    position: Position,
+    settled: Settled,
+    delivered: &mut Vec<Position>,
+) -> anyhow::Result<bool> {
+    match settled {
+        Settled::Delivered => {
+            delivered.push(position);
+            Ok(true)
         }
-        remove_delivered(store.as_ref(), control, &delivered).await?;
+        Settled::Dropped | Settled::Unsettled | Settled::Stopped | Settled::Paused { .. } => {
+            Ok(false)
+        }
+        Settled::Tripped { attempts, error } => {
+            ctx.store
+                .record_parked_failure(control.id, position, attempts, error.as_deref())
+                .await?;
+            Ok(false)
+        }
     }
 }
 
 async fn remove_delivered(
-    store: &dyn super::DeliveryStore,
+    ctx: &DeliveryContext,
     control: &HookControl,
-    delivered: &[i64],
+    delivered: &mut Vec<Position>,
 ) -> anyhow::Result<()> {
-    store.remove_parked(delivered).await?;
+    if delivered.is_empty() {
+        return Ok(());
+    }
+    ctx.store.remove_parked(control.id, delivered).await?;
     control.parked_removed(delivered.len());
+    ctx.store.release_payloads(delivered).await?;
+    delivered.clear();
     Ok(())
 }

@@ -3,38 +3,146 @@
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::signing;
 use crate::events::ChangeEvent;
 use crate::registry::Webhook;
 
-/// The JSON body, in the contract's field order.
-#[derive(Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct Body<'a> {
-    event_id: Uuid,
-    timestamp: String,
-    changes: &'a [String],
-    changes_exact: bool,
-    event: &'a str,
-    primary_key: &'a Value,
-    entity: &'a str,
-    context_identifier: &'a str,
-    changed_by_associate_id: i64,
-    webhook_name: &'a str,
-    field_values: &'a Map<String, Value>,
-    missing_columns: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    values: Option<&'a Map<String, Value>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    properties: Option<&'a Map<String, Value>>,
-    table: &'a str,
-    lsn: String,
-    /// Only on rows sent by `walhook backfill`: its backfill_id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    backfill: Option<i64>,
+/// The parts of a body that are the same for every hook an event goes
+/// to, in the contract's field order, each already JSON. A body is
+/// `{"EventId":"<id>"` + `head` + the hook's name + `fields` +
+/// (`,"Properties":` + the hook's properties) + `tail`; parked events
+/// store these parts once per change and the per-hook rest beside it
+/// (sql/schema.sql's `parked_event` view joins them the same way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedBody {
+    /// `","Timestamp":...,"ChangedByAssociateId":7,"WebhookName":`
+    pub head: String,
+    /// `,"FieldValues":{...},"MissingColumns":[...]` and `,"Values":{...}`
+    pub fields: String,
+    /// `,"Table":"public.contact","Lsn":"0/16B3748"}`
+    pub tail: String,
+}
+
+/// What a body holds of its hook, as JSON: its name and Properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookPart {
+    /// A JSON string.
+    pub name: String,
+    /// A JSON object, when the hook has properties.
+    pub properties: Option<String>,
+}
+
+impl HookPart {
+    pub fn of(hook: &Webhook) -> HookPart {
+        HookPart {
+            name: json_text(&hook.name),
+            properties: hook.properties.as_ref().map(json_text),
+        }
+    }
+}
+
+/// Serialising these types (strings, maps, numbers) cannot fail.
+fn json_text<T: Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).expect("body part serialises")
+}
+
+/// Append `"Key":value` (after a comma unless first).
+fn member<T: Serialize + ?Sized>(out: &mut String, key: &str, value: &T) {
+    out.push_str(",\"");
+    out.push_str(key);
+    out.push_str("\":");
+    out.push_str(&json_text(value));
+}
+
+impl SharedBody {
+    pub fn of(event: &ChangeEvent, context_identifier: &str) -> SharedBody {
+        let mut head = String::with_capacity(256);
+        head.push('"');
+        member(&mut head, "Timestamp", &event.timestamp());
+        member(&mut head, "Changes", &event.changes);
+        member(&mut head, "ChangesExact", &event.changes_exact);
+        member(&mut head, "Event", &event.event);
+        member(&mut head, "PrimaryKey", &event.primary_key);
+        member(&mut head, "Entity", &event.entity);
+        member(&mut head, "ContextIdentifier", context_identifier);
+        member(
+            &mut head,
+            "ChangedByAssociateId",
+            &event.changed_by_associate_id,
+        );
+        head.push_str(",\"WebhookName\":");
+        let mut fields = String::with_capacity(event.field_values_len_bound().min(1 << 20) + 64);
+        member(&mut fields, "FieldValues", &event.field_values);
+        member(&mut fields, "MissingColumns", &event.missing_columns);
+        if let Some(values) = &event.values {
+            member(&mut fields, "Values", values);
+        }
+        let mut tail = String::with_capacity(64);
+        member(&mut tail, "Table", &event.table);
+        member(&mut tail, "Lsn", &event.txn.commit_lsn.to_string());
+        // Only on rows sent by `walhook backfill`: its backfill_id.
+        if let Some(backfill) = event.backfill {
+            member(&mut tail, "Backfill", &backfill);
+        }
+        tail.push('}');
+        SharedBody { head, fields, tail }
+    }
+
+    /// The body for one hook.
+    pub fn assemble(&self, event_id: Uuid, hook: &HookPart) -> Bytes {
+        let properties = hook.properties.as_deref().map_or(0, |p| p.len() + 16);
+        let mut body = Vec::with_capacity(
+            14 + 36
+                + self.head.len()
+                + hook.name.len()
+                + self.fields.len()
+                + properties
+                + self.tail.len(),
+        );
+        body.extend_from_slice(b"{\"EventId\":\"");
+        body.extend_from_slice(
+            event_id
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer())
+                .as_bytes(),
+        );
+        body.extend_from_slice(self.head.as_bytes());
+        body.extend_from_slice(hook.name.as_bytes());
+        body.extend_from_slice(self.fields.as_bytes());
+        if let Some(p) = &hook.properties {
+            body.extend_from_slice(b",\"Properties\":");
+            body.extend_from_slice(p.as_bytes());
+        }
+        body.extend_from_slice(self.tail.as_bytes());
+        Bytes::from(body)
+    }
+}
+
+/// A hook's body of an event: assembled from the event's shared parts, or
+/// (`Own`) rendered for this hook alone because its Properties or name
+/// pushed the body over the bound and some values were left out.
+pub enum HookBody {
+    Shared(Bytes),
+    Own(Bytes),
+}
+
+impl HookBody {
+    /// The body, and whether it is assembled from the shared parts.
+    pub fn into_parts(self) -> (Bytes, bool) {
+        match self {
+            HookBody::Shared(body) => (body, true),
+            HookBody::Own(body) => (body, false),
+        }
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            HookBody::Shared(b) | HookBody::Own(b) => b,
+        }
+    }
 }
 
 /// The body of `event` for `hook`; the same bytes on every attempt. A body
@@ -47,9 +155,32 @@ pub fn event_body(
     context_identifier: &str,
     max_bytes: usize,
 ) -> Bytes {
-    let body = body_of(event, event_id, hook, context_identifier);
+    let shared = SharedBody::of(event, context_identifier);
+    match hook_body(
+        &shared,
+        event,
+        event_id,
+        hook,
+        context_identifier,
+        max_bytes,
+    ) {
+        HookBody::Shared(b) | HookBody::Own(b) => b,
+    }
+}
+
+/// The body of `event` for `hook`, from the event's `shared` parts unless
+/// it is over `max_bytes`.
+pub fn hook_body(
+    shared: &SharedBody,
+    event: &ChangeEvent,
+    event_id: Uuid,
+    hook: &Webhook,
+    context_identifier: &str,
+    max_bytes: usize,
+) -> HookBody {
+    let body = shared.assemble(event_id, &HookPart::of(hook));
     if body.len() <= max_bytes || event.field_values.is_empty() {
-        return body;
+        return HookBody::Shared(body);
     }
     // This hook's Properties or name made the body too large: fit this
     // hook's copy.
@@ -57,31 +188,9 @@ pub fn event_body(
     let over = body.len() - max_bytes;
     let budget = event.field_values_len().saturating_sub(over);
     leave_out_largest(&mut event, budget);
-    body_of(&event, event_id, hook, context_identifier)
-}
-
-fn body_of(event: &ChangeEvent, event_id: Uuid, hook: &Webhook, context_identifier: &str) -> Bytes {
-    let body = Body {
-        event_id,
-        timestamp: event.timestamp(),
-        changes: &event.changes,
-        changes_exact: event.changes_exact,
-        event: &event.event,
-        primary_key: &event.primary_key,
-        entity: &event.entity,
-        context_identifier,
-        changed_by_associate_id: event.changed_by_associate_id,
-        webhook_name: &hook.name,
-        field_values: &event.field_values,
-        missing_columns: &event.missing_columns,
-        values: event.values.as_ref(),
-        properties: hook.properties.as_ref(),
-        table: &event.table,
-        lsn: event.txn.commit_lsn.to_string(),
-        backfill: event.backfill,
-    };
-    // Serialising these types (strings, maps, numbers) cannot fail.
-    Bytes::from(serde_json::to_vec(&body).expect("event body serialises"))
+    HookBody::Own(
+        SharedBody::of(&event, context_identifier).assemble(event_id, &HookPart::of(hook)),
+    )
 }
 
 /// The bytes a value takes in a body, counted without building the text.
@@ -256,10 +365,87 @@ fn is_reserved(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Map};
 
     use super::*;
     use crate::events::{Operation, WebhookRow};
+
+    /// The contract's body in one piece, in its field order: what the
+    /// assembled parts must equal byte for byte.
+    #[derive(Serialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Body<'a> {
+        event_id: Uuid,
+        timestamp: String,
+        changes: &'a [String],
+        changes_exact: bool,
+        event: &'a str,
+        primary_key: &'a Value,
+        entity: &'a str,
+        context_identifier: &'a str,
+        changed_by_associate_id: i64,
+        webhook_name: &'a str,
+        field_values: &'a Map<String, Value>,
+        missing_columns: &'a [String],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        values: Option<&'a Map<String, Value>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        properties: Option<&'a Map<String, Value>>,
+        table: &'a str,
+        lsn: String,
+    }
+
+    fn in_one_piece(event: &ChangeEvent, event_id: Uuid, hook: &Webhook, context: &str) -> Vec<u8> {
+        serde_json::to_vec(&Body {
+            event_id,
+            timestamp: event.timestamp(),
+            changes: &event.changes,
+            changes_exact: event.changes_exact,
+            event: &event.event,
+            primary_key: &event.primary_key,
+            entity: &event.entity,
+            context_identifier: context,
+            changed_by_associate_id: event.changed_by_associate_id,
+            webhook_name: &hook.name,
+            field_values: &event.field_values,
+            missing_columns: &event.missing_columns,
+            values: event.values.as_ref(),
+            properties: hook.properties.as_ref(),
+            table: &event.table,
+            lsn: event.txn.commit_lsn.to_string(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_body_assembled_from_shared_parts_is_the_contract_body_byte_for_byte() {
+        let mut deleted = event(json!({"id": 7, "note": "a\u{1}\"b\\ ä \u{2028}", "n": 1.50}));
+        deleted.values = json!({"id": 7}).as_object().cloned();
+        deleted.missing_columns = vec!["blob".into()];
+        let events = [
+            event(json!({})),
+            event(json!({"id": 1, "x": [1, null, {"y": "z"}]})),
+            deleted,
+        ];
+        let hooks = [
+            hook(None),
+            hook(Some(
+                r#"{"tenant": "t\u0001", "n": 1.50, "deep": {"a": [true]}}"#,
+            )),
+        ];
+        for e in &events {
+            let shared = SharedBody::of(e, "Ctx \"1\"");
+            for (n, h) in hooks.iter().enumerate() {
+                let id = Uuid::from_u128(0xabcdef + n as u128);
+                let assembled = shared.assemble(id, &HookPart::of(h));
+                let whole = in_one_piece(e, id, h, "Ctx \"1\"");
+                assert_eq!(
+                    std::str::from_utf8(&assembled).unwrap(),
+                    std::str::from_utf8(&whole).unwrap()
+                );
+            }
+        }
+    }
 
     fn event(fields: Value) -> ChangeEvent {
         ChangeEvent {

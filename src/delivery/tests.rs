@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -20,8 +20,8 @@ use crate::registry::WebhookState;
 /// Parked events and stored states, in memory.
 #[derive(Default)]
 struct MemoryStore {
-    next_id: AtomicI64,
-    parked: Mutex<Vec<(i64, i32, String, ParkedRow)>>,
+    /// (webhook_id, last error, row), in the order written.
+    parked: Mutex<Vec<(i32, String, ParkedRow)>>,
     states: Mutex<Vec<(i32, WebhookState)>>,
     /// The size of each batch written.
     batches: Mutex<Vec<usize>>,
@@ -29,13 +29,14 @@ struct MemoryStore {
 }
 
 impl MemoryStore {
-    fn parked_of(&self, webhook_id: i32) -> Vec<(i64, String, i32)> {
+    /// A hook's parked events: (last error, attempts).
+    fn parked_of(&self, webhook_id: i32) -> Vec<(String, i32)> {
         self.parked
             .lock()
             .unwrap()
             .iter()
-            .filter(|p| p.1 == webhook_id)
-            .map(|p| (p.0, p.2.clone(), p.3.attempts))
+            .filter(|p| p.0 == webhook_id)
+            .map(|p| (p.1.clone(), p.2.attempts))
             .collect()
     }
 }
@@ -46,20 +47,24 @@ impl DeliveryStore for MemoryStore {
         let mut parked = self.parked.lock().unwrap();
         if parked
             .iter()
-            .any(|p| p.1 == event.webhook_id && p.3.event_id == event.event_id)
+            .any(|p| p.0 == event.webhook_id && p.2.position == event.position)
         {
             return Ok(());
         }
-        let id = self.next_id.fetch_add(1, Ordering::AcqRel) + 1;
+        let body = match &event.body {
+            ParkedBody::Assembled(part) => event.shared.assemble(event.event_id, part),
+            ParkedBody::Whole(body) => Bytes::copy_from_slice(body),
+        };
         parked.push((
-            id,
             event.webhook_id,
             event.last_error.unwrap_or_default().to_owned(),
             ParkedRow {
-                delivery_id: id,
+                position: event.position,
                 event_id: event.event_id,
                 event: event.event.to_owned(),
-                body: Bytes::copy_from_slice(event.body),
+                ordering_key: event.ordering_key.to_owned(),
+                scope: event.scope.clone(),
+                body,
                 attempts: event.attempts,
             },
         ));
@@ -76,45 +81,52 @@ impl DeliveryStore for MemoryStore {
         Ok(())
     }
 
-    async fn next_parked(&self, webhook_id: i32, limit: i64) -> anyhow::Result<Vec<ParkedRow>> {
-        Ok(self
+    async fn next_parked(
+        &self,
+        webhook_id: i32,
+        after: Option<Position>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<ParkedRow>> {
+        let mut rows: Vec<ParkedRow> = self
             .parked
             .lock()
             .unwrap()
             .iter()
-            .filter(|p| p.1 == webhook_id)
-            .take(limit as usize)
-            .map(|p| ParkedRow {
-                delivery_id: p.3.delivery_id,
-                event_id: p.3.event_id,
-                event: p.3.event.clone(),
-                body: p.3.body.clone(),
-                attempts: p.3.attempts,
-            })
-            .collect())
+            .filter(|p| p.0 == webhook_id && after.is_none_or(|a| p.2.position > a))
+            .map(|p| p.2.clone())
+            .collect();
+        rows.sort_by_key(|r| r.position);
+        rows.truncate(limit as usize);
+        Ok(rows)
     }
 
     async fn parked_count(&self, webhook_id: i32) -> anyhow::Result<i64> {
         Ok(self.parked_of(webhook_id).len() as i64)
     }
 
-    async fn remove_parked(&self, delivery_ids: &[i64]) -> anyhow::Result<()> {
+    async fn remove_parked(&self, webhook_id: i32, delivered: &[Position]) -> anyhow::Result<()> {
         self.parked
             .lock()
             .unwrap()
-            .retain(|p| !delivery_ids.contains(&p.0));
+            .retain(|p| p.0 != webhook_id || !delivered.contains(&p.2.position));
+        Ok(())
+    }
+
+    async fn release_payloads(&self, _positions: &[Position]) -> anyhow::Result<()> {
+        // Bodies are kept whole per event here.
         Ok(())
     }
 
     async fn record_parked_failure(
         &self,
-        delivery_id: i64,
+        webhook_id: i32,
+        position: Position,
         attempts: u32,
         _error: Option<&str>,
     ) -> anyhow::Result<()> {
         for p in self.parked.lock().unwrap().iter_mut() {
-            if p.0 == delivery_id {
-                p.3.attempts = attempts as i32;
+            if p.0 == webhook_id && p.2.position == position {
+                p.2.attempts = attempts as i32;
             }
         }
         Ok(())
@@ -128,6 +140,15 @@ impl DeliveryStore for MemoryStore {
     fn is_closed(&self) -> bool {
         false
     }
+}
+
+/// Shared body parts for jobs whose bodies are made up by the test.
+fn no_shared_body() -> Arc<request::SharedBody> {
+    Arc::new(request::SharedBody {
+        head: String::new(),
+        fields: String::new(),
+        tail: String::new(),
+    })
 }
 
 /// A loopback receiver: records `(event id, body)` and answers `status`.
@@ -230,6 +251,8 @@ fn jobs(
             ordering_key: (*key).to_owned(),
             scope: OrderScope::Key,
             body: Bytes::from(format!("{key}:{i}")),
+            shared: no_shared_body(),
+            body_shared: false,
             commit_lsn: Lsn(100),
             change_index: i as u32,
             ticket: txn.ticket(),
@@ -370,8 +393,8 @@ async fn a_failing_target_trips_the_hook_and_its_event_is_parked_with_its_attemp
     wait_for("the event parked", || !store.parked_of(7).is_empty()).await;
     let parked = store.parked_of(7);
     assert_eq!(parked.len(), 1);
-    assert_eq!(parked[0].2, 2, "both attempts counted");
-    assert!(parked[0].1.contains("500"), "last error kept: {parked:?}");
+    assert_eq!(parked[0].1, 2, "both attempts counted");
+    assert!(parked[0].0.contains("500"), "last error kept: {parked:?}");
     assert_eq!(target.bodies().len(), 2);
     // Parked is settled: the slot may move past the transaction.
     wait_for("the transaction settled", || {
@@ -409,6 +432,8 @@ async fn reactivation_delivers_parked_events_first_then_live_ones() {
             ordering_key: "a".into(),
             scope: OrderScope::Key,
             body: Bytes::from_static(b"a:live"),
+            shared: no_shared_body(),
+            body_shared: false,
             commit_lsn: Lsn(300),
             change_index: 0,
             ticket: txn.ticket(),
@@ -524,7 +549,7 @@ async fn a_burst_of_parked_events_is_written_in_few_batches_in_order_and_settled
         .lock()
         .unwrap()
         .iter()
-        .map(|p| p.3.event_id.as_u128())
+        .map(|p| p.2.event_id.as_u128())
         .collect();
     assert_eq!(ids, (1..=1000).collect::<Vec<u128>>(), "in order");
     assert!(target.bodies().is_empty());

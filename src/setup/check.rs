@@ -5,7 +5,7 @@
 use super::line::{CheckLevel, CheckLine};
 use super::{failover, publications, MIN_SERVER_VERSION};
 use crate::config::Config;
-use crate::delivery::{check_target, tls};
+use crate::delivery::{check_target, parked_limit_warning, tls};
 use crate::registry::Webhook;
 use crate::store::Store;
 
@@ -369,16 +369,8 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
         Ok(counts) => {
             for (webhook_id, parked) in counts {
                 // Warn well before the limit stops the hook.
-                if parked as u64 * 10 >= limit * 8 {
-                    push(
-                        CheckLevel::Warn,
-                        format!(
-                            "webhook_id {webhook_id} has {parked} parked events, {}% of \
-                             delivery.max_parked_events_per_webhook ({limit}): at the limit it is \
-                             set to Stopped (2); fix its target and set it Active to deliver them",
-                            parked as u64 * 100 / limit.max(1)
-                        ),
-                    );
+                if let Some(warning) = parked_limit_warning(webhook_id, parked, limit) {
+                    push(CheckLevel::Warn, warning);
                 }
             }
         }

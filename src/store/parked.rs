@@ -9,9 +9,17 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{SqlResult, Store};
-use crate::delivery::{DeliveryStore, ParkedEvent, ParkedRow};
+use crate::delivery::{DeliveryStore, OrderScope, ParkedBody, ParkedEvent, ParkedRow, Position};
+use crate::pgoutput::Lsn;
 use crate::registry::WebhookState;
 use crate::text::{truncate_chars, LAST_ERROR_MAX_CHARS};
+
+/// A parked event's body, from `delivery d` and `delivery_payload p`: the
+/// same expression as sql/schema.sql's `parked_event` view, spelled here
+/// so reading needs no view (setup may not have made it yet).
+pub(super) const BODY: &str = "coalesce(d.body, '{\"EventId\":\"' || d.event_id::text || p.head \
+                    || d.webhook_name || p.fields \
+                    || coalesce(',\"Properties\":' || d.properties, '') || p.tail)";
 
 #[async_trait]
 impl DeliveryStore for Store {
@@ -19,136 +27,91 @@ impl DeliveryStore for Store {
     /// on, whatever the server's default); parking the same event again is
     /// a no-op.
     async fn park(&self, event: &ParkedEvent<'_>) -> anyhow::Result<()> {
-        let body = std::str::from_utf8(event.body).context("parked body is not UTF-8")?;
-        let sql = format!(
-            "INSERT INTO {} (webhook_id, event_id, event, ordering_key, body, reason, \
-                              attempts, last_error, commit_lsn, change_index) \
-             VALUES ($1, $2::text::uuid, $3, $4, $5, $6, $7, $8, $9::text::pg_lsn, $10) \
-             ON CONFLICT (webhook_id, event_id) DO NOTHING",
-            self.table("delivery")
-        );
-        let last_error = event
-            .last_error
-            .map(|e| truncate_chars(e, LAST_ERROR_MAX_CHARS));
-        self.client
-            .execute(
-                &sql,
-                &[
-                    &event.webhook_id,
-                    &event.event_id.to_string(),
-                    &event.event,
-                    &event.ordering_key,
-                    &body,
-                    &event.reason.as_str(),
-                    &event.attempts,
-                    &last_error,
-                    &event.commit_lsn.to_string(),
-                    &(event.change_index as i32),
-                ],
-            )
-            .await
-            .sql(format!(
-                "parking event {} for webhook_id {}",
-                event.event_id, event.webhook_id
-            ))?;
-        Ok(())
+        self.insert_parked(&[event]).await
     }
 
-    /// Park events durably in one statement and one commit, in the order
-    /// given (their delivery_id follows it); events already parked are
-    /// skipped.
+    /// Park events durably in one statement and one commit; events
+    /// already parked are skipped.
     async fn park_batch(&self, events: &[ParkedEvent<'_>]) -> anyhow::Result<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let n = events.len();
-        let mut webhook_ids = Vec::with_capacity(n);
-        let mut event_ids = Vec::with_capacity(n);
-        let mut names = Vec::with_capacity(n);
-        let mut keys = Vec::with_capacity(n);
-        let mut bodies = Vec::with_capacity(n);
-        let mut reasons = Vec::with_capacity(n);
-        let mut attempts = Vec::with_capacity(n);
-        let mut errors = Vec::with_capacity(n);
-        let mut lsns = Vec::with_capacity(n);
-        let mut indexes = Vec::with_capacity(n);
-        for event in events {
-            webhook_ids.push(event.webhook_id);
-            event_ids.push(event.event_id.to_string());
-            names.push(event.event);
-            keys.push(event.ordering_key);
-            bodies.push(std::str::from_utf8(event.body).with_context(|| {
-                format!("parked body of event {} is not UTF-8", event.event_id)
-            })?);
-            reasons.push(event.reason.as_str());
-            attempts.push(event.attempts);
-            errors.push(
-                event
-                    .last_error
-                    .map(|e| truncate_chars(e, LAST_ERROR_MAX_CHARS)),
-            );
-            lsns.push(event.commit_lsn.to_string());
-            indexes.push(event.change_index as i32);
-        }
-        // One multi-row INSERT from arrays: a single round trip and, as a
-        // single statement outside a transaction, a single commit.
-        let sql = format!(
-            "INSERT INTO {} (webhook_id, event_id, event, ordering_key, body, reason, \
-                              attempts, last_error, commit_lsn, change_index) \
-             SELECT w, e::uuid, n, k, b, r, a, l, c::pg_lsn, i \
-               FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                           $6::text[], $7::int[], $8::text[], $9::text[], $10::int[]) \
-                    WITH ORDINALITY AS p (w, e, n, k, b, r, a, l, c, i, ord) \
-              ORDER BY ord \
-             ON CONFLICT (webhook_id, event_id) DO NOTHING",
-            self.table("delivery")
-        );
-        self.client
-            .execute(
-                &sql,
-                &[
-                    &webhook_ids,
-                    &event_ids,
-                    &names,
-                    &keys,
-                    &bodies,
-                    &reasons,
-                    &attempts,
-                    &errors,
-                    &lsns,
-                    &indexes,
-                ],
-            )
-            .await
-            .sql(format!("parking a batch of {n} events"))?;
-        Ok(())
+        let events: Vec<&ParkedEvent<'_>> = events.iter().collect();
+        self.insert_parked(&events).await
     }
 
-    async fn next_parked(&self, webhook_id: i32, limit: i64) -> anyhow::Result<Vec<ParkedRow>> {
+    async fn next_parked(
+        &self,
+        webhook_id: i32,
+        after: Option<Position>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<ParkedRow>> {
+        // Before every real position: commit LSNs are above 0/0.
+        let after = after.unwrap_or(Position {
+            commit_lsn: Lsn(0),
+            change_index: 0,
+        });
         let rows = self
             .client
             .query(
                 &format!(
-                    "SELECT delivery_id, event_id::text, event::text, body, attempts \
-                       FROM {} WHERE webhook_id = $1 \
-                      ORDER BY commit_lsn, change_index, delivery_id LIMIT $2",
-                    self.table("delivery")
+                    // The limit applies before the join: a plan from stale
+                    // statistics (a table just filled) then sorts the
+                    // hook's small rows, never joins all of them first.
+                    "SELECT d.commit_lsn::text, d.change_index, d.event_id::text, p.event::text, \
+                            p.ordering_key, p.also_after, p.barrier, {BODY}, d.attempts \
+                       FROM (SELECT * FROM {} \
+                              WHERE webhook_id = $1 \
+                                AND (commit_lsn, change_index) > ($2::text::pg_lsn, $3) \
+                              ORDER BY commit_lsn, change_index LIMIT $4) d \
+                       JOIN {} p USING (commit_lsn, change_index) \
+                      ORDER BY d.commit_lsn, d.change_index",
+                    self.table("delivery"),
+                    self.table("delivery_payload"),
                 ),
-                &[&webhook_id, &limit],
+                &[
+                    &webhook_id,
+                    &after.commit_lsn.to_string(),
+                    &(after.change_index as i32),
+                    &limit,
+                ],
             )
             .await
             .sql(format!("reading parked events of webhook_id {webhook_id}"))?;
         rows.iter()
             .map(|r| {
-                let id: String = r.get(1);
+                let lsn: String = r.get(0);
+                let index: i32 = r.get(1);
+                let id: String = r.get(2);
+                let also_after: Option<String> = r.get(5);
+                let barrier: bool = r.get(6);
+                // Only a row written by hand lacks both the whole body
+                // and the hook's part of it.
+                let body: String = r.get::<_, Option<String>>(7).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the parked event {id} of webhook_id {webhook_id} at {lsn}/{index} has \
+                         neither a body nor a webhook_name in {}: it cannot be sent; \
+                         `walhook parked discard {id}` removes it",
+                        self.table("delivery")
+                    )
+                })?;
                 Ok(ParkedRow {
-                    delivery_id: r.get(0),
+                    position: Position {
+                        commit_lsn: lsn
+                            .parse()
+                            .map_err(|e| anyhow::anyhow!("parked commit_lsn {lsn:?}: {e}"))?,
+                        change_index: u32::try_from(index)
+                            .with_context(|| format!("parked change_index {index}"))?,
+                    },
                     event_id: id
                         .parse()
                         .with_context(|| format!("parked event_id {id:?} is not a UUID"))?,
-                    event: r.get(2),
-                    body: Bytes::from(r.get::<_, String>(3)),
-                    attempts: r.get(4),
+                    event: r.get(3),
+                    ordering_key: r.get(4),
+                    scope: match (barrier, also_after) {
+                        (true, _) => OrderScope::Barrier,
+                        (false, Some(old)) => OrderScope::AlsoAfter(old),
+                        (false, None) => OrderScope::Key,
+                    },
+                    body: Bytes::from(body),
+                    attempts: r.get(8),
                 })
             })
             .collect()
@@ -171,30 +134,45 @@ impl DeliveryStore for Store {
 
     /// Remove delivered events, a batch at a time: after a crash between a
     /// delivery and this, the event is sent again with its EventId, never
-    /// lost.
-    async fn remove_parked(&self, delivery_ids: &[i64]) -> anyhow::Result<()> {
-        if delivery_ids.is_empty() {
+    /// lost. Their payloads stay (see `release_payloads`).
+    async fn remove_parked(&self, webhook_id: i32, delivered: &[Position]) -> anyhow::Result<()> {
+        if delivered.is_empty() {
             return Ok(());
         }
+        let (lsns, indexes) = position_arrays(delivered);
         self.client
             .execute(
                 &format!(
-                    "DELETE FROM {} WHERE delivery_id = ANY ($1)",
+                    "DELETE FROM {} WHERE webhook_id = $1 AND (commit_lsn, change_index) IN \
+                       (SELECT c::pg_lsn, i FROM unnest($2::text[], $3::int[]) AS u (c, i))",
                     self.table("delivery")
                 ),
-                &[&delivery_ids],
+                &[&webhook_id, &lsns, &indexes],
             )
             .await
             .sql(format!(
-                "removing {} delivered parked events",
-                delivery_ids.len()
+                "removing {} delivered parked events of webhook_id {webhook_id}",
+                delivered.len()
             ))?;
         Ok(())
     }
 
+    /// Remove the payloads at `positions` that no parked event holds any
+    /// more. Only the session that parks may call it: its statements run
+    /// one after another, so no event can be parked against a payload
+    /// while it is being removed.
+    async fn release_payloads(&self, positions: &[Position]) -> anyhow::Result<()> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let (lsns, indexes) = position_arrays(positions);
+        self.remove_unheld_payloads(Some((&lsns, &indexes))).await
+    }
+
     async fn record_parked_failure(
         &self,
-        delivery_id: i64,
+        webhook_id: i32,
+        position: Position,
         attempts: u32,
         error: Option<&str>,
     ) -> anyhow::Result<()> {
@@ -202,17 +180,40 @@ impl DeliveryStore for Store {
         self.client
             .execute(
                 &format!(
-                    "UPDATE {} SET attempts = $2, last_error = coalesce($3, last_error), \
-                            next_attempt = now() WHERE delivery_id = $1",
+                    "UPDATE {} SET attempts = $4, last_error = coalesce($5, last_error) \
+                      WHERE webhook_id = $1 AND commit_lsn = $2::text::pg_lsn AND change_index = $3",
                     self.table("delivery")
                 ),
-                &[&delivery_id, &(attempts as i32), &error],
+                &[
+                    &webhook_id,
+                    &position.commit_lsn.to_string(),
+                    &(position.change_index as i32),
+                    &(attempts as i32),
+                    &error,
+                ],
             )
             .await
             .sql(format!(
-                "recording a failed attempt of parked event {delivery_id}"
+                "recording a failed attempt of the parked event of webhook_id {webhook_id} at {}/{}",
+                position.commit_lsn, position.change_index
             ))?;
         Ok(())
+    }
+
+    /// A table filled since autovacuum last looked has statistics that
+    /// say it is nearly empty: the planner then reads all of a hook's rows
+    /// for every batch (30-50 ms each for 100,000 rows instead of 1). The
+    /// role may not own the tables: PostgreSQL then skips them, with a
+    /// warning to this session only.
+    async fn refresh_statistics(&self) {
+        let sql = format!(
+            "ANALYZE {}, {}",
+            self.table("delivery"),
+            self.table("delivery_payload")
+        );
+        if let Err(e) = self.client.batch_execute(&sql).await {
+            tracing::debug!("analyzing the parked tables before a replay: {e}");
+        }
     }
 
     /// Store a hook's state now (not batched): used where an event is
@@ -283,6 +284,185 @@ impl Store {
             )
             .await
             .sql("dropping parked events past delivery.parked_retention")?;
+        // Also the payloads left by events removed elsewhere (a deleted
+        // hook, an admin's discard or replay). Run by the daemon's session.
+        self.remove_unheld_payloads(None).await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
+
+    /// Write parked events and their payloads (once per change) in one
+    /// statement, so one commit.
+    async fn insert_parked(&self, events: &[&ParkedEvent<'_>]) -> anyhow::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let n = events.len();
+        // The payload columns, once per change.
+        let mut seen = HashSet::with_capacity(n);
+        let mut p_lsns = Vec::new();
+        let mut p_indexes = Vec::new();
+        let mut p_names = Vec::new();
+        let mut p_keys = Vec::new();
+        let mut p_also = Vec::new();
+        let mut p_barriers = Vec::new();
+        let mut p_heads = Vec::new();
+        let mut p_fields = Vec::new();
+        let mut p_tails = Vec::new();
+        // The per-hook columns.
+        let mut webhook_ids = Vec::with_capacity(n);
+        let mut lsns = Vec::with_capacity(n);
+        let mut indexes = Vec::with_capacity(n);
+        let mut event_ids = Vec::with_capacity(n);
+        let mut hook_names = Vec::with_capacity(n);
+        let mut properties = Vec::with_capacity(n);
+        let mut bodies = Vec::with_capacity(n);
+        let mut reasons = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut errors = Vec::with_capacity(n);
+        for event in events {
+            let lsn = event.position.commit_lsn.to_string();
+            let index = event.position.change_index as i32;
+            if seen.insert(event.position) {
+                p_lsns.push(lsn.clone());
+                p_indexes.push(index);
+                p_names.push(event.event);
+                p_keys.push(event.ordering_key);
+                let (also, barrier) = match event.scope {
+                    OrderScope::Key => (None, false),
+                    OrderScope::AlsoAfter(old) => (Some(old.as_str()), false),
+                    OrderScope::Barrier => (None, true),
+                };
+                p_also.push(also);
+                p_barriers.push(barrier);
+                p_heads.push(event.shared.head.as_str());
+                p_fields.push(event.shared.fields.as_str());
+                p_tails.push(event.shared.tail.as_str());
+            }
+            webhook_ids.push(event.webhook_id);
+            lsns.push(lsn);
+            indexes.push(index);
+            event_ids.push(event.event_id.to_string());
+            match &event.body {
+                ParkedBody::Assembled(part) => {
+                    hook_names.push(Some(part.name.as_str()));
+                    properties.push(part.properties.as_deref());
+                    bodies.push(None);
+                }
+                ParkedBody::Whole(body) => {
+                    hook_names.push(None);
+                    properties.push(None);
+                    bodies.push(Some(std::str::from_utf8(body).with_context(|| {
+                        format!("parked body of event {} is not UTF-8", event.event_id)
+                    })?));
+                }
+            }
+            reasons.push(event.reason.as_str());
+            attempts.push(event.attempts);
+            errors.push(
+                event
+                    .last_error
+                    .map(|e| truncate_chars(e, LAST_ERROR_MAX_CHARS)),
+            );
+        }
+        // One statement from arrays: a single round trip and, outside a
+        // transaction, a single commit. The foreign key's check sees the
+        // payloads inserted by the same statement.
+        let sql = format!(
+            "WITH payload AS ( \
+               INSERT INTO {payload} (commit_lsn, change_index, event, ordering_key, also_after, \
+                                      barrier, head, fields, tail) \
+               SELECT c::pg_lsn, i, n, k, a, b, h, f, t \
+                 FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], \
+                             $6::bool[], $7::text[], $8::text[], $9::text[]) \
+                      AS p (c, i, n, k, a, b, h, f, t) \
+               ON CONFLICT DO NOTHING) \
+             INSERT INTO {delivery} (webhook_id, commit_lsn, change_index, event_id, webhook_name, \
+                                     properties, body, reason, attempts, last_error) \
+             SELECT w, c::pg_lsn, i, e::uuid, wn, pr, bo, r, a, l \
+               FROM unnest($10::int[], $11::text[], $12::int[], $13::text[], $14::text[], \
+                           $15::text[], $16::text[], $17::text[], $18::int[], $19::text[]) \
+                    AS d (w, c, i, e, wn, pr, bo, r, a, l) \
+             ON CONFLICT DO NOTHING",
+            payload = self.table("delivery_payload"),
+            delivery = self.table("delivery"),
+        );
+        self.client
+            .execute(
+                &sql,
+                &[
+                    &p_lsns,
+                    &p_indexes,
+                    &p_names,
+                    &p_keys,
+                    &p_also,
+                    &p_barriers,
+                    &p_heads,
+                    &p_fields,
+                    &p_tails,
+                    &webhook_ids,
+                    &lsns,
+                    &indexes,
+                    &event_ids,
+                    &hook_names,
+                    &properties,
+                    &bodies,
+                    &reasons,
+                    &attempts,
+                    &errors,
+                ],
+            )
+            .await
+            .sql(if n == 1 {
+                format!(
+                    "parking event {} for webhook_id {}",
+                    events[0].event_id, events[0].webhook_id
+                )
+            } else {
+                format!("parking a batch of {n} events")
+            })?;
+        Ok(())
+    }
+
+    /// Remove the payloads no parked event refers to any more: those at
+    /// `positions`, or all.
+    async fn remove_unheld_payloads(
+        &self,
+        positions: Option<(&Vec<String>, &Vec<i32>)>,
+    ) -> anyhow::Result<()> {
+        let (payload, delivery) = (self.table("delivery_payload"), self.table("delivery"));
+        let unheld = format!(
+            "NOT EXISTS (SELECT 1 FROM {delivery} d \
+                          WHERE d.commit_lsn = p.commit_lsn AND d.change_index = p.change_index)"
+        );
+        match positions {
+            Some((lsns, indexes)) => {
+                self.client
+                    .execute(
+                        &format!(
+                            "DELETE FROM {payload} p \
+                              USING unnest($1::text[], $2::int[]) AS u (c, i) \
+                              WHERE p.commit_lsn = u.c::pg_lsn AND p.change_index = u.i \
+                                AND {unheld}"
+                        ),
+                        &[lsns, indexes],
+                    )
+                    .await
+            }
+            None => {
+                self.client
+                    .execute(&format!("DELETE FROM {payload} p WHERE {unheld}"), &[])
+                    .await
+            }
+        }
+        .sql("removing the payloads of delivered parked events")?;
+        Ok(())
+    }
+}
+
+/// Positions as the text and integer arrays the statements take.
+fn position_arrays(positions: &[Position]) -> (Vec<String>, Vec<i32>) {
+    positions
+        .iter()
+        .map(|p| (p.commit_lsn.to_string(), p.change_index as i32))
+        .unzip()
 }

@@ -3,12 +3,17 @@
 //!
 //! Kept apart from the daemon's own statements on `delivery` (parked.rs)
 //! so that a change of the table's layout touches each side in one place.
+//! Payloads left without a parked event by a discard here are removed by
+//! the daemon's session (see `drop_expired`), the only one that removes
+//! payloads.
 
 use std::time::SystemTime;
 
 use uuid::Uuid;
 
+use super::parked::BODY;
 use super::{SqlResult, Store};
+use crate::delivery::Position;
 
 /// Parked events of one hook, for `walhook parked list`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -24,11 +29,15 @@ pub struct ParkedSummary {
 /// One parked event, whole, for `walhook parked show` and `redeliver`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ParkedDetail {
-    pub delivery_id: i64,
     pub webhook_id: i32,
     pub event_id: Uuid,
     pub event: String,
     pub ordering_key: String,
+    /// The row's old key, when the change moved it to a new one: ordered
+    /// after the events of both.
+    pub also_after: Option<String>,
+    /// A TRUNCATE: ordered after every earlier event.
+    pub barrier: bool,
     /// The commit position and the change's index in its transaction: the
     /// event's place in its row's order.
     pub commit_lsn: String,
@@ -38,8 +47,22 @@ pub struct ParkedDetail {
     pub last_error: Option<String>,
     /// RFC 3339 UTC.
     pub created: String,
-    pub next_attempt: String,
     pub body: String,
+}
+
+impl ParkedDetail {
+    /// The event's place in commit order, which names it with its hook.
+    pub fn position(&self) -> anyhow::Result<Position> {
+        Ok(Position {
+            commit_lsn: self
+                .commit_lsn
+                .parse()
+                .map_err(|e| anyhow::anyhow!("parked commit_lsn {:?}: {e}", self.commit_lsn))?,
+            change_index: u32::try_from(self.change_index).map_err(|_| {
+                anyhow::anyhow!("parked change_index {} is negative", self.change_index)
+            })?,
+        })
+    }
 }
 
 /// Timestamps as RFC 3339 UTC text, made by the server so that no date
@@ -97,12 +120,14 @@ impl Store {
             .client
             .query(
                 &format!(
-                    "SELECT delivery_id, webhook_id, event_id::text, event::text, ordering_key, \
-                            commit_lsn::text, change_index, reason, attempts, last_error::text, \
-                            to_char(created AT TIME ZONE 'UTC', {RFC3339}), \
-                            to_char(next_attempt AT TIME ZONE 'UTC', {RFC3339}), body \
-                       FROM {} WHERE event_id = $1::text::uuid ORDER BY webhook_id",
-                    self.table("delivery")
+                    "SELECT d.webhook_id, p.event::text, p.ordering_key, p.also_after, p.barrier, \
+                            d.commit_lsn::text, d.change_index, d.reason, d.attempts, \
+                            d.last_error::text, \
+                            to_char(d.created AT TIME ZONE 'UTC', {RFC3339}), {BODY} \
+                       FROM {} d JOIN {} p USING (commit_lsn, change_index) \
+                      WHERE d.event_id = $1::text::uuid ORDER BY d.webhook_id",
+                    self.table("delivery"),
+                    self.table("delivery_payload"),
                 ),
                 &[&event_id.to_string()],
             )
@@ -111,44 +136,54 @@ impl Store {
         Ok(rows
             .iter()
             .map(|r| ParkedDetail {
-                delivery_id: r.get(0),
-                webhook_id: r.get(1),
+                webhook_id: r.get(0),
                 event_id,
-                event: r.get(3),
-                ordering_key: r.get(4),
+                event: r.get(1),
+                ordering_key: r.get(2),
+                also_after: r.get(3),
+                barrier: r.get(4),
                 commit_lsn: r.get(5),
                 change_index: r.get(6),
                 reason: r.get(7),
                 attempts: r.get(8),
                 last_error: r.get(9),
                 created: r.get(10),
-                next_attempt: r.get(11),
-                body: r.get(12),
+                // Only a row written by hand lacks both the whole body
+                // and the hook's part of it.
+                body: r
+                    .get::<_, Option<String>>(11)
+                    .unwrap_or_else(|| "(no body: neither body nor webhook_name is set)".into()),
             })
             .collect())
     }
 
-    /// Events of the same hook and row parked before this one (earlier in
-    /// commit order), as (count, EventId of the first): while one is
-    /// parked, sending this one would overtake it.
+    /// Events of the same hook parked before this one (earlier in commit
+    /// order) that it must not overtake: of its row (its old key too, when
+    /// it moved the row), a TRUNCATE, or any when it is a TRUNCATE. As
+    /// (count, EventId of the first).
     pub async fn parked_before(&self, event: &ParkedDetail) -> anyhow::Result<Option<(i64, Uuid)>> {
+        let mut keys = vec![event.ordering_key.as_str()];
+        keys.extend(event.also_after.as_deref());
         let row = self
             .client
             .query_one(
                 &format!(
                     "SELECT count(*), \
-                            (array_agg(event_id::text ORDER BY commit_lsn, change_index, delivery_id))[1] \
-                       FROM {} WHERE webhook_id = $1 AND ordering_key = $2 \
-                        AND (commit_lsn, change_index) < ($3::text::pg_lsn, $4) \
-                        AND delivery_id <> $5",
-                    self.table("delivery")
+                            (array_agg(d.event_id::text ORDER BY d.commit_lsn, d.change_index))[1] \
+                       FROM {} d JOIN {} p USING (commit_lsn, change_index) \
+                      WHERE d.webhook_id = $1 \
+                        AND (d.commit_lsn, d.change_index) < ($2::text::pg_lsn, $3) \
+                        AND ($4 OR p.barrier OR p.ordering_key = ANY($5) \
+                             OR p.also_after = ANY($5))",
+                    self.table("delivery"),
+                    self.table("delivery_payload"),
                 ),
                 &[
                     &event.webhook_id,
-                    &event.ordering_key,
                     &event.commit_lsn,
                     &event.change_index,
-                    &event.delivery_id,
+                    &event.barrier,
+                    &keys,
                 ],
             )
             .await
@@ -164,20 +199,32 @@ impl Store {
         }
     }
 
-    /// Remove one parked event; false when it was no longer there (sent or
-    /// discarded meanwhile).
-    pub async fn discard_parked_event(&self, delivery_id: i64) -> anyhow::Result<bool> {
+    /// Remove one hook's parked event; false when it was no longer there
+    /// (sent or discarded meanwhile).
+    pub async fn discard_parked_event(
+        &self,
+        webhook_id: i32,
+        position: Position,
+    ) -> anyhow::Result<bool> {
         let n = self
             .client
             .execute(
                 &format!(
-                    "DELETE FROM {} WHERE delivery_id = $1",
+                    "DELETE FROM {} WHERE webhook_id = $1 \
+                        AND commit_lsn = $2::text::pg_lsn AND change_index = $3",
                     self.table("delivery")
                 ),
-                &[&delivery_id],
+                &[
+                    &webhook_id,
+                    &position.commit_lsn.to_string(),
+                    &(position.change_index as i32),
+                ],
             )
             .await
-            .sql(format!("discarding parked event {delivery_id}"))?;
+            .sql(format!(
+                "discarding the parked event of webhook_id {webhook_id} at {}/{}",
+                position.commit_lsn, position.change_index
+            ))?;
         Ok(n > 0)
     }
 

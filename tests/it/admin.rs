@@ -62,8 +62,17 @@ async fn count(h: &Harness, sql: &str) -> i64 {
 }
 
 /// Park an event for `webhook_id` by SQL, filling whatever NOT NULL
-/// columns `delivery` has without a default (the table grows columns).
+/// columns `delivery` has without a default (the table grows columns),
+/// with a payload of its own.
 async fn park(h: &Harness, webhook_id: i32) {
+    let index = count(h, "SELECT count(*) FROM walhook.delivery").await;
+    h.db.batch_execute(&format!(
+        "INSERT INTO walhook.delivery_payload \
+                (commit_lsn, change_index, event, ordering_key, head, fields, tail) \
+         VALUES ('0/16B3748', {index}, 'contact.created', 'x', '', '', '')"
+    ))
+    .await
+    .unwrap();
     let columns =
         h.db.query(
             "SELECT column_name::text, data_type::text FROM information_schema.columns \
@@ -75,15 +84,17 @@ async fn park(h: &Harness, webhook_id: i32) {
         )
         .await
         .unwrap();
-    let mut names = Vec::new();
-    let mut values = Vec::new();
+    // A whole body, since the hook's parts (webhook_name) are nullable.
+    let mut names = vec!["\"body\"".to_string()];
+    let mut values = vec!["'{\"Event\":\"contact.created\"}'".to_string()];
     for row in columns {
         let name: String = row.get(0);
         let data_type: String = row.get(1);
         let value = match (name.as_str(), data_type.as_str()) {
             ("webhook_id", _) => webhook_id.to_string(),
             ("event", _) => "'contact.created'".into(),
-            ("body", _) => "'{\"Event\":\"contact.created\"}'".into(),
+            ("body", _) => continue,
+            ("change_index", _) => index.to_string(),
             (_, "uuid") => "gen_random_uuid()".into(),
             (_, "pg_lsn") => "'0/16B3748'".into(),
             (_, "integer" | "bigint" | "smallint" | "numeric") => "0".into(),

@@ -40,7 +40,7 @@ fn stdout(out: &Output) -> String {
 /// The hook's parked events in commit order: (EventId, event, row key).
 async fn parked(h: &Harness, webhook_id: i32) -> Vec<(String, String, String)> {
     h.db.query(
-        "SELECT event_id::text, event::text, ordering_key FROM walhook.delivery \
+        "SELECT event_id::text, event::text, ordering_key FROM walhook.parked_event \
           WHERE webhook_id = $1 ORDER BY commit_lsn, change_index",
         &[&webhook_id],
     )
