@@ -12,10 +12,10 @@ use tokio::task::JoinSet;
 
 use super::concurrency::ConcurrencyLimit;
 use super::hook::{epoch_millis, HookControl, Mode, ParkReason};
+use super::order::order_keys;
 use super::park_writer::ParkQueue;
 use super::parking::{past_bound, start_parking};
 use super::queue::{run_queue, Queued};
-use super::replay::order_keys;
 use super::settings::HookSettings;
 use super::{DeliveryContext, Job};
 use crate::config::{Concurrency, DeliveryConfig};

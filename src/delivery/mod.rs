@@ -44,7 +44,9 @@ mod concurrency;
 mod dispatcher;
 mod hook;
 pub mod http;
+mod order;
 mod park_writer;
+mod parked;
 mod parking;
 mod queue;
 mod replay;
@@ -65,10 +67,8 @@ pub use self::client::http_client;
 pub use self::dispatcher::Dispatcher;
 pub use self::hook::{HookControl, ParkReason};
 pub use self::http::{attempt, Attempt, DeliveryOutcome};
-pub use self::parking::{
-    parked_limit_warning, DeliveryStore, ParkedBody, ParkedEvent, ParkedRow, Position,
-    PARKED_WARN_PERCENT,
-};
+pub use self::parked::{DeliveryStore, ParkedBody, ParkedEvent, ParkedRow, Position};
+pub use self::parking::{parked_limit_warning, PARKED_WARN_PERCENT};
 pub use self::retry::backoff;
 pub use self::settings::HookSettings;
 pub use self::target_policy::{check_target, is_public, TargetRefused};

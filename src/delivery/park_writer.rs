@@ -19,7 +19,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 
 use super::hook::{HookControl, ParkReason};
-use super::parking::{parked_limit_warning, ParkedEvent};
+use super::parked::ParkedEvent;
+use super::parking::parked_limit_warning;
 use super::{DeliveryContext, Job};
 use crate::registry::WebhookState;
 

@@ -16,11 +16,10 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use super::hook::{HookControl, Mode};
-use super::parking::{ParkedRow, Position};
-use super::queue::{Keys, OrderGate};
+use super::order::{order_keys, OrderGate};
+use super::parked::{ParkedRow, Position};
 use super::retry::{deliver, Settled};
-use super::{DeliveryContext, OrderScope};
-use crate::config::DeliveryOrder;
+use super::DeliveryContext;
 use crate::registry::WebhookState;
 
 /// Parked events read at a time.
@@ -30,18 +29,6 @@ const BATCH: i64 = 500;
 const READ_AHEAD: usize = 500;
 /// Delivered events removed from the table in one statement.
 const REMOVE_BATCH: usize = 500;
-
-/// What an event waits for in a hook's queue, by the configured ordering
-/// and the event's ordering scope.
-pub(super) fn order_keys(order: DeliveryOrder, key: &str, scope: &OrderScope) -> Keys {
-    match (order, scope) {
-        // One strict order: every event waits for the one before.
-        (DeliveryOrder::Webhook, _) => Keys::One(0),
-        (DeliveryOrder::Row, OrderScope::Key) => Keys::One(Keys::of(key)),
-        (DeliveryOrder::Row, OrderScope::AlsoAfter(old)) => Keys::Two(Keys::of(key), Keys::of(old)),
-        (DeliveryOrder::Row, OrderScope::Barrier) => Keys::Barrier,
-    }
-}
 
 /// Deliver a hook's parked events in commit order, then switch it back to
 /// live delivery. Ends early when the hook trips, is stopped, paused, or
