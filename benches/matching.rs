@@ -234,23 +234,22 @@ fn read_one(
         let Change::Event(event) = change else {
             continue;
         };
-        let shared = std::sync::Arc::new(request::SharedBody::of(&event, "Default"));
+        let shared = request::SharedBody::of(&event, "Default");
         for hook in matching(registry, &event) {
             if matches!(hook.state, WebhookState::Stopped | WebhookState::Unknown) {
                 continue;
             }
             let event_id = event.event_id("7300000000000000000", hook.id);
-            let (body, body_shared) =
+            let (body, parts) =
                 request::hook_body(&shared, &event, event_id, &hook, "Default", 16 << 20)
-                    .into_parts();
+                    .for_job(&shared);
             let job = Job {
                 event: event.event.clone(),
                 event_id,
                 ordering_key: event.ordering_key.clone(),
                 scope: OrderScope::Key,
                 body,
-                shared: std::sync::Arc::clone(&shared),
-                body_shared,
+                shared: parts,
                 commit_lsn: event.txn.commit_lsn,
                 change_index: event.index,
                 ticket: txn.ticket(),

@@ -300,10 +300,7 @@ impl Pipeline {
             return Ok(());
         }
         // Rendered once for all the event's hooks.
-        let shared = Arc::new(request::SharedBody::of(
-            &event,
-            &self.config.events.context_identifier,
-        ));
+        let shared = request::SharedBody::of(&event, &self.config.events.context_identifier);
         for hook in hooks {
             self.backfill.live_event(
                 &event.table,
@@ -318,7 +315,7 @@ impl Pipeline {
                 continue;
             }
             let event_id = event.event_id(&self.system_id, hook.id);
-            let (body, body_shared) = request::hook_body(
+            let (body, shared) = request::hook_body(
                 &shared,
                 &event,
                 event_id,
@@ -326,15 +323,14 @@ impl Pipeline {
                 &self.config.events.context_identifier,
                 max_body,
             )
-            .into_parts();
+            .for_job(&shared);
             let job = Job {
                 event: event.event.clone(),
                 event_id,
                 ordering_key: event.ordering_key.clone(),
                 scope: scope.clone(),
                 body,
-                shared: Arc::clone(&shared),
-                body_shared,
+                shared,
                 commit_lsn: event.txn.commit_lsn,
                 change_index: event.index,
                 ticket: txn.checkpoint.ticket(),
@@ -431,10 +427,7 @@ impl Pipeline {
         for mut event in events {
             event.backfill = Some(backfill_id);
             self.fit_body(&mut event);
-            let shared = Arc::new(request::SharedBody::of(
-                &event,
-                &self.config.events.context_identifier,
-            ));
+            let shared = request::SharedBody::of(&event, &self.config.events.context_identifier);
             for &webhook_id in &closed.chunk.webhook_ids {
                 if !closed.sends(webhook_id, &event.ordering_key) {
                     continue;
@@ -449,7 +442,7 @@ impl Pipeline {
                 }
                 let event_id =
                     backfill::event_id(&self.system_id, backfill_id, &event.ordering_key, hook.id);
-                let (body, body_shared) = request::hook_body(
+                let (body, shared) = request::hook_body(
                     &shared,
                     &event,
                     event_id,
@@ -457,7 +450,7 @@ impl Pipeline {
                     &self.config.events.context_identifier,
                     max_body,
                 )
-                .into_parts();
+                .for_job(&shared);
                 let Some(txn) = self.txn.as_ref() else {
                     bail!("a backfill watermark outside a transaction");
                 };
@@ -467,8 +460,7 @@ impl Pipeline {
                     ordering_key: event.ordering_key.clone(),
                     scope: OrderScope::Key,
                     body,
-                    shared: Arc::clone(&shared),
-                    body_shared,
+                    shared,
                     commit_lsn: info.commit_lsn,
                     change_index: event.index,
                     ticket: txn.checkpoint.ticket(),

@@ -99,12 +99,10 @@ pub struct Job {
     pub ordering_key: String,
     pub scope: OrderScope,
     pub body: Bytes,
-    /// The event's body parts shared by its hooks: a parked event stores
-    /// them once per change, however many hooks park it.
-    pub shared: Arc<request::SharedBody>,
-    /// Whether `body` is assembled from `shared` and the hook's own part
-    /// (else it was rendered for this hook alone and is parked whole).
-    pub body_shared: bool,
+    /// Where the event's body parts shared by its hooks are found: a
+    /// parked event stores them once per change, however many hooks park
+    /// it.
+    pub shared: request::SharedParts,
     /// Where the event stands in commit order, kept when it is parked.
     pub commit_lsn: Lsn,
     pub change_index: u32,

@@ -15,8 +15,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
+use tokio::time::{sleep_until, Instant};
 
 use super::hook::{HookControl, ParkReason};
 use super::parked::ParkedEvent;
@@ -28,6 +30,9 @@ use crate::registry::WebhookState;
 pub(super) const BATCH_EVENTS: usize = 500;
 /// ...or once its first event has waited this long.
 pub(super) const BATCH_AGE: Duration = Duration::from_millis(20);
+/// Batches written at once: one is encoded and sent while the database
+/// executes the other, instead of each side waiting for the other.
+const BATCHES_IN_FLIGHT: usize = 2;
 /// Events waiting to be written; past it the reader waits (they also
 /// hold the byte budget, which usually binds first).
 const QUEUE_EVENTS: usize = 8192;
@@ -92,41 +97,75 @@ impl ParkQueue {
 }
 
 async fn run_writer(ctx: DeliveryContext, mut receiver: mpsc::Receiver<Unwritten>) {
+    // Batches being written, each with whether it was: the next batch is
+    // gathered and encoded while the database executes the last one (on
+    // the same session, so the statements still run one after another).
+    let mut writing = FuturesUnordered::new();
     let mut batch: Vec<Unwritten> = Vec::with_capacity(BATCH_EVENTS);
-    while let Some(first) = receiver.recv().await {
-        batch.push(first);
-        let closes = tokio::time::Instant::now() + BATCH_AGE;
-        while batch.len() < BATCH_EVENTS {
-            match tokio::time::timeout_at(closes, receiver.recv()).await {
-                Ok(Some(item)) => batch.push(item),
-                Ok(None) | Err(_) => break,
-            }
+    // When the batch being gathered must be written at the latest.
+    let mut closes: Option<Instant> = None;
+    let mut open = true;
+    loop {
+        let due = !batch.is_empty()
+            && (batch.len() >= BATCH_EVENTS
+                || !open
+                || closes.is_some_and(|at| Instant::now() >= at));
+        if due && writing.len() < BATCHES_IN_FLIGHT {
+            let ctx = ctx.clone();
+            let batch = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_EVENTS));
+            writing.push(async move {
+                let written = write_until_done(&ctx, &batch).await;
+                (batch, written)
+            });
+            closes = None;
+            continue;
         }
-        let written = write_until_done(&ctx, &batch).await;
-        let count = batch.len();
-        if written {
-            let mut per_hook: Vec<(Arc<HookControl>, usize)> = Vec::new();
-            for item in &batch {
-                match per_hook.iter_mut().find(|(c, _)| c.id == item.control.id) {
-                    Some((_, n)) => *n += 1,
-                    None => per_hook.push((Arc::clone(&item.control), 1)),
+        if !open && batch.is_empty() && writing.is_empty() {
+            return;
+        }
+        tokio::select! {
+            Some((done, written)) = writing.next(), if !writing.is_empty() => {
+                finish(&ctx, done, written).await;
+            }
+            // Cancel-safe: an event is either received or left queued.
+            item = receiver.recv(), if open && batch.len() < BATCH_EVENTS => match item {
+                Some(item) => {
+                    if batch.is_empty() {
+                        closes = Some(Instant::now() + BATCH_AGE);
+                    }
+                    batch.push(item);
                 }
-            }
-            for (control, n) in per_hook {
-                enforce_parked_limit(&ctx, &control, n).await;
+                None => open = false,
+            },
+            () = sleep_until(closes.unwrap_or_else(Instant::now)), if closes.is_some() && !due => {}
+        }
+    }
+}
+
+/// A batch's write ended: settle its events when it was written (else
+/// they stay unconfirmed and are read again by the next session).
+async fn finish(ctx: &DeliveryContext, mut batch: Vec<Unwritten>, written: bool) {
+    let count = batch.len();
+    if written {
+        let mut per_hook: Vec<(Arc<HookControl>, usize)> = Vec::new();
+        for item in &batch {
+            match per_hook.iter_mut().find(|(c, _)| c.id == item.control.id) {
+                Some((_, n)) => *n += 1,
+                None => per_hook.push((Arc::clone(&item.control), 1)),
             }
         }
-        for item in batch.drain(..) {
-            if written {
-                item.job.ticket.settle();
-            }
-            // Unsettled when the session ended: the event stays
-            // unconfirmed and is read again by the next session.
-            item.control.unwritten.fetch_sub(1, Ordering::AcqRel);
+        for (control, n) in per_hook {
+            enforce_parked_limit(ctx, &control, n).await;
         }
+    }
+    for item in batch.drain(..) {
         if written {
-            ctx.metrics.parked_events.inc_by(count as i64);
+            item.job.ticket.settle();
         }
+        item.control.unwritten.fetch_sub(1, Ordering::AcqRel);
+    }
+    if written {
+        ctx.metrics.parked_events.inc_by(count as i64);
     }
 }
 

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::hook::ParkReason;
-use super::request::{HookPart, SharedBody};
+use super::request::SharedParts;
 use super::{Job, OrderScope};
 use crate::pgoutput::Lsn;
 use crate::registry::WebhookState;
@@ -70,7 +70,7 @@ pub struct ParkedEvent<'a> {
     pub ordering_key: &'a str,
     pub scope: &'a OrderScope,
     /// The change's body parts shared by its hooks, stored once per change.
-    pub shared: &'a SharedBody,
+    pub payload: Payload<'a>,
     pub body: ParkedBody<'a>,
     pub reason: ParkReason,
     pub attempts: i32,
@@ -78,10 +78,23 @@ pub struct ParkedEvent<'a> {
     pub position: Position,
 }
 
+/// A change's body parts shared by the hooks that park it, JSON text
+/// (see [`request::BodyParts`](super::request::BodyParts)).
+#[derive(Debug, Clone, Copy)]
+pub struct Payload<'a> {
+    pub head: &'a [u8],
+    pub fields: &'a [u8],
+    pub tail: &'a [u8],
+}
+
 /// What a parked event stores of its own body.
 pub enum ParkedBody<'a> {
-    /// The hook's part; the body is assembled from it and the shared parts.
-    Assembled(HookPart),
+    /// The hook's part, JSON text; the body is assembled from it and the
+    /// payload.
+    Assembled {
+        name: &'a [u8],
+        properties: Option<&'a [u8]>,
+    },
     /// The whole body, rendered for this hook alone.
     Whole(&'a [u8]),
 }
@@ -94,18 +107,46 @@ impl<'a> ParkedEvent<'a> {
         attempts: i32,
         last_error: Option<&'a str>,
     ) -> ParkedEvent<'a> {
+        let (payload, body) = match &job.shared {
+            SharedParts::InBody(layout) => match layout.parts(&job.body) {
+                Some(parts) => (
+                    Payload {
+                        head: parts.head,
+                        fields: parts.fields,
+                        tail: parts.tail,
+                    },
+                    ParkedBody::Assembled {
+                        name: parts.name,
+                        properties: parts.properties,
+                    },
+                ),
+                // Cannot happen: a layout is made with its body.
+                None => (
+                    Payload {
+                        head: b"",
+                        fields: b"",
+                        tail: b"",
+                    },
+                    ParkedBody::Whole(&job.body),
+                ),
+            },
+            SharedParts::Apart(shared) => (
+                Payload {
+                    head: shared.head.as_bytes(),
+                    fields: shared.fields.as_bytes(),
+                    tail: shared.tail.as_bytes(),
+                },
+                ParkedBody::Whole(&job.body),
+            ),
+        };
         ParkedEvent {
             webhook_id: job.hook.id,
             event_id: job.event_id,
             event: &job.event,
             ordering_key: &job.ordering_key,
             scope: &job.scope,
-            shared: &job.shared,
-            body: if job.body_shared {
-                ParkedBody::Assembled(HookPart::of(&job.hook))
-            } else {
-                ParkedBody::Whole(&job.body)
-            },
+            payload,
+            body,
             reason,
             attempts,
             last_error,

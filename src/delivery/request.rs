@@ -1,5 +1,7 @@
 //! The request one event makes to one hook: body and headers.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
 use serde::Serialize;
@@ -91,56 +93,139 @@ impl SharedBody {
         SharedBody { head, fields, tail }
     }
 
-    /// The body for one hook.
-    pub fn assemble(&self, event_id: Uuid, hook: &HookPart) -> Bytes {
-        let properties = hook.properties.as_deref().map_or(0, |p| p.len() + 16);
-        let mut body = Vec::with_capacity(
-            14 + 36
-                + self.head.len()
-                + hook.name.len()
-                + self.fields.len()
-                + properties
-                + self.tail.len(),
+    /// The body for one hook, and where its parts lie in it.
+    pub fn assemble(&self, event_id: Uuid, hook: &HookPart) -> (Bytes, PartsLayout) {
+        let (body, layout) = assemble_parts(
+            event_id,
+            &BodyParts {
+                head: self.head.as_bytes(),
+                name: hook.name.as_bytes(),
+                fields: self.fields.as_bytes(),
+                properties: hook.properties.as_deref().map(str::as_bytes),
+                tail: self.tail.as_bytes(),
+            },
         );
-        body.extend_from_slice(b"{\"EventId\":\"");
-        body.extend_from_slice(
-            event_id
-                .hyphenated()
-                .encode_lower(&mut Uuid::encode_buffer())
-                .as_bytes(),
-        );
-        body.extend_from_slice(self.head.as_bytes());
-        body.extend_from_slice(hook.name.as_bytes());
-        body.extend_from_slice(self.fields.as_bytes());
-        if let Some(p) = &hook.properties {
-            body.extend_from_slice(b",\"Properties\":");
-            body.extend_from_slice(p.as_bytes());
-        }
-        body.extend_from_slice(self.tail.as_bytes());
-        Bytes::from(body)
+        (Bytes::from(body), layout)
     }
+}
+
+/// A body's parts, as JSON text: the change's shared `head`, `fields` and
+/// `tail` and the hook's `name` and `properties`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyParts<'a> {
+    pub head: &'a [u8],
+    pub name: &'a [u8],
+    pub fields: &'a [u8],
+    pub properties: Option<&'a [u8]>,
+    pub tail: &'a [u8],
+}
+
+/// `{"EventId":"` and the id's 36 characters: where `head` starts.
+const HEAD_START: usize = 12 + 36;
+const PROPERTIES_KEY: &[u8] = b",\"Properties\":";
+
+/// Where the parts lie in a body assembled from them. A queued job keeps
+/// this instead of a second copy of the shared parts (which its share of
+/// the byte budget would not count); parking it takes them from the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartsLayout {
+    head_end: usize,
+    fields_start: usize,
+    fields_end: usize,
+    tail_start: usize,
+}
+
+impl PartsLayout {
+    /// The parts of `body`, the body this layout was made with; None for
+    /// another body too short for it.
+    pub fn parts<'a>(&self, body: &'a [u8]) -> Option<BodyParts<'a>> {
+        let properties = body.get(self.fields_end..self.tail_start)?;
+        Some(BodyParts {
+            head: body.get(HEAD_START..self.head_end)?,
+            name: body.get(self.head_end..self.fields_start)?,
+            fields: body.get(self.fields_start..self.fields_end)?,
+            properties: if properties.is_empty() {
+                None
+            } else {
+                Some(properties.strip_prefix(PROPERTIES_KEY)?)
+            },
+            tail: body.get(self.tail_start..)?,
+        })
+    }
+}
+
+/// A body from its parts, in the contract's field order.
+pub fn assemble_parts(event_id: Uuid, parts: &BodyParts<'_>) -> (Vec<u8>, PartsLayout) {
+    let properties = parts
+        .properties
+        .map_or(0, |p| p.len() + PROPERTIES_KEY.len());
+    let mut body = Vec::with_capacity(
+        HEAD_START
+            + parts.head.len()
+            + parts.name.len()
+            + parts.fields.len()
+            + properties
+            + parts.tail.len(),
+    );
+    body.extend_from_slice(b"{\"EventId\":\"");
+    body.extend_from_slice(
+        event_id
+            .hyphenated()
+            .encode_lower(&mut Uuid::encode_buffer())
+            .as_bytes(),
+    );
+    body.extend_from_slice(parts.head);
+    let head_end = body.len();
+    body.extend_from_slice(parts.name);
+    let fields_start = body.len();
+    body.extend_from_slice(parts.fields);
+    let fields_end = body.len();
+    if let Some(p) = parts.properties {
+        body.extend_from_slice(PROPERTIES_KEY);
+        body.extend_from_slice(p);
+    }
+    let tail_start = body.len();
+    body.extend_from_slice(parts.tail);
+    let layout = PartsLayout {
+        head_end,
+        fields_start,
+        fields_end,
+        tail_start,
+    };
+    (body, layout)
+}
+
+/// Where a queued job finds its change's shared body parts, should it be
+/// parked.
+#[derive(Debug, Clone)]
+pub enum SharedParts {
+    /// In its own body, which was assembled from them.
+    InBody(PartsLayout),
+    /// Kept apart: the body was rendered for this hook alone (rare).
+    Apart(Arc<SharedBody>),
 }
 
 /// A hook's body of an event: assembled from the event's shared parts, or
 /// (`Own`) rendered for this hook alone because its Properties or name
 /// pushed the body over the bound and some values were left out.
 pub enum HookBody {
-    Shared(Bytes),
+    Shared(Bytes, PartsLayout),
     Own(Bytes),
 }
 
 impl HookBody {
-    /// The body, and whether it is assembled from the shared parts.
-    pub fn into_parts(self) -> (Bytes, bool) {
+    /// The body, and where a parked job finds the `shared` parts it was
+    /// made from.
+    pub fn for_job(self, shared: &SharedBody) -> (Bytes, SharedParts) {
         match self {
-            HookBody::Shared(body) => (body, true),
-            HookBody::Own(body) => (body, false),
+            HookBody::Shared(body, layout) => (body, SharedParts::InBody(layout)),
+            HookBody::Own(body) => (body, SharedParts::Apart(Arc::new(shared.clone()))),
         }
     }
 
     pub fn bytes(&self) -> &Bytes {
         match self {
-            HookBody::Shared(b) | HookBody::Own(b) => b,
+            HookBody::Shared(b, _) | HookBody::Own(b) => b,
         }
     }
 }
@@ -164,7 +249,7 @@ pub fn event_body(
         context_identifier,
         max_bytes,
     ) {
-        HookBody::Shared(b) | HookBody::Own(b) => b,
+        HookBody::Shared(b, _) | HookBody::Own(b) => b,
     }
 }
 
@@ -178,9 +263,9 @@ pub fn hook_body(
     context_identifier: &str,
     max_bytes: usize,
 ) -> HookBody {
-    let body = shared.assemble(event_id, &HookPart::of(hook));
+    let (body, layout) = shared.assemble(event_id, &HookPart::of(hook));
     if body.len() <= max_bytes || event.field_values.is_empty() {
-        return HookBody::Shared(body);
+        return HookBody::Shared(body, layout);
     }
     // This hook's Properties or name made the body too large: fit this
     // hook's copy.
@@ -189,7 +274,9 @@ pub fn hook_body(
     let budget = event.field_values_len().saturating_sub(over);
     leave_out_largest(&mut event, budget);
     HookBody::Own(
-        SharedBody::of(&event, context_identifier).assemble(event_id, &HookPart::of(hook)),
+        SharedBody::of(&event, context_identifier)
+            .assemble(event_id, &HookPart::of(hook))
+            .0,
     )
 }
 
@@ -437,12 +524,24 @@ mod tests {
             let shared = SharedBody::of(e, "Ctx \"1\"");
             for (n, h) in hooks.iter().enumerate() {
                 let id = Uuid::from_u128(0xabcdef + n as u128);
-                let assembled = shared.assemble(id, &HookPart::of(h));
+                let part = HookPart::of(h);
+                let (assembled, layout) = shared.assemble(id, &part);
                 let whole = in_one_piece(e, id, h, "Ctx \"1\"");
                 assert_eq!(
                     std::str::from_utf8(&assembled).unwrap(),
                     std::str::from_utf8(&whole).unwrap()
                 );
+                // A parked job finds the very parts in its body.
+                let parts = layout.parts(&assembled).unwrap();
+                assert_eq!(parts.head, shared.head.as_bytes());
+                assert_eq!(parts.name, part.name.as_bytes());
+                assert_eq!(parts.fields, shared.fields.as_bytes());
+                assert_eq!(
+                    parts.properties,
+                    part.properties.as_deref().map(str::as_bytes)
+                );
+                assert_eq!(parts.tail, shared.tail.as_bytes());
+                assert_eq!(assemble_parts(id, &parts).0, assembled.to_vec());
             }
         }
     }

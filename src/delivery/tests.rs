@@ -52,7 +52,19 @@ impl DeliveryStore for MemoryStore {
             return Ok(());
         }
         let body = match &event.body {
-            ParkedBody::Assembled(part) => event.shared.assemble(event.event_id, part),
+            ParkedBody::Assembled { name, properties } => Bytes::from(
+                request::assemble_parts(
+                    event.event_id,
+                    &request::BodyParts {
+                        head: event.payload.head,
+                        name,
+                        fields: event.payload.fields,
+                        properties: *properties,
+                        tail: event.payload.tail,
+                    },
+                )
+                .0,
+            ),
             ParkedBody::Whole(body) => Bytes::copy_from_slice(body),
         };
         parked.push((
@@ -143,12 +155,12 @@ impl DeliveryStore for MemoryStore {
 }
 
 /// Shared body parts for jobs whose bodies are made up by the test.
-fn no_shared_body() -> Arc<request::SharedBody> {
-    Arc::new(request::SharedBody {
+fn no_shared_body() -> request::SharedParts {
+    request::SharedParts::Apart(Arc::new(request::SharedBody {
         head: String::new(),
         fields: String::new(),
         tail: String::new(),
-    })
+    }))
 }
 
 /// A loopback receiver: records `(event id, body)` and answers `status`.
@@ -252,7 +264,6 @@ fn jobs(
             scope: OrderScope::Key,
             body: Bytes::from(format!("{key}:{i}")),
             shared: no_shared_body(),
-            body_shared: false,
             commit_lsn: Lsn(100),
             change_index: i as u32,
             ticket: txn.ticket(),
@@ -433,7 +444,6 @@ async fn reactivation_delivers_parked_events_first_then_live_ones() {
             scope: OrderScope::Key,
             body: Bytes::from_static(b"a:live"),
             shared: no_shared_body(),
-            body_shared: false,
             commit_lsn: Lsn(300),
             change_index: 0,
             ticket: txn.ticket(),

@@ -227,6 +227,17 @@ impl DeliveryStore for Store {
     }
 }
 
+/// A part of a parked event's body as text: JSON the event's body was
+/// made from, so always UTF-8; an error names the event otherwise.
+fn json_text<'a>(event: &ParkedEvent<'_>, part: &str, bytes: &'a [u8]) -> anyhow::Result<&'a str> {
+    std::str::from_utf8(bytes).with_context(|| {
+        format!(
+            "the {part} of parked event {} (webhook_id {}) is not UTF-8",
+            event.event_id, event.webhook_id
+        )
+    })
+}
+
 impl Store {
     /// The hooks that have parked events, by webhook_id.
     pub async fn hooks_with_parked(&self) -> anyhow::Result<Vec<i32>> {
@@ -334,26 +345,27 @@ impl Store {
                 };
                 p_also.push(also);
                 p_barriers.push(barrier);
-                p_heads.push(event.shared.head.as_str());
-                p_fields.push(event.shared.fields.as_str());
-                p_tails.push(event.shared.tail.as_str());
+                p_heads.push(json_text(event, "head", event.payload.head)?);
+                p_fields.push(json_text(event, "fields", event.payload.fields)?);
+                p_tails.push(json_text(event, "tail", event.payload.tail)?);
             }
             webhook_ids.push(event.webhook_id);
             lsns.push(lsn);
             indexes.push(index);
             event_ids.push(event.event_id.to_string());
             match &event.body {
-                ParkedBody::Assembled(part) => {
-                    hook_names.push(Some(part.name.as_str()));
-                    properties.push(part.properties.as_deref());
+                ParkedBody::Assembled {
+                    name,
+                    properties: p,
+                } => {
+                    hook_names.push(Some(json_text(event, "webhook_name", name)?));
+                    properties.push(p.map(|p| json_text(event, "properties", p)).transpose()?);
                     bodies.push(None);
                 }
                 ParkedBody::Whole(body) => {
                     hook_names.push(None);
                     properties.push(None);
-                    bodies.push(Some(std::str::from_utf8(body).with_context(|| {
-                        format!("parked body of event {} is not UTF-8", event.event_id)
-                    })?));
+                    bodies.push(Some(json_text(event, "body", body)?));
                 }
             }
             reasons.push(event.reason.as_str());
