@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio_postgres::types::PgLsn;
 
 use super::{SqlResult, Store};
 use crate::delivery::{DeliveryStore, OrderScope, ParkedBody, ParkedEvent, ParkedRow, Position};
@@ -144,7 +145,7 @@ impl DeliveryStore for Store {
             .execute(
                 &format!(
                     "DELETE FROM {} WHERE webhook_id = $1 AND (commit_lsn, change_index) IN \
-                       (SELECT c::pg_lsn, i FROM unnest($2::text[], $3::int[]) AS u (c, i))",
+                       (SELECT c, i FROM unnest($2::pg_lsn[], $3::int[]) AS u (c, i))",
                     self.table("delivery")
                 ),
                 &[&webhook_id, &lsns, &indexes],
@@ -331,10 +332,10 @@ impl Store {
         let mut attempts = Vec::with_capacity(n);
         let mut errors = Vec::with_capacity(n);
         for event in events {
-            let lsn = event.position.commit_lsn.to_string();
+            let lsn = PgLsn::from(event.position.commit_lsn.0);
             let index = event.position.change_index as i32;
             if seen.insert(event.position) {
-                p_lsns.push(lsn.clone());
+                p_lsns.push(lsn);
                 p_indexes.push(index);
                 p_names.push(event.event);
                 p_keys.push(event.ordering_key);
@@ -352,7 +353,7 @@ impl Store {
             webhook_ids.push(event.webhook_id);
             lsns.push(lsn);
             indexes.push(index);
-            event_ids.push(event.event_id.to_string());
+            event_ids.push(event.event_id);
             match &event.body {
                 ParkedBody::Assembled {
                     name,
@@ -383,15 +384,15 @@ impl Store {
             "WITH payload AS ( \
                INSERT INTO {payload} (commit_lsn, change_index, event, ordering_key, also_after, \
                                       barrier, head, fields, tail) \
-               SELECT c::pg_lsn, i, n, k, a, b, h, f, t \
-                 FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], \
+               SELECT c, i, n, k, a, b, h, f, t \
+                 FROM unnest($1::pg_lsn[], $2::int[], $3::text[], $4::text[], $5::text[], \
                              $6::bool[], $7::text[], $8::text[], $9::text[]) \
                       AS p (c, i, n, k, a, b, h, f, t) \
                ON CONFLICT DO NOTHING) \
              INSERT INTO {delivery} (webhook_id, commit_lsn, change_index, event_id, webhook_name, \
                                      properties, body, reason, attempts, last_error) \
-             SELECT w, c::pg_lsn, i, e::uuid, wn, pr, bo, r, a, l \
-               FROM unnest($10::int[], $11::text[], $12::int[], $13::text[], $14::text[], \
+             SELECT w, c, i, e, wn, pr, bo, r, a, l \
+               FROM unnest($10::int[], $11::pg_lsn[], $12::int[], $13::uuid[], $14::text[], \
                            $15::text[], $16::text[], $17::text[], $18::int[], $19::text[]) \
                     AS d (w, c, i, e, wn, pr, bo, r, a, l) \
              ON CONFLICT DO NOTHING",
@@ -439,7 +440,7 @@ impl Store {
     /// `positions`, or all.
     async fn remove_unheld_payloads(
         &self,
-        positions: Option<(&Vec<String>, &Vec<i32>)>,
+        positions: Option<(&Vec<PgLsn>, &Vec<i32>)>,
     ) -> anyhow::Result<()> {
         let (payload, delivery) = (self.table("delivery_payload"), self.table("delivery"));
         let unheld = format!(
@@ -452,8 +453,8 @@ impl Store {
                     .execute(
                         &format!(
                             "DELETE FROM {payload} p \
-                              USING unnest($1::text[], $2::int[]) AS u (c, i) \
-                              WHERE p.commit_lsn = u.c::pg_lsn AND p.change_index = u.i \
+                              USING unnest($1::pg_lsn[], $2::int[]) AS u (c, i) \
+                              WHERE p.commit_lsn = u.c AND p.change_index = u.i \
                                 AND {unheld}"
                         ),
                         &[lsns, indexes],
@@ -471,10 +472,10 @@ impl Store {
     }
 }
 
-/// Positions as the text and integer arrays the statements take.
-fn position_arrays(positions: &[Position]) -> (Vec<String>, Vec<i32>) {
+/// Positions as the pg_lsn and integer arrays the statements take.
+fn position_arrays(positions: &[Position]) -> (Vec<PgLsn>, Vec<i32>) {
     positions
         .iter()
-        .map(|p| (p.commit_lsn.to_string(), p.change_index as i32))
+        .map(|p| (PgLsn::from(p.commit_lsn.0), p.change_index as i32))
         .unzip()
 }
