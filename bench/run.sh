@@ -171,6 +171,15 @@ cpu_seconds() {
     awk -v t="$CLK_TCK" '{ printf "%.2f", ($12 + $13) / t }' <<<"${stat##*) }"
 }
 
+# CHILDREN_CPU: CPU seconds (user + system) of this shell's finished
+# children so far. Called directly, not in $(...): a subshell has its own.
+children_cpu() {
+    times >"$TMP/times.out"
+    # Line 2, children: "0m1.234s 0m0.567s" (user, system).
+    CHILDREN_CPU=$(awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%.2f", u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$TMP/times.out")
+    [[ $CHILDREN_CPU =~ ^[0-9.]+$ ]] || die "could not read the children's CPU time from: $(cat "$TMP/times.out")"
+}
+
 # Wait for a pid to exit, at most $2 seconds; 0 if it exited.
 wait_exit() {
     local pid=$1 deadline=$(( SECONDS + $2 ))
@@ -968,6 +977,10 @@ EOF
     q "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
        WHERE slot_name IN ('walhook', 'walhook_tls')" >/dev/null
     NGINX_HTTP_RATE=$WALHOOK_RATE NGINX_HTTP_DELIVERED_RATE=$DELIVERED_RATE NGINX_RECV_RATE=$RECV_RATE
+    # CPU per change of the http run, for section wrk's ceiling.
+    NGINX_HTTP_US=$(awk -v c="$WALHOOK_CPU" -v n="$EXPECTED" 'BEGIN { printf "%.1f", c * 1e6 / n }')
+    [[ $WALSENDER_CPU =~ ^[0-9.]+$ ]] || die "nginx: the walsender's CPU could not be measured"
+    NGINX_WALSENDER_US=$(awk -v c="$WALSENDER_CPU" -v n="$EXPECTED" 'BEGIN { printf "%.1f", c * 1e6 / n }')
     summary nginx "walhook -> nginx, http" "$WALHOOK_RATE changes/s" "pg_recvlogical $RECV_RATE/s (ratio $RATIO)" "$(( WALHOOK_HWM / 1024 )) MiB"
     summary nginx "  receiver-side (no confirm delay)" "$DELIVERED_RATE changes/s" "ratio $DELIVERED_RATIO" ""
     if (( HTTPS )); then
@@ -1172,6 +1185,7 @@ section_decode() {
     wait_until "$WALHOOK_TIMEOUT" "walhook (decode, no hook) confirming $end" slot_at wh_decode "$end"
     secs=$(elapsed "$t0" "$(now)")
     hwm=$(walhook_hwm)
+    DECODE_US=$(awk -v c="$(cpu_seconds "$WALHOOK_PID")" -v n="$n" 'BEGIN { printf "%.1f", c * 1e6 / n }')
     stop_walhook decode
     drop_slot wh_decode
     walhook_rate=$(rate "$n" "$secs")
@@ -1186,7 +1200,7 @@ section_decode() {
 # The HTTP ceiling: wrk POSTing a body of walhook's shape and size to the
 # same nginx location, WRK_CONNECTIONS connections kept alive.
 section_wrk() {
-    local body threads rps label pad
+    local body threads rps label pad ng_before ng_after children_before wrk_cpu requests p
     # A bench_item.changed body as walhook sends it, its label padded so the
     # body is about 600 bytes.
     label="item 4242 upd"
@@ -1212,19 +1226,46 @@ wrk.headers["webhook-signature"] = "v1,Kq3Yp3b2n0cD9m0ZQe5oYkXh0c3mQyVq1J0b2y7s8
 EOF
     threads=$(( WRK_CONNECTIONS < 2 ? WRK_CONNECTIONS : 2 ))
     say "wrk: ${WRK_SECONDS}s, $WRK_CONNECTIONS connections, ${#body}-byte body to $HOOK_URL"
+    # CPU per request of nginx and of wrk itself (a minimal client): with
+    # walhook's own CPU per change from section nginx, what two cores allow.
+    ng_before=0
+    for p in $(pgrep -P "$NGINX_PID" 2>/dev/null || true); do
+        ng_before=$(awk -v a="$ng_before" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
+    done
+    children_cpu
+    children_before=$CHILDREN_CPU
     wrk -t "$threads" -c "$WRK_CONNECTIONS" -d "${WRK_SECONDS}s" -s "$TMP/wrk.lua" "$HOOK_URL" \
         >"$TMP/wrk.log" 2>&1 || { cat "$TMP/wrk.log" >&2; die "wrk failed"; }
+    children_cpu
+    wrk_cpu=$(awk -v a="$children_before" -v b="$CHILDREN_CPU" 'BEGIN { printf "%.2f", b - a }')
+    ng_after=0
+    for p in $(pgrep -P "$NGINX_PID" 2>/dev/null || true); do
+        ng_after=$(awk -v a="$ng_after" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
+    done
     ! grep -q -E 'Non-2xx|Socket errors' "$TMP/wrk.log" \
         || { cat "$TMP/wrk.log" >&2; die "wrk saw failed requests (see its output above)"; }
     rps=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$TMP/wrk.log")
     [[ $rps =~ ^[0-9]+$ ]] && (( rps > 0 )) || { cat "$TMP/wrk.log" >&2; die "wrk reported no request rate"; }
-    say "wrk: $rps requests/s"
+    requests=$(awk '/requests in/ { print $1; exit }' "$TMP/wrk.log")
+    [[ $requests =~ ^[0-9]+$ ]] && (( requests > 0 )) || { cat "$TMP/wrk.log" >&2; die "wrk reported no request count"; }
+    WRK_US=$(awk -v c="$wrk_cpu" -v n="$requests" 'BEGIN { printf "%.1f", c * 1e6 / n }')
+    WRK_NGINX_US=$(awk -v a="$ng_before" -v b="$ng_after" -v n="$requests" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }')
+    say "wrk: $rps requests/s; CPU per request: wrk $WRK_US us, nginx $WRK_NGINX_US us"
     WRK_RATE=$rps
-    if [[ -n ${NGINX_HTTP_RATE:-} ]]; then
+    if [[ -n ${NGINX_HTTP_RATE:-} && -n ${DECODE_US:-} ]]; then
         summary wrk "wrk -> nginx (${#body} B, ${WRK_CONNECTIONS} conns)" "$rps requests/s" \
             "walhook/wrk $(ratio "$NGINX_HTTP_RATE" "$rps") (receiver-side $(ratio "$NGINX_HTTP_DELIVERED_RATE" "$rps"))" ""
+        # Two cores shared by nginx, the walsender and the client: the
+        # rate at which they would be saturated with walhook as the client,
+        # and with a client as lean as wrk that still decodes and signs
+        # (walhook's CPU per change in section decode).
+        summary wrk "  CPU per request (us)" "wrk $WRK_US, nginx $WRK_NGINX_US" \
+            "walhook $NGINX_HTTP_US, its walsender $NGINX_WALSENDER_US, decode only $DECODE_US" ""
+        summary wrk "  2 cores saturated at" \
+            "$(awk -v w="$NGINX_HTTP_US" -v n="$WRK_NGINX_US" -v s="$NGINX_WALSENDER_US" 'BEGIN { printf "%.0f", 2e6 / (w + n + s) }')/s (walhook)" \
+            "$(awk -v w="$WRK_US" -v d="$DECODE_US" -v n="$WRK_NGINX_US" -v s="$NGINX_WALSENDER_US" 'BEGIN { printf "%.0f", 2e6 / (w + d + n + s) }')/s (wrk-lean client + decode)" ""
     else
-        summary wrk "wrk -> nginx (${#body} B, ${WRK_CONNECTIONS} conns)" "$rps requests/s" "walhook/wrk: run section nginx too" ""
+        summary wrk "wrk -> nginx (${#body} B, ${WRK_CONNECTIONS} conns)" "$rps requests/s" "walhook/wrk: run sections decode and nginx too" ""
     fi
 }
 
