@@ -339,7 +339,7 @@ impl Default for DeliveryConfig {
             concurrency_per_webhook: Concurrency::Adaptive,
             max_concurrency_per_webhook: 512,
             http_version: HttpVersion::Auto,
-            max_in_flight_bytes: 16 * 1024 * 1024,
+            max_in_flight_bytes: 8 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
             backlog_limit: 10_000,
             backlog_max_age: Duration::from_secs(300),
