@@ -22,14 +22,13 @@ use super::target_policy::is_public;
 use super::tls;
 use crate::config::{Concurrency, DeliveryConfig, HttpVersion};
 
-/// Idle connections kept per host, at most. Idle HTTP/1.1 connections are
-/// what a burst left behind; keeping one per request a hook may have in
-/// flight (hundreds, with adaptive concurrency) would hold that
-/// many sockets open at the target for as long as the pool keeps them, for
-/// the rare burst that comes back as large. 32 warm connections restart a
-/// busy hook without handshakes while its other requests open theirs. An
-/// HTTP/2 host needs one, whatever this says.
-const MAX_IDLE_PER_HOST: usize = 32;
+/// How long an idle connection is kept. Over HTTP/1.1 a hook keeps as
+/// many connections as it has requests in flight: were fewer kept idle,
+/// each wave of answers would close the rest and the next wave would open
+/// them again (a handshake per request, which on a 50 ms target raised
+/// the round trip to 75 ms and on loopback cost CPU per request). A burst
+/// that left hundreds idle gives them back to the target after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How often an HTTP/2 connection is pinged, busy or idle, and how long
 /// the answer may take: a connection that died without a word (a target
@@ -65,9 +64,10 @@ pub fn http_client(config: &DeliveryConfig) -> anyhow::Result<reqwest::Client> {
         // URL is what the DBA configured.
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(match config.concurrency_per_webhook {
-            Concurrency::Fixed(n) => n.min(MAX_IDLE_PER_HOST),
-            Concurrency::Adaptive => MAX_IDLE_PER_HOST,
+            Concurrency::Fixed(n) => n,
+            Concurrency::Adaptive => config.max_concurrency_per_webhook,
         })
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         // The flow-control window follows the measured bandwidth-delay
         // product, so large bodies to a distant target are not held to the
         // 64 KiB default window per round trip.

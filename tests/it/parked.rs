@@ -266,3 +266,77 @@ async fn parked_events_listed_shown_redelivered_in_row_order_and_discarded() {
     }
     h.stop_daemon();
 }
+
+/// `redeliver` keeps every order the replayer keeps: an event waits for an
+/// earlier TRUNCATE of any row, and an UPDATE that moved its row to a new
+/// key waits for the earlier events of the old key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeliver_waits_for_an_earlier_truncate_and_for_a_moved_rows_old_key() {
+    let mut h = Harness::start(HOST, "").await;
+    let receiver = Receiver::start().await.unwrap();
+    let hook = h.add_hook("contact.*", &receiver.url("/r"), None).await;
+    h.db.execute(
+        "UPDATE walhook.webhook SET state = 3 WHERE webhook_id = $1",
+        &[&hook],
+    )
+    .await
+    .unwrap();
+    h.start_daemon().await;
+    h.db.batch_execute(
+        "INSERT INTO contact VALUES (1, 'a');\
+         INSERT INTO contact VALUES (2, 'b');\
+         UPDATE contact SET contact_id = 3 WHERE contact_id = 2;\
+         TRUNCATE contact;\
+         INSERT INTO contact VALUES (4, 'c');",
+    )
+    .await
+    .unwrap();
+    h.wait_caught_up("the events to be parked").await;
+    let events = parked(&h, hook).await;
+    let names: Vec<&str> = events.iter().map(|(_, e, _)| e.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "contact.created",
+            "contact.created",
+            "contact.changed",
+            "contact.truncated",
+            "contact.created"
+        ]
+    );
+    let id = |n: usize| events[n].0.clone();
+
+    // After the TRUNCATE: refused while it waits, naming it.
+    let out = walhook(&h, &["parked", "redeliver", &id(4)]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("the first being EventId {}", id(3))),
+        "{}",
+        text(&out)
+    );
+    // The UPDATE that moved row 2 to 3 waits for row 2's INSERT, though
+    // the keys differ.
+    let out = walhook(&h, &["parked", "redeliver", &id(2)]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("the first being EventId {}", id(1))),
+        "{}",
+        text(&out)
+    );
+    // The TRUNCATE waits for every earlier event.
+    let out = walhook(&h, &["parked", "redeliver", &id(3)]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(receiver.requests().is_empty());
+    // In commit order, each goes.
+    for n in 0..5 {
+        let out = walhook(&h, &["parked", "redeliver", &id(n)]).await;
+        assert!(out.status.success(), "event {n}: {}", text(&out));
+    }
+    let got: Vec<String> = receiver
+        .requests_to("/r")
+        .iter()
+        .map(|r| r.json()["EventId"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(got, (0..5).map(id).collect::<Vec<_>>());
+    assert!(h.stop_daemon().success());
+}
