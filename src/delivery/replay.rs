@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use super::hook::{HookControl, Mode};
@@ -78,6 +79,11 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
     // The last read found nothing more after the cursor.
     let mut read_all = false;
     let mut delivered: Vec<Position> = Vec::with_capacity(REMOVE_BATCH);
+    // The next batch being read and the last delivered being removed run
+    // beside the deliveries (the statements queue on the store's session):
+    // awaited in turn, each stopped every delivery from starting.
+    let mut reading: Option<BoxFuture<'_, anyhow::Result<Vec<ParkedRow>>>> = None;
+    let mut removing: Option<BoxFuture<'_, anyhow::Result<()>>> = None;
     let mut failed = false;
     store.refresh_statistics().await;
     loop {
@@ -91,17 +97,18 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
             while let Some((_, position, settled)) = running.next().await {
                 settle(ctx, control, position, settled, &mut delivered).await?;
             }
-            remove_delivered(ctx, control, &mut delivered).await?;
+            if let Some(removal) = removing.take() {
+                removal.await?;
+            }
+            remove_batch(ctx, control, std::mem::take(&mut delivered)).await?;
             return Ok(false);
         }
-        if !read_all && gate.waiting() < READ_AHEAD {
-            let order = ctx.config.get().ordering;
-            let batch = store.next_parked(control.id, cursor, BATCH).await?;
-            read_all = batch.len() < BATCH as usize;
-            for row in batch {
-                cursor = Some(row.position);
-                gate.push(order_keys(order, &row.ordering_key, &row.scope), row);
-            }
+        if reading.is_none() && !read_all && gate.waiting() < READ_AHEAD {
+            reading = Some(store.next_parked(control.id, cursor, BATCH));
+        }
+        if removing.is_none() && delivered.len() >= REMOVE_BATCH {
+            let batch = std::mem::replace(&mut delivered, Vec::with_capacity(REMOVE_BATCH));
+            removing = Some(Box::pin(remove_batch(ctx, control, batch)));
         }
         if gate.take_ready(control.concurrency_limit(), &mut ready) {
             control.held_back();
@@ -120,40 +127,56 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
                 (keys, row.position, settled)
             });
         }
-        if let Some((keys, position, settled)) = running.next().await {
-            gate.finished(keys);
-            failed = !settle(ctx, control, position, settled, &mut delivered).await?;
-            if delivered.len() >= REMOVE_BATCH {
-                remove_delivered(ctx, control, &mut delivered).await?;
+        if running.is_empty() && reading.is_none() && removing.is_none() {
+            if gate.waiting() > 0 || !read_all {
+                continue;
             }
-            continue;
-        }
-        if gate.waiting() > 0 || !read_all {
-            continue;
-        }
-        // Nothing read is left: everything before the cursor is delivered.
-        remove_delivered(ctx, control, &mut delivered).await?;
-        {
-            // Under the mode lock no event can be parked meanwhile.
-            let mut mode = control.mode.lock().await;
-            // Live only when nothing is parked, nothing is still on the
-            // queue (a running job may be about to park itself) and
-            // nothing is on its way to the table.
-            if control.in_flight() == 0
-                && control.unwritten() == 0
-                && !control.is_tripped()
-                && !control.is_paused()
-                && store.parked_count(control.id).await? == 0
+            // Nothing read is left: everything before the cursor is
+            // delivered.
+            remove_batch(ctx, control, std::mem::take(&mut delivered)).await?;
             {
-                *mode = Mode::Live;
-                return Ok(true);
+                // Under the mode lock no event can be parked meanwhile.
+                let mut mode = control.mode.lock().await;
+                // Live only when nothing is parked, nothing is still on the
+                // queue (a running job may be about to park itself) and
+                // nothing is on its way to the table.
+                if control.in_flight() == 0
+                    && control.unwritten() == 0
+                    && !control.is_tripped()
+                    && !control.is_paused()
+                    && store.parked_count(control.id).await? == 0
+                {
+                    *mode = Mode::Live;
+                    return Ok(true);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Read again from the first: what was read is delivered and
+            // gone, so only events parked meanwhile are found.
+            cursor = None;
+            read_all = false;
+            continue;
+        }
+        tokio::select! {
+            Some((keys, position, settled)) = running.next(), if !running.is_empty() => {
+                gate.finished(keys);
+                failed = !settle(ctx, control, position, settled, &mut delivered).await?;
+            }
+            batch = async { reading.as_mut().expect("guarded").await }, if reading.is_some() => {
+                reading = None;
+                let order = ctx.config.get().ordering;
+                let batch = batch?;
+                read_all = batch.len() < BATCH as usize;
+                for row in batch {
+                    cursor = Some(row.position);
+                    gate.push(order_keys(order, &row.ordering_key, &row.scope), row);
+                }
+            }
+            removed = async { removing.as_mut().expect("guarded").await }, if removing.is_some() => {
+                removing = None;
+                removed?;
             }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        // Read again from the first: what was read is delivered and gone,
-        // so only events parked meanwhile are found.
-        cursor = None;
-        read_all = false;
     }
 }
 
@@ -183,17 +206,18 @@ async fn settle(
     }
 }
 
-async fn remove_delivered(
+/// Remove delivered events from the table and their payloads no other
+/// hook holds.
+async fn remove_batch(
     ctx: &DeliveryContext,
     control: &HookControl,
-    delivered: &mut Vec<Position>,
+    delivered: Vec<Position>,
 ) -> anyhow::Result<()> {
     if delivered.is_empty() {
         return Ok(());
     }
-    ctx.store.remove_parked(control.id, delivered).await?;
+    ctx.store.remove_parked(control.id, &delivered).await?;
     control.parked_removed(delivered.len());
-    ctx.store.release_payloads(delivered).await?;
-    delivered.clear();
+    ctx.store.release_payloads(&delivered).await?;
     Ok(())
 }
