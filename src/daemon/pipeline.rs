@@ -4,16 +4,17 @@
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
+use uuid::Uuid;
 
 use crate::backfill::{self, ClosedChunk, Reconciler, Watermark};
-use crate::checkpoint::{Checkpoint, OpenTxn};
+use crate::checkpoint::{Checkpoint, OpenTxn, Ticket};
 use crate::config::Config;
 use crate::delivery::{request, Dispatcher, HookSettings, Job, OrderScope};
 use crate::events::catalog::TypeCatalog;
 use crate::events::{Change, ChangeEvent, EventBuilder, Operation, TxnInfo};
 use crate::metrics::Metrics;
 use crate::pgoutput::{self, Lsn, Message, TupleData, TupleValue};
-use crate::registry::{PendingSnapshots, Registry, RegistryUpdate, WebhookState};
+use crate::registry::{PendingSnapshots, Registry, RegistryUpdate, Webhook, WebhookState};
 use crate::source::SourceMessage;
 use crate::store::Store;
 
@@ -285,11 +286,10 @@ impl Pipeline {
     /// Address an event to every matching hook, by the hook's state.
     async fn route(&mut self, mut event: ChangeEvent) -> anyhow::Result<()> {
         self.metrics.changes_decoded.inc();
-        let max_body = self.config.delivery.max_body_bytes;
         self.fit_body(&mut event);
-        let Some(txn) = self.txn.as_ref() else {
+        if self.txn.is_none() {
             bail!("an event outside a transaction");
-        };
+        }
         let hooks: Vec<_> = self.registry.matching(&event).cloned().collect();
         let scope = match (&event.operation, &event.previous_key) {
             (Operation::Truncated, _) => OrderScope::Barrier,
@@ -315,33 +315,9 @@ impl Pipeline {
                 continue;
             }
             let event_id = event.event_id(&self.system_id, hook.id);
-            let (body, shared) = request::hook_body(
-                &shared,
-                &event,
-                event_id,
-                &hook,
-                &self.config.events.context_identifier,
-                max_body,
-            )
-            .for_job(&shared);
-            let job = Job {
-                event: event.event.clone(),
-                event_id,
-                ordering_key: event.ordering_key.clone(),
-                scope: scope.clone(),
-                body,
-                shared,
-                commit_lsn: event.txn.commit_lsn,
-                change_index: event.index,
-                ticket: txn.checkpoint.ticket(),
-                hook,
-            };
-            self.metrics.events_matched.inc();
-            if job.hook.state == WebhookState::TooManyErrors {
-                self.dispatcher.park(job).await?;
-            } else {
-                self.dispatcher.dispatch(job).await?;
-            }
+            let ticket = self.ticket().context("an event outside a transaction")?;
+            self.hand_over(&event, &shared, hook, event_id, scope.clone(), ticket)
+                .await?;
         }
         Ok(())
     }
@@ -422,7 +398,6 @@ impl Pipeline {
             .builder
             .backfill_events(relation, primary_key, &info, first_index, rows)
             .with_context(|| format!("backfill {backfill_id} of {}", shape.qualified()))?;
-        let max_body = self.config.delivery.max_body_bytes;
         let mut sent = 0;
         for mut event in events {
             event.backfill = Some(backfill_id);
@@ -442,41 +417,62 @@ impl Pipeline {
                 }
                 let event_id =
                     backfill::event_id(&self.system_id, backfill_id, &event.ordering_key, hook.id);
-                let (body, shared) = request::hook_body(
-                    &shared,
-                    &event,
-                    event_id,
-                    &hook,
-                    &self.config.events.context_identifier,
-                    max_body,
-                )
-                .for_job(&shared);
-                let Some(txn) = self.txn.as_ref() else {
-                    bail!("a backfill watermark outside a transaction");
-                };
-                let job = Job {
-                    event: event.event.clone(),
-                    event_id,
-                    ordering_key: event.ordering_key.clone(),
-                    scope: OrderScope::Key,
-                    body,
-                    shared,
-                    commit_lsn: info.commit_lsn,
-                    change_index: event.index,
-                    ticket: txn.checkpoint.ticket(),
-                    hook,
-                };
-                self.metrics.events_matched.inc();
-                if job.hook.state == WebhookState::TooManyErrors {
-                    self.dispatcher.park(job).await?;
-                } else {
-                    self.dispatcher.dispatch(job).await?;
-                }
+                let ticket = self
+                    .ticket()
+                    .context("a backfill watermark outside a transaction")?;
+                self.hand_over(&event, &shared, hook, event_id, OrderScope::Key, ticket)
+                    .await?;
                 sent += 1;
             }
         }
         self.backfill.dispatched(closed, sent);
         Ok(())
+    }
+
+    /// A ticket for one more event of the transaction being read.
+    fn ticket(&self) -> Option<Ticket> {
+        self.txn.as_ref().map(|txn| txn.checkpoint.ticket())
+    }
+
+    /// Render `event`'s body for `hook`, from the parts it shares with the
+    /// event's other hooks, and hand the job over: parked while the hook is
+    /// in TooManyErrors, queued otherwise.
+    async fn hand_over(
+        &mut self,
+        event: &ChangeEvent,
+        shared: &request::SharedBody,
+        hook: Arc<Webhook>,
+        event_id: Uuid,
+        scope: OrderScope,
+        ticket: Ticket,
+    ) -> anyhow::Result<()> {
+        let (body, shared) = request::hook_body(
+            shared,
+            event,
+            event_id,
+            &hook,
+            &self.config.events.context_identifier,
+            self.config.delivery.max_body_bytes,
+        )
+        .for_job(shared);
+        let job = Job {
+            event: event.event.clone(),
+            event_id,
+            ordering_key: event.ordering_key.clone(),
+            scope,
+            body,
+            shared,
+            commit_lsn: event.txn.commit_lsn,
+            change_index: event.index,
+            ticket,
+            hook,
+        };
+        self.metrics.events_matched.inc();
+        if job.hook.state == WebhookState::TooManyErrors {
+            self.dispatcher.park(job).await
+        } else {
+            self.dispatcher.dispatch(job).await
+        }
     }
 
     /// Write the registry snapshot the position is about to pass, then

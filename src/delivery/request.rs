@@ -222,35 +222,6 @@ impl HookBody {
             HookBody::Own(body) => (body, SharedParts::Apart(Arc::new(shared.clone()))),
         }
     }
-
-    pub fn bytes(&self) -> &Bytes {
-        match self {
-            HookBody::Shared(b, _) | HookBody::Own(b) => b,
-        }
-    }
-}
-
-/// The body of `event` for `hook`; the same bytes on every attempt. A body
-/// over `max_bytes` leaves out its largest values, as
-/// [`leave_out_largest`] does.
-pub fn event_body(
-    event: &ChangeEvent,
-    event_id: Uuid,
-    hook: &Webhook,
-    context_identifier: &str,
-    max_bytes: usize,
-) -> Bytes {
-    let shared = SharedBody::of(event, context_identifier);
-    match hook_body(
-        &shared,
-        event,
-        event_id,
-        hook,
-        context_identifier,
-        max_bytes,
-    ) {
-        HookBody::Shared(b, _) | HookBody::Own(b) => b,
-    }
 }
 
 /// The body of `event` for `hook`, from the event's `shared` parts unless
@@ -456,6 +427,29 @@ mod tests {
 
     use super::*;
     use crate::events::{Operation, WebhookRow};
+
+    /// The body of `event` for `hook`; the same bytes on every attempt. A body
+    /// over `max_bytes` leaves out its largest values, as
+    /// [`leave_out_largest`] does.
+    fn event_body(
+        event: &ChangeEvent,
+        event_id: Uuid,
+        hook: &Webhook,
+        context_identifier: &str,
+        max_bytes: usize,
+    ) -> Bytes {
+        let shared = SharedBody::of(event, context_identifier);
+        match hook_body(
+            &shared,
+            event,
+            event_id,
+            hook,
+            context_identifier,
+            max_bytes,
+        ) {
+            HookBody::Shared(b, _) | HookBody::Own(b) => b,
+        }
+    }
 
     /// The contract's body in one piece, in its field order: what the
     /// assembled parts must equal byte for byte.
