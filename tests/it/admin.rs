@@ -2,7 +2,7 @@
 //! walhook's real binary, against a throwaway PostgreSQL.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::{json, Value};
 use walhook_lab::receiver::Receiver;
@@ -10,30 +10,6 @@ use walhook_lab::receiver::Receiver;
 use crate::common::*;
 
 const HOST: &str = "CREATE TABLE contact (contact_id serial PRIMARY KEY, name text);";
-
-/// Run walhook with another config file.
-fn walhook_with(config: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("walhook runs")
-}
-
-/// Run walhook off the async runtime (the test's receiver must keep
-/// answering meanwhile).
-async fn walhook_async(config: &Path, args: &[&str]) -> Output {
-    let config = config.to_owned();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        walhook_with(&config, &args)
-    })
-    .await
-    .unwrap()
-}
 
 /// The harness's config with http:// and private targets refused.
 fn strict_config(h: &Harness) -> PathBuf {
@@ -47,10 +23,6 @@ fn strict_config(h: &Harness) -> PathBuf {
     let path = h.dir.path().join("strict.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn stderr(out: &Output) -> String {

@@ -1,7 +1,7 @@
 //! The test harness: a throwaway PostgreSQL, walhook's real binary, and a
 //! real loopback receiver. Nothing is mocked.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -82,13 +82,7 @@ impl Harness {
 
     /// Run a walhook command to completion.
     pub fn walhook(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("-c")
-            .arg(&self.config_path)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("walhook runs")
+        walhook_with(&self.config_path, args)
     }
 
     pub fn log_path(&self, run: usize) -> PathBuf {
@@ -439,6 +433,43 @@ fn wait_child(child: &mut Child, timeout: Duration) -> std::process::ExitStatus 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Run a walhook command with `config` to completion.
+pub fn walhook_with(config: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("walhook runs")
+}
+
+/// [`walhook_with`] off the runtime's threads, so the test's receivers
+/// keep answering meanwhile.
+pub async fn walhook_async(config: &Path, args: &[&str]) -> Output {
+    let config = config.to_owned();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        walhook_with(&config, &args)
+    })
+    .await
+    .unwrap()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A TCP port free on loopback now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn text(out: &Output) -> String {

@@ -6,7 +6,7 @@
 //! share one connection.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use axum::http::Version;
@@ -36,18 +36,7 @@ fn config_with(h: &Harness, line: &str, name: &str) -> PathBuf {
 /// `walhook webhook test HOOK` with another config file, off the runtime's
 /// threads (the receiver answers on them meanwhile).
 async fn webhook_test(config: &Path, hook: i32) -> Output {
-    let config = config.to_owned();
-    tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .arg("-c")
-            .arg(&config)
-            .args(["webhook", "test", &hook.to_string()])
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("walhook runs")
-    })
-    .await
-    .unwrap()
+    walhook_async(config, &["webhook", "test", &hook.to_string()]).await
 }
 
 fn versions(requests: &[ReceivedRequest]) -> Vec<Version> {

@@ -4,7 +4,6 @@
 //! name the host and the cause, and client certificates.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use walhook_lab::receiver::{ReceivedRequest, Receiver};
@@ -46,24 +45,6 @@ fn toml(path: &Path) -> String {
     format!("{:?}", path.display().to_string())
 }
 
-/// Run a walhook command with another config file, off the runtime's
-/// threads (the receiver answers on them meanwhile).
-async fn walhook_with(config: &Path, args: &[&str]) -> Output {
-    let config = config.to_owned();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .arg("-c")
-            .arg(&config)
-            .args(&args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("walhook runs")
-    })
-    .await
-    .unwrap()
-}
-
 /// The harness's config with the lines that mention `key` left out, as a
 /// new file beside it.
 fn config_without(h: &Harness, key: &str, name: &str) -> PathBuf {
@@ -76,10 +57,6 @@ fn config_without(h: &Harness, key: &str, name: &str) -> PathBuf {
     let path = h.dir.path().join(name);
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Both signatures of a delivered request check out with the test's own
@@ -130,13 +107,13 @@ async fn https_delivery_trusts_the_ca_file_and_both_signatures_verify() {
 
     // Without the CA the test request fails, and says why in words.
     let no_ca = config_without(&h, "ca_file", "no-ca.toml");
-    let out = walhook_with(&no_ca, &["webhook", "test", &hook.to_string()]).await;
+    let out = walhook_async(&no_ca, &["webhook", "test", &hook.to_string()]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(stdout(&out).contains(UNKNOWN_AUTHORITY), "{}", text(&out));
     assert!(receiver.requests().is_empty());
 
     // With it, the same request goes through.
-    let out = walhook_with(&h.config_path, &["webhook", "test", &hook.to_string()]).await;
+    let out = walhook_async(&h.config_path, &["webhook", "test", &hook.to_string()]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(stdout(&out).contains("200 OK"), "{}", text(&out));
 
@@ -213,7 +190,7 @@ async fn https_certificate_failures_name_the_host_and_the_cause() {
         let last_error = usage.last_error.unwrap();
         assert!(last_error.starts_with(words.as_str()), "{last_error}");
 
-        let out = walhook_with(&h.config_path, &["webhook", "test", &hook.to_string()]).await;
+        let out = walhook_async(&h.config_path, &["webhook", "test", &hook.to_string()]).await;
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
         assert!(stdout(&out).contains(words.as_str()), "{}", text(&out));
         assert!(receiver.requests().is_empty());
@@ -256,7 +233,7 @@ async fn https_client_certificate_is_presented_and_required() {
         .add_hook("contact.*", &receiver.url("/hook"), Some(SECRET))
         .await;
 
-    let out = walhook_with(&h.config_path, &["check"]).await;
+    let out = walhook_async(&h.config_path, &["check"]).await;
     let printed = stdout(&out);
     assert!(
         printed.contains("OK    HTTPS targets: trusting")
@@ -290,7 +267,7 @@ async fn https_client_certificate_is_presented_and_required() {
     let mut text_without = std::fs::read_to_string(&without).unwrap();
     text_without.push_str("http_version = \"http1\"\n");
     std::fs::write(&without, text_without).unwrap();
-    let out = walhook_with(&without, &["webhook", "test", &hook.to_string()]).await;
+    let out = walhook_async(&without, &["webhook", "test", &hook.to_string()]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         stdout(&out).contains(
@@ -306,7 +283,7 @@ async fn https_client_certificate_is_presented_and_required() {
     // A key file others can read, and a file that cannot be read, are
     // problems `walhook check` names with the fix.
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = walhook_with(&h.config_path, &["check"]).await;
+    let out = walhook_async(&h.config_path, &["check"]).await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let printed = stdout(&out);
     assert!(
@@ -324,7 +301,7 @@ async fn https_client_certificate_is_presented_and_required() {
         .unwrap()
         .replace(&toml(&ca_file), &toml(&missing));
     let broken = files.write("broken.toml", &text_config);
-    let out = walhook_with(&broken, &["check"]).await;
+    let out = walhook_async(&broken, &["check"]).await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(
         stdout(&out)

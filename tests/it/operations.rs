@@ -9,14 +9,6 @@ use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn get(url: &str) -> (u16, String) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let r = reqwest::get(url).await.unwrap();

@@ -1,7 +1,6 @@
 //! `walhook parked list|show|redeliver|discard` on events the daemon
 //! parked itself, and the parked gauge in the metrics.
 
-use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -10,32 +9,6 @@ use walhook_lab::receiver::Receiver;
 use crate::common::*;
 
 const HOST: &str = "CREATE TABLE contact (contact_id integer PRIMARY KEY, name text);";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Run walhook off the async runtime: the test's receivers must keep
-/// answering meanwhile.
-async fn walhook(h: &Harness, args: &[&str]) -> Output {
-    let mut command = std::process::Command::new(BIN);
-    command
-        .arg("-c")
-        .arg(&h.config_path)
-        .args(args)
-        .env("RUST_LOG", "warn");
-    tokio::task::spawn_blocking(move || command.output().expect("walhook runs"))
-        .await
-        .unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The hook's parked events in commit order: (EventId, event, row key).
 async fn parked(h: &Harness, webhook_id: i32) -> Vec<(String, String, String)> {
@@ -113,7 +86,7 @@ async fn parked_events_listed_shown_redelivered_in_row_order_and_discarded() {
     }
 
     // list
-    let out = walhook(&h, &["parked", "list", "--json"]).await;
+    let out = walhook_async(&h.config_path, &["parked", "list", "--json"]).await;
     assert!(out.status.success(), "{}", text(&out));
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     let of = |id: i32| {
@@ -130,21 +103,25 @@ async fn parked_events_listed_shown_redelivered_in_row_order_and_discarded() {
         .as_str()
         .is_some_and(|t| t.ends_with('Z')));
     assert_eq!(of(bad)["count"], 3, "{list}");
-    let out = walhook(&h, &["parked", "list", "--webhook", &good.to_string()]).await;
+    let out = walhook_async(
+        &h.config_path,
+        &["parked", "list", "--webhook", &good.to_string()],
+    )
+    .await;
     let table = stdout(&out);
     assert!(table.contains("TooManyErrors 3"), "{table}");
     assert!(!table.contains(&format!("\n{bad} ")), "{table}");
 
     // show
-    let out = walhook(&h, &["parked", "show", changed_1, "--json"]).await;
+    let out = walhook_async(&h.config_path, &["parked", "show", changed_1, "--json"]).await;
     assert!(out.status.success(), "{}", text(&out));
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["webhook_id"], good);
     assert_eq!(shown["body"]["EventId"], changed_1.as_str());
     assert_eq!(shown["body"]["FieldValues"]["name"], "b");
     assert_eq!(shown["attempts"], 0);
-    let out = walhook(
-        &h,
+    let out = walhook_async(
+        &h.config_path,
         &["parked", "show", "00000000-0000-0000-0000-000000000000"],
     )
     .await;
@@ -152,7 +129,7 @@ async fn parked_events_listed_shown_redelivered_in_row_order_and_discarded() {
     assert!(text(&out).contains("is not parked"), "{}", text(&out));
 
     // redeliver: the row's later event is refused while its earlier one waits.
-    let out = walhook(&h, &["parked", "redeliver", changed_1]).await;
+    let out = walhook_async(&h.config_path, &["parked", "redeliver", changed_1]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("the first being EventId {created_1}")),
@@ -161,10 +138,10 @@ async fn parked_events_listed_shown_redelivered_in_row_order_and_discarded() {
     );
     assert!(receiver.requests().is_empty());
     // Another row's event does not wait for row 1.
-    let out = walhook(&h, &["parked", "redeliver", created_2]).await;
+    let out = walhook_async(&h.config_path, &["parked", "redeliver", created_2]).await;
     assert!(out.status.success(), "{}", text(&out));
     for id in [created_1, changed_1] {
-        let out = walhook(&h, &["parked", "redeliver", id]).await;
+        let out = walhook_async(&h.config_path, &["parked", "redeliver", id]).await;
         assert!(out.status.success(), "{}", text(&out));
     }
     let got = receiver.requests_to("/good");
@@ -192,10 +169,14 @@ async fn parked_events_listed_shown_redelivered_in_row_order_and_discarded() {
 
     // redeliver to a failing target: kept, with the attempt recorded.
     let bad_events = parked(&h, bad).await;
-    let out = walhook(&h, &["parked", "redeliver", &bad_events[0].0]).await;
+    let out = walhook_async(&h.config_path, &["parked", "redeliver", &bad_events[0].0]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("stays parked"), "{}", text(&out));
-    let out = walhook(&h, &["parked", "show", &bad_events[0].0, "--json"]).await;
+    let out = walhook_async(
+        &h.config_path,
+        &["parked", "show", &bad_events[0].0, "--json"],
+    )
+    .await;
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["attempts"], 1);
     assert!(
@@ -207,7 +188,7 @@ async fn parked_events_listed_shown_redelivered_in_row_order_and_discarded() {
     assert_eq!(h.usage(bad).await.total_errors, 1);
 
     // discard: one, then a hook's before a time.
-    let out = walhook(&h, &["parked", "discard", &bad_events[2].0]).await;
+    let out = walhook_async(&h.config_path, &["parked", "discard", &bad_events[2].0]).await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         stdout(&out).contains("discarded 1 parked event"),
@@ -215,43 +196,31 @@ async fn parked_events_listed_shown_redelivered_in_row_order_and_discarded() {
         text(&out)
     );
     let bad_arg = bad.to_string();
-    let out = walhook(
-        &h,
-        &[
-            "parked",
-            "discard",
-            "--webhook",
-            &bad_arg,
-            "--before",
-            "2000-01-01T00:00:00Z",
-        ],
-    )
-    .await;
-    assert!(
-        stdout(&out).contains("discarded 0 parked event(s)"),
-        "{}",
-        text(&out)
-    );
-    assert_eq!(parked(&h, bad).await.len(), 2);
-    let out = walhook(
-        &h,
-        &[
-            "parked",
-            "discard",
-            "--webhook",
-            &bad_arg,
-            "--before",
-            "2999-01-01T00:00:00Z",
-        ],
-    )
-    .await;
-    assert!(
-        stdout(&out).contains("discarded 2 parked event(s)"),
-        "{}",
-        text(&out)
-    );
-    assert!(parked(&h, bad).await.is_empty());
-    let out = walhook(&h, &["parked", "discard", "--before", "1h"]).await;
+    // Before a time no event was parked at, then after all of them.
+    for (before, discarded, left) in [
+        ("2000-01-01T00:00:00Z", 0, 2),
+        ("2999-01-01T00:00:00Z", 2, 0),
+    ] {
+        let out = walhook_async(
+            &h.config_path,
+            &[
+                "parked",
+                "discard",
+                "--webhook",
+                &bad_arg,
+                "--before",
+                before,
+            ],
+        )
+        .await;
+        assert!(
+            stdout(&out).contains(&format!("discarded {discarded} parked event(s)")),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(parked(&h, bad).await.len(), left);
+    }
+    let out = walhook_async(&h.config_path, &["parked", "discard", "--before", "1h"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 
     // The gauge follows the table, also after another process emptied it.
@@ -307,7 +276,7 @@ async fn redeliver_waits_for_an_earlier_truncate_and_for_a_moved_rows_old_key() 
     let id = |n: usize| events[n].0.clone();
 
     // After the TRUNCATE: refused while it waits, naming it.
-    let out = walhook(&h, &["parked", "redeliver", &id(4)]).await;
+    let out = walhook_async(&h.config_path, &["parked", "redeliver", &id(4)]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("the first being EventId {}", id(3))),
@@ -316,7 +285,7 @@ async fn redeliver_waits_for_an_earlier_truncate_and_for_a_moved_rows_old_key() 
     );
     // The UPDATE that moved row 2 to 3 waits for row 2's INSERT, though
     // the keys differ.
-    let out = walhook(&h, &["parked", "redeliver", &id(2)]).await;
+    let out = walhook_async(&h.config_path, &["parked", "redeliver", &id(2)]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("the first being EventId {}", id(1))),
@@ -324,12 +293,12 @@ async fn redeliver_waits_for_an_earlier_truncate_and_for_a_moved_rows_old_key() 
         text(&out)
     );
     // The TRUNCATE waits for every earlier event.
-    let out = walhook(&h, &["parked", "redeliver", &id(3)]).await;
+    let out = walhook_async(&h.config_path, &["parked", "redeliver", &id(3)]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(receiver.requests().is_empty());
     // In commit order, each goes.
     for n in 0..5 {
-        let out = walhook(&h, &["parked", "redeliver", &id(n)]).await;
+        let out = walhook_async(&h.config_path, &["parked", "redeliver", &id(n)]).await;
         assert!(out.status.success(), "event {n}: {}", text(&out));
     }
     let got: Vec<String> = receiver

@@ -11,7 +11,7 @@ use std::time::Duration;
 use walhook_lab::cluster::{Auth, Cluster, ClusterOptions};
 use walhook_lab::receiver::Receiver;
 
-use crate::common::{text, BIN};
+use crate::common::{stdout, text, BIN};
 
 const README: &str = include_str!("../../README.md");
 
@@ -74,10 +74,6 @@ async fn walhook_async(config: &Path, args: &[&str]) -> Output {
     })
     .await
     .unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn stderr(out: &Output) -> String {
