@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         // atomically; valid at any time, from any thread.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };
     }
-    // pgwire-replication and reqwest both use rustls; with more than one
+    // pgwire-replication, tokio-postgres-rustls and the HTTP client all use rustls; with more than one
     // provider compiled in, rustls needs the process to choose one.
     let _ = rustls::crypto::ring::default_provider().install_default();
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
-use reqwest::header::{HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -15,6 +15,7 @@ use base64::Engine;
 
 use crate::cli::{exit, AddArgs, Rate, WebhookCommand};
 use crate::config::Config;
+use crate::delivery::client::{read_body_prefix, ReadError};
 use crate::delivery::{check_target, http_client, request, tls, DeliveryStore, HookSettings};
 use crate::events::WebhookRow;
 use crate::registry::{Webhook, WebhookState};
@@ -463,17 +464,12 @@ async fn test(config: &Config, id: i32) -> anyhow::Result<u8> {
         }
     );
     let started = Instant::now();
-    let sent = http
-        .post(url.clone())
-        .headers(headers)
-        .body(body)
-        .send()
-        .await;
+    let deadline = tokio::time::Instant::now() + config.delivery.timeout;
+    let sent = http.post(&url, headers, body, deadline).await;
     let elapsed = started.elapsed().as_millis();
-    let mut response = match sent {
+    let response = match sent {
         Ok(r) => r,
         Err(e) => {
-            let e = e.without_url();
             let host = url.host_str().unwrap_or_default();
             let why = match tls::describe_failure(&e, host, &config.delivery) {
                 Some(words) => format!("{words} ({})", error_chain(&e)),
@@ -496,22 +492,21 @@ async fn test(config: &Config, id: i32) -> anyhow::Result<u8> {
         println!("{name}: {}", String::from_utf8_lossy(value.as_bytes()));
     }
     println!();
-    let mut raw = Vec::new();
-    let mut complete = true;
-    loop {
-        if raw.len() > TEST_BODY_MAX_CHARS * 4 {
-            complete = false;
-            break;
+    // One byte past what is shown tells whether the body was longer.
+    let limit = TEST_BODY_MAX_CHARS * 4 + 1;
+    let mut body = response.into_body();
+    let raw = match read_body_prefix(&mut body, limit, deadline).await {
+        Ok(raw) => raw,
+        Err(ReadError::Failed(e, raw)) => {
+            println!("(reading the body failed: {})", error_chain(&e));
+            raw
         }
-        match response.chunk().await {
-            Ok(Some(chunk)) => raw.extend_from_slice(&chunk),
-            Ok(None) => break,
-            Err(e) => {
-                println!("(reading the body failed: {})", error_chain(&e));
-                break;
-            }
+        Err(ReadError::TimedOut(raw)) => {
+            println!("(reading the body timed out: delivery.timeout)");
+            raw
         }
-    }
+    };
+    let complete = raw.len() < limit;
     let text = String::from_utf8_lossy(&raw);
     let shown = truncate_chars(&text, TEST_BODY_MAX_CHARS);
     if shown.is_empty() {

@@ -3,9 +3,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use reqwest::StatusCode;
+use http::StatusCode;
 use uuid::Uuid;
 
+use super::client::{read_body_prefix, HttpClient, SendError};
 use super::request;
 use super::settings::HookSettings;
 use super::target_policy::check_target;
@@ -59,7 +60,7 @@ pub struct Attempt<'a> {
 
 /// One POST. Never panics on anything the target does.
 pub async fn attempt(
-    http: &reqwest::Client,
+    http: &HttpClient,
     config: &DeliveryConfig,
     job: &Attempt<'_>,
 ) -> DeliveryOutcome {
@@ -85,43 +86,38 @@ pub async fn attempt(
         job.retry,
         now,
     );
+    let deadline = started + config.timeout;
     let sent = http
-        .post(job.hook.target_url.clone())
-        .headers(headers)
-        .body(job.body.clone())
-        .send()
+        .post(&job.hook.target_url, headers, job.body.clone(), deadline)
         .await;
     let response = match sent {
         Ok(r) => r,
         Err(e) => {
             return DeliveryOutcome::Failed {
-                // The hook's URL is known; leaving it out keeps any
-                // credentials in it out of last_error.
                 kind: if e.is_timeout() || e.is_connect() {
                     FailureKind::Overloaded
                 } else {
                     FailureKind::Answered
                 },
-                error: transport_error(&e.without_url(), &job.hook.target_url, config),
+                error: transport_error(&e, &job.hook.target_url, config),
                 retry_after: None,
             };
         }
     };
     let status = response.status();
-    let deadline = started + config.timeout;
-    let mut response = response;
+    let (parts, mut body) = response.into_parts();
     if status.is_success() {
         // A short body is read so the connection returns to the pool; a
         // long one is cut, and the connection closed with it.
-        let _ = read_prefix(&mut response, deadline).await;
+        let _ = read_body_prefix(&mut body, RESPONSE_PREFIX_BYTES, deadline).await;
         return DeliveryOutcome::Delivered(status);
     }
     if status == StatusCode::GONE {
         return DeliveryOutcome::Gone;
     }
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
+    let retry_after = parts
+        .headers
+        .get(http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
     let mut error = format!(
@@ -129,7 +125,7 @@ pub async fn attempt(
         status.as_u16(),
         status.canonical_reason().unwrap_or("")
     );
-    for (name, value) in response.headers() {
+    for (name, value) in &parts.headers {
         error.push_str(&format!(
             "{}: {}\n",
             name,
@@ -137,7 +133,9 @@ pub async fn attempt(
         ));
     }
     error.push('\n');
-    let body = read_prefix(&mut response, deadline).await;
+    let body = read_body_prefix(&mut body, RESPONSE_PREFIX_BYTES, deadline)
+        .await
+        .unwrap_or_else(|e| e.into_read());
     error.push_str(&String::from_utf8_lossy(&body));
     DeliveryOutcome::Failed {
         error: storable(&truncate_chars(&error, LAST_ERROR_MAX_CHARS)),
@@ -159,26 +157,6 @@ pub async fn attempt(
 /// walhook hold.
 pub const RESPONSE_PREFIX_BYTES: usize = 64 * 1024;
 
-/// At most [`RESPONSE_PREFIX_BYTES`] of the body, read before `deadline`
-/// (the attempt's timeout). What is left unread is discarded with the
-/// connection when the response is dropped.
-pub async fn read_prefix(
-    response: &mut reqwest::Response,
-    deadline: tokio::time::Instant,
-) -> Vec<u8> {
-    let mut body = Vec::new();
-    while body.len() < RESPONSE_PREFIX_BYTES {
-        match tokio::time::timeout_at(deadline, response.chunk()).await {
-            Ok(Ok(Some(chunk))) => {
-                let room = RESPONSE_PREFIX_BYTES - body.len();
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            }
-            _ => break,
-        }
-    }
-    body
-}
-
 /// Text PostgreSQL can store: a NUL byte (from a binary response body) is
 /// refused in text columns.
 fn storable(text: &str) -> String {
@@ -186,8 +164,9 @@ fn storable(text: &str) -> String {
 }
 
 /// A transport error with its causes (connect refused, timeout, TLS, ...);
-/// a TLS failure is said in words first, naming the host.
-fn transport_error(e: &reqwest::Error, url: &url::Url, config: &DeliveryConfig) -> String {
+/// a TLS failure is said in words first, naming the host. Causes never
+/// carry the URL, so credentials in it stay out of `last_error`.
+fn transport_error(e: &SendError, url: &url::Url, config: &DeliveryConfig) -> String {
     let mut text = if e.is_timeout() {
         "timed out: ".to_owned()
     } else if e.is_connect() {

@@ -39,7 +39,7 @@
 //! Everything delivery stores goes through the [`DeliveryStore`]
 //! interface, which the store implements for PostgreSQL.
 
-mod client;
+pub mod client;
 mod concurrency;
 mod dispatcher;
 mod hook;
@@ -63,7 +63,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use uuid::Uuid;
 
-pub use self::client::http_client;
+pub use self::client::{http_client, HttpClient};
 pub use self::dispatcher::Dispatcher;
 pub use self::hook::{HookControl, ParkReason};
 pub use self::http::{attempt, Attempt, DeliveryOutcome};
@@ -112,7 +112,7 @@ pub struct Job {
 /// Everything a hook's queue or its replayer needs.
 #[derive(Clone)]
 pub struct DeliveryContext {
-    pub http: reqwest::Client,
+    pub http: HttpClient,
     /// Delivery settings; SIGHUP may replace them.
     pub config: Live<DeliveryConfig>,
     pub metrics: Arc<crate::metrics::Metrics>,

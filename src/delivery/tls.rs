@@ -17,9 +17,8 @@
 //! # The rustls configuration
 //!
 //! Built here with the ring provider named explicitly, so it works whether or
-//! not a process-wide default provider was installed, and handed to reqwest
-//! ready-made. reqwest leaves a ready-made configuration's ALPN alone, so
-//! the protocols offered are set here from `delivery.http_version`: h2 and
+//! not a process-wide default provider was installed, and handed to the
+//! HTTP client ready-made, its ALPN included: the protocols offered are set here from `delivery.http_version`: h2 and
 //! http/1.1 (`auto`, the target chooses), http/1.1 only (`http1`), or h2
 //! only (`http2`).
 

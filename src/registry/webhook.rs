@@ -4,9 +4,9 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use reqwest::header::{HeaderName, HeaderValue};
-use reqwest::Url;
+use http::header::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
+use url::Url;
 
 use crate::events::{ChangeEvent, Operation, WebhookRow};
 use crate::text::{redacted_url, redacted_url_text};
