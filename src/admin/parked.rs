@@ -201,6 +201,7 @@ async fn redeliver(config: &Config, event_id: Uuid) -> anyhow::Result<u8> {
             body: &body,
             retry: attempts,
             settings: &settings,
+            key: None,
         },
     )
     .await;

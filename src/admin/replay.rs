@@ -13,7 +13,8 @@ use anyhow::bail;
 use super::connect;
 use crate::config::Config;
 use crate::delivery::{
-    attempt, http_client, Attempt, DeliveryOutcome, DeliveryStore, HookSettings, UsageBook,
+    attempt, http_client, Attempt, DeliveryOutcome, DeliveryStore, HookSettings, SigningKey,
+    UsageBook,
 };
 use crate::registry::{Registry, WebhookState};
 use crate::text::first_line;
@@ -64,6 +65,7 @@ pub async fn replay(config: &Config, webhook: Option<i32>) -> anyhow::Result<()>
             );
             continue;
         }
+        let key = hook.secret.as_deref().map(SigningKey::new);
         let book = UsageBook::default();
         let mut delivered = 0u64;
         let mut failure = None;
@@ -84,6 +86,7 @@ pub async fn replay(config: &Config, webhook: Option<i32>) -> anyhow::Result<()>
                         body: &row.body,
                         retry: attempts,
                         settings: &settings,
+                        key: key.as_ref(),
                     },
                 )
                 .await;

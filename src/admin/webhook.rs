@@ -335,7 +335,7 @@ async fn add(config: &Config, args: &AddArgs) -> anyhow::Result<u8> {
     check_target(&config.delivery, &hook.target_url)
         .map_err(|why| refuse(format!("target_url {why}")))?;
     // Headers walhook sets itself are never replaced by the hook's.
-    let sent = request::headers(&hook, None, "test", Uuid::nil(), b"", 0, 0);
+    let sent = request::headers(&hook, &Default::default(), "test", Uuid::nil(), b"", 0, 0);
     for (name, value) in &hook.headers {
         if sent.get(name) != Some(value) {
             eprintln!(
@@ -446,8 +446,11 @@ async fn test(config: &Config, id: i32) -> anyhow::Result<u8> {
     let settings = control_settings(&store, id).await?;
     let at = SystemTime::now();
     let now = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let previous = settings.previous_secret_at(at);
-    let mut headers = request::headers(&hook, previous, "test", event_id, &body, 0, now);
+    let keys = request::SigningKeys {
+        key: None,
+        previous_secret: settings.previous_secret_at(at),
+    };
+    let mut headers = request::headers(&hook, &keys, "test", event_id, &body, 0, now);
     headers.insert(
         HeaderName::from_static("x-hook-test"),
         HeaderValue::from_static("true"),

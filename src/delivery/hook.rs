@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 
 use super::concurrency::{ConcurrencyLimit, Signal};
 use super::settings::HookSettings;
+use super::signing::SigningKey;
 use crate::registry::{Webhook, WebhookState};
 
 /// Why a hook's events are parked.
@@ -41,8 +42,9 @@ pub(super) enum Mode {
 pub struct HookControl {
     pub id: i32,
     /// The hook as it stands now: attempts use its URL, headers and secret
-    /// (a DBA's fix applies at once); bodies keep the event's time.
-    current: RwLock<Arc<Webhook>>,
+    /// (a DBA's fix applies at once); bodies keep the event's time. With it,
+    /// its secret's keys, prepared once, replaced together with the hook.
+    current: RwLock<(Arc<Webhook>, Option<Arc<SigningKey>>)>,
     pub(super) consecutive_errors: AtomicU32,
     /// Jobs queued in or running from its queue.
     pub(super) in_flight: AtomicUsize,
@@ -88,7 +90,7 @@ impl HookControl {
     pub(super) fn new(hook: Arc<Webhook>, limit: ConcurrencyLimit, mode: Mode) -> HookControl {
         HookControl {
             id: hook.id,
-            current: RwLock::new(hook),
+            current: RwLock::new((Arc::clone(&hook), signing_key(&hook, None))),
             consecutive_errors: AtomicU32::new(0),
             in_flight: AtomicUsize::new(0),
             unwritten: AtomicUsize::new(0),
@@ -186,11 +188,21 @@ impl HookControl {
     }
 
     pub fn current(&self) -> Arc<Webhook> {
-        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()).0)
+    }
+
+    /// The hook as it stands now and its secret's prepared keys.
+    pub(super) fn current_with_key(&self) -> (Arc<Webhook>, Option<Arc<SigningKey>>) {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(super) fn set_current(&self, hook: Arc<Webhook>) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = hook;
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let key = signing_key(&hook, Some(&*current));
+        *current = (hook, key);
     }
 
     pub fn in_flight(&self) -> usize {
@@ -282,6 +294,19 @@ impl HookControl {
     /// New concurrency settings (a reload): the limit starts over.
     pub(super) fn set_concurrency(&self, limit: ConcurrencyLimit) {
         *self.concurrency() = limit;
+    }
+}
+
+/// The prepared keys of `hook`'s secret: those of `before` when its
+/// secret is the same.
+fn signing_key(
+    hook: &Webhook,
+    before: Option<&(Arc<Webhook>, Option<Arc<SigningKey>>)>,
+) -> Option<Arc<SigningKey>> {
+    let secret = hook.secret.as_deref()?;
+    match before {
+        Some((old, Some(key))) if old.secret.as_deref() == Some(secret) => Some(Arc::clone(key)),
+        _ => Some(Arc::new(SigningKey::new(secret))),
     }
 }
 

@@ -7,8 +7,9 @@ use http::StatusCode;
 use uuid::Uuid;
 
 use super::client::{read_body_prefix, HttpClient, SendError};
-use super::request;
+use super::request::{self, SigningKeys};
 use super::settings::HookSettings;
+use super::signing::SigningKey;
 use super::target_policy::check_target;
 use super::tls;
 use crate::config::DeliveryConfig;
@@ -56,6 +57,9 @@ pub struct Attempt<'a> {
     pub retry: u32,
     /// The hook's `webhook_control` settings (a rotated-out secret).
     pub settings: &'a HookSettings,
+    /// The hook's secret's keys, prepared once per hook; `None` prepares
+    /// them for this attempt.
+    pub key: Option<&'a SigningKey>,
 }
 
 /// One POST. Never panics on anything the target does.
@@ -76,10 +80,13 @@ pub async fn attempt(
     let now = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     // The old secret's expiry is checked now, at signing, whenever the
     // settings were read.
-    let previous = job.settings.previous_secret_at(at);
+    let keys = SigningKeys {
+        key: job.key,
+        previous_secret: job.settings.previous_secret_at(at),
+    };
     let headers = request::headers(
         job.hook,
-        previous,
+        &keys,
         job.event,
         job.event_id,
         job.body,

@@ -71,6 +71,7 @@ pub use self::parked::{DeliveryStore, ParkedBody, ParkedEvent, ParkedRow, Positi
 pub use self::parking::{parked_limit_warning, PARKED_WARN_PERCENT};
 pub use self::retry::backoff;
 pub use self::settings::HookSettings;
+pub use self::signing::SigningKey;
 pub use self::target_policy::{check_target, is_public, TargetRefused};
 pub use self::usage::{UsageBook, UsageDelta};
 use crate::checkpoint::Ticket;

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::signing;
+use super::signing::{self, SigningKey};
 use crate::events::ChangeEvent;
 use crate::registry::Webhook;
 
@@ -352,22 +352,28 @@ pub fn test_body(event_id: Uuid, hook: &Webhook, context_identifier: &str) -> By
     Bytes::from(body.to_string())
 }
 
+const X_SUPEROFFICE_EVENT: HeaderName = HeaderName::from_static("x-superoffice-event");
+const X_SUPEROFFICE_EVENTID: HeaderName = HeaderName::from_static("x-superoffice-eventid");
+const X_SUPEROFFICE_RETRY: HeaderName = HeaderName::from_static("x-superoffice-retry");
+const X_SUPEROFFICE_SIGNATURE: HeaderName = HeaderName::from_static("x-superoffice-signature");
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+
 /// Headers of one attempt. `retry` is 0 on the first try; `unix_time` is
 /// the time of this attempt, so a late delivery is not rejected as stale.
-/// `previous_secret` is a rotated-out secret still within its grace period
-/// at `unix_time`: it signs `webhook-signature` too, while
-/// `X-SuperOffice-Signature`, one value by definition, is the current
-/// secret's.
+/// `keys` says what signs it (the hook's secret, and a rotated-out one).
 pub fn headers(
     hook: &Webhook,
-    previous_secret: Option<&str>,
+    keys: &SigningKeys<'_>,
     event: &str,
     event_id: Uuid,
     body: &[u8],
     retry: u32,
     unix_time: u64,
 ) -> HeaderMap {
-    let mut h = HeaderMap::new();
+    // Sized once: walhook's own nine, and the hook's.
+    let mut h = HeaderMap::with_capacity(9 + hook.headers.len());
     // The hook's own headers may add to walhook's but never replace one,
     // not even one walhook leaves out for this hook (no secret, no
     // signature header of the hook's making).
@@ -376,10 +382,11 @@ pub fn headers(
             h.insert(name.clone(), value.clone());
         }
     }
-    let id = event_id.to_string();
-    let set = |h: &mut HeaderMap, name: &'static str, value: &str| {
+    let mut id = Uuid::encode_buffer();
+    let id: &str = event_id.hyphenated().encode_lower(&mut id);
+    let set = |h: &mut HeaderMap, name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
-            h.insert(HeaderName::from_static(name), v);
+            h.insert(name, v);
         }
     };
     h.insert(
@@ -390,25 +397,51 @@ pub fn headers(
         USER_AGENT,
         HeaderValue::from_static(concat!("walhook/", env!("CARGO_PKG_VERSION"))),
     );
-    set(&mut h, "x-superoffice-event", event);
-    set(&mut h, "x-superoffice-eventid", &id);
-    set(&mut h, "x-superoffice-retry", &retry.to_string());
+    set(&mut h, X_SUPEROFFICE_EVENT, event);
+    set(&mut h, X_SUPEROFFICE_EVENTID, id);
+    set(&mut h, X_SUPEROFFICE_RETRY, &retry.to_string());
     if let Some(secret) = &hook.secret {
+        let built;
+        let key = match keys.key {
+            Some(key) => key,
+            None => {
+                built = SigningKey::new(secret);
+                &built
+            }
+        };
+        // The same secret twice signs once.
+        let previous = keys
+            .previous_secret
+            .filter(|previous| previous != secret)
+            .map(SigningKey::new);
         let ts = unix_time.to_string();
         set(
             &mut h,
-            "x-superoffice-signature",
-            &signing::superoffice_signature(secret, body),
+            X_SUPEROFFICE_SIGNATURE,
+            &key.superoffice_signature(body),
         );
-        set(&mut h, "webhook-id", &id);
-        set(&mut h, "webhook-timestamp", &ts);
+        set(&mut h, WEBHOOK_ID, id);
+        set(&mut h, WEBHOOK_TIMESTAMP, &ts);
         set(
             &mut h,
-            "webhook-signature",
-            &signing::standard_webhooks_signatures(secret, previous_secret, &id, &ts, body),
+            WEBHOOK_SIGNATURE,
+            &signing::standard_webhooks_signatures(key, previous.as_ref(), id, &ts, body),
         );
     }
     h
+}
+
+/// The keys an attempt is signed with.
+#[derive(Default, Clone, Copy)]
+pub struct SigningKeys<'a> {
+    /// The hook's secret's keys, prepared once per hook; `None` prepares
+    /// them from the hook's secret for this attempt.
+    pub key: Option<&'a SigningKey>,
+    /// A rotated-out secret still within its grace period at the attempt's
+    /// time: it signs `webhook-signature` too, while
+    /// `X-SuperOffice-Signature`, one value by definition, is the current
+    /// secret's.
+    pub previous_secret: Option<&'a str>,
 }
 
 /// Headers that only walhook (or the HTTP layer) sets.
@@ -562,6 +595,68 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v.map(str::to_owned)))
         .collect();
         Webhook::from_row(&WebhookRow(row)).unwrap()
+    }
+
+    /// Prepared keys sign exactly as keys prepared per attempt; a previous
+    /// secret adds its signature to `webhook-signature` only, and the same
+    /// secret given as both signs once.
+    #[test]
+    fn headers_sign_with_prepared_keys_and_a_rotated_out_secret() {
+        let mut hook = hook(None);
+        hook.secret = Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned());
+        let event_id = Uuid::from_u128(7);
+        let body = br#"{"Event":"contact.created"}"#;
+        let signed = |keys: &SigningKeys<'_>| {
+            headers(
+                &hook,
+                keys,
+                "contact.created",
+                event_id,
+                body,
+                0,
+                1_700_000_000,
+            )
+        };
+        let value = |h: &HeaderMap, name: &str| h.get(name).unwrap().to_str().unwrap().to_owned();
+        let prepared = SigningKey::new(hook.secret.as_deref().unwrap());
+        let alone = signed(&SigningKeys::default());
+        let with_prepared = signed(&SigningKeys {
+            key: Some(&prepared),
+            previous_secret: None,
+        });
+        assert_eq!(alone, with_prepared);
+        let id = event_id.to_string();
+        let current = signing::standard_webhooks_signature(
+            hook.secret.as_deref().unwrap(),
+            &id,
+            "1700000000",
+            body,
+        );
+        assert_eq!(value(&alone, "webhook-signature"), current);
+        assert_eq!(
+            value(&alone, "x-superoffice-signature"),
+            signing::superoffice_signature(hook.secret.as_deref().unwrap(), body)
+        );
+
+        let rotating = signed(&SigningKeys {
+            key: Some(&prepared),
+            previous_secret: Some("old secret"),
+        });
+        let old = signing::standard_webhooks_signature("old secret", &id, "1700000000", body);
+        assert_eq!(
+            value(&rotating, "webhook-signature"),
+            format!("{current} {old}")
+        );
+        assert_eq!(
+            value(&rotating, "x-superoffice-signature"),
+            value(&alone, "x-superoffice-signature")
+        );
+
+        let same_twice = signed(&SigningKeys {
+            key: Some(&prepared),
+            previous_secret: hook.secret.as_deref(),
+        });
+        assert_eq!(value(&same_twice, "webhook-signature"), current);
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub(super) async fn deliver(
             // Stopped, tripped, paused or changed while waiting: look again.
             continue;
         }
-        let hook = control.current();
+        let (hook, key) = control.current_with_key();
         let settings = control.settings();
         let config = ctx.config.get();
         let started = Instant::now();
@@ -90,6 +90,7 @@ pub(super) async fn deliver(
                 body,
                 retry,
                 settings: &settings,
+                key: key.as_deref(),
             },
         )
         .await;
