@@ -171,6 +171,23 @@ cpu_seconds() {
     awk -v t="$CLK_TCK" '{ printf "%.2f", ($12 + $13) / t }' <<<"${stat##*) }"
 }
 
+# The whole machine's CPU ticks from /proc/stat's cpu line: "busy softirq
+# steal total" (busy: all but idle and iowait; guest time is already in user).
+machine_ticks() {
+    awk '/^cpu / { t = $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; print t - $5 - $6, $8, $9, t; exit }' /proc/stat
+}
+# How busy all cores were between two machine_ticks readings: whether the
+# cores, not one program, were the limit. Softirq is the loopback network's
+# share charged to no process; steal is time the hypervisor gave elsewhere.
+machine_busy() {
+    local busy
+    busy=$(awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[4] - x[4];
+        if (t <= 0) exit 1
+        printf "%.0f%% of all cores busy (softirq %.0f%%, steal %.0f%%)", 100 * (y[1] - x[1]) / t, 100 * (y[2] - x[2]) / t, 100 * (y[3] - x[3]) / t }') \
+        || die "cannot measure the machine's CPU use: /proc/stat did not advance ($1 -> $2)"
+    echo "$busy"
+}
+
 # CHILDREN_CPU: CPU seconds (user + system) of this shell's finished
 # children so far. Called directly, not in $(...): a subshell has its own.
 children_cpu() {
@@ -789,6 +806,7 @@ section_nginx() {
         done
 
         say "walhook run ($RUN_NAME): catching up with $EXPECTED changes (timeout ${WALHOOK_TIMEOUT}s)"
+        machine_before=$(machine_ticks)
         t0=$(now)
         NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$WALHOOK" -c "$TMP/$RUN_FILE.toml" run >"$TMP/$RUN_FILE.log" 2>&1 &
         WALHOOK_PID=$!
@@ -833,6 +851,7 @@ section_nginx() {
             fi
             sleep 0.05
         done
+        MACHINE_BUSY=$(machine_busy "$machine_before" "$(machine_ticks)")
         WALHOOK_SECONDS=$(awk -v a="$SLOT_SECONDS" -v b="$DELIVERED_SECONDS" 'BEGIN { printf "%.3f", (a > b ? a : b) }')
         WALHOOK_RATE=$(rate "$EXPECTED" "$WALHOOK_SECONDS")
         say "walhook ($RUN_NAME) done after ${WALHOOK_SECONDS}s (slot confirmed $END_LSN at ${SLOT_SECONDS}s, all requests received at ${DELIVERED_SECONDS}s)"
@@ -884,7 +903,7 @@ section_nginx() {
     # The figures of one run; save_results PREFIX keeps them as PREFIX_NAME,
     # load_results PREFIX brings them back.
     RESULT_VARS=(SLOT_SECONDS DELIVERED_SECONDS DELIVERED_BY WALHOOK_SECONDS WALHOOK_RATE calls errors
-                 ng_final WALHOOK_HWM WALHOOK_CPU WALSENDER_CPU SQL_CPU NGINX_CPU walhook_rc LOG_WARN RUN_FILE)
+                 ng_final WALHOOK_HWM WALHOOK_CPU WALSENDER_CPU SQL_CPU NGINX_CPU MACHINE_BUSY walhook_rc LOG_WARN RUN_FILE)
     save_results() { local v; for v in "${RESULT_VARS[@]}"; do printf -v "${1}_$v" '%s' "${!v}"; done; }
     load_results() { local v n; for v in "${RESULT_VARS[@]}"; do n="${1}_$v"; printf -v "$v" '%s' "${!n}"; done; }
 
@@ -943,6 +962,7 @@ walhook peak RSS: $(( WALHOOK_HWM / 1024 )) MiB   (VmHWM $WALHOOK_HWM kB)
 milestones      : slot confirmed at ${SLOT_SECONDS} s; receiver had all $EXPECTED requests at ${DELIVERED_SECONDS} s ($DELIVERED_BY)
 receiver-side   : $DELIVERED_RATE changes/s, ratio $DELIVERED_RATIO   (from the last-request time alone, without the confirmation delay)
 CPU during catch-up: walhook ${WALHOOK_CPU} s (${CPU_PCT}% of one core), its walsender ${WALSENDER_CPU} s, its SQL sessions ${SQL_CPU} s, nginx workers ${NGINX_CPU} s
+machine         : $MACHINE_BUSY during the catch-up
 webhook_usage   : total_calls ${calls:-?}, total_errors ${errors:-?}; nginx counted $( (( ng_final >= 0 )) && echo "$ng_final" || echo "n/a") requests
 walhook log     : $LOG_WARN WARN/ERROR lines; exit status $walhook_rc after SIGTERM
 EOF
@@ -954,6 +974,7 @@ walhook https   : $TLS_WALHOOK_RATE changes/s   (${TLS_WALHOOK_SECONDS} s; slot 
 ratio           : $TLS_RATIO   (walhook https / pg_recvlogical)
 walhook peak RSS: $(( TLS_WALHOOK_HWM / 1024 )) MiB   (VmHWM $TLS_WALHOOK_HWM kB)
 CPU during catch-up: walhook ${TLS_WALHOOK_CPU} s (${TLS_CPU_PCT}% of one core), nginx workers ${TLS_NGINX_CPU} s
+machine         : $TLS_MACHINE_BUSY during the catch-up
 webhook_usage   : total_calls ${TLS_calls:-?}, total_errors ${TLS_errors:-?}; $TLS_LOG_WARN WARN/ERROR lines; exit status $TLS_walhook_rc after SIGTERM
 
 side by side    : http $WALHOOK_RATE changes/s, https $TLS_WALHOOK_RATE changes/s (https / http $(awk -v a="$TLS_WALHOOK_RATE" -v b="$WALHOOK_RATE" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "?" }'))
@@ -983,6 +1004,8 @@ EOF
     NGINX_WALSENDER_US=$(awk -v c="$WALSENDER_CPU" -v n="$EXPECTED" 'BEGIN { printf "%.1f", c * 1e6 / n }')
     summary nginx "walhook -> nginx, http" "$WALHOOK_RATE changes/s" "pg_recvlogical $RECV_RATE/s (ratio $RATIO)" "$(( WALHOOK_HWM / 1024 )) MiB"
     summary nginx "  receiver-side (no confirm delay)" "$DELIVERED_RATE changes/s" "ratio $DELIVERED_RATIO" ""
+    summary nginx "  machine during the http run" "${MACHINE_BUSY%% (*}" "(${MACHINE_BUSY#*(}" ""
+    NGINX_MACHINE_BUSY=$MACHINE_BUSY
     if (( HTTPS )); then
         summary nginx "walhook -> nginx, https" "$TLS_WALHOOK_RATE changes/s" "pg_recvlogical $RECV_RATE/s (ratio $TLS_RATIO)" "$(( TLS_WALHOOK_HWM / 1024 )) MiB"
     fi
@@ -1200,7 +1223,7 @@ section_decode() {
 # The HTTP ceiling: wrk POSTing a body of walhook's shape and size to the
 # same nginx location, WRK_CONNECTIONS connections kept alive.
 section_wrk() {
-    local body threads rps label pad ng_before ng_after children_before wrk_cpu requests p
+    local body threads rps label pad ng_before ng_after children_before wrk_cpu requests p machine_before
     # A bench_item.changed body as walhook sends it, its label padded so the
     # body is about 600 bytes.
     label="item 4242 upd"
@@ -1234,8 +1257,10 @@ EOF
     done
     children_cpu
     children_before=$CHILDREN_CPU
+    machine_before=$(machine_ticks)
     wrk -t "$threads" -c "$WRK_CONNECTIONS" -d "${WRK_SECONDS}s" -s "$TMP/wrk.lua" "$HOOK_URL" \
         >"$TMP/wrk.log" 2>&1 || { cat "$TMP/wrk.log" >&2; die "wrk failed"; }
+    WRK_MACHINE_BUSY=$(machine_busy "$machine_before" "$(machine_ticks)")
     children_cpu
     wrk_cpu=$(awk -v a="$children_before" -v b="$CHILDREN_CPU" 'BEGIN { printf "%.2f", b - a }')
     ng_after=0
@@ -1250,7 +1275,7 @@ EOF
     [[ $requests =~ ^[0-9]+$ ]] && (( requests > 0 )) || { cat "$TMP/wrk.log" >&2; die "wrk reported no request count"; }
     WRK_US=$(awk -v c="$wrk_cpu" -v n="$requests" 'BEGIN { printf "%.1f", c * 1e6 / n }')
     WRK_NGINX_US=$(awk -v a="$ng_before" -v b="$ng_after" -v n="$requests" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }')
-    say "wrk: $rps requests/s; CPU per request: wrk $WRK_US us, nginx $WRK_NGINX_US us"
+    say "wrk: $rps requests/s; CPU per request: wrk $WRK_US us, nginx $WRK_NGINX_US us; machine: $WRK_MACHINE_BUSY"
     WRK_RATE=$rps
     if [[ -n ${NGINX_HTTP_RATE:-} && -n ${DECODE_US:-} ]]; then
         summary wrk "wrk -> nginx (${#body} B, ${WRK_CONNECTIONS} conns)" "$rps requests/s" \
@@ -1264,6 +1289,7 @@ EOF
         summary wrk "  2 cores saturated at" \
             "$(awk -v w="$NGINX_HTTP_US" -v n="$WRK_NGINX_US" -v s="$NGINX_WALSENDER_US" 'BEGIN { printf "%.0f", 2e6 / (w + n + s) }')/s (walhook)" \
             "$(awk -v w="$WRK_US" -v d="$DECODE_US" -v n="$WRK_NGINX_US" -v s="$NGINX_WALSENDER_US" 'BEGIN { printf "%.0f", 2e6 / (w + d + n + s) }')/s (wrk-lean client + decode)" ""
+        summary wrk "  machine during wrk" "${WRK_MACHINE_BUSY%% (*}" "(${WRK_MACHINE_BUSY#*(}" ""
     else
         summary wrk "wrk -> nginx (${#body} B, ${WRK_CONNECTIONS} conns)" "$rps requests/s" "walhook/wrk: run sections decode and nginx too" ""
     fi
