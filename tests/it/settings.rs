@@ -325,6 +325,9 @@ async fn too_many_requests_holds_the_whole_hook_and_is_not_an_error() {
     let throttled_at = got[0].at;
     assert_eq!(got[0].status, 429);
     // Another row's event, committed after the 429 came back, waits too.
+    // The receiver's log shows the request arrived, not that walhook has
+    // read the answer; its own log line says so.
+    h.wait_log("target throttles").await;
     insert(&h, "second").await;
     let got = receiver
         .wait_until(WAIT, |r| r.iter().filter(|r| r.status == 200).count() >= 2)
