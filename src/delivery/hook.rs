@@ -38,13 +38,16 @@ pub(super) enum Mode {
     Parking(ParkReason),
 }
 
+/// A hook and its secret's prepared keys, replaced together.
+pub(super) type HookWithKey = (Arc<Webhook>, Option<Arc<SigningKey>>);
+
 /// Shared state of one hook: queue, replayer and reader all see it.
 pub struct HookControl {
     pub id: i32,
     /// The hook as it stands now: attempts use its URL, headers and secret
     /// (a DBA's fix applies at once); bodies keep the event's time. With it,
     /// its secret's keys, prepared once, replaced together with the hook.
-    current: RwLock<(Arc<Webhook>, Option<Arc<SigningKey>>)>,
+    current: RwLock<HookWithKey>,
     pub(super) consecutive_errors: AtomicU32,
     /// Jobs queued in or running from its queue.
     pub(super) in_flight: AtomicUsize,
@@ -192,7 +195,7 @@ impl HookControl {
     }
 
     /// The hook as it stands now and its secret's prepared keys.
-    pub(super) fn current_with_key(&self) -> (Arc<Webhook>, Option<Arc<SigningKey>>) {
+    pub(super) fn current_with_key(&self) -> HookWithKey {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -299,10 +302,7 @@ impl HookControl {
 
 /// The prepared keys of `hook`'s secret: those of `before` when its
 /// secret is the same.
-fn signing_key(
-    hook: &Webhook,
-    before: Option<&(Arc<Webhook>, Option<Arc<SigningKey>>)>,
-) -> Option<Arc<SigningKey>> {
+fn signing_key(hook: &Webhook, before: Option<&HookWithKey>) -> Option<Arc<SigningKey>> {
     let secret = hook.secret.as_deref()?;
     match before {
         Some((old, Some(key))) if old.secret.as_deref() == Some(secret) => Some(Arc::clone(key)),

@@ -119,43 +119,48 @@ fn verify(requests: &[ReceivedRequest], committed: &BTreeSet<i32>) -> usize {
 /// daemon streamed (all those of the killed one, maybe a few of the next)
 /// and the position recorded at the kill.
 fn assert_resends_were_in_flight(requests: &[ReceivedRequest], kills: &[(usize, u64)]) {
-    let mut first: HashMap<String, usize> = HashMap::new();
-    for (i, r) in requests.iter().enumerate() {
-        let b = r.json();
-        let id = b["EventId"].as_str().unwrap().to_owned();
-        let Some(&f) = first.get(&id) else {
-            first.insert(id, i);
-            continue;
-        };
+    for (kill, resent) in resends(requests, kills) {
+        let b = resent.json();
+        let id = b["EventId"].as_str().unwrap();
         let lsn = b["Lsn"].as_str().unwrap();
         let (_, recorded) = kills
-            .iter()
-            .find(|(boundary, _)| *boundary > f)
-            .unwrap_or_else(|| panic!("{id} at {lsn} was sent twice with no kill between"));
+            [kill.unwrap_or_else(|| panic!("{id} at {lsn} was sent twice with no kill between"))];
         assert!(
-            parse_lsn(lsn) >= *recorded,
+            parse_lsn(lsn) >= recorded,
             "{id} at {lsn} was sent again although walhook had recorded {recorded:X} as settled \
              at the kill after its first delivery"
         );
     }
 }
 
-/// For each kill, how many changes first delivered before it (and after
-/// the kill before) were sent again.
-fn duplicates_per_kill(requests: &[ReceivedRequest], kills: &[(usize, u64)]) -> Vec<usize> {
+/// Each request that sent a change again, with the index in `kills` of the
+/// first kill after the change's first delivery (none: no kill came
+/// between).
+fn resends<'a>(
+    requests: &'a [ReceivedRequest],
+    kills: &[(usize, u64)],
+) -> Vec<(Option<usize>, &'a ReceivedRequest)> {
     let mut first: HashMap<String, usize> = HashMap::new();
-    let mut per_kill = vec![0; kills.len()];
+    let mut resent = Vec::new();
     for (i, r) in requests.iter().enumerate() {
         let id = r.json()["EventId"].as_str().unwrap().to_owned();
         match first.get(&id) {
-            Some(&f) => {
-                if let Some(k) = kills.iter().position(|(boundary, _)| *boundary > f) {
-                    per_kill[k] += 1;
-                }
-            }
+            Some(&f) => resent.push((kills.iter().position(|(boundary, _)| *boundary > f), r)),
             None => {
                 first.insert(id, i);
             }
+        }
+    }
+    resent
+}
+
+/// For each kill, how many changes first delivered before it (and after
+/// the kill before) were sent again.
+fn duplicates_per_kill(requests: &[ReceivedRequest], kills: &[(usize, u64)]) -> Vec<usize> {
+    let mut per_kill = vec![0; kills.len()];
+    for (kill, _) in resends(requests, kills) {
+        if let Some(k) = kill {
+            per_kill[k] += 1;
         }
     }
     per_kill
