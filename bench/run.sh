@@ -8,7 +8,8 @@
 # SECTIONS (comma-separated, default all, in this order):
 #   decode   no hook: walhook decoding DECODE_ROWS + DECODE_UPDATES changes vs pg_recvlogical
 #   nginx    delivery of ROWS + UPDATES changes to nginx (http, and https with HTTPS=1)
-#   wrk      wrk POSTing a walhook-sized body to the same nginx (the HTTP ceiling)
+#   wrk      wrk POSTing a walhook-sized body to the same nginx (the HTTP ceiling), and
+#            the same POSTs from walhook's HTTP client stack alone (walhook-post)
 #   slow     one hook whose target answers after SLOW_DELAY_MS, SLOW_ROWS rows in one transaction
 #   latency  commit -> receipt latency at LATENCY_RATE single-row transactions/s
 #   parked   the healthy hook with PARKED_HOOKS extra hooks in state 3, bytes per parked
@@ -61,6 +62,9 @@ DECODE_UPDATES=${DECODE_UPDATES:-200000}
 # wrk: POSTs of a walhook-sized body to nginx, WRK_CONNECTIONS kept alive.
 WRK_SECONDS=${WRK_SECONDS:-10}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-8}
+# ...and the same POSTs from walhook's HTTP client stack alone (walhook-post),
+# POST_CONCURRENCY requests in flight.
+POST_CONCURRENCY=${POST_CONCURRENCY:-128}
 # slow: one hook whose target answers every request after SLOW_DELAY_MS.
 SLOW_ROWS=${SLOW_ROWS:-5000}
 SLOW_DELAY_MS=${SLOW_DELAY_MS:-50}
@@ -86,7 +90,7 @@ die() { printf '\n[bench] FAILED: %s\n' "$*" >&2; exit 1; }
 [[ -z $HOOKS || $HOOKS == compare || $HOOKS == fanout ]] \
     || die "HOOKS must be empty, 'compare' or 'fanout' (got '$HOOKS')"
 for v in ROWS UPDATES WALHOOK_TIMEOUT RECVLOGICAL_TIMEOUT HTTPS HOOK_COUNT FANOUT_HOOKS \
-         DECODE_ROWS DECODE_UPDATES WRK_SECONDS WRK_CONNECTIONS SLOW_ROWS SLOW_DELAY_MS \
+         DECODE_ROWS DECODE_UPDATES WRK_SECONDS WRK_CONNECTIONS POST_CONCURRENCY SLOW_ROWS SLOW_DELAY_MS \
          LATENCY_RATE LATENCY_SECONDS PARKED_ROWS PARKED_LAT_SECONDS REPLAY_EVENTS \
          CRASH_RATE CRASH_KILLS CRASH_INTERVAL CRASH_DRAIN_TIMEOUT SINK_TLS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got '${!v}')"
@@ -106,6 +110,7 @@ fi
 (( DECODE_ROWS >= 1 && DECODE_UPDATES <= DECODE_ROWS )) \
     || die "DECODE_ROWS must be at least 1 and DECODE_UPDATES ($DECODE_UPDATES) at most DECODE_ROWS ($DECODE_ROWS)"
 (( WRK_SECONDS >= 1 && WRK_CONNECTIONS >= 1 )) || die "WRK_SECONDS and WRK_CONNECTIONS must be at least 1"
+(( POST_CONCURRENCY >= 1 && POST_CONCURRENCY <= 4096 )) || die "POST_CONCURRENCY must be from 1 to 4096"
 (( SLOW_ROWS >= 1 && SLOW_DELAY_MS <= 60000 )) || die "SLOW_ROWS must be at least 1 and SLOW_DELAY_MS at most 60000"
 (( LATENCY_RATE >= 1 && LATENCY_SECONDS >= 1 )) || die "LATENCY_RATE and LATENCY_SECONDS must be at least 1"
 (( PARKED_ROWS >= 1 && PARKED_LAT_SECONDS >= 1 && REPLAY_EVENTS >= 1 )) \
@@ -289,6 +294,12 @@ if [[ $SKIP_BUILD != 1 && -z ${WALHOOK_BIN:-} ]]; then
     cargo build --release --quiet || die "cargo build --release failed"
 fi
 [[ -x $WALHOOK ]] || die "$WALHOOK not found (build it with cargo build --release)"
+POST_BIN=$REPO/target/release/walhook-post
+if wants wrk && [[ ! -x $POST_BIN || ( -n ${WALHOOK_BIN:-} && $SKIP_BUILD != 1 ) ]]; then
+    say "cargo build --release -p walhook-lab --bin walhook-post"
+    cargo build --release --quiet -p walhook-lab --bin walhook-post || die "building walhook-post failed"
+fi
+! wants wrk || [[ -x $POST_BIN ]] || die "$POST_BIN not found (cargo build --release -p walhook-lab)"
 SINK_BIN=$REPO/target/release/walhook-sink
 if (( NEED_SINK )) && [[ ! -x $SINK_BIN || ( -n ${WALHOOK_BIN:-} && $SKIP_BUILD != 1 ) ]]; then
     say "cargo build --release -p walhook-lab --bin walhook-sink"
@@ -1223,7 +1234,8 @@ section_decode() {
 # The HTTP ceiling: wrk POSTing a body of walhook's shape and size to the
 # same nginx location, WRK_CONNECTIONS connections kept alive.
 section_wrk() {
-    local body threads rps label pad ng_before ng_after children_before wrk_cpu requests p machine_before
+    local body threads rps label pad ng_before ng_after children_before wrk_cpu requests p machine_before h
+    local -a headers
     # A bench_item.changed body as walhook sends it, its label padded so the
     # body is about 600 bytes.
     label="item 4242 upd"
@@ -1232,21 +1244,27 @@ section_wrk() {
     (( pad > 0 )) && label="$label $(printf '%*s' "$pad" '' | tr ' ' 'x')"
     body=${body/LABEL/$label}
     printf '%s' "$body" >"$TMP/wrk-body.json"
-    cat >"$TMP/wrk.lua" <<EOF
-wrk.method = "POST"
-local f = assert(io.open("$TMP/wrk-body.json", "rb"))
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json; charset=utf-8"
-wrk.headers["User-Agent"] = "walhook/0.1.0"
-wrk.headers["X-SuperOffice-Event"] = "bench_item.changed"
-wrk.headers["X-SuperOffice-EventId"] = "6f0c1d7e-5c1a-5f0e-9a3b-1c2d3e4f5a6b"
-wrk.headers["X-SuperOffice-Retry"] = "0"
-wrk.headers["X-SuperOffice-Signature"] = "Nq8Yp3b2n0cD9m0ZQe5oYkXh0c3mQyVq1J0b2y7s8pE="
-wrk.headers["webhook-id"] = "6f0c1d7e-5c1a-5f0e-9a3b-1c2d3e4f5a6b"
-wrk.headers["webhook-timestamp"] = "1767254400"
-wrk.headers["webhook-signature"] = "v1,Kq3Yp3b2n0cD9m0ZQe5oYkXh0c3mQyVq1J0b2y7s8pE="
-EOF
+    # The headers walhook sends, with values of their usual length.
+    headers=(
+        "Content-Type: application/json; charset=utf-8"
+        "User-Agent: walhook/0.1.0"
+        "X-SuperOffice-Event: bench_item.changed"
+        "X-SuperOffice-EventId: 6f0c1d7e-5c1a-5f0e-9a3b-1c2d3e4f5a6b"
+        "X-SuperOffice-Retry: 0"
+        "X-SuperOffice-Signature: Nq8Yp3b2n0cD9m0ZQe5oYkXh0c3mQyVq1J0b2y7s8pE="
+        "webhook-id: 6f0c1d7e-5c1a-5f0e-9a3b-1c2d3e4f5a6b"
+        "webhook-timestamp: 1767254400"
+        "webhook-signature: v1,Kq3Yp3b2n0cD9m0ZQe5oYkXh0c3mQyVq1J0b2y7s8pE="
+    )
+    {
+        echo 'wrk.method = "POST"'
+        echo "local f = assert(io.open(\"$TMP/wrk-body.json\", \"rb\"))"
+        echo 'wrk.body = f:read("*a")'
+        echo 'f:close()'
+        for h in "${headers[@]}"; do
+            printf 'wrk.headers["%s"] = "%s"\n' "${h%%: *}" "${h#*: }"
+        done
+    } >"$TMP/wrk.lua"
     threads=$(( WRK_CONNECTIONS < 2 ? WRK_CONNECTIONS : 2 ))
     say "wrk: ${WRK_SECONDS}s, $WRK_CONNECTIONS connections, ${#body}-byte body to $HOOK_URL"
     # CPU per request of nginx and of wrk itself (a minimal client): with
@@ -1277,6 +1295,7 @@ EOF
     WRK_NGINX_US=$(awk -v a="$ng_before" -v b="$ng_after" -v n="$requests" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }')
     say "wrk: $rps requests/s; CPU per request: wrk $WRK_US us, nginx $WRK_NGINX_US us; machine: $WRK_MACHINE_BUSY"
     WRK_RATE=$rps
+    post_run
     if [[ -n ${NGINX_HTTP_RATE:-} && -n ${DECODE_US:-} ]]; then
         summary wrk "wrk -> nginx (${#body} B, ${WRK_CONNECTIONS} conns)" "$rps requests/s" \
             "walhook/wrk $(ratio "$NGINX_HTTP_RATE" "$rps") (receiver-side $(ratio "$NGINX_HTTP_DELIVERED_RATE" "$rps"))" ""
@@ -1290,9 +1309,45 @@ EOF
             "$(awk -v w="$NGINX_HTTP_US" -v n="$WRK_NGINX_US" -v s="$NGINX_WALSENDER_US" 'BEGIN { printf "%.0f", 2e6 / (w + n + s) }')/s (walhook)" \
             "$(awk -v w="$WRK_US" -v d="$DECODE_US" -v n="$WRK_NGINX_US" -v s="$NGINX_WALSENDER_US" 'BEGIN { printf "%.0f", 2e6 / (w + d + n + s) }')/s (wrk-lean client + decode)" ""
         summary wrk "  machine during wrk" "${WRK_MACHINE_BUSY%% (*}" "(${WRK_MACHINE_BUSY#*(}" ""
+        summary wrk "hyper client alone (${POST_CONCURRENCY} in flight)" "$POST_RATE requests/s" \
+            "walhook/it $(ratio "$NGINX_HTTP_RATE" "$POST_RATE"), it/wrk $(ratio "$POST_RATE" "$rps")" ""
     else
         summary wrk "wrk -> nginx (${#body} B, ${WRK_CONNECTIONS} conns)" "$rps requests/s" "walhook/wrk: run sections decode and nginx too" ""
+        summary wrk "hyper client alone (${POST_CONCURRENCY} in flight)" "$POST_RATE requests/s" "it/wrk $(ratio "$POST_RATE" "$rps")" ""
     fi
+    summary wrk "  CPU per request (us)" "it $POST_US, nginx $POST_NGINX_US" "machine: ${POST_MACHINE_BUSY%% (*}" ""
+}
+
+# post_run: the same POSTs as wrk's, from walhook-post: walhook's HTTP
+# client stack (hyper's pooled client) with POST_CONCURRENCY requests in
+# flight and none of walhook's own work per request. Sets POST_RATE,
+# POST_US (its CPU per request), POST_NGINX_US and POST_MACHINE_BUSY.
+post_run() {
+    local args=() h p line requests secs cpu failed ng_before ng_after machine_before
+    args=(--body-file "$TMP/wrk-body.json" --concurrency "$POST_CONCURRENCY" --seconds "$WRK_SECONDS")
+    for h in "${headers[@]}"; do args+=(--header "$h"); done
+    say "walhook-post: ${WRK_SECONDS}s, $POST_CONCURRENCY requests in flight, the same body and headers to $HOOK_URL"
+    ng_before=0
+    for p in $(pgrep -P "$NGINX_PID" 2>/dev/null || true); do
+        ng_before=$(awk -v a="$ng_before" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
+    done
+    machine_before=$(machine_ticks)
+    "$POST_BIN" "${args[@]}" "$HOOK_URL" >"$TMP/post.log" 2>&1 \
+        || { cat "$TMP/post.log" >&2; die "walhook-post failed"; }
+    POST_MACHINE_BUSY=$(machine_busy "$machine_before" "$(machine_ticks)")
+    ng_after=0
+    for p in $(pgrep -P "$NGINX_PID" 2>/dev/null || true); do
+        ng_after=$(awk -v a="$ng_after" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
+    done
+    line=$(grep '^requests ' "$TMP/post.log" || true)
+    read -r _ requests _ secs _ cpu _ failed <<<"$line"
+    [[ ${requests:-} =~ ^[0-9]+$ ]] && (( requests > 0 )) && [[ ${secs:-} =~ ^[0-9.]+$ && ${cpu:-} =~ ^[0-9.]+$ ]] \
+        || { cat "$TMP/post.log" >&2; die "walhook-post reported no request count"; }
+    [[ $failed == 0 ]] || { cat "$TMP/post.log" >&2; die "walhook-post: $failed requests were not answered 2xx"; }
+    POST_RATE=$(awk -v n="$requests" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
+    POST_US=$(awk -v c="$cpu" -v n="$requests" 'BEGIN { printf "%.1f", c * 1e6 / n }')
+    POST_NGINX_US=$(awk -v a="$ng_before" -v b="$ng_after" -v n="$requests" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }')
+    say "walhook-post: $POST_RATE requests/s; CPU per request: it $POST_US us, nginx $POST_NGINX_US us; machine: $POST_MACHINE_BUSY"
 }
 
 # ------------------------------------------------------- section slow

@@ -1,0 +1,153 @@
+//! walhook-post: POSTs one body over and over with walhook's HTTP stack,
+//! for bench/run.sh.
+//!
+//! wrk measures what the machine allows a minimal client written in C.
+//! This measures what the HTTP library walhook delivers with allows: the
+//! same hyper pooled client, configured as walhook configures it (HTTP/1.1
+//! keep-alive, no Nagle delay), driving a fixed number of requests in
+//! flight from one task as a walhook hook's queue does, with nothing else
+//! per request (no decoding, no body to build, no signature, no
+//! bookkeeping). The gap between this and walhook is walhook's own work;
+//! the gap between this and wrk is the library's.
+//!
+//! Prints one line when done:
+//! `requests N seconds S cpu_seconds C failed F`, where C is this process's
+//! user and system CPU time over the run.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Parser;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use nix::sys::resource::{getrusage, UsageWho};
+
+/// walhook's allocator, so the two are compared on the same one.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "walhook-post",
+    about = "POSTs a body over and over with walhook's HTTP client stack"
+)]
+struct Args {
+    /// An http:// URL (plain HTTP/1.1, as the benchmark's nginx serves).
+    url: Uri,
+    /// The request body.
+    #[arg(long)]
+    body_file: PathBuf,
+    /// A request header, `Name: value` (repeatable).
+    #[arg(long = "header", value_parser = header)]
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// Requests in flight at once (1 to 4096).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    concurrency: u32,
+    /// How long to run (1 to 3600).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    seconds: u64,
+}
+
+fn header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("'{s}' is not 'Name: value'"))?;
+    let name = HeaderName::try_from(name.trim()).map_err(|e| format!("'{name}': {e}"))?;
+    let value = HeaderValue::try_from(value.trim()).map_err(|e| format!("'{value}': {e}"))?;
+    Ok((name, value))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.url.scheme_str() != Some("http") {
+        bail!("{}: only http:// URLs are measured", args.url);
+    }
+    let body = Bytes::from(
+        std::fs::read(&args.body_file)
+            .with_context(|| format!("reading {}", args.body_file.display()))?,
+    );
+    let mut headers = HeaderMap::new();
+    for (name, value) in args.headers {
+        headers.append(name, value);
+    }
+    // The same runtime walhook runs on: one worker per core.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let cpu_before = cpu_seconds()?;
+    let (requests, failed, elapsed) = runtime.block_on(run(
+        args.url,
+        headers,
+        body,
+        args.concurrency as usize,
+        Duration::from_secs(args.seconds),
+    ))?;
+    let cpu = cpu_seconds()? - cpu_before;
+    println!(
+        "requests {requests} seconds {:.3} cpu_seconds {cpu:.3} failed {failed}",
+        elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Keeps `concurrency` POSTs in flight for `length`: the requests answered
+/// 2xx, the others, and the time taken.
+async fn run(
+    url: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    concurrency: usize,
+    length: Duration,
+) -> anyhow::Result<(u64, u64, Duration)> {
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_max_idle_per_host(concurrency)
+        .build(tcp);
+    let post = || {
+        let mut request = Request::new(Full::new(body.clone()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = url.clone();
+        *request.headers_mut() = headers.clone();
+        let sent = client.request(request);
+        async move {
+            let response = sent.await?;
+            let ok = response.status().is_success();
+            // Read to the end, so the connection goes back to the pool.
+            response.into_body().collect().await?;
+            Ok::<bool, anyhow::Error>(ok)
+        }
+    };
+    let start = Instant::now();
+    let end = start + length;
+    let mut in_flight: FuturesUnordered<_> = (0..concurrency).map(|_| post()).collect();
+    let (mut answered, mut failed) = (0u64, 0u64);
+    while let Some(done) = in_flight.next().await {
+        match done {
+            Ok(true) => answered += 1,
+            Ok(false) => failed += 1,
+            Err(e) => bail!("a request failed: {e:#}"),
+        }
+        if Instant::now() < end {
+            in_flight.push(post());
+        }
+    }
+    Ok((answered, failed, start.elapsed()))
+}
+
+/// This process's user and system CPU time so far.
+fn cpu_seconds() -> anyhow::Result<f64> {
+    let usage = getrusage(UsageWho::RUSAGE_SELF).context("getrusage")?;
+    let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Ok(seconds(usage.user_time()) + seconds(usage.system_time()))
+}
