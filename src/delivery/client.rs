@@ -1,7 +1,7 @@
 //! The HTTP client every delivery uses: timeouts, no redirects, TLS as
 //! `tls` configures it, HTTP/2 or HTTP/1.1 as `delivery.http_version`
-//! says, and a resolver that enforces the target policy on every resolved
-//! address.
+//! says, and `resolver`'s name resolution, which enforces the target
+//! policy on every resolved address.
 //!
 //! It is hyper's pooled client with rustls, without a higher-level client
 //! on top: walhook sends one kind of request (a POST of a ready body, never
@@ -20,11 +20,7 @@
 //! in flight holds a connection of its own.
 
 use std::error::Error as StdError;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,13 +29,12 @@ use http::{Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
-use super::target_policy::is_public;
+use super::resolver::PolicyResolver;
 use super::tls;
 use crate::config::{Concurrency, DeliveryConfig, HttpVersion};
 
@@ -191,9 +186,8 @@ pub fn http_client(config: &DeliveryConfig) -> anyhow::Result<HttpClient> {
         "HTTP version to targets: {} (delivery.http_version)",
         config.http_version.name()
     );
-    let mut tcp = HttpConnector::new_with_resolver(PolicyResolver {
-        allow_private: config.allow_private_targets,
-    });
+    let mut tcp =
+        HttpConnector::new_with_resolver(PolicyResolver::new(config.allow_private_targets));
     // https URLs are handed on to the TLS layer below.
     tcp.enforce_http(false);
     tcp.set_connect_timeout(Some(config.connect_timeout));
@@ -228,48 +222,4 @@ pub fn http_client(config: &DeliveryConfig) -> anyhow::Result<HttpClient> {
     Ok(HttpClient {
         inner: builder.build(connector),
     })
-}
-
-/// Resolves host names and keeps only the addresses the policy allows, so
-/// the check applies to the address actually connected to (a name that
-/// resolves to a private address, or re-resolves to one later, is refused).
-#[derive(Clone)]
-struct PolicyResolver {
-    allow_private: bool,
-}
-
-type Resolving =
-    Pin<Box<dyn Future<Output = std::io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
-
-impl tower_service::Service<Name> for PolicyResolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = std::io::Error;
-    type Future = Resolving;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let allow_private = self.allow_private;
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = addrs
-                .iter()
-                .copied()
-                .filter(|a| allow_private || is_public(&a.ip()))
-                .collect();
-            if allowed.is_empty() && !addrs.is_empty() {
-                let list: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
-                return Err(std::io::Error::other(format!(
-                    "refused: {host} resolves only to non-public addresses ({}); set \
-                     delivery.allow_private_targets = true to allow them",
-                    list.join(", ")
-                )));
-            }
-            Ok(allowed.into_iter())
-        })
-    }
 }

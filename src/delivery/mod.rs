@@ -51,6 +51,7 @@ mod parking;
 mod queue;
 mod replay;
 pub mod request;
+mod resolver;
 mod retry;
 pub mod settings;
 pub mod signing;

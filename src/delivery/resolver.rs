@@ -1,0 +1,166 @@
+//! Name resolution for deliveries: the target policy applied to every
+//! resolved address, and one lookup per host name at a time.
+//!
+//! The system resolver (`getaddrinfo`) blocks, so each lookup takes a
+//! thread of the runtime's blocking pool. Over HTTP/1.1 a hook opens a
+//! connection per request in flight, and when its concurrency limit
+//! doubles it opens a hundred or more at once: each used to look the name
+//! up on its own thread. In the benchmark's https run such a burst started
+//! 46 threads at once and raised walhook's memory by 9 MiB (each thread
+//! has its own allocator caches and stack), for the same answer every
+//! time. Lookups of one name that overlap now share one, so a burst costs
+//! one thread and one answer per name. An answer is never kept past the
+//! lookup that produced it (no cache: the next connection asks again, so a
+//! changed DNS record is seen as before).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use hyper_util::client::legacy::connect::dns::Name;
+
+use super::target_policy::is_public;
+
+/// One lookup's answer, shareable between the connections waiting for it.
+/// `io::Error` is not `Clone`: its kind and text are shared instead.
+type Answer = Result<Arc<[SocketAddr]>, (io::ErrorKind, Arc<str>)>;
+type Lookup = Shared<BoxFuture<'static, Answer>>;
+
+/// Resolves host names and keeps only the addresses the policy allows, so
+/// the check applies to the address actually connected to (a name that
+/// resolves to a private address, or re-resolves to one later, is refused).
+#[derive(Clone)]
+pub(super) struct PolicyResolver {
+    allow_private: bool,
+    /// Lookups under way, by host name.
+    lookups: Arc<Mutex<HashMap<String, Lookup>>>,
+}
+
+impl PolicyResolver {
+    pub(super) fn new(allow_private: bool) -> PolicyResolver {
+        PolicyResolver {
+            allow_private,
+            lookups: Arc::default(),
+        }
+    }
+
+    /// The lookup of `host` under way, or a new one.
+    fn lookup(&self, host: &str) -> Lookup {
+        let mut lookups = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lookup) = lookups.get(host) {
+            return lookup.clone();
+        }
+        let name = host.to_owned();
+        let lookup = async move {
+            match tokio::net::lookup_host((name.as_str(), 0)).await {
+                Ok(addrs) => Ok(addrs.collect::<Arc<[SocketAddr]>>()),
+                Err(e) => Err((e.kind(), Arc::from(e.to_string()))),
+            }
+        }
+        .boxed()
+        .shared();
+        lookups.insert(host.to_owned(), lookup.clone());
+        lookup
+    }
+
+    /// `lookup` is done: the next connection to `host` asks again.
+    fn finished(&self, host: &str, lookup: &Lookup) {
+        let mut lookups = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
+        if lookups.get(host).is_some_and(|l| l.ptr_eq(lookup)) {
+            lookups.remove(host);
+        }
+    }
+}
+
+type Resolving = Pin<Box<dyn Future<Output = io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
+
+impl tower_service::Service<Name> for PolicyResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = io::Error;
+    type Future = Resolving;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let resolver = self.clone();
+        Box::pin(async move {
+            let host = name.as_str();
+            let lookup = resolver.lookup(host);
+            let answer = lookup.clone().await;
+            resolver.finished(host, &lookup);
+            let addrs = answer.map_err(|(kind, text)| io::Error::new(kind, text.to_string()))?;
+            let allowed: Vec<SocketAddr> = addrs
+                .iter()
+                .copied()
+                .filter(|a| resolver.allow_private || is_public(&a.ip()))
+                .collect();
+            if allowed.is_empty() && !addrs.is_empty() {
+                let list: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+                return Err(io::Error::other(format!(
+                    "refused: {host} resolves only to non-public addresses ({}); set \
+                     delivery.allow_private_targets = true to allow them",
+                    list.join(", ")
+                )));
+            }
+            Ok(allowed.into_iter())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+    use tower_service::Service;
+
+    #[tokio::test]
+    async fn overlapping_lookups_of_one_name_share_one() {
+        let resolver = PolicyResolver::new(true);
+        let first = resolver.lookup("localhost");
+        let second = resolver.lookup("localhost");
+        assert!(first.ptr_eq(&second));
+        let other = resolver.lookup("127.0.0.1");
+        assert!(!first.ptr_eq(&other));
+        let answer = first.clone().await;
+        resolver.finished("localhost", &first);
+        assert!(answer.is_ok_and(|addrs| !addrs.is_empty()));
+        // Done: the next connection looks the name up again.
+        let third = resolver.lookup("localhost");
+        assert!(!third.ptr_eq(&first));
+    }
+
+    #[tokio::test]
+    async fn many_connections_at_once_get_the_same_answer() {
+        let resolver = PolicyResolver::new(true);
+        let calls = (0..100).map(|_| {
+            let mut r = resolver.clone();
+            r.call(Name::from_str("localhost").expect("a valid name"))
+        });
+        for answer in futures_util::future::join_all(calls).await {
+            let addrs: Vec<SocketAddr> = answer.expect("localhost resolves").collect();
+            assert!(addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");
+        }
+        let left = resolver.lookups.lock().expect("not poisoned").len();
+        assert_eq!(left, 0, "finished lookups are not kept");
+    }
+
+    #[tokio::test]
+    async fn the_policy_applies_to_the_shared_answer() {
+        let mut resolver = PolicyResolver::new(false);
+        let error = resolver
+            .call(Name::from_str("localhost").expect("a valid name"))
+            .await
+            .expect_err("localhost is private");
+        assert!(
+            error.to_string().contains("resolves only to non-public"),
+            "{error}"
+        );
+    }
+}
