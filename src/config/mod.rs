@@ -326,6 +326,17 @@ pub struct DeliveryConfig {
     pub client_key_file: Option<PathBuf>,
 }
 
+impl DeliveryConfig {
+    /// The most requests one hook may have in flight: the fixed number, or
+    /// the adaptive limit's ceiling. Over HTTP/1.1, also its connections.
+    pub fn concurrency_ceiling(&self) -> usize {
+        match self.concurrency_per_webhook {
+            Concurrency::Fixed(n) => n,
+            Concurrency::Adaptive => self.max_concurrency_per_webhook,
+        }
+    }
+}
+
 impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {

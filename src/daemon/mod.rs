@@ -10,6 +10,7 @@
 //! (see [`crate::errors`]).
 
 mod leader;
+mod open_files;
 mod pipeline;
 mod reload;
 mod session;
@@ -65,6 +66,7 @@ pub async fn run_with_reload(
     reload: watch::Receiver<Arc<Config>>,
     on_ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
+    open_files::raise_and_report(config.delivery.concurrency_ceiling());
     let mut config = Arc::new(config);
     let mut process = Process {
         shutdown,

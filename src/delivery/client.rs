@@ -36,7 +36,7 @@ use tokio::time::Instant;
 
 use super::resolver::PolicyResolver;
 use super::tls;
-use crate::config::{Concurrency, DeliveryConfig, HttpVersion};
+use crate::config::{DeliveryConfig, HttpVersion};
 
 /// How long an idle connection is kept. Over HTTP/1.1 a hook keeps as
 /// many connections as it has requests in flight: were fewer kept idle,
@@ -202,10 +202,7 @@ pub fn http_client(config: &DeliveryConfig) -> anyhow::Result<HttpClient> {
     builder
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .pool_max_idle_per_host(match config.concurrency_per_webhook {
-            Concurrency::Fixed(n) => n,
-            Concurrency::Adaptive => config.max_concurrency_per_webhook,
-        })
+        .pool_max_idle_per_host(config.concurrency_ceiling())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         // The flow-control window follows the measured bandwidth-delay
         // product, so large bodies to a distant target are not held to the
