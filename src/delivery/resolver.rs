@@ -49,31 +49,41 @@ impl PolicyResolver {
         }
     }
 
-    /// The lookup of `host` under way, or a new one.
+    /// The lookup of `host` under way, or a new one. A lookup runs as its
+    /// own task and removes itself when it has the answer, so the answer
+    /// is never handed to a connection that asks later, even when every
+    /// connection that waited for it gave up (a delivery timeout).
     fn lookup(&self, host: &str) -> Lookup {
         let mut lookups = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(lookup) = lookups.get(host) {
             return lookup.clone();
         }
-        let name = host.to_owned();
-        let lookup = async move {
-            match tokio::net::lookup_host((name.as_str(), 0)).await {
+        let (name, under_way) = (host.to_owned(), Arc::clone(&self.lookups));
+        // Only this task removes this name's entry, so while it runs the
+        // entry is its own.
+        let task = tokio::spawn(async move {
+            let answer = match tokio::net::lookup_host((name.as_str(), 0)).await {
                 Ok(addrs) => Ok(addrs.collect::<Arc<[SocketAddr]>>()),
                 Err(e) => Err((e.kind(), Arc::from(e.to_string()))),
-            }
+            };
+            under_way
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&name);
+            answer
+        });
+        let lookup = async move {
+            task.await.unwrap_or_else(|e| {
+                Err((
+                    io::ErrorKind::Other,
+                    Arc::from(format!("name lookup failed: {e}")),
+                ))
+            })
         }
         .boxed()
         .shared();
         lookups.insert(host.to_owned(), lookup.clone());
         lookup
-    }
-
-    /// `lookup` is done: the next connection to `host` asks again.
-    fn finished(&self, host: &str, lookup: &Lookup) {
-        let mut lookups = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
-        if lookups.get(host).is_some_and(|l| l.ptr_eq(lookup)) {
-            lookups.remove(host);
-        }
     }
 }
 
@@ -92,9 +102,7 @@ impl tower_service::Service<Name> for PolicyResolver {
         let resolver = self.clone();
         Box::pin(async move {
             let host = name.as_str();
-            let lookup = resolver.lookup(host);
-            let answer = lookup.clone().await;
-            resolver.finished(host, &lookup);
+            let answer = resolver.lookup(host).await;
             let addrs = answer.map_err(|(kind, text)| io::Error::new(kind, text.to_string()))?;
             let allowed: Vec<SocketAddr> = addrs
                 .iter()
@@ -129,11 +137,25 @@ mod tests {
         let other = resolver.lookup("127.0.0.1");
         assert!(!first.ptr_eq(&other));
         let answer = first.clone().await;
-        resolver.finished("localhost", &first);
         assert!(answer.is_ok_and(|addrs| !addrs.is_empty()));
         // Done: the next connection looks the name up again.
         let third = resolver.lookup("localhost");
         assert!(!third.ptr_eq(&first));
+    }
+
+    #[tokio::test]
+    async fn a_lookup_nobody_waits_for_any_more_is_not_kept() {
+        let resolver = PolicyResolver::new(true);
+        // Every connection that wanted it gave up at once.
+        drop(resolver.lookup("localhost"));
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !resolver.lookups.lock().expect("not poisoned").is_empty() {
+            assert!(
+                tokio::time::Instant::now() < until,
+                "the lookup never finished"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test]
