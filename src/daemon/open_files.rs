@@ -33,7 +33,7 @@ pub fn raise() -> nix::Result<OpenFiles> {
 /// Open files that `ceiling` connections per hook can take: two hooks at
 /// full speed over HTTP/1.1, and room for the SQL sessions, the metrics
 /// listener and the rest.
-pub fn wanted(ceiling: usize) -> u64 {
+fn wanted(ceiling: usize) -> u64 {
     2 * ceiling as u64 + 256
 }
 
@@ -45,13 +45,14 @@ pub fn raise_and_report(ceiling: usize) {
             if now > before {
                 tracing::info!("open files: soft limit raised from {before} to {now}");
             }
-            if now < wanted(ceiling) {
+            let wanted = wanted(ceiling);
+            if now < wanted {
                 tracing::warn!(
-                    "open files: the limit is {now}, below the {} that hooks of up to {ceiling} \
-                     connections each may need (HTTP/1.1 holds a connection per request in \
-                     flight); raise LimitNOFILE= in the unit, or lower \
-                     delivery.max_concurrency_per_webhook",
-                    wanted(ceiling)
+                    "open files: the limit is {now}, below the {wanted} that hooks of up to \
+                     {ceiling} connections each may need (HTTP/1.1 holds a connection per \
+                     request in flight); raise LimitNOFILE= in the unit, or lower \
+                     delivery.max_concurrency_per_webhook (or a fixed \
+                     delivery.concurrency_per_webhook)"
                 );
             }
         }
