@@ -175,6 +175,14 @@ cpu_seconds() {
     # utime 14 and stime 15 of the whole line.
     awk -v t="$CLK_TCK" '{ printf "%.2f", ($12 + $13) / t }' <<<"${stat##*) }"
 }
+# CPU seconds nginx's workers have used so far, all together.
+nginx_cpu() {
+    local p total=0
+    for p in $(pgrep -P "$NGINX_PID" 2>/dev/null || true); do
+        total=$(awk -v a="$total" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
+    done
+    echo "$total"
+}
 
 # The whole machine's CPU ticks from /proc/stat's cpu line: "busy softirq
 # steal total" (busy: all but idle and iowait; guest time is already in user).
@@ -811,10 +819,7 @@ section_nginx() {
 
         ng_base=$(nginx_requests)
         ng_polls=0
-        NGINX_CPU_BEFORE=0
-        for p in $(pgrep -P "$NGINX_PID" 2>/dev/null || true); do
-            NGINX_CPU_BEFORE=$(awk -v a="$NGINX_CPU_BEFORE" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
-        done
+        NGINX_CPU_BEFORE=$(nginx_cpu)
 
         say "walhook run ($RUN_NAME): catching up with $EXPECTED changes (timeout ${WALHOOK_TIMEOUT}s)"
         machine_before=$(machine_ticks)
@@ -891,10 +896,7 @@ section_nginx() {
                       AND backend_type = 'client backend'" 2>/dev/null || true); do
             SQL_CPU=$(awk -v a="$SQL_CPU" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
         done
-        NGINX_CPU_AFTER=0
-        for p in $(pgrep -P "$NGINX_PID" 2>/dev/null || true); do
-            NGINX_CPU_AFTER=$(awk -v a="$NGINX_CPU_AFTER" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
-        done
+        NGINX_CPU_AFTER=$(nginx_cpu)
         NGINX_CPU=$(awk -v a="$NGINX_CPU_BEFORE" -v b="$NGINX_CPU_AFTER" 'BEGIN { printf "%.2f", b - a }')
 
         say "stopping walhook (SIGTERM)"
@@ -1234,7 +1236,7 @@ section_decode() {
 # The HTTP ceiling: wrk POSTing a body of walhook's shape and size to the
 # same nginx location, WRK_CONNECTIONS connections kept alive.
 section_wrk() {
-    local body threads rps label pad ng_before ng_after children_before wrk_cpu requests p machine_before h
+    local body threads rps label pad ng_before ng_after children_before wrk_cpu requests machine_before h
     local -a headers
     # A bench_item.changed body as walhook sends it, its label padded so the
     # body is about 600 bytes.
@@ -1269,10 +1271,7 @@ section_wrk() {
     say "wrk: ${WRK_SECONDS}s, $WRK_CONNECTIONS connections, ${#body}-byte body to $HOOK_URL"
     # CPU per request of nginx and of wrk itself (a minimal client): with
     # walhook's own CPU per change from section nginx, what two cores allow.
-    ng_before=0
-    for p in $(pgrep -P "$NGINX_PID" 2>/dev/null || true); do
-        ng_before=$(awk -v a="$ng_before" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
-    done
+    ng_before=$(nginx_cpu)
     children_cpu
     children_before=$CHILDREN_CPU
     machine_before=$(machine_ticks)
@@ -1281,10 +1280,7 @@ section_wrk() {
     WRK_MACHINE_BUSY=$(machine_busy "$machine_before" "$(machine_ticks)")
     children_cpu
     wrk_cpu=$(awk -v a="$children_before" -v b="$CHILDREN_CPU" 'BEGIN { printf "%.2f", b - a }')
-    ng_after=0
-    for p in $(pgrep -P "$NGINX_PID" 2>/dev/null || true); do
-        ng_after=$(awk -v a="$ng_after" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
-    done
+    ng_after=$(nginx_cpu)
     ! grep -q -E 'Non-2xx|Socket errors' "$TMP/wrk.log" \
         || { cat "$TMP/wrk.log" >&2; die "wrk saw failed requests (see its output above)"; }
     rps=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$TMP/wrk.log")
@@ -1323,22 +1319,16 @@ section_wrk() {
 # flight and none of walhook's own work per request. Sets POST_RATE,
 # POST_US (its CPU per request), POST_NGINX_US and POST_MACHINE_BUSY.
 post_run() {
-    local args=() h p line requests secs cpu failed ng_before ng_after machine_before
+    local args=() h line requests secs cpu failed ng_before ng_after machine_before
     args=(--body-file "$TMP/wrk-body.json" --concurrency "$POST_CONCURRENCY" --seconds "$WRK_SECONDS")
     for h in "${headers[@]}"; do args+=(--header "$h"); done
     say "walhook-post: ${WRK_SECONDS}s, $POST_CONCURRENCY requests in flight, the same body and headers to $HOOK_URL"
-    ng_before=0
-    for p in $(pgrep -P "$NGINX_PID" 2>/dev/null || true); do
-        ng_before=$(awk -v a="$ng_before" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
-    done
+    ng_before=$(nginx_cpu)
     machine_before=$(machine_ticks)
     "$POST_BIN" "${args[@]}" "$HOOK_URL" >"$TMP/post.log" 2>&1 \
         || { cat "$TMP/post.log" >&2; die "walhook-post failed"; }
     POST_MACHINE_BUSY=$(machine_busy "$machine_before" "$(machine_ticks)")
-    ng_after=0
-    for p in $(pgrep -P "$NGINX_PID" 2>/dev/null || true); do
-        ng_after=$(awk -v a="$ng_after" -v b="$(cpu_seconds "$p")" 'BEGIN { printf "%.2f", a + b }')
-    done
+    ng_after=$(nginx_cpu)
     line=$(grep '^requests ' "$TMP/post.log" || true)
     read -r _ requests _ secs _ cpu _ failed <<<"$line"
     [[ ${requests:-} =~ ^[0-9]+$ ]] && (( requests > 0 )) && [[ ${secs:-} =~ ^[0-9.]+$ && ${cpu:-} =~ ^[0-9.]+$ ]] \

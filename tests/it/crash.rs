@@ -154,8 +154,6 @@ fn resends<'a>(
     resent
 }
 
-/// For each kill, how many changes first delivered before it (and after
-/// the kill before) were sent again.
 /// How many different changes (EventIds) `requests` carry.
 fn distinct_events(requests: &[ReceivedRequest]) -> usize {
     requests
@@ -165,6 +163,8 @@ fn distinct_events(requests: &[ReceivedRequest]) -> usize {
         .len()
 }
 
+/// For each kill, how many changes first delivered before it (and after
+/// the kill before) were sent again.
 fn duplicates_per_kill(requests: &[ReceivedRequest], kills: &[(usize, u64)]) -> Vec<usize> {
     let mut per_kill = vec![0; kills.len()];
     for (kill, _) in resends(requests, kills) {
