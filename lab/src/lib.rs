@@ -2,9 +2,11 @@
 //!
 //! [`cluster`] is a throwaway PostgreSQL built from the system's binaries,
 //! [`receiver`] a loopback HTTP (or, with [`tls`], HTTPS) receiver that
-//! records every request. Both exist to show and to test walhook against a
-//! real server and real HTTP; the daemon itself never uses them.
+//! records every request, and [`h2_target`] an HTTP/2 target that refuses
+//! streams as busy servers do. They exist to show and to test walhook
+//! against a real server and real HTTP; the daemon itself never uses them.
 
 pub mod cluster;
+pub mod h2_target;
 pub mod receiver;
 pub mod tls;

@@ -92,6 +92,35 @@ impl SendError {
     pub fn is_connect(&self) -> bool {
         matches!(self, SendError::Transport(e) if e.is_connect())
     }
+
+    /// The target refused the request before processing any of it, so
+    /// sending it again cannot duplicate it (RFC 9113, 8.7): an HTTP/2
+    /// stream above the last one a graceful GOAWAY says it will answer, or
+    /// one reset with REFUSED_STREAM. nginx ends every h2 connection so
+    /// after `keepalive_requests` (1,000 by default) and refuses whatever
+    /// was in flight past it; servers at their stream limit refuse the
+    /// streams over it.
+    pub fn is_refused_unprocessed(&self) -> bool {
+        let SendError::Transport(e) = self else {
+            return false;
+        };
+        chain(e)
+            .filter_map(|s| s.downcast_ref::<h2::Error>())
+            .any(refused_unprocessed)
+    }
+}
+
+/// A GOAWAY with an error code also fails the streams it did answer when
+/// the connection then closes, and a GOAWAY walhook's own HTTP/2 layer
+/// sent says nothing about the target: only the target's NO_ERROR GOAWAY
+/// and REFUSED_STREAM reset prove the request was not processed.
+fn refused_unprocessed(e: &h2::Error) -> bool {
+    e.is_remote()
+        && match e.reason() {
+            Some(h2::Reason::NO_ERROR) => e.is_go_away(),
+            Some(h2::Reason::REFUSED_STREAM) => e.is_reset(),
+            _ => false,
+        }
 }
 
 /// `error` and its causes, outermost first.

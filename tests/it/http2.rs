@@ -10,6 +10,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use axum::http::Version;
+use walhook_lab::h2_target::{H2Target, Refusal};
 use walhook_lab::receiver::{ReceivedRequest, Receiver};
 use walhook_lab::tls::ServerTls;
 
@@ -241,5 +242,81 @@ async fn concurrent_deliveries_to_an_h2_target_share_one_connection() {
         http1.connections_used() >= at_once,
         "{} connections for {at_once} requests in flight together",
         http1.connections_used()
+    );
+}
+
+/// The distinct EventIds of the bodies a target answered.
+fn event_ids(bodies: &[bytes::Bytes]) -> std::collections::BTreeSet<String> {
+    bodies
+        .iter()
+        .map(|b| {
+            let json: serde_json::Value = serde_json::from_slice(b).unwrap();
+            json["EventId"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+/// A stream the target refused unprocessed is sent again at once and is
+/// no error: nginx ends each h2 connection after 1,000 requests with a
+/// GOAWAY that refuses what was in flight past it, which used to count
+/// dozens of errors at once and park a healthy hook within a second.
+/// Streams reset with REFUSED_STREAM (a server at its stream limit) are
+/// sent again the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_refused_unprocessed_are_sent_again_and_are_no_error() {
+    const ROWS: usize = 300;
+    let going_away = H2Target::start(Refusal::GoAwayAfter(20)).await.unwrap();
+    let refusing = H2Target::start(Refusal::RefuseEvery(7)).await.unwrap();
+    let mut h = Harness::start(
+        CONTACT,
+        "http_version = \"http2\"\nconcurrency_per_webhook = 32",
+    )
+    .await;
+    let to_going_away = h
+        .add_hook("contact.*", &going_away.url("/goaway"), None)
+        .await;
+    let to_refusing = h
+        .add_hook("contact.*", &refusing.url("/refused"), None)
+        .await;
+
+    h.start_daemon().await;
+    h.db.execute(
+        "INSERT INTO contact (name) SELECT 'c' || n FROM generate_series(1, $1::int) n",
+        &[&(ROWS as i32)],
+    )
+    .await
+    .unwrap();
+
+    for (hook, target) in [(to_going_away, &going_away), (to_refusing, &refusing)] {
+        let usage = h.wait_usage(hook, |u| u.total_calls >= ROWS as i64).await;
+        assert_eq!(
+            (usage.total_calls, usage.total_errors),
+            (ROWS as i64, 0),
+            "hook {hook}: {usage:?}; daemon log:\n{}",
+            h.daemon_log()
+        );
+        assert_eq!(event_ids(&target.answered()).len(), ROWS);
+    }
+    // Each connection answers 20 streams and those received with the
+    // 20th, up to the 32 in flight, before its GOAWAY.
+    assert!(
+        going_away.connections() >= (ROWS / (20 + 32)) as u64,
+        "{} connections",
+        going_away.connections()
+    );
+    assert!(going_away.go_aways() >= going_away.connections() - 1);
+    // The GOAWAYs did refuse streams in flight (the harness logs at debug).
+    let hook_field = format!("webhook_id={to_going_away} ");
+    let log = h.daemon_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("refused the request unprocessed") && l.contains(&hook_field)),
+        "no stream past a GOAWAY was refused; daemon log:\n{log}"
+    );
+    // Every 7th stream refused, the resends among them: at least 300 / 7.
+    assert!(
+        refusing.refused() >= (ROWS / 7) as u64,
+        "{} streams refused",
+        refusing.refused()
     );
 }

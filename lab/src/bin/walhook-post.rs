@@ -53,6 +53,9 @@ struct Args {
     /// How long to run (1 to 3600).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     seconds: u64,
+    /// Cleartext HTTP/2 with prior knowledge instead of HTTP/1.1.
+    #[arg(long)]
+    http2: bool,
 }
 
 fn header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
@@ -89,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         body,
         args.concurrency as usize,
         Duration::from_secs(args.seconds),
+        args.http2,
     ))?;
     let cpu = cpu_seconds()? - cpu_before;
     println!(
@@ -106,6 +110,7 @@ async fn run(
     body: Bytes,
     concurrency: usize,
     length: Duration,
+    http2: bool,
 ) -> anyhow::Result<(u64, u64, Duration)> {
     let mut tcp = HttpConnector::new();
     tcp.set_nodelay(true);
@@ -113,6 +118,7 @@ async fn run(
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_max_idle_per_host(concurrency)
+        .http2_only(http2)
         .build(tcp);
     let post = || {
         let mut request = Request::new(Full::new(body.clone()));
