@@ -1147,6 +1147,15 @@ sink_stat() {
     (( SINK_TLS )) && ca=(--cacert "$TMP/nginx/tls/cert.pem")
     curl -s --max-time 5 "${ca[@]}" "$SINK_BASE/stats" 2>/dev/null | awk -v k="$1" '$1 == k { print $2 }'
 }
+# sink_seconds_since EPOCH KEY: seconds from EPOCH (Unix seconds) to the
+# sink's time KEY (Unix microseconds); dies when the sink has none.
+sink_seconds_since() {
+    local us
+    us=$(sink_stat "$2")
+    [[ $us =~ ^[1-9][0-9]*$ ]] || die "walhook-sink's /stats has no $2 (got '$us')"
+    [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "not a time: '$1'"
+    awk -v a="$1" -v b="$us" 'BEGIN { printf "%.3f", b / 1e6 - a }'
+}
 sink_at_least() {
     local n
     n=$(sink_stat requests)
@@ -1344,9 +1353,10 @@ post_run() {
 #
 # One hook whose target answers every request after SLOW_DELAY_MS; SLOW_ROWS
 # new rows in one transaction, timed from its commit until the sink
-# answered them all.
+# answered them all. Both ends are clock readings, not polls: PostgreSQL's
+# clock right after the COMMIT, and the sink's own record of its last answer.
 section_slow() {
-    local t0 secs hwm r ceiling errors
+    local committed secs first hwm r ceiling errors
     q "CREATE TABLE bench_slow (id int PRIMARY KEY, n int NOT NULL, label text NOT NULL)" >/dev/null
     start_sink slow --delay-ms "$SLOW_DELAY_MS"
     install wh_slow bench_slow "$SINK_EXTRA"
@@ -1354,10 +1364,10 @@ section_slow() {
     start_walhook wh_slow
     wait_until 60 "walhook (slow) streaming from its slot" slot_active wh_slow
     say "slow: $SLOW_ROWS rows in one transaction, target answering after ${SLOW_DELAY_MS} ms"
-    q "INSERT INTO bench_slow SELECT g, g, 'item ' || g FROM generate_series(1, $SLOW_ROWS) AS g" >/dev/null
-    t0=$(now)
+    committed=$(q "BEGIN; INSERT INTO bench_slow SELECT g, g, 'item ' || g FROM generate_series(1, $SLOW_ROWS) AS g; COMMIT; SELECT extract(epoch FROM clock_timestamp())")
     wait_until "$WALHOOK_TIMEOUT" "the slow target answering all $SLOW_ROWS requests" sink_at_least "$SLOW_ROWS"
-    secs=$(elapsed "$t0" "$(now)")
+    secs=$(sink_seconds_since "$committed" last_answer_us)
+    first=$(sink_seconds_since "$committed" first_arrival_us)
     hwm=$(walhook_hwm)
     stop_walhook slow
     errors=$(usage_errors wh_slow)
@@ -1367,7 +1377,7 @@ section_slow() {
     r=$(rate "$SLOW_ROWS" "$secs")
     ceiling="no delay"
     (( SLOW_DELAY_MS > 0 )) && ceiling="$(( CONCURRENCY_MAX * 1000 / SLOW_DELAY_MS ))/s at concurrency $CONCURRENCY_MAX"
-    say "slow: ${secs}s, $r changes/s"
+    say "slow: ${secs}s, $r changes/s; the first request arrived $(awk -v s="$first" 'BEGIN { printf "%.0f", s * 1000 }') ms after the commit"
     summary slow "${SLOW_DELAY_MS} ms target, $SLOW_ROWS rows in 1 tx" "$r changes/s" "ceiling $ceiling" "$(( hwm / 1024 )) MiB"
 }
 

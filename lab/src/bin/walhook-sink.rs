@@ -4,7 +4,9 @@
 //! target), counts what it answered, and can log one line per delivery:
 //! `arrival_unix_micros event_id [field ...]`, where each field is a value of
 //! the body's `FieldValues` named with `--field`. `GET /stats` gives the
-//! counters as `name value` lines, for a script to poll.
+//! counters as `name value` lines, for a script to poll, with the times
+//! (Unix microseconds) the first delivery arrived and the latest was
+//! answered, so a script times a burst without polling's granularity.
 //!
 //! It speaks HTTP/1.1 and HTTP/2 (cleartext with prior knowledge, or over TLS
 //! through ALPN). Each request waits on a timer, never on a thread, so a
@@ -86,6 +88,10 @@ struct Sink {
     log_errors: AtomicU64,
     /// Deliveries received and not yet answered.
     in_flight: AtomicU64,
+    /// When the first delivery arrived (Unix microseconds; 0: none yet).
+    first_arrival_us: AtomicU64,
+    /// When the latest delivery counted in `requests` was answered.
+    last_answer_us: AtomicU64,
 }
 
 #[tokio::main]
@@ -122,6 +128,8 @@ async fn main() -> anyhow::Result<()> {
         rejected: AtomicU64::new(0),
         log_errors: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
+        first_arrival_us: AtomicU64::new(0),
+        last_answer_us: AtomicU64::new(0),
     });
     let listener = TcpListener::bind(args.listen)
         .await
@@ -160,10 +168,7 @@ async fn receive(
     if uri.path() == "/stats" && method == Method::GET {
         return sink.stats().into_response();
     }
-    let arrival = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros();
+    let arrival = unix_micros();
     let line = match sink.log_line(arrival, &headers, &body) {
         Ok(line) => line,
         Err(why) => {
@@ -171,6 +176,12 @@ async fn receive(
             return (StatusCode::BAD_REQUEST, format!("walhook-sink: {why}\n")).into_response();
         }
     };
+    let _ = sink.first_arrival_us.compare_exchange(
+        0,
+        arrival as u64,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
     sink.in_flight.fetch_add(1, Ordering::Relaxed);
     if !sink.delay.is_zero() {
         tokio::time::sleep(sink.delay).await;
@@ -193,18 +204,31 @@ async fn receive(
                 .into_response();
         }
     }
+    // Before the count, so a reader that saw the count sees this time.
+    sink.last_answer_us
+        .fetch_max(unix_micros() as u64, Ordering::Relaxed);
     sink.requests.fetch_add(1, Ordering::Release);
     StatusCode::OK.into_response()
+}
+
+fn unix_micros() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros()
 }
 
 impl Sink {
     fn stats(&self) -> String {
         format!(
-            "requests {}\nrejected {}\nlog_errors {}\nin_flight {}\n",
+            "requests {}\nrejected {}\nlog_errors {}\nin_flight {}\n\
+             first_arrival_us {}\nlast_answer_us {}\n",
             self.requests.load(Ordering::Acquire),
             self.rejected.load(Ordering::Relaxed),
             self.log_errors.load(Ordering::Relaxed),
             self.in_flight.load(Ordering::Relaxed),
+            self.first_arrival_us.load(Ordering::Relaxed),
+            self.last_answer_us.load(Ordering::Relaxed),
         )
     }
 
@@ -319,6 +343,8 @@ mod tests {
             rejected: AtomicU64::new(0),
             log_errors: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            first_arrival_us: AtomicU64::new(0),
+            last_answer_us: AtomicU64::new(0),
         }
     }
 
