@@ -78,6 +78,11 @@ impl H2Target {
         })
     }
 
+    /// The address it listens on (on 127.0.0.1).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

@@ -450,11 +450,14 @@ async fn test(config: &Config, id: i32) -> anyhow::Result<u8> {
         key: None,
         previous_secret: settings.previous_secret_at(at),
     };
-    let mut headers = request::headers(&hook, &keys, "test", event_id, &body, 0, now);
-    headers.insert(
-        HeaderName::from_static("x-hook-test"),
-        HeaderValue::from_static("true"),
-    );
+    let headers = || {
+        let mut headers = request::headers(&hook, &keys, "test", event_id, &body, 0, now);
+        headers.insert(
+            HeaderName::from_static("x-hook-test"),
+            HeaderValue::from_static("true"),
+        );
+        headers
+    };
     let http = http_client(&config.delivery).context("building the HTTP client")?;
     println!(
         "POST {shown}  (webhook_id {id} {:?}, state {}, event test, EventId {event_id}, {})",
@@ -468,7 +471,7 @@ async fn test(config: &Config, id: i32) -> anyhow::Result<u8> {
     );
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + config.delivery.timeout;
-    let sent = http.post(&url, headers, body, deadline).await;
+    let sent = http.post(&url, headers, body.clone(), deadline).await;
     let elapsed = started.elapsed().as_millis();
     let response = match sent {
         Ok(r) => r,

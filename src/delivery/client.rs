@@ -73,14 +73,29 @@ pub enum SendError {
     Uri(#[from] http::uri::InvalidUri),
     #[error(transparent)]
     Transport(#[from] hyper_util::client::legacy::Error),
+    /// Refused unprocessed on the first try and on every resend.
+    #[error(
+        "the target refused the request unprocessed {tries} times in a row \
+         (HTTP/2 GOAWAY or REFUSED_STREAM)"
+    )]
+    Refused {
+        tries: u32,
+        #[source]
+        last: hyper_util::client::legacy::Error,
+    },
 }
+
+/// How many times one request the target refused unprocessed is sent
+/// again. A connection ending refuses a request at most once; more in a
+/// row is a target refusing everything, which gets a failure.
+const MAX_REFUSED_RESENDS: u32 = 3;
 
 impl SendError {
     /// No answer in time, or a connection attempt that timed out.
     pub fn is_timeout(&self) -> bool {
         match self {
             SendError::TimedOut => true,
-            SendError::Uri(_) => false,
+            SendError::Uri(_) | SendError::Refused { .. } => false,
             SendError::Transport(e) => chain(e).any(|s| {
                 s.downcast_ref::<std::io::Error>()
                     .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
@@ -93,21 +108,23 @@ impl SendError {
         matches!(self, SendError::Transport(e) if e.is_connect())
     }
 
-    /// The target refused the request before processing any of it, so
-    /// sending it again cannot duplicate it (RFC 9113, 8.7): an HTTP/2
-    /// stream above the last one a graceful GOAWAY says it will answer, or
-    /// one reset with REFUSED_STREAM. nginx ends every h2 connection so
-    /// after `keepalive_requests` (1,000 by default) and refuses whatever
-    /// was in flight past it; servers at their stream limit refuse the
-    /// streams over it.
-    pub fn is_refused_unprocessed(&self) -> bool {
-        let SendError::Transport(e) = self else {
-            return false;
-        };
-        chain(e)
-            .filter_map(|s| s.downcast_ref::<h2::Error>())
-            .any(refused_unprocessed)
+    /// The target refused every try unprocessed: it is overloaded.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, SendError::Refused { .. })
     }
+}
+
+/// The target refused the request before processing any of it, so sending
+/// it again cannot duplicate it (RFC 9113, 8.7): an HTTP/2 stream above the
+/// last one a graceful GOAWAY says it will answer, or one reset with
+/// REFUSED_STREAM. nginx ends every h2 connection so after
+/// `keepalive_requests` (1,000 by default) and refuses whatever was in
+/// flight past it; servers at their stream limit refuse the streams over
+/// it.
+fn is_refused_unprocessed(e: &hyper_util::client::legacy::Error) -> bool {
+    chain(e)
+        .filter_map(|s| s.downcast_ref::<h2::Error>())
+        .any(refused_unprocessed)
 }
 
 /// A GOAWAY with an error code also fails the streams it did answer when
@@ -133,23 +150,48 @@ fn chain<'a>(
 }
 
 impl HttpClient {
-    /// POST `body` to `url`. `deadline` bounds the whole exchange up to the
-    /// response headers; the caller bounds reading the body with it too.
+    /// POST `body` to `url` with the headers `headers` makes. `deadline`
+    /// bounds the whole exchange up to the response headers, resends
+    /// included; the caller bounds reading the body with it too.
+    ///
+    /// A request the target refused unprocessed is sent again at once (the
+    /// pool opens a new connection), up to [`MAX_REFUSED_RESENDS`] times:
+    /// that is no duplicate, and no failure of the target. The headers are
+    /// made again for a resend rather than copied for every request.
     pub async fn post(
         &self,
         url: &url::Url,
-        headers: HeaderMap,
+        headers: impl Fn() -> HeaderMap,
         body: Bytes,
         deadline: Instant,
     ) -> Result<Response<Incoming>, SendError> {
-        let uri: Uri = url.as_str().parse()?;
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = uri;
-        *request.headers_mut() = headers;
-        match tokio::time::timeout_at(deadline, self.inner.request(request)).await {
-            Ok(sent) => Ok(sent?),
-            Err(_) => Err(SendError::TimedOut),
+        let mut uri: Uri = url.as_str().parse()?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut request = Request::new(Full::new(body.clone()));
+            *request.method_mut() = Method::POST;
+            *request.uri_mut() = std::mem::take(&mut uri);
+            *request.headers_mut() = headers();
+            let sent = match tokio::time::timeout_at(deadline, self.inner.request(request)).await {
+                Ok(sent) => sent,
+                Err(_) => return Err(SendError::TimedOut),
+            };
+            match sent {
+                Ok(response) => return Ok(response),
+                Err(e) if is_refused_unprocessed(&e) => {
+                    if tries > MAX_REFUSED_RESENDS {
+                        return Err(SendError::Refused { tries, last: e });
+                    }
+                    uri = url.as_str().parse()?;
+                    tracing::debug!(
+                        "{}:{}: the target refused the request unprocessed ({e}); sending it again",
+                        url.host_str().unwrap_or_default(),
+                        url.port_or_known_default().unwrap_or_default()
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 }

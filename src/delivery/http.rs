@@ -85,9 +85,8 @@ pub async fn attempt(
         previous_secret: job.settings.previous_secret_at(at),
     };
     let deadline = started + config.timeout;
-    let mut refusals = 0;
-    let sent = loop {
-        let headers = request::headers(
+    let headers = || {
+        request::headers(
             job.hook,
             &keys,
             job.event,
@@ -95,43 +94,16 @@ pub async fn attempt(
             job.body,
             job.retry,
             now,
-        );
-        let sent = http
-            .post(&job.hook.target_url, headers, job.body.clone(), deadline)
-            .await;
-        match sent {
-            // Unprocessed, so sending it again on a new connection is not a
-            // duplicate, and the target did not fail: a busy HTTP/2 server
-            // ends its connections routinely. Bounded, so a target that
-            // refuses everything still gets a failure.
-            Err(e) if e.is_refused_unprocessed() && refusals < MAX_REFUSED_RESENDS => {
-                refusals += 1;
-                tracing::debug!(
-                    webhook_id = job.hook.id,
-                    event_id = %job.event_id,
-                    "the target refused the request unprocessed ({e}); sending it again"
-                );
-            }
-            sent => break sent,
-        }
+        )
     };
+    let sent = http
+        .post(&job.hook.target_url, headers, job.body.clone(), deadline)
+        .await;
     let response = match sent {
         Ok(r) => r,
-        Err(e) if e.is_refused_unprocessed() => {
-            return DeliveryOutcome::Failed {
-                error: format!(
-                    "the target refused the request unprocessed {} times in a row \
-                     (HTTP/2 GOAWAY or REFUSED_STREAM): {}",
-                    refusals + 1,
-                    transport_error(&e, &job.hook.target_url, config)
-                ),
-                retry_after: None,
-                kind: FailureKind::Overloaded,
-            };
-        }
         Err(e) => {
             return DeliveryOutcome::Failed {
-                kind: if e.is_timeout() || e.is_connect() {
+                kind: if e.is_timeout() || e.is_connect() || e.is_refused() {
                     FailureKind::Overloaded
                 } else {
                     FailureKind::Answered
@@ -188,11 +160,6 @@ pub async fn attempt(
         },
     }
 }
-
-/// How many times one attempt sends a request again that the target
-/// refused unprocessed. A connection ending is refused at most once per
-/// request; more in a row is a target refusing everything.
-const MAX_REFUSED_RESENDS: u32 = 3;
 
 /// The most of a response body walhook reads, success or failure: more
 /// than `last_error` keeps, and a bound on what a hostile target can make

@@ -306,11 +306,11 @@ async fn streams_refused_unprocessed_are_sent_again_and_are_no_error() {
     );
     assert!(going_away.go_aways() >= going_away.connections() - 1);
     // The GOAWAYs did refuse streams in flight (the harness logs at debug).
-    let hook_field = format!("webhook_id={to_going_away} ");
+    let target = format!("{}: ", going_away.addr());
     let log = h.daemon_log();
     assert!(
         log.lines()
-            .any(|l| l.contains("refused the request unprocessed") && l.contains(&hook_field)),
+            .any(|l| l.contains(&target) && l.contains("refused the request unprocessed")),
         "no stream past a GOAWAY was refused; daemon log:\n{log}"
     );
     // Every 7th stream refused, the resends among them: at least 300 / 7.
@@ -319,4 +319,26 @@ async fn streams_refused_unprocessed_are_sent_again_and_are_no_error() {
         "{} streams refused",
         refusing.refused()
     );
+}
+
+/// A target that refuses every stream gets a bounded number of resends
+/// per attempt, then a failure that says so: the attempt is not repeated
+/// forever on the grounds that nothing was processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_refusing_every_stream_fails_after_three_resends() {
+    let refusing = H2Target::start(Refusal::RefuseEvery(1)).await.unwrap();
+    let h = Harness::start(CONTACT, "http_version = \"http2\"").await;
+    let hook = h
+        .add_hook("contact.*", &refusing.url("/always"), None)
+        .await;
+    let out = webhook_test(&h.config_path, hook).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("the target refused the request unprocessed 4 times in a row"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(refusing.refused(), 4);
+    assert!(refusing.answered().is_empty());
 }
