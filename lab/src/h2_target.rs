@@ -11,6 +11,7 @@
 //! hyper only ends a connection with the graceful two-step GOAWAY, which
 //! almost never refuses a stream.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +27,7 @@ use h2::{Reason, RecvStream};
 use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::task::JoinSet;
 
 /// How the target refuses streams.
 #[derive(Debug, Clone, Copy)]
@@ -33,8 +35,12 @@ pub enum Refusal {
     /// Each connection answers this many streams, then sends a GOAWAY
     /// (NO_ERROR) naming the last of them and closes, as nginx does.
     GoAwayAfter(u64),
-    /// Every n-th stream is reset with REFUSED_STREAM.
+    /// Every n-th request is reset with REFUSED_STREAM, but never one sent
+    /// again (the same `X-SuperOffice-EventId`) after a refusal: whether a
+    /// resend would land on a multiple of n is left to no chance.
     RefuseEvery(u64),
+    /// Every stream is reset with REFUSED_STREAM.
+    RefuseAll,
 }
 
 /// A running target; stops when dropped.
@@ -46,6 +52,10 @@ pub struct H2Target {
 
 #[derive(Default)]
 struct Counts {
+    /// The EventIds of the requests refused so far.
+    refused_ids: Mutex<HashSet<Vec<u8>>>,
+    /// Requests seen for the first time, for `RefuseEvery`.
+    new_requests: AtomicU64,
     /// The bodies of the requests answered 200, in order.
     answered: Mutex<Vec<Bytes>>,
     refused: AtomicU64,
@@ -60,11 +70,14 @@ impl H2Target {
         let counts = Arc::new(Counts::default());
         let shared = Arc::clone(&counts);
         let server = tokio::spawn(async move {
+            // Owned here, so stopping the target stops its connections.
+            let mut connections = JoinSet::new();
             while let Ok((tcp, _)) = listener.accept().await {
+                while connections.try_join_next().is_some() {}
                 let _ = tcp.set_nodelay(true);
                 shared.connections.fetch_add(1, Ordering::AcqRel);
                 let counts = Arc::clone(&shared);
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     if let Err(e) = serve(tcp, refusal, &counts).await {
                         tracing::debug!("h2 target: connection ended: {e}");
                     }
@@ -132,15 +145,23 @@ async fn serve(tcp: TcpStream, refusal: Refusal, counts: &Counts) -> anyhow::Res
                 let (request, mut respond) = next?;
                 streams += 1;
                 match refusal {
-                    Refusal::RefuseEvery(n) if streams.is_multiple_of(n) => {
-                        respond.send_reset(Reason::REFUSED_STREAM);
-                        counts.refused.fetch_add(1, Ordering::AcqRel);
+                    Refusal::RefuseAll => refuse(&request, &mut respond, counts),
+                    Refusal::RefuseEvery(n) => {
+                        let id = event_id(&request);
+                        let resend = counts.lock_refused_ids().contains(&id);
+                        let new = !resend
+                            && (counts.new_requests.fetch_add(1, Ordering::AcqRel) + 1)
+                                .is_multiple_of(n);
+                        if new {
+                            refuse(&request, &mut respond, counts);
+                        } else {
+                            answers.push(answer(request, respond, counts));
+                        }
                     }
                     Refusal::GoAwayAfter(n) => {
                         answers.push(answer(request, respond, counts));
                         closing |= streams >= n;
                     }
-                    _ => answers.push(answer(request, respond, counts)),
                 }
             }
             Some(answered) = answers.next(), if !answers.is_empty() => answered?,
@@ -159,6 +180,11 @@ async fn serve(tcp: TcpStream, refusal: Refusal, counts: &Counts) -> anyhow::Res
             }
             Some(None) => return Ok(()),
             None => {
+                // Requests that arrive meanwhile stay unread, past the last
+                // stream processed, as at a busy server: refused by the
+                // GOAWAY every time, not only when one happens to be in
+                // flight at that very moment.
+                tokio::time::sleep(Duration::from_millis(5)).await;
                 connection.abrupt_shutdown(Reason::NO_ERROR);
                 counts.go_aways.fetch_add(1, Ordering::AcqRel);
                 // Streams past the GOAWAY are refused by h2 itself; this
@@ -228,6 +254,28 @@ impl AsyncWrite for Lingering {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.tcp().poll_shutdown(cx)
     }
+}
+
+impl Counts {
+    fn lock_refused_ids(&self) -> std::sync::MutexGuard<'_, HashSet<Vec<u8>>> {
+        self.refused_ids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The request's `X-SuperOffice-EventId` (empty without one).
+fn event_id(request: &Request<RecvStream>) -> Vec<u8> {
+    request
+        .headers()
+        .get("x-superoffice-eventid")
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default()
+}
+
+/// Resets the stream with REFUSED_STREAM, before reading any of it.
+fn refuse(request: &Request<RecvStream>, respond: &mut SendResponse<Bytes>, counts: &Counts) {
+    respond.send_reset(Reason::REFUSED_STREAM);
+    counts.lock_refused_ids().insert(event_id(request));
+    counts.refused.fetch_add(1, Ordering::AcqRel);
 }
 
 /// Reads the whole body, records it and answers 200.

@@ -121,16 +121,17 @@ impl SendError {
 /// `keepalive_requests` (1,000 by default) and refuses whatever was in
 /// flight past it; servers at their stream limit refuse the streams over
 /// it.
-fn is_refused_unprocessed(e: &hyper_util::client::legacy::Error) -> bool {
+fn refused_unprocessed_by(e: &hyper_util::client::legacy::Error) -> Option<&h2::Error> {
     chain(e)
         .filter_map(|s| s.downcast_ref::<h2::Error>())
-        .any(refused_unprocessed)
+        .find(|e| refused_unprocessed(e))
 }
 
-/// A GOAWAY with an error code also fails the streams it did answer when
-/// the connection then closes, and a GOAWAY walhook's own HTTP/2 layer
-/// sent says nothing about the target: only the target's NO_ERROR GOAWAY
-/// and REFUSED_STREAM reset prove the request was not processed.
+/// Only the target's own GOAWAY and REFUSED_STREAM count (one walhook's
+/// HTTP/2 layer sent says nothing about the target), and of GOAWAYs only
+/// the graceful NO_ERROR: a GOAWAY with an error code also reaches only
+/// unprocessed streams, but it says the target or the connection is in
+/// trouble, which is a failure to count, not a routine to hide.
 fn refused_unprocessed(e: &h2::Error) -> bool {
     e.is_remote()
         && match e.reason() {
@@ -154,8 +155,8 @@ impl HttpClient {
     /// bounds the whole exchange up to the response headers, resends
     /// included; the caller bounds reading the body with it too.
     ///
-    /// A request the target refused unprocessed is sent again at once (the
-    /// pool opens a new connection), up to [`MAX_REFUSED_RESENDS`] times:
+    /// A request the target refused unprocessed is sent again at once (on a
+    /// new connection after a GOAWAY), up to [`MAX_REFUSED_RESENDS`] times:
     /// that is no duplicate, and no failure of the target. The headers are
     /// made again for a resend rather than copied for every request.
     pub async fn post(
@@ -165,13 +166,13 @@ impl HttpClient {
         body: Bytes,
         deadline: Instant,
     ) -> Result<Response<Incoming>, SendError> {
-        let mut uri: Uri = url.as_str().parse()?;
+        let uri: Uri = url.as_str().parse()?;
         let mut tries = 0;
         loop {
             tries += 1;
             let mut request = Request::new(Full::new(body.clone()));
             *request.method_mut() = Method::POST;
-            *request.uri_mut() = std::mem::take(&mut uri);
+            *request.uri_mut() = uri.clone();
             *request.headers_mut() = headers();
             let sent = match tokio::time::timeout_at(deadline, self.inner.request(request)).await {
                 Ok(sent) => sent,
@@ -179,18 +180,18 @@ impl HttpClient {
             };
             match sent {
                 Ok(response) => return Ok(response),
-                Err(e) if is_refused_unprocessed(&e) => {
-                    if tries > MAX_REFUSED_RESENDS {
+                Err(e) => match refused_unprocessed_by(&e) {
+                    Some(_) if tries > MAX_REFUSED_RESENDS => {
                         return Err(SendError::Refused { tries, last: e });
                     }
-                    uri = url.as_str().parse()?;
-                    tracing::debug!(
-                        "{}:{}: the target refused the request unprocessed ({e}); sending it again",
+                    Some(refusal) => tracing::debug!(
+                        "{}:{}: the target refused the request unprocessed ({refusal}); \
+                         sending it again",
                         url.host_str().unwrap_or_default(),
                         url.port_or_known_default().unwrap_or_default()
-                    );
-                }
-                Err(e) => return Err(e.into()),
+                    ),
+                    None => return Err(e.into()),
+                },
             }
         }
     }

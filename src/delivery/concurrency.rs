@@ -57,8 +57,8 @@ const BASELINE_WEIGHT: f64 = 0.2;
 pub enum Signal {
     /// Answered (any status that is not back-pressure): a round-trip time.
     Answered(Duration),
-    /// 429, 503, a timeout or a failed connection: the target is
-    /// overloaded or unreachable.
+    /// 429, 503, a timeout, a failed connection or an HTTP/2 request
+    /// refused on every resend: the target is overloaded or unreachable.
     BackPressure,
 }
 
@@ -79,12 +79,18 @@ struct Adaptive {
     window_start: Option<Instant>,
     rtt_sum: Duration,
     samples: u32,
-    back_pressure: bool,
     /// The limit was already cut in this window: one cut per round trip,
     /// so a burst of failures from one moment does not count many times.
     cut: bool,
     /// The hook had ready events the limit held back during this window.
     held_back: bool,
+    /// ...and since the last answer: slow start grows only on answers
+    /// that find events waiting, not for a burst that has drained.
+    held_back_now: bool,
+    /// The limit when this window began: slow start at most doubles it
+    /// within a window, so a target answering faster than the shortest
+    /// window is still checked for rising latency at every doubling.
+    window_base: usize,
 }
 
 impl ConcurrencyLimit {
@@ -106,9 +112,10 @@ impl ConcurrencyLimit {
                 window_start: None,
                 rtt_sum: Duration::ZERO,
                 samples: 0,
-                back_pressure: false,
                 cut: false,
                 held_back: false,
+                held_back_now: false,
+                window_base: INITIAL.min(ceiling),
             }),
         }
     }
@@ -122,7 +129,14 @@ impl ConcurrencyLimit {
     pub fn held_back(&mut self) {
         if let Some(a) = &mut self.adaptive {
             a.held_back = true;
+            a.held_back_now = true;
         }
+    }
+
+    /// Growing by one per answer until the target first pushes back or
+    /// slows.
+    pub fn in_slow_start(&self) -> bool {
+        self.adaptive.as_ref().is_some_and(|a| a.slow_start)
     }
 
     /// One attempt finished at `now`.
@@ -130,30 +144,42 @@ impl ConcurrencyLimit {
         let Some(a) = &mut self.adaptive else {
             return;
         };
-        let start = *a.window_start.get_or_insert(now);
-        match signal {
-            Signal::Answered(rtt) => {
-                a.rtt_sum += rtt;
-                a.samples += 1;
-                if a.slow_start && a.held_back && !a.back_pressure && !a.cut {
-                    self.limit = (self.limit + 1).min(a.ceiling);
-                }
-            }
-            Signal::BackPressure => a.back_pressure = true,
-        }
         // One decision per round trip: the effect of the last change is
-        // seen before the next. Back-pressure cuts at once, once.
+        // seen before the next. The answer that ends a window opens the
+        // next one: on a distant target it is the first of a batch that
+        // should all count toward the next doubling.
         let window = a
             .baseline
             .map_or(MIN_WINDOW, |usual| usual.mul_f64(WINDOW_SHARE))
             .clamp(MIN_WINDOW, MAX_WINDOW);
-        if now.duration_since(start) >= window {
+        if a.window_start
+            .is_some_and(|start| now.duration_since(start) >= window)
+        {
             self.limit = a.decide(self.limit);
-        } else if a.back_pressure && !a.cut {
-            a.cut = true;
-            a.back_pressure = false;
-            a.slow_start = false;
-            self.limit = (self.limit / 2).max(1);
+        }
+        if a.window_start.is_none() {
+            a.window_start = Some(now);
+            a.window_base = self.limit;
+        }
+        match signal {
+            Signal::Answered(rtt) => {
+                a.rtt_sum += rtt;
+                a.samples += 1;
+                // Back-pressure and rising latency end slow start, so
+                // this never grows a limit the target pushed back on.
+                if a.slow_start && a.held_back_now && self.limit < 2 * a.window_base {
+                    self.limit = (self.limit + 1).min(a.ceiling);
+                }
+                a.held_back_now = false;
+            }
+            Signal::BackPressure => {
+                // Back-pressure cuts at once, once per window.
+                if !a.cut {
+                    a.cut = true;
+                    a.slow_start = false;
+                    self.limit = (self.limit / 2).max(1);
+                }
+            }
         }
     }
 }
@@ -168,10 +194,7 @@ impl Adaptive {
             }
             _ => false,
         };
-        let next = if self.back_pressure && !self.cut {
-            self.slow_start = false;
-            limit / 2
-        } else if self.cut || self.back_pressure {
+        let next = if self.cut {
             limit
         } else if rising {
             self.slow_start = false;
@@ -190,7 +213,6 @@ impl Adaptive {
         self.window_start = None;
         self.rtt_sum = Duration::ZERO;
         self.samples = 0;
-        self.back_pressure = false;
         self.cut = false;
         self.held_back = false;
         next.clamp(1, self.ceiling)
@@ -234,10 +256,40 @@ mod tests {
         let mut limit = ConcurrencyLimit::adaptive(512);
         let mut at = Instant::now();
         assert_eq!(limit.limit(), INITIAL);
-        // 8 -> 512 by doubling takes 6 windows; a few more for the first
-        // window that only learns the round-trip time.
-        busy_windows(&mut limit, &mut at, Duration::from_millis(50), 10);
+        // 8 -> 512 by doubling takes 6 windows.
+        busy_windows(&mut limit, &mut at, Duration::from_millis(50), 6);
         assert_eq!(limit.limit(), 512);
+    }
+
+    /// A target that answers far faster than the shortest window still
+    /// gets at most twice the limit per window, so rising latency is
+    /// looked for at every doubling.
+    #[test]
+    fn slow_start_at_most_doubles_within_a_window() {
+        let mut limit = ConcurrencyLimit::adaptive(512);
+        let mut at = Instant::now();
+        for _ in 0..1000 {
+            limit.held_back();
+            at += Duration::from_micros(2);
+            limit.record(at, Signal::Answered(Duration::from_micros(300)));
+        }
+        // 2 ms: well inside the first window (MIN_WINDOW).
+        assert_eq!(limit.limit(), 2 * INITIAL);
+    }
+
+    /// Slow start grows only on answers that find events waiting: a burst
+    /// of 9 events at a limit of 8 is one more, not a limit grown by every
+    /// answer after the burst drained.
+    #[test]
+    fn slow_start_grows_only_while_events_wait() {
+        let mut limit = ConcurrencyLimit::adaptive(512);
+        let mut at = Instant::now();
+        limit.held_back();
+        for _ in 0..9 {
+            at += Duration::from_millis(1);
+            limit.record(at, Signal::Answered(Duration::from_millis(50)));
+        }
+        assert_eq!(limit.limit(), INITIAL + 1);
     }
 
     /// A steady distant target answers each batch at once, one round trip

@@ -283,7 +283,10 @@ impl HookControl {
         let before = concurrency.limit();
         concurrency.record(Instant::now(), signal);
         let after = concurrency.limit();
-        if after != before {
+        // Slow start grows by one per answer: said at each doubling only.
+        let slow_start_step =
+            concurrency.in_slow_start() && after == before + 1 && !after.is_power_of_two();
+        if after != before && !slow_start_step {
             tracing::debug!(
                 webhook_id = self.id,
                 before,

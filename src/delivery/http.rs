@@ -39,9 +39,9 @@ pub enum FailureKind {
     NotSent,
     /// The target answered with an error status.
     Answered,
-    /// 503 without Retry-After, a timeout or a failed connection: the
-    /// target is overloaded or unreachable, so it gets fewer requests at
-    /// once.
+    /// 503 without Retry-After, a timeout, a failed connection or an
+    /// HTTP/2 request refused unprocessed on every resend: the target is
+    /// overloaded or unreachable, so it gets fewer requests at once.
     Overloaded,
     /// 429, or 503 with Retry-After: the target asks to be sent less. The
     /// whole hook waits as asked, and it does not count as an error.

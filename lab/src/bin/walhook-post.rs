@@ -10,6 +10,9 @@
 //! bookkeeping). The gap between this and walhook is walhook's own work;
 //! the gap between this and wrk is the library's.
 //!
+//! `--http2` speaks cleartext HTTP/2 with prior knowledge instead, to
+//! compare the two versions' cost on an h2c target (the bench does not).
+//!
 //! Prints one line when done:
 //! `requests N seconds S cpu_seconds C failed F`, where C is this process's
 //! user and system CPU time over the run.
