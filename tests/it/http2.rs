@@ -40,6 +40,16 @@ async fn webhook_test(config: &Path, hook: i32) -> Output {
     walhook_async(config, &["webhook", "test", &hook.to_string()]).await
 }
 
+/// `rows` new contacts in one transaction.
+async fn insert_contacts(h: &Harness, rows: usize) {
+    h.db.execute(
+        "INSERT INTO contact (name) SELECT 'c' || n FROM generate_series(1, $1::int) n",
+        &[&(rows as i32)],
+    )
+    .await
+    .unwrap();
+}
+
 fn versions(requests: &[ReceivedRequest]) -> Vec<Version> {
     requests.iter().map(|r| r.version).collect()
 }
@@ -208,12 +218,7 @@ async fn concurrent_deliveries_to_an_h2_target_share_one_connection() {
     h.add_hook("contact.*", &http1.url("/http1"), None).await;
 
     h.start_daemon().await;
-    h.db.execute(
-        "INSERT INTO contact (name) SELECT 'c' || n FROM generate_series(1, $1::int) n",
-        &[&(ROWS as i32)],
-    )
-    .await
-    .unwrap();
+    insert_contacts(&h, ROWS).await;
 
     let got = h2.wait_until(WAIT, |r| r.len() >= ROWS).await;
     assert_eq!(got.len(), ROWS, "daemon log:\n{}", h.daemon_log());
@@ -280,12 +285,7 @@ async fn streams_refused_unprocessed_are_sent_again_and_are_no_error() {
         .await;
 
     h.start_daemon().await;
-    h.db.execute(
-        "INSERT INTO contact (name) SELECT 'c' || n FROM generate_series(1, $1::int) n",
-        &[&(ROWS as i32)],
-    )
-    .await
-    .unwrap();
+    insert_contacts(&h, ROWS).await;
 
     for (hook, target) in [(to_going_away, &going_away), (to_refusing, &refusing)] {
         let usage = h.wait_usage(hook, |u| u.total_calls >= ROWS as i64).await;
