@@ -141,6 +141,10 @@ cd "$REPO"
 # ---------------------------------------------------------------- helpers
 
 now() { printf '%s' "$EPOCHREALTIME"; }
+# nap SECONDS: sleep without starting a process, for polling loops: a read
+# that times out on a FIFO this shell holds open at both ends, which never
+# receives data (NAP_FD, opened once the temp dir exists).
+nap() { read -r -t "$1" -u "$NAP_FD" _ || true; }
 # elapsed START END -> seconds with 3 decimals
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 # rate COUNT SECONDS -> changes per second, integer
@@ -268,6 +272,7 @@ cleanup() {
         kill -QUIT "$NGINX_PID" 2>/dev/null
         wait_exit "$NGINX_PID" 10 || { pkill -KILL -P "$NGINX_PID"; kill -KILL "$NGINX_PID"; } 2>/dev/null
     fi
+    pq_stop
     if (( PG_STARTED )); then
         as_pg "$PG_BIN/pg_ctl" -D "$TMP/pg/data" -m fast -t 30 stop >/dev/null 2>&1 \
             || as_pg "$PG_BIN/pg_ctl" -D "$TMP/pg/data" -m immediate stop >/dev/null 2>&1
@@ -365,6 +370,8 @@ fi
 # -------------------------------------------------------------- PostgreSQL
 
 TMP=$(mktemp -d /tmp/walhook-bench.XXXXXX)
+mkfifo "$TMP/nap.fifo"
+exec {NAP_FD}<>"$TMP/nap.fifo"
 chmod 755 "$TMP"
 mkdir -p "$TMP/pg" "$TMP/nginx"
 (( IS_ROOT )) && chown postgres: "$TMP/pg"
@@ -403,6 +410,64 @@ done
 PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/bench"
 psql_do() { "$PSQL_BIN" -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"; }
 q() { psql_do -d bench -c "$1"; }
+
+# Polls that run while a measurement is timed must not fork. On this kind of
+# machine one psql per check costs about 70 ms of CPU (psql, plus the backend
+# PostgreSQL starts for it) and one curl about 15 ms: polled every 50 ms,
+# they took about a third of both cores from the process being timed. So
+# those polls go through one psql session kept open (pq) and bash's own
+# /dev/tcp (http_get).
+
+# pq SQL: run one statement on the polling session; its answer (lines
+# joined) lands in PQ_OUT, empty on an error. A session that died (a
+# PostgreSQL restart) is started again, once per call.
+PQ_SESSION_PID=""
+pq() {
+    local try line
+    for try in 1 2; do
+        if [[ -z $PQ_SESSION_PID ]] || ! kill -0 "$PQ_SESSION_PID" 2>/dev/null; then
+            pq_start
+        fi
+        PQ_OUT=""
+        if printf '%s;\n\\echo __pq_end\n' "$1" 2>/dev/null >&"$PQ_WRITE_FD"; then
+            while IFS= read -r -t 30 line 2>/dev/null <&"$PQ_READ_FD"; do
+                [[ $line == __pq_end ]] && return 0
+                PQ_OUT+=$line
+            done
+        fi
+        pq_stop
+    done
+    return 1
+}
+pq_start() {
+    coproc POLL_PSQL { PGAPPNAME=bench_poll exec "$PSQL_BIN" -X -q -At -h 127.0.0.1 -p "$PG_PORT" \
+        -U postgres -d bench 2>>"$TMP/poll-psql.err"; }
+    # bash unsets POLL_PSQL once the session has exited: keep its descriptors.
+    PQ_SESSION_PID=$! PQ_WRITE_FD=${POLL_PSQL[1]} PQ_READ_FD=${POLL_PSQL[0]}
+}
+pq_stop() {
+    [[ -n $PQ_SESSION_PID ]] || return 0
+    kill -TERM "$PQ_SESSION_PID" 2>/dev/null || true
+    wait "$PQ_SESSION_PID" 2>/dev/null || true
+    PQ_SESSION_PID=""
+}
+
+# http_get PORT PATH: GET http://127.0.0.1:PORT/PATH over bash's /dev/tcp
+# (HTTP/1.0, so the server closes when done); the body lands in HTTP_BODY.
+# Fails when nothing answers.
+http_get() {
+    local fd line in_body=0
+    HTTP_BODY=""
+    # In braces: a redirection on exec itself would silence the shell for good.
+    { exec {fd}<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || return 1
+    printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&"$fd" 2>/dev/null
+    while IFS= read -r -t 10 line <&"$fd" || [[ -n $line ]]; do
+        line=${line%$'\r'}
+        if (( in_body )); then HTTP_BODY+=$line$'\n'; elif [[ -z $line ]]; then in_body=1; fi
+    done
+    exec {fd}>&-
+    (( in_body ))
+}
 
 psql_do -d postgres -c "CREATE DATABASE bench" >/dev/null || die "CREATE DATABASE failed"
 q "CREATE TABLE bench_item (id int PRIMARY KEY, n int NOT NULL, label text NOT NULL)"
@@ -519,12 +584,77 @@ if (( NEED_NGINX )); then
     done
 fi
 
-# Requests nginx has served; -1 without stub_status. The status request
-# itself is counted, so callers subtract one per call.
+# NGINX_REQUESTS: the requests nginx has served; -1 without stub_status or
+# when it does not answer. The status request itself is counted, so callers
+# subtract one per call. Polled while walhook is timed, so it does not fork.
 nginx_requests() {
-    (( STUB_STATUS )) || { echo -1; return; }
-    curl -s "http://127.0.0.1:$NGINX_PORT/__bench_status" 2>/dev/null \
-        | awk 'NR == 3 { print $3; found = 1 } END { if (!found) print -1 }'
+    local lines=() fields=()
+    NGINX_REQUESTS=-1
+    (( STUB_STATUS )) || return 0
+    http_get "$NGINX_PORT" /__bench_status || return 0
+    # "Active connections: N", "server accepts handled requests", " A H R"
+    mapfile -t lines <<<"$HTTP_BODY"
+    read -r -a fields <<<"${lines[2]:-}"
+    [[ ${fields[2]:-} =~ ^[0-9]+$ ]] && NGINX_REQUESTS=${fields[2]}
+    return 0
+}
+
+# await_caught_up SLOT REQUESTS USAGE_SQL WHAT: `walhook run` (WALHOOK_PID)
+# was started at CATCH_T0 ($EPOCHREALTIME), NGINX_BASE read just before.
+# Polls every 50 ms, without forking, for two milestones; walhook is done
+# when both are reached:
+# - SLOT's confirmed_flush_lsn reaches END_LSN (walhook confirms a position
+#   once everything before it is settled, which includes events parked in
+#   the delivery table, so this alone does not prove delivery);
+# - the receiver has REQUESTS more requests: nginx's counter when
+#   stub_status is available, else the calls USAGE_SQL ("calls errors" from
+#   webhook_usage, written about once a second) counts.
+# Sets SLOT_SECONDS and DELIVERED_SECONDS (since CATCH_T0), DELIVERED_BY and
+# NGINX_POLLS (the status requests nginx counted). Dies naming WHAT when
+# walhook exits or WALHOOK_TIMEOUT passes.
+await_caught_up() {
+    local slot=$1 requests=$2 usage_sql=$3 what=$4 slot_at="" delivered_at="" calls deadline next_progress
+    deadline=$(( SECONDS + WALHOOK_TIMEOUT ))
+    next_progress=$(( SECONDS + 10 ))
+    NGINX_POLLS=0
+    if (( NGINX_BASE >= 0 )); then DELIVERED_BY="nginx stub_status"; else DELIVERED_BY="webhook_usage.total_calls"; fi
+    if (( requests == 0 )); then delivered_at=$CATCH_T0; fi
+    while :; do
+        kill -0 "$WALHOOK_PID" 2>/dev/null || die "walhook exited during $what (see its log below)"
+        if [[ -z $delivered_at ]]; then
+            if (( NGINX_BASE >= 0 )); then
+                nginx_requests
+                NGINX_POLLS=$(( NGINX_POLLS + 1 ))
+                if (( NGINX_REQUESTS >= 0 && NGINX_REQUESTS - NGINX_BASE - NGINX_POLLS >= requests )); then
+                    delivered_at=$EPOCHREALTIME
+                fi
+            else
+                pq "$usage_sql" || true
+                calls=${PQ_OUT%% *}
+                if [[ $calls =~ ^[0-9]+$ ]] && (( calls >= requests )); then delivered_at=$EPOCHREALTIME; fi
+            fi
+        fi
+        if [[ -z $slot_at ]]; then
+            pq "SELECT confirmed_flush_lsn >= '$END_LSN'::pg_lsn FROM pg_replication_slots
+                 WHERE slot_name = '$slot'" || true
+            if [[ $PQ_OUT == t ]]; then slot_at=$EPOCHREALTIME; fi
+        fi
+        [[ -n $slot_at && -n $delivered_at ]] && break
+        if (( SECONDS >= deadline )); then
+            pq "$usage_sql" || true
+            [[ -n $slot_at ]] \
+                || die "$what: walhook did not confirm $END_LSN within ${WALHOOK_TIMEOUT}s (webhook_usage calls/errors: $PQ_OUT)"
+            die "$what: the receiver did not get all $requests requests within ${WALHOOK_TIMEOUT}s ($DELIVERED_BY; webhook_usage calls/errors: $PQ_OUT)"
+        fi
+        if (( SECONDS >= next_progress )); then
+            pq "$usage_sql" || true
+            say "  ... $(elapsed "$CATCH_T0" "$EPOCHREALTIME")s, webhook_usage calls/errors: $PQ_OUT${slot_at:+, slot confirmed}"
+            next_progress=$(( SECONDS + 10 ))
+        fi
+        nap 0.05
+    done
+    SLOT_SECONDS=$(elapsed "$CATCH_T0" "$slot_at")
+    DELIVERED_SECONDS=$(elapsed "$CATCH_T0" "$delivered_at")
 }
 
 # ------------------------------------------------------------ walhook setup
@@ -611,48 +741,21 @@ calls_counted() {
          FROM walhook.webhook_usage" 2>/dev/null || true
 }
 
-# The walhook slot has been confirmed at END_LSN.
-slot_done() {
-    [[ $(q "SELECT confirmed_flush_lsn >= '$END_LSN'::pg_lsn FROM pg_replication_slots
-             WHERE slot_name = 'walhook'" 2>/dev/null) == t ]]
-}
-
 # Time `walhook run` catching up to END_LSN for case $1; sets CASE_SECONDS,
 # CASE_HWM (kB) and CASE_CPU (s).
 catch_up() {
-    local case=$1 base polls=0 slot_at="" delivered_at="" n t0 deadline
-    base=$(nginx_requests)
-    (( CASE_REQUESTS == 0 )) && delivered_at=0
-    t0=$(now)
+    local case=$1
+    nginx_requests
+    NGINX_BASE=$NGINX_REQUESTS
+    CATCH_T0=$EPOCHREALTIME
     NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$WALHOOK" -c "$TMP/walhook.toml" run \
         >"$TMP/walhook-$case.log" 2>&1 &
     WALHOOK_PID=$!
-    deadline=$(( SECONDS + WALHOOK_TIMEOUT ))
-    while :; do
-        kill -0 "$WALHOOK_PID" 2>/dev/null \
-            || { tail -n 25 "$TMP/walhook-$case.log" >&2; die "walhook exited during case $case"; }
-        if [[ -z $delivered_at ]]; then
-            if (( base >= 0 )); then
-                n=$(nginx_requests)
-                polls=$(( polls + 1 ))
-                if (( n >= 0 && n - base - polls >= CASE_REQUESTS )); then
-                    delivered_at=$(elapsed "$t0" "$(now)")
-                fi
-            else
-                read -r n _ <<<"$(calls_counted)" || true
-                if [[ ${n:-0} =~ ^[0-9]+$ ]] && (( n >= CASE_REQUESTS )); then
-                    delivered_at=$(elapsed "$t0" "$(now)")
-                fi
-            fi
-        fi
-        if [[ -z $slot_at ]] && slot_done; then
-            slot_at=$(elapsed "$t0" "$(now)")
-        fi
-        [[ -n $slot_at && -n $delivered_at ]] && break
-        (( SECONDS < deadline )) || die "case $case: walhook did not catch up within ${WALHOOK_TIMEOUT}s"
-        sleep 0.05
-    done
-    CASE_SECONDS=$(awk -v a="$slot_at" -v b="$delivered_at" 'BEGIN { printf "%.3f", (a > b ? a : b) }')
+    SECTION_LOGS+=("walhook-$case.log")
+    await_caught_up walhook "$CASE_REQUESTS" \
+        "SELECT coalesce(sum(total_calls), 0) || ' ' || coalesce(sum(total_errors), 0) FROM walhook.webhook_usage" \
+        "case $case"
+    CASE_SECONDS=$(awk -v a="$SLOT_SECONDS" -v b="$DELIVERED_SECONDS" 'BEGIN { printf "%.3f", (a > b ? a : b) }')
     CASE_HWM=$(awk '/^VmHWM:/ { print $2 }' "/proc/$WALHOOK_PID/status")
     CASE_CPU=$(cpu_seconds "$WALHOOK_PID")
     kill -TERM "$WALHOOK_PID"
@@ -808,65 +911,19 @@ section_nginx() {
     # variables (RESULT_VARS) for that run.
     measure_walhook() {
         RUN_NAME=$1 RUN_FILE=$2 RUN_SLOT=$3 RUN_SCHEMA=$4 RUN_HOOK=$5
-        slot_done() {
-            [[ $(q "SELECT confirmed_flush_lsn >= '$END_LSN'::pg_lsn FROM pg_replication_slots
-                     WHERE slot_name = '$RUN_SLOT'" 2>/dev/null) == t ]]
-        }
-        usage_row() {
-            q "SELECT total_calls || ' ' || total_errors FROM $RUN_SCHEMA.webhook_usage WHERE webhook_id = $RUN_HOOK" \
-                2>/dev/null || true
-        }
+        usage_sql="SELECT total_calls || ' ' || total_errors FROM $RUN_SCHEMA.webhook_usage WHERE webhook_id = $RUN_HOOK"
+        usage_row() { q "$usage_sql" 2>/dev/null || true; }
 
-        ng_base=$(nginx_requests)
-        ng_polls=0
+        nginx_requests
+        NGINX_BASE=$NGINX_REQUESTS
         NGINX_CPU_BEFORE=$(nginx_cpu)
 
         say "walhook run ($RUN_NAME): catching up with $EXPECTED changes (timeout ${WALHOOK_TIMEOUT}s)"
         machine_before=$(machine_ticks)
-        t0=$(now)
+        CATCH_T0=$EPOCHREALTIME
         NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$WALHOOK" -c "$TMP/$RUN_FILE.toml" run >"$TMP/$RUN_FILE.log" 2>&1 &
         WALHOOK_PID=$!
-        deadline=$(( SECONDS + WALHOOK_TIMEOUT ))
-        # Two milestones; walhook is done when both are reached:
-        # - the slot's confirmed_flush_lsn reaches the end LSN (walhook confirms a
-        #   position once everything before it is settled, which includes events
-        #   parked in walhook.delivery, so this alone does not prove delivery);
-        # - the receiver has all requests: nginx's request counter when stub_status
-        #   is available, else webhook_usage.total_calls (written about once a second).
-        SLOT_SECONDS=""
-        DELIVERED_SECONDS=""
-        if (( ng_base >= 0 )); then DELIVERED_BY="nginx stub_status"; else DELIVERED_BY="webhook_usage.total_calls"; fi
-        next_progress=$(( SECONDS + 10 ))
-        while :; do
-            kill -0 "$WALHOOK_PID" 2>/dev/null || die "walhook exited during the catch-up (see its log below)"
-            if [[ -z $DELIVERED_SECONDS ]]; then
-                if (( ng_base >= 0 )); then
-                    n=$(nginx_requests)
-                    ng_polls=$(( ng_polls + 1 ))
-                    if (( n >= 0 && n - ng_base - ng_polls >= EXPECTED )); then
-                        DELIVERED_SECONDS=$(elapsed "$t0" "$(now)")
-                    fi
-                else
-                    read -r c _ <<<"$(usage_row)" || true
-                    if [[ ${c:-0} =~ ^[0-9]+$ ]] && (( c >= EXPECTED )); then
-                        DELIVERED_SECONDS=$(elapsed "$t0" "$(now)")
-                    fi
-                fi
-            fi
-            if [[ -z $SLOT_SECONDS ]] && slot_done; then
-                SLOT_SECONDS=$(elapsed "$t0" "$(now)")
-            fi
-            [[ -n $SLOT_SECONDS && -n $DELIVERED_SECONDS ]] && break
-            if (( SECONDS >= deadline )); then
-                [[ -n $SLOT_SECONDS ]] || die "walhook did not confirm $END_LSN within ${WALHOOK_TIMEOUT}s (webhook_usage calls/errors: $(usage_row))"
-                die "the receiver did not get all $EXPECTED requests within ${WALHOOK_TIMEOUT}s ($DELIVERED_BY; webhook_usage calls/errors: $(usage_row))"
-            fi
-            if (( SECONDS >= next_progress )); then
-                say "  ... $(elapsed "$t0" "$(now)")s, webhook_usage calls/errors: $(usage_row)${SLOT_SECONDS:+, slot confirmed at ${SLOT_SECONDS}s}"
-                next_progress=$(( SECONDS + 10 ))
-            fi
-            sleep 0.05
-        done
+        await_caught_up "$RUN_SLOT" "$EXPECTED" "$usage_sql" "the catch-up ($RUN_NAME)"
         MACHINE_BUSY=$(machine_busy "$machine_before" "$(machine_ticks)")
         WALHOOK_SECONDS=$(awk -v a="$SLOT_SECONDS" -v b="$DELIVERED_SECONDS" 'BEGIN { printf "%.3f", (a > b ? a : b) }')
         WALHOOK_RATE=$(rate "$EXPECTED" "$WALHOOK_SECONDS")
@@ -880,10 +937,10 @@ section_nginx() {
             sleep 0.1
         done
         ng_final=-1
-        if (( ng_base >= 0 )); then
-            n=$(nginx_requests)
-            ng_polls=$(( ng_polls + 1 ))
-            (( n >= 0 )) && ng_final=$(( n - ng_base - ng_polls ))
+        if (( NGINX_BASE >= 0 )); then
+            nginx_requests
+            NGINX_POLLS=$(( NGINX_POLLS + 1 ))
+            (( NGINX_REQUESTS >= 0 )) && ng_final=$(( NGINX_REQUESTS - NGINX_BASE - NGINX_POLLS ))
         fi
 
         # Resources, read while walhook still runs.
@@ -1044,7 +1101,7 @@ wait_until() {
             die "walhook exited while waiting for: $what (see its log below)"
         fi
         (( SECONDS < deadline )) || die "$what did not happen within ${limit}s"
-        sleep 0.05
+        nap 0.05
     done
 }
 
@@ -1070,11 +1127,11 @@ add_hook() {
     echo "$id"
 }
 slot_at() {
-    [[ $(q "SELECT confirmed_flush_lsn >= '$2'::pg_lsn FROM pg_replication_slots
-             WHERE slot_name = '$1'" 2>/dev/null) == t ]]
+    pq "SELECT confirmed_flush_lsn >= '$2'::pg_lsn FROM pg_replication_slots
+         WHERE slot_name = '$1'" && [[ $PQ_OUT == t ]]
 }
 slot_active() {
-    [[ $(q "SELECT active FROM pg_replication_slots WHERE slot_name = '$1'" 2>/dev/null) == t ]]
+    pq "SELECT active FROM pg_replication_slots WHERE slot_name = '$1'" && [[ $PQ_OUT == t ]]
 }
 drop_slot() {
     q "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '$1'" >/dev/null
@@ -1138,14 +1195,31 @@ start_sink() {
     SECTION_LOGS+=("$name.sink.err")
     wait_until 15 "walhook-sink ($name) listening" grep -q '^listening on ' "$TMP/$name.sink.out"
     addr=$(awk '/^listening on / { print $3; exit }' "$TMP/$name.sink.out")
-    if (( SINK_TLS )); then SINK_BASE="https://localhost:${addr##*:}"; else SINK_BASE="http://$addr"; fi
+    SINK_PORT=${addr##*:}
+    if (( SINK_TLS )); then SINK_BASE="https://localhost:$SINK_PORT"; else SINK_BASE="http://$addr"; fi
     say "walhook-sink ($name) at $SINK_BASE $*"
+}
+# sink_fetch: the sink's /stats into SINK_STATS (counter -> value); fails
+# when the sink does not answer. Over http it does not fork, as it is polled
+# while walhook is timed; over https (SINK_TLS=1) curl reads it.
+declare -A SINK_STATS=()
+sink_fetch() {
+    local body key value
+    SINK_STATS=()
+    if (( SINK_TLS )); then
+        body=$(curl -s --max-time 5 --cacert "$TMP/nginx/tls/cert.pem" "$SINK_BASE/stats" 2>/dev/null) || return 1
+    else
+        http_get "$SINK_PORT" /stats || return 1
+        body=$HTTP_BODY
+    fi
+    while read -r key value; do
+        if [[ -n $key ]]; then SINK_STATS[$key]=$value; fi
+    done <<<"$body"
+    (( ${#SINK_STATS[@]} > 0 ))
 }
 # sink_stat KEY: a counter of the sink's /stats (empty when it cannot be read).
 sink_stat() {
-    local ca=()
-    (( SINK_TLS )) && ca=(--cacert "$TMP/nginx/tls/cert.pem")
-    curl -s --max-time 5 "${ca[@]}" "$SINK_BASE/stats" 2>/dev/null | awk -v k="$1" '$1 == k { print $2 }'
+    if sink_fetch; then echo "${SINK_STATS[$1]:-}"; fi
 }
 # sink_seconds_since EPOCH KEY: seconds from EPOCH (Unix seconds) to the
 # sink's time KEY (Unix microseconds); dies when the sink has none.
@@ -1157,9 +1231,7 @@ sink_seconds_since() {
     awk -v a="$1" -v b="$us" 'BEGIN { printf "%.3f", b / 1e6 - a }'
 }
 sink_at_least() {
-    local n
-    n=$(sink_stat requests)
-    [[ $n =~ ^[0-9]+$ ]] && (( n >= $1 ))
+    sink_fetch && [[ ${SINK_STATS[requests]:-} =~ ^[0-9]+$ ]] && (( SINK_STATS[requests] >= $1 ))
 }
 sink_requests() {
     local n
@@ -1500,7 +1572,7 @@ section_parked() {
     q "UPDATE wh_parked.webhook SET state = 1 WHERE webhook_id = $replay_hook" >/dev/null
     replay_done() {
         sink_at_least $(( base + REPLAY_EVENTS )) \
-            && [[ $(q "SELECT count(*) FROM wh_parked.delivery WHERE webhook_id = $replay_hook") == 0 ]]
+            && pq "SELECT count(*) FROM wh_parked.delivery WHERE webhook_id = $replay_hook" && [[ $PQ_OUT == 0 ]]
     }
     wait_until "$WALHOOK_TIMEOUT" "the replay of $REPLAY_EVENTS parked events" replay_done
     secs=$(elapsed "$t0" "$(now)")
@@ -1572,7 +1644,7 @@ crash_step() {
     until sink_at_least $(( base + 1 )); do
         crash_keep_walhook
         (( SECONDS < deadline )) || die "crash: no delivery within 120 s of the previous disturbance"
-        sleep 0.05
+        nap 0.05
     done
     sleep "$CRASH_INTERVAL"  # the disturbance lands mid-stream, at an arbitrary point
     crash_keep_walhook
@@ -1591,7 +1663,7 @@ crash_step() {
             until slot_active wh_crash; do
                 crash_keep_walhook
                 (( SECONDS < deadline )) || die "crash: walhook's slot not active within 60 s"
-                sleep 0.05
+                nap 0.05
             done
             say "crash: pg_terminate_backend(walsender of wh_crash)"
             q "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
@@ -1635,7 +1707,7 @@ section_crash() {
     until slot_at wh_crash "$end"; do
         crash_keep_walhook
         (( SECONDS < i )) || die "crash: walhook did not confirm $end within ${CRASH_DRAIN_TIMEOUT}s"
-        sleep 0.1
+        nap 0.1
     done
     crash_note_hwm
     stop_walhook crash
