@@ -9,13 +9,19 @@
 //!
 //! - on back-pressure (429, 503, a timeout, a failed connection) it halves
 //!   the limit at once, at most once per round trip;
-//! - when the mean round-trip time rose clearly above the hook's usual one
-//!   it lowers the limit by a tenth;
+//! - when the mean round-trip time rose clearly above the hook's usual one,
+//!   or, past slow start, above the target's unloaded one, it lowers the
+//!   limit by a tenth;
 //! - when the target kept its latency and the hook had more ready events
 //!   than the limit allowed, it raises it: by one per answer while nothing
 //!   has pushed back yet (slow start, as TCP's: the limit doubles each
 //!   round trip, so a fresh hook reaches a distant target's rate in a few),
 //!   then by one per round trip.
+//!
+//! The unloaded round trip is measured as BBR's PROBE_RTT does: every 10 s
+//! the limit drops to a few requests for two windows, one to let the
+//! requests in flight finish, one to time requests that waited in no queue.
+//! Without it, queueing could not be told from the target's own latency.
 //!
 //! Slow start grows per answer, not per window, because a window's decision
 //! waits for an answer that comes after the window: on a distant target
@@ -40,6 +46,27 @@ const RISE_RATIO: f64 = 1.5;
 /// and cost 6-12% throughput exactly when the CPU was the limit. A target
 /// that really struggles soon passes 5 ms, or pushes back.
 const RISE_FLOOR: Duration = Duration::from_millis(5);
+/// Past slow start, a window's mean round trip is also held against the
+/// target's unloaded one. The usual round trip cannot see queueing: it
+/// follows the limit's own growth, one request per window, which never
+/// raises the round trip by half at once. On a target a millisecond away
+/// whose answers the CPU, not the network, paces, the limit then grew to
+/// the hook's whole backlog (about 195 in flight on loopback nginx), where
+/// 32 to 64 in flight delivered as much or more for less CPU per request:
+/// each request beyond them only waits. More than `QUEUE_FLOOR` above the
+/// unloaded round trip (and half again) is waiting in a queue, walhook's
+/// own or the target's.
+const QUEUE_FLOOR: Duration = Duration::from_millis(2);
+/// How often the unloaded round trip is measured again, so that a target
+/// whose latency rose for good is not held low for long. The lowest window
+/// mean since stands for it in between: a target may get faster.
+const PROBE_INTERVAL: Duration = Duration::from_secs(10);
+/// Cuts for queueing in a row (0.9^7: below half the limit) before the
+/// unloaded round trip is measured again at once.
+const QUEUEING_STREAK_PROBE: u32 = 7;
+/// The limit while it is measured: about 1% of the throughput of a
+/// distant target for one round trip in 10 s.
+const PROBE_LIMIT: usize = 4;
 /// The shortest and longest window between two decisions.
 const MIN_WINDOW: Duration = Duration::from_millis(5);
 const MAX_WINDOW: Duration = Duration::from_secs(1);
@@ -70,12 +97,30 @@ pub struct ConcurrencyLimit {
     adaptive: Option<Adaptive>,
 }
 
+/// Where the measurement of the unloaded round trip stands.
+#[derive(Debug, Clone, Copy)]
+enum Probe {
+    /// The next one is due at this time (None: once slow start ends).
+    Due(Option<Instant>),
+    /// The limit is low; the requests started before finish. The limit
+    /// to go back to.
+    Draining(usize),
+    /// This window times requests that waited in no queue.
+    Measuring(usize),
+}
+
 #[derive(Debug, Clone)]
 struct Adaptive {
     ceiling: usize,
     slow_start: bool,
     /// The hook's usual round-trip time (moving average of window means).
     baseline: Option<Duration>,
+    /// The round trip with nothing queued: the lowest window mean since
+    /// the last probe measured it.
+    unloaded: Option<Duration>,
+    probe: Probe,
+    /// Windows in a row judged queueing.
+    queueing_streak: u32,
     window_start: Option<Instant>,
     rtt_sum: Duration,
     samples: u32,
@@ -109,6 +154,9 @@ impl ConcurrencyLimit {
                 ceiling,
                 slow_start: true,
                 baseline: None,
+                unloaded: None,
+                probe: Probe::Due(None),
+                queueing_streak: 0,
                 window_start: None,
                 rtt_sum: Duration::ZERO,
                 samples: 0,
@@ -155,7 +203,7 @@ impl ConcurrencyLimit {
         if a.window_start
             .is_some_and(|start| now.duration_since(start) >= window)
         {
-            self.limit = a.decide(self.limit);
+            self.limit = a.decide(now, self.limit);
         }
         if a.window_start.is_none() {
             a.window_start = Some(now);
@@ -177,7 +225,14 @@ impl ConcurrencyLimit {
                 if !a.cut {
                     a.cut = true;
                     a.slow_start = false;
-                    self.limit = (self.limit / 2).max(1);
+                    // A probe in progress ends: half of what it would go
+                    // back to.
+                    let from = match a.probe {
+                        Probe::Draining(back) | Probe::Measuring(back) => back,
+                        Probe::Due(_) => self.limit,
+                    };
+                    a.probe = Probe::Due(Some(now + PROBE_INTERVAL));
+                    self.limit = (from / 2).max(1);
                 }
             }
         }
@@ -185,26 +240,72 @@ impl ConcurrencyLimit {
 }
 
 impl Adaptive {
-    /// End the window: the new limit.
-    fn decide(&mut self, limit: usize) -> usize {
+    /// End the window at `now`: the new limit.
+    fn decide(&mut self, now: Instant, limit: usize) -> usize {
         let mean = (self.samples > 0).then(|| self.rtt_sum / self.samples);
-        let rising = match (mean, self.baseline) {
+        let above_usual = match (mean, self.baseline) {
             (Some(mean), Some(usual)) => {
                 mean > usual.mul_f64(RISE_RATIO) && mean - usual > RISE_FLOOR
             }
             _ => false,
         };
-        let next = if self.cut {
-            limit
-        } else if rising {
-            self.slow_start = false;
-            limit - limit.div_ceil(10)
-        } else if self.held_back && self.samples > 0 && !self.slow_start {
-            limit + 1
-        } else {
-            limit
+        // Not in slow start: its windows open many connections at once,
+        // and a new connection's first round trip (TCP's, TLS's) is not
+        // queueing. Nor while probing.
+        let queueing = match (mean, self.unloaded, self.probe) {
+            (Some(mean), Some(unloaded), Probe::Due(_)) if !self.slow_start => {
+                mean > unloaded.mul_f64(RISE_RATIO) && mean - unloaded > QUEUE_FLOOR
+            }
+            _ => false,
         };
         if let Some(mean) = mean {
+            self.unloaded = Some(self.unloaded.map_or(mean, |unloaded| unloaded.min(mean)));
+        }
+        // Cuts that do not shorten the round trip were not queueing: the
+        // target got slower for good. Measure it again now.
+        self.queueing_streak = if queueing {
+            self.queueing_streak + 1
+        } else {
+            0
+        };
+        if self.queueing_streak >= QUEUEING_STREAK_PROBE {
+            self.queueing_streak = 0;
+            self.probe = Probe::Due(Some(now));
+        }
+        let rising = above_usual || queueing;
+        let probing = !matches!(self.probe, Probe::Due(_));
+        let next = match self.probe {
+            Probe::Draining(back) => {
+                self.probe = Probe::Measuring(back);
+                PROBE_LIMIT.min(limit)
+            }
+            Probe::Measuring(back) => {
+                if let Some(mean) = mean {
+                    self.unloaded = Some(mean);
+                }
+                self.probe = Probe::Due(Some(now + PROBE_INTERVAL));
+                back
+            }
+            Probe::Due(None) if !self.slow_start => {
+                self.probe = Probe::Due(Some(now + PROBE_INTERVAL));
+                self.next_limit(limit, rising)
+            }
+            Probe::Due(Some(at)) if now >= at && limit > PROBE_LIMIT => {
+                self.probe = Probe::Draining(self.next_limit(limit, rising));
+                PROBE_LIMIT
+            }
+            Probe::Due(Some(at)) if now >= at => {
+                // As low as a probe already: this window was one.
+                if let Some(mean) = mean {
+                    self.unloaded = Some(mean);
+                }
+                self.probe = Probe::Due(Some(now + PROBE_INTERVAL));
+                limit + usize::from(self.held_back && !self.cut)
+            }
+            Probe::Due(_) => self.next_limit(limit, rising),
+        };
+        // A probe's windows say nothing of the usual round trip.
+        if let (Some(mean), false) = (mean, probing) {
             self.baseline = Some(match self.baseline {
                 None => mean,
                 Some(usual) => usual.mul_f64(1.0 - BASELINE_WEIGHT) + mean.mul_f64(BASELINE_WEIGHT),
@@ -216,6 +317,20 @@ impl Adaptive {
         self.cut = false;
         self.held_back = false;
         next.clamp(1, self.ceiling)
+    }
+
+    /// The limit after a window outside a probe.
+    fn next_limit(&mut self, limit: usize, rising: bool) -> usize {
+        if self.cut {
+            limit
+        } else if rising {
+            self.slow_start = false;
+            limit - limit.div_ceil(10)
+        } else if self.held_back && self.samples > 0 && !self.slow_start {
+            limit + 1
+        } else {
+            limit
+        }
     }
 }
 
@@ -386,6 +501,99 @@ mod tests {
         let before = fast.limit();
         busy_windows(&mut fast, &mut at, Duration::from_micros(900), 1);
         assert!(fast.limit() >= before, "{} < {before}", fast.limit());
+    }
+
+    /// A target a millisecond away whose answers the CPU paces, at most
+    /// 24,000 a second: each request beyond what keeps it busy only waits,
+    /// so the round trip grows with the limit, a little per window.
+    fn cpu_paced(limit: usize) -> Duration {
+        Duration::from_micros(300) + Duration::from_secs(1) * limit as u32 / 24_000
+    }
+
+    /// Such a target is not given the hook's whole backlog: once the
+    /// round trip is mostly waiting, the limit stops growing (a moving
+    /// average of the round trip follows its slow rise and never would).
+    /// Slow start may overshoot; the limit comes back within a few dozen
+    /// round trips and stays.
+    #[test]
+    fn queueing_on_a_fast_target_stops_the_growth() {
+        let mut limit = ConcurrencyLimit::adaptive(512);
+        let mut at = Instant::now();
+        for _ in 0..100 {
+            let rtt = cpu_paced(limit.limit());
+            busy_windows(&mut limit, &mut at, rtt, 1);
+        }
+        assert!(!limit.in_slow_start());
+        let mut highest = 0;
+        for _ in 0..5_000 {
+            let rtt = cpu_paced(limit.limit());
+            busy_windows(&mut limit, &mut at, rtt, 1);
+            highest = highest.max(limit.limit());
+        }
+        // 2 ms above the lowest round trip is 55 in flight; 24 keep the
+        // target busy.
+        assert!(highest <= 64, "grew to {highest}");
+        assert!(limit.limit() >= 24, "fell to {}", limit.limit());
+    }
+
+    /// Every PROBE_INTERVAL the limit drops to PROBE_LIMIT for two
+    /// windows and comes back to where it was.
+    #[test]
+    fn the_unloaded_round_trip_is_measured_every_interval() {
+        let mut limit = ConcurrencyLimit::adaptive(512);
+        let mut at = Instant::now();
+        let rtt = Duration::from_millis(20);
+        busy_windows(&mut limit, &mut at, rtt, 3);
+        limit.record(at, Signal::BackPressure);
+        let start = at;
+        let mut seen = Vec::new();
+        while at.duration_since(start) < PROBE_INTERVAL * 5 / 2 {
+            busy_windows(&mut limit, &mut at, rtt, 1);
+            seen.push(limit.limit());
+        }
+        let probes = seen
+            .windows(2)
+            .filter(|w| w[0] > PROBE_LIMIT && w[1] == PROBE_LIMIT)
+            .count();
+        assert_eq!(probes, 2, "{seen:?}");
+        // After each probe the limit is back above where it dropped from.
+        let last = *seen.last().unwrap_or(&0);
+        assert!(last > 16 + 2 * 100, "{last}");
+    }
+
+    /// A target whose latency rose for good gets its load back once the
+    /// next probe has measured the new unloaded round trip.
+    #[test]
+    fn a_target_slower_for_good_gets_its_load_back() {
+        let mut limit = ConcurrencyLimit::adaptive(512);
+        let mut at = Instant::now();
+        // Slow start ends at a back-pressure signal, as it would.
+        busy_windows(&mut limit, &mut at, Duration::from_millis(5), 4);
+        limit.record(at, Signal::BackPressure);
+        busy_windows(&mut limit, &mut at, Duration::from_millis(5), 100);
+        let before = limit.limit();
+        // From now on the target always answers after 20 ms.
+        let slower = at;
+        let mut lowest = before;
+        while at.duration_since(slower) < 2 * PROBE_INTERVAL {
+            busy_windows(&mut limit, &mut at, Duration::from_millis(20), 1);
+            // A probe's own PROBE_LIMIT aside.
+            if limit.limit() > PROBE_LIMIT {
+                lowest = lowest.min(limit.limit());
+            }
+        }
+        // Cut for the rise, but not to nothing: the cuts that did not
+        // shorten the round trip have it measured again at once.
+        assert!(
+            lowest < before && lowest >= before / 4,
+            "{lowest}, from {before}"
+        );
+        assert!(
+            limit.limit() >= 400,
+            "{} after {:?} at 20 ms, from {before} and down to {lowest}",
+            limit.limit(),
+            at.duration_since(slower)
+        );
     }
 
     #[test]
