@@ -550,18 +550,25 @@ mod tests {
         Duration::from_micros(300) + Duration::from_secs(1) * limit as u32 / per_second
     }
 
+    /// A fresh adaptive limit after `windows` busy windows on a CPU-paced
+    /// target, and the clock.
+    fn paced_for(windows: u32, per_second: u32) -> (ConcurrencyLimit, Instant) {
+        let mut limit = ConcurrencyLimit::adaptive(512);
+        let mut at = Instant::now();
+        for _ in 0..windows {
+            let rtt = cpu_paced(limit.limit(), per_second);
+            busy_windows(&mut limit, &mut at, rtt, 1);
+        }
+        (limit, at)
+    }
+
     /// Such a target is not given the hook's whole backlog: once the
     /// round trip is mostly waiting, the limit stops growing (a moving
     /// average of the round trip follows its slow rise and never would),
     /// and it stays where the target is kept busy, probes aside.
     #[test]
     fn queueing_on_a_fast_target_stops_the_growth() {
-        let mut limit = ConcurrencyLimit::adaptive(512);
-        let mut at = Instant::now();
-        for _ in 0..100 {
-            let rtt = cpu_paced(limit.limit(), 24_000);
-            busy_windows(&mut limit, &mut at, rtt, 1);
-        }
+        let (mut limit, mut at) = paced_for(100, 24_000);
         assert!(!limit.in_slow_start());
         let (mut highest, mut lowest, mut probes) = (0, usize::MAX, 0);
         let start = at;
@@ -588,12 +595,7 @@ mod tests {
     /// though the moving average lags behind its doublings.
     #[test]
     fn queueing_ends_slow_start() {
-        let mut limit = ConcurrencyLimit::adaptive(512);
-        let mut at = Instant::now();
-        for _ in 0..200 {
-            let rtt = cpu_paced(limit.limit(), 100_000);
-            busy_windows(&mut limit, &mut at, rtt, 1);
-        }
+        let (limit, _) = paced_for(200, 100_000);
         assert!(!limit.in_slow_start());
         assert!(limit.limit() < 400, "{}", limit.limit());
     }
