@@ -610,10 +610,14 @@ nginx_requests() {
 #   stub_status is available, else the calls USAGE_SQL ("calls errors" from
 #   webhook_usage, written about once a second) counts.
 # Sets SLOT_SECONDS and DELIVERED_SECONDS (since CATCH_T0), DELIVERED_BY and
-# NGINX_POLLS (the status requests nginx counted). Dies naming WHAT when
-# walhook exits or WALHOOK_TIMEOUT passes.
+# NGINX_POLLS (the status requests nginx counted). With nginx's counter it
+# also sets FIRST_SECONDS: the last poll that found no request yet, so that
+# the time from it to the last request is never shorter than the delivery
+# phase (empty without stub_status). Dies naming WHAT when walhook exits or
+# WALHOOK_TIMEOUT passes.
 await_caught_up() {
     local slot=$1 requests=$2 usage_sql=$3 what=$4 slot_at="" delivered_at="" calls deadline next_progress
+    local polled_at none_until=$CATCH_T0 first_seen=0
     deadline=$(( SECONDS + WALHOOK_TIMEOUT ))
     next_progress=$(( SECONDS + 10 ))
     NGINX_POLLS=0
@@ -623,10 +627,18 @@ await_caught_up() {
         kill -0 "$WALHOOK_PID" 2>/dev/null || die "walhook exited during $what (see its log below)"
         if [[ -z $delivered_at ]]; then
             if (( NGINX_BASE >= 0 )); then
+                polled_at=$EPOCHREALTIME
                 nginx_requests
                 NGINX_POLLS=$(( NGINX_POLLS + 1 ))
                 if (( NGINX_REQUESTS >= 0 && NGINX_REQUESTS - NGINX_BASE - NGINX_POLLS >= requests )); then
                     delivered_at=$EPOCHREALTIME
+                fi
+                if (( !first_seen )); then
+                    if (( NGINX_REQUESTS >= 0 && NGINX_REQUESTS - NGINX_BASE - NGINX_POLLS > 0 )); then
+                        first_seen=1
+                    else
+                        none_until=$polled_at
+                    fi
                 fi
             else
                 pq "$usage_sql" || true
@@ -655,6 +667,8 @@ await_caught_up() {
     done
     SLOT_SECONDS=$(elapsed "$CATCH_T0" "$slot_at")
     DELIVERED_SECONDS=$(elapsed "$CATCH_T0" "$delivered_at")
+    FIRST_SECONDS=""
+    if (( first_seen )); then FIRST_SECONDS=$(elapsed "$CATCH_T0" "$none_until"); fi
 }
 
 # ------------------------------------------------------------ walhook setup
@@ -972,7 +986,7 @@ section_nginx() {
 
     # The figures of one run; save_results PREFIX keeps them as PREFIX_NAME,
     # load_results PREFIX brings them back.
-    RESULT_VARS=(SLOT_SECONDS DELIVERED_SECONDS DELIVERED_BY WALHOOK_SECONDS WALHOOK_RATE calls errors
+    RESULT_VARS=(SLOT_SECONDS DELIVERED_SECONDS FIRST_SECONDS DELIVERED_BY WALHOOK_SECONDS WALHOOK_RATE calls errors
                  ng_final WALHOOK_HWM WALHOOK_CPU WALSENDER_CPU SQL_CPU NGINX_CPU MACHINE_BUSY walhook_rc LOG_WARN RUN_FILE)
     save_results() { local v; for v in "${RESULT_VARS[@]}"; do printf -v "${1}_$v" '%s' "${!v}"; done; }
     load_results() { local v n; for v in "${RESULT_VARS[@]}"; do n="${1}_$v"; printf -v "$v" '%s' "${!n}"; done; }
@@ -1011,6 +1025,13 @@ section_nginx() {
     CPU_PCT=$(awk -v c="$WALHOOK_CPU" -v s="$WALHOOK_SECONDS" 'BEGIN { printf "%.0f", 100 * c / s }')
     DELIVERED_RATE=$(rate "$EXPECTED" "$DELIVERED_SECONDS")
     DELIVERED_RATIO=$(awk -v a="$DELIVERED_RATE" -v b="$RECV_RATE" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "?" }')
+    # The delivery phase: from the first request to the last. Before it,
+    # the walsender decodes the first transaction whole (pgoutput sends a
+    # transaction at its commit) while walhook has nothing to send.
+    PHASE_RATE=""
+    if [[ -n $FIRST_SECONDS ]]; then
+        PHASE_RATE=$(rate "$EXPECTED" "$(elapsed "$FIRST_SECONDS" "$DELIVERED_SECONDS")")
+    fi
     SLOT_NOTE=""
     if awk -v a="$SLOT_SECONDS" -v b="$DELIVERED_SECONDS" 'BEGIN { exit !(a + 0.5 < b) }'; then
         SLOT_NOTE="NOTE: the slot was confirmed $(elapsed "$SLOT_SECONDS" "$DELIVERED_SECONDS") s before the last request arrived (parked events count as settled)"
@@ -1031,6 +1052,7 @@ ratio           : $RATIO   (walhook / pg_recvlogical)
 walhook peak RSS: $(( WALHOOK_HWM / 1024 )) MiB   (VmHWM $WALHOOK_HWM kB)
 milestones      : slot confirmed at ${SLOT_SECONDS} s; receiver had all $EXPECTED requests at ${DELIVERED_SECONDS} s ($DELIVERED_BY)
 receiver-side   : $DELIVERED_RATE changes/s, ratio $DELIVERED_RATIO   (from the last-request time alone, without the confirmation delay)
+delivery phase  : ${PHASE_RATE:-n/a} changes/s$( [[ -n $FIRST_SECONDS ]] && printf '%s' "   (from ${FIRST_SECONDS} s, the last check that found no request yet, to the last request; before it the walsender decodes the first transaction)")
 CPU during catch-up: walhook ${WALHOOK_CPU} s (${CPU_PCT}% of one core), its walsender ${WALSENDER_CPU} s, its SQL sessions ${SQL_CPU} s, nginx workers ${NGINX_CPU} s
 machine         : $MACHINE_BUSY during the catch-up
 webhook_usage   : total_calls ${calls:-?}, total_errors ${errors:-?}; nginx counted $( (( ng_final >= 0 )) && echo "$ng_final" || echo "n/a") requests
@@ -1068,12 +1090,16 @@ EOF
     q "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
        WHERE slot_name IN ('walhook', 'walhook_tls')" >/dev/null
     NGINX_HTTP_RATE=$WALHOOK_RATE NGINX_HTTP_DELIVERED_RATE=$DELIVERED_RATE NGINX_RECV_RATE=$RECV_RATE
+    NGINX_HTTP_PHASE_RATE=$PHASE_RATE
     # CPU per change of the http run, for section wrk's ceiling.
     NGINX_HTTP_US=$(awk -v c="$WALHOOK_CPU" -v n="$EXPECTED" 'BEGIN { printf "%.1f", c * 1e6 / n }')
     [[ $WALSENDER_CPU =~ ^[0-9.]+$ ]] || die "nginx: the walsender's CPU could not be measured"
     NGINX_WALSENDER_US=$(awk -v c="$WALSENDER_CPU" -v n="$EXPECTED" 'BEGIN { printf "%.1f", c * 1e6 / n }')
     summary nginx "walhook -> nginx, http" "$WALHOOK_RATE changes/s" "pg_recvlogical $RECV_RATE/s (ratio $RATIO)" "$(( WALHOOK_HWM / 1024 )) MiB"
     summary nginx "  receiver-side (no confirm delay)" "$DELIVERED_RATE changes/s" "ratio $DELIVERED_RATIO" ""
+    if [[ -n $PHASE_RATE ]]; then
+        summary nginx "  first to last request" "$PHASE_RATE changes/s" "first request after ${FIRST_SECONDS} s" ""
+    fi
     summary nginx "  machine during the http run" "${MACHINE_BUSY%% (*}" "(${MACHINE_BUSY#*(}" ""
     NGINX_MACHINE_BUSY=$MACHINE_BUSY
     if (( HTTPS )); then
@@ -1375,7 +1401,7 @@ section_wrk() {
     post_run
     if [[ -n ${NGINX_HTTP_RATE:-} && -n ${DECODE_US:-} ]]; then
         summary wrk "wrk -> nginx (${#body} B, ${WRK_CONNECTIONS} conns)" "$rps requests/s" \
-            "walhook/wrk $(ratio "$NGINX_HTTP_RATE" "$rps") (receiver-side $(ratio "$NGINX_HTTP_DELIVERED_RATE" "$rps"))" ""
+            "walhook/wrk $(ratio "$NGINX_HTTP_RATE" "$rps") (receiver-side $(ratio "$NGINX_HTTP_DELIVERED_RATE" "$rps")${NGINX_HTTP_PHASE_RATE:+, first to last $(ratio "$NGINX_HTTP_PHASE_RATE" "$rps")})" ""
         # Two cores shared by nginx, the walsender and the client: the
         # rate at which they would be saturated with walhook as the client,
         # and with a client as lean as wrk that still decodes and signs
