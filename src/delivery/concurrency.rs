@@ -550,6 +550,17 @@ mod tests {
         Duration::from_micros(300) + Duration::from_secs(1) * limit as u32 / per_second
     }
 
+    /// An adaptive limit whose slow start a back-pressure signal ended, as
+    /// it would, after `windows` more busy windows of `rtt`; and the clock.
+    fn past_slow_start(rtt: Duration, windows: u32) -> (ConcurrencyLimit, Instant) {
+        let mut limit = ConcurrencyLimit::adaptive(512);
+        let mut at = Instant::now();
+        busy_windows(&mut limit, &mut at, rtt, 4);
+        limit.record(at, Signal::BackPressure);
+        busy_windows(&mut limit, &mut at, rtt, windows);
+        (limit, at)
+    }
+
     /// A fresh adaptive limit after `windows` busy windows on a CPU-paced
     /// target, and the clock.
     fn paced_for(windows: u32, per_second: u32) -> (ConcurrencyLimit, Instant) {
@@ -652,11 +663,7 @@ mod tests {
     /// sent before, which waited in the old queue, do not count.
     #[test]
     fn a_probe_times_only_requests_sent_after_the_drop() {
-        let mut limit = ConcurrencyLimit::adaptive(512);
-        let mut at = Instant::now();
-        busy_windows(&mut limit, &mut at, Duration::from_millis(5), 4);
-        limit.record(at, Signal::BackPressure);
-        busy_windows(&mut limit, &mut at, Duration::from_millis(5), 10);
+        let (mut limit, mut at) = past_slow_start(Duration::from_millis(5), 10);
         // Then every answer comes 20 ms after its request, which waited
         // in a queue, until a probe drops the limit.
         let queued = Duration::from_millis(20);
@@ -688,12 +695,7 @@ mod tests {
     /// at once, not at the next interval.
     #[test]
     fn a_target_slower_for_good_gets_its_load_back() {
-        let mut limit = ConcurrencyLimit::adaptive(512);
-        let mut at = Instant::now();
-        // Slow start ends at a back-pressure signal, as it would.
-        busy_windows(&mut limit, &mut at, Duration::from_millis(5), 4);
-        limit.record(at, Signal::BackPressure);
-        busy_windows(&mut limit, &mut at, Duration::from_millis(5), 100);
+        let (mut limit, mut at) = past_slow_start(Duration::from_millis(5), 100);
         let before = limit.limit();
         // From now on the target always answers after 20 ms.
         let slower = at;
