@@ -113,12 +113,22 @@ enum Probe {
     /// The next one is due at this time (None: once slow start ends).
     Due(Option<Instant>),
     /// The limit is PROBE_LIMIT since `since`: answers to requests started
-    /// after it waited in no queue. `back` is the limit to go back to.
+    /// after it waited in no queue, and they are timed here. `back` is the
+    /// limit to go back to.
     Running {
         back: usize,
         since: Instant,
         windows: u32,
+        rtt_sum: Duration,
+        samples: u32,
     },
+}
+
+impl Probe {
+    /// Due an interval after `now`.
+    fn next_after(now: Instant) -> Probe {
+        Probe::Due(Some(now + PROBE_INTERVAL))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -133,9 +143,6 @@ struct Adaptive {
     probe: Probe,
     /// Windows in a row judged queueing.
     queueing_streak: u32,
-    /// The answers a running probe timed.
-    probe_rtt_sum: Duration,
-    probe_samples: u32,
     window_start: Option<Instant>,
     rtt_sum: Duration,
     samples: u32,
@@ -172,8 +179,6 @@ impl ConcurrencyLimit {
                 unloaded: None,
                 probe: Probe::Due(None),
                 queueing_streak: 0,
-                probe_rtt_sum: Duration::ZERO,
-                probe_samples: 0,
                 window_start: None,
                 rtt_sum: Duration::ZERO,
                 samples: 0,
@@ -230,10 +235,16 @@ impl ConcurrencyLimit {
             Signal::Answered(rtt) => {
                 a.rtt_sum += rtt;
                 a.samples += 1;
-                if let Probe::Running { since, .. } = a.probe {
-                    if now.checked_sub(rtt).is_some_and(|sent| sent >= since) {
-                        a.probe_rtt_sum += rtt;
-                        a.probe_samples += 1;
+                if let Probe::Running {
+                    since,
+                    rtt_sum,
+                    samples,
+                    ..
+                } = &mut a.probe
+                {
+                    if now.checked_sub(rtt).is_some_and(|sent| sent >= *since) {
+                        *rtt_sum += rtt;
+                        *samples += 1;
                     }
                 }
                 // Back-pressure and rising latency end slow start, so
@@ -254,7 +265,7 @@ impl ConcurrencyLimit {
                         Probe::Running { back, .. } => back,
                         Probe::Due(_) => self.limit,
                     };
-                    a.probe = Probe::Due(Some(now + PROBE_INTERVAL));
+                    a.probe = Probe::next_after(now);
                     self.limit = (from / 2).max(1);
                 }
             }
@@ -302,28 +313,25 @@ impl Adaptive {
         let next = match self.probe {
             Probe::Running {
                 back,
-                since,
-                windows,
+                rtt_sum,
+                samples,
+                ..
+            } if samples > 0 => {
+                self.end_probe(now, Some(rtt_sum / samples));
+                back
+            }
+            Probe::Running { back, windows, .. } if windows + 1 >= PROBE_MAX_WINDOWS => {
+                self.end_probe(now, None);
+                back
+            }
+            Probe::Running {
+                ref mut windows, ..
             } => {
-                if self.probe_samples > 0 || windows + 1 >= PROBE_MAX_WINDOWS {
-                    if self.probe_samples > 0 {
-                        self.unloaded = Some(self.probe_rtt_sum / self.probe_samples);
-                    }
-                    self.probe_rtt_sum = Duration::ZERO;
-                    self.probe_samples = 0;
-                    self.probe = Probe::Due(Some(now + PROBE_INTERVAL));
-                    back
-                } else {
-                    self.probe = Probe::Running {
-                        back,
-                        since,
-                        windows: windows + 1,
-                    };
-                    limit
-                }
+                *windows += 1;
+                limit
             }
             Probe::Due(None) if !self.slow_start => {
-                self.probe = Probe::Due(Some(now + PROBE_INTERVAL));
+                self.probe = Probe::next_after(now);
                 self.next_limit(limit, rising)
             }
             Probe::Due(Some(at)) if now >= at && limit > PROBE_LIMIT => {
@@ -331,15 +339,14 @@ impl Adaptive {
                     back: self.next_limit(limit, rising),
                     since: now,
                     windows: 0,
+                    rtt_sum: Duration::ZERO,
+                    samples: 0,
                 };
                 PROBE_LIMIT
             }
             Probe::Due(Some(at)) if now >= at => {
                 // As low as a probe already: this window was one.
-                if let Some(mean) = mean {
-                    self.unloaded = Some(mean);
-                }
-                self.probe = Probe::Due(Some(now + PROBE_INTERVAL));
+                self.end_probe(now, mean);
                 self.next_limit(limit, above_usual)
             }
             Probe::Due(_) => self.next_limit(limit, rising),
@@ -357,6 +364,15 @@ impl Adaptive {
         self.cut = false;
         self.held_back = false;
         next.clamp(1, self.ceiling)
+    }
+
+    /// A probe ended at `now`, having timed `unloaded` (None: no answer it
+    /// could time); the next is due an interval later.
+    fn end_probe(&mut self, now: Instant, unloaded: Option<Duration>) {
+        if unloaded.is_some() {
+            self.unloaded = unloaded;
+        }
+        self.probe = Probe::next_after(now);
     }
 
     /// The limit after a window outside a probe.
