@@ -617,7 +617,7 @@ nginx_requests() {
 # WALHOOK_TIMEOUT passes.
 await_caught_up() {
     local slot=$1 requests=$2 usage_sql=$3 what=$4 slot_at="" delivered_at="" calls deadline next_progress
-    local polled_at none_until=$CATCH_T0 first_seen=0
+    local polled_at got none_until=$CATCH_T0 first_seen=0
     deadline=$(( SECONDS + WALHOOK_TIMEOUT ))
     next_progress=$(( SECONDS + 10 ))
     NGINX_POLLS=0
@@ -630,15 +630,12 @@ await_caught_up() {
                 polled_at=$EPOCHREALTIME
                 nginx_requests
                 NGINX_POLLS=$(( NGINX_POLLS + 1 ))
-                if (( NGINX_REQUESTS >= 0 && NGINX_REQUESTS - NGINX_BASE - NGINX_POLLS >= requests )); then
-                    delivered_at=$EPOCHREALTIME
-                fi
+                # Requests walhook sent; 0 when nginx did not answer.
+                got=0
+                if (( NGINX_REQUESTS >= 0 )); then got=$(( NGINX_REQUESTS - NGINX_BASE - NGINX_POLLS )); fi
+                if (( got >= requests )); then delivered_at=$EPOCHREALTIME; fi
                 if (( !first_seen )); then
-                    if (( NGINX_REQUESTS >= 0 && NGINX_REQUESTS - NGINX_BASE - NGINX_POLLS > 0 )); then
-                        first_seen=1
-                    else
-                        none_until=$polled_at
-                    fi
+                    if (( got > 0 )); then first_seen=1; else none_until=$polled_at; fi
                 fi
             else
                 pq "$usage_sql" || true
@@ -749,11 +746,11 @@ fill_webhook_table() {
     fi
 }
 
-# Requests walhook has counted, over all hooks (written about once a second).
-calls_counted() {
-    q "SELECT coalesce(sum(total_calls), 0) || ' ' || coalesce(sum(total_errors), 0)
-         FROM walhook.webhook_usage" 2>/dev/null || true
-}
+# Requests walhook has counted, over all hooks (written about once a second):
+# "calls errors".
+CALLS_COUNTED_SQL="SELECT coalesce(sum(total_calls), 0) || ' ' || coalesce(sum(total_errors), 0)
+                     FROM walhook.webhook_usage"
+calls_counted() { q "$CALLS_COUNTED_SQL" 2>/dev/null || true; }
 
 # Time `walhook run` catching up to END_LSN for case $1; sets CASE_SECONDS,
 # CASE_HWM (kB) and CASE_CPU (s).
@@ -766,9 +763,7 @@ catch_up() {
         >"$TMP/walhook-$case.log" 2>&1 &
     WALHOOK_PID=$!
     SECTION_LOGS+=("walhook-$case.log")
-    await_caught_up walhook "$CASE_REQUESTS" \
-        "SELECT coalesce(sum(total_calls), 0) || ' ' || coalesce(sum(total_errors), 0) FROM walhook.webhook_usage" \
-        "case $case"
+    await_caught_up walhook "$CASE_REQUESTS" "$CALLS_COUNTED_SQL" "case $case"
     CASE_SECONDS=$(awk -v a="$SLOT_SECONDS" -v b="$DELIVERED_SECONDS" 'BEGIN { printf "%.3f", (a > b ? a : b) }')
     CASE_HWM=$(awk '/^VmHWM:/ { print $2 }' "/proc/$WALHOOK_PID/status")
     CASE_CPU=$(cpu_seconds "$WALHOOK_PID")
