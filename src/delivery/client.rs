@@ -86,8 +86,11 @@ pub enum SendError {
 }
 
 /// How many times one request the target refused unprocessed is sent
-/// again. A connection ending refuses a request at most once; more in a
-/// row is a target refusing everything, which gets a failure.
+/// again. A connection ending refuses a request at most once: the resend
+/// opens one of the next connection's first streams, and servers answer
+/// far more requests per connection than they allow at once (nginx: 1,000
+/// and 128). More in a row is a target refusing everything, which gets a
+/// failure.
 const MAX_REFUSED_RESENDS: u32 = 3;
 
 impl SendError {

@@ -267,14 +267,25 @@ fn event_ids(bodies: &[bytes::Bytes]) -> std::collections::BTreeSet<String> {
 /// dozens of errors at once and park a healthy hook within a second.
 /// Streams reset with REFUSED_STREAM (a server at its stream limit) are
 /// sent again the same way.
+///
+/// Like nginx (1,000 requests per connection, at most 128 streams at
+/// once), the target answers more requests per connection than walhook
+/// has in flight to it, so a resend, which opens one of the new
+/// connection's first streams, is answered there. A target that ends its
+/// connections sooner than that can refuse one request on connection after
+/// connection; a request refused on every try is the next test's case.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_refused_unprocessed_are_sent_again_and_are_no_error() {
     const ROWS: usize = 300;
-    let going_away = H2Target::start(Refusal::GoAwayAfter(20)).await.unwrap();
+    const IN_FLIGHT: usize = 32;
+    const GO_AWAY_AFTER: u64 = 2 * IN_FLIGHT as u64;
+    let going_away = H2Target::start(Refusal::GoAwayAfter(GO_AWAY_AFTER))
+        .await
+        .unwrap();
     let refusing = H2Target::start(Refusal::RefuseEvery(7)).await.unwrap();
     let mut h = Harness::start(
         CONTACT,
-        "http_version = \"http2\"\nconcurrency_per_webhook = 32",
+        &format!("http_version = \"http2\"\nconcurrency_per_webhook = {IN_FLIGHT}"),
     )
     .await;
     let to_going_away = h
@@ -299,10 +310,10 @@ async fn streams_refused_unprocessed_are_sent_again_and_are_no_error() {
         assert_eq!(target.answered().len(), ROWS);
         assert_eq!(event_ids(&target.answered()).len(), ROWS);
     }
-    // Each connection answered 20 streams, and those already received
-    // with the 20th (at most the 32 in flight), before its GOAWAY.
+    // Each connection answered GO_AWAY_AFTER streams, and those already
+    // received with the last of them (at most IN_FLIGHT), before its GOAWAY.
     assert!(
-        going_away.connections() >= (ROWS / (20 + 32)) as u64,
+        going_away.connections() >= (ROWS / (GO_AWAY_AFTER as usize + IN_FLIGHT)) as u64,
         "{} connections",
         going_away.connections()
     );
