@@ -186,7 +186,12 @@ fn delivered_all(requests: &[ReceivedRequest], committed: &BTreeSet<i32>) -> boo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_kills_during_a_sustained_workload_lose_nothing() {
-    let mut h = Harness::start(ITEMS, "").await;
+    // A fixed limit, so what can be in flight at a kill is known. An
+    // adaptive one grows while the daemon catches up after a restart (to
+    // 32-46 on a busy machine), and every request in flight at the next
+    // kill is rightly sent again; the benchmark's crash section measures
+    // the default settings.
+    let mut h = Harness::start(ITEMS, "concurrency_per_webhook = 8").await;
     let receiver = Receiver::start().await.unwrap();
     h.add_hook("item.*", &receiver.url("/k"), None).await;
     h.start_daemon().await;
@@ -237,18 +242,19 @@ async fn ten_kills_during_a_sustained_workload_lose_nothing() {
         .get(0);
     eprintln!(
         "10 kills: {} transactions committed, {changes} changes, {} requests, {duplicates} \
-         duplicates ({:.2}% of changes), about {writes} position writes",
+         duplicates ({:.2}% of changes, per kill {:?}), about {writes} position writes",
         committed.len(),
         got.len(),
-        duplicates as f64 * 100.0 / changes as f64
+        duplicates as f64 * 100.0 / changes as f64,
+        duplicates_per_kill(&got, &kills)
     );
     // Each kill lands while the daemon catches up on what was committed
-    // while it was down, with adaptive concurrency's first limit (8) of
-    // requests in flight, plus the other change of a transaction half
-    // delivered.
+    // while it was down, with up to 8 requests in flight, plus the other
+    // change of a transaction half delivered.
     assert!(
         duplicates <= 10 * (8 + 2),
-        "{duplicates} of {changes} changes sent twice over 10 kills"
+        "{duplicates} of {changes} changes sent twice over 10 kills; daemon log:\n{}",
+        h.daemon_log()
     );
 }
 
