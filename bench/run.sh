@@ -1417,8 +1417,9 @@ section_wrk() {
 }
 
 # post_run: the same POSTs as wrk's, from walhook-post: walhook's HTTP
-# client stack (hyper's pooled client) with POST_CONCURRENCY requests in
-# flight and none of walhook's own work per request. Sets POST_RATE,
+# client stack (hyper's HTTP/1.1 connections, driven in lanes as walhook's
+# are) with POST_CONCURRENCY requests in flight and none of walhook's own
+# work per request. Sets POST_RATE,
 # POST_US (its CPU per request), POST_NGINX_US and POST_MACHINE_BUSY.
 post_run() {
     local args=() h line requests secs cpu failed ng_before ng_after machine_before

@@ -20,7 +20,7 @@ use super::{connect, invalid};
 use crate::cli::{exit, ParkedCommand};
 use crate::config::Config;
 use crate::delivery::{
-    attempt, check_target, http_client, Attempt, DeliveryOutcome, DeliveryStore, UsageBook,
+    attempt, check_target, http_client, Attempt, DeliveryOutcome, DeliveryStore, Sender, UsageBook,
 };
 use crate::registry::{Webhook, WebhookState};
 use crate::store::parked_admin::ParkedDetail;
@@ -192,7 +192,7 @@ async fn redeliver(config: &Config, event_id: Uuid) -> anyhow::Result<u8> {
     // daemon's attempts do.
     let settings = super::webhook::control_settings(&store, id).await?;
     let outcome = attempt(
-        &http,
+        Sender::Pool(&http),
         &config.delivery,
         &Attempt {
             hook: &hook,

@@ -13,8 +13,8 @@ use anyhow::bail;
 use super::connect;
 use crate::config::Config;
 use crate::delivery::{
-    attempt, http_client, Attempt, DeliveryOutcome, DeliveryStore, HookSettings, SigningKey,
-    UsageBook,
+    attempt, http_client, Attempt, DeliveryOutcome, DeliveryStore, HookSettings, Sender,
+    SigningKey, UsageBook,
 };
 use crate::registry::{Registry, WebhookState};
 use crate::text::first_line;
@@ -77,7 +77,7 @@ pub async fn replay(config: &Config, webhook: Option<i32>) -> anyhow::Result<()>
             for row in batch {
                 let attempts = u32::try_from(row.attempts).unwrap_or(0);
                 let outcome = attempt(
-                    &http,
+                    Sender::Pool(&http),
                     &config.delivery,
                     &Attempt {
                         hook,

@@ -19,14 +19,9 @@
 //! for a free stream within `delivery.timeout`. Over HTTP/1.1 each request
 //! in flight holds a connection of its own.
 //!
-//! Each connection runs as a task of its own, so a request crosses from
-//! its hook's task to the connection's and its answer back. Driving a
-//! hook's HTTP/1.1 connections from the hook's own task instead saves those
-//! switches (a fifth of the CPU per change to nginx on loopback, 32 in
-//! flight), but puts all of a hook's HTTP work on one core: on 2 cores it
-//! delivered no more per second with 32 in flight and fewer with 64, 128
-//! or the adaptive limit, the one task busy while a sixth of the machine
-//! stood idle. Connection tasks spread one hook over every core.
+//! This pool runs each connection as a task of its own. A hook's queue
+//! sends to targets known to speak HTTP/1.1 over connections its delivery
+//! lanes drive themselves instead ([`connections`](super::connections)).
 
 use std::error::Error as StdError;
 use std::sync::Arc;
@@ -40,7 +35,7 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
 use super::resolver::PolicyResolver;
@@ -53,7 +48,7 @@ use crate::config::{DeliveryConfig, HttpVersion};
 /// them again (a handshake per request, which on a 50 ms target raised
 /// the round trip to 75 ms and on loopback cost CPU per request). A burst
 /// that left hundreds idle gives them back to the target after this long.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+pub(super) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How often an HTTP/2 connection is pinged, busy or idle, and how long
 /// the answer may take: a connection that died without a word (a target
@@ -66,11 +61,17 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Connector = HttpsConnector<HttpConnector<PolicyResolver>>;
 
+/// A connection the connector made: TCP, or TLS over it.
+pub(super) type Stream = hyper_rustls::MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+
 /// The client deliveries, replays and `walhook webhook test` send with.
 /// Cloning shares the connection pool.
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Client<Connector, Full<Bytes>>,
+    /// What the pool connects with, for a hook queue's own connections
+    /// ([`TaskConnections`](super::connections::TaskConnections)).
+    connector: Connector,
 }
 
 /// Why a request got no response.
@@ -80,8 +81,16 @@ pub enum SendError {
     TimedOut,
     #[error("the target URL is not a valid HTTP URI")]
     Uri(#[from] http::uri::InvalidUri),
+    #[error("the target URL has no scheme or host")]
+    NotAbsolute,
     #[error(transparent)]
     Transport(#[from] hyper_util::client::legacy::Error),
+    /// No connection to the target (a hook queue's own connections).
+    #[error("client error (Connect)")]
+    Connect(#[source] Box<dyn StdError + Send + Sync>),
+    /// The exchange failed on a connection (a hook queue's own).
+    #[error("client error (SendRequest)")]
+    Http(#[source] hyper::Error),
     /// Refused unprocessed on the first try and on every resend.
     #[error(
         "the target refused the request unprocessed {tries} times in a row \
@@ -107,17 +116,23 @@ impl SendError {
     pub fn is_timeout(&self) -> bool {
         match self {
             SendError::TimedOut => true,
-            SendError::Uri(_) | SendError::Refused { .. } => false,
-            SendError::Transport(e) => chain(e).any(|s| {
-                s.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-            }),
+            SendError::Uri(_) | SendError::NotAbsolute | SendError::Refused { .. } => false,
+            SendError::Transport(_) | SendError::Connect(_) | SendError::Http(_) => {
+                chain(self).skip(1).any(|s| {
+                    s.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                })
+            }
         }
     }
 
     /// No connection (refused, unreachable, TLS handshake, DNS).
     pub fn is_connect(&self) -> bool {
-        matches!(self, SendError::Transport(e) if e.is_connect())
+        match self {
+            SendError::Transport(e) => e.is_connect(),
+            SendError::Connect(_) => true,
+            _ => false,
+        }
     }
 
     /// The target refused every try unprocessed: it is overloaded.
@@ -163,6 +178,11 @@ fn chain<'a>(
 }
 
 impl HttpClient {
+    /// A handle on the connector the pool connects with.
+    pub(super) fn connector(&self) -> Connector {
+        self.connector.clone()
+    }
+
     /// POST `body` to `url` with the headers `headers` makes. `deadline`
     /// bounds the whole exchange up to the response headers, resends
     /// included; the caller bounds reading the body with it too.
@@ -301,6 +321,7 @@ pub fn http_client(config: &DeliveryConfig) -> anyhow::Result<HttpClient> {
         builder.http2_only(true);
     }
     Ok(HttpClient {
-        inner: builder.build(connector),
+        inner: builder.build(connector.clone()),
+        connector,
     })
 }

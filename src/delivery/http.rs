@@ -6,7 +6,8 @@ use bytes::Bytes;
 use http::StatusCode;
 use uuid::Uuid;
 
-use super::client::{read_body_prefix, HttpClient, SendError};
+use super::client::{read_body_prefix, SendError};
+use super::connections::Sender;
 use super::request::{self, SigningKeys};
 use super::settings::HookSettings;
 use super::signing::SigningKey;
@@ -64,7 +65,7 @@ pub struct Attempt<'a> {
 
 /// One POST. Never panics on anything the target does.
 pub async fn attempt(
-    http: &HttpClient,
+    http: Sender<'_>,
     config: &DeliveryConfig,
     job: &Attempt<'_>,
 ) -> DeliveryOutcome {
@@ -97,7 +98,13 @@ pub async fn attempt(
         )
     };
     let sent = http
-        .post(&job.hook.target_url, headers, job.body.clone(), deadline)
+        .post(
+            &job.hook.target_url,
+            config.http_version,
+            headers,
+            job.body.clone(),
+            deadline,
+        )
         .await;
     let response = match sent {
         Ok(r) => r,

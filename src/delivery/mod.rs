@@ -41,6 +41,7 @@
 
 pub mod client;
 mod concurrency;
+mod connections;
 mod dispatcher;
 mod hook;
 pub mod http;
@@ -65,6 +66,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 pub use self::client::{http_client, HttpClient};
+pub use self::connections::Sender;
 pub use self::dispatcher::Dispatcher;
 pub use self::hook::{HookControl, ParkReason};
 pub use self::http::{attempt, Attempt, DeliveryOutcome};

@@ -1,5 +1,6 @@
 //! A hook's queue: one task per hook that starts its events as soon as
-//! their order allows, up to the hook's concurrency limit.
+//! their order allows, up to the hook's concurrency limit, in its delivery
+//! lanes (tasks that run the events and drive their own connections).
 //!
 //! Events of one row keep commit order: an event starts only when no
 //! earlier event of its row is still running or waiting. Rows go
@@ -15,7 +16,9 @@ use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::JoinHandle;
 
+use super::connections::{Sender, TaskConnections};
 use super::hook::{HookControl, Mode, ParkReason};
 use super::order::{Keys, OrderGate};
 use super::parking::park_until_done;
@@ -43,7 +46,7 @@ pub(super) async fn run_queue(
     control: Arc<HookControl>,
 ) {
     let mut gate: OrderGate<Queued> = OrderGate::new();
-    let mut running = FuturesUnordered::new();
+    let mut lanes = Lanes::new(&ctx, &control);
     // When each running event was queued, by arrival number: the oldest
     // unfinished event is the hook's backlog age.
     let mut running_since: BTreeMap<u64, u64> = BTreeMap::new();
@@ -65,15 +68,21 @@ pub(super) async fn run_queue(
                 }
                 None => open = false,
             },
-            Some((keys, arrival)) = running.next(), if !running.is_empty() => {
-                gate.finished(keys);
-                running_since.remove(&arrival);
-                control.in_flight.fetch_sub(1, Ordering::AcqRel);
+            Some(done) = lanes.done.recv(), if lanes.running > 0 => {
+                let mut done = Some(done);
+                // Take what else has finished, then look once.
+                while let Some(Finished { keys, arrival, lane }) = done {
+                    gate.finished(keys);
+                    running_since.remove(&arrival);
+                    lanes.finished(lane);
+                    control.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    done = lanes.done.try_recv().ok();
+                }
             }
             // Closed and nothing running: whatever waits starts below.
             else => {}
         }
-        if !open && gate.waiting() == 0 && running.is_empty() {
+        if !open && gate.waiting() == 0 && lanes.running == 0 {
             break;
         }
         // A parking hook parks its waiting events at once, whatever the
@@ -89,20 +98,13 @@ pub(super) async fn run_queue(
             control.held_back();
         }
         for (keys, queued) in ready.drain(..) {
-            let Queued {
-                job,
-                enqueued,
-                budget,
-                ..
-            } = queued;
             arrivals += 1;
-            let arrival = arrivals;
-            running_since.insert(arrival, enqueued);
-            let (ctx, control) = (&ctx, &control);
-            running.push(async move {
-                run_job(ctx, control, job).await;
-                drop(budget);
-                (keys, arrival)
+            running_since.insert(arrivals, queued.enqueued);
+            lanes.start(Started {
+                job: queued.job,
+                budget: queued.budget,
+                keys,
+                arrival: arrivals,
             });
         }
         let oldest = running_since
@@ -116,12 +118,172 @@ pub(super) async fn run_queue(
         control.oldest_queued.store(oldest, Ordering::Release);
     }
     control.oldest_queued.store(0, Ordering::Release);
+    lanes.close().await;
+}
+
+/// The tasks a hook's started events run in, each with its own HTTP/1.1
+/// connections ([`TaskConnections`]), which it drives itself: an answer
+/// wakes the task whose request waits for it, and no other. One task would
+/// hold a busy hook to one core; so a hook has up to one lane per runtime
+/// worker, opened as its events in flight need them.
+struct Lanes {
+    ctx: DeliveryContext,
+    control: Arc<HookControl>,
+    lanes: Vec<Lane>,
+    most: usize,
+    /// Events started and not finished, in all lanes.
+    running: usize,
+    finished_tx: mpsc::UnboundedSender<Finished>,
+    done: mpsc::UnboundedReceiver<Finished>,
+}
+
+struct Lane {
+    tx: mpsc::UnboundedSender<Started>,
+    task: JoinHandle<()>,
+    running: usize,
+}
+
+/// An event handed to a lane.
+struct Started {
+    job: Job,
+    budget: OwnedSemaphorePermit,
+    keys: Keys,
+    arrival: u64,
+}
+
+/// An event a lane is done with (delivered, parked, dropped or left
+/// unsettled).
+struct Finished {
+    keys: Keys,
+    arrival: u64,
+    lane: usize,
+}
+
+impl Lanes {
+    fn new(ctx: &DeliveryContext, control: &Arc<HookControl>) -> Lanes {
+        let (finished_tx, done) = mpsc::unbounded_channel();
+        Lanes {
+            ctx: ctx.clone(),
+            control: Arc::clone(control),
+            lanes: Vec::new(),
+            most: tokio::runtime::Handle::current()
+                .metrics()
+                .num_workers()
+                .max(1),
+            running: 0,
+            finished_tx,
+            done,
+        }
+    }
+
+    /// Start an event in the lane with the fewest running, or in a new
+    /// lane when every lane has some and more may open.
+    fn start(&mut self, started: Started) {
+        let least = self
+            .lanes
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, l)| l.running)
+            .map(|(i, l)| (i, l.running));
+        let lane = match least {
+            Some((i, running)) if running == 0 || self.lanes.len() == self.most => i,
+            _ => self.open(),
+        };
+        self.running += 1;
+        self.lanes[lane].running += 1;
+        // A lane ends only when its sender is dropped (in `close`).
+        let _ = self.lanes[lane].tx.send(started);
+    }
+
+    fn open(&mut self) -> usize {
+        let index = self.lanes.len();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run_lane(
+            index,
+            rx,
+            self.finished_tx.clone(),
+            self.ctx.clone(),
+            Arc::clone(&self.control),
+        ));
+        self.lanes.push(Lane {
+            tx,
+            task,
+            running: 0,
+        });
+        index
+    }
+
+    fn finished(&mut self, lane: usize) {
+        self.running -= 1;
+        if let Some(lane) = self.lanes.get_mut(lane) {
+            lane.running -= 1;
+        }
+    }
+
+    /// Every lane is idle: end them.
+    async fn close(mut self) {
+        for lane in &mut self.lanes {
+            // Ends the lane's loop.
+            lane.tx = mpsc::unbounded_channel().0;
+            if let Err(e) = (&mut lane.task).await {
+                tracing::error!(webhook_id = self.control.id, "a delivery lane failed: {e}");
+            }
+        }
+    }
+}
+
+/// A queue stopped midway (its task aborted when a shutdown ran out of
+/// time) stops its lanes' requests with it: what they had not settled is
+/// delivered again after the next start.
+impl Drop for Lanes {
+    fn drop(&mut self) {
+        for lane in &self.lanes {
+            lane.task.abort();
+        }
+    }
+}
+
+/// One lane: runs the events handed to it, over connections it drives,
+/// until its queue drops its sender and nothing runs.
+async fn run_lane(
+    index: usize,
+    mut started: mpsc::UnboundedReceiver<Started>,
+    finished: mpsc::UnboundedSender<Finished>,
+    ctx: DeliveryContext,
+    control: Arc<HookControl>,
+) {
+    // Declared first: they outlive the requests running on them.
+    let connections = TaskConnections::new(ctx.http.clone());
+    let mut running = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            item = started.recv(), if open => match item {
+                Some(Started { job, budget, keys, arrival }) => {
+                    let (ctx, control, connections) = (&ctx, &control, &connections);
+                    running.push(async move {
+                        run_job(ctx, control, Sender::Task(connections), job).await;
+                        drop(budget);
+                        Finished { keys, arrival, lane: index }
+                    });
+                }
+                None => open = false,
+            },
+            Some(done) = running.next(), if !running.is_empty() => {
+                // The queue outlives its lanes.
+                let _ = finished.send(done);
+            }
+            // Never ends: moves the connections' bytes.
+            _ = connections.drive(), if open || !running.is_empty() => {}
+            else => break,
+        }
+    }
 }
 
 /// Deliver, park or drop one job, then settle its ticket. If parking fails
 /// (database unreachable) the ticket is left unsettled: the event stays
 /// unconfirmed and is read again after a restart, never lost.
-async fn run_job(ctx: &DeliveryContext, control: &HookControl, job: Job) {
+async fn run_job(ctx: &DeliveryContext, control: &HookControl, http: Sender<'_>, job: Job) {
     if control.is_stopped() {
         ctx.metrics.dropped();
         job.ticket.settle();
@@ -141,7 +303,7 @@ async fn run_job(ctx: &DeliveryContext, control: &HookControl, job: Job) {
         }
         return;
     }
-    let outcome = deliver(ctx, control, &job.event, job.event_id, &job.body, 0).await;
+    let outcome = deliver(ctx, control, http, &job.event, job.event_id, &job.body, 0).await;
     match outcome {
         Settled::Delivered | Settled::Dropped => job.ticket.settle(),
         Settled::Stopped => {

@@ -20,7 +20,7 @@ use super::hook::{HookControl, Mode};
 use super::order::{order_keys, OrderGate};
 use super::parked::{ParkedRow, Position};
 use super::retry::{deliver, Settled};
-use super::DeliveryContext;
+use super::{DeliveryContext, Sender};
 use crate::registry::WebhookState;
 
 /// Parked events read at a time.
@@ -118,6 +118,9 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
                 let settled = deliver(
                     ctx,
                     control,
+                    // Its loop awaits more than its deliveries (reads,
+                    // removals), so it sends over the shared pool.
+                    Sender::Pool(&ctx.http),
                     &row.event,
                     row.event_id,
                     &row.body,

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::concurrency::Signal;
 use super::hook::HookControl;
 use super::http::FailureKind;
-use super::{attempt, Attempt, DeliveryContext, DeliveryOutcome};
+use super::{attempt, Attempt, DeliveryContext, DeliveryOutcome, Sender};
 use crate::registry::WebhookState;
 use crate::text::{first_line, human_duration, redacted_url};
 
@@ -45,6 +45,7 @@ pub(super) enum Settled {
 pub(super) async fn deliver(
     ctx: &DeliveryContext,
     control: &HookControl,
+    http: Sender<'_>,
     event: &str,
     event_id: Uuid,
     body: &Bytes,
@@ -81,7 +82,7 @@ pub(super) async fn deliver(
         let config = ctx.config.get();
         let started = Instant::now();
         let outcome = attempt(
-            &ctx.http,
+            http,
             &config,
             &Attempt {
                 hook: &hook,

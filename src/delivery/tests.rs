@@ -297,7 +297,8 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test]
+/// On two workers, so the hook's events run in two lanes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_of_one_row_arrive_in_commit_order_while_rows_go_concurrently() {
     let (target, url) = Target::start(200).await;
     let store = Arc::new(MemoryStore::default());
@@ -356,7 +357,8 @@ async fn a_distant_target_gets_hundreds_of_requests_at_once() {
     assert!(most > 100, "at most {most} requests at once");
 }
 
-#[tokio::test]
+/// On two workers: the limit holds across the hook's lanes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fixed_concurrency_is_never_exceeded() {
     let most = most_at_once(400, 5, Concurrency::Fixed(3)).await;
     assert_eq!(most, 3);

@@ -2,16 +2,18 @@
 //! for bench/run.sh.
 //!
 //! wrk measures what the machine allows a minimal client written in C.
-//! This measures what the HTTP library walhook delivers with allows: the
-//! same hyper pooled client, configured as walhook configures it (HTTP/1.1
-//! keep-alive, no Nagle delay), driving a fixed number of requests in
-//! flight from one task as a walhook hook's queue does, with nothing else
+//! This measures what the HTTP library walhook delivers with allows, used
+//! as walhook uses it on an HTTP/1.1 target: hyper's HTTP/1.1 connections
+//! (keep-alive, no Nagle delay) in lanes, one task per runtime worker,
+//! each keeping its share of the requests in flight and driving its own
+//! connections, as a walhook hook's delivery lanes do; with nothing else
 //! per request (no decoding, no body to build, no signature, no
 //! bookkeeping). The gap between this and walhook is walhook's own work;
 //! the gap between this and wrk is the library's.
 //!
-//! `--http2` speaks cleartext HTTP/2 with prior knowledge instead, to
-//! compare the two versions' cost on an h2c target (the bench does not).
+//! `--http2` speaks cleartext HTTP/2 with prior knowledge instead, over
+//! hyper's pooled client as walhook does, to compare the two versions'
+//! cost on an h2c target (the bench does not).
 //!
 //! Prints one line when done:
 //! `requests N seconds S cpu_seconds C failed F`, where C is this process's
@@ -27,9 +29,10 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use nix::sys::resource::{getrusage, UsageWho};
 
 /// walhook's allocator, so the two are compared on the same one.
@@ -89,14 +92,21 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let cpu_before = cpu_seconds()?;
-    let (requests, failed, elapsed) = runtime.block_on(run(
-        args.url,
-        headers,
-        body,
-        args.concurrency as usize,
-        Duration::from_secs(args.seconds),
-        args.http2,
-    ))?;
+    let length = Duration::from_secs(args.seconds);
+    let concurrency = args.concurrency as usize;
+    let (requests, failed, elapsed) = if args.http2 {
+        runtime.block_on(run_http2(args.url, headers, body, concurrency, length))?
+    } else {
+        let lanes = runtime.metrics().num_workers().clamp(1, concurrency);
+        runtime.block_on(run_lanes(
+            args.url,
+            headers,
+            body,
+            concurrency,
+            lanes,
+            length,
+        ))?
+    };
     let cpu = cpu_seconds()? - cpu_before;
     println!(
         "requests {requests} seconds {:.3} cpu_seconds {cpu:.3} failed {failed}",
@@ -105,15 +115,124 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keeps `concurrency` POSTs in flight for `length`: the requests answered
-/// 2xx, the others, and the time taken.
-async fn run(
+/// Keeps `concurrency` POSTs in flight for `length` over HTTP/1.1, spread
+/// over `lanes` tasks: the requests answered 2xx, the others, and the
+/// time taken.
+async fn run_lanes(
+    url: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    concurrency: usize,
+    lanes: usize,
+    length: Duration,
+) -> anyhow::Result<(u64, u64, Duration)> {
+    let start = Instant::now();
+    let end = start + length;
+    let tasks: Vec<_> = (0..lanes)
+        .map(|i| {
+            // The remainder goes to the first lanes.
+            let share = concurrency / lanes + usize::from(i < concurrency % lanes);
+            tokio::spawn(run_lane(
+                url.clone(),
+                headers.clone(),
+                body.clone(),
+                share,
+                end,
+            ))
+        })
+        .collect();
+    let (mut answered, mut failed) = (0, 0);
+    for task in tasks {
+        let (a, f) = task.await.context("a lane panicked")??;
+        answered += a;
+        failed += f;
+    }
+    Ok((answered, failed, start.elapsed()))
+}
+
+/// One lane: `in_flight` connections, each with a request in flight until
+/// `end`, all driven by this task.
+async fn run_lane(
+    url: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    in_flight: usize,
+    end: Instant,
+) -> anyhow::Result<(u64, u64)> {
+    let Some(host) = url.host() else {
+        bail!("{url}: no host");
+    };
+    let port = url.port_u16().unwrap_or(80);
+    let host_header = HeaderValue::try_from(match port {
+        80 => host.to_owned(),
+        _ => format!("{host}:{port}"),
+    })?;
+    let path = url
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse::<Uri>()?;
+    let mut connections = FuturesUnordered::new();
+    let mut senders = Vec::with_capacity(in_flight);
+    for _ in 0..in_flight {
+        let stream = tokio::net::TcpStream::connect((host, port))
+            .await
+            .with_context(|| format!("connecting to {host}:{port}"))?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await?;
+        senders.push(sender);
+        connections.push(connection);
+    }
+    let post = |mut sender: http1::SendRequest<Full<Bytes>>| {
+        let mut request = Request::new(Full::new(body.clone()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = path.clone();
+        *request.headers_mut() = headers.clone();
+        request
+            .headers_mut()
+            .insert(http::header::HOST, host_header.clone());
+        async move {
+            sender.ready().await?;
+            let response = sender.send_request(request).await?;
+            let ok = response.status().is_success();
+            // Read to the end, so the connection is ready again.
+            response.into_body().collect().await?;
+            Ok::<_, anyhow::Error>((sender, ok))
+        }
+    };
+    let mut running: FuturesUnordered<_> = senders.into_iter().map(post).collect();
+    let (mut answered, mut failed) = (0u64, 0u64);
+    loop {
+        tokio::select! {
+            done = running.next() => match done {
+                Some(Ok((sender, ok))) => {
+                    if ok { answered += 1 } else { failed += 1 }
+                    if Instant::now() < end {
+                        running.push(post(sender));
+                    }
+                }
+                Some(Err(e)) => bail!("a request failed: {e:#}"),
+                None => break,
+            },
+            // A connection ends when its sender is dropped, or on an error.
+            Some(ended) = connections.next() => {
+                if let Err(e) = ended {
+                    bail!("a connection failed: {e}");
+                }
+            }
+        }
+    }
+    Ok((answered, failed))
+}
+
+/// Keeps `concurrency` POSTs in flight for `length` over cleartext HTTP/2
+/// and hyper's pooled client: the requests answered 2xx, the others, and
+/// the time taken.
+async fn run_http2(
     url: Uri,
     headers: HeaderMap,
     body: Bytes,
     concurrency: usize,
     length: Duration,
-    http2: bool,
 ) -> anyhow::Result<(u64, u64, Duration)> {
     let mut tcp = HttpConnector::new();
     tcp.set_nodelay(true);
@@ -121,7 +240,7 @@ async fn run(
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_max_idle_per_host(concurrency)
-        .http2_only(http2)
+        .http2_only(true)
         .build(tcp);
     let post = || {
         let mut request = Request::new(Full::new(body.clone()));
