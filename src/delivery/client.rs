@@ -72,6 +72,9 @@ pub struct HttpClient {
     /// What the pool connects with, for a hook queue's own connections
     /// ([`TaskConnections`](super::connections::TaskConnections)).
     connector: Connector,
+    /// The `delivery.http_version` the connector's ALPN and the pool were
+    /// built for (a reload does not change it).
+    version: HttpVersion,
 }
 
 /// Why a request got no response.
@@ -181,6 +184,11 @@ impl HttpClient {
     /// A handle on the connector the pool connects with.
     pub(super) fn connector(&self) -> Connector {
         self.connector.clone()
+    }
+
+    /// The HTTP version setting this client was built with.
+    pub(super) fn http_version(&self) -> HttpVersion {
+        self.version
     }
 
     /// POST `body` to `url` with the headers `headers` makes. `deadline`
@@ -323,5 +331,6 @@ pub fn http_client(config: &DeliveryConfig) -> anyhow::Result<HttpClient> {
     Ok(HttpClient {
         inner: builder.build(connector.clone()),
         connector,
+        version: config.http_version,
     })
 }

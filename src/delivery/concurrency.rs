@@ -151,9 +151,12 @@ struct Adaptive {
     cut: bool,
     /// The hook had ready events the limit held back during this window.
     held_back: bool,
-    /// ...and since the last answer: slow start grows only on answers
-    /// that find events waiting, not for a burst that has drained.
-    held_back_now: bool,
+    /// Of the events held back when the queue last looked, those no
+    /// answer has let start yet: slow start grows only on answers that
+    /// find events waiting, not for a burst that has drained. A count, not
+    /// a flag, because the answers reach the limit from the hook's lanes
+    /// in batches before the queue looks again.
+    waiting: usize,
     /// The limit when this window began: slow start at most doubles it
     /// within a window, so a target answering faster than the shortest
     /// window is still checked for rising latency at every doubling.
@@ -184,7 +187,7 @@ impl ConcurrencyLimit {
                 samples: 0,
                 cut: false,
                 held_back: false,
-                held_back_now: false,
+                waiting: 0,
                 window_base: INITIAL.min(ceiling),
             }),
         }
@@ -195,11 +198,12 @@ impl ConcurrencyLimit {
         self.limit
     }
 
-    /// The hook had more ready events than the limit let start.
-    pub fn held_back(&mut self) {
+    /// The hook's queue looked at its waiting events: `held_back` of them
+    /// (at most) could have started but for the limit, 0 when none.
+    pub fn looked(&mut self, held_back: usize) {
         if let Some(a) = &mut self.adaptive {
-            a.held_back = true;
-            a.held_back_now = true;
+            a.held_back |= held_back > 0;
+            a.waiting = held_back;
         }
     }
 
@@ -249,10 +253,11 @@ impl ConcurrencyLimit {
                 }
                 // Back-pressure and rising latency end slow start, so
                 // this never grows a limit the target pushed back on.
-                if a.slow_start && a.held_back_now && self.limit < 2 * a.window_base {
+                if a.slow_start && a.waiting > 0 && self.limit < 2 * a.window_base {
                     self.limit = (self.limit + 1).min(a.ceiling);
                 }
-                a.held_back_now = false;
+                // Its request's place goes to one of them.
+                a.waiting = a.waiting.saturating_sub(1);
             }
             Signal::BackPressure => {
                 // Back-pressure cuts at once, once per window.
@@ -394,18 +399,21 @@ impl Adaptive {
 mod tests {
     use super::*;
 
+    /// A backlog larger than any limit the tests reach.
+    const EVENTS_WAITING: usize = 10_000;
+
     /// Drive `limit` through `windows` windows of one round trip each, with
     /// every request answered after `rtt` and more events ready than the
     /// limit allows: as in a hook's queue, each answer lets the queue look
     /// again and find events held back.
     fn busy_windows(limit: &mut ConcurrencyLimit, at: &mut Instant, rtt: Duration, windows: u32) {
         for _ in 0..windows {
-            limit.held_back();
+            limit.looked(EVENTS_WAITING);
             let n = limit.limit();
             for _ in 0..n {
                 *at += rtt / n as u32;
                 limit.record(*at, Signal::Answered(rtt));
-                limit.held_back();
+                limit.looked(EVENTS_WAITING);
             }
             *at += rtt;
             limit.record(*at, Signal::Answered(rtt));
@@ -440,7 +448,7 @@ mod tests {
         let mut limit = ConcurrencyLimit::adaptive(512);
         let mut at = Instant::now();
         for _ in 0..1000 {
-            limit.held_back();
+            limit.looked(EVENTS_WAITING);
             at += Duration::from_micros(2);
             limit.record(at, Signal::Answered(Duration::from_micros(300)));
         }
@@ -455,12 +463,41 @@ mod tests {
     fn slow_start_grows_only_while_events_wait() {
         let mut limit = ConcurrencyLimit::adaptive(512);
         let mut at = Instant::now();
-        limit.held_back();
+        limit.looked(1);
         for _ in 0..9 {
             at += Duration::from_millis(1);
             limit.record(at, Signal::Answered(Duration::from_millis(50)));
         }
         assert_eq!(limit.limit(), INITIAL + 1);
+    }
+
+    /// The hook's lanes record a batch of answers before its queue looks
+    /// again: while a backlog waits, each of them grows the limit, so a
+    /// distant target's limit still doubles once per round trip.
+    #[test]
+    fn answers_recorded_before_the_queue_looks_again_grow_the_limit_while_a_backlog_waits() {
+        let rtt = Duration::from_millis(50);
+        let mut limit = ConcurrencyLimit::adaptive(512);
+        let mut at = Instant::now();
+        let mut batches = 0;
+        while limit.limit() < 512 {
+            assert!(
+                batches < 10,
+                "still at {} after {batches} batches",
+                limit.limit()
+            );
+            // One look per batch of answers.
+            limit.looked(EVENTS_WAITING);
+            for i in 0..limit.limit() {
+                limit.record(
+                    at + Duration::from_nanos(100 * i as u64),
+                    Signal::Answered(rtt),
+                );
+            }
+            at += rtt - Duration::from_micros(100);
+            batches += 1;
+        }
+        assert_eq!(batches, 6);
     }
 
     /// A steady distant target answers each batch at once, one round trip
@@ -478,7 +515,7 @@ mod tests {
                 "still at {} after {batches} batches",
                 limit.limit()
             );
-            limit.held_back();
+            limit.looked(EVENTS_WAITING);
             let n = limit.limit();
             // Answers land together (a timer's tick), just before a full
             // round trip after the last decision.
@@ -487,7 +524,7 @@ mod tests {
                     at + Duration::from_nanos(100 * i as u64),
                     Signal::Answered(rtt),
                 );
-                limit.held_back();
+                limit.looked(EVENTS_WAITING);
             }
             at += rtt - Duration::from_micros(100);
             batches += 1;
@@ -536,7 +573,7 @@ mod tests {
         let mut at = Instant::now();
         for _ in 0..20 {
             at += Duration::from_millis(100);
-            limit.held_back();
+            limit.looked(EVENTS_WAITING);
             limit.record(at, Signal::BackPressure);
         }
         assert_eq!(limit.limit(), 1);
@@ -642,7 +679,7 @@ mod tests {
         while at.duration_since(start) < PROBE_INTERVAL * 5 / 2 {
             let n = limit.limit();
             for _ in 0..n {
-                limit.held_back();
+                limit.looked(EVENTS_WAITING);
                 at += rtt / n as u32;
                 limit.record(at, Signal::Answered(rtt));
                 seen.push(limit.limit());
@@ -685,7 +722,7 @@ mod tests {
         let queued = Duration::from_millis(20);
         while limit.limit() != PROBE_LIMIT {
             at += Duration::from_micros(200);
-            limit.held_back();
+            limit.looked(EVENTS_WAITING);
             limit.record(at, Signal::Answered(queued));
         }
         let drop = at;

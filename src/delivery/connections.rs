@@ -56,13 +56,14 @@ impl Sender<'_> {
     pub async fn post(
         self,
         url: &url::Url,
-        version: HttpVersion,
         headers: impl Fn() -> HeaderMap,
         body: Bytes,
         deadline: Instant,
     ) -> Result<Response<Incoming>, SendError> {
         match self {
-            Sender::Task(own) if speaks_http1_only(url, version) => {
+            // The version the connector offers by ALPN decides, not the
+            // configuration as reloaded since.
+            Sender::Task(own) if speaks_http1_only(url, own.pool.http_version()) => {
                 own.post(url, headers, body, deadline).await
             }
             Sender::Task(own) => own.pool.post(url, headers, body, deadline).await,
@@ -94,8 +95,11 @@ pub struct TaskConnections {
 struct State {
     /// The last target, prepared: a hook has one.
     target: Option<Target>,
-    /// Connections that are not sending, oldest return first; one whose
-    /// last answer is still being read is not ready yet.
+    /// Counts the target's changes of origin: a connection made before the
+    /// last one leads elsewhere.
+    origin_generation: u64,
+    /// Connections that are not sending, in the order they came back; one
+    /// whose last answer is still being read is not ready yet.
     idle: VecDeque<Idle>,
     /// Every open connection's I/O, polled by `drive`.
     open: FuturesUnordered<Pin<Box<Connection>>>,
@@ -121,6 +125,8 @@ struct Target {
 struct Idle {
     sender: http1::SendRequest<Full<Bytes>>,
     since: Instant,
+    /// The `origin_generation` it was made in.
+    generation: u64,
 }
 
 impl TaskConnections {
@@ -129,6 +135,7 @@ impl TaskConnections {
             pool,
             state: Mutex::new(State {
                 target: None,
+                origin_generation: 0,
                 idle: VecDeque::new(),
                 open: FuturesUnordered::new(),
                 driver: None,
@@ -142,7 +149,8 @@ impl TaskConnections {
     }
 
     /// Moves every connection's bytes; never ends. Also closes connections
-    /// idle for longer than the pool keeps them.
+    /// idle for longer than the pool keeps them (looked for every half of
+    /// that time, so within one and a half times it).
     pub fn drive(&self) -> impl Future<Output = Infallible> + '_ {
         poll_fn(move |cx| {
             let mut state = self.state();
@@ -184,15 +192,15 @@ impl TaskConnections {
         deadline: Instant,
     ) -> Result<Response<Incoming>, SendError> {
         let exchange = async {
-            let (uri, mut request) = self.request(url, headers(), body)?;
+            let (uri, generation, mut request) = self.request(url, headers(), body)?;
             loop {
-                let (mut sender, reused) = match self.checkout(url) {
+                let (mut sender, reused) = match self.checkout(generation) {
                     Some(sender) => (sender, true),
                     None => (self.connect(uri.clone()).await?, false),
                 };
                 match sender.try_send_request(request).await {
                     Ok(response) => {
-                        self.checkin(sender);
+                        self.checkin(sender, generation);
                         return Ok(response);
                     }
                     Err(mut e) => match e.take_message() {
@@ -208,14 +216,16 @@ impl TaskConnections {
         }
     }
 
-    /// The request, and the URI to connect to.
+    /// The request, the URI to connect to and the generation of its
+    /// origin.
     fn request(
         &self,
         url: &url::Url,
         mut headers: HeaderMap,
         body: Bytes,
-    ) -> Result<(Uri, Request<Full<Bytes>>), SendError> {
+    ) -> Result<(Uri, u64, Request<Full<Bytes>>), SendError> {
         let mut state = self.state();
+        let state = &mut *state;
         let target = match &state.target {
             Some(t) if t.url == url.as_str() => t,
             _ => {
@@ -225,8 +235,9 @@ impl TaskConnections {
                     .as_ref()
                     .is_some_and(|t| t.origin != target.origin)
                 {
-                    // The hook's URL changed host: its idle connections
-                    // lead elsewhere.
+                    // The hook's URL changed host: its idle connections,
+                    // and those in use now, lead elsewhere.
+                    state.origin_generation += 1;
                     state.idle.clear();
                 }
                 state.target.insert(target)
@@ -237,39 +248,48 @@ impl TaskConnections {
         *request.method_mut() = Method::POST;
         *request.uri_mut() = target.path.clone();
         *request.headers_mut() = headers;
-        Ok((target.uri.clone(), request))
+        let generation = state.origin_generation;
+        Ok((target.uri.clone(), generation, request))
     }
 
-    /// An idle connection that is ready for a request; closed ones and
-    /// those idle too long are dropped on the way.
-    fn checkout(&self, url: &url::Url) -> Option<http1::SendRequest<Full<Bytes>>> {
+    /// The idle connection that came back last and is ready for a request
+    /// to the origin of `generation`; closed ones, those idle too long and
+    /// those to another origin are dropped on the way. The last one back
+    /// first, as hyper's pool does: after a burst, a steady trickle keeps
+    /// one connection busy and lets the others age out, where taking the
+    /// oldest first would keep them all open.
+    fn checkout(&self, generation: u64) -> Option<http1::SendRequest<Full<Bytes>>> {
         let mut state = self.state();
-        if state.target.as_ref().is_none_or(|t| t.url != url.as_str()) {
-            return None;
-        }
         let now = Instant::now();
-        for _ in 0..state.idle.len() {
-            let idle = state.idle.pop_front()?;
-            if idle.sender.is_closed() || now - idle.since >= POOL_IDLE_TIMEOUT {
-                continue;
+        let mut at = state.idle.len();
+        while at > 0 {
+            at -= 1;
+            let idle = &state.idle[at];
+            if idle.generation != generation
+                || idle.sender.is_closed()
+                || now - idle.since >= POOL_IDLE_TIMEOUT
+            {
+                state.idle.remove(at);
+            } else if idle.sender.is_ready() {
+                return state.idle.remove(at).map(|idle| idle.sender);
             }
-            if idle.sender.is_ready() {
-                return Some(idle.sender);
-            }
-            // Its last answer is still being read.
-            state.idle.push_back(idle);
+            // Else its last answer is still being read.
         }
         None
     }
 
     /// The connection goes back to the idle ones as soon as its answer has
     /// headers: it is ready again once the answer's body is read (one left
-    /// unread closes it).
-    fn checkin(&self, sender: http1::SendRequest<Full<Bytes>>) {
-        self.state().idle.push_back(Idle {
-            sender,
-            since: Instant::now(),
-        });
+    /// unread closes it). One to an origin the target has left is closed.
+    fn checkin(&self, sender: http1::SendRequest<Full<Bytes>>, generation: u64) {
+        let mut state = self.state();
+        if generation == state.origin_generation {
+            state.idle.push_back(Idle {
+                sender,
+                since: Instant::now(),
+                generation,
+            });
+        }
     }
 
     async fn connect(&self, uri: Uri) -> Result<http1::SendRequest<Full<Bytes>>, SendError> {
@@ -332,15 +352,19 @@ mod tests {
     use crate::config::DeliveryConfig;
     use crate::delivery::http_client;
 
-    /// A loopback HTTP/1.1 target that counts the connections it accepted
-    /// and the requests it answered (200, empty body). With
+    /// A loopback HTTP/1.1 target that counts the connections it accepted,
+    /// the requests it received and answered (200, empty body, after
+    /// `delay`), and the answers on each connection. With
     /// `close_after_answer` it closes each connection after its first
     /// answer, as a target whose idle timeout ran out does.
     #[derive(Clone, Default)]
     struct Counted {
         accepted: Arc<AtomicUsize>,
+        received: Arc<AtomicUsize>,
         answered: Arc<AtomicUsize>,
         closed: Arc<AtomicUsize>,
+        per_connection: Arc<std::sync::Mutex<Vec<usize>>>,
+        delay: Arc<std::sync::Mutex<std::time::Duration>>,
     }
 
     impl Counted {
@@ -352,12 +376,14 @@ mod tests {
             tokio::spawn(async move {
                 loop {
                     let (socket, _) = listener.accept().await.unwrap();
-                    c.accepted.fetch_add(1, Ordering::AcqRel);
+                    let connection = c.accepted.fetch_add(1, Ordering::AcqRel);
+                    c.per_connection.lock().unwrap().push(0);
                     let c = c.clone();
                     tokio::spawn(async move {
                         let mut socket = BufReader::new(socket);
-                        while answer_one(&mut socket).await {
+                        while answer_one(&mut socket, &c).await {
                             c.answered.fetch_add(1, Ordering::AcqRel);
+                            c.per_connection.lock().unwrap()[connection] += 1;
                             if close_after_answer {
                                 // Later, as an idle timeout would: the
                                 // client has read the answer by then.
@@ -376,7 +402,7 @@ mod tests {
 
     /// Reads one request (head and Content-Length body) and answers 200;
     /// false at the end of the connection or on a request it cannot read.
-    async fn answer_one(socket: &mut BufReader<tokio::net::TcpStream>) -> bool {
+    async fn answer_one(socket: &mut BufReader<tokio::net::TcpStream>, c: &Counted) -> bool {
         let mut length = 0;
         let mut request_line = String::new();
         loop {
@@ -400,6 +426,9 @@ mod tests {
         if socket.read_exact(&mut body).await.is_err() {
             return false;
         }
+        c.received.fetch_add(1, Ordering::AcqRel);
+        let delay = *c.delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
         socket
             .get_mut()
             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
@@ -491,5 +520,77 @@ mod tests {
             first.closed.load(Ordering::Acquire) == 1
         })
         .await;
+    }
+
+    /// The hook's URL moves to another host while a request to the old one
+    /// waits for its answer: that request's connection, back afterwards,
+    /// must not carry a request to the new host.
+    #[tokio::test]
+    async fn a_connection_in_use_when_the_host_changes_never_carries_the_new_hosts_requests() {
+        let (old, old_url) = Counted::start(false).await;
+        let (new, new_url) = Counted::start(false).await;
+        *old.delay.lock().unwrap() = std::time::Duration::from_millis(200);
+        let connections = connections();
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let to_old = connections.post(&old_url, HeaderMap::new, Bytes::new(), deadline);
+        let then_to_new = async {
+            while old.received.load(Ordering::Acquire) == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            connections
+                .post(&new_url, HeaderMap::new, Bytes::new(), deadline)
+                .await
+        };
+        let (to_old, to_new) = tokio::select! {
+            both = async { tokio::join!(to_old, then_to_new) } => both,
+            _ = connections.drive() => unreachable!(),
+        };
+        assert_eq!(to_old.expect("an answer").status(), 200);
+        assert_eq!(to_new.expect("an answer").status(), 200);
+        assert_eq!(post(&connections, &new_url).await, 200);
+        assert_eq!(old.answered.load(Ordering::Acquire), 1);
+        assert_eq!(new.answered.load(Ordering::Acquire), 2);
+    }
+
+    /// After a burst opened several connections, requests one at a time go
+    /// over the one that came back last, so the others can age out.
+    #[tokio::test]
+    async fn after_a_burst_a_trickle_keeps_to_one_connection() {
+        let (target, url) = Counted::start(false).await;
+        *target.delay.lock().unwrap() = std::time::Duration::from_millis(50);
+        let connections = connections();
+        let burst = async {
+            tokio::join!(
+                post(&connections, &url),
+                post(&connections, &url),
+                post(&connections, &url)
+            )
+        };
+        let ok = http::StatusCode::OK;
+        assert_eq!(burst.await, (ok, ok, ok));
+        assert_eq!(target.accepted.load(Ordering::Acquire), 3);
+        *target.delay.lock().unwrap() = std::time::Duration::ZERO;
+        for _ in 0..6 {
+            assert_eq!(post(&connections, &url).await, 200);
+        }
+        let mut answers = target.per_connection.lock().unwrap().clone();
+        answers.sort_unstable();
+        assert_eq!(answers, [1, 1, 7]);
+    }
+
+    #[test]
+    fn only_targets_that_cannot_answer_in_http2_go_over_lane_connections() {
+        let http: url::Url = "http://example.com/hook".parse().unwrap();
+        let https: url::Url = "https://example.com/hook".parse().unwrap();
+        for (url, version, lane) in [
+            (&http, HttpVersion::Auto, true),
+            (&http, HttpVersion::Http1, true),
+            (&http, HttpVersion::Http2, false),
+            (&https, HttpVersion::Auto, false),
+            (&https, HttpVersion::Http1, true),
+            (&https, HttpVersion::Http2, false),
+        ] {
+            assert_eq!(speaks_http1_only(url, version), lane, "{url} {version:?}");
+        }
     }
 }

@@ -272,9 +272,10 @@ impl HookControl {
         self.concurrency().limit()
     }
 
-    /// The limit held back events that could have started.
-    pub(super) fn held_back(&self) {
-        self.concurrency().held_back();
+    /// The queue looked at its waiting events: `held_back` of them (at
+    /// most) could have started but for the limit.
+    pub(super) fn looked(&self, held_back: usize) {
+        self.concurrency().looked(held_back);
     }
 
     /// What an attempt's outcome says about the target's capacity.

@@ -98,13 +98,7 @@ pub async fn attempt(
         )
     };
     let sent = http
-        .post(
-            &job.hook.target_url,
-            config.http_version,
-            headers,
-            job.body.clone(),
-            deadline,
-        )
+        .post(&job.hook.target_url, headers, job.body.clone(), deadline)
         .await;
     let response = match sent {
         Ok(r) => r,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinError, JoinHandle};
 
 use super::connections::{Sender, TaskConnections};
 use super::hook::{HookControl, Mode, ParkReason};
@@ -68,6 +68,7 @@ pub(super) async fn run_queue(
                 }
                 None => open = false,
             },
+            Some(ended) = lanes.tasks.next(), if lanes.running > 0 => lanes.ended(ended),
             Some(done) = lanes.done.recv(), if lanes.running > 0 => {
                 let mut done = Some(done);
                 // Take what else has finished, then look once.
@@ -94,9 +95,8 @@ pub(super) async fn run_queue(
         } else {
             control.concurrency_limit()
         };
-        if gate.take_ready(limit, &mut ready) {
-            control.held_back();
-        }
+        let held_back = gate.take_ready(limit, &mut ready);
+        control.looked(if held_back { gate.waiting() } else { 0 });
         for (keys, queued) in ready.drain(..) {
             arrivals += 1;
             running_since.insert(arrivals, queued.enqueued);
@@ -130,6 +130,8 @@ struct Lanes {
     ctx: DeliveryContext,
     control: Arc<HookControl>,
     lanes: Vec<Lane>,
+    /// Every lane's task, to see one end.
+    tasks: FuturesUnordered<JoinHandle<()>>,
     most: usize,
     /// Events started and not finished, in all lanes.
     running: usize,
@@ -139,7 +141,7 @@ struct Lanes {
 
 struct Lane {
     tx: mpsc::UnboundedSender<Started>,
-    task: JoinHandle<()>,
+    task: AbortHandle,
     running: usize,
 }
 
@@ -166,6 +168,7 @@ impl Lanes {
             ctx: ctx.clone(),
             control: Arc::clone(control),
             lanes: Vec::new(),
+            tasks: FuturesUnordered::new(),
             most: tokio::runtime::Handle::current()
                 .metrics()
                 .num_workers()
@@ -207,9 +210,10 @@ impl Lanes {
         ));
         self.lanes.push(Lane {
             tx,
-            task,
+            task: task.abort_handle(),
             running: 0,
         });
+        self.tasks.push(task);
         index
     }
 
@@ -220,12 +224,26 @@ impl Lanes {
         }
     }
 
+    /// A lane ended while events ran in it: only a panic in one (a bug)
+    /// ends it so, and its events would never finish. The queue fails with
+    /// it, as it did when its events ran in its own task: they stay
+    /// unconfirmed and are delivered again after the next start.
+    fn ended(&self, ended: Result<(), JoinError>) -> ! {
+        match ended {
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            _ => panic!(
+                "webhook {}: a delivery lane ended with events running",
+                self.control.id
+            ),
+        }
+    }
+
     /// Every lane is idle: end them.
     async fn close(mut self) {
-        for lane in &mut self.lanes {
-            // Ends the lane's loop.
-            lane.tx = mpsc::unbounded_channel().0;
-            if let Err(e) = (&mut lane.task).await {
+        // Their senders dropped, the lanes' loops end.
+        self.lanes.clear();
+        while let Some(ended) = self.tasks.next().await {
+            if let Err(e) = ended {
                 tracing::error!(webhook_id = self.control.id, "a delivery lane failed: {e}");
             }
         }

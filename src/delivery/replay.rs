@@ -110,9 +110,8 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
             let batch = std::mem::replace(&mut delivered, Vec::with_capacity(REMOVE_BATCH));
             removing = Some(Box::pin(remove_batch(ctx, control, batch)));
         }
-        if gate.take_ready(control.concurrency_limit(), &mut ready) {
-            control.held_back();
-        }
+        let held_back = gate.take_ready(control.concurrency_limit(), &mut ready);
+        control.looked(if held_back { gate.waiting() } else { 0 });
         for (keys, row) in ready.drain(..) {
             running.push(async move {
                 let settled = deliver(
