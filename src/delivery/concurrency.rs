@@ -471,66 +471,44 @@ mod tests {
         assert_eq!(limit.limit(), INITIAL + 1);
     }
 
-    /// The hook's lanes record a batch of answers before its queue looks
-    /// again: while a backlog waits, each of them grows the limit, so a
-    /// distant target's limit still doubles once per round trip.
-    #[test]
-    fn answers_recorded_before_the_queue_looks_again_grow_the_limit_while_a_backlog_waits() {
-        let rtt = Duration::from_millis(50);
-        let mut limit = ConcurrencyLimit::adaptive(512);
-        let mut at = Instant::now();
-        let mut batches = 0;
-        while limit.limit() < 512 {
-            assert!(
-                batches < 10,
-                "still at {} after {batches} batches",
-                limit.limit()
-            );
-            // One look per batch of answers.
-            limit.looked(EVENTS_WAITING);
-            for i in 0..limit.limit() {
-                limit.record(
-                    at + Duration::from_nanos(100 * i as u64),
-                    Signal::Answered(rtt),
-                );
-            }
-            at += rtt - Duration::from_micros(100);
-            batches += 1;
-        }
-        assert_eq!(batches, 6);
-    }
-
     /// A steady distant target answers each batch at once, one round trip
     /// after the batch started, with a little jitter: the limit doubles
-    /// with every batch, the first included.
+    /// with every batch, the first included. So it does whether the queue
+    /// looks again after every answer or once per batch (its lanes record
+    /// a batch of answers first): while a backlog waits, each answer
+    /// grows the limit.
     #[test]
     fn slow_start_doubles_once_per_round_trip_on_batched_answers() {
-        let rtt = Duration::from_millis(50);
-        let mut limit = ConcurrencyLimit::adaptive(512);
-        let mut at = Instant::now();
-        let mut batches = 0;
-        while limit.limit() < 512 {
-            assert!(
-                batches < 10,
-                "still at {} after {batches} batches",
-                limit.limit()
-            );
-            limit.looked(EVENTS_WAITING);
-            let n = limit.limit();
-            // Answers land together (a timer's tick), just before a full
-            // round trip after the last decision.
-            for i in 0..n {
-                limit.record(
-                    at + Duration::from_nanos(100 * i as u64),
-                    Signal::Answered(rtt),
+        for look_per_answer in [true, false] {
+            let rtt = Duration::from_millis(50);
+            let mut limit = ConcurrencyLimit::adaptive(512);
+            let mut at = Instant::now();
+            let mut batches = 0;
+            while limit.limit() < 512 {
+                assert!(
+                    batches < 10,
+                    "still at {} after {batches} batches (look per answer: {look_per_answer})",
+                    limit.limit()
                 );
                 limit.looked(EVENTS_WAITING);
+                let n = limit.limit();
+                // Answers land together (a timer's tick), just before a
+                // full round trip after the last decision.
+                for i in 0..n {
+                    limit.record(
+                        at + Duration::from_nanos(100 * i as u64),
+                        Signal::Answered(rtt),
+                    );
+                    if look_per_answer {
+                        limit.looked(EVENTS_WAITING);
+                    }
+                }
+                at += rtt - Duration::from_micros(100);
+                batches += 1;
             }
-            at += rtt - Duration::from_micros(100);
-            batches += 1;
+            // 8 -> 512 is six doublings, one per batch from the first.
+            assert_eq!(batches, 6, "look per answer: {look_per_answer}");
         }
-        // 8 -> 512 is six doublings, one per batch from the first.
-        assert_eq!(batches, 6);
     }
 
     #[test]
