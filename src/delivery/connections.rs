@@ -129,6 +129,13 @@ struct Idle {
     generation: u64,
 }
 
+impl Idle {
+    /// Closed by the target, or idle longer than the pool keeps one.
+    fn spent(&self, now: Instant) -> bool {
+        self.sender.is_closed() || now - self.since >= POOL_IDLE_TIMEOUT
+    }
+}
+
 impl TaskConnections {
     pub fn new(pool: HttpClient) -> TaskConnections {
         TaskConnections {
@@ -170,9 +177,7 @@ impl TaskConnections {
             }
             if state.sweep.as_mut().poll(cx).is_ready() {
                 let now = Instant::now();
-                state
-                    .idle
-                    .retain(|i| !i.sender.is_closed() && now - i.since < POOL_IDLE_TIMEOUT);
+                state.idle.retain(|i| !i.spent(now));
                 state.sweep.as_mut().reset(now + POOL_IDLE_TIMEOUT / 2);
                 // Registers the timer's waker.
                 let _ = state.sweep.as_mut().poll(cx);
@@ -265,10 +270,7 @@ impl TaskConnections {
         while at > 0 {
             at -= 1;
             let idle = &state.idle[at];
-            if idle.generation != generation
-                || idle.sender.is_closed()
-                || now - idle.since >= POOL_IDLE_TIMEOUT
-            {
+            if idle.generation != generation || idle.spent(now) {
                 state.idle.remove(at);
             } else if idle.sender.is_ready() {
                 return state.idle.remove(at).map(|idle| idle.sender);

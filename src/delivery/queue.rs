@@ -68,8 +68,8 @@ pub(super) async fn run_queue(
                 }
                 None => open = false,
             },
-            Some(ended) = lanes.tasks.next(), if lanes.running > 0 => lanes.ended(ended),
-            Some(done) = lanes.done.recv(), if lanes.running > 0 => {
+            Some(ended) = lanes.tasks.next(), if lanes.running() > 0 => lanes.ended(ended),
+            Some(done) = lanes.done.recv(), if lanes.running() > 0 => {
                 let mut done = Some(done);
                 // Take what else has finished, then look once.
                 while let Some(Finished { keys, arrival, lane }) = done {
@@ -83,7 +83,7 @@ pub(super) async fn run_queue(
             // Closed and nothing running: whatever waits starts below.
             else => {}
         }
-        if !open && gate.waiting() == 0 && lanes.running == 0 {
+        if !open && gate.waiting() == 0 && lanes.running() == 0 {
             break;
         }
         // A parking hook parks its waiting events at once, whatever the
@@ -133,8 +133,6 @@ struct Lanes {
     /// Every lane's task, to see one end.
     tasks: FuturesUnordered<JoinHandle<()>>,
     most: usize,
-    /// Events started and not finished, in all lanes.
-    running: usize,
     finished_tx: mpsc::UnboundedSender<Finished>,
     done: mpsc::UnboundedReceiver<Finished>,
 }
@@ -173,7 +171,6 @@ impl Lanes {
                 .metrics()
                 .num_workers()
                 .max(1),
-            running: 0,
             finished_tx,
             done,
         }
@@ -192,7 +189,6 @@ impl Lanes {
             Some((i, running)) if running == 0 || self.lanes.len() == self.most => i,
             _ => self.open(),
         };
-        self.running += 1;
         self.lanes[lane].running += 1;
         // A lane ends only when its sender is dropped (in `close`).
         let _ = self.lanes[lane].tx.send(started);
@@ -218,10 +214,14 @@ impl Lanes {
     }
 
     fn finished(&mut self, lane: usize) {
-        self.running -= 1;
         if let Some(lane) = self.lanes.get_mut(lane) {
             lane.running -= 1;
         }
+    }
+
+    /// Events started and not finished, in all lanes.
+    fn running(&self) -> usize {
+        self.lanes.iter().map(|l| l.running).sum()
     }
 
     /// A lane ended while events ran in it: only a panic in one (a bug)
