@@ -12,9 +12,11 @@
 //!
 //! # Connections
 //!
-//! Over HTTP/2 every request to one host shares a single connection: a
-//! burst that starts before the first handshake has told the version may
-//! open a few, and those that learn h2 second are closed unused. Requests
+//! Over HTTP/2 every request to one host shares a single connection. Under
+//! `auto` the first request to an https origin goes alone and the rest of
+//! its burst follows the answer ([`origins`](super::origins)), so a burst
+//! does not open a connection per request before the pool has learned
+//! that one would do. Requests
 //! beyond the target's limit of concurrent streams (often 100 to 250) wait
 //! for a free stream within `delivery.timeout`. Over HTTP/1.1 each request
 //! in flight holds a connection of its own.
@@ -38,6 +40,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
+use super::origins::Origins;
 use super::resolver::PolicyResolver;
 use super::tls;
 use crate::config::{DeliveryConfig, HttpVersion};
@@ -75,6 +78,8 @@ pub struct HttpClient {
     /// The `delivery.http_version` the connector's ALPN and the pool were
     /// built for (a reload does not change it).
     version: HttpVersion,
+    /// Under `auto`: which https origins answered lately.
+    origins: Arc<Origins>,
 }
 
 /// Why a request got no response.
@@ -207,6 +212,15 @@ impl HttpClient {
         deadline: Instant,
     ) -> Result<Response<Incoming>, SendError> {
         let uri: Uri = url.as_str().parse()?;
+        let admission = match uri.authority() {
+            Some(origin) if self.version == HttpVersion::Auto && url.scheme() == "https" => {
+                match self.origins.admit(origin.as_str(), deadline).await {
+                    Some(admission) => Some(admission),
+                    None => return Err(SendError::TimedOut),
+                }
+            }
+            _ => None,
+        };
         let mut tries = 0;
         loop {
             tries += 1;
@@ -219,7 +233,12 @@ impl HttpClient {
                 Err(_) => return Err(SendError::TimedOut),
             };
             match sent {
-                Ok(response) => return Ok(response),
+                Ok(response) => {
+                    if let Some(admission) = &admission {
+                        admission.answered();
+                    }
+                    return Ok(response);
+                }
                 Err(e) => match refused_unprocessed_by(&e) {
                     Some(_) if tries > MAX_REFUSED_RESENDS => {
                         return Err(SendError::Refused { tries, last: e });
@@ -332,5 +351,6 @@ pub fn http_client(config: &DeliveryConfig) -> anyhow::Result<HttpClient> {
         inner: builder.build(connector.clone()),
         connector,
         version: config.http_version,
+        origins: Arc::new(Origins::new()),
     })
 }

@@ -46,6 +46,7 @@ mod dispatcher;
 mod hook;
 pub mod http;
 mod order;
+mod origins;
 mod park_writer;
 mod parked;
 mod parking;
