@@ -351,6 +351,6 @@ pub fn http_client(config: &DeliveryConfig) -> anyhow::Result<HttpClient> {
         inner: builder.build(connector.clone()),
         connector,
         version: config.http_version,
-        origins: Arc::new(Origins::new()),
+        origins: Arc::new(Origins::new(POOL_IDLE_TIMEOUT)),
     })
 }

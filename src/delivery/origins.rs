@@ -18,11 +18,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
-
-use super::client::POOL_IDLE_TIMEOUT;
 
 /// Origins above this count are pruned of those neither answering lately
 /// nor in use, so hostile `webhook` rows cycling through hosts cannot
@@ -34,6 +33,9 @@ pub(super) struct Origins {
     known: Mutex<HashMap<String, Arc<Origin>>>,
     /// The zero of `Origin::answered_at`.
     epoch: Instant,
+    /// How long after its last answer an origin's h2 connection may still
+    /// be in the pool: the pool's idle timeout.
+    fresh_for: Duration,
 }
 
 struct Origin {
@@ -67,23 +69,27 @@ fn millis_since(epoch: Instant) -> u64 {
 }
 
 impl Origin {
-    /// Answered within the pool's idle timeout: its connection, if the
-    /// version is h2, is still in the pool.
-    fn answered_lately(&self, epoch: Instant) -> bool {
+    /// Answered within `fresh_for`: its connection, if the version is h2,
+    /// is still in the pool.
+    fn answered_lately(&self, epoch: Instant, fresh_for: Duration) -> bool {
         match self.answered_at.load(Ordering::Relaxed) {
             0 => false,
             at => {
-                (millis_since(epoch) + 1).saturating_sub(at) < POOL_IDLE_TIMEOUT.as_millis() as u64
+                let ago = (millis_since(epoch) + 1).saturating_sub(at);
+                u128::from(ago) < fresh_for.as_millis()
             }
         }
     }
 }
 
 impl Origins {
-    pub(super) fn new() -> Origins {
+    /// Origins whose answer is trusted for `fresh_for`: the pool's idle
+    /// timeout.
+    pub(super) fn new(fresh_for: Duration) -> Origins {
         Origins {
             known: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
+            fresh_for,
         }
     }
 
@@ -97,13 +103,13 @@ impl Origins {
             epoch: self.epoch,
             _first: first,
         };
-        if origin.answered_lately(self.epoch) {
+        if origin.answered_lately(self.epoch, self.fresh_for) {
             return Some(admission(None));
         }
         let first = tokio::time::timeout_at(deadline, origin.first.clone().lock_owned())
             .await
             .ok()?;
-        if origin.answered_lately(self.epoch) {
+        if origin.answered_lately(self.epoch, self.fresh_for) {
             return Some(admission(None));
         }
         Some(admission(Some(first)))
@@ -116,8 +122,8 @@ impl Origins {
             return origin.clone();
         }
         if known.len() >= PRUNE_ABOVE {
-            let epoch = self.epoch;
-            known.retain(|_, o| Arc::strong_count(o) > 1 || o.answered_lately(epoch));
+            let (epoch, fresh_for) = (self.epoch, self.fresh_for);
+            known.retain(|_, o| Arc::strong_count(o) > 1 || o.answered_lately(epoch, fresh_for));
         }
         let origin = Arc::new(Origin {
             answered_at: AtomicU64::new(0),
@@ -135,9 +141,9 @@ impl Origins {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
+
+    const FRESH_FOR: Duration = Duration::from_secs(20);
 
     fn soon() -> Instant {
         Instant::now() + Duration::from_secs(5)
@@ -145,7 +151,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_to_a_new_origin_waits_for_the_first_answer() {
-        let origins = Origins::new();
+        let origins = Origins::new(FRESH_FOR);
         let first = origins.admit("a:443", soon()).await.unwrap();
         // A second request waits while the first is out...
         let waiting =
@@ -175,7 +181,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_first_request_without_an_answer_lets_the_next_go_first() {
-        let origins = Origins::new();
+        let origins = Origins::new(FRESH_FOR);
         let failed = origins.admit("a:443", soon()).await.unwrap();
         drop(failed); // a connect error: nothing learned
         let next = origins.admit("a:443", soon()).await.unwrap();
@@ -184,7 +190,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiting_ends_at_the_deadline() {
-        let origins = Origins::new();
+        let origins = Origins::new(FRESH_FOR);
         let _first = origins.admit("a:443", soon()).await.unwrap();
         let deadline = Instant::now() + Duration::from_millis(30);
         assert!(origins.admit("a:443", deadline).await.is_none());
@@ -192,7 +198,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_origin_silent_past_the_idle_timeout_is_first_again() {
-        let origins = Origins::new();
+        let origins = Origins::new(FRESH_FOR);
         let first = origins.admit("a:443", soon()).await.unwrap();
         first.answered();
         drop(first);
@@ -202,20 +208,21 @@ mod tests {
             .unwrap()
             ._first
             .is_none());
-        // The same answer, seen from a pool idle timeout and a bit later.
+        // The same answer, seen from FRESH_FOR and a bit later.
         let later = Origins {
             known: Mutex::new(origins.known.lock().unwrap().clone()),
             epoch: origins
                 .epoch
-                .checked_sub(POOL_IDLE_TIMEOUT + Duration::from_millis(10))
+                .checked_sub(FRESH_FOR + Duration::from_millis(10))
                 .expect("a clock started a while ago"),
+            fresh_for: FRESH_FOR,
         };
         assert!(later.admit("a:443", soon()).await.unwrap()._first.is_some());
     }
 
     #[tokio::test]
     async fn origins_neither_in_use_nor_answering_are_pruned() {
-        let origins = Origins::new();
+        let origins = Origins::new(FRESH_FOR);
         let held = origins.admit("held:443", soon()).await.unwrap();
         for i in 0..PRUNE_ABOVE * 3 {
             drop(origins.admit(&format!("h{i}:443"), soon()).await.unwrap());
