@@ -12,11 +12,11 @@
 //!
 //! # Connections
 //!
-//! Over HTTP/2 every request to one host shares a single connection. Under
-//! `auto` the first request to an https origin goes alone and the rest of
-//! its burst follows the answer ([`origins`](super::origins)), so a burst
-//! does not open a connection per request before the pool has learned
-//! that one would do. Requests
+//! Over HTTP/2 the requests to one host share a connection. Under `auto`
+//! the first request to an https origin connects alone and the rest of its
+//! burst follows once it has a connection ([`origins`](super::origins)),
+//! so a burst does not open a connection per request before the pool has
+//! learned that one would do. Requests
 //! beyond the target's limit of concurrent streams (often 100 to 250) wait
 //! for a free stream within `delivery.timeout`. Over HTTP/1.1 each request
 //! in flight holds a connection of its own.
@@ -35,12 +35,12 @@ use http::{Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{capture_connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
-use super::origins::Origins;
+use super::origins::{Admission, Origins};
 use super::resolver::PolicyResolver;
 use super::tls;
 use crate::config::{DeliveryConfig, HttpVersion};
@@ -212,7 +212,7 @@ impl HttpClient {
         deadline: Instant,
     ) -> Result<Response<Incoming>, SendError> {
         let uri: Uri = url.as_str().parse()?;
-        let admission = match uri.authority() {
+        let mut admission = match uri.authority() {
             Some(origin) if self.version == HttpVersion::Auto && url.scheme() == "https" => {
                 match self.origins.admit(origin.as_str(), deadline).await {
                     Some(admission) => Some(admission),
@@ -228,14 +228,20 @@ impl HttpClient {
             *request.method_mut() = Method::POST;
             *request.uri_mut() = uri.clone();
             *request.headers_mut() = headers();
-            let sent = match tokio::time::timeout_at(deadline, self.inner.request(request)).await {
+            let exchange = async {
+                match admission.as_mut().filter(|a| a.is_first()) {
+                    Some(first) => self.send_first(request, first).await,
+                    None => self.inner.request(request).await,
+                }
+            };
+            let sent = match tokio::time::timeout_at(deadline, exchange).await {
                 Ok(sent) => sent,
                 Err(_) => return Err(SendError::TimedOut),
             };
             match sent {
                 Ok(response) => {
-                    if let Some(admission) = &admission {
-                        admission.answered();
+                    if let Some(admission) = &mut admission {
+                        admission.heard();
                     }
                     return Ok(response);
                 }
@@ -251,6 +257,33 @@ impl HttpClient {
                     ),
                     None => return Err(e.into()),
                 },
+            }
+        }
+    }
+}
+
+impl HttpClient {
+    /// Sends the request that goes first to its origin, and lets the
+    /// others go as soon as it has a connection: by then the pool knows the
+    /// version and holds an h2 connection for them to share.
+    async fn send_first(
+        &self,
+        mut request: Request<Full<Bytes>>,
+        first: &mut Admission,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        let mut connection = capture_connection(&mut request);
+        let exchange = self.inner.request(request);
+        tokio::pin!(exchange);
+        tokio::select! {
+            biased;
+            sent = &mut exchange => sent,
+            // `None` only once the request failed without a connection,
+            // which the exchange then says.
+            connected = async { connection.wait_for_connection_metadata().await.is_some() } => {
+                if connected {
+                    first.heard();
+                }
+                exchange.await
             }
         }
     }

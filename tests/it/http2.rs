@@ -310,20 +310,11 @@ async fn streams_refused_unprocessed_are_sent_again_and_are_no_error() {
         assert_eq!(target.answered().len(), ROWS);
         assert_eq!(event_ids(&target.answered()).len(), ROWS);
     }
-    // Each connection the target ended answered GO_AWAY_AFTER streams, and
-    // those already received with the last of them (at most IN_FLIGHT),
-    // before its GOAWAY: the hook went through several. Not every
-    // connection ends so: when a GOAWAY lands while the pool still lists
-    // that connection, a request can open another that the pool then keeps
-    // out and closes after its answer, without a GOAWAY.
-    let ended_by_target = (ROWS / (GO_AWAY_AFTER as usize + IN_FLIGHT)) as u64 - 1;
-    assert!(
-        going_away.go_aways() >= ended_by_target,
-        "{} GOAWAYs over {} connections",
-        going_away.go_aways(),
-        going_away.connections()
-    );
-    // The GOAWAYs did refuse streams in flight (the harness logs at debug).
+    // The target's GOAWAYs did refuse streams in flight (the harness logs
+    // at debug). Connections are not counted against GOAWAYs: when one
+    // lands while the pool still lists that connection, a request can open
+    // another, which the pool keeps out and closes after its answer,
+    // without a GOAWAY.
     let target = format!("{}: ", going_away.addr());
     let log = h.daemon_log();
     assert!(
