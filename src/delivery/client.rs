@@ -260,9 +260,7 @@ impl HttpClient {
             }
         }
     }
-}
 
-impl HttpClient {
     /// Sends the request that goes first to its origin, and lets the
     /// others go as soon as it has a connection: by then the pool knows the
     /// version and holds an h2 connection for them to share.

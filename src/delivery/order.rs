@@ -96,11 +96,12 @@ impl<T> OrderGate<T> {
     }
 
     /// Move the items that may start now to `out`, keeping at most `limit`
-    /// running. Returns whether the limit held back an item that could
+    /// running. Returns how many waiting items the limit held back (at
+    /// most: all that still wait), 0 when it held back none that could
     /// otherwise have started.
-    pub(super) fn take_ready(&mut self, limit: usize, out: &mut Vec<(Keys, T)>) -> bool {
+    pub(super) fn take_ready(&mut self, limit: usize, out: &mut Vec<(Keys, T)>) -> usize {
         if self.barrier_running {
-            return false;
+            return 0;
         }
         // Rows of events passed over: later events of them must wait too.
         let mut passed: HashSet<u64> = HashSet::new();
@@ -116,7 +117,7 @@ impl<T> OrderGate<T> {
                         out.push(entry);
                     }
                 }
-                return false;
+                return 0;
             }
             let blocked = keys
                 .each()
@@ -128,7 +129,7 @@ impl<T> OrderGate<T> {
                 continue;
             }
             if self.running >= limit {
-                return true;
+                return self.waiting.len();
             }
             let Some(entry) = self.waiting.remove(index) else {
                 break;
@@ -139,7 +140,7 @@ impl<T> OrderGate<T> {
             self.running += 1;
             out.push(entry);
         }
-        false
+        0
     }
 
     /// An item started by [`take_ready`](Self::take_ready) is done.
@@ -237,9 +238,9 @@ mod tests {
         gate.push(Keys::One(1), 2);
         let mut out = Vec::new();
         // The second waits for its row, not for the limit.
-        assert!(!gate.take_ready(1, &mut out));
+        assert_eq!(gate.take_ready(1, &mut out), 0);
         gate.push(Keys::One(2), 3);
-        assert!(gate.take_ready(1, &mut out));
+        assert_eq!(gate.take_ready(1, &mut out), 2);
         assert_eq!(gate.running(), 1);
     }
 

@@ -95,8 +95,7 @@ pub(super) async fn run_queue(
         } else {
             control.concurrency_limit()
         };
-        let held_back = gate.take_ready(limit, &mut ready);
-        control.looked(if held_back { gate.waiting() } else { 0 });
+        control.looked(gate.take_ready(limit, &mut ready));
         for (keys, queued) in ready.drain(..) {
             arrivals += 1;
             running_since.insert(arrivals, queued.enqueued);

@@ -110,8 +110,7 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
             let batch = std::mem::replace(&mut delivered, Vec::with_capacity(REMOVE_BATCH));
             removing = Some(Box::pin(remove_batch(ctx, control, batch)));
         }
-        let held_back = gate.take_ready(control.concurrency_limit(), &mut ready);
-        control.looked(if held_back { gate.waiting() } else { 0 });
+        control.looked(gate.take_ready(control.concurrency_limit(), &mut ready));
         for (keys, row) in ready.drain(..) {
             running.push(async move {
                 let settled = deliver(
