@@ -21,6 +21,7 @@ use crate::cli::{exit, ParkedCommand};
 use crate::config::Config;
 use crate::delivery::{
     attempt, check_target, http_client, Attempt, DeliveryOutcome, DeliveryStore, Sender, UsageBook,
+    GONE_ERROR,
 };
 use crate::registry::{Webhook, WebhookState};
 use crate::store::parked_admin::ParkedDetail;
@@ -207,9 +208,9 @@ async fn redeliver(config: &Config, event_id: Uuid) -> anyhow::Result<u8> {
     .await;
     let book = UsageBook::default();
     let shown = redacted_url(&hook.target_url);
+    outcome.record_usage(&book, id);
     let code = match outcome {
         DeliveryOutcome::Delivered(status) => {
-            book.success(id);
             store.discard_parked_event(id, position).await?;
             println!(
                 "delivered EventId {event_id} ({}) to webhook_id {id} at {shown}: {status}; \
@@ -219,20 +220,17 @@ async fn redeliver(config: &Config, event_id: Uuid) -> anyhow::Result<u8> {
             exit::OK
         }
         DeliveryOutcome::Gone => {
-            let error = "HTTP 410 Gone: the receiver asked to stop this hook";
-            book.failure(id, error);
             book.set_state(id, WebhookState::Stopped);
             store
-                .record_parked_failure(id, position, attempts + 1, Some(error))
+                .record_parked_failure(id, position, attempts + 1, Some(GONE_ERROR))
                 .await?;
             eprintln!(
-                "walhook: webhook_id {id}: {error}; state set to Stopped (2), EventId {event_id} \
-                 stays parked"
+                "walhook: webhook_id {id}: {GONE_ERROR}; state set to Stopped (2), EventId \
+                 {event_id} stays parked"
             );
             exit::FAILURE
         }
         DeliveryOutcome::Failed { error, .. } => {
-            book.failure(id, &error);
             store
                 .record_parked_failure(id, position, attempts + 1, Some(&error))
                 .await?;

@@ -14,7 +14,7 @@ use super::connect;
 use crate::config::Config;
 use crate::delivery::{
     attempt, http_client, Attempt, DeliveryOutcome, DeliveryStore, HookSettings, Sender,
-    SigningKey, UsageBook,
+    SigningKey, UsageBook, GONE_ERROR,
 };
 use crate::registry::{Registry, WebhookState};
 use crate::text::first_line;
@@ -90,21 +90,18 @@ pub async fn replay(config: &Config, webhook: Option<i32>) -> anyhow::Result<()>
                     },
                 )
                 .await;
+                outcome.record_usage(&book, id);
                 match outcome {
                     DeliveryOutcome::Delivered(_) => {
-                        book.success(id);
                         store.remove_parked(id, &[row.position]).await?;
                         delivered += 1;
                     }
                     DeliveryOutcome::Gone => {
-                        let error = "HTTP 410 Gone: the receiver asked to stop this hook";
-                        book.failure(id, error);
                         book.set_state(id, WebhookState::Stopped);
-                        failure = Some(format!("{error}; webhook state set to Stopped (2)"));
+                        failure = Some(format!("{GONE_ERROR}; webhook state set to Stopped (2)"));
                         break 'hook;
                     }
                     DeliveryOutcome::Failed { error, .. } => {
-                        book.failure(id, &error);
                         store
                             .record_parked_failure(id, row.position, attempts + 1, Some(&error))
                             .await?;

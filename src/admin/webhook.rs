@@ -15,7 +15,7 @@ use base64::Engine;
 
 use crate::cli::{exit, AddArgs, Rate, WebhookCommand};
 use crate::config::Config;
-use crate::delivery::client::{read_body_prefix, ReadError};
+use crate::delivery::http::{read_body_prefix, ReadError};
 use crate::delivery::{check_target, http_client, request, tls, DeliveryStore, HookSettings};
 use crate::events::WebhookRow;
 use crate::registry::{Webhook, WebhookState};

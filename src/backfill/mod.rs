@@ -53,7 +53,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::pgoutput::Lsn;
+use crate::pgoutput::{self, Lsn, TupleData, TupleValue};
 use crate::store::backfill::{TableShape, MESSAGE_PREFIX};
 
 pub use self::worker::Worker;
@@ -139,6 +139,53 @@ pub struct Chunk {
     pub webhook_ids: Vec<i32>,
     /// Each row's columns as text, in `table.columns` order.
     pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl Chunk {
+    /// The chunk's table as the replication stream describes a table, so
+    /// its rows become events the way live changes do.
+    pub fn relation(&self) -> pgoutput::Relation {
+        let shape = &self.table;
+        pgoutput::Relation {
+            oid: shape.oid,
+            namespace: shape.namespace.clone(),
+            name: shape.name.clone(),
+            replica_identity: match shape.replica_identity {
+                b'f' => pgoutput::ReplicaIdentity::Full,
+                b'i' => pgoutput::ReplicaIdentity::Index,
+                b'n' => pgoutput::ReplicaIdentity::Nothing,
+                _ => pgoutput::ReplicaIdentity::Default,
+            },
+            columns: shape
+                .columns
+                .iter()
+                .map(|c| pgoutput::Column {
+                    is_key: c.is_identity,
+                    name: c.name.clone(),
+                    type_oid: c.type_oid,
+                    type_modifier: c.type_modifier,
+                })
+                .collect(),
+        }
+    }
+
+    /// The chunk's rows as the replication stream carries rows (text
+    /// values), taken out of the chunk.
+    pub fn take_tuples(&mut self) -> Vec<TupleData> {
+        std::mem::take(&mut self.rows)
+            .into_iter()
+            .map(|row| {
+                TupleData(
+                    row.into_iter()
+                        .map(|v| match v {
+                            Some(text) => TupleValue::Text(text.into()),
+                            None => TupleValue::Null,
+                        })
+                        .collect(),
+                )
+            })
+            .collect()
+    }
 }
 
 /// What the pipeline tells the worker about one chunk.

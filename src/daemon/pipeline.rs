@@ -4,17 +4,16 @@
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
-use uuid::Uuid;
 
 use crate::backfill::{self, ClosedChunk, Reconciler, Watermark};
 use crate::checkpoint::{Checkpoint, OpenTxn, Ticket};
 use crate::config::Config;
-use crate::delivery::{request, Dispatcher, HookSettings, Job, OrderScope};
+use crate::delivery::{fit_event, Dispatcher, EventIntake, HookSettings};
 use crate::events::catalog::TypeCatalog;
 use crate::events::{Change, ChangeEvent, EventBuilder, Operation, TxnInfo};
 use crate::metrics::Metrics;
-use crate::pgoutput::{self, Lsn, Message, TupleData, TupleValue};
-use crate::registry::{PendingSnapshots, Registry, RegistryUpdate, Webhook, WebhookState};
+use crate::pgoutput::{self, Lsn, Message};
+use crate::registry::{PendingSnapshots, Registry, RegistryUpdate};
 use crate::source::SourceMessage;
 use crate::store::Store;
 
@@ -219,33 +218,25 @@ impl Pipeline {
     /// A change to the `webhook` table: the registry and the hook's
     /// delivery follow it from this commit on.
     async fn webhook_changed(&mut self, info: TxnInfo, change: crate::events::WebhookChange) {
-        let was_active = match &change {
-            crate::events::WebhookChange::Upsert(row) => row
-                .0
-                .get("webhook_id")
-                .cloned()
-                .flatten()
-                .and_then(|id| id.parse::<i32>().ok())
-                .and_then(|id| self.registry.get(id))
-                .is_some_and(|h| h.state == WebhookState::Active),
-            _ => false,
-        };
         let update = self.registry.apply(change);
         if update != RegistryUpdate::Nothing {
             tracing::info!(lsn = %info.commit_lsn, "webhook table: {update:?}");
         }
         match update {
-            RegistryUpdate::Added(id) | RegistryUpdate::Changed(id) => {
-                if let Some(hook) = self.registry.get(id).cloned() {
-                    self.dispatcher.hook_changed(&hook, was_active).await;
-                }
-            }
+            RegistryUpdate::Added(id) => self.hook_changed(id, false).await,
+            RegistryUpdate::Changed { id, was_active } => self.hook_changed(id, was_active).await,
             RegistryUpdate::Removed(id) => self.dispatcher.hook_removed(id),
             RegistryUpdate::Cleared => self.dispatcher.all_hooks_removed(),
             _ => {}
         }
         if let Some(txn) = self.txn.as_mut() {
             txn.registry_changed = true;
+        }
+    }
+
+    async fn hook_changed(&mut self, id: i32, was_active: bool) {
+        if let Some(hook) = self.registry.get(id).cloned() {
+            self.dispatcher.hook_changed(&hook, was_active).await;
         }
     }
 
@@ -286,21 +277,16 @@ impl Pipeline {
     /// Address an event to every matching hook, by the hook's state.
     async fn route(&mut self, mut event: ChangeEvent) -> anyhow::Result<()> {
         self.metrics.changes_decoded.inc();
-        self.fit_body(&mut event);
         if self.txn.is_none() {
             bail!("an event outside a transaction");
         }
         let hooks: Vec<_> = self.registry.matching(&event).cloned().collect();
-        let scope = match (&event.operation, &event.previous_key) {
-            (Operation::Truncated, _) => OrderScope::Barrier,
-            (_, Some(old)) => OrderScope::AlsoAfter(old.clone()),
-            _ => OrderScope::Key,
-        };
         if hooks.is_empty() {
             return Ok(());
         }
-        // Rendered once for all the event's hooks.
-        let shared = request::SharedBody::of(&event, &self.config.events.context_identifier);
+        let max_body = self.config.delivery.max_body_bytes;
+        fit_event(&mut event, max_body, &self.metrics);
+        let intake = EventIntake::new(&event, &self.config.events.context_identifier, max_body);
         for hook in hooks {
             self.backfill.live_event(
                 &event.table,
@@ -309,37 +295,17 @@ impl Pipeline {
                 event.operation == Operation::Truncated,
                 hook.id,
             );
-            if matches!(hook.state, WebhookState::Stopped | WebhookState::Unknown) {
-                // A deliberate stop, as in SuperOffice: not delivered, not parked.
+            if !hook.state.takes_events() {
                 self.metrics.events_skipped.inc();
                 continue;
             }
             let event_id = event.event_id(&self.system_id, hook.id);
             let ticket = self.ticket().context("an event outside a transaction")?;
-            self.hand_over(&event, &shared, hook, event_id, scope.clone(), ticket)
+            self.dispatcher
+                .take(intake.job(hook, event_id, ticket))
                 .await?;
         }
         Ok(())
-    }
-
-    /// One event must never stall the pipeline or be refused by the
-    /// database when parked: over `delivery.max_body_bytes`, its largest
-    /// values are left out.
-    fn fit_body(&self, event: &mut ChangeEvent) {
-        let max_body = self.config.delivery.max_body_bytes;
-        let fields_budget = max_body.saturating_sub(request::BODY_FRAME_BYTES);
-        if event.field_values_len_bound() > fields_budget
-            && event.field_values_len() > fields_budget
-        {
-            let left_out = request::leave_out_largest(event, fields_budget);
-            self.metrics.events_cut.inc();
-            tracing::warn!(
-                table = %event.table,
-                key = %event.primary_key,
-                lsn = %event.txn.commit_lsn,
-                "event larger than delivery.max_body_bytes ({max_body}): sent without columns {left_out:?}, named in MissingColumns"
-            );
-        }
     }
 
     /// A chunk at its high watermark: its rows that no live change won
@@ -351,58 +317,27 @@ impl Pipeline {
             bail!("a backfill watermark outside a transaction");
         };
         let info = txn.info;
-        let shape = std::sync::Arc::clone(&closed.chunk.table);
         let backfill_id = closed.chunk.backfill_id;
-        let relation = pgoutput::Relation {
-            oid: shape.oid,
-            namespace: shape.namespace.clone(),
-            name: shape.name.clone(),
-            replica_identity: match shape.replica_identity {
-                b'f' => pgoutput::ReplicaIdentity::Full,
-                b'i' => pgoutput::ReplicaIdentity::Index,
-                b'n' => pgoutput::ReplicaIdentity::Nothing,
-                _ => pgoutput::ReplicaIdentity::Default,
-            },
-            columns: shape
-                .columns
-                .iter()
-                .map(|c| pgoutput::Column {
-                    is_key: c.is_identity,
-                    name: c.name.clone(),
-                    type_oid: c.type_oid,
-                    type_modifier: c.type_modifier,
-                })
-                .collect(),
-        };
-        let rows: Vec<TupleData> = std::mem::take(&mut closed.chunk.rows)
-            .into_iter()
-            .map(|row| {
-                TupleData(
-                    row.into_iter()
-                        .map(|v| match v {
-                            Some(text) => TupleValue::Text(text.into()),
-                            None => TupleValue::Null,
-                        })
-                        .collect(),
-                )
-            })
-            .collect();
+        let relation = closed.chunk.relation();
+        let rows = closed.chunk.take_tuples();
         let first_index = txn.next_index;
         txn.next_index = txn.next_index.saturating_add(rows.len() as u32);
         if self.builder.needs_types(&relation) {
             self.reload_types().await?;
         }
+        let shape = Arc::clone(&closed.chunk.table);
         let primary_key =
             EventBuilder::needs_primary_key(&relation).then(|| shape.primary_key.clone());
         let events = self
             .builder
             .backfill_events(relation, primary_key, &info, first_index, rows)
             .with_context(|| format!("backfill {backfill_id} of {}", shape.qualified()))?;
+        let max_body = self.config.delivery.max_body_bytes;
         let mut sent = 0;
         for mut event in events {
             event.backfill = Some(backfill_id);
-            self.fit_body(&mut event);
-            let shared = request::SharedBody::of(&event, &self.config.events.context_identifier);
+            fit_event(&mut event, max_body, &self.metrics);
+            let intake = EventIntake::new(&event, &self.config.events.context_identifier, max_body);
             for &webhook_id in &closed.chunk.webhook_ids {
                 if !closed.sends(webhook_id, &event.ordering_key) {
                     continue;
@@ -411,7 +346,7 @@ impl Pipeline {
                 let Some(hook) = self.registry.get(webhook_id).cloned() else {
                     continue;
                 };
-                if matches!(hook.state, WebhookState::Stopped | WebhookState::Unknown) {
+                if !hook.state.takes_events() {
                     self.metrics.events_skipped.inc();
                     continue;
                 }
@@ -420,7 +355,8 @@ impl Pipeline {
                 let ticket = self
                     .ticket()
                     .context("a backfill watermark outside a transaction")?;
-                self.hand_over(&event, &shared, hook, event_id, OrderScope::Key, ticket)
+                self.dispatcher
+                    .take(intake.job(hook, event_id, ticket))
                     .await?;
                 sent += 1;
             }
@@ -432,47 +368,6 @@ impl Pipeline {
     /// A ticket for one more event of the transaction being read.
     fn ticket(&self) -> Option<Ticket> {
         self.txn.as_ref().map(|txn| txn.checkpoint.ticket())
-    }
-
-    /// Render `event`'s body for `hook`, from the parts it shares with the
-    /// event's other hooks, and hand the job over: parked while the hook is
-    /// in TooManyErrors, queued otherwise.
-    async fn hand_over(
-        &mut self,
-        event: &ChangeEvent,
-        shared: &request::SharedBody,
-        hook: Arc<Webhook>,
-        event_id: Uuid,
-        scope: OrderScope,
-        ticket: Ticket,
-    ) -> anyhow::Result<()> {
-        let (body, shared) = request::hook_body(
-            shared,
-            event,
-            event_id,
-            &hook,
-            &self.config.events.context_identifier,
-            self.config.delivery.max_body_bytes,
-        )
-        .for_job(shared);
-        let job = Job {
-            event: event.event.clone(),
-            event_id,
-            ordering_key: event.ordering_key.clone(),
-            scope,
-            body,
-            shared,
-            commit_lsn: event.txn.commit_lsn,
-            change_index: event.index,
-            ticket,
-            hook,
-        };
-        self.metrics.events_matched.inc();
-        if job.hook.state == WebhookState::TooManyErrors {
-            self.dispatcher.park(job).await
-        } else {
-            self.dispatcher.dispatch(job).await
-        }
     }
 
     /// Write the registry snapshot the position is about to pass, then

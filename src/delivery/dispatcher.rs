@@ -1,23 +1,22 @@
-//! The dispatcher: routes each job of an Active hook to the hook's queue
-//! (or parks it), holds the in-flight byte budget, and starts
-//! replayers.
+//! The dispatcher: takes each job from the intake and routes it to its
+//! hook's queue or to parking, holds the in-flight byte budget, follows
+//! the registry's changes to the hooks, and starts the replayers.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::concurrency::ConcurrencyLimit;
-use super::hook::{epoch_millis, HookControl, Mode, ParkReason};
-use super::order::order_keys;
-use super::park_writer::ParkQueue;
-use super::parking::{past_bound, start_parking};
-use super::queue::{run_queue, Queued};
-use super::settings::HookSettings;
-use super::{DeliveryContext, Job};
+use super::context::DeliveryContext;
+use super::hook::concurrency::ConcurrencyLimit;
+use super::hook::order::order_keys;
+use super::hook::settings::HookSettings;
+use super::hook::{epoch_millis, Admission, HookRuntime, ParkReason};
+use super::job::Job;
+use super::live::{run_queue, Queued};
+use super::parking::{past_bound, run_replayer, ParkQueue};
 use crate::config::{Concurrency, DeliveryConfig};
 use crate::registry::{Webhook, WebhookState};
 
@@ -26,7 +25,7 @@ use crate::registry::{Webhook, WebhookState};
 const JOB_OVERHEAD: usize = 512;
 
 struct HookQueue {
-    control: Arc<HookControl>,
+    runtime: Arc<HookRuntime>,
     queue: mpsc::UnboundedSender<Queued>,
 }
 
@@ -67,31 +66,30 @@ impl Dispatcher {
         }
     }
 
-    /// The control of a hook, updated to the hook as it stands now; its
-    /// queue is started the first time a hook is seen.
-    pub fn ensure_queue(&mut self, hook: &Arc<Webhook>) -> Arc<HookControl> {
+    /// The runtime state of a hook, updated to the hook as it stands now;
+    /// its queue is started the first time a hook is seen.
+    pub fn ensure_queue(&mut self, hook: &Arc<Webhook>) -> Arc<HookRuntime> {
         let entry = self.hooks.entry(hook.id).or_insert_with(|| {
             let config = self.ctx.config.get();
-            let mode = if self.parked_at_start.remove(&hook.id) {
-                Mode::Parking(ParkReason::Backlog)
-            } else {
-                Mode::Live
-            };
-            let control = Arc::new(HookControl::new(
+            let parked = self
+                .parked_at_start
+                .remove(&hook.id)
+                .then_some(ParkReason::Backlog);
+            let runtime = Arc::new(HookRuntime::new(
                 Arc::clone(hook),
                 concurrency_limit(&config),
-                mode,
+                parked,
             ));
             if let Some(settings) = self.settings.get(&hook.id) {
-                control.set_settings(Arc::clone(settings));
+                runtime.set_settings(Arc::clone(settings));
             }
             let (queue, rx) = mpsc::unbounded_channel();
             self.tasks
-                .spawn(run_queue(rx, self.ctx.clone(), Arc::clone(&control)));
-            HookQueue { control, queue }
+                .spawn(run_queue(rx, self.ctx.clone(), Arc::clone(&runtime)));
+            HookQueue { runtime, queue }
         });
-        entry.control.set_current(Arc::clone(hook));
-        Arc::clone(&entry.control)
+        entry.runtime.set_current(Arc::clone(hook));
+        Arc::clone(&entry.runtime)
     }
 
     /// Hooks with parked events at start whose rows were not usable then.
@@ -102,17 +100,15 @@ impl Dispatcher {
     /// Set up a hook found with parked events at start, or whose stored
     /// consecutive error count is known.
     pub async fn restore(&mut self, hook: &Arc<Webhook>, parked: bool, consecutive_errors: u32) {
-        let control = self.ensure_queue(hook);
-        control
-            .consecutive_errors
-            .store(consecutive_errors, Ordering::Release);
+        let runtime = self.ensure_queue(hook);
+        runtime.restore_errors(consecutive_errors);
         if parked {
             let reason = if hook.state == WebhookState::TooManyErrors {
                 ParkReason::TooManyErrors
             } else {
                 ParkReason::Backlog
             };
-            *control.mode.lock().await = Mode::Parking(reason);
+            runtime.park(reason).await;
         }
         self.activated(hook).await;
     }
@@ -120,29 +116,21 @@ impl Dispatcher {
     /// The registry changed this hook's row: attempts from now on use the
     /// new row (URL, secret, headers), and waiting retries look again.
     pub async fn hook_changed(&mut self, hook: &Arc<Webhook>, was_active: bool) {
-        if let Some(known) = self.hooks.get(&hook.id) {
-            let control = &known.control;
-            control.removed.store(false, Ordering::Release);
-            let stopping = matches!(hook.state, WebhookState::Stopped | WebhookState::Unknown);
-            if stopping && control.in_flight() > 0 {
-                tracing::info!(
-                    webhook_id = hook.id,
-                    state = %hook.state,
-                    "hook stopped: its {} queued or retrying event(s) are dropped, not parked",
-                    control.in_flight()
-                );
-            }
+        let runtime = self.ensure_queue(hook);
+        if !hook.state.takes_events() && runtime.in_flight() > 0 {
+            tracing::info!(
+                webhook_id = hook.id,
+                state = %hook.state,
+                "hook stopped: its {} queued or retrying event(s) are dropped, not parked",
+                runtime.in_flight()
+            );
         }
         if hook.state == WebhookState::Active && !was_active {
             // Only a real transition into Active clears a trip and resumes
             // parked delivery.
             self.activated(hook).await;
-        } else {
-            self.ensure_queue(hook);
         }
-        if let Some(known) = self.hooks.get(&hook.id) {
-            known.control.trip_notify.notify_waiters();
-        }
+        runtime.row_changed(Arc::clone(hook));
     }
 
     /// A hook's `webhook_control` row changed (`None`: removed), at start
@@ -159,25 +147,19 @@ impl Dispatcher {
         let Some(known) = self.hooks.get(&id) else {
             return;
         };
-        let control = Arc::clone(&known.control);
-        let was_paused = control.set_settings(Arc::clone(&settings)).paused;
+        let runtime = Arc::clone(&known.runtime);
+        let was_paused = runtime.set_settings(Arc::clone(&settings)).paused;
         if settings.paused && !was_paused {
-            let mut mode = control.mode.lock().await;
-            if *mode == Mode::Live {
-                *mode = Mode::Parking(ParkReason::Paused);
-            }
-            drop(mode);
+            runtime.park(ParkReason::Paused).await;
             tracing::info!(
                 webhook_id = id,
                 "hook paused: its events are parked until it is resumed"
             );
         } else if !settings.paused && was_paused {
             tracing::info!(webhook_id = id, "hook resumed");
-            let hook = control.current();
+            let hook = runtime.current();
             self.activated(&hook).await;
         }
-        // Waits (retries, a hold, the rate) look at the new settings.
-        control.trip_notify.notify_waiters();
     }
 
     /// `webhook_control` was truncated.
@@ -199,14 +181,13 @@ impl Dispatcher {
     /// The hook's row was deleted: its waiting events are dropped.
     pub fn hook_removed(&mut self, id: i32) {
         if let Some(known) = self.hooks.get(&id) {
-            let control = &known.control;
-            control.removed.store(true, Ordering::Release);
-            control.trip_notify.notify_waiters();
-            if control.in_flight() > 0 {
+            let runtime = &known.runtime;
+            runtime.remove();
+            if runtime.in_flight() > 0 {
                 tracing::info!(
                     webhook_id = id,
                     "hook removed: its {} queued or retrying event(s) are dropped, not parked",
-                    control.in_flight()
+                    runtime.in_flight()
                 );
             }
         }
@@ -215,59 +196,56 @@ impl Dispatcher {
     /// The hook is Active: resume delivery when it has parked events, and
     /// clear a trip or a 410.
     async fn activated(&mut self, hook: &Arc<Webhook>) {
-        let control = self.ensure_queue(hook);
+        let runtime = self.ensure_queue(hook);
         if hook.state != WebhookState::Active {
             return;
         }
-        let parked = matches!(*control.mode.lock().await, Mode::Parking(_));
-        control.parked_limit_reached.store(false, Ordering::Release);
-        if control.is_tripped() || control.is_gone() {
-            control.tripped.store(false, Ordering::Release);
-            control.gone.store(false, Ordering::Release);
-            control.consecutive_errors.store(0, Ordering::Release);
+        if runtime.activate().await {
+            self.start_replayer(&runtime);
         }
-        if parked && !control.replaying.swap(true, Ordering::AcqRel) {
-            tracing::info!(webhook_id = hook.id, "delivering parked events");
+    }
+
+    /// Start the hook's replayer unless one runs: the one place a replayer
+    /// starts.
+    fn start_replayer(&mut self, runtime: &Arc<HookRuntime>) {
+        if runtime.claim_replayer() {
+            tracing::info!(webhook_id = runtime.id(), "delivering parked events");
             self.tasks
-                .spawn(super::replay::run_replayer(self.ctx.clone(), control));
+                .spawn(run_replayer(self.ctx.clone(), Arc::clone(runtime)));
+        }
+    }
+
+    /// Take one job from the intake: parked while its hook's row says
+    /// TooManyErrors (3), routed to its queue otherwise.
+    pub async fn take(&mut self, job: Job) -> anyhow::Result<()> {
+        self.ctx.metrics.events_matched.inc();
+        if job.hook.state == WebhookState::TooManyErrors {
+            self.park(job).await
+        } else {
+            self.dispatch(job).await
         }
     }
 
     /// Route one event of an Active hook: to its queue, or to `delivery`
     /// when the hook is parking or its backlog passed the bound. Waits
     /// while the in-flight byte budget is spent.
-    pub async fn dispatch(&mut self, job: Job) -> anyhow::Result<()> {
-        let control = self.ensure_queue(&job.hook);
-        if drop_past_parked_limit(&self.ctx, &control, &job) {
+    async fn dispatch(&mut self, job: Job) -> anyhow::Result<()> {
+        let runtime = self.ensure_queue(&job.hook);
+        if drop_past_parked_limit(&self.ctx, &runtime, &job) {
             job.ticket.settle();
             return Ok(());
         }
         let cost = self.cost(&job);
         let mut budget_spent = false;
         let permit = loop {
-            {
-                let mut mode = control.mode.lock().await;
-                if *mode == Mode::Live && control.is_paused() {
-                    *mode = Mode::Parking(ParkReason::Paused);
-                }
-                let hogging = budget_spent && self.holds_most_of_the_budget(&control);
-                if *mode == Mode::Live && past_bound(&self.ctx.config.get(), &control, hogging) {
-                    start_parking(&mut self.tasks, &self.ctx, &control, &mut mode);
-                }
-                if let Mode::Parking(reason) = *mode {
-                    // A pause outlasts a restart, which restores the hook
-                    // as parking for its backlog: say why it parks now.
-                    let reason = if control.is_paused() {
-                        ParkReason::Paused
-                    } else {
-                        reason
-                    };
-                    // Counted under the mode lock: the replayer cannot go
-                    // Live before the writer has stored it.
-                    control.unwritten.fetch_add(1, Ordering::AcqRel);
-                    drop(mode);
-                    return self.park_later(job, reason, &control, cost).await;
-                }
+            let hogging = budget_spent && self.holds_most_of_the_budget(&runtime);
+            let behind = past_bound(&self.ctx.config.get(), &runtime, hogging);
+            let (admission, start_replayer) = runtime.admit(behind).await;
+            if start_replayer {
+                self.start_replayer(&runtime);
+            }
+            if let Admission::Park(reason) = admission {
+                return self.park_later(job, reason, &runtime, cost).await;
             }
             // The semaphore is never closed, so an error here is only
             // "no permits".
@@ -291,7 +269,7 @@ impl Dispatcher {
             &job.ordering_key,
             &job.scope,
         );
-        control.in_flight.fetch_add(1, Ordering::AcqRel);
+        runtime.queued();
         let queued = Queued {
             job,
             keys,
@@ -301,17 +279,20 @@ impl Dispatcher {
         if hook_queue.queue.send(queued).is_err() {
             // A queue ends only when its sender is dropped; the ticket
             // stays unsettled, so the event is read again after a restart.
-            control.in_flight.fetch_sub(1, Ordering::AcqRel);
-            tracing::error!(webhook_id = control.id, "delivery queue ended unexpectedly");
+            runtime.dequeued();
+            tracing::error!(
+                webhook_id = runtime.id(),
+                "delivery queue ended unexpectedly"
+            );
         }
         Ok(())
     }
 
     /// Whether a hook has more queued events than all others together:
     /// hooks that merely share a burst evenly are never parked for it.
-    fn holds_most_of_the_budget(&self, control: &HookControl) -> bool {
-        let total: usize = self.hooks.values().map(|h| h.control.in_flight()).sum();
-        control.in_flight() * 2 > total
+    fn holds_most_of_the_budget(&self, runtime: &HookRuntime) -> bool {
+        let total: usize = self.hooks.values().map(|h| h.runtime.in_flight()).sum();
+        runtime.in_flight() * 2 > total
     }
 
     /// One round of waiting for `cost` bytes of the spent budget: with
@@ -335,45 +316,42 @@ impl Dispatcher {
     /// hook that is behind and holds most of it.
     async fn park_laggards(&mut self) {
         let config = self.ctx.config.get();
-        for hook_queue in self.hooks.values() {
-            let control = &hook_queue.control;
-            if !self.holds_most_of_the_budget(control) {
-                continue;
-            }
-            let mut mode = control.mode.lock().await;
-            if *mode == Mode::Live && past_bound(&config, control, true) {
-                start_parking(&mut self.tasks, &self.ctx, control, &mut mode);
+        let laggards: Vec<Arc<HookRuntime>> = self
+            .hooks
+            .values()
+            .map(|h| &h.runtime)
+            .filter(|r| self.holds_most_of_the_budget(r) && past_bound(&config, r, true))
+            .cloned()
+            .collect();
+        for runtime in laggards {
+            if runtime.park_for_backlog().await {
+                self.start_replayer(&runtime);
             }
         }
     }
 
     /// Park an event of a hook in state 3 (TooManyErrors).
-    pub async fn park(&mut self, job: Job) -> anyhow::Result<()> {
-        let control = self.ensure_queue(&job.hook);
-        if drop_past_parked_limit(&self.ctx, &control, &job) {
+    async fn park(&mut self, job: Job) -> anyhow::Result<()> {
+        let runtime = self.ensure_queue(&job.hook);
+        if drop_past_parked_limit(&self.ctx, &runtime, &job) {
             job.ticket.settle();
             return Ok(());
         }
-        let mut mode = control.mode.lock().await;
-        if *mode == Mode::Live {
-            *mode = Mode::Parking(ParkReason::TooManyErrors);
-        }
-        control.unwritten.fetch_add(1, Ordering::AcqRel);
-        drop(mode);
+        runtime.admit_tripped().await;
         let cost = self.cost(&job);
-        self.park_later(job, ParkReason::TooManyErrors, &control, cost)
+        self.park_later(job, ParkReason::TooManyErrors, &runtime, cost)
             .await
     }
 
-    /// Hand a job, already counted in the hook's `unwritten`, to the
-    /// parking writer. It keeps its share of the byte budget until it is
-    /// written, so events waiting for the database bound memory like
-    /// queued ones; its ticket is settled once its batch is committed.
+    /// Hand a job, admitted for parking, to the parking writer. It keeps
+    /// its share of the byte budget until it is written, so events waiting
+    /// for the database bound memory like queued ones; its ticket is
+    /// settled once its batch is committed.
     async fn park_later(
         &mut self,
         job: Job,
         reason: ParkReason,
-        control: &Arc<HookControl>,
+        runtime: &Arc<HookRuntime>,
         cost: u32,
     ) -> anyhow::Result<()> {
         // The semaphore is never closed, so an error here is only "no
@@ -389,7 +367,7 @@ impl Dispatcher {
             }
         };
         self.park_queue
-            .send(job, reason, Arc::clone(control), budget)
+            .send(job, reason, Arc::clone(runtime), budget)
             .await
     }
 
@@ -413,7 +391,7 @@ impl Dispatcher {
         {
             for hook_queue in self.hooks.values() {
                 hook_queue
-                    .control
+                    .runtime
                     .set_concurrency(concurrency_limit(&config));
             }
         }
@@ -452,12 +430,12 @@ fn concurrency_limit(config: &DeliveryConfig) -> ConcurrencyLimit {
 /// is Stopped until it is set Active again: its events are dropped and
 /// counted, as for any Stopped hook, even before the registry has read
 /// the new state back.
-fn drop_past_parked_limit(ctx: &DeliveryContext, control: &HookControl, job: &Job) -> bool {
-    if !control.parked_limit_reached.load(Ordering::Acquire) {
+fn drop_past_parked_limit(ctx: &DeliveryContext, runtime: &HookRuntime, job: &Job) -> bool {
+    if !runtime.parked_limit_reached() {
         return false;
     }
     tracing::debug!(
-        webhook_id = control.id,
+        webhook_id = runtime.id(),
         event_id = %job.event_id,
         "dropped: the hook was stopped at its parked events limit"
     );

@@ -4,18 +4,23 @@
 use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 
+use bytes::Bytes;
+
 use super::*;
 use crate::checkpoint::Checkpoint;
-use crate::config::Concurrency;
+use uuid::Uuid;
+
+use crate::config::{Concurrency, DeliveryConfig, Live};
 use crate::events::WebhookRow;
-use crate::registry::WebhookState;
+use crate::pgoutput::Lsn;
+use crate::registry::{Webhook, WebhookState};
 
 /// Parked events and stored states, in memory.
 #[derive(Default)]
@@ -282,7 +287,7 @@ async fn dispatch_committed(
     let (jobs, txn) = jobs(checkpoint, hook, keys);
     checkpoint.commit(txn, Lsn(200));
     for job in jobs {
-        dispatcher.dispatch(job).await.unwrap();
+        dispatcher.take(job).await.unwrap();
     }
 }
 
@@ -378,8 +383,8 @@ async fn a_target_answering_503_gets_no_more_requests_at_once_and_fewer_new_even
     dispatch_committed(&mut dispatcher, &mut checkpoint, &hook, &keys).await;
     // The second attempts come a second after the first ones.
     wait_for("retries", || target.received.lock().unwrap().len() >= 12).await;
-    let control = dispatcher.ensure_queue(&hook);
-    let limit = control.concurrency_limit();
+    let runtime = dispatcher.ensure_queue(&hook);
+    let limit = runtime.concurrency_limit();
     assert!(limit < 8, "the limit stayed at {limit}");
     let events: HashSet<String> = target
         .received
@@ -428,7 +433,7 @@ async fn reactivation_delivers_parked_events_first_then_live_ones() {
     let (parked, txn) = jobs(&mut checkpoint, &tripped, &["a", "b", "a"]);
     checkpoint.commit(txn, Lsn(200));
     for job in parked {
-        dispatcher.park(job).await.unwrap();
+        dispatcher.take(job).await.unwrap();
     }
     wait_for("three parked", || store.parked_of(7).len() == 3).await;
     assert!(target.bodies().is_empty());
@@ -438,7 +443,7 @@ async fn reactivation_delivers_parked_events_first_then_live_ones() {
     dispatcher.hook_changed(&active, false).await;
     let txn = checkpoint.begin();
     dispatcher
-        .dispatch(Job {
+        .take(Job {
             hook: Arc::clone(&active),
             event: "item.changed".into(),
             event_id: Uuid::from_u128(99),
@@ -504,7 +509,7 @@ async fn a_changed_url_applies_from_the_next_attempt_with_the_same_event_id() {
     );
     checkpoint.commit(txn, Lsn(200));
     for job in jobs {
-        dispatcher.dispatch(job).await.unwrap();
+        dispatcher.take(job).await.unwrap();
     }
     wait_for("the failed attempt", || broken.bodies().len() == 1).await;
     dispatcher
@@ -539,7 +544,7 @@ async fn a_burst_of_parked_events_is_written_in_few_batches_in_order_and_settled
     let held = store.gate.write().await;
     let reader = async {
         for job in parked {
-            dispatcher.park(job).await.unwrap();
+            dispatcher.take(job).await.unwrap();
         }
     };
     tokio::time::timeout(Duration::from_secs(5), reader)

@@ -46,7 +46,12 @@ pub struct Registry {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RegistryUpdate {
     Added(i32),
-    Changed(i32),
+    /// A known hook's row changed; `was_active` says whether it was
+    /// Active before, so delivery can tell a real transition into Active.
+    Changed {
+        id: i32,
+        was_active: bool,
+    },
     Removed(i32),
     Invalid(i32),
     Cleared,
@@ -128,7 +133,10 @@ impl Registry {
                     self.index.insert(&hook);
                 }
                 match old {
-                    Some(_) => RegistryUpdate::Changed(id),
+                    Some(old) => RegistryUpdate::Changed {
+                        id,
+                        was_active: old.state == WebhookState::Active,
+                    },
                     None => RegistryUpdate::Added(id),
                 }
             }

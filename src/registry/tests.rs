@@ -247,7 +247,10 @@ fn updates_merge_and_deletes_remove() {
     let update = row(&[("webhook_id", Some("1")), ("state", Some("2"))]);
     assert_eq!(
         registry.apply(WebhookChange::Upsert(update)),
-        RegistryUpdate::Changed(1)
+        RegistryUpdate::Changed {
+            id: 1,
+            was_active: true
+        }
     );
     assert_eq!(registry.get(1).unwrap().state, WebhookState::Stopped);
     assert_eq!(

@@ -21,6 +21,13 @@ pub enum WebhookState {
 }
 
 impl WebhookState {
+    /// Whether a hook in this state receives events: Active delivers,
+    /// TooManyErrors parks; Stopped and Unknown are a deliberate stop, as
+    /// in SuperOffice: not delivered, not parked, counted.
+    pub fn takes_events(self) -> bool {
+        matches!(self, WebhookState::Active | WebhookState::TooManyErrors)
+    }
+
     pub fn from_i16(v: i16) -> Option<WebhookState> {
         Some(match v {
             0 => WebhookState::Unknown,

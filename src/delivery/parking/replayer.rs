@@ -9,19 +9,18 @@
 //! TRUNCATE alone. So a hook drains its parked events at about its live
 //! rate instead of one round trip at a time.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
-use super::hook::{HookControl, Mode};
-use super::order::{order_keys, OrderGate};
-use super::parked::{ParkedRow, Position};
-use super::retry::{deliver, Settled};
-use super::{DeliveryContext, Sender};
-use crate::registry::WebhookState;
+use crate::delivery::context::DeliveryContext;
+use crate::delivery::hook::order::{order_keys, OrderGate};
+use crate::delivery::hook::HookRuntime;
+use crate::delivery::http::Sender;
+use crate::delivery::send::{deliver, SendResult};
+use crate::delivery::storage::{ParkedRow, Position};
 
 /// Parked events read at a time.
 const BATCH: i64 = 500;
@@ -34,42 +33,35 @@ const REMOVE_BATCH: usize = 500;
 /// Deliver a hook's parked events in commit order, then switch it back to
 /// live delivery. Ends early when the hook trips, is stopped, paused, or
 /// is no longer Active; its events stay parked.
-pub(super) async fn run_replayer(ctx: DeliveryContext, control: Arc<HookControl>) {
+pub(in crate::delivery) async fn run_replayer(ctx: DeliveryContext, runtime: Arc<HookRuntime>) {
     loop {
         // Earlier events still in the queue go first: per-row order.
-        while control.in_flight() > 0 && !control.is_tripped() {
+        while runtime.in_flight() > 0 && !runtime.is_tripped() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        match replay_parked(&ctx, &control).await {
+        match replay_parked(&ctx, &runtime).await {
             Ok(true) => {
                 tracing::info!(
-                    webhook_id = control.id,
+                    webhook_id = runtime.id(),
                     "parked events delivered; back to live delivery"
                 );
             }
             Ok(false) => {}
             Err(e) => {
-                tracing::warn!(webhook_id = control.id, "replaying parked events: {e:#}");
+                tracing::warn!(webhook_id = runtime.id(), "replaying parked events: {e:#}");
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 continue;
             }
         }
-        control.replaying.store(false, Ordering::Release);
         // Re-activated while finishing: go on instead of leaving it parked.
-        let again = control.current().state == WebhookState::Active
-            && !control.is_tripped()
-            && !control.is_gone()
-            && !control.is_paused()
-            && matches!(*control.mode.lock().await, Mode::Parking(_))
-            && !control.replaying.swap(true, Ordering::AcqRel);
-        if !again {
+        if !runtime.replayer_ending().await {
             return;
         }
     }
 }
 
 /// Returns whether the hook caught up (and is Live again).
-async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::Result<bool> {
+async fn replay_parked(ctx: &DeliveryContext, runtime: &HookRuntime) -> anyhow::Result<bool> {
     let store = &ctx.store;
     let mut gate: OrderGate<ParkedRow> = OrderGate::new();
     let mut running = FuturesUnordered::new();
@@ -87,35 +79,30 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
     let mut failed = false;
     store.refresh_statistics().await;
     loop {
-        let stopping = failed
-            || control.is_tripped()
-            || control.is_gone()
-            || control.is_paused()
-            || control.current().state != WebhookState::Active;
-        if stopping {
+        if failed || !runtime.may_replay() {
             // What was started finishes; what waits stays parked.
             while let Some((_, position, settled)) = running.next().await {
-                settle(ctx, control, position, settled, &mut delivered).await?;
+                settle(ctx, runtime, position, settled, &mut delivered).await?;
             }
             if let Some(removal) = removing.take() {
                 removal.await?;
             }
-            remove_batch(ctx, control, std::mem::take(&mut delivered)).await?;
+            remove_batch(ctx, runtime, std::mem::take(&mut delivered)).await?;
             return Ok(false);
         }
         if reading.is_none() && !read_all && gate.waiting() < READ_AHEAD {
-            reading = Some(store.next_parked(control.id, cursor, BATCH));
+            reading = Some(store.next_parked(runtime.id(), cursor, BATCH));
         }
         if removing.is_none() && delivered.len() >= REMOVE_BATCH {
             let batch = std::mem::replace(&mut delivered, Vec::with_capacity(REMOVE_BATCH));
-            removing = Some(Box::pin(remove_batch(ctx, control, batch)));
+            removing = Some(Box::pin(remove_batch(ctx, runtime, batch)));
         }
-        control.looked(gate.take_ready(control.concurrency_limit(), &mut ready));
+        runtime.held_back(gate.take_ready(runtime.concurrency_limit(), &mut ready));
         for (keys, row) in ready.drain(..) {
             running.push(async move {
                 let settled = deliver(
                     ctx,
-                    control,
+                    runtime,
                     // Its loop awaits more than its deliveries (reads,
                     // removals), so it sends over the shared pool.
                     Sender::Pool(&ctx.http),
@@ -134,22 +121,12 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
             }
             // Nothing read is left: everything before the cursor is
             // delivered.
-            remove_batch(ctx, control, std::mem::take(&mut delivered)).await?;
+            remove_batch(ctx, runtime, std::mem::take(&mut delivered)).await?;
+            if runtime
+                .go_live_if_caught_up(store.parked_count(runtime.id()))
+                .await?
             {
-                // Under the mode lock no event can be parked meanwhile.
-                let mut mode = control.mode.lock().await;
-                // Live only when nothing is parked, nothing is still on the
-                // queue (a running job may be about to park itself) and
-                // nothing is on its way to the table.
-                if control.in_flight() == 0
-                    && control.unwritten() == 0
-                    && !control.is_tripped()
-                    && !control.is_paused()
-                    && store.parked_count(control.id).await? == 0
-                {
-                    *mode = Mode::Live;
-                    return Ok(true);
-                }
+                return Ok(true);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
             // Read again from the first: what was read is delivered and
@@ -161,7 +138,7 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
         tokio::select! {
             Some((keys, position, settled)) = running.next(), if !running.is_empty() => {
                 gate.finished(keys);
-                failed = !settle(ctx, control, position, settled, &mut delivered).await?;
+                failed = !settle(ctx, runtime, position, settled, &mut delivered).await?;
             }
             batch = async { reading.as_mut().expect("guarded").await }, if reading.is_some() => {
                 reading = None;
@@ -185,22 +162,23 @@ async fn replay_parked(ctx: &DeliveryContext, control: &HookControl) -> anyhow::
 /// event stays parked, with its failed attempts counted when it tripped).
 async fn settle(
     ctx: &DeliveryContext,
-    control: &HookControl,
+    runtime: &HookRuntime,
     position: Position,
-    settled: Settled,
+    settled: SendResult,
     delivered: &mut Vec<Position>,
 ) -> anyhow::Result<bool> {
     match settled {
-        Settled::Delivered => {
+        SendResult::Delivered => {
             delivered.push(position);
             Ok(true)
         }
-        Settled::Dropped | Settled::Unsettled | Settled::Stopped | Settled::Paused { .. } => {
-            Ok(false)
-        }
-        Settled::Tripped { attempts, error } => {
+        SendResult::Dropped
+        | SendResult::StoreClosed
+        | SendResult::Stopped
+        | SendResult::Paused { .. } => Ok(false),
+        SendResult::Tripped { attempts, error } => {
             ctx.store
-                .record_parked_failure(control.id, position, attempts, error.as_deref())
+                .record_parked_failure(runtime.id(), position, attempts, error.as_deref())
                 .await?;
             Ok(false)
         }
@@ -211,14 +189,14 @@ async fn settle(
 /// hook holds.
 async fn remove_batch(
     ctx: &DeliveryContext,
-    control: &HookControl,
+    runtime: &HookRuntime,
     delivered: Vec<Position>,
 ) -> anyhow::Result<()> {
     if delivered.is_empty() {
         return Ok(());
     }
-    ctx.store.remove_parked(control.id, &delivered).await?;
-    control.parked_removed(delivered.len());
+    ctx.store.remove_parked(runtime.id(), &delivered).await?;
+    runtime.parked_removed(delivered.len());
     ctx.store.release_payloads(&delivered).await?;
     Ok(())
 }

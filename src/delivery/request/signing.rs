@@ -108,7 +108,7 @@ mod tests {
     /// Standard Webhooks reference library.
     #[test]
     fn reproduces_reference_vectors() {
-        let text = include_str!("../../tests/fixtures/signature-vectors.json");
+        let text = include_str!("../../../tests/fixtures/signature-vectors.json");
         let vectors: Vec<Vector> = serde_json::from_str(text).unwrap();
         assert_eq!(vectors.len(), 3);
         for v in vectors {
@@ -136,7 +136,7 @@ mod tests {
     /// what the reference library computes for its own secret.
     #[test]
     fn a_rotation_signs_with_both_secrets() {
-        let text = include_str!("../../tests/fixtures/signature-vectors.json");
+        let text = include_str!("../../../tests/fixtures/signature-vectors.json");
         let vectors: Vec<Vector> = serde_json::from_str(text).unwrap();
         let (new, old) = (&vectors[0], &vectors[1]);
         let header = standard_webhooks_signatures(

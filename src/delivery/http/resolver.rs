@@ -35,14 +35,14 @@ type Lookup = Shared<BoxFuture<'static, Answer>>;
 /// the check applies to the address actually connected to (a name that
 /// resolves to a private address, or re-resolves to one later, is refused).
 #[derive(Clone)]
-pub(super) struct PolicyResolver {
+pub(in crate::delivery) struct PolicyResolver {
     allow_private: bool,
     /// Lookups under way, by host name.
     lookups: Arc<Mutex<HashMap<String, Lookup>>>,
 }
 
 impl PolicyResolver {
-    pub(super) fn new(allow_private: bool) -> PolicyResolver {
+    pub(in crate::delivery) fn new(allow_private: bool) -> PolicyResolver {
         PolicyResolver {
             allow_private,
             lookups: Arc::default(),

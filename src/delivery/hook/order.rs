@@ -11,15 +11,27 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 
-use super::OrderScope;
 use crate::config::DeliveryOrder;
+
+/// How an event must be ordered against others of the same hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderScope {
+    /// After earlier events with the same key.
+    Key,
+    /// Also after earlier events of a second key (an UPDATE that changed
+    /// the row's key orders after both the old and the new key).
+    AlsoAfter(String),
+    /// After every earlier event of the hook, and before every later one
+    /// (TRUNCATE is a barrier for its table).
+    Barrier,
+}
 
 /// How far past blocked events the queue looks for one that may start:
 /// bounds the work per started event when one row has many queued.
 const LOOKAHEAD: usize = 256;
 /// What an event must wait for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Keys {
+pub(in crate::delivery) enum Keys {
     /// Earlier events of its row (a hash of the ordering key; a collision
     /// only orders two rows that need not be).
     One(u64),
@@ -31,7 +43,7 @@ pub(super) enum Keys {
 }
 
 impl Keys {
-    pub(super) fn of(key: &str) -> u64 {
+    pub(in crate::delivery) fn of(key: &str) -> u64 {
         let mut hasher = DefaultHasher::new();
         key.hash(&mut hasher);
         hasher.finish()
@@ -49,7 +61,7 @@ impl Keys {
 
 /// What an event waits for in a hook's queue, by the configured ordering
 /// and the event's ordering scope.
-pub(super) fn order_keys(order: DeliveryOrder, key: &str, scope: &OrderScope) -> Keys {
+pub(in crate::delivery) fn order_keys(order: DeliveryOrder, key: &str, scope: &OrderScope) -> Keys {
     match (order, scope) {
         // One strict order: every event waits for the one before.
         (DeliveryOrder::Webhook, _) => Keys::One(0),
@@ -60,7 +72,7 @@ pub(super) fn order_keys(order: DeliveryOrder, key: &str, scope: &OrderScope) ->
 }
 
 /// The order rules, apart from the jobs: which waiting items may start.
-pub(super) struct OrderGate<T> {
+pub(in crate::delivery) struct OrderGate<T> {
     waiting: VecDeque<(Keys, T)>,
     /// Rows with a running event, and how many.
     busy: HashMap<u64, u32>,
@@ -69,7 +81,7 @@ pub(super) struct OrderGate<T> {
 }
 
 impl<T> OrderGate<T> {
-    pub(super) fn new() -> OrderGate<T> {
+    pub(in crate::delivery) fn new() -> OrderGate<T> {
         OrderGate {
             waiting: VecDeque::new(),
             busy: HashMap::new(),
@@ -78,20 +90,20 @@ impl<T> OrderGate<T> {
         }
     }
 
-    pub(super) fn push(&mut self, keys: Keys, item: T) {
+    pub(in crate::delivery) fn push(&mut self, keys: Keys, item: T) {
         self.waiting.push_back((keys, item));
     }
 
-    pub(super) fn waiting(&self) -> usize {
+    pub(in crate::delivery) fn waiting(&self) -> usize {
         self.waiting.len()
     }
 
     #[cfg(test)]
-    pub(super) fn running(&self) -> usize {
+    pub(in crate::delivery) fn running(&self) -> usize {
         self.running
     }
 
-    pub(super) fn front(&self) -> Option<&T> {
+    pub(in crate::delivery) fn front(&self) -> Option<&T> {
         self.waiting.front().map(|(_, item)| item)
     }
 
@@ -99,7 +111,11 @@ impl<T> OrderGate<T> {
     /// running. Returns how many waiting items the limit held back (at
     /// most: all that still wait), 0 when it held back none that could
     /// otherwise have started.
-    pub(super) fn take_ready(&mut self, limit: usize, out: &mut Vec<(Keys, T)>) -> usize {
+    pub(in crate::delivery) fn take_ready(
+        &mut self,
+        limit: usize,
+        out: &mut Vec<(Keys, T)>,
+    ) -> usize {
         if self.barrier_running {
             return 0;
         }
@@ -144,7 +160,7 @@ impl<T> OrderGate<T> {
     }
 
     /// An item started by [`take_ready`](Self::take_ready) is done.
-    pub(super) fn finished(&mut self, keys: Keys) {
+    pub(in crate::delivery) fn finished(&mut self, keys: Keys) {
         self.running = self.running.saturating_sub(1);
         if keys == Keys::Barrier {
             self.barrier_running = false;

@@ -2,29 +2,29 @@
 //! attempts, then growing, jittered pauses, until it is delivered, the
 //! target answers 410, or the hook trips.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::RngExt;
 use uuid::Uuid;
 
-use super::concurrency::Signal;
-use super::hook::HookControl;
-use super::http::FailureKind;
-use super::{attempt, Attempt, DeliveryContext, DeliveryOutcome, Sender};
+use super::attempt::{attempt, Attempt, DeliveryOutcome, FailureKind};
+use crate::delivery::context::DeliveryContext;
+use crate::delivery::hook::concurrency::Signal;
+use crate::delivery::hook::HookRuntime;
+use crate::delivery::http::Sender;
 use crate::registry::WebhookState;
 use crate::text::{first_line, human_duration, redacted_url};
 
 /// How delivering one event ended.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Settled {
+pub(in crate::delivery) enum SendResult {
     Delivered,
     /// 410 Gone (the hook is now Stopped): dropped by the state rules.
     Dropped,
     /// The store's session closed before the outcome could be stored: the
     /// event stays unsettled and is read again by the next session.
-    Unsettled,
+    StoreClosed,
     /// The hook was stopped or removed meanwhile: dropped by the state
     /// rules, never parked.
     Stopped,
@@ -42,43 +42,43 @@ pub(super) enum Settled {
 
 /// Attempt until delivered, gone, or the hook trips. `retry` is how many
 /// attempts the event had before (parked events keep counting).
-pub(super) async fn deliver(
+pub(in crate::delivery) async fn deliver(
     ctx: &DeliveryContext,
-    control: &HookControl,
+    runtime: &HookRuntime,
     http: Sender<'_>,
     event: &str,
     event_id: Uuid,
     body: &Bytes,
     mut retry: u32,
-) -> Settled {
-    let id = control.id;
+) -> SendResult {
+    let id = runtime.id();
     let mut last_error = None;
     let first = retry;
     loop {
-        if control.is_stopped() {
-            return Settled::Stopped;
+        if runtime.is_stopped() {
+            return SendResult::Stopped;
         }
-        if control.is_gone() {
-            return Settled::Dropped;
+        if runtime.is_gone() {
+            return SendResult::Dropped;
         }
-        if control.is_tripped() {
-            return Settled::Tripped {
+        if runtime.is_tripped() {
+            return SendResult::Tripped {
                 attempts: retry,
                 error: last_error,
             };
         }
-        if control.is_paused() {
-            return Settled::Paused {
+        if runtime.is_paused() {
+            return SendResult::Paused {
                 attempts: retry,
                 error: last_error,
             };
         }
-        if !control.wait_turn().await {
+        if !runtime.wait_turn().await {
             // Stopped, tripped, paused or changed while waiting: look again.
             continue;
         }
-        let (hook, key) = control.current_with_key();
-        let settings = control.settings();
+        let (hook, key) = runtime.current_with_key();
+        let settings = runtime.settings();
         let config = ctx.config.get();
         let started = Instant::now();
         let outcome = attempt(
@@ -114,23 +114,21 @@ pub(super) async fn deliver(
             ),
         };
         if let Some(signal) = signal {
-            control.record_attempt(signal);
+            runtime.record_attempt(signal);
         }
         ctx.metrics.delivery(kind, took);
+        outcome.record_usage(&ctx.usage, id);
         match outcome {
             DeliveryOutcome::Delivered(_) => {
-                control.consecutive_errors.store(0, Ordering::Release);
-                ctx.usage.success(id);
-                return Settled::Delivered;
+                runtime.record_success();
+                return SendResult::Delivered;
             }
             DeliveryOutcome::Gone => {
-                ctx.usage
-                    .failure(id, "HTTP 410 Gone: the receiver asked to stop this hook");
                 // The Stopped state is stored before any event is dropped
                 // for it, so a drop is never without its reason.
                 while let Err(e) = ctx.store.store_state(id, WebhookState::Stopped).await {
                     if ctx.store.is_closed() {
-                        return Settled::Unsettled;
+                        return SendResult::StoreClosed;
                     }
                     tracing::error!(
                         webhook_id = id,
@@ -138,12 +136,11 @@ pub(super) async fn deliver(
                     );
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                if !control.gone.swap(true, Ordering::AcqRel) {
+                if runtime.mark_gone() {
                     tracing::warn!(webhook_id = id, url = %redacted_url(&hook.target_url),
                         "target answered 410 Gone; webhook state set to Stopped (2)");
                 }
-                control.trip_notify.notify_waiters();
-                return Settled::Dropped;
+                return SendResult::Dropped;
             }
             DeliveryOutcome::Failed {
                 error,
@@ -156,8 +153,7 @@ pub(super) async fn deliver(
                 let wait = retry_after
                     .unwrap_or_else(|| backoff(retry - first, config.max_backoff))
                     .min(config.max_backoff);
-                control.hold_for(wait);
-                ctx.usage.throttled(id);
+                runtime.hold_for(wait);
                 tracing::warn!(webhook_id = id, event_id = %event_id, retry = retry - 1,
                     "target throttles: no request to it for {}: {}", human_duration(wait), first_line(&error));
                 last_error = Some(error);
@@ -165,18 +161,16 @@ pub(super) async fn deliver(
             DeliveryOutcome::Failed {
                 error, retry_after, ..
             } => {
-                ctx.usage.failure(id, &error);
-                let errors = control.consecutive_errors.fetch_add(1, Ordering::AcqRel) + 1;
+                let errors = runtime.record_failure();
                 if errors >= config.max_consecutive_errors {
-                    if !control.tripped.swap(true, Ordering::AcqRel) {
+                    if runtime.trip() {
                         ctx.usage.set_state(id, WebhookState::TooManyErrors);
                         tracing::warn!(webhook_id = id, url = %redacted_url(&hook.target_url), errors,
                             "too many consecutive errors: webhook state set to TooManyErrors (3), \
                              its events are parked until it is set Active again: {}",
                             first_line(&error));
                     }
-                    control.trip_notify.notify_waiters();
-                    return Settled::Tripped {
+                    return SendResult::Tripped {
                         attempts: retry,
                         error: Some(error),
                     };
@@ -192,7 +186,7 @@ pub(super) async fn deliver(
                 // ends the wait early.
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = control.trip_notify.notified() => {}
+                    _ = runtime.changed() => {}
                 }
             }
         }

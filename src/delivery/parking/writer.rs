@@ -11,7 +11,6 @@
 //! back by (commit_lsn, change_index) anyway, so batching never reorders a
 //! hook's events.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,16 +19,17 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
-use super::hook::{HookControl, ParkReason};
-use super::parked::ParkedEvent;
-use super::parking::parked_limit_warning;
-use super::{DeliveryContext, Job};
+use super::policy::parked_limit_warning;
+use crate::delivery::context::DeliveryContext;
+use crate::delivery::hook::{HookRuntime, ParkReason};
+use crate::delivery::job::Job;
+use crate::delivery::storage::ParkedEvent;
 use crate::registry::WebhookState;
 
 /// A batch is written once it holds this many events...
-pub(super) const BATCH_EVENTS: usize = 500;
+const BATCH_EVENTS: usize = 500;
 /// ...or once its first event has waited this long.
-pub(super) const BATCH_AGE: Duration = Duration::from_millis(20);
+const BATCH_AGE: Duration = Duration::from_millis(20);
 /// Batches written at once: one is encoded and sent while the database
 /// executes the other, instead of each side waiting for the other.
 const BATCHES_IN_FLIGHT: usize = 2;
@@ -41,20 +41,20 @@ const QUEUE_EVENTS: usize = 8192;
 struct Unwritten {
     job: Job,
     reason: ParkReason,
-    control: Arc<HookControl>,
+    runtime: Arc<HookRuntime>,
     /// Returned to the byte budget once the event is written.
     _budget: OwnedSemaphorePermit,
 }
 
 /// The reader's side of the parking writer.
-pub(super) struct ParkQueue {
+pub(in crate::delivery) struct ParkQueue {
     /// None once delivery is draining.
     sender: Option<mpsc::Sender<Unwritten>>,
 }
 
 impl ParkQueue {
     /// Start the writer task in `tasks`.
-    pub(super) fn start(ctx: DeliveryContext, tasks: &mut JoinSet<()>) -> ParkQueue {
+    pub(in crate::delivery) fn start(ctx: DeliveryContext, tasks: &mut JoinSet<()>) -> ParkQueue {
         let (sender, receiver) = mpsc::channel(QUEUE_EVENTS);
         tasks.spawn(run_writer(ctx, receiver));
         ParkQueue {
@@ -62,36 +62,36 @@ impl ParkQueue {
         }
     }
 
-    /// Hand a job to the writer. The caller holds the hook's mode lock (or
-    /// has just released it) and has already counted the job in
-    /// `control.unwritten` under it, so the replayer cannot switch the hook
-    /// to Live while the job is still on its way to the table.
-    pub(super) async fn send(
+    /// Hand a job to the writer. The hook admitted it for parking
+    /// ([`HookRuntime::admit`]), which counted it as on its way to the
+    /// table under the mode lock, so the replayer cannot switch the hook to
+    /// Live while the job is still on its way.
+    pub(in crate::delivery) async fn send(
         &self,
         job: Job,
         reason: ParkReason,
-        control: Arc<HookControl>,
+        runtime: Arc<HookRuntime>,
         budget: OwnedSemaphorePermit,
     ) -> anyhow::Result<()> {
         let item = Unwritten {
             job,
             reason,
-            control,
+            runtime,
             _budget: budget,
         };
         let Some(sender) = &self.sender else {
-            item.control.unwritten.fetch_sub(1, Ordering::AcqRel);
+            item.runtime.park_settled();
             anyhow::bail!("delivery is stopping: the event is not parked");
         };
         if let Err(mpsc::error::SendError(item)) = sender.send(item).await {
-            item.control.unwritten.fetch_sub(1, Ordering::AcqRel);
+            item.runtime.park_settled();
             anyhow::bail!("the parking writer ended unexpectedly");
         }
         Ok(())
     }
 
     /// No more events: the writer writes what it holds, then ends.
-    pub(super) fn close(&mut self) {
+    pub(in crate::delivery) fn close(&mut self) {
         self.sender = None;
     }
 }
@@ -147,22 +147,25 @@ async fn run_writer(ctx: DeliveryContext, mut receiver: mpsc::Receiver<Unwritten
 async fn finish(ctx: &DeliveryContext, mut batch: Vec<Unwritten>, written: bool) {
     let count = batch.len();
     if written {
-        let mut per_hook: Vec<(Arc<HookControl>, usize)> = Vec::new();
+        let mut per_hook: Vec<(Arc<HookRuntime>, usize)> = Vec::new();
         for item in &batch {
-            match per_hook.iter_mut().find(|(c, _)| c.id == item.control.id) {
+            match per_hook
+                .iter_mut()
+                .find(|(r, _)| r.id() == item.runtime.id())
+            {
                 Some((_, n)) => *n += 1,
-                None => per_hook.push((Arc::clone(&item.control), 1)),
+                None => per_hook.push((Arc::clone(&item.runtime), 1)),
             }
         }
-        for (control, n) in per_hook {
-            enforce_parked_limit(ctx, &control, n).await;
+        for (runtime, n) in per_hook {
+            enforce_parked_limit(ctx, &runtime, n).await;
         }
     }
     for item in batch.drain(..) {
         if written {
             item.job.ticket.settle();
         }
-        item.control.unwritten.fetch_sub(1, Ordering::AcqRel);
+        item.runtime.park_settled();
     }
     if written {
         ctx.metrics.parked_events.inc_by(count as i64);
@@ -174,7 +177,7 @@ async fn finish(ctx: &DeliveryContext, mut batch: Vec<Unwritten>, written: bool)
 async fn write_until_done(ctx: &DeliveryContext, batch: &[Unwritten]) -> bool {
     let events: Vec<ParkedEvent<'_>> = batch
         .iter()
-        .map(|item| ParkedEvent::of(&item.job, item.reason, 0, None))
+        .map(|item| item.job.parked(item.reason, 0, None))
         .collect();
     let mut wait = Duration::from_secs(1);
     loop {
@@ -198,69 +201,107 @@ async fn write_until_done(ctx: &DeliveryContext, batch: &[Unwritten]) -> bool {
 /// has `delivery.max_parked_events_per_webhook` parked: a dead target must
 /// never fill the database walhook sits beside. What is parked stays for
 /// replay; later events follow the Stopped rule (dropped and counted).
-async fn enforce_parked_limit(ctx: &DeliveryContext, control: &HookControl, written: usize) {
+async fn enforce_parked_limit(ctx: &DeliveryContext, runtime: &HookRuntime, written: usize) {
     let limit = i64::try_from(ctx.config.get().max_parked_events_per_webhook).unwrap_or(i64::MAX);
-    let before = control.parked.load(Ordering::Acquire);
+    let before = runtime.parked();
     if before < 0 {
         // Counted once from the table (this batch included), then kept.
-        match ctx.store.parked_count(control.id).await {
-            Ok(n) => control.parked.store(n, Ordering::Release),
+        match ctx.store.parked_count(runtime.id()).await {
+            Ok(n) => runtime.set_parked(n),
             Err(e) => {
-                tracing::warn!(webhook_id = control.id, "counting parked events: {e:#}");
+                tracing::warn!(webhook_id = runtime.id(), "counting parked events: {e:#}");
                 return;
             }
         }
     } else {
-        control.parked_added(written);
+        runtime.parked_added(written);
     }
-    let now = control.parked.load(Ordering::Acquire);
+    let now = runtime.parked();
     let configured = ctx.config.get().max_parked_events_per_webhook;
     // Once per crossing, well before the limit stops the hook.
-    if let Some(warning) = parked_limit_warning(control.id, now, configured) {
-        if before < 0 || parked_limit_warning(control.id, before, configured).is_none() {
+    if let Some(warning) = parked_limit_warning(runtime.id(), now, configured) {
+        if before < 0 || parked_limit_warning(runtime.id(), before, configured).is_none() {
             ctx.metrics.hooks_near_parked_limit.inc();
-            tracing::warn!(webhook_id = control.id, "{warning}");
+            tracing::warn!(webhook_id = runtime.id(), "{warning}");
         }
     }
-    if control.parked.load(Ordering::Acquire) < limit
-        || control.parked_limit_reached.load(Ordering::Acquire)
-    {
+    if now < limit || runtime.parked_limit_reached() {
         return;
     }
     // The running count can drift above the table (parked_retention drops
     // rows): only the table's own count stops a hook.
-    let parked = match ctx.store.parked_count(control.id).await {
+    let parked = match ctx.store.parked_count(runtime.id()).await {
         Ok(n) => n,
         Err(e) => {
-            tracing::warn!(webhook_id = control.id, "counting parked events: {e:#}");
+            tracing::warn!(webhook_id = runtime.id(), "counting parked events: {e:#}");
             return;
         }
     };
-    control.parked.store(parked, Ordering::Release);
+    runtime.set_parked(parked);
     if parked < limit {
         return;
     }
-    control.parked_limit_reached.store(true, Ordering::Release);
-    control.trip_notify.notify_waiters();
+    runtime.stop_at_parked_limit();
     ctx.metrics.hooks_stopped_parked_limit.inc();
     tracing::error!(
-        webhook_id = control.id,
-        name = %control.current().name,
+        webhook_id = runtime.id(),
+        name = %runtime.current().name,
         parked,
         limit,
         "webhook {} has {parked} parked events, the limit of delivery.max_parked_events_per_webhook \
          ({limit}): it is set to Stopped (2); its parked events are kept and are delivered \
          once it is set Active again, events until then are dropped",
-        control.id
+        runtime.id()
     );
     if let Err(e) = ctx
         .store
-        .store_state(control.id, WebhookState::Stopped)
+        .store_state(runtime.id(), WebhookState::Stopped)
         .await
     {
         tracing::error!(
-            webhook_id = control.id,
+            webhook_id = runtime.id(),
             "could not store state Stopped (2): {e:#}"
         );
     }
+}
+
+async fn park_job(
+    ctx: &DeliveryContext,
+    job: &Job,
+    reason: ParkReason,
+    attempts: i32,
+    last_error: Option<&str>,
+) -> anyhow::Result<()> {
+    ctx.metrics.parked_events.inc();
+    ctx.store
+        .park(&job.parked(reason, attempts, last_error))
+        .await
+}
+
+/// Park, retrying until the store takes it: the job waits rather than
+/// leave its transaction unconfirmed for the rest of the session. Returns
+/// false when the store's session ended first: the event stays
+/// unconfirmed and is read again by the next session, never lost.
+pub(in crate::delivery) async fn park_until_done(
+    ctx: &DeliveryContext,
+    job: &Job,
+    reason: ParkReason,
+    attempts: i32,
+    error: Option<&str>,
+) -> bool {
+    let mut wait = Duration::from_secs(1);
+    while let Err(e) = park_job(ctx, job, reason, attempts, error).await {
+        if ctx.store.is_closed() {
+            return false;
+        }
+        tracing::error!(
+            webhook_id = job.hook.id,
+            event_id = %job.event_id,
+            "could not park the event, trying again in {}: {e:#}",
+            crate::text::human_duration(wait)
+        );
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
+    true
 }

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 const PRUNE_ABOVE: usize = 1024;
 
 /// The https origins (host and port) the pool has sent to under `auto`.
-pub(super) struct Origins {
+pub(in crate::delivery) struct Origins {
     known: Mutex<HashMap<String, Arc<Origin>>>,
     /// The zero of `Origin::heard_at`.
     epoch: Instant,
@@ -54,7 +54,7 @@ struct Origin {
 }
 
 /// Leave to send one request to an origin.
-pub(super) struct Admission {
+pub(in crate::delivery) struct Admission {
     origin: Arc<Origin>,
     epoch: Instant,
     /// This request connects first; the others wait until it has a
@@ -64,13 +64,13 @@ pub(super) struct Admission {
 
 impl Admission {
     /// Whether this request is the one sent first.
-    pub(super) fn is_first(&self) -> bool {
+    pub(in crate::delivery) fn is_first(&self) -> bool {
         self.first
     }
 
     /// The request has a connection, or an answer: the pool knows the
     /// origin's version and, for h2, holds the connection to share.
-    pub(super) fn heard(&mut self) {
+    pub(in crate::delivery) fn heard(&mut self) {
         self.origin
             .heard_at
             .store(millis_since(self.epoch) + 1, Ordering::Release);
@@ -111,7 +111,7 @@ impl Origin {
 impl Origins {
     /// Origins whose connection is trusted for `fresh_for` after it was
     /// last heard from: the pool's idle timeout.
-    pub(super) fn new(fresh_for: Duration) -> Origins {
+    pub(in crate::delivery) fn new(fresh_for: Duration) -> Origins {
         Origins {
             known: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
@@ -127,7 +127,11 @@ impl Origins {
     /// heard from lately or no request is connecting to it first (this one
     /// then goes first), else until that one has a connection or failed.
     /// `None`: `deadline` came first.
-    pub(super) async fn admit(&self, authority: &str, deadline: Instant) -> Option<Admission> {
+    pub(in crate::delivery) async fn admit(
+        &self,
+        authority: &str,
+        deadline: Instant,
+    ) -> Option<Admission> {
         let origin = self.origin(authority);
         let admission = |first| Admission {
             origin: origin.clone(),

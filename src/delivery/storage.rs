@@ -1,13 +1,13 @@
-//! What delivery stores: the [`DeliveryStore`] interface, which the store
-//! implements for PostgreSQL, and parked events as written and read back.
+//! What delivery keeps in the database: the [`DeliveryStore`] interface,
+//! which the store implements for PostgreSQL, and parked events as
+//! written and read back.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use uuid::Uuid;
 
+use super::hook::order::OrderScope;
 use super::hook::ParkReason;
-use super::request::SharedParts;
-use super::{Job, OrderScope};
 use crate::pgoutput::Lsn;
 use crate::registry::WebhookState;
 
@@ -97,65 +97,6 @@ pub enum ParkedBody<'a> {
     },
     /// The whole body, rendered for this hook alone.
     Whole(&'a [u8]),
-}
-
-impl<'a> ParkedEvent<'a> {
-    /// The parked form of `job`.
-    pub(super) fn of(
-        job: &'a Job,
-        reason: ParkReason,
-        attempts: i32,
-        last_error: Option<&'a str>,
-    ) -> ParkedEvent<'a> {
-        let (payload, body) = match &job.shared {
-            SharedParts::InBody(layout) => match layout.parts(&job.body) {
-                Some(parts) => (
-                    Payload {
-                        head: parts.head,
-                        fields: parts.fields,
-                        tail: parts.tail,
-                    },
-                    ParkedBody::Assembled {
-                        name: parts.name,
-                        properties: parts.properties,
-                    },
-                ),
-                // Cannot happen: a layout is made with its body.
-                None => (
-                    Payload {
-                        head: b"",
-                        fields: b"",
-                        tail: b"",
-                    },
-                    ParkedBody::Whole(&job.body),
-                ),
-            },
-            SharedParts::Apart(shared) => (
-                Payload {
-                    head: shared.head.as_bytes(),
-                    fields: shared.fields.as_bytes(),
-                    tail: shared.tail.as_bytes(),
-                },
-                ParkedBody::Whole(&job.body),
-            ),
-        };
-        ParkedEvent {
-            webhook_id: job.hook.id,
-            event_id: job.event_id,
-            event: &job.event,
-            ordering_key: &job.ordering_key,
-            scope: &job.scope,
-            payload,
-            body,
-            reason,
-            attempts,
-            last_error,
-            position: Position {
-                commit_lsn: job.commit_lsn,
-                change_index: job.change_index,
-            },
-        }
-    }
 }
 
 /// A parked event read back for delivery.

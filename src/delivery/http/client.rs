@@ -51,7 +51,7 @@ use crate::config::{DeliveryConfig, HttpVersion};
 /// them again (a handshake per request, which on a 50 ms target raised
 /// the round trip to 75 ms and on loopback cost CPU per request). A burst
 /// that left hundreds idle gives them back to the target after this long.
-pub(super) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+pub(in crate::delivery) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How often an HTTP/2 connection is pinged, busy or idle, and how long
 /// the answer may take: a connection that died without a word (a target
@@ -65,7 +65,8 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
 type Connector = HttpsConnector<HttpConnector<PolicyResolver>>;
 
 /// A connection the connector made: TCP, or TLS over it.
-pub(super) type Stream = hyper_rustls::MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+pub(in crate::delivery) type Stream =
+    hyper_rustls::MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
 
 /// The client deliveries, replays and `walhook webhook test` send with.
 /// Cloning shares the connection pool.
@@ -187,12 +188,12 @@ fn chain<'a>(
 
 impl HttpClient {
     /// A handle on the connector the pool connects with.
-    pub(super) fn connector(&self) -> Connector {
+    pub(in crate::delivery) fn connector(&self) -> Connector {
         self.connector.clone()
     }
 
     /// The HTTP version setting this client was built with.
-    pub(super) fn http_version(&self) -> HttpVersion {
+    pub(in crate::delivery) fn http_version(&self) -> HttpVersion {
         self.version
     }
 

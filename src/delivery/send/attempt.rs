@@ -6,14 +6,11 @@ use bytes::Bytes;
 use http::StatusCode;
 use uuid::Uuid;
 
-use super::client::{read_body_prefix, SendError};
-use super::connections::Sender;
-use super::request::{self, SigningKeys};
-use super::settings::HookSettings;
-use super::signing::SigningKey;
-use super::target_policy::check_target;
-use super::tls;
 use crate::config::DeliveryConfig;
+use crate::delivery::hook::settings::HookSettings;
+use crate::delivery::hook::usage::UsageBook;
+use crate::delivery::http::{check_target, read_body_prefix, tls, SendError, Sender};
+use crate::delivery::request::{self, SigningKey, SigningKeys};
 use crate::registry::Webhook;
 use crate::text::{truncate_chars, LAST_ERROR_MAX_CHARS};
 
@@ -47,6 +44,27 @@ pub enum FailureKind {
     /// 429, or 503 with Retry-After: the target asks to be sent less. The
     /// whole hook waits as asked, and it does not count as an error.
     Throttled,
+}
+
+/// What `last_error` says of a 410.
+pub const GONE_ERROR: &str = "HTTP 410 Gone: the receiver asked to stop this hook";
+
+impl DeliveryOutcome {
+    /// Count the attempt in the hook's statistics: a 2xx is a success, a
+    /// throttling answer a call but no error, anything else (410
+    /// included) an error with its text. The state a 410 or too many
+    /// errors leads to is decided by the caller.
+    pub fn record_usage(&self, usage: &UsageBook, webhook_id: i32) {
+        match self {
+            DeliveryOutcome::Delivered(_) => usage.success(webhook_id),
+            DeliveryOutcome::Gone => usage.failure(webhook_id, GONE_ERROR),
+            DeliveryOutcome::Failed {
+                kind: FailureKind::Throttled,
+                ..
+            } => usage.throttled(webhook_id),
+            DeliveryOutcome::Failed { error, .. } => usage.failure(webhook_id, error),
+        }
+    }
 }
 
 /// What one attempt sends.

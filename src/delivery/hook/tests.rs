@@ -1,0 +1,202 @@
+//! The hook's state table, driven through its transitions directly: no
+//! queue, no network, no database.
+
+use std::sync::Arc;
+
+use super::concurrency::ConcurrencyLimit;
+use super::settings::HookSettings;
+use super::{Admission, HookRuntime, ParkReason};
+use crate::events::WebhookRow;
+use crate::registry::{Webhook, WebhookState};
+
+fn hook(state: WebhookState) -> Arc<Webhook> {
+    let row = [
+        ("webhook_id", "7"),
+        ("name", "h"),
+        ("events", "*"),
+        ("target_url", "http://127.0.0.1:9/"),
+        ("type", "webhook"),
+        ("state", &(state as i16).to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), Some(v.to_owned())))
+    .collect();
+    Arc::new(Webhook::from_row(&WebhookRow(row)).expect("a valid hook"))
+}
+
+fn live() -> HookRuntime {
+    HookRuntime::new(hook(WebhookState::Active), ConcurrencyLimit::fixed(4), None)
+}
+
+fn paused() -> Arc<HookSettings> {
+    Arc::new(HookSettings {
+        paused: true,
+        ..HookSettings::default()
+    })
+}
+
+#[tokio::test]
+async fn a_live_hook_queues_and_parks_only_when_behind_or_paused() {
+    let runtime = live();
+    assert_eq!(runtime.admit(false).await, (Admission::Queue, false));
+    assert_eq!(runtime.parking().await, None);
+    // Behind: parks for its backlog from now on, and the caller starts the
+    // replayer once.
+    assert_eq!(
+        runtime.admit(true).await,
+        (Admission::Park(ParkReason::Backlog), true)
+    );
+    assert_eq!(
+        runtime.admit(false).await,
+        (Admission::Park(ParkReason::Backlog), false)
+    );
+    assert!(runtime.is_parking_now());
+
+    let runtime = live();
+    runtime.set_settings(paused());
+    assert_eq!(
+        runtime.admit(false).await,
+        (Admission::Park(ParkReason::Paused), false)
+    );
+}
+
+#[tokio::test]
+async fn a_pause_names_itself_over_an_earlier_reason() {
+    let runtime = HookRuntime::new(
+        hook(WebhookState::Active),
+        ConcurrencyLimit::fixed(4),
+        Some(ParkReason::Backlog),
+    );
+    runtime.set_settings(paused());
+    assert_eq!(
+        runtime.admit(false).await,
+        (Admission::Park(ParkReason::Paused), false)
+    );
+    assert_eq!(runtime.parking().await, Some(ParkReason::Backlog));
+}
+
+#[tokio::test]
+async fn a_hook_never_goes_live_while_an_event_is_on_its_way_to_the_table() {
+    let runtime = live();
+    let (admission, _) = runtime.admit(true).await;
+    assert_eq!(admission, Admission::Park(ParkReason::Backlog));
+    // The event admitted for parking is not written yet.
+    let went_live = runtime
+        .go_live_if_caught_up(async { Ok(0) })
+        .await
+        .expect("counted");
+    assert!(!went_live);
+    runtime.park_settled();
+    let went_live = runtime
+        .go_live_if_caught_up(async { Ok(0) })
+        .await
+        .expect("counted");
+    assert!(went_live);
+    assert_eq!(runtime.parking().await, None);
+}
+
+#[tokio::test]
+async fn a_hook_with_parked_events_or_queued_ones_stays_parking() {
+    let runtime = live();
+    runtime.park(ParkReason::TooManyErrors).await;
+    let still_parked = runtime.go_live_if_caught_up(async { Ok(3) }).await;
+    assert!(!still_parked.expect("counted"));
+    runtime.queued();
+    assert!(!runtime
+        .go_live_if_caught_up(async { Ok(0) })
+        .await
+        .expect("counted"));
+    runtime.dequeued();
+    assert!(runtime
+        .go_live_if_caught_up(async { Ok(0) })
+        .await
+        .expect("counted"));
+}
+
+#[tokio::test]
+async fn a_trip_is_said_once_and_cleared_by_activation_with_its_errors() {
+    let runtime = live();
+    assert_eq!(runtime.record_failure(), 1);
+    assert_eq!(runtime.record_failure(), 2);
+    assert!(runtime.trip());
+    assert!(!runtime.trip(), "the second trip is not news");
+    assert!(runtime.must_stop_sending());
+    runtime.park(ParkReason::TooManyErrors).await;
+    // Activation clears the trip and the count, and says there is
+    // something to replay.
+    assert!(runtime.activate().await);
+    assert!(!runtime.is_tripped());
+    assert_eq!(runtime.record_failure(), 1);
+}
+
+#[tokio::test]
+async fn a_410_drops_until_activation() {
+    let runtime = live();
+    assert!(runtime.mark_gone());
+    assert!(!runtime.mark_gone());
+    assert!(runtime.is_gone());
+    assert!(!runtime.may_replay());
+    assert!(!runtime.activate().await, "nothing was parked");
+    assert!(!runtime.is_gone());
+}
+
+#[tokio::test]
+async fn the_parked_limit_stops_the_hook_until_activation() {
+    let runtime = live();
+    runtime.stop_at_parked_limit();
+    assert!(runtime.is_stopped());
+    runtime.activate().await;
+    assert!(!runtime.is_stopped());
+}
+
+#[tokio::test]
+async fn a_removed_hook_is_stopped_until_its_row_comes_back() {
+    let runtime = live();
+    runtime.remove();
+    assert!(runtime.is_stopped());
+    runtime.row_changed(hook(WebhookState::Active));
+    assert!(!runtime.is_stopped());
+    runtime.row_changed(hook(WebhookState::Stopped));
+    assert!(runtime.is_stopped(), "Stopped takes no events");
+}
+
+#[tokio::test]
+async fn one_replayer_at_a_time_and_it_goes_on_when_reactivated_meanwhile() {
+    let runtime = live();
+    assert!(runtime.claim_replayer());
+    assert!(!runtime.claim_replayer(), "one runs already");
+    // Live again: the ending replayer stops.
+    assert!(!runtime.replayer_ending().await);
+    assert!(runtime.claim_replayer());
+    // Still parking and Active: it goes on, holding the claim.
+    runtime.park(ParkReason::Backlog).await;
+    assert!(runtime.replayer_ending().await);
+    assert!(!runtime.claim_replayer());
+}
+
+#[tokio::test]
+async fn the_parked_count_is_only_kept_once_counted_from_the_table() {
+    let runtime = live();
+    runtime.parked_added(5);
+    assert_eq!(runtime.parked(), -1, "not counted yet");
+    runtime.set_parked(2);
+    runtime.parked_added(5);
+    runtime.parked_removed(10);
+    assert_eq!(runtime.parked(), 0);
+}
+
+#[tokio::test]
+async fn waits_end_at_a_change_they_must_look_at() {
+    let runtime = Arc::new(live());
+    let waiting = {
+        let runtime = Arc::clone(&runtime);
+        tokio::spawn(async move { runtime.changed().await })
+    };
+    // Let the waiter register before the change.
+    tokio::task::yield_now().await;
+    while !waiting.is_finished() {
+        runtime.trip();
+        tokio::task::yield_now().await;
+    }
+    waiting.await.expect("the wait ended");
+}

@@ -1,0 +1,86 @@
+//! The way into delivery: a change event the registry matched becomes one
+//! job per hook. The live pipeline and backfill both come in here; the
+//! dispatcher then decides, per job, park or queue.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::hook::order::OrderScope;
+use super::job::Job;
+use super::request::{self, SharedBody};
+use crate::checkpoint::Ticket;
+use crate::events::{ChangeEvent, Operation};
+use crate::metrics::Metrics;
+use crate::registry::Webhook;
+
+/// One event must never stall the pipeline or be refused by the database
+/// when parked: over `max_body` bytes, its largest values are left out,
+/// named in MissingColumns, counted and logged.
+pub fn fit_event(event: &mut ChangeEvent, max_body: usize, metrics: &Metrics) {
+    let fields_budget = max_body.saturating_sub(request::BODY_FRAME_BYTES);
+    if let Some(left_out) = request::fit_fields(event, fields_budget) {
+        metrics.events_cut.inc();
+        tracing::warn!(
+            table = %event.table,
+            key = %event.primary_key,
+            lsn = %event.txn.commit_lsn,
+            "event larger than delivery.max_body_bytes ({max_body}): sent without columns {left_out:?}, named in MissingColumns"
+        );
+    }
+}
+
+/// A change event on its way to its hooks: the body parts they share,
+/// rendered once, and its order scope.
+pub struct EventIntake<'e> {
+    event: &'e ChangeEvent,
+    shared: SharedBody,
+    scope: OrderScope,
+    context_identifier: &'e str,
+    max_body: usize,
+}
+
+impl<'e> EventIntake<'e> {
+    /// `event`, already fitted ([`fit_event`]), for its hooks.
+    pub fn new(event: &'e ChangeEvent, context_identifier: &'e str, max_body: usize) -> Self {
+        let scope = match (&event.operation, &event.previous_key) {
+            (Operation::Truncated, _) => OrderScope::Barrier,
+            (_, Some(old)) => OrderScope::AlsoAfter(old.clone()),
+            _ => OrderScope::Key,
+        };
+        EventIntake {
+            event,
+            shared: SharedBody::of(event, context_identifier),
+            scope,
+            context_identifier,
+            max_body,
+        }
+    }
+
+    /// The event's job for `hook`: its body rendered from the shared
+    /// parts, with the hook's EventId and the transaction's ticket.
+    pub fn job(&self, hook: Arc<Webhook>, event_id: Uuid, ticket: Ticket) -> Job {
+        let event = self.event;
+        let (body, shared) = request::hook_body(
+            &self.shared,
+            event,
+            event_id,
+            &hook,
+            self.context_identifier,
+            self.max_body,
+        )
+        .for_job(&self.shared);
+        Job {
+            event: event.event.clone(),
+            event_id,
+            ordering_key: event.ordering_key.clone(),
+            scope: self.scope.clone(),
+            body,
+            shared,
+            commit_lsn: event.txn.commit_lsn,
+            change_index: event.index,
+            ticket,
+            hook,
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! A hook's delivery lanes: the tasks its started events run in, each
+//! driving its own HTTP/1.1 connections, and what running one event
+//! means (deliver, park or drop it, then settle its ticket).
+
+use std::sync::Arc;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::{AbortHandle, JoinError, JoinHandle};
+
+use crate::delivery::context::DeliveryContext;
+use crate::delivery::hook::order::Keys;
+use crate::delivery::hook::{HookRuntime, ParkReason};
+use crate::delivery::http::{Sender, TaskConnections};
+use crate::delivery::job::Job;
+use crate::delivery::parking::park_until_done;
+use crate::delivery::send::{deliver, SendResult};
+
+/// The tasks a hook's started events run in, each with its own HTTP/1.1
+/// connections ([`TaskConnections`]), which it drives itself: an answer
+/// wakes the task whose request waits for it, and no other. One task would
+/// hold a busy hook to one core; so a hook has up to one lane per runtime
+/// worker, opened as its events in flight need them.
+pub(super) struct Lanes {
+    ctx: DeliveryContext,
+    runtime: Arc<HookRuntime>,
+    lanes: Vec<Lane>,
+    /// Every lane's task, to see one end.
+    pub tasks: FuturesUnordered<JoinHandle<()>>,
+    most: usize,
+    finished_tx: mpsc::UnboundedSender<Finished>,
+    pub done: mpsc::UnboundedReceiver<Finished>,
+}
+
+struct Lane {
+    tx: mpsc::UnboundedSender<Started>,
+    task: AbortHandle,
+    running: usize,
+}
+
+/// An event handed to a lane.
+pub(super) struct Started {
+    pub job: Job,
+    pub budget: OwnedSemaphorePermit,
+    pub keys: Keys,
+    pub arrival: u64,
+}
+
+/// An event a lane is done with (delivered, parked, dropped or left
+/// unsettled).
+pub(super) struct Finished {
+    pub keys: Keys,
+    pub arrival: u64,
+    pub lane: usize,
+}
+
+impl Lanes {
+    pub(super) fn new(ctx: &DeliveryContext, runtime: &Arc<HookRuntime>) -> Lanes {
+        let (finished_tx, done) = mpsc::unbounded_channel();
+        Lanes {
+            ctx: ctx.clone(),
+            runtime: Arc::clone(runtime),
+            lanes: Vec::new(),
+            tasks: FuturesUnordered::new(),
+            most: tokio::runtime::Handle::current()
+                .metrics()
+                .num_workers()
+                .max(1),
+            finished_tx,
+            done,
+        }
+    }
+
+    /// Start an event in the lane with the fewest running, or in a new
+    /// lane when every lane has some and more may open.
+    pub(super) fn start(&mut self, started: Started) {
+        let least = self
+            .lanes
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, l)| l.running)
+            .map(|(i, l)| (i, l.running));
+        let lane = match least {
+            Some((i, running)) if running == 0 || self.lanes.len() == self.most => i,
+            _ => self.open(),
+        };
+        self.lanes[lane].running += 1;
+        // A lane ends only when its sender is dropped (in `close`).
+        let _ = self.lanes[lane].tx.send(started);
+    }
+
+    fn open(&mut self) -> usize {
+        let index = self.lanes.len();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run_lane(
+            index,
+            rx,
+            self.finished_tx.clone(),
+            self.ctx.clone(),
+            Arc::clone(&self.runtime),
+        ));
+        self.lanes.push(Lane {
+            tx,
+            task: task.abort_handle(),
+            running: 0,
+        });
+        self.tasks.push(task);
+        index
+    }
+
+    pub(super) fn finished(&mut self, lane: usize) {
+        if let Some(lane) = self.lanes.get_mut(lane) {
+            lane.running -= 1;
+        }
+    }
+
+    /// Events started and not finished, in all lanes.
+    pub(super) fn running(&self) -> usize {
+        self.lanes.iter().map(|l| l.running).sum()
+    }
+
+    /// A lane ended while events ran in it: only a panic in one (a bug)
+    /// ends it so, and its events would never finish. The queue fails with
+    /// it, as it did when its events ran in its own task: they stay
+    /// unconfirmed and are delivered again after the next start.
+    pub(super) fn ended(&self, ended: Result<(), JoinError>) -> ! {
+        match ended {
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            _ => panic!(
+                "webhook {}: a delivery lane ended with events running",
+                self.runtime.id()
+            ),
+        }
+    }
+
+    /// Every lane is idle: end them.
+    pub(super) async fn close(mut self) {
+        // Their senders dropped, the lanes' loops end.
+        self.lanes.clear();
+        while let Some(ended) = self.tasks.next().await {
+            if let Err(e) = ended {
+                tracing::error!(
+                    webhook_id = self.runtime.id(),
+                    "a delivery lane failed: {e}"
+                );
+            }
+        }
+    }
+}
+
+/// A queue stopped midway (its task aborted when a shutdown ran out of
+/// time) stops its lanes' requests with it: what they had not settled is
+/// delivered again after the next start.
+impl Drop for Lanes {
+    fn drop(&mut self) {
+        for lane in &self.lanes {
+            lane.task.abort();
+        }
+    }
+}
+
+/// One lane: runs the events handed to it, over connections it drives,
+/// until its queue drops its sender and nothing runs.
+async fn run_lane(
+    index: usize,
+    mut started: mpsc::UnboundedReceiver<Started>,
+    finished: mpsc::UnboundedSender<Finished>,
+    ctx: DeliveryContext,
+    runtime: Arc<HookRuntime>,
+) {
+    // Declared first: they outlive the requests running on them.
+    let connections = TaskConnections::new(ctx.http.clone());
+    let mut running = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            item = started.recv(), if open => match item {
+                Some(Started { job, budget, keys, arrival }) => {
+                    let (ctx, runtime, connections) = (&ctx, &runtime, &connections);
+                    running.push(async move {
+                        run_job(ctx, runtime, Sender::Task(connections), job).await;
+                        drop(budget);
+                        Finished { keys, arrival, lane: index }
+                    });
+                }
+                None => open = false,
+            },
+            Some(done) = running.next(), if !running.is_empty() => {
+                // The queue outlives its lanes.
+                let _ = finished.send(done);
+            }
+            // Never ends: moves the connections' bytes.
+            _ = connections.drive(), if open || !running.is_empty() => {}
+            else => break,
+        }
+    }
+}
+
+/// Deliver, park or drop one job, then settle its ticket. If parking fails
+/// (database unreachable) the ticket is left unsettled: the event stays
+/// unconfirmed and is read again after a restart, never lost.
+async fn run_job(ctx: &DeliveryContext, runtime: &HookRuntime, http: Sender<'_>, job: Job) {
+    if runtime.is_stopped() {
+        ctx.metrics.dropped();
+        job.ticket.settle();
+        return;
+    }
+    // A hook that went to parking while this job waited in its queue parks
+    // it too, so its queue frees the byte budget at once; the replayer
+    // delivers it in commit order once the queue is empty.
+    if let Some(reason) = runtime.parking().await {
+        if park_until_done(ctx, &job, reason, 0, None).await {
+            runtime.parked_added(1);
+            job.ticket.settle();
+        }
+        return;
+    }
+    let outcome = deliver(ctx, runtime, http, &job.event, job.event_id, &job.body, 0).await;
+    let (attempts, error) = match outcome {
+        SendResult::Delivered | SendResult::Dropped => return job.ticket.settle(),
+        SendResult::Stopped => {
+            ctx.metrics.dropped();
+            return job.ticket.settle();
+        }
+        SendResult::StoreClosed => return,
+        SendResult::Tripped { attempts, error } | SendResult::Paused { attempts, error } => {
+            (attempts, error)
+        }
+    };
+    let reason = if runtime.is_tripped() {
+        ParkReason::TooManyErrors
+    } else {
+        ParkReason::Paused
+    };
+    // From now on the reader parks this hook's events too, and
+    // re-activation (or resume) starts the replayer.
+    runtime.park(reason).await;
+    if park_until_done(ctx, &job, reason, attempts as i32, error.as_deref()).await {
+        runtime.parked_added(1);
+        job.ticket.settle();
+    }
+}

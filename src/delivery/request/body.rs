@@ -1,0 +1,361 @@
+//! The body one event sends to one hook, rendered once per event for the
+//! parts its hooks share.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::events::ChangeEvent;
+use crate::registry::Webhook;
+
+/// The parts of a body that are the same for every hook an event goes
+/// to, in the contract's field order, each already JSON. A body is
+/// `{"EventId":"<id>"` + `head` + the hook's name + `fields` +
+/// (`,"Properties":` + the hook's properties) + `tail`; parked events
+/// store these parts once per change and the per-hook rest beside it
+/// (sql/schema.sql's `parked_event` view joins them the same way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedBody {
+    /// `","Timestamp":...,"ChangedByAssociateId":7,"WebhookName":`
+    pub head: String,
+    /// `,"FieldValues":{...},"MissingColumns":[...]` and `,"Values":{...}`
+    pub fields: String,
+    /// `,"Table":"public.contact","Lsn":"0/16B3748"}`
+    pub tail: String,
+}
+
+/// What a body holds of its hook, as JSON: its name and Properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookPart {
+    /// A JSON string.
+    pub name: String,
+    /// A JSON object, when the hook has properties.
+    pub properties: Option<String>,
+}
+
+impl HookPart {
+    pub fn of(hook: &Webhook) -> HookPart {
+        HookPart {
+            name: json_text(&hook.name),
+            properties: hook.properties.as_ref().map(json_text),
+        }
+    }
+}
+
+/// Serialising these types (strings, maps, numbers) cannot fail.
+fn json_text<T: Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).expect("body part serialises")
+}
+
+/// Append `"Key":value` (after a comma unless first).
+fn member<T: Serialize + ?Sized>(out: &mut String, key: &str, value: &T) {
+    out.push_str(",\"");
+    out.push_str(key);
+    out.push_str("\":");
+    out.push_str(&json_text(value));
+}
+
+impl SharedBody {
+    pub fn of(event: &ChangeEvent, context_identifier: &str) -> SharedBody {
+        let mut head = String::with_capacity(256);
+        head.push('"');
+        member(&mut head, "Timestamp", &event.timestamp());
+        member(&mut head, "Changes", &event.changes);
+        member(&mut head, "ChangesExact", &event.changes_exact);
+        member(&mut head, "Event", &event.event);
+        member(&mut head, "PrimaryKey", &event.primary_key);
+        member(&mut head, "Entity", &event.entity);
+        member(&mut head, "ContextIdentifier", context_identifier);
+        member(
+            &mut head,
+            "ChangedByAssociateId",
+            &event.changed_by_associate_id,
+        );
+        head.push_str(",\"WebhookName\":");
+        let mut fields = String::with_capacity(field_values_len_bound(event).min(1 << 20) + 64);
+        member(&mut fields, "FieldValues", &event.field_values);
+        member(&mut fields, "MissingColumns", &event.missing_columns);
+        if let Some(values) = &event.values {
+            member(&mut fields, "Values", values);
+        }
+        let mut tail = String::with_capacity(64);
+        member(&mut tail, "Table", &event.table);
+        member(&mut tail, "Lsn", &event.txn.commit_lsn.to_string());
+        // Only on rows sent by `walhook backfill`: its backfill_id.
+        if let Some(backfill) = event.backfill {
+            member(&mut tail, "Backfill", &backfill);
+        }
+        tail.push('}');
+        SharedBody { head, fields, tail }
+    }
+
+    /// The body for one hook, and where its parts lie in it.
+    pub fn assemble(&self, event_id: Uuid, hook: &HookPart) -> (Bytes, PartsLayout) {
+        let (body, layout) = assemble_parts(
+            event_id,
+            &BodyParts {
+                head: self.head.as_bytes(),
+                name: hook.name.as_bytes(),
+                fields: self.fields.as_bytes(),
+                properties: hook.properties.as_deref().map(str::as_bytes),
+                tail: self.tail.as_bytes(),
+            },
+        );
+        (Bytes::from(body), layout)
+    }
+}
+
+/// A body's parts, as JSON text: the change's shared `head`, `fields` and
+/// `tail` and the hook's `name` and `properties`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyParts<'a> {
+    pub head: &'a [u8],
+    pub name: &'a [u8],
+    pub fields: &'a [u8],
+    pub properties: Option<&'a [u8]>,
+    pub tail: &'a [u8],
+}
+
+/// `{"EventId":"` and the id's 36 characters: where `head` starts.
+const HEAD_START: usize = 12 + 36;
+const PROPERTIES_KEY: &[u8] = b",\"Properties\":";
+
+/// Where the parts lie in a body assembled from them. A queued job keeps
+/// this instead of a second copy of the shared parts (which its share of
+/// the byte budget would not count); parking it takes them from the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartsLayout {
+    head_end: usize,
+    fields_start: usize,
+    fields_end: usize,
+    tail_start: usize,
+}
+
+impl PartsLayout {
+    /// The parts of `body`, the body this layout was made with; None for
+    /// another body too short for it.
+    pub fn parts<'a>(&self, body: &'a [u8]) -> Option<BodyParts<'a>> {
+        let properties = body.get(self.fields_end..self.tail_start)?;
+        Some(BodyParts {
+            head: body.get(HEAD_START..self.head_end)?,
+            name: body.get(self.head_end..self.fields_start)?,
+            fields: body.get(self.fields_start..self.fields_end)?,
+            properties: if properties.is_empty() {
+                None
+            } else {
+                Some(properties.strip_prefix(PROPERTIES_KEY)?)
+            },
+            tail: body.get(self.tail_start..)?,
+        })
+    }
+}
+
+/// A body from its parts, in the contract's field order.
+pub fn assemble_parts(event_id: Uuid, parts: &BodyParts<'_>) -> (Vec<u8>, PartsLayout) {
+    let properties = parts
+        .properties
+        .map_or(0, |p| p.len() + PROPERTIES_KEY.len());
+    let mut body = Vec::with_capacity(
+        HEAD_START
+            + parts.head.len()
+            + parts.name.len()
+            + parts.fields.len()
+            + properties
+            + parts.tail.len(),
+    );
+    body.extend_from_slice(b"{\"EventId\":\"");
+    body.extend_from_slice(
+        event_id
+            .hyphenated()
+            .encode_lower(&mut Uuid::encode_buffer())
+            .as_bytes(),
+    );
+    body.extend_from_slice(parts.head);
+    let head_end = body.len();
+    body.extend_from_slice(parts.name);
+    let fields_start = body.len();
+    body.extend_from_slice(parts.fields);
+    let fields_end = body.len();
+    if let Some(p) = parts.properties {
+        body.extend_from_slice(PROPERTIES_KEY);
+        body.extend_from_slice(p);
+    }
+    let tail_start = body.len();
+    body.extend_from_slice(parts.tail);
+    let layout = PartsLayout {
+        head_end,
+        fields_start,
+        fields_end,
+        tail_start,
+    };
+    (body, layout)
+}
+
+/// Where a queued job finds its change's shared body parts, should it be
+/// parked.
+#[derive(Debug, Clone)]
+pub enum SharedParts {
+    /// In its own body, which was assembled from them.
+    InBody(PartsLayout),
+    /// Kept apart: the body was rendered for this hook alone (rare).
+    Apart(Arc<SharedBody>),
+}
+
+/// A hook's body of an event: assembled from the event's shared parts, or
+/// (`Own`) rendered for this hook alone because its Properties or name
+/// pushed the body over the bound and some values were left out.
+pub enum HookBody {
+    Shared(Bytes, PartsLayout),
+    Own(Bytes),
+}
+
+impl HookBody {
+    /// The body, and where a parked job finds the `shared` parts it was
+    /// made from.
+    pub fn for_job(self, shared: &SharedBody) -> (Bytes, SharedParts) {
+        match self {
+            HookBody::Shared(body, layout) => (body, SharedParts::InBody(layout)),
+            HookBody::Own(body) => (body, SharedParts::Apart(Arc::new(shared.clone()))),
+        }
+    }
+}
+
+/// The body of `event` for `hook`, from the event's `shared` parts unless
+/// it is over `max_bytes`.
+pub fn hook_body(
+    shared: &SharedBody,
+    event: &ChangeEvent,
+    event_id: Uuid,
+    hook: &Webhook,
+    context_identifier: &str,
+    max_bytes: usize,
+) -> HookBody {
+    let (body, layout) = shared.assemble(event_id, &HookPart::of(hook));
+    if body.len() <= max_bytes || event.field_values.is_empty() {
+        return HookBody::Shared(body, layout);
+    }
+    // This hook's Properties or name made the body too large: fit this
+    // hook's copy.
+    let mut event = event.clone();
+    let over = body.len() - max_bytes;
+    let budget = field_values_len(&event).saturating_sub(over);
+    leave_out_largest(&mut event, budget);
+    HookBody::Own(
+        SharedBody::of(&event, context_identifier)
+            .assemble(event_id, &HookPart::of(hook))
+            .0,
+    )
+}
+
+/// The bytes a value takes in a body, counted without building the text.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a Value to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// The bytes FieldValues takes in a body.
+pub(super) fn field_values_len(event: &ChangeEvent) -> usize {
+    event
+        .field_values
+        .iter()
+        .map(|(k, v)| k.len() + 4 + json_len(v))
+        .sum()
+}
+
+/// At least [`field_values_len`], without serialising the strings and
+/// numbers that most rows are made of (a string's JSON takes at most six
+/// bytes per byte, plus its quotes): the cheap test every event passes
+/// before the exact one.
+pub(super) fn field_values_len_bound(event: &ChangeEvent) -> usize {
+    event
+        .field_values
+        .iter()
+        .map(|(k, v)| {
+            k.len()
+                + 4
+                + match v {
+                    Value::String(s) => 6 * s.len() + 2,
+                    Value::Null | Value::Bool(_) => 5,
+                    other => json_len(other),
+                }
+        })
+        .sum()
+}
+
+/// Fit an event's FieldValues into `budget` bytes: when they take more,
+/// the largest values are left out ([`leave_out_largest`]) and returned.
+pub fn fit_fields(event: &mut ChangeEvent, budget: usize) -> Option<Vec<String>> {
+    if field_values_len_bound(event) <= budget || field_values_len(event) <= budget {
+        return None;
+    }
+    Some(leave_out_largest(event, budget))
+}
+
+/// Leave the largest values out of `event.field_values` until they take at
+/// most `budget` bytes, naming them in `MissingColumns` (the rule for an
+/// unchanged TOAST value: a receiver that needs them reads the row).
+/// Returns the columns left out.
+pub fn leave_out_largest(event: &mut ChangeEvent, budget: usize) -> Vec<String> {
+    let mut sizes: Vec<(usize, String)> = event
+        .field_values
+        .iter()
+        .map(|(k, v)| (k.len() + 4 + json_len(v), k.clone()))
+        .collect();
+    let mut total: usize = sizes.iter().map(|(n, _)| n).sum();
+    sizes.sort_by_key(|s| std::cmp::Reverse(s.0));
+    let mut left_out = Vec::new();
+    for (size, column) in sizes {
+        if total <= budget {
+            break;
+        }
+        event.field_values.remove(&column);
+        total -= size;
+        left_out.push(column);
+    }
+    for column in &left_out {
+        if !event.missing_columns.contains(column) {
+            event.missing_columns.push(column.clone());
+        }
+    }
+    left_out
+}
+
+/// What a body holds besides FieldValues, at most (names, key, Changes,
+/// Values): room kept when an event is fitted before any hook is known.
+pub const BODY_FRAME_BYTES: usize = 64 * 1024;
+
+/// The body of the `test` event sent by `walhook webhook test`.
+pub fn test_body(event_id: Uuid, hook: &Webhook, context_identifier: &str) -> Bytes {
+    let now = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
+    let mut body = serde_json::json!({
+        "EventId": event_id,
+        "Timestamp": now,
+        "Changes": [],
+        "ChangesExact": true,
+        "Event": "test",
+        "PrimaryKey": 0,
+        "Entity": "test",
+        "ContextIdentifier": context_identifier,
+        "ChangedByAssociateId": 0,
+        "WebhookName": hook.name,
+    });
+    if let Some(props) = &hook.properties {
+        body["Properties"] = Value::Object(props.clone());
+    }
+    Bytes::from(body.to_string())
+}

@@ -1,0 +1,10 @@
+//! Sending one event: an attempt (the POST and what its answer means) and
+//! the retries around it, until it is delivered, the target answers 410,
+//! or the hook trips.
+
+mod attempt;
+mod retry;
+
+pub use self::attempt::{attempt, Attempt, DeliveryOutcome, FailureKind, GONE_ERROR};
+pub use self::retry::backoff;
+pub(in crate::delivery) use self::retry::{deliver, SendResult};
