@@ -8,7 +8,7 @@
 //! before it, and nothing after it starts until it is done.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
 use crate::config::DeliveryOrder;
@@ -26,9 +26,6 @@ pub enum OrderScope {
     Barrier,
 }
 
-/// How far past blocked events the queue looks for one that may start:
-/// bounds the work per started event when one row has many queued.
-const LOOKAHEAD: usize = 256;
 /// What an event must wait for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(in crate::delivery) enum Keys {
@@ -72,9 +69,26 @@ pub(in crate::delivery) fn order_keys(order: DeliveryOrder, key: &str, scope: &O
 }
 
 /// The order rules, apart from the jobs: which waiting items may start.
+///
+/// Each row keeps its own queue of waiting items, and an item is ready
+/// once it heads the queue of each of its rows and none of them has an
+/// item running: so a row with thousands of events waiting behind a
+/// retrying one holds up only itself, and finding what may start costs
+/// the same whatever waits. Memory is the items themselves, which the
+/// byte budget bounds.
 pub(in crate::delivery) struct OrderGate<T> {
-    waiting: VecDeque<(Keys, T)>,
-    /// Rows with a running event, and how many.
+    /// Waiting items by arrival number.
+    items: BTreeMap<u64, (Keys, T)>,
+    next_arrival: u64,
+    /// Each row's waiting items, by arrival number, oldest first.
+    rows: HashMap<u64, VecDeque<u64>>,
+    /// Items that head every one of their rows' queues with none of the
+    /// rows busy: they may start, oldest first, unless a barrier waits
+    /// before them.
+    ready: BTreeSet<u64>,
+    /// Waiting barriers, by arrival number.
+    barriers: VecDeque<u64>,
+    /// Rows with a running item, and how many.
     busy: HashMap<u64, u32>,
     running: usize,
     barrier_running: bool,
@@ -83,7 +97,11 @@ pub(in crate::delivery) struct OrderGate<T> {
 impl<T> OrderGate<T> {
     pub(in crate::delivery) fn new() -> OrderGate<T> {
         OrderGate {
-            waiting: VecDeque::new(),
+            items: BTreeMap::new(),
+            next_arrival: 0,
+            rows: HashMap::new(),
+            ready: BTreeSet::new(),
+            barriers: VecDeque::new(),
             busy: HashMap::new(),
             running: 0,
             barrier_running: false,
@@ -91,11 +109,33 @@ impl<T> OrderGate<T> {
     }
 
     pub(in crate::delivery) fn push(&mut self, keys: Keys, item: T) {
-        self.waiting.push_back((keys, item));
+        let arrival = self.next_arrival;
+        self.next_arrival += 1;
+        self.items.insert(arrival, (keys, item));
+        if keys == Keys::Barrier {
+            self.barriers.push_back(arrival);
+            return;
+        }
+        for k in keys.each() {
+            self.rows.entry(k).or_default().push_back(arrival);
+        }
+        self.mark_if_ready(arrival, keys);
+    }
+
+    /// Mark the item `arrival` ready when it heads each of its rows and
+    /// none of them is busy.
+    fn mark_if_ready(&mut self, arrival: u64, keys: Keys) {
+        let heads_free_rows = keys.each().all(|k| {
+            !self.busy.contains_key(&k)
+                && self.rows.get(&k).and_then(|q| q.front()) == Some(&arrival)
+        });
+        if heads_free_rows {
+            self.ready.insert(arrival);
+        }
     }
 
     pub(in crate::delivery) fn waiting(&self) -> usize {
-        self.waiting.len()
+        self.items.len()
     }
 
     #[cfg(test)]
@@ -103,14 +143,15 @@ impl<T> OrderGate<T> {
         self.running
     }
 
+    /// The oldest waiting item.
     pub(in crate::delivery) fn front(&self) -> Option<&T> {
-        self.waiting.front().map(|(_, item)| item)
+        self.items.first_key_value().map(|(_, (_, item))| item)
     }
 
-    /// Move the items that may start now to `out`, keeping at most `limit`
-    /// running. Returns how many waiting items the limit held back (at
-    /// most: all that still wait), 0 when it held back none that could
-    /// otherwise have started.
+    /// Move the items that may start now to `out`, oldest first, keeping
+    /// at most `limit` running. Returns how many waiting items the limit
+    /// held back (at most: all that still wait), 0 when it held back none
+    /// that could otherwise have started.
     pub(in crate::delivery) fn take_ready(
         &mut self,
         limit: usize,
@@ -119,42 +160,41 @@ impl<T> OrderGate<T> {
         if self.barrier_running {
             return 0;
         }
-        // Rows of events passed over: later events of them must wait too.
-        let mut passed: HashSet<u64> = HashSet::new();
-        let mut index = 0;
-        let mut looked = 0;
-        while index < self.waiting.len() && looked < LOOKAHEAD {
-            let keys = self.waiting[index].0;
-            if keys == Keys::Barrier {
-                if index == 0 && self.running == 0 {
-                    if let Some(entry) = self.waiting.pop_front() {
-                        self.barrier_running = true;
-                        self.running += 1;
-                        out.push(entry);
-                    }
-                }
-                return 0;
-            }
-            let blocked = keys
-                .each()
-                .any(|k| self.busy.contains_key(&k) || passed.contains(&k));
-            if blocked {
-                passed.extend(keys.each());
-                index += 1;
-                looked += 1;
-                continue;
+        // Nothing after a waiting barrier starts before it is done.
+        let cutoff = self.barriers.front().copied().unwrap_or(u64::MAX);
+        while let Some(&arrival) = self.ready.first() {
+            if arrival > cutoff {
+                break;
             }
             if self.running >= limit {
-                return self.waiting.len();
+                return self.items.len();
             }
-            let Some(entry) = self.waiting.remove(index) else {
-                break;
+            self.ready.remove(&arrival);
+            let Some(entry) = self.items.remove(&arrival) else {
+                continue;
             };
-            for k in keys.each() {
+            for k in entry.0.each() {
+                if let Some(queue) = self.rows.get_mut(&k) {
+                    queue.pop_front();
+                    if queue.is_empty() {
+                        self.rows.remove(&k);
+                    }
+                }
                 *self.busy.entry(k).or_insert(0) += 1;
             }
             self.running += 1;
             out.push(entry);
+        }
+        // A barrier starts alone, once it is the oldest item waiting and
+        // nothing runs.
+        let oldest = self.items.first_key_value().map(|(arrival, _)| *arrival);
+        if self.running == 0 && oldest.is_some() && oldest == self.barriers.front().copied() {
+            self.barriers.pop_front();
+            if let Some(entry) = self.items.pop_first().map(|(_, entry)| entry) {
+                self.barrier_running = true;
+                self.running += 1;
+                out.push(entry);
+            }
         }
         0
     }
@@ -170,6 +210,13 @@ impl<T> OrderGate<T> {
                 *n -= 1;
                 if *n == 0 {
                     self.busy.remove(&k);
+                }
+            }
+            // The row's next item may be ready now.
+            let next = self.rows.get(&k).and_then(|q| q.front()).copied();
+            if let Some(next) = next {
+                if let Some(&(next_keys, _)) = self.items.get(&next) {
+                    self.mark_if_ready(next, next_keys);
                 }
             }
         }
@@ -261,16 +308,55 @@ mod tests {
     }
 
     #[test]
-    fn the_look_past_blocked_events_is_bounded() {
+    fn a_row_with_a_long_backlog_holds_up_only_itself() {
         let mut gate = OrderGate::new();
-        for n in 0..(LOOKAHEAD as u32 + 10) {
+        for n in 0..10_000 {
             gate.push(Keys::One(1), n);
         }
-        gate.push(Keys::One(2), 9999);
-        assert_eq!(started(&mut gate, 100), vec![0]);
-        // Row 2 sits past the look-ahead behind row 1's backlog: it waits
-        // rather than cost a scan of the whole queue per event.
+        gate.push(Keys::One(2), 99_999);
+        // Row 2 arrived behind ten thousand events of row 1, whose first
+        // runs (a retry, say): it starts at once.
+        assert_eq!(started(&mut gate, 100), vec![0, 99_999]);
+        gate.push(Keys::One(3), 88_888);
+        assert_eq!(started(&mut gate, 100), vec![88_888]);
+        assert_eq!(gate.waiting(), 9_999);
+        gate.finished(Keys::One(1));
+        assert_eq!(started(&mut gate, 100), vec![1]);
+    }
+
+    #[test]
+    fn a_changed_key_behind_a_busy_row_holds_its_other_row() {
+        let mut gate = OrderGate::new();
+        gate.push(Keys::One(1), 1);
+        gate.push(Keys::One(2), 2);
+        assert_eq!(started(&mut gate, 100), vec![1, 2]);
+        // Waits for rows 1 and 2; row 2's later event waits behind it even
+        // once row 2 is free, and row 3 goes.
+        gate.push(Keys::Two(1, 2), 3);
+        gate.push(Keys::One(2), 4);
+        gate.push(Keys::One(3), 5);
+        gate.finished(Keys::One(2));
+        assert_eq!(started(&mut gate, 100), vec![5]);
+        gate.finished(Keys::One(1));
+        assert_eq!(started(&mut gate, 100), vec![3]);
+        gate.finished(Keys::Two(1, 2));
+        assert_eq!(started(&mut gate, 100), vec![4]);
+    }
+
+    #[test]
+    fn events_after_a_waiting_barrier_wait_even_when_their_row_is_free() {
+        let mut gate = OrderGate::new();
+        gate.push(Keys::One(1), 1);
+        gate.push(Keys::One(1), 2);
+        assert_eq!(started(&mut gate, 100), vec![1]);
+        gate.push(Keys::Barrier, 3);
+        gate.push(Keys::One(5), 4);
         assert_eq!(started(&mut gate, 100), Vec::<u32>::new());
-        assert_eq!(gate.waiting(), LOOKAHEAD + 10);
+        gate.finished(Keys::One(1));
+        assert_eq!(started(&mut gate, 100), vec![2]);
+        gate.finished(Keys::One(1));
+        assert_eq!(started(&mut gate, 100), vec![3]);
+        gate.finished(Keys::Barrier);
+        assert_eq!(started(&mut gate, 100), vec![4]);
     }
 }

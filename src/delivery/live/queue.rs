@@ -22,7 +22,8 @@ use crate::delivery::hook::order::{Keys, OrderGate};
 use crate::delivery::hook::HookRuntime;
 use crate::delivery::job::Job;
 
-/// Events taken from the channel before looking for ones to start.
+/// Events taken from the channel at most before looking for ones to
+/// start: a burst is looked at in batches, not once per event.
 const INTAKE: usize = 256;
 
 /// One event waiting in a hook's queue.
@@ -56,7 +57,7 @@ pub(in crate::delivery) async fn run_queue(
                 Some(first) => {
                     gate.push(first.keys, first);
                     // Take what else has arrived, then look once.
-                    while gate.waiting() < INTAKE {
+                    for _ in 1..INTAKE {
                         match rx.try_recv() {
                             Ok(more) => gate.push(more.keys, more),
                             Err(_) => break,
