@@ -36,7 +36,7 @@
 
 use std::time::{Duration, Instant};
 
-/// Where an adaptive limit starts: what the fixed default used to be.
+/// Where an adaptive limit starts: a fixed limit's usual size.
 const INITIAL: usize = 8;
 /// A window's mean round trip this much above the usual one is rising
 /// latency...

@@ -4,12 +4,12 @@
 //! The system resolver (`getaddrinfo`) blocks, so each lookup takes a
 //! thread of the runtime's blocking pool. Over HTTP/1.1 a hook opens a
 //! connection per request in flight, and when its concurrency limit
-//! doubles it opens a hundred or more at once: each used to look the name
-//! up on its own thread. In the benchmark's https run such a burst started
-//! 46 threads at once and raised walhook's memory by 9 MiB (each thread
-//! has its own allocator caches and stack), for the same answer every
-//! time. Lookups of one name that overlap now share one, so a burst costs
-//! one thread and one answer per name. An answer is never kept past the
+//! doubles it opens a hundred or more at once. Looked up each on its own
+//! thread, such a burst in the benchmark's https run started 46 threads
+//! at once and raised walhook's memory by 9 MiB (each thread has its own
+//! allocator caches and stack), for the same answer every time. So
+//! lookups of one name that overlap share one: a burst costs one thread
+//! and one answer per name. An answer is never kept past the
 //! lookup that produced it (no cache: the next connection asks again, so a
 //! changed DNS record is seen as before).
 

@@ -1,8 +1,8 @@
 //! The parking writer: the reader hands it the events it parks and goes
 //! on; it writes them to `delivery` in batches, one commit per batch.
 //!
-//! One INSERT and one commit per parked event ran the whole pipeline at
-//! the database's commit rate, so a single parked hook slowed every
+//! One INSERT and one commit per parked event would run the pipeline at
+//! the database's commit rate, and a single parked hook would slow every
 //! healthy one. Here an event waits in a bounded queue, still holding its
 //! share of the in-flight byte budget (memory stays bounded), and its
 //! ticket is settled only once its batch is committed (the store's session
