@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 
+use super::reload::ReloadPlan;
 use crate::backfill::{self, ClosedChunk, Reconciler, Watermark};
 use crate::checkpoint::{Checkpoint, OpenTxn, Ticket};
 use crate::config::Config;
@@ -29,56 +30,110 @@ struct OpenTransaction {
 
 /// The reading side of the pipeline.
 pub(super) struct Pipeline {
-    pub config: Arc<Config>,
+    config: Arc<Config>,
     /// Catalog look-ups (types, keys) and registry snapshots.
-    pub store: Store,
+    store: Store,
     /// The server's system identifier, part of every EventId.
-    pub system_id: String,
-    pub builder: EventBuilder,
-    pub registry: Registry,
-    pub checkpoint: Checkpoint,
-    pub dispatcher: Dispatcher,
+    system_id: String,
+    builder: EventBuilder,
+    registry: Registry,
+    checkpoint: Checkpoint,
+    dispatcher: Dispatcher,
     txn: Option<OpenTransaction>,
     /// Registry states to record before confirming past their commit.
     snapshots: PendingSnapshots,
-    pub metrics: Arc<Metrics>,
+    metrics: Arc<Metrics>,
     /// The server's WAL end as last heard of, for the lag metric.
-    pub server_end: Lsn,
+    server_end: Lsn,
     /// The newest position found confirmable with its registry snapshot
     /// written: what this session has settled.
-    pub settled: Lsn,
+    settled: Lsn,
     /// Backfill watermarks and the live changes between them.
+    backfill: Reconciler,
+}
+
+/// What a pipeline is made of, from the session that starts it.
+pub(super) struct PipelineParts {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub system_id: String,
+    pub builder: EventBuilder,
+    pub registry: Registry,
+    /// Where the session starts reading.
+    pub start: Lsn,
+    pub dispatcher: Dispatcher,
+    pub metrics: Arc<Metrics>,
     pub backfill: Reconciler,
 }
 
 impl Pipeline {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        config: Arc<Config>,
-        store: Store,
-        system_id: String,
-        builder: EventBuilder,
-        registry: Registry,
-        start: Lsn,
-        dispatcher: Dispatcher,
-        metrics: Arc<Metrics>,
-        backfill: Reconciler,
-    ) -> Pipeline {
-        let snapshots = PendingSnapshots::new(&registry);
+    pub fn new(parts: PipelineParts) -> Pipeline {
+        let snapshots = PendingSnapshots::new(&parts.registry);
         Pipeline {
-            config,
-            store,
-            system_id,
-            builder,
-            registry,
-            checkpoint: Checkpoint::new(start),
-            dispatcher,
+            config: parts.config,
+            store: parts.store,
+            system_id: parts.system_id,
+            builder: parts.builder,
+            registry: parts.registry,
+            checkpoint: Checkpoint::new(parts.start),
+            dispatcher: parts.dispatcher,
             txn: None,
             snapshots,
-            metrics,
-            server_end: start,
-            settled: start,
-            backfill,
+            metrics: parts.metrics,
+            server_end: parts.start,
+            settled: parts.start,
+            backfill: parts.backfill,
+        }
+    }
+
+    /// Which transactions are settled, and what may be confirmed.
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    /// The server's WAL end as last heard of.
+    pub fn server_end(&self) -> Lsn {
+        self.server_end
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// What this session has settled.
+    pub fn settled(&self) -> Lsn {
+        self.settled
+    }
+
+    /// Bytes of request bodies queued or in flight.
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.dispatcher.in_flight_bytes()
+    }
+
+    /// Stop delivery, waiting up to `timeout` for what is in flight; false
+    /// when some was left unfinished (see [`Dispatcher::drain`]).
+    pub async fn drain(&mut self, timeout: std::time::Duration) -> bool {
+        self.dispatcher.drain(timeout).await
+    }
+
+    /// Apply a re-read config: delivery tuning, table mappings and the
+    /// events settings apply at once; the rest is logged as needing a
+    /// restart.
+    pub fn apply_reload(&mut self, new: &Arc<Config>) {
+        let plan = ReloadPlan::of(&self.config, new);
+        if plan.sections.is_empty() {
+            tracing::info!("config reloaded: nothing changed");
+            return;
+        }
+        self.dispatcher.set_config(new.delivery.clone());
+        self.builder.set_mappings(new);
+        self.config = Arc::clone(new);
+        tracing::info!(changed = ?plan.sections, "config reloaded");
+        if !plan.restart.is_empty() {
+            tracing::warn!(
+                "config reloaded, but these take effect only after a restart: {}",
+                plan.restart.join(", ")
+            );
         }
     }
 

@@ -1,8 +1,5 @@
 //! SIGHUP: what a re-read config changes in a running session.
 
-use std::sync::Arc;
-
-use super::pipeline::Pipeline;
 use crate::config::Config;
 
 /// The config sections that differ, for the reload log line.
@@ -22,17 +19,18 @@ fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
     .collect()
 }
 
-impl Pipeline {
-    /// Apply a re-read config: delivery tuning, table mappings and the
-    /// events settings apply at once; the rest is logged as needing a
-    /// restart.
-    pub fn apply_reload(&mut self, new: &Arc<Config>) {
-        let sections = changed_sections(&self.config, new);
-        if sections.is_empty() {
-            tracing::info!("config reloaded: nothing changed");
-            return;
-        }
-        let old = &self.config.delivery;
+/// What a re-read config changes: the sections that differ, and the keys
+/// among them that take effect only after a restart (delivery tuning,
+/// table mappings and the events settings apply at once).
+pub(super) struct ReloadPlan {
+    pub sections: Vec<&'static str>,
+    pub restart: Vec<String>,
+}
+
+impl ReloadPlan {
+    pub(super) fn of(old_config: &Config, new: &Config) -> ReloadPlan {
+        let sections = changed_sections(old_config, new);
+        let old = &old_config.delivery;
         let d = &new.delivery;
         let mut restart: Vec<String> = ["postgres", "capture", "metrics", "backfill"]
             .into_iter()
@@ -68,15 +66,6 @@ impl Pipeline {
                 restart.push(key.to_owned());
             }
         }
-        self.dispatcher.set_config(d.clone());
-        self.builder.set_mappings(new);
-        self.config = Arc::clone(new);
-        tracing::info!(changed = ?sections, "config reloaded");
-        if !restart.is_empty() {
-            tracing::warn!(
-                "config reloaded, but these take effect only after a restart: {}",
-                restart.join(", ")
-            );
-        }
+        ReloadPlan { sections, restart }
     }
 }

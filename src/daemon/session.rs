@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::leader::wait_for_leadership;
-use super::pipeline::Pipeline;
+use super::pipeline::{Pipeline, PipelineParts};
 use super::Process;
 use crate::backfill::{Board, Reconciler, Worker};
 use crate::config::{Config, Live};
@@ -283,17 +283,17 @@ impl Session {
             store: Arc::new(store.clone()),
         });
         let board = Board::new();
-        let mut pipeline = Pipeline::new(
-            Arc::clone(&config),
-            store.clone(),
-            source.system_id.clone(),
-            EventBuilder::new(&config, types),
+        let mut pipeline = Pipeline::new(PipelineParts {
+            config: Arc::clone(&config),
+            store: store.clone(),
+            system_id: source.system_id.clone(),
+            builder: EventBuilder::new(&config, types),
             registry,
             start,
             dispatcher,
-            Arc::clone(&process.metrics),
-            Reconciler::new(Arc::clone(&board)),
-        );
+            metrics: Arc::clone(&process.metrics),
+            backfill: Reconciler::new(Arc::clone(&board)),
+        });
         pipeline.restore_hooks().await?;
         let backfill_worker = tokio::spawn(run_backfills(Arc::clone(&config), conn, board));
         Ok(Some(Session {
@@ -315,7 +315,7 @@ impl Session {
     async fn advance(&mut self) -> anyhow::Result<Lsn> {
         let lsn = self.pipeline.write_snapshots_and_confirmable().await?;
         self.source.confirm(lsn);
-        let events = self.pipeline.checkpoint.events_settled();
+        let events = self.pipeline.checkpoint().events_settled();
         if let Some(progress) = self.progress.as_mut() {
             if events > progress.events_handed {
                 progress.events_handed = events;
@@ -353,7 +353,7 @@ impl Session {
         let mut status_at = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let settled = self.pipeline.checkpoint.settled();
+        let settled = self.pipeline.checkpoint().settled();
         loop {
             tokio::select! {
                 biased;
@@ -363,14 +363,14 @@ impl Session {
                         return Err(sql_session_closed());
                     }
                     let lsn = self.advance().await?;
-                    let pending = self.pipeline.checkpoint.pending_transactions() > 0;
+                    let pending = self.pipeline.checkpoint().pending_transactions() > 0;
                     process.health.tick(lsn.0, pending);
-                    let lag = self.pipeline.server_end.0.saturating_sub(lsn.0);
+                    let lag = self.pipeline.server_end().0.saturating_sub(lsn.0);
                     process.metrics.lag_bytes.set(lag as i64);
                     process
                         .metrics
                         .in_flight_bytes
-                        .set(self.pipeline.dispatcher.in_flight_bytes() as i64);
+                        .set(self.pipeline.in_flight_bytes() as i64);
                     if status_at.elapsed() >= STATUS_EVERY {
                         status_at = tokio::time::Instant::now();
                         let status = format!("streaming, confirmed {lsn}, lag {lag} bytes");
@@ -446,7 +446,7 @@ impl Session {
     /// timeout, write the statistics, confirm and record what is settled;
     /// returns that position.
     async fn finish(mut self, shutting_down: bool) -> Lsn {
-        let metrics = &self.pipeline.metrics;
+        let metrics = self.pipeline.metrics();
         let counts = format!(
             "{} changes decoded, {} events matched, {} parked, {} skipped (Stopped/Unknown) since start",
             metrics.changes_decoded.get(),
@@ -465,7 +465,7 @@ impl Session {
         // the next session, from the key recorded last.
         self.backfill_worker.abort();
         let timeout = self.config.delivery.shutdown_timeout;
-        if !self.pipeline.dispatcher.drain(timeout).await {
+        if !self.pipeline.drain(timeout).await {
             tracing::warn!(
                 "deliveries still in flight after {}: they stay unconfirmed and are sent again \
                  after the next start",
@@ -507,7 +507,7 @@ impl Session {
             tracing::info!(%confirmed, "session closed");
         }
         self.source.stop().await;
-        self.pipeline.settled
+        self.pipeline.settled()
     }
 }
 

@@ -264,10 +264,12 @@ impl HookRuntime {
             && !self.is_paused()
     }
 
-    /// Whether new events are parked now. Without waiting for the mode
-    /// lock: a switch under way counts as parking.
+    /// Whether new events are parked now, without waiting for the mode
+    /// lock: while another task holds it (the dispatcher admits every new
+    /// event under it) the hook counts as live, so its queue keeps to its
+    /// concurrency limit; a switch to parking is seen at the next look.
     pub fn is_parking_now(&self) -> bool {
-        !matches!(self.mode.try_lock().map(|m| *m), Ok(Mode::Live))
+        matches!(self.mode.try_lock().map(|m| *m), Ok(Mode::Parking(_)))
     }
 
     /// Why the hook parks its events now, if it does.
@@ -626,4 +628,19 @@ fn signing_key(hook: &Webhook, before: Option<&HookWithKey>) -> Option<Arc<Signi
 pub fn epoch_millis() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_live_hook_whose_mode_lock_is_held_counts_as_live() {
+        let hook = crate::delivery::hook::tests::hook(WebhookState::Active);
+        let runtime = HookRuntime::new(hook, ConcurrencyLimit::fixed(4), None);
+        // Held by the dispatcher admitting an event: the queue must keep
+        // to the concurrency limit, not start everything it holds.
+        let _admitting = runtime.mode.lock().await;
+        assert!(!runtime.is_parking_now());
+    }
 }

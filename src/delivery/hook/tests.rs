@@ -9,7 +9,7 @@ use super::{Admission, HookRuntime, ParkReason};
 use crate::events::WebhookRow;
 use crate::registry::{Webhook, WebhookState};
 
-fn hook(state: WebhookState) -> Arc<Webhook> {
+pub(super) fn hook(state: WebhookState) -> Arc<Webhook> {
     let row = [
         ("webhook_id", "7"),
         ("name", "h"),
@@ -53,6 +53,7 @@ async fn a_live_hook_queues_and_parks_only_when_behind_or_paused() {
     assert!(runtime.is_parking_now());
 
     let runtime = live();
+    assert!(!runtime.is_parking_now());
     runtime.set_settings(paused());
     assert_eq!(
         runtime.admit(false).await,
