@@ -110,6 +110,12 @@ impl Pipeline {
         self.dispatcher.in_flight_bytes()
     }
 
+    /// Delivery's look at every hook on its own clock (see
+    /// [`Dispatcher::tick`]).
+    pub async fn tick_delivery(&mut self) {
+        self.dispatcher.tick().await;
+    }
+
     /// Stop delivery, waiting up to `timeout` for what is in flight; false
     /// when some was left unfinished (see [`Dispatcher::drain`]).
     pub async fn drain(&mut self, timeout: std::time::Duration) -> bool {
@@ -280,7 +286,11 @@ impl Pipeline {
         match update {
             RegistryUpdate::Added(id) => self.hook_changed(id, false).await,
             RegistryUpdate::Changed { id, was_active } => self.hook_changed(id, was_active).await,
-            RegistryUpdate::Removed(id) => self.dispatcher.hook_removed(id),
+            // A row made invalid is skipped like a deleted one: its queued
+            // and retrying events must not go on to its old target.
+            RegistryUpdate::Removed(id) | RegistryUpdate::Invalid(id) => {
+                self.dispatcher.hook_removed(id)
+            }
             RegistryUpdate::Cleared => self.dispatcher.all_hooks_removed(),
             _ => {}
         }

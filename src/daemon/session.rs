@@ -36,6 +36,9 @@ use crate::store::Store;
 const TICK: Duration = Duration::from_millis(200);
 /// How often expired parked events are dropped.
 const RETENTION_SWEEP: Duration = Duration::from_secs(600);
+/// How often delivery looks at every hook on its own clock: how late a
+/// backlog bound may act at most.
+const DELIVERY_TICK: Duration = Duration::from_secs(1);
 /// How often the parked gauge is counted from the `delivery` table: one
 /// grouped count over an index, bounded by the parking limits.
 const PARKED_GAUGE_EVERY: Duration = Duration::from_secs(15);
@@ -346,6 +349,8 @@ impl Session {
         let config = Arc::clone(&self.config);
         let retention = config.delivery.parked_retention;
         let mut retention_tick = tokio::time::interval(RETENTION_SWEEP);
+        let mut delivery_tick = tokio::time::interval(DELIVERY_TICK);
+        delivery_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut parked_gauge_tick = tokio::time::interval(PARKED_GAUGE_EVERY);
         parked_gauge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reload_open = true;
@@ -397,6 +402,7 @@ impl Session {
                         tracing::warn!("capture.auto_add_tables: {e:#}");
                     }
                 }
+                _ = delivery_tick.tick() => self.pipeline.tick_delivery().await,
                 _ = parked_gauge_tick.tick() => {
                     match self.store.parked_counts().await {
                         Ok(counts) => process.metrics.set_parked_waiting(&counts),

@@ -178,9 +178,11 @@ impl Dispatcher {
         }
     }
 
-    /// The hook's row was deleted: its waiting events are dropped.
+    /// The hook's row was deleted, or made invalid: its waiting events are
+    /// dropped, and its queue ends once they are (a hook added again gets
+    /// a new one), so hooks that come and go cost nothing once gone.
     pub fn hook_removed(&mut self, id: i32) {
-        if let Some(known) = self.hooks.get(&id) {
+        if let Some(known) = self.hooks.remove(&id) {
             let runtime = &known.runtime;
             runtime.remove();
             if runtime.in_flight() > 0 {
@@ -191,6 +193,35 @@ impl Dispatcher {
                 );
             }
         }
+    }
+
+    /// Look at every hook on the dispatcher's own clock, not only when one
+    /// of its events arrives: a live hook whose oldest event has waited
+    /// past its bound parks (its running and queued events too, so the
+    /// slot moves on whatever its target does), and a hook that parks for
+    /// its backlog gets its replayer. Returns how many hooks started
+    /// parking.
+    pub async fn tick(&mut self) -> usize {
+        // Finished tasks (queues of removed hooks, replayers) are reaped.
+        while self.tasks.try_join_next().is_some() {}
+        let config = self.ctx.config.get();
+        let hooks: Vec<Arc<HookRuntime>> = self
+            .hooks
+            .values()
+            .map(|h| Arc::clone(&h.runtime))
+            .collect();
+        let mut parked = 0;
+        for runtime in hooks {
+            if !runtime.is_parking_now() && past_bound(&config, &runtime, false) {
+                if runtime.park_for_backlog().await {
+                    parked += 1;
+                }
+            }
+            if runtime.wants_replayer().await {
+                self.start_replayer(&runtime);
+            }
+        }
+        parked
     }
 
     /// The hook is Active: resume delivery when it has parked events, and

@@ -24,5 +24,6 @@ mod pipeline;
 mod roles;
 mod settings;
 mod shapes;
+mod slot_bounds;
 mod tls;
 mod types;

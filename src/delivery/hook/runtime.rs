@@ -299,10 +299,12 @@ impl HookRuntime {
         let mut start_replayer = false;
         if *mode == Mode::Live && self.is_paused() {
             *mode = Mode::Parking(ParkReason::Paused);
+            self.changed.notify_waiters();
         }
         if *mode == Mode::Live && behind {
             self.log_backlog_parking();
             *mode = Mode::Parking(ParkReason::Backlog);
+            self.changed.notify_waiters();
             start_replayer = true;
         }
         match *mode {
@@ -341,6 +343,8 @@ impl HookRuntime {
         }
         self.log_backlog_parking();
         *mode = Mode::Parking(ParkReason::Backlog);
+        // Retrying events look again: they park too.
+        self.changed.notify_waiters();
         true
     }
 
@@ -360,6 +364,7 @@ impl HookRuntime {
         let mut mode = self.mode.lock().await;
         if *mode == Mode::Live {
             *mode = Mode::Parking(reason);
+            self.changed.notify_waiters();
         }
     }
 
@@ -439,6 +444,15 @@ impl HookRuntime {
 
     pub fn parked_limit_reached(&self) -> bool {
         self.parked_limit_reached.load(Ordering::Acquire)
+    }
+
+    /// Whether the hook parks for its backlog, may replay, and has no
+    /// replayer: one must start. (Parked for too many errors or a pause, a
+    /// hook waits for its activation or its resume instead.)
+    pub async fn wants_replayer(&self) -> bool {
+        !self.replaying.load(Ordering::Acquire)
+            && self.may_replay()
+            && self.parking().await == Some(ParkReason::Backlog)
     }
 
     /// Claim the hook's one replayer: true when none runs, and the caller
@@ -532,8 +546,7 @@ impl HookRuntime {
 
     /// Wait until the hook may send its next request: past a hold the
     /// target asked for, and at the hook's rate. Returns early (false)
-    /// when the hook is stopped, tripped, paused or changed meanwhile, so
-    /// the caller looks again.
+    /// when something changed meanwhile, so the caller looks again.
     pub async fn wait_turn(&self) -> bool {
         loop {
             let held = self
@@ -564,11 +577,9 @@ impl HookRuntime {
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = self.changed.notified() => {
-                    if self.must_stop_sending() {
-                        return false;
-                    }
-                }
+                // The caller looks again (a trip, a stop, a pause, the hook
+                // parking), then waits again if nothing of that happened.
+                _ = self.changed.notified() => return false,
             }
         }
     }

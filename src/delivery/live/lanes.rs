@@ -14,7 +14,7 @@ use crate::delivery::hook::{HookRuntime, ParkReason};
 use crate::delivery::http::{Sender, TaskConnections};
 use crate::delivery::job::Job;
 use crate::delivery::parking::park_until_done;
-use crate::delivery::send::{deliver, SendResult};
+use crate::delivery::send::{deliver, From, SendResult};
 
 /// The tasks a hook's started events run in, each with its own HTTP/1.1
 /// connections ([`TaskConnections`]), which it drives itself: an answer
@@ -215,7 +215,17 @@ async fn run_job(ctx: &DeliveryContext, runtime: &HookRuntime, http: Sender<'_>,
         }
         return;
     }
-    let outcome = deliver(ctx, runtime, http, &job.event, job.event_id, &job.body, 0).await;
+    let outcome = deliver(
+        ctx,
+        runtime,
+        http,
+        &job.event,
+        job.event_id,
+        &job.body,
+        0,
+        From::Queue,
+    )
+    .await;
     let (attempts, error) = match outcome {
         SendResult::Delivered | SendResult::Dropped => return job.ticket.settle(),
         SendResult::Stopped => {
@@ -223,18 +233,22 @@ async fn run_job(ctx: &DeliveryContext, runtime: &HookRuntime, http: Sender<'_>,
             return job.ticket.settle();
         }
         SendResult::StoreClosed => return,
-        SendResult::Tripped { attempts, error } | SendResult::Paused { attempts, error } => {
-            (attempts, error)
-        }
+        SendResult::Tripped { attempts, error }
+        | SendResult::Paused { attempts, error }
+        | SendResult::Parking { attempts, error } => (attempts, error),
     };
     let reason = if runtime.is_tripped() {
         ParkReason::TooManyErrors
-    } else {
+    } else if runtime.is_paused() {
         ParkReason::Paused
+    } else {
+        ParkReason::Backlog
     };
     // From now on the reader parks this hook's events too, and
-    // re-activation (or resume) starts the replayer.
+    // re-activation, a resume or the dispatcher's clock starts the
+    // replayer. A hook already parking keeps its reason.
     runtime.park(reason).await;
+    let reason = runtime.parking().await.unwrap_or(reason);
     if park_until_done(ctx, &job, reason, attempts as i32, error.as_deref()).await {
         runtime.parked_added(1);
         job.ticket.settle();

@@ -19,7 +19,7 @@ use crate::delivery::context::DeliveryContext;
 use crate::delivery::hook::order::{order_keys, OrderGate};
 use crate::delivery::hook::HookRuntime;
 use crate::delivery::http::Sender;
-use crate::delivery::send::{deliver, SendResult};
+use crate::delivery::send::{deliver, From, SendResult};
 use crate::delivery::storage::{ParkedRow, Position};
 
 /// Parked events read at a time.
@@ -110,6 +110,7 @@ async fn replay_parked(ctx: &DeliveryContext, runtime: &HookRuntime) -> anyhow::
                     row.event_id,
                     &row.body,
                     u32::try_from(row.attempts).unwrap_or(0),
+                    From::Parked,
                 )
                 .await;
                 (keys, row.position, settled)
@@ -175,7 +176,8 @@ async fn settle(
         SendResult::Dropped
         | SendResult::StoreClosed
         | SendResult::Stopped
-        | SendResult::Paused { .. } => Ok(false),
+        | SendResult::Paused { .. }
+        | SendResult::Parking { .. } => Ok(false),
         SendResult::Tripped { attempts, error } => {
             ctx.store
                 .record_parked_failure(runtime.id(), position, attempts, error.as_deref())

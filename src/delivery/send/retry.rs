@@ -38,9 +38,26 @@ pub(in crate::delivery) enum SendResult {
         attempts: u32,
         error: Option<String>,
     },
+    /// The hook parks its events (its backlog passed its bound: this
+    /// event waited too long, throttled or refused): park it, so the slot
+    /// moves on; the replayer goes on with it at the target's pace.
+    Parking {
+        attempts: u32,
+        error: Option<String>,
+    },
 }
 
-/// Attempt until delivered, gone, or the hook trips. `retry` is how many
+/// Where the event being sent comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::delivery) enum From {
+    /// The hook's live queue: it parks as soon as the hook parks.
+    Queue,
+    /// The parked events (the replayer): it goes on while the hook parks.
+    Parked,
+}
+
+/// Attempt until delivered, gone, or the hook trips, stops, pauses or
+/// (for an event `from` its queue) parks. `retry` is how many
 /// attempts the event had before (parked events keep counting).
 pub(in crate::delivery) async fn deliver(
     ctx: &DeliveryContext,
@@ -50,6 +67,7 @@ pub(in crate::delivery) async fn deliver(
     event_id: Uuid,
     body: &Bytes,
     mut retry: u32,
+    from: From,
 ) -> SendResult {
     let id = runtime.id();
     let mut last_error = None;
@@ -69,6 +87,12 @@ pub(in crate::delivery) async fn deliver(
         }
         if runtime.is_paused() {
             return SendResult::Paused {
+                attempts: retry,
+                error: last_error,
+            };
+        }
+        if from == From::Queue && runtime.parking().await.is_some() {
+            return SendResult::Parking {
                 attempts: retry,
                 error: last_error,
             };
