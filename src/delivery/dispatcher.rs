@@ -212,10 +212,11 @@ impl Dispatcher {
             .collect();
         let mut parked = 0;
         for runtime in hooks {
-            if !runtime.is_parking_now() && past_bound(&config, &runtime, false) {
-                if runtime.park_for_backlog().await {
-                    parked += 1;
-                }
+            if !runtime.is_parking_now()
+                && past_bound(&config, &runtime, false)
+                && runtime.park_for_backlog().await
+            {
+                parked += 1;
             }
             if runtime.wants_replayer().await {
                 self.start_replayer(&runtime);

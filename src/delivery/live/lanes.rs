@@ -14,7 +14,7 @@ use crate::delivery::hook::{HookRuntime, ParkReason};
 use crate::delivery::http::{Sender, TaskConnections};
 use crate::delivery::job::Job;
 use crate::delivery::parking::park_until_done;
-use crate::delivery::send::{deliver, From, SendResult};
+use crate::delivery::send::{deliver, From, Outgoing, SendResult};
 
 /// The tasks a hook's started events run in, each with its own HTTP/1.1
 /// connections ([`TaskConnections`]), which it drives itself: an answer
@@ -215,17 +215,14 @@ async fn run_job(ctx: &DeliveryContext, runtime: &HookRuntime, http: Sender<'_>,
         }
         return;
     }
-    let outcome = deliver(
-        ctx,
-        runtime,
-        http,
-        &job.event,
-        job.event_id,
-        &job.body,
-        0,
-        From::Queue,
-    )
-    .await;
+    let outgoing = Outgoing {
+        event: &job.event,
+        event_id: job.event_id,
+        body: &job.body,
+        retry: 0,
+        from: From::Queue,
+    };
+    let outcome = deliver(ctx, runtime, http, outgoing).await;
     let (attempts, error) = match outcome {
         SendResult::Delivered | SendResult::Dropped => return job.ticket.settle(),
         SendResult::Stopped => {

@@ -19,7 +19,7 @@ use crate::delivery::context::DeliveryContext;
 use crate::delivery::hook::order::{order_keys, OrderGate};
 use crate::delivery::hook::HookRuntime;
 use crate::delivery::http::Sender;
-use crate::delivery::send::{deliver, From, SendResult};
+use crate::delivery::send::{deliver, From, Outgoing, SendResult};
 use crate::delivery::storage::{ParkedRow, Position};
 
 /// Parked events read at a time.
@@ -106,11 +106,13 @@ async fn replay_parked(ctx: &DeliveryContext, runtime: &HookRuntime) -> anyhow::
                     // Its loop awaits more than its deliveries (reads,
                     // removals), so it sends over the shared pool.
                     Sender::Pool(&ctx.http),
-                    &row.event,
-                    row.event_id,
-                    &row.body,
-                    u32::try_from(row.attempts).unwrap_or(0),
-                    From::Parked,
+                    Outgoing {
+                        event: &row.event,
+                        event_id: row.event_id,
+                        body: &row.body,
+                        retry: u32::try_from(row.attempts).unwrap_or(0),
+                        from: From::Parked,
+                    },
                 )
                 .await;
                 (keys, row.position, settled)

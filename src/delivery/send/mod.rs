@@ -7,4 +7,4 @@ mod retry;
 
 pub use self::attempt::{attempt, Attempt, DeliveryOutcome, FailureKind, GONE_ERROR};
 pub use self::retry::backoff;
-pub(in crate::delivery) use self::retry::{deliver, From, SendResult};
+pub(in crate::delivery) use self::retry::{deliver, From, Outgoing, SendResult};

@@ -56,19 +56,31 @@ pub(in crate::delivery) enum From {
     Parked,
 }
 
+/// One event to send: what it is, how many attempts it had before
+/// (parked events keep counting), and where it comes from.
+pub(in crate::delivery) struct Outgoing<'a> {
+    pub event: &'a str,
+    pub event_id: Uuid,
+    pub body: &'a Bytes,
+    pub retry: u32,
+    pub from: From,
+}
+
 /// Attempt until delivered, gone, or the hook trips, stops, pauses or
-/// (for an event `from` its queue) parks. `retry` is how many
-/// attempts the event had before (parked events keep counting).
+/// (for an event from its queue) parks.
 pub(in crate::delivery) async fn deliver(
     ctx: &DeliveryContext,
     runtime: &HookRuntime,
     http: Sender<'_>,
-    event: &str,
-    event_id: Uuid,
-    body: &Bytes,
-    mut retry: u32,
-    from: From,
+    outgoing: Outgoing<'_>,
 ) -> SendResult {
+    let Outgoing {
+        event,
+        event_id,
+        body,
+        mut retry,
+        from,
+    } = outgoing;
     let id = runtime.id();
     let mut last_error = None;
     let first = retry;
