@@ -16,6 +16,13 @@ use std::error::Error as StdError;
 #[error("{0:#}")]
 pub struct LostConnection(pub anyhow::Error);
 
+/// A delivery task ended in a panic (a bug): the events it held never
+/// settle, so a new session reads them again rather than the daemon
+/// stopping or the position waiting for ever.
+#[derive(Debug, thiserror::Error)]
+#[error("a delivery task failed ({0}): a new session delivers its events again")]
+pub struct DeliveryTaskFailed(pub String);
+
 /// The server invalidated the replication slot: the changes since its
 /// position are gone, and walhook never re-creates it silently.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +128,8 @@ impl std::fmt::Display for Invalidation {
 /// What the daemon does about a failed session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// Start a new session after a pause.
+    /// Start a new session after a pause (the connection was lost, or a
+    /// delivery task failed).
     LostConnection,
     /// Stop: the slot is gone (readiness reports it).
     SlotLost,
@@ -136,7 +144,7 @@ impl Fault {
             if cause.is::<SlotLost>() {
                 return Fault::SlotLost;
             }
-            if cause.is::<LostConnection>() {
+            if cause.is::<LostConnection>() || cause.is::<DeliveryTaskFailed>() {
                 return Fault::LostConnection;
             }
         }

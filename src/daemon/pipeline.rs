@@ -112,8 +112,8 @@ impl Pipeline {
 
     /// Delivery's look at every hook on its own clock (see
     /// [`Dispatcher::tick`]).
-    pub async fn tick_delivery(&mut self) {
-        self.dispatcher.tick().await;
+    pub async fn tick_delivery(&mut self) -> anyhow::Result<()> {
+        self.dispatcher.tick().await.map(drop)
     }
 
     /// Stop delivery, waiting up to `timeout` for what is in flight; false

@@ -402,7 +402,7 @@ impl Session {
                         tracing::warn!("capture.auto_add_tables: {e:#}");
                     }
                 }
-                _ = delivery_tick.tick() => self.pipeline.tick_delivery().await,
+                _ = delivery_tick.tick() => self.pipeline.tick_delivery().await?,
                 _ = parked_gauge_tick.tick() => {
                     match self.store.parked_counts().await {
                         Ok(counts) => process.metrics.set_parked_waiting(&counts),

@@ -18,6 +18,7 @@ use super::job::Job;
 use super::live::{run_queue, Queued};
 use super::parking::{past_bound, run_replayer, ParkQueue};
 use crate::config::{Concurrency, DeliveryConfig};
+use crate::errors::DeliveryTaskFailed;
 use crate::registry::{Webhook, WebhookState};
 
 /// Memory a queued job takes besides its body: the job and its strings,
@@ -201,9 +202,19 @@ impl Dispatcher {
     /// slot moves on whatever its target does), and a hook that parks for
     /// its backlog gets its replayer. Returns how many hooks started
     /// parking.
-    pub async fn tick(&mut self) -> usize {
+    ///
+    /// A task that ended in a panic (a queue, the parking writer, a
+    /// replayer) is an error: the events it held would never settle, so
+    /// the session ends and the next one reads them again.
+    pub async fn tick(&mut self) -> anyhow::Result<usize> {
         // Finished tasks (queues of removed hooks, replayers) are reaped.
-        while self.tasks.try_join_next().is_some() {}
+        while let Some(ended) = self.tasks.try_join_next() {
+            if let Err(e) = ended {
+                if e.is_panic() {
+                    return Err(DeliveryTaskFailed(e.to_string()).into());
+                }
+            }
+        }
         let config = self.ctx.config.get();
         let hooks: Vec<Arc<HookRuntime>> = self
             .hooks
@@ -222,7 +233,7 @@ impl Dispatcher {
                 self.start_replayer(&runtime);
             }
         }
-        parked
+        Ok(parked)
     }
 
     /// The hook is Active: resume delivery when it has parked events, and

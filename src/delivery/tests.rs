@@ -422,6 +422,48 @@ async fn a_failing_target_trips_the_hook_and_its_event_is_parked_with_its_attemp
 }
 
 #[tokio::test]
+async fn a_panic_while_sending_trips_only_that_hook_and_parks_its_event() {
+    let (target, url) = Target::start(200).await;
+    let store = Arc::new(MemoryStore::default());
+    let ctx = context(Arc::clone(&store), |_| {});
+    let usage = ctx.usage.clone();
+    let mut dispatcher = Dispatcher::new(ctx);
+    // Made by hand past what a row may have: more headers than a header
+    // map holds, so building the request panics.
+    let mut broken = Webhook::clone(&hook(&url, WebhookState::Active));
+    broken.headers = (0..40_000)
+        .map(|i| {
+            (
+                axum::http::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+                axum::http::HeaderValue::from_static("v"),
+            )
+        })
+        .collect();
+    let broken = Arc::new(broken);
+    let mut checkpoint = Checkpoint::new(Lsn(1));
+    dispatch_committed(&mut dispatcher, &mut checkpoint, &broken, &["a"]).await;
+    wait_for("the event parked", || !store.parked_of(7).is_empty()).await;
+    let parked = store.parked_of(7);
+    assert!(
+        parked[0].0.contains("walhook failed while delivering"),
+        "the panic is the parked event's last error: {parked:?}"
+    );
+    // Settled: the slot moves on, and the hook waits for its activation.
+    wait_for("the transaction settled", || {
+        checkpoint.confirmable() == Lsn(200)
+    })
+    .await;
+    let recorded = usage.take();
+    assert_eq!(
+        recorded.get(&7).and_then(|d| d.new_state),
+        Some(WebhookState::TooManyErrors)
+    );
+    assert!(target.bodies().is_empty());
+    // The dispatcher's tick finds no failed task: the panic was contained.
+    assert!(dispatcher.tick().await.is_ok());
+}
+
+#[tokio::test]
 async fn reactivation_delivers_parked_events_first_then_live_ones() {
     let (target, url) = Target::start(200).await;
     let store = Arc::new(MemoryStore::default());

@@ -23,7 +23,10 @@ use crate::events::{ChangeEvent, WebhookChange, WebhookRow};
 use self::index::MatchIndex;
 pub use self::index::Matches;
 pub use self::snapshots::{PendingSnapshots, SPILL_PENDING_BYTES, SPILL_PENDING_STATES};
-pub use self::webhook::{EventPattern, InvalidRow, Webhook, WebhookState, MAX_FILTER_COLUMNS};
+pub use self::webhook::{
+    EventPattern, InvalidRow, Webhook, WebhookState, MAX_FILTER_COLUMNS, MAX_HEADERS,
+    MAX_HEADER_BYTES, MAX_PROPERTIES_BYTES, MAX_TEXT_CHARS,
+};
 
 /// A webhook row as it stands after a change, `None` when it is gone.
 pub type RowChange = (i32, Option<Arc<WebhookRow>>);

@@ -655,3 +655,34 @@ fn pending_snapshots_pass_their_bound_before_memory_grows() {
     assert_eq!(written, (1..=renames).map(Lsn).collect::<Vec<_>>());
     assert!(!pending.over_bound());
 }
+
+#[test]
+fn rows_past_the_size_bounds_are_invalid_and_say_which_bound() {
+    let with = |column: &str, value: String| {
+        let mut r = good("9", "*");
+        r.0.insert(column.to_owned(), Some(value));
+        Webhook::from_row(&r).map(|_| ()).unwrap_err().0
+    };
+    let many: serde_json::Map<String, serde_json::Value> = (0..25_000)
+        .map(|i| (format!("x-h{i}"), serde_json::Value::from("v")))
+        .collect();
+    let why = with("headers", serde_json::Value::Object(many).to_string());
+    assert!(why.contains("25000 entries"), "{why}");
+    let big = serde_json::json!({"x-big": "v".repeat(MAX_HEADER_BYTES)});
+    assert!(with("headers", big.to_string()).contains("bytes"));
+    let props = serde_json::json!({"blob": "p".repeat(MAX_PROPERTIES_BYTES)});
+    assert!(with("properties", props.to_string()).contains("properties take"));
+    let url = format!("https://example.com/{}", "a".repeat(MAX_TEXT_CHARS));
+    assert!(with("target_url", url).contains("target_url has more than"));
+    // At the bounds, a row is fine.
+    let mut at: serde_json::Map<String, serde_json::Value> = (0..MAX_HEADERS)
+        .map(|i| (format!("x-h{i}"), serde_json::Value::from("v")))
+        .collect();
+    at.remove("x-h0");
+    let mut r = good("9", "*");
+    r.0.insert(
+        "headers".into(),
+        Some(serde_json::Value::Object(at).to_string()),
+    );
+    assert!(Webhook::from_row(&r).is_ok());
+}

@@ -204,6 +204,18 @@ fn split_events(text: &str) -> Result<Vec<String>, String> {
     Ok(entries)
 }
 
+/// The most characters `events` and `target_url` may have (their columns
+/// are varchar(4000); a column altered wider is still held to it).
+pub const MAX_TEXT_CHARS: usize = 4000;
+/// The most headers a hook may add to walhook's own...
+pub const MAX_HEADERS: usize = 64;
+/// ...and the most bytes their names and values may take together: what
+/// common servers accept for a whole request head is 8 to 16 KiB.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// The most bytes `properties` may take as JSON text: it is sent in every
+/// body and stored with every parked event.
+pub const MAX_PROPERTIES_BYTES: usize = 64 * 1024;
+
 /// Why a `webhook` row cannot be used: the daemon skips it with a warning
 /// naming its webhook_id, and `webhook add` refuses it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -238,6 +250,10 @@ impl Webhook {
             .parse()
             .map_err(|_| "webhook_id is not an integer")?;
         let events_text = get("events").unwrap_or("");
+        let over = |text: &str| text.chars().count() > MAX_TEXT_CHARS;
+        if over(events_text) {
+            return Err(format!("events has more than {MAX_TEXT_CHARS} characters"));
+        }
         let events = split_events(events_text)?
             .iter()
             .map(|e| EventPattern::parse(e))
@@ -246,6 +262,11 @@ impl Webhook {
             return Err("events is empty".into());
         }
         let url_text = get("target_url").unwrap_or("");
+        if over(url_text) {
+            return Err(format!(
+                "target_url has more than {MAX_TEXT_CHARS} characters"
+            ));
+        }
         let target_url = Url::parse(url_text).map_err(|e| {
             format!(
                 "target_url {:?} does not parse: {e}",
@@ -266,6 +287,21 @@ impl Webhook {
                 let Value::Object(map) = value else {
                     return Err("headers is not a JSON object".into());
                 };
+                if map.len() > MAX_HEADERS {
+                    return Err(format!(
+                        "headers has {} entries, more than the {MAX_HEADERS} a hook may add",
+                        map.len()
+                    ));
+                }
+                let bytes: usize = map
+                    .iter()
+                    .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+                    .sum();
+                if bytes > MAX_HEADER_BYTES {
+                    return Err(format!(
+                        "headers take {bytes} bytes, more than {MAX_HEADER_BYTES}"
+                    ));
+                }
                 let mut headers = Vec::with_capacity(map.len());
                 for (k, v) in map {
                     let Value::String(v) = v else {
@@ -282,6 +318,12 @@ impl Webhook {
         };
         let properties = match get("properties") {
             None => None,
+            Some(text) if text.len() > MAX_PROPERTIES_BYTES => {
+                return Err(format!(
+                    "properties take {} bytes, more than {MAX_PROPERTIES_BYTES}",
+                    text.len()
+                ))
+            }
             Some(text) => match crate::text::parse_json(text) {
                 Ok(Value::Object(map)) => Some(map),
                 Ok(_) => return Err("properties is not a JSON object".into()),

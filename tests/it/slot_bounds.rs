@@ -223,3 +223,62 @@ async fn a_row_made_invalid_gets_no_further_attempt_at_its_old_target() {
     );
     assert!(h.stop_daemon().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_row_past_its_size_bounds_is_skipped_by_name_and_refused_by_add() {
+    let mut h = Harness::start(CRM, BOUNDED).await;
+    let receiver = Receiver::start().await.unwrap();
+    let id = h.add_hook("contact.*", &receiver.url("/h"), None).await;
+    // 25,000 headers: more than a request can carry.
+    h.db.execute(
+        "UPDATE walhook.webhook SET headers = (SELECT jsonb_object_agg('x-h' || i, 'v') \
+           FROM generate_series(1, 25000) AS i) WHERE webhook_id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    h.start_daemon().await;
+    h.db.execute("INSERT INTO contact (name) VALUES ('a')", &[])
+        .await
+        .unwrap();
+    let end = h.current_lsn().await;
+    h.wait_confirmed(
+        "the slot to pass a change beside an oversized row",
+        end,
+        Duration::from_secs(30),
+    )
+    .await;
+    h.wait_log(&format!("webhook_id={id}")).await;
+    let log = h.daemon_log();
+    assert!(
+        log.contains("headers has 25000 entries"),
+        "the skip names the bound; log:\n{log}"
+    );
+    assert_eq!(receiver.count(), 0, "a skipped row gets nothing");
+    let check = h.walhook(&["check"]);
+    assert!(
+        text(&check).contains(&format!(
+            "webhook_id {id} is skipped: headers has 25000 entries"
+        )),
+        "{}",
+        text(&check)
+    );
+    // `webhook add` refuses the 65th header.
+    let url = receiver.url("/h");
+    let mut args = vec![
+        "webhook", "add", "--name", "many", "--events", "*", "--url", &url,
+    ];
+    let headers: Vec<String> = (0..65).map(|i| format!("x-h{i}=v")).collect();
+    for header in &headers {
+        args.push("--header");
+        args.push(header);
+    }
+    let add = h.walhook(&args);
+    assert!(!add.status.success());
+    assert!(
+        text(&add).contains("more than the 64 a hook may add"),
+        "{}",
+        text(&add)
+    );
+    assert!(h.stop_daemon().success());
+}

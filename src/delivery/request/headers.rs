@@ -5,7 +5,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT}
 use uuid::Uuid;
 
 use super::signing::{self, SigningKey};
-use crate::registry::Webhook;
+use crate::registry::{Webhook, MAX_HEADERS};
 
 const X_SUPEROFFICE_EVENT: HeaderName = HeaderName::from_static("x-superoffice-event");
 const X_SUPEROFFICE_EVENTID: HeaderName = HeaderName::from_static("x-superoffice-eventid");
@@ -27,8 +27,10 @@ pub fn headers(
     retry: u32,
     unix_time: u64,
 ) -> HeaderMap {
-    // Sized once: walhook's own nine, and the hook's.
-    let mut h = HeaderMap::with_capacity(9 + hook.headers.len());
+    // Sized once: walhook's own nine, and the hook's (a valid row has at
+    // most MAX_HEADERS; the bound keeps a hand-made hook from asking for
+    // more than a header map can hold).
+    let mut h = HeaderMap::with_capacity(9 + hook.headers.len().min(MAX_HEADERS));
     // The hook's own headers may add to walhook's but never replace one,
     // not even one walhook leaves out for this hook (no secret, no
     // signature header of the hook's making).

@@ -68,7 +68,46 @@ pub(in crate::delivery) struct Outgoing<'a> {
 
 /// Attempt until delivered, gone, or the hook trips, stops, pauses or
 /// (for an event from its queue) parks.
+///
+/// A panic while sending (a bug, or a hook the row checks let through
+/// that breaks a library) is that hook's failure alone: it trips (state
+/// TooManyErrors, with the panic in `last_error`) and the event is parked,
+/// so the slot moves on and the DBA sees why; setting it Active again
+/// replays it.
 pub(in crate::delivery) async fn deliver(
+    ctx: &DeliveryContext,
+    runtime: &HookRuntime,
+    http: Sender<'_>,
+    outgoing: Outgoing<'_>,
+) -> SendResult {
+    let retry = outgoing.retry;
+    let event_id = outgoing.event_id;
+    let sending = std::panic::AssertUnwindSafe(send_until_settled(ctx, runtime, http, outgoing));
+    match futures_util::FutureExt::catch_unwind(sending).await {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            let error = format!("walhook failed while delivering this event: {what}");
+            let id = runtime.id();
+            tracing::error!(webhook_id = id, event_id = %event_id,
+                "{error}; the hook is set to TooManyErrors (3) and its events are parked");
+            ctx.usage.failure(id, &error);
+            if runtime.trip() {
+                ctx.usage.set_state(id, WebhookState::TooManyErrors);
+            }
+            SendResult::Tripped {
+                attempts: retry.saturating_add(1),
+                error: Some(error),
+            }
+        }
+    }
+}
+
+async fn send_until_settled(
     ctx: &DeliveryContext,
     runtime: &HookRuntime,
     http: Sender<'_>,
