@@ -283,6 +283,15 @@ impl Pipeline {
         if update != RegistryUpdate::Nothing {
             tracing::info!(lsn = %info.commit_lsn, "webhook table: {update:?}");
         }
+        let update = match update {
+            // A key change: the old hook is removed, its queued events
+            // dropped, and the row goes on under its new id.
+            RegistryUpdate::Moved { from, to } => {
+                self.dispatcher.hook_removed(from);
+                *to
+            }
+            update => update,
+        };
         match update {
             RegistryUpdate::Added(id) => self.hook_changed(id, false).await,
             RegistryUpdate::Changed { id, was_active } => self.hook_changed(id, was_active).await,
@@ -311,6 +320,12 @@ impl Pipeline {
         use crate::events::WebhookChange;
         match change {
             WebhookChange::Upsert(row) => self.apply_control_row(&row, Some(info)).await,
+            WebhookChange::Rekey { from, row } => {
+                if let Ok(id) = from.parse::<i32>() {
+                    self.dispatcher.settings_changed(id, None).await;
+                }
+                self.apply_control_row(&row, Some(info)).await;
+            }
             WebhookChange::Delete { webhook_id } => {
                 if let Some(id) = webhook_id.and_then(|id| id.parse::<i32>().ok()) {
                     self.dispatcher.settings_changed(id, None).await;

@@ -149,7 +149,16 @@ pub struct WebhookRow(pub BTreeMap<String, Option<String>>);
 #[derive(Debug, Clone, PartialEq)]
 pub enum WebhookChange {
     Upsert(WebhookRow),
-    Delete { webhook_id: Option<String> },
+    /// An UPDATE that changed the row's webhook_id: the hook `from` is
+    /// gone and the row's new id takes its place (its unchanged TOASTed
+    /// values come from the old row).
+    Rekey {
+        from: String,
+        row: WebhookRow,
+    },
+    Delete {
+        webhook_id: Option<String>,
+    },
     Truncate,
 }
 
@@ -461,15 +470,31 @@ impl EventBuilder {
                 let change = match (&new, &old) {
                     (Some(new), old) => {
                         let mut row = text_row(rel, new)?;
-                        // An unchanged TOASTed value is only in the old row.
-                        if let Some(old) = old {
-                            for (name, value) in text_row(rel, old)? {
-                                if new_is_unchanged(rel, new, &name) {
-                                    row.insert(name, value);
+                        let old_row = old.as_ref().map(|old| text_row(rel, old)).transpose()?;
+                        // An unchanged TOASTed value is only in the old row,
+                        // and only a full one carries it: the NULLs of an
+                        // old-key tuple must not blank it (the registry
+                        // keeps the value it knows instead).
+                        if let (Some(old_row), true) = (&old_row, old_is_full) {
+                            for (name, value) in old_row {
+                                if new_is_unchanged(rel, new, name) {
+                                    row.insert(name.clone(), value.clone());
                                 }
                             }
                         }
-                        WebhookChange::Upsert(WebhookRow(row))
+                        let from = old_row
+                            .and_then(|mut o| o.remove("webhook_id").flatten())
+                            .filter(|from| {
+                                Some(from) != row.get("webhook_id").and_then(|v| v.as_ref())
+                            });
+                        match from {
+                            // The key changed: the old hook is removed.
+                            Some(from) => WebhookChange::Rekey {
+                                from,
+                                row: WebhookRow(row),
+                            },
+                            None => WebhookChange::Upsert(WebhookRow(row)),
+                        }
                     }
                     (None, Some(old)) => WebhookChange::Delete {
                         webhook_id: text_row(rel, old)?.remove("webhook_id").flatten(),

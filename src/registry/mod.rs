@@ -56,6 +56,12 @@ pub enum RegistryUpdate {
         was_active: bool,
     },
     Removed(i32),
+    /// A row's webhook_id changed: hook `from` is removed, and the row
+    /// under its new id is `to` (added, or invalid).
+    Moved {
+        from: i32,
+        to: Box<RegistryUpdate>,
+    },
     Invalid(i32),
     Cleared,
     Nothing,
@@ -74,6 +80,24 @@ impl Registry {
     pub fn apply(&mut self, change: WebhookChange) -> RegistryUpdate {
         match change {
             WebhookChange::Upsert(row) => self.upsert(row),
+            WebhookChange::Rekey { from, row } => {
+                let Ok(from) = from.parse::<i32>() else {
+                    return self.upsert(row);
+                };
+                // The old hook goes; what the row's update left unsent (an
+                // unchanged TOASTed value) is taken from it.
+                let known = self.rows.remove(&from);
+                self.changed_rows.insert(from);
+                if let Some(old) = self.hooks.remove(&from) {
+                    self.index.remove(&old);
+                }
+                let mut merged = known.map(|k| WebhookRow::clone(&k)).unwrap_or_default();
+                merged.0.extend(row.0);
+                RegistryUpdate::Moved {
+                    from,
+                    to: Box::new(self.upsert(merged)),
+                }
+            }
             WebhookChange::Delete { webhook_id } => {
                 match webhook_id.and_then(|id| id.parse::<i32>().ok()) {
                     Some(id) => {

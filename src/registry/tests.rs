@@ -686,3 +686,36 @@ fn rows_past_the_size_bounds_are_invalid_and_say_which_bound() {
     );
     assert!(Webhook::from_row(&r).is_ok());
 }
+
+#[test]
+fn a_changed_webhook_id_removes_the_old_hook_and_keeps_its_unsent_values() {
+    let mut first = good("1", "*");
+    first
+        .0
+        .insert("properties".into(), Some(r#"{"big":"kept"}"#.into()));
+    let mut registry = Registry::from_rows([first]);
+    // The UPDATE sent the new id and URL; properties was an unchanged
+    // TOASTed value, not sent.
+    let update = row(&[
+        ("webhook_id", Some("2")),
+        ("target_url", Some("https://example.com/new")),
+    ]);
+    let applied = registry.apply(WebhookChange::Rekey {
+        from: "1".into(),
+        row: update,
+    });
+    assert_eq!(
+        applied,
+        RegistryUpdate::Moved {
+            from: 1,
+            to: Box::new(RegistryUpdate::Added(2))
+        }
+    );
+    assert!(registry.get(1).is_none(), "no hook left under the old id");
+    let moved = registry.get(2).expect("the hook under its new id");
+    assert_eq!(moved.target_url.as_str(), "https://example.com/new");
+    assert_eq!(
+        moved.properties.as_ref().and_then(|p| p.get("big")),
+        Some(&serde_json::json!("kept"))
+    );
+}
