@@ -30,13 +30,15 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
     let mut walhook = b.start_walhook("wh_slow")?;
     b.await_streaming(&mut walhook, "wh_slow").await?;
     say!("slow: {rows} rows in one transaction, target answering after {delay} ms");
-    b.db.exec(&format!(
-        "INSERT INTO bench_slow SELECT g, g, 'item ' || g FROM generate_series(1, {rows}) AS g"
-    ))
-    .await?;
+    // The clock is read in the same round trip, right after the COMMIT.
     let committed =
-        b.db.float("SELECT extract(epoch FROM clock_timestamp())")
-            .await?;
+        b.db.float(&format!(
+            "BEGIN;
+             INSERT INTO bench_slow SELECT g, g, 'item ' || g FROM generate_series(1, {rows}) AS g;
+             COMMIT;
+             SELECT extract(epoch FROM clock_timestamp())"
+        ))
+        .await?;
     let limit = b.knobs.walhook_timeout;
     await_sink(
         &sink,
