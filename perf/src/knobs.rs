@@ -323,3 +323,53 @@ impl Knobs {
         ["latency", "parked", "crash"].iter().any(|s| self.wants(s))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn knobs(args: &[&str]) -> anyhow::Result<Knobs> {
+        let cli = Cli::try_parse_from(std::iter::once("walhook-perf").chain(args.iter().copied()))?;
+        Knobs::resolve(cli.run)
+    }
+
+    #[test]
+    fn smoke_makes_the_sizes_tiny_and_a_size_given_wins() {
+        let k = knobs(&["--smoke", "--rows", "5000"]).unwrap();
+        assert_eq!(
+            (k.rows, k.updates, k.decode_rows, k.crash_kills),
+            (5000, 1000, 4000, 3)
+        );
+        let full = knobs(&[]).unwrap();
+        assert_eq!(
+            (full.rows, full.updates, full.decode_rows),
+            (100_000, 50_000, 400_000)
+        );
+    }
+
+    #[test]
+    fn sections_run_in_the_fixed_order_and_unknown_ones_are_refused() {
+        let k = knobs(&["--sections", "crash,decode"]).unwrap();
+        assert_eq!(k.sections, ["decode", "crash"]);
+        let error = knobs(&["--sections", "decode,bogus"]).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown section 'bogus'"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn sizes_that_make_no_run_are_refused() {
+        assert!(knobs(&["--rows", "10", "--updates", "11"]).is_err());
+        assert!(knobs(&["--concurrency", "0"]).is_err());
+        assert!(knobs(&["--parked-hooks", "0 1001"]).is_err());
+    }
+}

@@ -342,3 +342,14 @@ async fn post(b: &mut Bench, body_file: &std::path::Path, url: &str) -> anyhow::
     );
     Ok(run)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_body_is_walhook_sized_json() {
+        let body = super::body();
+        assert!((595..=610).contains(&body.len()), "{} bytes", body.len());
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(value["Event"], "bench_item.changed");
+    }
+}
