@@ -137,6 +137,10 @@ async fn run_in(knobs: Knobs, tools: Tools, dir: PathBuf) -> anyhow::Result<()> 
         logs: Vec::new(),
     };
     let result = sections(&mut b).await;
+    if b.knobs.keep_tmp {
+        // The cluster's own temp dir goes with it; its log stays with the others.
+        let _ = std::fs::copy(b.cluster.log_path(), b.dir.join("postgres.log"));
+    }
     if result.is_err() {
         let mut logs = b.logs.clone();
         logs.push(b.cluster.log_path());
