@@ -1,6 +1,6 @@
 //! walhook-perf: walhook's benchmark. See README.md beside this crate.
 //!
-//!     cargo run -p walhook-perf --release                     # every section (~10 min)
+//!     cargo run -p walhook-perf --release                     # every section (~4 min)
 //!     cargo run -p walhook-perf --release -- --smoke          # every section, tiny
 //!     cargo run -p walhook-perf --release -- --sections nginx --json new.json
 //!     cargo run -p walhook-perf --release -- compare baseline.json new.json
@@ -136,7 +136,10 @@ async fn run_in(knobs: Knobs, tools: Tools, dir: PathBuf) -> anyhow::Result<()> 
         carry: Carry::default(),
         logs: Vec::new(),
     };
-    let result = sections(&mut b).await;
+    let result = tokio::select! {
+        result = sections(&mut b) => result,
+        signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
+    };
     if b.knobs.keep_tmp {
         // The cluster's own temp dir goes with it; its log stays with the others.
         let _ = std::fs::copy(b.cluster.log_path(), b.dir.join("postgres.log"));
@@ -156,6 +159,22 @@ async fn run_in(knobs: Knobs, tools: Tools, dir: PathBuf) -> anyhow::Result<()> 
         }
     }
     result
+}
+
+/// Ctrl-C or SIGTERM: the run stops as on a failure, so that everything it
+/// started is stopped and the temp dirs removed.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
 }
 
 async fn sections(b: &mut Bench) -> anyhow::Result<()> {

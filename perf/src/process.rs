@@ -73,19 +73,29 @@ pub async fn run_logged(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let (out, err) = log_file(log)?;
-    let mut child = command
+    let child = command
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         .spawn()
         .with_context(|| format!("starting {what}"))?;
-    match wait_exit(&mut child, timeout).await? {
+    // Killed when the wait is given up, also when an interrupted run drops it.
+    let mut child = KillOnDrop(child);
+    match wait_exit(&mut child.0, timeout).await? {
         Some(status) if status.success() => Ok(()),
         Some(status) => bail!("{what} failed ({status}):\n{}", tail(log, 20)),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{what} did not finish within {}s", timeout.as_secs())
+        None => bail!("{what} did not finish within {}s", timeout.as_secs()),
+    }
+}
+
+/// A child that is killed and reaped when dropped while still running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
 }

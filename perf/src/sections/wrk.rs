@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use crate::bench::Bench;
-use crate::process::{log_file, tail, wait_exit};
+use crate::process::{log_file, tail, wait_exit, KillOnDrop};
 use crate::procfs::{self, MachineBusy, MachineTicks};
 use crate::report::{ratio, Better};
 
@@ -208,22 +208,24 @@ async fn wrk(
     let nginx_before = b.nginx()?.workers_cpu();
     let children_before = procfs::finished_children_cpu()?;
     let machine_before = MachineTicks::now()?;
-    let mut child = Command::new("wrk")
-        .args([
-            "-t",
-            &threads.to_string(),
-            "-c",
-            &k.wrk_connections.to_string(),
-        ])
-        .args(["-d", &format!("{}s", k.wrk_seconds), "-s"])
-        .arg(&script)
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .context("starting wrk (apt-get install wrk)")?;
-    let status = wait_exit(&mut child, Duration::from_secs(k.wrk_seconds + 60))
+    let mut child = KillOnDrop(
+        Command::new("wrk")
+            .args([
+                "-t",
+                &threads.to_string(),
+                "-c",
+                &k.wrk_connections.to_string(),
+            ])
+            .args(["-d", &format!("{}s", k.wrk_seconds), "-s"])
+            .arg(&script)
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .context("starting wrk (apt-get install wrk)")?,
+    );
+    let status = wait_exit(&mut child.0, Duration::from_secs(k.wrk_seconds + 60))
         .await?
         .context("wrk did not finish")?;
     let machine = machine_before.busy_since()?;
@@ -286,13 +288,15 @@ async fn post(b: &mut Bench, body_file: &std::path::Path, url: &str) -> anyhow::
     let (out, err) = log_file(&log)?;
     let nginx_before = b.nginx()?.workers_cpu();
     let machine_before = MachineTicks::now()?;
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .with_context(|| format!("starting {}", b.tools.post.display()))?;
-    let status = wait_exit(&mut child, Duration::from_secs(k.wrk_seconds + 60))
+    let mut child = KillOnDrop(
+        command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {}", b.tools.post.display()))?,
+    );
+    let status = wait_exit(&mut child.0, Duration::from_secs(k.wrk_seconds + 60))
         .await?
         .context("walhook-post did not finish")?;
     let machine = machine_before.busy_since()?;
