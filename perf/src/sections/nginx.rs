@@ -302,7 +302,8 @@ async fn measure(
         ))
         .await
         .context("the walsender's pid")?;
-    let walsender_cpu = procfs::cpu_seconds(walsender as u32)
+    let walsender = u32::try_from(walsender).context("the walsender's pid is not a pid")?;
+    let walsender_cpu = procfs::cpu_seconds(walsender)
         .context("nginx: the walsender's CPU could not be measured")?;
     let mut sql_cpu = 0.0;
     for row in
