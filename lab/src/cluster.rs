@@ -821,8 +821,9 @@ fn chown_tree(dir: &Path, ids: RunAs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> anyhow::Result<u16> {
+/// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick),
+/// for servers started beside the cluster.
+pub fn free_port() -> anyhow::Result<u16> {
     let listener =
         TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free TCP port")?;
     Ok(listener.local_addr()?.port())

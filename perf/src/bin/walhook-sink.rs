@@ -1,12 +1,12 @@
-//! walhook-sink: a webhook target for bench/run.sh.
+//! walhook-sink: a webhook target for walhook-perf's sections.
 //!
 //! It answers every request with 200, optionally after a fixed delay (a slow
 //! target), counts what it answered, and can log one line per delivery:
 //! `arrival_unix_micros event_id [field ...]`, where each field is a value of
 //! the body's `FieldValues` named with `--field`. `GET /stats` gives the
-//! counters as `name value` lines, for a script to poll, with the times
+//! counters as `name value` lines, for the harness to poll, with the times
 //! (Unix microseconds) the first delivery arrived and the latest was
-//! answered, so a script times a burst without polling's granularity.
+//! answered, so the harness times a burst without polling's granularity.
 //!
 //! It speaks HTTP/1.1 and HTTP/2 (cleartext with prior knowledge, or over TLS
 //! through ALPN). Each request waits on a timer, never on a thread, so a

@@ -1,5 +1,5 @@
 //! walhook-post: POSTs one body over and over with walhook's HTTP stack,
-//! for bench/run.sh.
+//! for walhook-perf's wrk section.
 //!
 //! wrk measures what the machine allows a minimal client written in C.
 //! This measures what the HTTP library walhook delivers with allows, used
