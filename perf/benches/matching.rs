@@ -35,11 +35,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use walhook::checkpoint::Checkpoint;
 use walhook::config::Config;
-use walhook::delivery::{request, Job, OrderScope};
+use walhook::delivery::EventIntake;
 use walhook::events::catalog::TypeCatalog;
 use walhook::events::{Change, ChangeEvent, EventBuilder, TxnInfo, WebhookChange, WebhookRow};
 use walhook::pgoutput::{self, Column, Lsn, Relation, ReplicaIdentity};
-use walhook::registry::{PendingSnapshots, Registry, Webhook, WebhookState};
+use walhook::registry::{PendingSnapshots, Registry, Webhook};
 
 /// Counts allocations, so a figure can say what an operation allocates.
 struct CountingAllocator;
@@ -204,12 +204,9 @@ fn inserts(count: u32) -> Vec<Bytes> {
 }
 
 /// The reading side's work for one change: decode it, build its event,
-/// match it, and for each matching hook that gets it, its EventId, body
-/// and job. The loop over the matching hooks copies what
-/// `Pipeline::route` does before handing each job over (render the shared
-/// body once, then per hook its body and job); it is a copy, so a change
-/// to the routing must be made here too until delivery offers that step
-/// as one function to call.
+/// match it, and for each matching hook that takes events its EventId
+/// and job, through delivery's intake as the pipeline does (the shared
+/// body rendered once, then per hook its body and job).
 /// Returns the jobs' body bytes.
 fn read_one(
     builder: &mut EventBuilder,
@@ -227,27 +224,13 @@ fn read_one(
         let Change::Event(event) = change else {
             continue;
         };
-        let shared = request::SharedBody::of(&event, "Default");
+        let intake = EventIntake::new(&event, "Default", 16 << 20);
         for hook in matching(registry, &event) {
-            if matches!(hook.state, WebhookState::Stopped | WebhookState::Unknown) {
+            if !hook.state.takes_events() {
                 continue;
             }
             let event_id = event.event_id("7300000000000000000", hook.id);
-            let (body, parts) =
-                request::hook_body(&shared, &event, event_id, &hook, "Default", 16 << 20)
-                    .for_job(&shared);
-            let job = Job {
-                event: event.event.clone(),
-                event_id,
-                ordering_key: event.ordering_key.clone(),
-                scope: OrderScope::Key,
-                body,
-                shared: parts,
-                commit_lsn: event.txn.commit_lsn,
-                change_index: event.index,
-                ticket: txn.ticket(),
-                hook,
-            };
+            let job = intake.job(hook, event_id, txn.ticket());
             bytes += black_box(job).body.len();
         }
     }
