@@ -365,7 +365,12 @@ impl Pipeline {
             return Ok(());
         }
         let max_body = self.config.delivery.max_body_bytes;
-        fit_event(&mut event, max_body, &self.metrics);
+        fit_event(
+            &mut event,
+            &self.config.events.context_identifier,
+            max_body,
+            &self.metrics,
+        );
         let intake = EventIntake::new(&event, &self.config.events.context_identifier, max_body);
         for hook in hooks {
             self.backfill.live_event(
@@ -416,7 +421,12 @@ impl Pipeline {
         let mut sent = 0;
         for mut event in events {
             event.backfill = Some(backfill_id);
-            fit_event(&mut event, max_body, &self.metrics);
+            fit_event(
+                &mut event,
+                &self.config.events.context_identifier,
+                max_body,
+                &self.metrics,
+            );
             let intake = EventIntake::new(&event, &self.config.events.context_identifier, max_body);
             for &webhook_id in &closed.chunk.webhook_ids {
                 if !closed.sends(webhook_id, &event.ordering_key) {

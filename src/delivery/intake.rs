@@ -15,11 +15,17 @@ use crate::metrics::Metrics;
 use crate::registry::Webhook;
 
 /// One event must never stall the pipeline or be refused by the database
-/// when parked: over `max_body` bytes, its largest values are left out,
-/// named in MissingColumns, counted and logged.
-pub fn fit_event(event: &mut ChangeEvent, max_body: usize, metrics: &Metrics) {
-    let fields_budget = max_body.saturating_sub(request::BODY_FRAME_BYTES);
-    if let Some(left_out) = request::fit_fields(event, fields_budget) {
+/// when parked: when its body would pass `max_body` bytes, its largest
+/// values (never the key's) are left out, just enough, named in
+/// MissingColumns, counted and logged.
+pub fn fit_event(
+    event: &mut ChangeEvent,
+    context_identifier: &str,
+    max_body: usize,
+    metrics: &Metrics,
+) {
+    let left_out = request::fit_fields(event, context_identifier, max_body);
+    if !left_out.is_empty() {
         metrics.events_cut.inc();
         tracing::warn!(
             table = %event.table,

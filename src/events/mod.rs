@@ -60,6 +60,9 @@ pub struct ChangeEvent {
     /// `schema.table`.
     pub table: String,
     pub primary_key: Value,
+    /// The names of the key's columns: a body cut to fit its bound never
+    /// leaves them out.
+    pub key_columns: Vec<String>,
     pub changes: Vec<String>,
     pub changes_exact: bool,
     pub field_values: Map<String, Value>,
@@ -110,6 +113,7 @@ impl ChangeEvent {
             operation,
             table: format!("public.{entity}"),
             primary_key: 1.into(),
+            key_columns: Vec::new(),
             changes: vec!["id".into()],
             changes_exact: true,
             field_values: Default::default(),
@@ -381,6 +385,7 @@ impl EventBuilder {
                             operation: Operation::Truncated,
                             table: rel.qualified.clone(),
                             primary_key: Value::Null,
+                            key_columns: Vec::new(),
                             changes: Vec::new(),
                             changes_exact: true,
                             field_values: Map::new(),
@@ -646,6 +651,11 @@ impl EventBuilder {
             entity: rel.entity.clone(),
             operation,
             table: rel.qualified.clone(),
+            key_columns: rel
+                .key
+                .iter()
+                .map(|&i| rel.columns[i].name.clone())
+                .collect(),
             primary_key,
             changes,
             changes_exact,

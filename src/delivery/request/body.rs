@@ -240,14 +240,14 @@ pub fn hook_body(
     // This hook's Properties or name made the body too large: fit this
     // hook's copy.
     let mut event = event.clone();
-    let over = body.len() - max_bytes;
-    let budget = field_values_len(&event).saturating_sub(over);
-    leave_out_largest(&mut event, budget);
-    HookBody::Own(
-        SharedBody::of(&event, context_identifier)
-            .assemble(event_id, &HookPart::of(hook))
-            .0,
-    )
+    let hook_part = HookPart::of(hook);
+    let mut body = body;
+    while body.len() > max_bytes && !leave_out(&mut event, body.len() - max_bytes).is_empty() {
+        body = SharedBody::of(&event, context_identifier)
+            .assemble(event_id, &hook_part)
+            .0;
+    }
+    HookBody::Own(body)
 }
 
 /// The bytes a value takes in a body, counted without building the text.
@@ -268,7 +268,9 @@ fn json_len(value: &Value) -> usize {
     count.0
 }
 
-/// The bytes FieldValues takes in a body.
+/// The bytes FieldValues takes in a body (what the cheap bound below is
+/// held to in the tests).
+#[cfg(test)]
 pub(super) fn field_values_len(event: &ChangeEvent) -> usize {
     event
         .field_values
@@ -277,7 +279,7 @@ pub(super) fn field_values_len(event: &ChangeEvent) -> usize {
         .sum()
 }
 
-/// At least [`field_values_len`], without serialising the strings and
+/// At least the bytes FieldValues takes in a body, without serialising the strings and
 /// numbers that most rows are made of (a string's JSON takes at most six
 /// bytes per byte, plus its quotes): the cheap test every event passes
 /// before the exact one.
@@ -297,47 +299,72 @@ pub(super) fn field_values_len_bound(event: &ChangeEvent) -> usize {
         .sum()
 }
 
-/// Fit an event's FieldValues into `budget` bytes: when they take more,
-/// the largest values are left out ([`leave_out_largest`]) and returned.
-pub fn fit_fields(event: &mut ChangeEvent, budget: usize) -> Option<Vec<String>> {
-    if field_values_len_bound(event) <= budget || field_values_len(event) <= budget {
-        return None;
+/// Fit an event into `max_body` bytes as its smallest body (no hook name,
+/// no Properties) would be sent: when that is over, values are left out,
+/// largest first and never the key's, just enough to make it fit, and
+/// named in MissingColumns; returns the columns left out. Each hook's own
+/// name and Properties are fitted per hook ([`hook_body`]).
+pub fn fit_fields(
+    event: &mut ChangeEvent,
+    context_identifier: &str,
+    max_body: usize,
+) -> Vec<String> {
+    // Most events: their values are so far below the bound that no
+    // frame could push them over, and nothing is rendered to know it.
+    if field_values_len_bound(event).saturating_add(FRAME_BOUND) <= max_body {
+        return Vec::new();
     }
-    Some(leave_out_largest(event, budget))
+    let mut left_out = Vec::new();
+    loop {
+        let shared = SharedBody::of(event, context_identifier);
+        // `""` for an empty WebhookName.
+        let smallest = HEAD_START + shared.head.len() + 2 + shared.fields.len() + shared.tail.len();
+        if smallest <= max_body {
+            return left_out;
+        }
+        let more = leave_out(event, smallest - max_body);
+        if more.is_empty() {
+            // Only the key is left: the body goes as it is.
+            return left_out;
+        }
+        left_out.extend(more);
+    }
 }
 
-/// Leave the largest values out of `event.field_values` until they take at
-/// most `budget` bytes, naming them in `MissingColumns` (the rule for an
-/// unchanged TOAST value: a receiver that needs them reads the row).
-/// Returns the columns left out.
-pub fn leave_out_largest(event: &mut ChangeEvent, budget: usize) -> Vec<String> {
+/// Leave out the largest values of `event.field_values` other than its
+/// key's, until the body is about `over` bytes shorter, naming them in
+/// `MissingColumns` (the rule for an unchanged TOAST value: a receiver
+/// that needs them reads the row). Returns the columns left out (none
+/// when only the key's are left).
+fn leave_out(event: &mut ChangeEvent, over: usize) -> Vec<String> {
     let mut sizes: Vec<(usize, String)> = event
         .field_values
         .iter()
-        .map(|(k, v)| (k.len() + 4 + json_len(v), k.clone()))
+        .filter(|(k, _)| !event.key_columns.contains(k))
+        .map(|(k, v)| (json_len(v), k.clone()))
         .collect();
-    let mut total: usize = sizes.iter().map(|(n, _)| n).sum();
     sizes.sort_by_key(|s| std::cmp::Reverse(s.0));
+    let mut shorter = 0;
     let mut left_out = Vec::new();
     for (size, column) in sizes {
-        if total <= budget {
+        if shorter >= over {
             break;
         }
         event.field_values.remove(&column);
-        total -= size;
-        left_out.push(column);
-    }
-    for column in &left_out {
-        if !event.missing_columns.contains(column) {
+        // The value goes, its name moves to MissingColumns.
+        shorter += size;
+        if !event.missing_columns.contains(&column) {
             event.missing_columns.push(column.clone());
         }
+        left_out.push(column);
     }
     left_out
 }
 
-/// What a body holds besides FieldValues, at most (names, key, Changes,
-/// Values): room kept when an event is fitted before any hook is known.
-pub const BODY_FRAME_BYTES: usize = 64 * 1024;
+/// What a body holds besides FieldValues (names, the key, Changes,
+/// MissingColumns, Values) stays below this for all but very wide tables:
+/// an event whose values are this far below the bound is not measured.
+const FRAME_BOUND: usize = 64 * 1024;
 
 /// The body of the `test` event sent by `walhook webhook test`.
 pub fn test_body(event_id: Uuid, hook: &Webhook, context_identifier: &str) -> Bytes {

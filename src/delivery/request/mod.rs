@@ -6,8 +6,8 @@ mod headers;
 pub mod signing;
 
 pub use self::body::{
-    assemble_parts, fit_fields, hook_body, leave_out_largest, test_body, BodyParts, HookBody,
-    HookPart, PartsLayout, SharedBody, SharedParts, BODY_FRAME_BYTES,
+    assemble_parts, fit_fields, hook_body, test_body, BodyParts, HookBody, HookPart, PartsLayout,
+    SharedBody, SharedParts,
 };
 pub use self::headers::{headers, SigningKeys};
 pub use self::signing::SigningKey;

@@ -14,8 +14,7 @@ use crate::events::{Operation, WebhookRow};
 use crate::registry::Webhook;
 
 /// The body of `event` for `hook`; the same bytes on every attempt. A body
-/// over `max_bytes` leaves out its largest values, as
-/// [`leave_out_largest`] does.
+/// over `max_bytes` leaves out its largest values.
 fn event_body(
     event: &ChangeEvent,
     event_id: Uuid,
@@ -247,13 +246,65 @@ fn the_cheap_bound_is_never_below_the_exact_length() {
 
 #[test]
 fn a_hook_whose_properties_push_the_body_over_gets_a_smaller_copy() {
-    let properties = json!({"blob": "p".repeat(100_000)}).to_string();
+    let properties = json!({"blob": "p".repeat(60_000)}).to_string();
     let e = event(json!({"id": 1, "medium": "m".repeat(60_000)}));
-    let max = 128 * 1024;
+    let max = 100 * 1024;
     let body = event_body(&e, Uuid::nil(), &hook(Some(&properties)), "D", max);
     assert!(body.len() <= max, "{} bytes", body.len());
     let doc: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(doc["MissingColumns"], json!(["medium"]));
     // The event itself is unchanged for other hooks.
     assert!(e.missing_columns.is_empty());
+}
+
+/// The smallest body of an event fitted to `max`, as the intake fits it.
+fn fitted(mut e: ChangeEvent, max: usize) -> (Vec<String>, Value) {
+    let left_out = fit_fields(&mut e, "Default", max);
+    let body = event_body(&e, Uuid::nil(), &hook(None), "Default", max);
+    assert!(
+        body.len() <= max || left_out.is_empty(),
+        "{} bytes",
+        body.len()
+    );
+    (left_out, serde_json::from_slice(&body).unwrap())
+}
+
+#[test]
+fn at_the_smallest_bound_an_ordinary_row_goes_whole() {
+    let e = event(json!({"id": 3, "small": "s", "large": "l".repeat(2_000)}));
+    let (left_out, doc) = fitted(e, 65_536);
+    assert!(left_out.is_empty());
+    assert_eq!(doc["MissingColumns"], json!([]));
+    assert_eq!(doc["FieldValues"]["large"], json!("l".repeat(2_000)));
+}
+
+#[test]
+fn a_value_that_fits_in_the_body_is_never_cut() {
+    let e = event(json!({"id": 1, "medium": "m".repeat(200_000)}));
+    let (left_out, doc) = fitted(e, 262_144);
+    assert!(left_out.is_empty(), "{left_out:?}");
+    assert_eq!(doc["FieldValues"]["medium"], json!("m".repeat(200_000)));
+}
+
+#[test]
+fn only_what_makes_the_body_too_large_is_left_out_and_never_the_key() {
+    let mut e = event(json!({
+        "id": "k".repeat(30_000),
+        "a": "a".repeat(40_000),
+        "b": "b".repeat(30_000),
+        "small": "s",
+    }));
+    e.key_columns = vec!["id".into()];
+    let (left_out, doc) = fitted(e, 65_536 + 8_192);
+    assert_eq!(left_out, ["a"], "one value is enough");
+    assert_eq!(doc["MissingColumns"], json!(["a"]));
+    assert_eq!(doc["FieldValues"]["id"], json!("k".repeat(30_000)));
+    assert_eq!(doc["FieldValues"]["b"], json!("b".repeat(30_000)));
+    // However small the bound, the key stays.
+    let mut e = event(json!({"id": "k".repeat(70_000), "a": "a".repeat(10)}));
+    e.key_columns = vec!["id".into()];
+    let mut cut = e.clone();
+    let left_out = fit_fields(&mut cut, "Default", 65_536);
+    assert_eq!(left_out, ["a"]);
+    assert_eq!(cut.field_values["id"], json!("k".repeat(70_000)));
 }
