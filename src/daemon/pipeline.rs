@@ -110,6 +110,12 @@ impl Pipeline {
         self.dispatcher.in_flight_bytes()
     }
 
+    /// Parked events dropped for their age (see
+    /// [`Dispatcher::parked_expired`]).
+    pub fn parked_expired(&self, webhook_id: i32, count: i64) {
+        self.dispatcher.parked_expired(webhook_id, count);
+    }
+
     /// Delivery's look at every hook on its own clock (see
     /// [`Dispatcher::tick`]).
     pub async fn tick_delivery(&mut self) -> anyhow::Result<()> {

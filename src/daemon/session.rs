@@ -413,6 +413,7 @@ impl Session {
                     match self.store.drop_expired(retention).await {
                         Ok(dropped) => {
                             for (webhook_id, count) in dropped {
+                                self.pipeline.parked_expired(webhook_id, count);
                                 tracing::warn!(
                                     webhook_id,
                                     dropped = count,

@@ -196,6 +196,17 @@ impl Dispatcher {
         }
     }
 
+    /// `count` parked events of a hook passed `delivery.parked_retention`
+    /// and were dropped from the table: they no longer count toward its
+    /// parked limit.
+    pub fn parked_expired(&self, id: i32, count: i64) {
+        if let Some(known) = self.hooks.get(&id) {
+            known
+                .runtime
+                .parked_removed(usize::try_from(count).unwrap_or(0));
+        }
+    }
+
     /// Look at every hook on the dispatcher's own clock, not only when one
     /// of its events arrives: a live hook whose oldest event has waited
     /// past its bound parks (its running and queued events too, so the

@@ -18,6 +18,7 @@ mod https;
 mod large;
 mod operations;
 mod parked;
+mod parked_bounds;
 mod parking;
 mod pgoutput_fixtures;
 mod pipeline;

@@ -503,16 +503,24 @@ impl HookRuntime {
         self.parked.store(parked, Ordering::Release);
     }
 
-    /// `added` more parked events were written to `delivery`.
-    pub fn parked_added(&self, added: usize) {
+    /// Room for `wanted` more parked events under `limit`: returns how
+    /// many may be parked (all, some or none), counted as parked at once,
+    /// so parking never passes the limit, however many write at a time.
+    /// The count must be known ([`set_parked`](Self::set_parked)).
+    pub fn reserve_parked(&self, wanted: usize, limit: i64) -> usize {
+        let mut granted = 0;
         let _ = self
             .parked
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n >= 0).then(|| n + added as i64)
+                let room = usize::try_from(limit.saturating_sub(n)).unwrap_or(0);
+                granted = wanted.min(room);
+                (n >= 0).then(|| n + granted as i64)
             });
+        granted
     }
 
-    /// `removed` more parked events left `delivery` (delivered).
+    /// `removed` more parked events left `delivery` (delivered, or past
+    /// their retention).
     pub fn parked_removed(&self, removed: usize) {
         let _ = self
             .parked

@@ -176,13 +176,17 @@ async fn one_replayer_at_a_time_and_it_goes_on_when_reactivated_meanwhile() {
 }
 
 #[tokio::test]
-async fn the_parked_count_is_only_kept_once_counted_from_the_table() {
+async fn parking_reserves_room_under_the_limit_once_counted_from_the_table() {
     let runtime = live();
-    runtime.parked_added(5);
-    assert_eq!(runtime.parked(), -1, "not counted yet");
+    assert_eq!(runtime.reserve_parked(5, 10), 0, "not counted yet");
+    assert_eq!(runtime.parked(), -1);
     runtime.set_parked(2);
-    runtime.parked_added(5);
-    runtime.parked_removed(10);
+    assert_eq!(runtime.reserve_parked(5, 10), 5);
+    // Only the room left under the limit, however much is wanted.
+    assert_eq!(runtime.reserve_parked(5, 10), 3);
+    assert_eq!(runtime.reserve_parked(1, 10), 0);
+    assert_eq!(runtime.parked(), 10);
+    runtime.parked_removed(20);
     assert_eq!(runtime.parked(), 0);
 }
 

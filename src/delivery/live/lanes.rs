@@ -209,8 +209,7 @@ async fn run_job(ctx: &DeliveryContext, runtime: &HookRuntime, http: Sender<'_>,
     // it too, so its queue frees the byte budget at once; the replayer
     // delivers it in commit order once the queue is empty.
     if let Some(reason) = runtime.parking().await {
-        if park_until_done(ctx, &job, reason, 0, None).await {
-            runtime.parked_added(1);
+        if park_until_done(ctx, runtime, &job, reason, 0, None).await {
             job.ticket.settle();
         }
         return;
@@ -246,8 +245,16 @@ async fn run_job(ctx: &DeliveryContext, runtime: &HookRuntime, http: Sender<'_>,
     // replayer. A hook already parking keeps its reason.
     runtime.park(reason).await;
     let reason = runtime.parking().await.unwrap_or(reason);
-    if park_until_done(ctx, &job, reason, attempts as i32, error.as_deref()).await {
-        runtime.parked_added(1);
+    if park_until_done(
+        ctx,
+        runtime,
+        &job,
+        reason,
+        attempts as i32,
+        error.as_deref(),
+    )
+    .await
+    {
         job.ticket.settle();
     }
 }

@@ -112,7 +112,8 @@ async fn run_writer(ctx: DeliveryContext, mut receiver: mpsc::Receiver<Unwritten
                 || closes.is_some_and(|at| Instant::now() >= at));
         if due && writing.len() < BATCHES_IN_FLIGHT {
             let ctx = ctx.clone();
-            let batch = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_EVENTS));
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_EVENTS));
+            let batch = within_parked_limits(&ctx, full).await;
             writing.push(async move {
                 let written = write_until_done(&ctx, &batch).await;
                 (batch, written)
@@ -143,24 +144,10 @@ async fn run_writer(ctx: DeliveryContext, mut receiver: mpsc::Receiver<Unwritten
 }
 
 /// A batch's write ended: settle its events when it was written (else
-/// they stay unconfirmed and are read again by the next session).
+/// they stay unconfirmed and are read again by the next session, which
+/// counts the parked events afresh).
 async fn finish(ctx: &DeliveryContext, mut batch: Vec<Unwritten>, written: bool) {
     let count = batch.len();
-    if written {
-        let mut per_hook: Vec<(Arc<HookRuntime>, usize)> = Vec::new();
-        for item in &batch {
-            match per_hook
-                .iter_mut()
-                .find(|(r, _)| r.id() == item.runtime.id())
-            {
-                Some((_, n)) => *n += 1,
-                None => per_hook.push((Arc::clone(&item.runtime), 1)),
-            }
-        }
-        for (runtime, n) in per_hook {
-            enforce_parked_limit(ctx, &runtime, n).await;
-        }
-    }
     for item in batch.drain(..) {
         if written {
             item.job.ticket.settle();
@@ -169,6 +156,122 @@ async fn finish(ctx: &DeliveryContext, mut batch: Vec<Unwritten>, written: bool)
     }
     if written {
         ctx.metrics.parked_events.inc_by(count as i64);
+    }
+}
+
+/// Hold each hook of a batch to `delivery.max_parked_events_per_webhook`
+/// exactly: its events past the limit are dropped and counted, never
+/// written, and the hook is set to Stopped (2). Returns the events to
+/// write, in the batch's order.
+async fn within_parked_limits(ctx: &DeliveryContext, batch: Vec<Unwritten>) -> Vec<Unwritten> {
+    let mut wanted: Vec<(Arc<HookRuntime>, usize)> = Vec::new();
+    for item in &batch {
+        match wanted.iter_mut().find(|(r, _)| r.id() == item.runtime.id()) {
+            Some((_, n)) => *n += 1,
+            None => wanted.push((Arc::clone(&item.runtime), 1)),
+        }
+    }
+    let mut granted: Vec<(i32, usize)> = Vec::with_capacity(wanted.len());
+    for (runtime, n) in wanted {
+        granted.push((runtime.id(), reserve_parked(ctx, &runtime, n).await));
+    }
+    let mut kept = Vec::with_capacity(batch.len());
+    for item in batch {
+        let room = granted
+            .iter_mut()
+            .find(|(id, _)| *id == item.runtime.id())
+            .map(|(_, room)| room);
+        match room {
+            Some(room) if *room > 0 => {
+                *room -= 1;
+                kept.push(item);
+            }
+            _ => {
+                tracing::debug!(
+                    webhook_id = item.runtime.id(),
+                    event_id = %item.job.event_id,
+                    "dropped: the hook is at its parked events limit"
+                );
+                ctx.metrics.dropped();
+                item.job.ticket.settle();
+                item.runtime.park_settled();
+            }
+        }
+    }
+    kept
+}
+
+/// Room for `wanted` more parked events of a hook under its limit (see
+/// [`HookRuntime::reserve_parked`]); the hook is stopped once it has no
+/// more. The count is read from the table the first time, and warned
+/// about once it crosses [`PARKED_WARN_PERCENT`](super::PARKED_WARN_PERCENT)
+/// of the limit.
+async fn reserve_parked(ctx: &DeliveryContext, runtime: &HookRuntime, wanted: usize) -> usize {
+    let configured = ctx.config.get().max_parked_events_per_webhook;
+    let limit = i64::try_from(configured).unwrap_or(i64::MAX);
+    if runtime.parked_limit_reached() {
+        return 0;
+    }
+    let mut before = runtime.parked();
+    if before < 0 {
+        match ctx.store.parked_count(runtime.id()).await {
+            Ok(n) => runtime.set_parked(n),
+            Err(e) => {
+                // Unknown: park them, and count again with the next batch.
+                tracing::warn!(webhook_id = runtime.id(), "counting parked events: {e:#}");
+                return wanted;
+            }
+        }
+        before = -1;
+    }
+    let granted = runtime.reserve_parked(wanted, limit);
+    let now = runtime.parked();
+    // Once per crossing, well before the limit stops the hook.
+    if let Some(warning) = parked_limit_warning(runtime.id(), now, configured) {
+        if before < 0 || parked_limit_warning(runtime.id(), before, configured).is_none() {
+            ctx.metrics.hooks_near_parked_limit.inc();
+            tracing::warn!(webhook_id = runtime.id(), "{warning}");
+        }
+    }
+    if now >= limit {
+        stop_at_parked_limit(ctx, runtime, now, limit).await;
+    }
+    granted
+}
+
+/// A hook reached `delivery.max_parked_events_per_webhook`: a dead target
+/// must never fill the database walhook sits beside. What is parked stays
+/// for replay; later events follow the Stopped rule (dropped and counted).
+async fn stop_at_parked_limit(
+    ctx: &DeliveryContext,
+    runtime: &HookRuntime,
+    parked: i64,
+    limit: i64,
+) {
+    if runtime.parked_limit_reached() {
+        return;
+    }
+    runtime.stop_at_parked_limit();
+    ctx.metrics.hooks_stopped_parked_limit.inc();
+    tracing::error!(
+        webhook_id = runtime.id(),
+        name = %runtime.current().name,
+        parked,
+        limit,
+        "webhook {} has {parked} parked events, the limit of delivery.max_parked_events_per_webhook \
+         ({limit}): it is set to Stopped (2); its parked events are kept and are delivered \
+         once it is set Active again, events until then are dropped",
+        runtime.id()
+    );
+    if let Err(e) = ctx
+        .store
+        .store_state(runtime.id(), WebhookState::Stopped)
+        .await
+    {
+        tracing::error!(
+            webhook_id = runtime.id(),
+            "could not store state Stopped (2): {e:#}"
+        );
     }
 }
 
@@ -197,74 +300,6 @@ async fn write_until_done(ctx: &DeliveryContext, batch: &[Unwritten]) -> bool {
     }
 }
 
-/// Count `written` more parked events of a hook and stop the hook once it
-/// has `delivery.max_parked_events_per_webhook` parked: a dead target must
-/// never fill the database walhook sits beside. What is parked stays for
-/// replay; later events follow the Stopped rule (dropped and counted).
-async fn enforce_parked_limit(ctx: &DeliveryContext, runtime: &HookRuntime, written: usize) {
-    let limit = i64::try_from(ctx.config.get().max_parked_events_per_webhook).unwrap_or(i64::MAX);
-    let before = runtime.parked();
-    if before < 0 {
-        // Counted once from the table (this batch included), then kept.
-        match ctx.store.parked_count(runtime.id()).await {
-            Ok(n) => runtime.set_parked(n),
-            Err(e) => {
-                tracing::warn!(webhook_id = runtime.id(), "counting parked events: {e:#}");
-                return;
-            }
-        }
-    } else {
-        runtime.parked_added(written);
-    }
-    let now = runtime.parked();
-    let configured = ctx.config.get().max_parked_events_per_webhook;
-    // Once per crossing, well before the limit stops the hook.
-    if let Some(warning) = parked_limit_warning(runtime.id(), now, configured) {
-        if before < 0 || parked_limit_warning(runtime.id(), before, configured).is_none() {
-            ctx.metrics.hooks_near_parked_limit.inc();
-            tracing::warn!(webhook_id = runtime.id(), "{warning}");
-        }
-    }
-    if now < limit || runtime.parked_limit_reached() {
-        return;
-    }
-    // The running count can drift above the table (parked_retention drops
-    // rows): only the table's own count stops a hook.
-    let parked = match ctx.store.parked_count(runtime.id()).await {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(webhook_id = runtime.id(), "counting parked events: {e:#}");
-            return;
-        }
-    };
-    runtime.set_parked(parked);
-    if parked < limit {
-        return;
-    }
-    runtime.stop_at_parked_limit();
-    ctx.metrics.hooks_stopped_parked_limit.inc();
-    tracing::error!(
-        webhook_id = runtime.id(),
-        name = %runtime.current().name,
-        parked,
-        limit,
-        "webhook {} has {parked} parked events, the limit of delivery.max_parked_events_per_webhook \
-         ({limit}): it is set to Stopped (2); its parked events are kept and are delivered \
-         once it is set Active again, events until then are dropped",
-        runtime.id()
-    );
-    if let Err(e) = ctx
-        .store
-        .store_state(runtime.id(), WebhookState::Stopped)
-        .await
-    {
-        tracing::error!(
-            webhook_id = runtime.id(),
-            "could not store state Stopped (2): {e:#}"
-        );
-    }
-}
-
 async fn park_job(
     ctx: &DeliveryContext,
     job: &Job,
@@ -284,11 +319,17 @@ async fn park_job(
 /// unconfirmed and is read again by the next session, never lost.
 pub(in crate::delivery) async fn park_until_done(
     ctx: &DeliveryContext,
+    runtime: &HookRuntime,
     job: &Job,
     reason: ParkReason,
     attempts: i32,
     error: Option<&str>,
 ) -> bool {
+    if reserve_parked(ctx, runtime, 1).await == 0 {
+        // At the limit: dropped and counted, as the Stopped rule says.
+        ctx.metrics.dropped();
+        return true;
+    }
     let mut wait = Duration::from_secs(1);
     while let Err(e) = park_job(ctx, job, reason, attempts, error).await {
         if ctx.store.is_closed() {
