@@ -502,7 +502,8 @@ fn webhook_row_changes(c: &mut Criterion) {
             serde_json::Value::Array(
                 changes
                     .pending
-                    .rows()
+                    .changes()
+                    .filter_map(|(_, row)| row)
                     .map(|r| serde_json::to_value(&r.0).unwrap_or_default())
                     .collect(),
             )

@@ -18,6 +18,11 @@ use crate::registry::{PendingSnapshots, Registry, RegistryUpdate};
 use crate::source::SourceMessage;
 use crate::store::Store;
 
+/// Registry snapshots written (each the rows a commit changed) between
+/// two compactions into one full snapshot at the slot's position: what
+/// they cost stays in proportion to the changes.
+const COMPACT_SNAPSHOTS_EVERY: u32 = 64;
+
 /// The transaction being read.
 struct OpenTransaction {
     info: TxnInfo,
@@ -42,6 +47,8 @@ pub(super) struct Pipeline {
     txn: Option<OpenTransaction>,
     /// Registry states to record before confirming past their commit.
     snapshots: PendingSnapshots,
+    /// Snapshots written since the records were last compacted.
+    snapshots_since_compaction: u32,
     metrics: Arc<Metrics>,
     /// The server's WAL end as last heard of, for the lag metric.
     server_end: Lsn,
@@ -79,6 +86,7 @@ impl Pipeline {
             dispatcher: parts.dispatcher,
             txn: None,
             snapshots,
+            snapshots_since_compaction: 0,
             metrics: parts.metrics,
             server_end: parts.start,
             settled: parts.start,
@@ -475,9 +483,16 @@ impl Pipeline {
         let target = self.checkpoint.confirmable();
         if let Some(lsn) = self.snapshots.due(target) {
             self.store
-                .write_snapshot(lsn, self.snapshots.rows())
+                .write_snapshot(lsn, self.snapshots.changes())
                 .await?;
             self.snapshots.written();
+            self.snapshots_since_compaction += 1;
+            if self.snapshots_since_compaction >= COMPACT_SNAPSHOTS_EVERY {
+                self.snapshots_since_compaction = 0;
+                self.store
+                    .compact_snapshots(&self.config.postgres.slot)
+                    .await;
+            }
         }
         self.settled = target;
         self.backfill.settle(target);
@@ -490,7 +505,7 @@ impl Pipeline {
         while let Some(lsn) = self.snapshots.oldest_pending() {
             self.snapshots.due(lsn);
             self.store
-                .write_snapshot(lsn, self.snapshots.rows())
+                .write_snapshot(lsn, self.snapshots.changes())
                 .await?;
             self.snapshots.written();
         }

@@ -13,13 +13,13 @@
 //! 10,000 hooks, 10,000 rows per changed row. Instead each transaction
 //! keeps only the rows it changed, and one base state, sharing its rows
 //! with the registry through `Arc`, is moved forward over them when a
-//! snapshot falls due. Memory and time per webhook-row change are then
-//! those of the change; a snapshot written is still the whole table,
-//! because the on-disk format (one JSON array per position, read back by
-//! `snapshot_at`) stays what earlier versions wrote and read, and writes
-//! happen at most once per confirmation, not once per transaction.
+//! snapshot falls due. Memory, time and bytes written per webhook-row
+//! change are then those of the change: a snapshot written records only
+//! the rows changed since the last one (the store folds them back into
+//! full states when it reads them, and compacts them as the position
+//! moves).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use super::{Registry, RowChange};
@@ -33,6 +33,9 @@ pub struct PendingSnapshots {
     base: BTreeMap<i32, Arc<WebhookRow>>,
     /// The position `base` stands at when it has not been written yet.
     unwritten: Option<Lsn>,
+    /// The rows `base` changed since it was last written: all a snapshot
+    /// has to record.
+    changed: BTreeSet<i32>,
     /// Per transaction that changed the table, in commit order: its end
     /// position and the rows it changed, as they stood at its commit.
     pending: VecDeque<(Lsn, Vec<RowChange>)>,
@@ -69,6 +72,7 @@ impl PendingSnapshots {
         PendingSnapshots {
             base: registry.rows.clone(),
             unwritten: None,
+            changed: BTreeSet::new(),
             pending: VecDeque::new(),
             pending_bytes: 0,
         }
@@ -94,6 +98,7 @@ impl PendingSnapshots {
             let (end, changes) = self.pending.pop_front().expect("front was just seen");
             self.pending_bytes = self.pending_bytes.saturating_sub(row_bytes(&changes));
             for (id, row) in changes {
+                self.changed.insert(id);
                 match row {
                     Some(row) => self.base.insert(id, row),
                     None => self.base.remove(&id),
@@ -115,13 +120,25 @@ impl PendingSnapshots {
         self.pending.front().map(|(end, _)| *end)
     }
 
-    /// The state [`PendingSnapshots::due`] returned, in webhook_id order.
+    /// The whole state [`PendingSnapshots::due`] returned, in webhook_id
+    /// order.
+    #[cfg(test)]
     pub fn rows(&self) -> impl Iterator<Item = &WebhookRow> {
         self.base.values().map(|row| &**row)
+    }
+
+    /// What the state [`PendingSnapshots::due`] returned changed since the
+    /// last one written, in webhook_id order: each row as it stands, or
+    /// `None` when it was removed.
+    pub fn changes(&self) -> impl Iterator<Item = (i32, Option<&WebhookRow>)> {
+        self.changed
+            .iter()
+            .map(|id| (*id, self.base.get(id).map(|row| &**row)))
     }
 
     /// The state due has been recorded: it is not written again.
     pub fn written(&mut self) {
         self.unwritten = None;
+        self.changed.clear();
     }
 }

@@ -596,6 +596,20 @@ proptest! {
                     let rows: Vec<WebhookRow> = pending.rows().cloned().collect();
                     prop_assert_eq!(&rows, &history[&lsn]);
                     prop_assert_eq!(&rows, &table_at_position);
+                    // What is written, the rows changed since the last
+                    // written state, gives the same state applied to it.
+                    let mut folded: BTreeMap<i32, WebhookRow> = written
+                        .iter()
+                        .map(|r| (r.0["webhook_id"].clone().unwrap().parse().unwrap(), r.clone()))
+                        .collect();
+                    for (id, row) in pending.changes() {
+                        match row {
+                            Some(row) => folded.insert(id, row.clone()),
+                            None => folded.remove(&id),
+                        };
+                    }
+                    let folded: Vec<WebhookRow> = folded.into_values().collect();
+                    prop_assert_eq!(&folded, &rows);
                     if write_succeeds {
                         pending.written();
                         written = rows;

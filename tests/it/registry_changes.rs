@@ -70,3 +70,92 @@ async fn a_changed_webhook_id_leaves_no_hook_behind_also_after_a_restart() {
     );
     assert!(h.stop_daemon().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_cost_what_changed_not_the_table_and_restore_after_a_kill() {
+    let mut h = Harness::start(CRM, "").await;
+    let receiver = Receiver::start().await.unwrap();
+    let id = h.add_hook("contact.*", &receiver.url("/h"), None).await;
+    // 299 more hooks of about 10 KB each (3 MiB that do not compress),
+    // matching nothing.
+    h.db.batch_execute(
+        "INSERT INTO walhook.webhook (name, events, target_url, properties) \
+         SELECT 'other' || i, 'nothing.created', 'https://example.com/' || i, \
+                jsonb_build_object('blob', (SELECT string_agg(md5(random()::text || i || j), '') \
+                                              FROM generate_series(1, 300) AS j)) \
+           FROM generate_series(1, 299) AS i",
+    )
+    .await
+    .unwrap();
+    h.start_daemon().await;
+    // 120 renames of one hook, each followed by a change it receives, so
+    // the position passes each rename.
+    for i in 1..=120 {
+        h.db.execute(
+            "UPDATE walhook.webhook SET name = $2 WHERE webhook_id = $1",
+            &[&id, &format!("name{i}")],
+        )
+        .await
+        .unwrap();
+        h.db.execute(
+            "INSERT INTO contact (name) VALUES ($1)",
+            &[&format!("c{i}")],
+        )
+        .await
+        .unwrap();
+    }
+    let end = h.current_lsn().await;
+    h.wait_confirmed("the slot to pass the renames", end, Duration::from_secs(60))
+        .await;
+    receiver
+        .wait_until(Duration::from_secs(60), |r| r.len() >= 120)
+        .await;
+    let bytes: i64 =
+        h.db.query_one(
+            "SELECT coalesce(sum(pg_column_size(hooks)), 0)::bigint FROM walhook.registry_snapshot",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let table: i64 =
+        h.db.query_one(
+            "SELECT coalesce(sum(pg_column_size(w.*)), 0)::bigint FROM walhook.webhook w",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    eprintln!(
+        "120 renames of one row in a table of {} KiB: {} KiB of registry snapshots",
+        table / 1024,
+        bytes / 1024
+    );
+    // One compacted copy of the table at most, and the renames since.
+    assert!(
+        bytes < 2 * table + 1024 * 1024,
+        "{bytes} bytes of snapshots for a {table}-byte table"
+    );
+    // Restored after a kill from what was recorded: the last name.
+    h.kill_daemon();
+    h.start_daemon().await;
+    h.db.execute("INSERT INTO contact (name) VALUES ('after')", &[])
+        .await
+        .unwrap();
+    let got = receiver
+        .wait_until(Duration::from_secs(30), |r| {
+            r.iter().any(|r| r.json()["FieldValues"]["name"] == "after")
+        })
+        .await;
+    let after = got
+        .iter()
+        .find(|r| r.json()["FieldValues"]["name"] == "after")
+        .unwrap();
+    assert_eq!(
+        after.json()["WebhookName"],
+        "name120",
+        "log:\n{}",
+        h.daemon_log()
+    );
+    assert!(h.stop_daemon().success());
+}
