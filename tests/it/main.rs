@@ -24,5 +24,6 @@ mod pipeline;
 mod roles;
 mod settings;
 mod shapes;
+mod target_guard;
 mod tls;
 mod types;
