@@ -210,9 +210,21 @@ async fn gone_stops_the_hook() {
     assert!(h.stop_daemon().success());
 }
 
+/// Isolation shown by the healthy hook's latency while the bad hooks are
+/// still retrying: every healthy event arrives within a fraction of the
+/// failing hook's first retry interval (1 s) of its commit, and when the
+/// last one has arrived neither bad hook has tripped yet, so no healthy
+/// event waited for a bad hook to be parked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackhole_and_a_failing_target_never_slow_a_healthy_hook() {
-    let mut h = Harness::start(CRM, FAST).await;
+    // Five failures to trip: the 500 hook needs its attempts at 0 s, 1 s
+    // and 4 s and more, the blackhole five timeouts of 2 s.
+    let mut h = Harness::start(
+        CRM,
+        "max_consecutive_errors = 5\nmax_backoff = \"300ms\"\ntimeout = \"2s\"\n\
+         connect_timeout = \"1s\"\n",
+    )
+    .await;
     // Accepts connections and never answers.
     let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let blackhole_url = format!("http://{}/void", blackhole.local_addr().unwrap());
@@ -232,40 +244,81 @@ async fn a_blackhole_and_a_failing_target_never_slow_a_healthy_hook() {
     h.add_hook("*", &healthy.url("/ok"), None).await;
     h.start_daemon().await;
 
-    let started = Instant::now();
-    for i in 0..200 {
-        h.db.execute(
-            "INSERT INTO contact (name) VALUES ($1)",
-            &[&format!("n{i}")],
-        )
-        .await
-        .unwrap();
+    const EVENTS: usize = 200;
+    let mut committed: BTreeMap<i64, Instant> = BTreeMap::new();
+    for i in 0..EVENTS {
+        let id: i32 =
+            h.db.query_one(
+                "INSERT INTO contact (name) VALUES ($1) RETURNING contact_id",
+                &[&format!("n{i}")],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        committed.insert(id as i64, Instant::now());
     }
-    let got = healthy.wait_until(WAIT, |r| r.len() >= 200).await;
-    let took = started.elapsed();
-    assert_eq!(got.len(), 200, "log:\n{}", h.daemon_log());
-    // The blackhole's timeout is 2 s and it needs 3 of them to trip; the
-    // healthy hook must not wait for any of that.
-    assert!(took < Duration::from_secs(10), "healthy hook took {took:?}");
+    let got = healthy.wait_until(WAIT, |r| r.len() >= EVENTS).await;
+    // At the moment the healthy hook has everything: the bad hooks have
+    // been tried and are still retrying, not tripped.
+    let (dead_state, broken_state) = (state(&h, dead).await, state(&h, broken).await);
+    let (connections, failures) = (held.lock().unwrap().len(), failing.requests().len());
+    assert_eq!(got.len(), EVENTS, "log:\n{}", h.daemon_log());
+    // Commit (the INSERT's return) to receipt, per event.
+    let mut latencies: Vec<Duration> = got
+        .iter()
+        .map(|r| {
+            let id = r.json()["PrimaryKey"]
+                .as_i64()
+                .expect("a numeric PrimaryKey");
+            let at = committed
+                .get(&id)
+                .unwrap_or_else(|| panic!("contact {id} was never committed"));
+            r.arrived.saturating_duration_since(*at)
+        })
+        .collect();
+    latencies.sort();
+    let (median, max) = (latencies[EVENTS / 2], latencies[EVENTS - 1]);
+    eprintln!("healthy hook beside two bad ones: latency median {median:?}, max {max:?}");
+    assert!(
+        max < Duration::from_millis(500),
+        "a healthy event waited {max:?} (median {median:?}) while the bad hooks retried; \
+         their first retry comes after 1 s"
+    );
+    assert_eq!(
+        (dead_state, broken_state),
+        (1, 1),
+        "a bad hook had tripped by the time the healthy hook had its events"
+    );
+    assert!(
+        connections > 0 && failures > 0,
+        "the bad hooks were not being tried meanwhile ({connections} connections to the \
+         blackhole, {failures} requests to the 500 target)"
+    );
+    // And the bad hooks were failing for real: both trip and park it all.
     wait_state(&h, dead, 3).await;
     wait_state(&h, broken, 3).await;
-    wait_parked(&h, dead, |n| n >= 200).await;
-    wait_parked(&h, broken, |n| n >= 200).await;
+    wait_parked(&h, dead, |n| n >= EVENTS as i64).await;
+    wait_parked(&h, broken, |n| n >= EVENTS as i64).await;
     let usage = h.wait_usage(dead, |u| u.last_error.is_some()).await;
     let last_error = usage.last_error.unwrap_or_default();
     assert!(last_error.contains("timed out"), "{last_error}");
     assert!(h.stop_daemon().success());
 }
 
+/// Per-row commit order with requests that really overtake: the receiver
+/// delays each answer by 0 to 24 ms, concurrently, so of the requests in
+/// flight at once a later one is often answered first. Each row's events
+/// still arrive in commit order, while events of other rows, from later
+/// transactions, overtook earlier ones (checked: else the test proves
+/// nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_of_one_row_keep_commit_order_under_concurrency() {
     let mut h = Harness::start(CRM, "concurrency_per_webhook = 8\n").await;
-    // Random small delays make overtaking likely if order were not kept.
-    let receiver = Receiver::start_with(|r, _| {
+    let receiver = Receiver::start_delaying(|r| {
         let body = r.json();
-        let v = body["FieldValues"]["version"].as_i64().unwrap_or(0);
-        std::thread::sleep(Duration::from_millis((v % 3) as u64));
-        200
+        let key = body["PrimaryKey"].as_u64().unwrap_or(0);
+        let version = body["FieldValues"]["version"].as_u64().unwrap_or(0);
+        Duration::from_millis((key * 31 + version * 17) % 7 * 4)
     })
     .await
     .unwrap();
