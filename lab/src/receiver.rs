@@ -8,8 +8,12 @@
 //! (see [`ServerTls`]); on plain TCP a client that opens with the HTTP/2
 //! preface (prior knowledge, h2c) is served HTTP/2, any other HTTP/1.1.
 //! Each request records its version and the connection it came on.
+//!
+//! A slow receiver delays each answer in the request's own task, outside
+//! any lock, so requests in flight at once are delayed concurrently and a
+//! later request with a shorter delay is answered first (overtakes).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +33,10 @@ pub struct ReceivedRequest {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When the request had arrived (before any delay).
+    pub arrived: Instant,
+    /// When it was answered (after the delay): the order of
+    /// [`Receiver::requests`].
     pub at: Instant,
     /// The status the receiver answered with.
     pub status: u16,
@@ -55,12 +63,16 @@ impl ReceivedRequest {
 /// requests to the same path came before it.
 pub type Responder = dyn Fn(&ReceivedRequest, usize) -> u16 + Send + Sync;
 
+/// Decides how long the answer to a request takes.
+pub type Delay = dyn Fn(&ReceivedRequest) -> Duration + Send + Sync;
+
 struct Shared {
     requests: Mutex<Vec<ReceivedRequest>>,
     responder: Box<Responder>,
     notify: Notify,
-    /// How long each answer takes (a slow target).
-    delay: Duration,
+    /// How long each answer takes (a slow target), slept in the
+    /// request's task, outside every lock.
+    delay: Box<Delay>,
     /// Keep every request (false: only count them, for big workloads).
     keep: bool,
     count: std::sync::atomic::AtomicU64,
@@ -152,10 +164,40 @@ impl Receiver {
         Receiver::start_full(|_, _| 200, delay, true).await
     }
 
+    /// A receiver answering 200 after the delay `delay` gives each
+    /// request. Requests are delayed concurrently (each in its own task,
+    /// outside any lock), so one that arrived later with a shorter delay
+    /// is answered first.
+    pub async fn start_delaying(
+        delay: impl Fn(&ReceivedRequest) -> Duration + Send + Sync + 'static,
+    ) -> anyhow::Result<Receiver> {
+        Receiver::start_serving(
+            |_, _| 200,
+            Box::new(delay),
+            true,
+            None,
+            Ipv4Addr::LOCALHOST.into(),
+        )
+        .await
+    }
+
+    /// A receiver answering 200 to everything, listening on `ip` (such as
+    /// `::1`, IPv6 loopback) rather than 127.0.0.1.
+    pub async fn start_on(ip: IpAddr) -> anyhow::Result<Receiver> {
+        Receiver::start_serving(|_, _| 200, Box::new(|_| Duration::ZERO), true, None, ip).await
+    }
+
     /// A receiver answering 200 after `delay` over HTTPS, serving `tls`:
     /// a distant target, whose requests overlap.
     pub async fn start_https_slow(tls: ServerTls, delay: Duration) -> anyhow::Result<Receiver> {
-        Receiver::start_serving(|_, _| 200, delay, true, Some(tls)).await
+        Receiver::start_serving(
+            |_, _| 200,
+            Box::new(move |_| delay),
+            true,
+            Some(tls),
+            Ipv4Addr::LOCALHOST.into(),
+        )
+        .await
     }
 
     /// An HTTPS receiver answering 200 to everything, serving `tls`.
@@ -168,7 +210,14 @@ impl Receiver {
         tls: ServerTls,
         respond: impl Fn(&ReceivedRequest, usize) -> u16 + Send + Sync + 'static,
     ) -> anyhow::Result<Receiver> {
-        Receiver::start_serving(respond, Duration::ZERO, true, Some(tls)).await
+        Receiver::start_serving(
+            respond,
+            Box::new(|_| Duration::ZERO),
+            true,
+            Some(tls),
+            Ipv4Addr::LOCALHOST.into(),
+        )
+        .await
     }
 
     async fn start_full(
@@ -176,14 +225,22 @@ impl Receiver {
         delay: Duration,
         keep: bool,
     ) -> anyhow::Result<Receiver> {
-        Receiver::start_serving(respond, delay, keep, None).await
+        Receiver::start_serving(
+            respond,
+            Box::new(move |_| delay),
+            keep,
+            None,
+            Ipv4Addr::LOCALHOST.into(),
+        )
+        .await
     }
 
     async fn start_serving(
         respond: impl Fn(&ReceivedRequest, usize) -> u16 + Send + Sync + 'static,
-        delay: Duration,
+        delay: Box<Delay>,
         keep: bool,
         tls: Option<ServerTls>,
+        ip: IpAddr,
     ) -> anyhow::Result<Receiver> {
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),
@@ -194,7 +251,7 @@ impl Receiver {
             count: std::sync::atomic::AtomicU64::new(0),
             per_path: Mutex::new(std::collections::HashMap::new()),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
         let addr = listener.local_addr()?;
         let app = axum::Router::new()
             .fallback(record)
@@ -227,8 +284,9 @@ impl Receiver {
         })
     }
 
-    /// The URL of `path`: `http://127.0.0.1:PORT/path`, or for HTTPS
-    /// `https://localhost:PORT/path` (the receiver listens on 127.0.0.1).
+    /// The URL of `path`: `http://127.0.0.1:PORT/path` (`http://[::1]:PORT`
+    /// on IPv6 loopback), or for HTTPS `https://localhost:PORT/path` (the
+    /// receiver listens on 127.0.0.1).
     pub fn url(&self, path: &str) -> String {
         if self.https {
             format!("https://localhost:{}{path}", self.addr.port())
@@ -237,7 +295,7 @@ impl Receiver {
         }
     }
 
-    /// The port the receiver listens on (on 127.0.0.1).
+    /// The port the receiver listens on.
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
@@ -313,23 +371,28 @@ async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    if !shared.delay.is_zero() {
-        tokio::time::sleep(shared.delay).await;
-    }
-    shared.count.fetch_add(1, Ordering::AcqRel);
-    if !shared.keep {
-        return StatusCode::OK;
-    }
+    let arrived = Instant::now();
     let mut request = ReceivedRequest {
         path: uri.path().to_owned(),
         headers,
         body,
-        at: Instant::now(),
+        arrived,
+        at: arrived,
         status: 0,
         client_certificate: peer.client_certificate,
         version,
         connection: peer.connection,
     };
+    // In this request's task, holding no lock: other requests go on.
+    let delay = (shared.delay)(&request);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    request.at = Instant::now();
+    shared.count.fetch_add(1, Ordering::AcqRel);
+    if !shared.keep {
+        return StatusCode::OK;
+    }
     let status = {
         let mut requests = shared.requests.lock().unwrap_or_else(|e| e.into_inner());
         let before = {

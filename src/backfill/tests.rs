@@ -152,6 +152,26 @@ async fn a_chunk_is_settled_once_the_position_passes_its_high_watermark() {
     signals.settled.await.unwrap();
 }
 
+/// Backfill EventIds against vectors computed outside walhook (Python's
+/// `uuid.uuid5` in the backfill namespace over
+/// `{system identifier}/backfill/{backfill_id}/{row key}/{webhook_id}`, the
+/// row key spelled as events spell it: `schema.table`, 0x1F, the key's
+/// values as JSON, comma-separated):
+/// a chunk read again after an upgrade must carry the ids it had, or
+/// receivers get every backfilled row twice under different ids.
+#[test]
+fn event_ids_match_fixed_vectors() {
+    const SYSTEM: &str = "7312345678901234567";
+    assert_eq!(
+        event_id(SYSTEM, 1, "public.item\u{1f}1", 10).to_string(),
+        "b974f112-f6a5-5dcc-816a-06f686568ff4"
+    );
+    assert_eq!(
+        event_id(SYSTEM, 42, "crm.contacts\u{1f}1,\"x\"", 3).to_string(),
+        "5ff50654-59be-54ea-b593-74e46fcb78c7"
+    );
+}
+
 #[test]
 fn event_ids_are_stable_per_backfill_row_and_hook() {
     let a = event_id("sys", 1, "public.item\u{1f}1", 10);

@@ -150,6 +150,93 @@ fn event_ids_are_stable_and_differ_between_hooks() {
     assert_ne!(e.event_id("7", 1), e.event_id("8", 1));
 }
 
+/// EventIds are a contract with every receiver that de-duplicates: the
+/// same change to the same hook must keep its id across versions of
+/// walhook, or an upgrade re-sends what receivers already have under new
+/// ids. These vectors were computed outside walhook (Python's
+/// `uuid.uuid5`) from the documented inputs: a UUIDv5 in walhook's
+/// namespace over `{system identifier}/{xid}/{commit LSN as PostgreSQL
+/// writes it}/{change index}/{webhook_id}`. A change of the namespace, the
+/// order or spelling of the inputs (an LSN written `0/016B3748`), or what
+/// the index counts fails here.
+#[test]
+fn event_ids_match_fixed_vectors() {
+    const SYSTEM: &str = "7312345678901234567";
+    let mut b = builder();
+    let mut index = 3;
+    let e = event(
+        b.change(
+            &TXN,
+            &mut index,
+            pgoutput::Message::Insert(pgoutput::Insert {
+                relation_oid: 100,
+                new: TupleData(vec![text("1"), text("x"), TupleValue::Null]),
+            }),
+        )
+        .unwrap()
+        .remove(0),
+    );
+    // The inputs as they are documented: xid 700, commit 0/16B3748, the
+    // change's index as the builder counted it.
+    assert_eq!(
+        (e.txn.xid, e.txn.commit_lsn.to_string(), e.index),
+        (700, "0/16B3748".to_owned(), 3)
+    );
+    assert_eq!(
+        e.event_id(SYSTEM, 1).to_string(),
+        "7b451919-5905-5771-a631-8be73744e497"
+    );
+
+    let vectors: [(u32, u64, u32, i32, &str); 4] = [
+        (700, 0x16B3748, 0, 1, "a2e77902-7a67-5ba6-8486-fb639f87e1b5"),
+        (700, 0x16B3748, 0, 2, "fb31549a-aeb1-5fe0-a9c1-1118a1792999"),
+        (700, 0x16B3748, 3, 1, "7b451919-5905-5771-a631-8be73744e497"),
+        (
+            4_000_000_000,
+            0x16_B374_D848,
+            12,
+            65535,
+            "89d92842-3fee-59f5-860e-b39dfb559f3c",
+        ),
+    ];
+    for (xid, lsn, index, webhook_id, expected) in vectors {
+        let mut e = e.clone();
+        e.txn = TxnInfo {
+            xid,
+            commit_lsn: Lsn(lsn),
+            commit_time: 0,
+        };
+        e.index = index;
+        assert_eq!(
+            e.event_id(SYSTEM, webhook_id).to_string(),
+            expected,
+            "xid {xid}, commit {}, change {index}, webhook {webhook_id}",
+            Lsn(lsn)
+        );
+    }
+}
+
+/// The row key that orders a row's events also names the row in backfill
+/// EventIds (see backfill's fixed vectors): `schema.table`, a 0x1F, then
+/// the key's values as JSON, comma-separated.
+#[test]
+fn ordering_keys_are_spelled_as_backfill_event_ids_expect() {
+    let mut b = builder();
+    let e = event(
+        b.change(
+            &TXN,
+            &mut 0,
+            pgoutput::Message::Insert(pgoutput::Insert {
+                relation_oid: 100,
+                new: TupleData(vec![text("1"), text("x"), TupleValue::Null]),
+            }),
+        )
+        .unwrap()
+        .remove(0),
+    );
+    assert_eq!(e.ordering_key, "crm.contacts\u{1f}1");
+}
+
 #[test]
 fn unknown_relation_is_an_error() {
     let mut b = builder();

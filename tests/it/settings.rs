@@ -224,7 +224,7 @@ async fn a_paused_hook_keeps_its_events_until_resumed() {
         .wait_until(WAIT, |_| receiver.requests_to("/paused").len() >= 5)
         .await;
     // Each change is a row of its own: rows replay concurrently, so only
-    // the set is fixed (one row's order is tests/it/parking.rs's).
+    // the set is fixed (one row's order is tests/it/parked_storage.rs's).
     let mut delivered = names(&receiver.requests_to("/paused"));
     delivered.sort();
     assert_eq!(delivered, ["a", "b", "c", "d", "e"]);

@@ -6,58 +6,18 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConnection, RootCertStore, ServerConnection};
 
+use walhook_lab::ca::Ca;
+
 use super::*;
 
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    /// (certificate PEM, key PEM) for `names`, for `purpose`, valid in
-    /// `years` (default: from now on).
-    fn issue(
-        &self,
-        names: &[&str],
-        purpose: ExtendedKeyUsagePurpose,
-        years: Option<(i32, i32)>,
-    ) -> (String, String) {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        params.extended_key_usages = vec![purpose];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        if let Some((from, until)) = years {
-            params.not_before = rcgen::date_time_ymd(from, 1, 1);
-            params.not_after = rcgen::date_time_ymd(until, 1, 1);
-        }
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn server(&self, names: &[&str]) -> (String, String) {
-        self.issue(names, ExtendedKeyUsagePurpose::ServerAuth, None)
-    }
+/// A client certificate for `name` from `ca`: (certificate PEM, key PEM).
+fn client(ca: &Ca, name: &str) -> (String, String) {
+    let issued = ca.client_cert(name);
+    (issued.cert_pem, issued.key_pem)
 }
 
 /// Files in a temporary directory.
@@ -88,7 +48,7 @@ fn server_config(cert_pem: &str, key_pem: &str, client_ca: Option<&Ca>) -> rustl
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = RootCertStore::empty();
-            roots.add(ca.cert.der().clone()).unwrap();
+            roots.add(CertificateDer::from(ca.der())).unwrap();
             builder.with_client_cert_verifier(
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                     .build()
@@ -154,9 +114,9 @@ fn words(error: rustls::Error, config: &DeliveryConfig) -> String {
 #[test]
 fn a_certificate_from_ca_file_is_trusted() {
     let ca = Ca::new("test CA");
-    let (cert, key) = ca.server(&["localhost", "127.0.0.1"]);
+    let (cert, key) = ca.server_cert(&["localhost", "127.0.0.1"]);
     let files = Files::new();
-    let config = config_with(|c| c.ca_file = Some(files.write("ca.pem", &ca.cert.pem())));
+    let config = config_with(|c| c.ca_file = Some(files.write("ca.pem", &ca.pem())));
     handshake(&config, server_config(&cert, &key, None), "localhost").unwrap();
     handshake(&config, server_config(&cert, &key, None), "127.0.0.1").unwrap();
 
@@ -171,7 +131,7 @@ fn a_certificate_from_ca_file_is_trusted() {
 #[test]
 fn an_unknown_authority_is_named_with_the_fix() {
     let ca = Ca::new("test CA");
-    let (cert, key) = ca.server(&["localhost"]);
+    let (cert, key) = ca.server_cert(&["localhost"]);
     let config = DeliveryConfig::default();
     let error = handshake(&config, server_config(&cert, &key, None), "localhost").unwrap_err();
     assert_eq!(
@@ -184,9 +144,9 @@ fn an_unknown_authority_is_named_with_the_fix() {
 #[test]
 fn a_certificate_for_another_name_says_which() {
     let ca = Ca::new("test CA");
-    let (cert, key) = ca.server(&["elsewhere.example", "192.0.2.1"]);
+    let (cert, key) = ca.server_cert(&["elsewhere.example", "192.0.2.1"]);
     let files = Files::new();
-    let config = config_with(|c| c.ca_file = Some(files.write("ca.pem", &ca.cert.pem())));
+    let config = config_with(|c| c.ca_file = Some(files.write("ca.pem", &ca.pem())));
     let error = handshake(&config, server_config(&cert, &key, None), "localhost").unwrap_err();
     assert_eq!(
         words(error, &config),
@@ -198,13 +158,9 @@ fn a_certificate_for_another_name_says_which() {
 #[test]
 fn an_expired_certificate_says_when() {
     let ca = Ca::new("test CA");
-    let (cert, key) = ca.issue(
-        &["localhost"],
-        ExtendedKeyUsagePurpose::ServerAuth,
-        Some((2020, 2021)),
-    );
+    let (cert, key) = ca.expired_server_cert(&["localhost"]);
     let files = Files::new();
-    let config = config_with(|c| c.ca_file = Some(files.write("ca.pem", &ca.cert.pem())));
+    let config = config_with(|c| c.ca_file = Some(files.write("ca.pem", &ca.pem())));
     let error = handshake(&config, server_config(&cert, &key, None), "localhost").unwrap_err();
     assert_eq!(
         words(error, &config),
@@ -217,11 +173,10 @@ fn an_expired_certificate_says_when() {
 fn client_certificates_are_presented_when_asked_for() {
     let ca = Ca::new("test CA");
     let client_ca = Ca::new("client CA");
-    let (cert, key) = ca.server(&["localhost"]);
-    let (client_cert, client_key) =
-        client_ca.issue(&["walhook"], ExtendedKeyUsagePurpose::ClientAuth, None);
+    let (cert, key) = ca.server_cert(&["localhost"]);
+    let (client_cert, client_key) = client(&client_ca, "walhook");
     let files = Files::new();
-    let ca_file = files.write("ca.pem", &ca.cert.pem());
+    let ca_file = files.write("ca.pem", &ca.pem());
 
     let without = config_with(|c| c.ca_file = Some(ca_file.clone()));
     let error = handshake(
@@ -295,8 +250,8 @@ fn the_rustls_error_is_found_inside_io_errors() {
 fn bad_files_are_named_with_their_key() {
     let files = Files::new();
     let ca = Ca::new("test CA");
-    let (cert, key) = ca.issue(&["walhook"], ExtendedKeyUsagePurpose::ClientAuth, None);
-    let (_, other_key) = ca.issue(&["other"], ExtendedKeyUsagePurpose::ClientAuth, None);
+    let (cert, key) = client(&ca, "walhook");
+    let (_, other_key) = client(&ca, "other");
     let error = |config: DeliveryConfig| format!("{:#}", client_config(&config).unwrap_err());
 
     let missing = files.0.path().join("missing.pem");
@@ -368,9 +323,9 @@ fn server_speaking(cert: &str, key: &str, protocols: &[&str]) -> rustls::ServerC
 #[test]
 fn http_version_decides_the_protocols_offered() {
     let ca = Ca::new("test CA");
-    let (cert, key) = ca.server(&["localhost"]);
+    let (cert, key) = ca.server_cert(&["localhost"]);
     let files = Files::new();
-    let ca_file = files.write("ca.pem", &ca.cert.pem());
+    let ca_file = files.write("ca.pem", &ca.pem());
     let config = |version| {
         config_with(|c| {
             c.ca_file = Some(ca_file.clone());
