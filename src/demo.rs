@@ -18,7 +18,7 @@ use crate::store::webhooks::NewWebhook;
 use crate::store::Store;
 use crate::{daemon, setup};
 
-const SECRET: &str = "demo-secret";
+const SECRET: &str = "demo-secret-of-the-walhook-demo";
 
 const HOST_SCHEMA: &str = "
 CREATE TABLE contact (

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::delivery::http::{read_body_prefix, ReadError};
 use crate::delivery::{check_target, http_client, request, tls, DeliveryStore, HookSettings};
 use crate::events::WebhookRow;
-use crate::registry::{Webhook, WebhookState};
+use crate::registry::{secret_problem, Webhook, WebhookState};
 use crate::store::control::PauseChange;
 use crate::store::webhooks::NewWebhook;
 use crate::store::Store;
@@ -79,6 +79,9 @@ async fn rotate_secret(
                     "secret file {}: the secret is longer than 400 characters (webhook.secret is varchar(400))",
                     file.display()
                 )));
+            }
+            if let Some(problem) = secret_problem(line) {
+                return Err(refuse(format!("secret file {}: {problem}", file.display())));
             }
             (line.to_owned(), false)
         }

@@ -733,3 +733,16 @@ fn a_changed_webhook_id_removes_the_old_hook_and_keeps_its_unsent_values() {
         Some(&serde_json::json!("kept"))
     );
 }
+
+#[test]
+fn a_secret_must_give_keys_of_sixteen_bytes() {
+    assert!(secret_problem("whsec_").is_some(), "an empty key");
+    assert!(secret_problem("whsec_AAAA").is_some(), "three bytes");
+    assert!(secret_problem("short").is_some());
+    assert!(secret_problem("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_none());
+    assert!(secret_problem("sixteen-chars-ok").is_none());
+    let mut r = good("9", "*");
+    r.0.insert("secret".into(), Some("whsec_".into()));
+    let why = Webhook::from_row(&r).map(|_| ()).unwrap_err().0;
+    assert!(why.contains("fewer than 16"), "{why}");
+}

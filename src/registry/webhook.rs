@@ -216,6 +216,40 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// body and stored with every parked event.
 pub const MAX_PROPERTIES_BYTES: usize = 64 * 1024;
 
+/// The fewest bytes a signing key may have: a shorter one (an empty
+/// `whsec_`, a secret of a few characters) lets anyone forge the hook's
+/// signatures.
+pub const MIN_SECRET_KEY_BYTES: usize = 16;
+
+/// The key a secret gives Standard Webhooks' `webhook-signature`: the
+/// base64 after `whsec_` when it decodes, else the secret's UTF-8 (which
+/// also keys `X-SuperOffice-Signature`).
+pub fn standard_webhooks_key(secret: &str) -> std::borrow::Cow<'_, [u8]> {
+    use base64::Engine;
+    match secret
+        .strip_prefix("whsec_")
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+    {
+        Some(key) => std::borrow::Cow::Owned(key),
+        None => std::borrow::Cow::Borrowed(secret.as_bytes()),
+    }
+}
+
+/// Why `secret` cannot sign a hook's requests, if it cannot: both keys it
+/// gives must have [`MIN_SECRET_KEY_BYTES`].
+pub fn secret_problem(secret: &str) -> Option<String> {
+    let standard = standard_webhooks_key(secret).len();
+    if secret.len() < MIN_SECRET_KEY_BYTES || standard < MIN_SECRET_KEY_BYTES {
+        return Some(format!(
+            "the secret gives a signing key of {} bytes, fewer than {MIN_SECRET_KEY_BYTES}: \
+             anyone could forge its signatures (use at least {MIN_SECRET_KEY_BYTES} characters, \
+             or whsec_ and the base64 of at least {MIN_SECRET_KEY_BYTES} random bytes)",
+            standard.min(secret.len())
+        ));
+    }
+    None
+}
+
 /// Why a `webhook` row cannot be used: the daemon skips it with a warning
 /// naming its webhook_id, and `webhook add` refuses it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -344,7 +378,13 @@ impl Webhook {
             kind: get("type").unwrap_or("webhook").to_owned(),
             headers,
             properties,
-            secret: get("secret").filter(|s| !s.is_empty()).map(str::to_owned),
+            secret: match get("secret").filter(|s| !s.is_empty()) {
+                Some(secret) => match secret_problem(secret) {
+                    Some(problem) => return Err(problem),
+                    None => Some(secret.to_owned()),
+                },
+                None => None,
+            },
             state,
         })
     }

@@ -325,7 +325,11 @@ async fn set_state_and_remove() {
 async fn status_reports_slot_and_hook_counts() {
     let mut h = Harness::start(HOST, "").await;
     let busy = h
-        .add_hook("contact.*", "https://hooks.example.com/busy", Some("k"))
+        .add_hook(
+            "contact.*",
+            "https://hooks.example.com/busy",
+            Some("k-0123456789abcdef"),
+        )
         .await;
     let quiet = h
         .add_hook("*", "https://hooks.example.com/quiet", None)

@@ -92,7 +92,9 @@ async fn failures_then_success_keep_event_id_and_body() {
     })
     .await
     .unwrap();
-    let hook = h.add_hook("*", &receiver.url("/flaky"), Some("k")).await;
+    let hook = h
+        .add_hook("*", &receiver.url("/flaky"), Some("k-0123456789abcdef"))
+        .await;
     h.start_daemon().await;
     h.db.batch_execute("INSERT INTO contact (name) VALUES ('x')")
         .await

@@ -24,6 +24,7 @@ mod pgoutput_fixtures;
 mod pipeline;
 mod registry_changes;
 mod roles;
+mod secrets;
 mod settings;
 mod shapes;
 mod slot_bounds;

@@ -512,9 +512,13 @@ impl HookRuntime {
         let _ = self
             .parked
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                if n < 0 {
+                    granted = 0;
+                    return None;
+                }
                 let room = usize::try_from(limit.saturating_sub(n)).unwrap_or(0);
                 granted = wanted.min(room);
-                (n >= 0).then(|| n + granted as i64)
+                Some(n + granted as i64)
             });
         granted
     }

@@ -8,6 +8,8 @@ use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use crate::registry::standard_webhooks_key;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// A secret's two HMAC keys, prepared once. Keying HMAC-SHA256 hashes a
@@ -24,12 +26,9 @@ pub struct SigningKey {
 
 impl SigningKey {
     pub fn new(secret: &str) -> SigningKey {
-        let standard = secret
-            .strip_prefix("whsec_")
-            .and_then(|b64| BASE64.decode(b64).ok());
         SigningKey {
             superoffice: keyed(secret.as_bytes()),
-            standard: keyed(standard.as_deref().unwrap_or(secret.as_bytes())),
+            standard: keyed(&standard_webhooks_key(secret)),
         }
     }
 
