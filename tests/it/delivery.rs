@@ -24,30 +24,10 @@ const FAST: &str = "max_consecutive_errors = 3\nmax_backoff = \"300ms\"\ntimeout
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn state(h: &Harness, id: i32) -> i16 {
-    h.db.query_one(
-        "SELECT state FROM walhook.webhook WHERE webhook_id = $1",
-        &[&id],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
-async fn parked(h: &Harness, id: i32) -> i64 {
-    h.db.query_one(
-        "SELECT count(*) FROM walhook.delivery WHERE webhook_id = $1",
-        &[&id],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
 /// Wait until the number of `id`'s parked events satisfies `done`.
 async fn wait_parked(h: &Harness, id: i32, done: impl Fn(i64) -> bool) {
     let deadline = Instant::now() + WAIT;
-    while !done(parked(h, id).await) {
+    while !done(h.parked_count(id).await) {
         assert!(
             Instant::now() < deadline,
             "webhook {id}: parked count never as expected; log:\n{}",
@@ -59,7 +39,7 @@ async fn wait_parked(h: &Harness, id: i32, done: impl Fn(i64) -> bool) {
 
 async fn wait_state(h: &Harness, id: i32, want: i16) {
     let deadline = Instant::now() + WAIT;
-    while state(h, id).await != want {
+    while h.webhook_state(id).await != want {
         assert!(
             Instant::now() < deadline,
             "webhook {id} never reached state {want}; log:\n{}",
@@ -125,7 +105,7 @@ async fn failures_then_success_keep_event_id_and_body() {
     );
     let last_error = usage.last_error.unwrap_or_default();
     assert!(last_error.starts_with("HTTP 503"), "{last_error}");
-    assert_eq!(state(&h, hook).await, 1);
+    assert_eq!(h.webhook_state(hook).await, 1);
     assert!(h.stop_daemon().success());
 }
 
@@ -159,7 +139,7 @@ async fn too_many_errors_parks_and_reactivation_delivers_in_order_across_a_resta
 
     // Parked rows survive a restart.
     assert!(h.stop_daemon().success());
-    assert_eq!(parked(&h, hook).await, 11);
+    assert_eq!(h.parked_count(hook).await, 11);
     h.start_daemon().await;
     let before = receiver.requests().len();
     status.store(200, Ordering::SeqCst);
@@ -180,7 +160,7 @@ async fn too_many_errors_parks_and_reactivation_delivers_in_order_across_a_resta
     assert_eq!(names(delivered), expected, "log:\n{}", h.daemon_log());
     // A parked row is removed right after its delivery.
     wait_parked(&h, hook, |n| n == 0).await;
-    assert_eq!(state(&h, hook).await, 1);
+    assert_eq!(h.webhook_state(hook).await, 1);
     assert!(h.stop_daemon().success());
 }
 
@@ -205,7 +185,7 @@ async fn gone_stops_the_hook() {
         "a Stopped hook gets nothing more"
     );
     assert_eq!(
-        parked(&h, hook).await,
+        h.parked_count(hook).await,
         0,
         "nothing is parked for a Stopped hook"
     );
@@ -262,7 +242,7 @@ async fn a_blackhole_and_a_failing_target_never_slow_a_healthy_hook() {
     let got = healthy.wait_until(WAIT, |r| r.len() >= EVENTS).await;
     // At the moment the healthy hook has everything: the bad hooks have
     // been tried and are still retrying, not tripped.
-    let (dead_state, broken_state) = (state(&h, dead).await, state(&h, broken).await);
+    let (dead_state, broken_state) = (h.webhook_state(dead).await, h.webhook_state(broken).await);
     let (connections, failures) = (held.lock().unwrap().len(), failing.requests().len());
     assert_eq!(got.len(), EVENTS, "log:\n{}", h.daemon_log());
     // Commit (the INSERT's return) to receipt, per event.
@@ -453,7 +433,7 @@ async fn a_slow_hook_is_parked_past_its_backlog_bound_and_catches_up_in_order() 
         "one lane: commit order, parked ones included"
     );
     wait_parked(&h, slow_id, |n| n == 0).await;
-    assert_eq!(state(&h, slow_id).await, 1);
+    assert_eq!(h.webhook_state(slow_id).await, 1);
     assert!(h.stop_daemon().success());
 }
 
@@ -563,7 +543,7 @@ async fn a_hook_at_its_parked_limit_is_stopped_and_keeps_what_was_parked() {
     }
     wait_state(&h, hook, 2).await;
     h.wait_caught_up("the daemon to pass the changes").await;
-    let kept = parked(&h, hook).await;
+    let kept = h.parked_count(hook).await;
     assert_eq!(
         kept,
         5,
@@ -581,8 +561,8 @@ async fn a_hook_at_its_parked_limit_is_stopped_and_keeps_what_was_parked() {
         .unwrap();
     h.wait_caught_up("the daemon to pass the change after the stop")
         .await;
-    assert_eq!(parked(&h, hook).await, kept);
-    assert_eq!(state(&h, hook).await, 2);
+    assert_eq!(h.parked_count(hook).await, kept);
+    assert_eq!(h.webhook_state(hook).await, 2);
     assert!(h.stop_daemon().success());
     // `walhook check` warns for a hook at 80% of the limit or more.
     let check = h.walhook(&["check"]);
@@ -663,7 +643,7 @@ async fn a_row_with_hundreds_of_queued_events_holds_up_only_itself() {
             .wait_until(Duration::from_secs(10), |r| others(r).len() >= 10)
             .await,
     );
-    let still_retrying = state(&h, hook).await == 1 && parked(&h, hook).await == 0;
+    let still_retrying = h.webhook_state(hook).await == 1 && h.parked_count(hook).await == 0;
     assert_eq!(
         got.len(),
         10,

@@ -10,16 +10,6 @@ use crate::common::*;
 
 const CRM: &str = "CREATE TABLE contact (contact_id serial PRIMARY KEY, name text NOT NULL);";
 
-async fn parked(h: &Harness, id: i32) -> i64 {
-    h.db.query_one(
-        "SELECT count(*) FROM walhook.delivery WHERE webhook_id = $1",
-        &[&id],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_parks_exactly_up_to_the_limit_and_the_rest_is_dropped_and_counted() {
     let port = free_port();
@@ -47,16 +37,8 @@ async fn a_burst_parks_exactly_up_to_the_limit_and_the_rest_is_dropped_and_count
     let end = h.current_lsn().await;
     h.wait_confirmed("the slot to pass the burst", end, Duration::from_secs(30))
         .await;
-    assert_eq!(parked(&h, id).await, 5, "log:\n{}", h.daemon_log());
-    let state: i16 =
-        h.db.query_one(
-            "SELECT state FROM walhook.webhook WHERE webhook_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(state, 2, "Stopped at its limit");
+    assert_eq!(h.parked_count(id).await, 5, "log:\n{}", h.daemon_log());
+    assert_eq!(h.webhook_state(id).await, 2, "Stopped at its limit");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await

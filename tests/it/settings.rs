@@ -36,16 +36,6 @@ fn names(requests: &[ReceivedRequest]) -> Vec<String> {
         .collect()
 }
 
-async fn parked(h: &Harness, id: i32) -> i64 {
-    h.db.query_one(
-        "SELECT count(*) FROM walhook.delivery WHERE webhook_id = $1",
-        &[&id],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
 /// Wait until the database's clock is past the previous secret's expiry.
 async fn wait_previous_secret_expired(h: &Harness, id: i32) {
     h.wait_for("the previous secret to expire", WAIT, move |db| {
@@ -191,7 +181,7 @@ async fn a_paused_hook_keeps_its_events_until_resumed() {
     h.wait_caught_up("the daemon to settle the changes made while paused")
         .await;
     // Settled means parked: nothing went to the paused hook.
-    assert_eq!(parked(&h, paused).await, 3);
+    assert_eq!(h.parked_count(paused).await, 3);
     assert!(receiver.requests_to("/paused").is_empty());
     // The other hook got all three (rows go concurrently: any order).
     let mut other_names = names(&receiver.requests_to("/other"));
@@ -211,7 +201,7 @@ async fn a_paused_hook_keeps_its_events_until_resumed() {
     insert(&h, "d").await;
     h.wait_caught_up("the restarted daemon to settle a change")
         .await;
-    assert_eq!(parked(&h, paused).await, 4);
+    assert_eq!(h.parked_count(paused).await, 4);
     assert!(receiver.requests_to("/paused").is_empty());
 
     let out = run_ok(&h, &["webhook", "resume", &id]);
@@ -413,6 +403,6 @@ async fn an_older_install_gets_the_control_table_from_the_next_setup() {
     run_ok(&h, &["webhook", "pause", &hook.to_string()]);
     insert(&h, "paused").await;
     h.wait_caught_up("the daemon to park the change").await;
-    assert_eq!(parked(&h, hook).await, 1);
+    assert_eq!(h.parked_count(hook).await, 1);
     assert_eq!(names(&receiver.requests()), ["before"]);
 }

@@ -34,16 +34,6 @@ async fn parked_reasons(h: &Harness, id: i32) -> Vec<(String, i64)> {
     .collect()
 }
 
-async fn state(h: &Harness, id: i32) -> i16 {
-    h.db.query_one(
-        "SELECT state FROM walhook.webhook WHERE webhook_id = $1",
-        &[&id],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_throttling_everything_never_holds_the_slot() {
     let mut h = Harness::start(CRM, BOUNDED).await;
@@ -75,7 +65,7 @@ async fn a_target_throttling_everything_never_holds_the_slot() {
         h.daemon_log()
     );
     assert_eq!(
-        state(&h, id).await,
+        h.webhook_state(id).await,
         1,
         "throttled, not failed: still Active"
     );
@@ -136,7 +126,7 @@ async fn one_row_a_target_refuses_never_holds_the_slot_and_other_rows_go_on() {
         "the refused row stays parked ({reasons:?}); log:\n{}",
         h.daemon_log()
     );
-    assert_eq!(state(&h, id).await, 1, "a 200 between: never tripped");
+    assert_eq!(h.webhook_state(id).await, 1, "a 200 between: never tripped");
     assert!(h.stop_daemon().success());
 }
 

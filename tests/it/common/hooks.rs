@@ -19,6 +19,30 @@ pub struct Usage {
 }
 
 impl Harness {
+    /// A hook's `webhook.state` as the table has it now.
+    pub async fn webhook_state(&self, id: i32) -> i16 {
+        self.db
+            .query_one(
+                "SELECT state FROM walhook.webhook WHERE webhook_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// How many of a hook's events are parked now.
+    pub async fn parked_count(&self, id: i32) -> i64 {
+        self.db
+            .query_one(
+                "SELECT count(*) FROM walhook.delivery WHERE webhook_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// Register a hook; returns its webhook_id.
     pub async fn add_hook(&self, events: &str, url: &str, secret: Option<&str>) -> i32 {
         self.db
