@@ -156,7 +156,7 @@ concurrency_per_webhook = {concurrency}
         self.db
             .int(&format!(
                 "INSERT INTO {schema}.webhook (name, events, target_url, secret, state)
-                 VALUES ('{name}', '*', '{url}', 'bench-secret', {state}) RETURNING webhook_id"
+                 VALUES ('{name}', '*', '{url}', 'bench-secret-0123456789', {state}) RETURNING webhook_id"
             ))
             .await
             .with_context(|| format!("registering webhook '{name}' in {schema}"))

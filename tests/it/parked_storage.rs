@@ -24,7 +24,7 @@ const WAIT: Duration = Duration::from_secs(60);
 async fn add_hook(h: &Harness, url: &str, state: i16) -> i32 {
     h.db.query_one(
         "INSERT INTO walhook.webhook (name, events, target_url, secret, properties, state) \
-         VALUES ($1, '*', $2, 'k', $3::text::jsonb, $4) RETURNING webhook_id",
+         VALUES ($1, '*', $2, 'k-0123456789abcdef', $3::text::jsonb, $4) RETURNING webhook_id",
         &[
             &"he said \"hi\" \u{e4}\\",
             &url,

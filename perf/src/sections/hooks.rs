@@ -279,7 +279,7 @@ async fn fill_webhook_table(b: &mut Bench, case: Case) -> anyhow::Result<u64> {
     if case == Case::FanOut {
         b.db.exec(&format!(
             "INSERT INTO walhook.webhook (name, events, target_url, secret)
-             SELECT 'fan-out ' || g, 'bench_item.*', '{url}/fan' || g, 'secret ' || g
+             SELECT 'fan-out ' || g, 'bench_item.*', '{url}/fan' || g, 'secret of hook ' || g
                FROM generate_series(1, {}) AS g",
             k.fanout_hooks
         ))
@@ -290,7 +290,7 @@ async fn fill_webhook_table(b: &mut Bench, case: Case) -> anyhow::Result<u64> {
         b.db.exec(&format!(
             "INSERT INTO walhook.webhook (name, events, target_url, secret)
              SELECT 'tenant ' || g, 'nomatch' || g || '.created, other' || g || '.*',
-                    '{url}/tenant' || g, 'secret ' || g
+                    '{url}/tenant' || g, 'secret of hook ' || g
                FROM generate_series(1, {}) AS g",
             k.hook_count
         ))
@@ -299,7 +299,7 @@ async fn fill_webhook_table(b: &mut Bench, case: Case) -> anyhow::Result<u64> {
     if matches!(case, Case::One | Case::NoMatchPlusOne) {
         b.db.exec(&format!(
             "INSERT INTO walhook.webhook (name, events, target_url, secret)
-             VALUES ('bench', 'bench_item.*', '{url}', 'bench-secret')"
+             VALUES ('bench', 'bench_item.*', '{url}', 'bench-secret-0123456789')"
         ))
         .await?;
         requests = k.expected();

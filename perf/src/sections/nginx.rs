@@ -232,7 +232,7 @@ async fn register(b: &mut Bench, name: &str, extra: &str, url: &str) -> anyhow::
     b.logs.push(b.log_path(name));
     b.db.int(&format!(
         "INSERT INTO {name}.webhook (name, events, target_url, secret)
-         VALUES ('bench', '*', '{url}', 'bench-secret') RETURNING webhook_id"
+         VALUES ('bench', '*', '{url}', 'bench-secret-0123456789') RETURNING webhook_id"
     ))
     .await
     .context("registering the webhook")

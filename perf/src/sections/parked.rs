@@ -64,7 +64,7 @@ async fn beside_parked(
     if k > 0 {
         b.db.exec(&format!(
             "INSERT INTO wh_parked.webhook (name, events, target_url, secret, state)
-             SELECT 'parked ' || g, '*', '{}/parked' || g, 'bench-secret', 3
+             SELECT 'parked ' || g, '*', '{}/parked' || g, 'bench-secret-0123456789', 3
                FROM generate_series(1, {k}) AS g",
             sink.base()
         ))
