@@ -21,6 +21,7 @@ mod parked;
 mod parking;
 mod pgoutput_fixtures;
 mod pipeline;
+mod publication;
 mod registry_changes;
 mod roles;
 mod settings;
