@@ -393,7 +393,8 @@ pub async fn add_new_tables(store: &Store, config: &Config) -> anyhow::Result<()
         return Ok(());
     }
     bail!(
-        "{} new table(s) left out of the publications (the others were added):\n  - {}",
+        "{} new table(s) left out of the publications (every other new table was added); \
+         each is tried again at the next check:\n  - {}",
         failures.len(),
         failures.join("\n  - ")
     )

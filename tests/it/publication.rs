@@ -3,6 +3,7 @@
 //! own statements fail.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -132,4 +133,53 @@ async fn check_flags_full_identity_on_a_table_with_excluded_columns() {
     ] {
         assert!(line.contains(needle), "{needle:?} missing: {line}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_add_tables_adds_every_table_it_can_and_names_the_others() {
+    let mut h = Harness::start(
+        HOST,
+        "[capture]\nauto_add_tables = true\nauto_add_interval = \"1s\"\n\
+         [tables.\"public.b_secret\"]\nexclude_columns = [\"id\"]",
+    )
+    .await;
+    h.start_daemon().await;
+    // In name order: the two that cannot be added come first.
+    h.db.batch_execute(
+        "CREATE UNLOGGED TABLE a_scratch (id int PRIMARY KEY); \
+         CREATE TABLE b_secret (id int PRIMARY KEY, note text); \
+         CREATE TABLE c_new (id int PRIMARY KEY, note text);",
+    )
+    .await
+    .unwrap();
+    h.wait_for("c_new published", Duration::from_secs(30), |db| {
+        Box::pin(async move {
+            db.query_one(
+                "SELECT count(*) FROM pg_publication_tables \
+                  WHERE pubname = 'walhook' AND tablename = 'c_new'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+                == 1
+        })
+    })
+    .await;
+    h.wait_log("table public.a_scratch was not added").await;
+    h.wait_log("table public.b_secret: ").await;
+    h.wait_log("exclude_columns leaves out id, part of its replica identity")
+        .await;
+    let published: i64 =
+        h.db.query_one(
+            "SELECT count(*) FROM pg_publication_tables WHERE tablename = 'b_secret'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(published, 0, "b_secret was published");
+    h.db.batch_execute("UPDATE b_secret SET note = 'x'")
+        .await
+        .expect("the application's UPDATE on b_secret works");
 }
