@@ -1,6 +1,7 @@
 //! Small text helpers every stage uses: cutting a message to a column's
 //! size and showing durations to people.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 /// The most `last_error` holds, as SuperOffice's String(4000).
@@ -55,6 +56,33 @@ pub fn redacted_url_text(text: &str) -> String {
             None => text.to_owned(),
         },
     }
+}
+
+/// `text` as a terminal may show it: control characters (ESC, CR,
+/// backspace, C1 controls such as CSI) and the bidirectional overrides are
+/// written as escapes (`\x1b`, `\u{9b}`, `\u{202e}`), so text from outside
+/// (a target's answer in `last_error`, a row's value) can neither move the
+/// cursor, retitle the window nor reorder what the DBA reads. Newline and
+/// tab stay: a response's status line, headers and body read as lines.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let escaped = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(escaped) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if !escaped(c) {
+            out.push(c);
+        } else if (c as u32) < 0x80 {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// An error and its causes, joined with ": ".
@@ -118,6 +146,18 @@ mod tests {
             "https://***@example.com/"
         );
         assert_eq!(redacted_url_text("not a url user:pw@x"), "***@x");
+    }
+
+    #[test]
+    fn control_characters_print_escaped() {
+        assert_eq!(
+            printable("HTTP 500\n\x1b[2J\x1b]0;title\x07\r\u{9b}31m\u{202e}x\ty"),
+            "HTTP 500\n\\x1b[2J\\x1b]0;title\\x07\\x0d\\u{9b}31m\\u{202e}x\ty"
+        );
+        assert!(matches!(
+            printable("plain ä"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]
