@@ -34,27 +34,46 @@ pub fn human_duration(d: Duration) -> String {
 }
 
 /// A URL as walhook prints it: any user name and password replaced by
-/// `***`, so credentials in a target URL never reach a log, `last_error`
-/// or a listing.
+/// `***`, and every query value (`?token=***&x=***`; a bare `?secret` as
+/// `?***`), so credentials and tokens in a target URL never reach a log,
+/// `last_error` or a listing. The scheme, host, port and path stay: they
+/// say which target is meant.
 pub fn redacted_url(url: &url::Url) -> String {
-    if url.username().is_empty() && url.password().is_none() {
-        return url.to_string();
-    }
     let mut shown = url.clone();
-    let _ = shown.set_password(None);
-    let _ = shown.set_username("***");
+    if !url.username().is_empty() || url.password().is_some() {
+        let _ = shown.set_password(None);
+        let _ = shown.set_username("***");
+    }
+    if let Some(query) = url.query() {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, value)) if !value.is_empty() => format!("{key}=***"),
+                Some(_) => pair.to_owned(),
+                None if pair.is_empty() => String::new(),
+                None => "***".to_owned(),
+            })
+            .collect();
+        shown.set_query(Some(&pairs.join("&")));
+    }
     shown.to_string()
 }
 
 /// [`redacted_url`] for a URL given as text; text that does not parse is
-/// shown up to its last `@`, cut.
+/// shown up to its last `@`, cut, and without what follows a `?`.
 pub fn redacted_url_text(text: &str) -> String {
     match url::Url::parse(text) {
         Ok(url) => redacted_url(&url),
-        Err(_) => match text.rsplit_once('@') {
-            Some((_, host)) => format!("***@{host}"),
-            None => text.to_owned(),
-        },
+        Err(_) => {
+            let text = match text.split_once('?') {
+                Some((before, _)) => format!("{before}?***"),
+                None => text.to_owned(),
+            };
+            match text.rsplit_once('@') {
+                Some((_, host)) => format!("***@{host}"),
+                None => text,
+            }
+        }
     }
 }
 
@@ -138,7 +157,7 @@ mod tests {
     #[test]
     fn url_credentials_are_hidden() {
         let url = url::Url::parse("https://user:secret@example.com/hook?x=1").unwrap();
-        assert_eq!(redacted_url(&url), "https://***@example.com/hook?x=1");
+        assert_eq!(redacted_url(&url), "https://***@example.com/hook?x=***");
         let plain = url::Url::parse("https://example.com/hook").unwrap();
         assert_eq!(redacted_url(&plain), "https://example.com/hook");
         assert_eq!(
@@ -146,6 +165,22 @@ mod tests {
             "https://***@example.com/"
         );
         assert_eq!(redacted_url_text("not a url user:pw@x"), "***@x");
+    }
+
+    #[test]
+    fn url_query_values_are_hidden() {
+        assert_eq!(
+            redacted_url_text("https://h.example/in?token=s3cret&empty=&flag&x=1#top"),
+            "https://h.example/in?token=***&empty=&***&x=***#top"
+        );
+        assert_eq!(
+            redacted_url_text("https://h.example/in?"),
+            "https://h.example/in?"
+        );
+        assert_eq!(
+            redacted_url_text("not a url/in?token=s3cret"),
+            "not a url/in?***"
+        );
     }
 
     #[test]

@@ -811,3 +811,24 @@ async fn a_targets_terminal_escapes_print_escaped() {
     );
     assert!(!out.stdout.contains(&0x1b), "raw escape printed: {shown:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_list_hides_tokens_in_the_urls_query() {
+    let h = Harness::start(HOST, "").await;
+    h.add_hook(
+        "contact.*",
+        "https://hooks.example.com/in?token=s3cret-token&sig=s3cret-sig",
+        None,
+    )
+    .await;
+    for args in [&["webhook", "list"][..], &["webhook", "list", "--json"][..]] {
+        let out = h.walhook(args);
+        assert!(out.status.success(), "{}", text(&out));
+        let shown = stdout(&out);
+        assert!(!shown.contains("s3cret"), "{args:?} shows a token: {shown}");
+        assert!(
+            shown.contains("https://hooks.example.com/in?token=***&sig=***"),
+            "{args:?}: {shown}"
+        );
+    }
+}
