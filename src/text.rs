@@ -1,6 +1,7 @@
 //! Small text helpers every stage uses: cutting a message to a column's
 //! size and showing durations to people.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 /// The most `last_error` holds, as SuperOffice's String(4000).
@@ -33,28 +34,74 @@ pub fn human_duration(d: Duration) -> String {
 }
 
 /// A URL as walhook prints it: any user name and password replaced by
-/// `***`, so credentials in a target URL never reach a log, `last_error`
-/// or a listing.
+/// `***`, and every query value (`?token=***&x=***`; a bare `?secret` as
+/// `?***`), so credentials and tokens in a target URL never reach a log,
+/// `last_error` or a listing. The scheme, host, port and path stay: they
+/// say which target is meant.
 pub fn redacted_url(url: &url::Url) -> String {
-    if url.username().is_empty() && url.password().is_none() {
-        return url.to_string();
-    }
     let mut shown = url.clone();
-    let _ = shown.set_password(None);
-    let _ = shown.set_username("***");
+    if !url.username().is_empty() || url.password().is_some() {
+        let _ = shown.set_password(None);
+        let _ = shown.set_username("***");
+    }
+    if let Some(query) = url.query() {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, value)) if !value.is_empty() => format!("{key}=***"),
+                Some(_) => pair.to_owned(),
+                None if pair.is_empty() => String::new(),
+                None => "***".to_owned(),
+            })
+            .collect();
+        shown.set_query(Some(&pairs.join("&")));
+    }
     shown.to_string()
 }
 
 /// [`redacted_url`] for a URL given as text; text that does not parse is
-/// shown up to its last `@`, cut.
+/// shown up to its last `@`, cut, and without what follows a `?`.
 pub fn redacted_url_text(text: &str) -> String {
     match url::Url::parse(text) {
         Ok(url) => redacted_url(&url),
-        Err(_) => match text.rsplit_once('@') {
-            Some((_, host)) => format!("***@{host}"),
-            None => text.to_owned(),
-        },
+        Err(_) => {
+            let text = match text.split_once('?') {
+                Some((before, _)) => format!("{before}?***"),
+                None => text.to_owned(),
+            };
+            match text.rsplit_once('@') {
+                Some((_, host)) => format!("***@{host}"),
+                None => text,
+            }
+        }
     }
+}
+
+/// `text` as a terminal may show it: control characters (ESC, CR,
+/// backspace, C1 controls such as CSI) and the bidirectional overrides are
+/// written as escapes (`\x1b`, `\u{9b}`, `\u{202e}`), so text from outside
+/// (a target's answer in `last_error`, a row's value) can neither move the
+/// cursor, retitle the window nor reorder what the DBA reads. Newline and
+/// tab stay: a response's status line, headers and body read as lines.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let escaped = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(escaped) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if !escaped(c) {
+            out.push(c);
+        } else if (c as u32) < 0x80 {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// An error and its causes, joined with ": ".
@@ -110,7 +157,7 @@ mod tests {
     #[test]
     fn url_credentials_are_hidden() {
         let url = url::Url::parse("https://user:secret@example.com/hook?x=1").unwrap();
-        assert_eq!(redacted_url(&url), "https://***@example.com/hook?x=1");
+        assert_eq!(redacted_url(&url), "https://***@example.com/hook?x=***");
         let plain = url::Url::parse("https://example.com/hook").unwrap();
         assert_eq!(redacted_url(&plain), "https://example.com/hook");
         assert_eq!(
@@ -118,6 +165,34 @@ mod tests {
             "https://***@example.com/"
         );
         assert_eq!(redacted_url_text("not a url user:pw@x"), "***@x");
+    }
+
+    #[test]
+    fn url_query_values_are_hidden() {
+        assert_eq!(
+            redacted_url_text("https://h.example/in?token=s3cret&empty=&flag&x=1#top"),
+            "https://h.example/in?token=***&empty=&***&x=***#top"
+        );
+        assert_eq!(
+            redacted_url_text("https://h.example/in?"),
+            "https://h.example/in?"
+        );
+        assert_eq!(
+            redacted_url_text("not a url/in?token=s3cret"),
+            "not a url/in?***"
+        );
+    }
+
+    #[test]
+    fn control_characters_print_escaped() {
+        assert_eq!(
+            printable("HTTP 500\n\x1b[2J\x1b]0;title\x07\r\u{9b}31m\u{202e}x\ty"),
+            "HTTP 500\n\\x1b[2J\\x1b]0;title\\x07\\x0d\\u{9b}31m\\u{202e}x\ty"
+        );
+        assert!(matches!(
+            printable("plain ä"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

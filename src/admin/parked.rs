@@ -157,7 +157,7 @@ async fn show(config: &Config, event_id: Uuid, as_json: bool) -> anyhow::Result<
         .ok()
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or_else(|| event.body.clone());
-    println!("{body}");
+    println!("{}", crate::text::printable(&body));
     Ok(exit::OK)
 }
 

@@ -1,7 +1,7 @@
 //! Text for people: aligned columns, key-value lines, sizes.
 
 use crate::registry::WebhookState;
-use crate::text::truncate_chars;
+use crate::text::{printable, truncate_chars};
 
 pub(super) fn state_name(state: i16) -> String {
     match WebhookState::from_i16(state) {
@@ -15,7 +15,7 @@ pub(super) fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
+            widths[i] = widths[i].max(printable(cell).chars().count());
         }
     }
     let mut out = String::new();
@@ -23,11 +23,12 @@ pub(super) fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
     for row in std::iter::once(&header).chain(rows) {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
+            let cell = printable(cell);
             if i + 1 == row.len() {
-                line.push_str(cell);
+                line.push_str(&cell);
             } else {
                 let pad = widths[i] - cell.chars().count();
-                line.push_str(cell);
+                line.push_str(&cell);
                 line.push_str(&" ".repeat(pad + 2));
             }
         }
@@ -46,7 +47,7 @@ pub(super) fn pairs(lines: &[(&str, String)]) -> String {
         .unwrap_or(0);
     lines
         .iter()
-        .map(|(k, v)| format!("{k:width$}  {v}\n"))
+        .map(|(k, v)| format!("{k:width$}  {}\n", printable(v)))
         .collect()
 }
 

@@ -22,7 +22,7 @@ use crate::registry::{secret_problem, Webhook, WebhookState};
 use crate::store::control::PauseChange;
 use crate::store::webhooks::NewWebhook;
 use crate::store::Store;
-use crate::text::{error_chain, redacted_url, redacted_url_text, truncate_chars};
+use crate::text::{error_chain, printable, redacted_url, redacted_url_text, truncate_chars};
 
 /// `walhook webhook ...`.
 pub async fn webhook(config: &Config, command: WebhookCommand) -> anyhow::Result<u8> {
@@ -498,7 +498,10 @@ async fn test(config: &Config, id: i32) -> anyhow::Result<u8> {
     );
     println!("elapsed: {elapsed} ms (until the response headers arrived)");
     for (name, value) in response.headers() {
-        println!("{name}: {}", String::from_utf8_lossy(value.as_bytes()));
+        println!(
+            "{name}: {}",
+            printable(&String::from_utf8_lossy(value.as_bytes()))
+        );
     }
     println!();
     // One byte past what is shown tells whether the body was longer.
@@ -517,13 +520,14 @@ async fn test(config: &Config, id: i32) -> anyhow::Result<u8> {
     };
     let complete = raw.len() < limit;
     let text = String::from_utf8_lossy(&raw);
-    let shown = truncate_chars(&text, TEST_BODY_MAX_CHARS);
-    if shown.is_empty() {
+    let answer = truncate_chars(&text, TEST_BODY_MAX_CHARS);
+    if answer.is_empty() {
         println!("(empty body)");
     } else {
-        println!("{shown}");
+        // The target's words, which may hold terminal escapes.
+        println!("{}", printable(&answer));
     }
-    if !complete || shown.len() < text.len() {
+    if !complete || answer.len() < text.len() {
         println!("(body truncated at {TEST_BODY_MAX_CHARS} characters)");
     }
     if status.is_success() {

@@ -180,3 +180,17 @@ fn event_ids_are_stable_per_backfill_row_and_hook() {
     assert_ne!(a, event_id("sys", 1, "public.item\u{1f}2", 10));
     assert_ne!(a, event_id("sys", 1, "public.item\u{1f}1", 11));
 }
+
+#[test]
+fn a_recorded_table_name_resolves_back_to_that_table() {
+    let named = |namespace: &str, name: &str| TableShape {
+        namespace: namespace.into(),
+        name: name.into(),
+        ..shape()
+    };
+    assert_eq!(named("public", "item").reference(), "public.item");
+    assert_eq!(named("public", "Item").reference(), "public.\"Item\"");
+    assert_eq!(named("public", "a.b").reference(), "public.\"a.b\"");
+    assert_eq!(named("Crm", "x\"y").reference(), "\"Crm\".\"x\"\"y\"");
+    assert_eq!(named("s", "1st").reference(), "s.\"1st\"");
+}

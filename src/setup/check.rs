@@ -7,6 +7,7 @@ use super::{failover, publications, MIN_SERVER_VERSION};
 use crate::config::Config;
 use crate::delivery::{check_target, parked_limit_warning, tls};
 use crate::registry::Webhook;
+use crate::store::catalog::ColumnListFacts;
 use crate::store::Store;
 
 /// The HTTPS files of `[delivery]`: each readable, the client key not
@@ -285,13 +286,39 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
         }
         Err(e) => push(CheckLevel::Fail, format!("{e:#}")),
     }
+    // Tables whose publication has a column list (`exclude_columns`):
+    // REPLICA IDENTITY FULL is never recommended for them, and an identity
+    // the list does not cover fails the application's UPDATE and DELETE.
+    let listed = match store.column_lists(&config.postgres.publication).await {
+        Ok(listed) => listed,
+        Err(e) => {
+            push(CheckLevel::Warn, format!("{e:#}"));
+            Vec::new()
+        }
+    };
+    for t in listed.iter().filter(|t| !t.uncovered_identity.is_empty()) {
+        push(CheckLevel::Fail, uncovered_identity_line(t));
+    }
     match store
         .published_identities(&config.postgres.publication)
         .await
     {
         Ok(rows) => {
             for (table, identity) in rows {
-                if identity != "f" {
+                if identity == "f" {
+                    continue;
+                }
+                if listed.iter().any(|t| t.table == table) {
+                    push(
+                        CheckLevel::Warn,
+                        format!(
+                            "table {table}: UPDATE events list every sent column (ChangesExact \
+                             false); leave its replica identity as it is: REPLICA IDENTITY FULL \
+                             on a table with excluded columns (exclude_columns) makes PostgreSQL \
+                             refuse its UPDATEs and DELETEs"
+                        ),
+                    );
+                } else {
                     push(
                         CheckLevel::Warn,
                         format!(
@@ -322,7 +349,7 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
     }
     match store.webhook_rows().await {
         Ok(rows) => {
-            out.extend(check_column_filters(store, config, &rows).await);
+            out.extend(check_column_filters(store, config, &rows, &listed).await);
             let mut push = |level, text: String| out.push(CheckLine { level, text });
             let mut bad = 0;
             for row in &rows {
@@ -379,6 +406,28 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
     out
 }
 
+/// The failure for a published table whose column list leaves out part of
+/// its replica identity: PostgreSQL fails its UPDATE and DELETE now.
+fn uncovered_identity_line(t: &ColumnListFacts) -> String {
+    let (table, sql_name) = (&t.table, &t.sql_name);
+    let columns = t.uncovered_identity.join(", ");
+    if t.identity_full {
+        format!(
+            "table {table} has REPLICA IDENTITY FULL but its publication leaves out {columns} \
+             (exclude_columns): PostgreSQL refuses every UPDATE and DELETE on it (\"cannot update \
+             table\"). ALTER TABLE {sql_name} REPLICA IDENTITY DEFAULT fixes it now; or remove the \
+             columns from [tables.\"{table}\"] exclude_columns and run `walhook setup`"
+        )
+    } else {
+        format!(
+            "table {table}: its publication leaves out {columns} (exclude_columns), part of its \
+             replica identity: PostgreSQL refuses every UPDATE and DELETE on it (\"cannot update \
+             table\"). Remove {columns} from [tables.\"{table}\"] exclude_columns and run \
+             `walhook setup`"
+        )
+    }
+}
+
 /// Warnings per hook and table about column filters: a filter on a table
 /// without REPLICA IDENTITY FULL is not exact (its UPDATE events list every
 /// column whose new value was sent, so the filter lets through updates that
@@ -388,6 +437,7 @@ async fn check_column_filters(
     store: &Store,
     config: &Config,
     rows: &[crate::events::WebhookRow],
+    listed: &[ColumnListFacts],
 ) -> Vec<CheckLine> {
     let hooks: Vec<Webhook> = rows
         .iter()
@@ -446,7 +496,18 @@ async fn check_column_filters(
                         t.table
                     ));
                 }
-                if !t.full && not_exact.insert((&t.schema, &t.table)) {
+                let qualified = format!("{}.{}", t.schema, t.table);
+                let has_list = listed.iter().any(|l| l.table == qualified);
+                if !t.full && has_list && not_exact.insert((&t.schema, &t.table)) {
+                    warn(format!(
+                        "webhook_id {id}: its column filter on {entity} is not exact for table \
+                         {qualified}: without REPLICA IDENTITY FULL an UPDATE lists every column \
+                         whose new value was sent, so the hook also receives updates that did \
+                         not change its columns (FULL is not an option: the table has excluded \
+                         columns, and PostgreSQL would refuse its UPDATEs and DELETEs)"
+                    ));
+                }
+                if !t.full && !has_list && not_exact.insert((&t.schema, &t.table)) {
                     warn(format!(
                         "webhook_id {id}: its column filter on {entity} is not exact for table \
                          {0}.{1}: without REPLICA IDENTITY FULL an UPDATE lists every column \

@@ -95,7 +95,18 @@ pub async fn plan(store: &Store, config: &Config) -> anyhow::Result<Plan> {
     }
 
     // 2. Publications: an explicit list of the captured host tables.
-    let (full, keyless) = wanted_tables(store, config, &mut plan.warnings).await?;
+    let WantedTables {
+        full,
+        keyless,
+        refused,
+    } = wanted_tables(store, config, &mut plan.warnings).await?;
+    if !refused.is_empty() {
+        bail!(
+            "setup refuses a publication that would make the application's statements fail, \
+             so nothing was changed:\n  - {}",
+            refused.into_values().collect::<Vec<_>>().join("\n  - ")
+        );
+    }
     let via_root = config.capture.publish_via_partition_root;
     let [main, insert_only] = config.publications();
     for (name, wanted, publish) in [
@@ -146,19 +157,74 @@ async fn captured_tables(store: &Store, config: &Config) -> anyhow::Result<Vec<H
         .collect())
 }
 
-/// The tables setup wants published: those with a replica identity (and
-/// walhook's own `webhook` and `webhook_control`), and those published
-/// insert-only.
+/// The tables setup wants published, and those it refuses to publish.
+#[derive(Debug, Default)]
+struct WantedTables {
+    /// Those with a replica identity (and walhook's own `webhook` and
+    /// `webhook_control`): every operation.
+    full: Wanted,
+    /// Those without one: INSERT and TRUNCATE only.
+    keyless: Wanted,
+    /// Tables left out, each with why and the fix, keyed by `schema.table`.
+    refused: BTreeMap<String, String>,
+}
+
+/// Why a table with a replica identity cannot be published with the
+/// column list `exclude_columns` gives it: PostgreSQL refuses UPDATE and
+/// DELETE on a table whose publication column list does not cover its
+/// replica identity ("cannot update table"), and under REPLICA IDENTITY
+/// FULL every column is in the identity.
+fn identity_refusal(table: &HostTable, excluded: &[String]) -> Option<String> {
+    if excluded.is_empty() || !table.has_identity {
+        return None;
+    }
+    let qualified = table.qualified();
+    let sql_name = format!(
+        "{}.{}",
+        crate::store::ident(&table.schema),
+        crate::store::ident(&table.name)
+    );
+    let key = format!("[tables.\"{qualified}\"] exclude_columns");
+    if table.identity_full {
+        return Some(format!(
+            "table {qualified} has REPLICA IDENTITY FULL, so every column is part of its \
+             identity, and {key} leaves out {}: PostgreSQL would then refuse every UPDATE and \
+             DELETE on the table (\"cannot update table\"). Either give it back its key as \
+             identity (ALTER TABLE {sql_name} REPLICA IDENTITY DEFAULT; Changes then lists every \
+             sent column) or remove the excluded columns from {key}, then run setup again",
+            excluded.join(", ")
+        ));
+    }
+    let in_identity: Vec<&str> = excluded
+        .iter()
+        .filter(|c| table.identity_columns.contains(c))
+        .map(String::as_str)
+        .collect();
+    if in_identity.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "table {qualified}: {key} leaves out {}, part of its replica identity ({}): PostgreSQL \
+         would then refuse every UPDATE and DELETE on the table (\"cannot update table\"). \
+         Remove {} from {key} (the identity is the event's PrimaryKey and is always sent), or \
+         give the table an identity without it (ALTER TABLE {sql_name} REPLICA IDENTITY USING \
+         INDEX ...), then run setup again",
+        in_identity.join(", "),
+        table.identity_columns.join(", "),
+        in_identity.join(", "),
+    ))
+}
+
+/// The tables setup wants published and those it refuses.
 async fn wanted_tables(
     store: &Store,
     config: &Config,
     warnings: &mut Vec<String>,
-) -> anyhow::Result<(Wanted, Wanted)> {
+) -> anyhow::Result<WantedTables> {
     let schema = &config.postgres.schema;
-    let mut full = Wanted::new();
-    let mut keyless = Wanted::new();
+    let mut wanted = WantedTables::default();
     for own in ["webhook", "webhook_control"] {
-        full.insert(
+        wanted.full.insert(
             format!("{schema}.{own}"),
             PublishedTable {
                 schema: schema.clone(),
@@ -168,18 +234,28 @@ async fn wanted_tables(
         );
     }
     for table in captured_tables(store, config).await? {
-        let excluded = config
+        let named = config
             .tables
             .get(&table.qualified())
             .map(|t| t.exclude_columns.clone())
             .unwrap_or_default();
-        for col in &excluded {
+        for col in &named {
             if !table.columns.contains(col) {
                 warnings.push(format!(
                     "[tables.\"{}\"] exclude_columns names {col:?}, which the table does not have",
                     table.qualified()
                 ));
             }
+        }
+        // Only columns the table has: a list naming every column would
+        // still be a column list, which REPLICA IDENTITY FULL forbids.
+        let excluded: Vec<String> = named
+            .into_iter()
+            .filter(|c| table.columns.contains(c))
+            .collect();
+        if let Some(refusal) = identity_refusal(&table, &excluded) {
+            wanted.refused.insert(table.qualified(), refusal);
+            continue;
         }
         let columns = if excluded.is_empty() {
             Vec::new()
@@ -197,24 +273,30 @@ async fn wanted_tables(
             columns,
         };
         if table.has_identity {
-            full.insert(table.qualified(), entry);
+            wanted.full.insert(table.qualified(), entry);
         } else {
             let sql_name = format!(
                 "{}.{}",
                 crate::store::ident(&table.schema),
                 crate::store::ident(&table.name)
             );
+            // FULL with excluded columns would be refused (see
+            // `identity_refusal`): only a key is offered then.
+            let full = if excluded.is_empty() {
+                format!(" or ALTER TABLE {sql_name} REPLICA IDENTITY FULL")
+            } else {
+                String::new()
+            };
             warnings.push(format!(
                 "table {} has no primary key or replica identity: only its INSERTs and TRUNCATEs \
                  are published (its UPDATE and DELETE keep working). Give it one with \
-                 ALTER TABLE {sql_name} ADD PRIMARY KEY (...) or ALTER TABLE {sql_name} REPLICA \
-                 IDENTITY FULL, then run setup again",
+                 ALTER TABLE {sql_name} ADD PRIMARY KEY (...){full}, then run setup again",
                 table.qualified(),
             ));
-            keyless.insert(table.qualified(), entry);
+            wanted.keyless.insert(table.qualified(), entry);
         }
     }
-    Ok((full, keyless))
+    Ok(wanted)
 }
 
 async fn plan_publication(
@@ -275,25 +357,47 @@ pub async fn apply(store: &Store, config: &Config, plan: &Plan) -> anyhow::Resul
 
 /// Publish tables created since `setup` ran, as `setup` would, by adding
 /// them only: the running daemon never removes a table or changes a column
-/// list (that is `setup`'s job, with the config it is given).
+/// list (that is `setup`'s job, with the config it is given). A table that
+/// cannot be added never keeps the others out: each is tried, and the
+/// error names every table left out and why.
 pub async fn add_new_tables(store: &Store, config: &Config) -> anyhow::Result<()> {
-    let (full, keyless) = wanted_tables(store, config, &mut Vec::new()).await?;
+    let WantedTables {
+        full,
+        keyless,
+        refused,
+    } = wanted_tables(store, config, &mut Vec::new()).await?;
     let [main, insert_only] = config.publications();
     let mut published = store.published_tables(&main).await?;
     published.extend(store.published_tables(&insert_only).await?);
+    let mut failures: Vec<String> = refused
+        .into_iter()
+        .filter(|(qualified, _)| !published.contains_key(qualified))
+        .map(|(_, why)| why)
+        .collect();
     for (publication, wanted) in [(&main, &full), (&insert_only, &keyless)] {
         for (qualified, table) in wanted {
             if published.contains_key(qualified) {
                 continue;
             }
             let statement = ddl::add_publication_table(publication, table);
-            store
+            match store
                 .run_statement(&statement, &format!("running: {statement}"))
-                .await?;
-            tracing::info!("publication updated with new tables: {statement}");
+                .await
+            {
+                Ok(()) => tracing::info!("publication updated with new tables: {statement}"),
+                Err(e) => failures.push(format!("table {qualified} was not added: {e:#}")),
+            }
         }
     }
-    Ok(())
+    if failures.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{} new table(s) left out of the publications (every other new table was added); \
+         each is tried again at the next check:\n  - {}",
+        failures.len(),
+        failures.join("\n  - ")
+    )
 }
 
 /// walhook's publications, each with whether it exists.

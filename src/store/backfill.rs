@@ -60,7 +60,8 @@ impl std::fmt::Display for BackfillState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackfillRow {
     pub id: i64,
-    /// `schema.table`, as resolved when the backfill was registered.
+    /// The table as resolved when the backfill was registered, quoted
+    /// where needed (`public."Contact"`): the daemon resolves it again.
     pub table: String,
     pub webhook_ids: Vec<i32>,
     pub where_sql: Option<String>,
@@ -121,6 +122,36 @@ impl TableShape {
 
     fn sql_name(&self) -> String {
         format!("{}.{}", ident(&self.namespace), ident(&self.name))
+    }
+
+    /// The name the backfill row records and the daemon resolves again:
+    /// `schema.table` as `to_regclass` reads it, each part quoted unless
+    /// it reads the same unquoted (lower case letters, digits, `_`, `$`),
+    /// so `public."Contact"` and `public."a.b"` find that table and no
+    /// other, while plain names show as they always did.
+    pub fn reference(&self) -> String {
+        format!(
+            "{}.{}",
+            plain_or_quoted(&self.namespace),
+            plain_or_quoted(&self.name)
+        )
+    }
+}
+
+/// `name` as `to_regclass` reads it back: unquoted when that gives the
+/// same name, else quoted (quotes doubled).
+fn plain_or_quoted(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if plain {
+        name.to_owned()
+    } else {
+        ident(name)
     }
 }
 
@@ -268,9 +299,10 @@ impl Store {
                 is_identity: identity == b'f' || in_identity,
             });
         }
+        let sql_name = shape.sql_name();
         let fix = format!(
-            "give it a primary key (ALTER TABLE {qualified} ADD PRIMARY KEY (...)) or a \
-             replica identity index (ALTER TABLE {qualified} REPLICA IDENTITY USING INDEX ...)"
+            "give it a primary key (ALTER TABLE {sql_name} ADD PRIMARY KEY (...)) or a \
+             replica identity index (ALTER TABLE {sql_name} REPLICA IDENTITY USING INDEX ...)"
         );
         if identity == b'n' {
             return Err(TableRefused(format!(
@@ -333,7 +365,7 @@ impl Store {
                      VALUES ($1, $2, $3, $4) RETURNING backfill_id"
                 ),
                 &[
-                    &new.table.qualified(),
+                    &new.table.reference(),
                     &new.webhook_ids,
                     &new.where_sql,
                     &new.table.rows_estimate,

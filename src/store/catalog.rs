@@ -14,6 +14,11 @@ pub struct HostTable {
     pub name: String,
     /// Has a usable replica identity (primary key, index or FULL).
     pub has_identity: bool,
+    /// REPLICA IDENTITY FULL: every column is part of the identity.
+    pub identity_full: bool,
+    /// The columns of the identity's index (primary key or USING INDEX),
+    /// in table order; empty under FULL or without an identity.
+    pub identity_columns: Vec<String>,
     pub columns: Vec<String>,
 }
 
@@ -326,6 +331,46 @@ impl Store {
             .collect())
     }
 
+    /// The published host tables that have a column list (walhook's own
+    /// schema left out), each with the identity columns the list leaves
+    /// out: under REPLICA IDENTITY FULL every column is in the identity.
+    /// PostgreSQL refuses UPDATE and DELETE on a table whose list does not
+    /// cover its identity.
+    pub async fn column_lists(&self, publication: &str) -> anyhow::Result<Vec<ColumnListFacts>> {
+        Ok(self
+            .client
+            .query(
+                "SELECT n.nspname::text || '.' || c.relname::text, c.relreplident = 'f', \
+                        format('%I.%I', n.nspname, c.relname), \
+                        ARRAY(SELECT a.attname::text FROM pg_attribute a \
+                               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                                 AND NOT (a.attnum = ANY (pr.prattrs)) \
+                                 AND (c.relreplident = 'f' OR a.attnum IN ( \
+                                      SELECT unnest(i.indkey) FROM pg_index i \
+                                       WHERE i.indrelid = c.oid \
+                                         AND ((c.relreplident = 'd' AND i.indisprimary) \
+                                           OR (c.relreplident = 'i' AND i.indisreplident)))) \
+                               ORDER BY a.attnum) \
+                   FROM pg_publication_rel pr \
+                   JOIN pg_publication p ON p.oid = pr.prpubid \
+                   JOIN pg_class c ON c.oid = pr.prrelid \
+                   JOIN pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE p.pubname = $1 AND pr.prattrs IS NOT NULL AND n.nspname <> $2 \
+                  ORDER BY 1",
+                &[&publication, &self.schema()],
+            )
+            .await
+            .sql("reading the column lists of published tables")?
+            .iter()
+            .map(|r| ColumnListFacts {
+                table: r.get(0),
+                identity_full: r.get(1),
+                sql_name: r.get(2),
+                uncovered_identity: r.get(3),
+            })
+            .collect())
+    }
+
     /// The published host tables, to map an entity back to its tables.
     pub async fn published_for_filters(
         &self,
@@ -368,7 +413,15 @@ impl Store {
                           ELSE false END, \
                         ARRAY(SELECT a.attname::text FROM pg_attribute a \
                                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-                                 AND a.attgenerated = '' ORDER BY a.attnum) \
+                                 AND a.attgenerated = '' ORDER BY a.attnum), \
+                        c.relreplident = 'f', \
+                        ARRAY(SELECT a.attname::text FROM pg_attribute a \
+                               WHERE a.attrelid = c.oid AND a.attnum IN ( \
+                                     SELECT unnest(i.indkey) FROM pg_index i \
+                                      WHERE i.indrelid = c.oid \
+                                        AND ((c.relreplident = 'd' AND i.indisprimary) \
+                                          OR (c.relreplident = 'i' AND i.indisreplident))) \
+                               ORDER BY a.attnum) \
                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                   WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
                     AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1) \
@@ -385,6 +438,8 @@ impl Store {
                 name: r.get(1),
                 has_identity: r.get(2),
                 columns: r.get(3),
+                identity_full: r.get(4),
+                identity_columns: r.get(5),
             })
             .collect())
     }
@@ -455,4 +510,17 @@ pub struct FilterTable {
     pub full: bool,
     /// The published columns: the only names `Changes` can hold.
     pub columns: Vec<String>,
+}
+
+/// A published table with a column list (`exclude_columns`).
+#[derive(Debug, Clone)]
+pub struct ColumnListFacts {
+    /// `schema.table`.
+    pub table: String,
+    /// The name as SQL needs it (quoted where needed).
+    pub sql_name: String,
+    pub identity_full: bool,
+    /// Identity columns the list leaves out (non-empty: PostgreSQL fails
+    /// the table's UPDATE and DELETE).
+    pub uncovered_identity: Vec<String>,
 }

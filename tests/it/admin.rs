@@ -713,3 +713,126 @@ async fn replay_records_usage_and_resumes_a_hook_it_emptied() {
         1
     );
 }
+
+/// A target answering every request with `status` and `body`, as raw
+/// HTTP/1.1 bytes (the lab's receiver answers with plain statuses).
+async fn raw_target(status: &'static str, body: &'static [u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The head, then the body its Content-Length announces.
+                let (head_end, length) = loop {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&request[..at]).to_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (at + 4, length);
+                    }
+                };
+                while request.len() < head_end + length {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let mut answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                answer.extend_from_slice(body);
+                let _ = socket.write_all(&answer).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_targets_terminal_escapes_print_escaped() {
+    let h = Harness::start(HOST, "").await;
+    let port = raw_target(
+        "500 Internal Server Error",
+        b"oops\x1b[2J\x1b]0;owned\x07\r\xc2\x9b31m",
+    )
+    .await;
+    let id = h
+        .add_hook("contact.*", &format!("http://127.0.0.1:{port}/hook"), None)
+        .await;
+    let out = walhook_async(&h.config_path, &["webhook", "test", &id.to_string()]).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    let shown = stdout(&out);
+    assert!(
+        shown.contains("oops\\x1b[2J\\x1b]0;owned\\x07\\x0d\\u{9b}31m"),
+        "{shown}"
+    );
+    assert!(
+        !out.stdout
+            .iter()
+            .any(|&b| b == 0x1b || b == b'\r' || b == 0x07),
+        "raw control bytes printed: {shown:?}"
+    );
+    assert!(
+        stderr(&out).contains(&format!("127.0.0.1:{port}/hook answered 500")),
+        "{}",
+        stderr(&out)
+    );
+
+    // A parked event's last error, as the daemon records a target's answer.
+    park(&h, id).await;
+    h.db.batch_execute(
+        "UPDATE walhook.delivery SET last_error = \
+         E'HTTP 500\\nx-note: \\x1b[31mred\\n\\x1b[2Jbody\\u202e'",
+    )
+    .await
+    .unwrap();
+    let event_id: String =
+        h.db.query_one("SELECT event_id::text FROM walhook.delivery", &[])
+            .await
+            .unwrap()
+            .get(0);
+    let out = walhook_async(&h.config_path, &["parked", "show", &event_id]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = stdout(&out);
+    assert!(
+        shown.contains("HTTP 500\nx-note: \\x1b[31mred\n\\x1b[2Jbody\\u{202e}"),
+        "{shown}"
+    );
+    assert!(!out.stdout.contains(&0x1b), "raw escape printed: {shown:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_list_hides_tokens_in_the_urls_query() {
+    let h = Harness::start(HOST, "").await;
+    h.add_hook(
+        "contact.*",
+        "https://hooks.example.com/in?token=s3cret-token&sig=s3cret-sig",
+        None,
+    )
+    .await;
+    for args in [&["webhook", "list"][..], &["webhook", "list", "--json"][..]] {
+        let out = h.walhook(args);
+        assert!(out.status.success(), "{}", text(&out));
+        let shown = stdout(&out);
+        assert!(!shown.contains("s3cret"), "{args:?} shows a token: {shown}");
+        assert!(
+            shown.contains("https://hooks.example.com/in?token=***&sig=***"),
+            "{args:?}: {shown}"
+        );
+    }
+}

@@ -494,3 +494,49 @@ async fn a_million_rows_rate_and_the_live_streams_latency_meanwhile() {
         latencies.last().unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_reads_the_table_named_with_mixed_case_or_a_dot() {
+    // Each odd name has a plainer twin that unquoted resolution would read.
+    let mut h = Harness::start(
+        "CREATE TABLE contact (id int PRIMARY KEY, who text); \
+         INSERT INTO contact VALUES (1, 'contact'); \
+         CREATE TABLE \"Contact\" (id int PRIMARY KEY, who text); \
+         INSERT INTO \"Contact\" VALUES (1, 'Contact'), (2, 'Contact'); \
+         CREATE SCHEMA a; \
+         CREATE TABLE a.b (id int PRIMARY KEY, who text); \
+         INSERT INTO a.b VALUES (1, 'a.b'); \
+         CREATE TABLE \"a.b\" (id int PRIMARY KEY, who text); \
+         INSERT INTO \"a.b\" VALUES (1, 'public.\"a.b\"'), (2, 'public.\"a.b\"'), \
+                                    (3, 'public.\"a.b\"');",
+        "",
+    )
+    .await;
+    let receiver = Receiver::start().await.unwrap();
+    h.start_daemon().await;
+    for (path, name, table, who, rows) in [
+        ("/mixed", "\"Contact\"", "public.Contact", "Contact", 2),
+        (
+            "/dotted",
+            "public.\"a.b\"",
+            "public.a.b",
+            "public.\"a.b\"",
+            3,
+        ),
+    ] {
+        let hook = h.add_hook("nothing.*", &receiver.url(path), None).await;
+        let id = start_backfill(&h, &["--webhook", &hook.to_string(), name]);
+        wait_backfill(&h, id, |state, _| state == "done").await;
+        h.wait_caught_up("the backfill delivered").await;
+        let requests = receiver.requests_to(path);
+        assert_eq!(requests.len(), rows, "backfill of {name}");
+        for request in &requests {
+            let body = request.json();
+            assert_eq!(body["Table"], table, "backfill of {name}: {body}");
+            assert_eq!(
+                body["FieldValues"]["who"], who,
+                "backfill of {name}: {body}"
+            );
+        }
+    }
+}

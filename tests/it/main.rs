@@ -22,6 +22,7 @@ mod parked_commands;
 mod parked_storage;
 mod pgoutput_fixtures;
 mod pipeline;
+mod publication;
 mod registry_changes;
 mod roles;
 mod secrets;
