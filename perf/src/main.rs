@@ -326,8 +326,9 @@ fn find_tools(k: &Knobs) -> anyhow::Result<Tools> {
     })
 }
 
-/// `cargo build --release` in the workspace this binary was built from:
-/// walhook, walhook-sink and walhook-post as of the working tree.
+/// `cargo build --release --workspace` in the workspace this binary was
+/// built from: walhook, walhook-sink and walhook-post as of the working
+/// tree.
 fn build() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -335,7 +336,7 @@ fn build() -> anyhow::Result<()> {
     say!("cargo build --release");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet"])
+        .args(["build", "--release", "--workspace", "--quiet"])
         .current_dir(root)
         .status()
         .context("running cargo build --release (or pass --skip-build)")?;
