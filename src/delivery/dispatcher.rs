@@ -41,9 +41,9 @@ pub struct Dispatcher {
     tasks: JoinSet<()>,
     /// Parked events go to `delivery` through it, off the reader's path.
     park_queue: ParkQueue,
-    /// Hooks found with parked events at start that have no queue yet
-    /// (their row was missing or invalid then): they start out parking, so
-    /// their live events queue behind the parked ones.
+    /// Hooks with parked events and no queue (their row was missing or
+    /// invalid at start, or was removed since): when one comes back it
+    /// starts out parking, so its live events queue behind the parked ones.
     parked_at_start: HashSet<i32>,
     /// `webhook_control` rows by webhook_id, also of hooks without a
     /// queue yet, so a queue starts with its hook's settings.
@@ -186,6 +186,12 @@ impl Dispatcher {
         if let Some(known) = self.hooks.remove(&id) {
             let runtime = &known.runtime;
             runtime.remove();
+            // Its parked events stay in the table: should the row come
+            // back (made valid again, or inserted with the same id), its
+            // new queue starts parking behind them, as after a restart.
+            if runtime.parked() != 0 || runtime.is_parking_now() {
+                self.parked_at_start.insert(id);
+            }
             if runtime.in_flight() > 0 {
                 tracing::info!(
                     webhook_id = id,

@@ -464,6 +464,27 @@ async fn a_panic_while_sending_trips_only_that_hook_and_parks_its_event() {
 }
 
 #[tokio::test]
+async fn a_hook_removed_with_parked_events_comes_back_parking_behind_them() {
+    let (target, url) = Target::start(200).await;
+    let store = Arc::new(MemoryStore::default());
+    let mut dispatcher = Dispatcher::new(context(Arc::clone(&store), |_| {}));
+    let tripped = hook(&url, WebhookState::TooManyErrors);
+    let mut checkpoint = Checkpoint::new(Lsn(1));
+    dispatch_committed(&mut dispatcher, &mut checkpoint, &tripped, &["a"]).await;
+    wait_for("the event parked", || store.parked_of(7).len() == 1).await;
+    // The row goes (deleted, or made invalid) and comes back Active: its
+    // new queue starts parking behind what was parked, and the replayer
+    // delivers that first.
+    dispatcher.hook_removed(7);
+    let active = hook(&url, WebhookState::Active);
+    dispatcher.hook_changed(&active, false).await;
+    wait_for("the parked event delivered", || {
+        target.bodies().len() == 1 && store.parked_of(7).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn reactivation_delivers_parked_events_first_then_live_ones() {
     let (target, url) = Target::start(200).await;
     let store = Arc::new(MemoryStore::default());
