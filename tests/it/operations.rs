@@ -45,8 +45,21 @@ async fn metrics_health_and_sighup_reload() {
     assert_eq!(status, 200, "{text}");
     let (status, text) = get(&format!("{base}/readyz")).await;
     assert_eq!(status, 200, "{text}");
-    let (status, metrics) = get(&format!("{base}/metrics")).await;
-    assert_eq!(status, 200);
+    // The receiver has the request before walhook has read the answer
+    // and counted the delivery: wait for the count.
+    let deadline = std::time::Instant::now() + WAIT;
+    let metrics = loop {
+        let (status, metrics) = get(&format!("{base}/metrics")).await;
+        assert_eq!(status, 200);
+        if metrics.contains("walhook_deliveries_total{outcome=\"delivered\"} 1") {
+            break metrics;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delivery was never counted:\n{metrics}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     for name in [
         "walhook_changes_decoded_total 1",
         "walhook_events_matched_total 1",
