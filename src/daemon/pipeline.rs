@@ -9,7 +9,7 @@ use super::reload::ReloadPlan;
 use crate::backfill::{self, ClosedChunk, Reconciler, Watermark};
 use crate::checkpoint::{Checkpoint, OpenTxn, Ticket};
 use crate::config::Config;
-use crate::delivery::{fit_event, Dispatcher, EventIntake, HookSettings};
+use crate::delivery::{Dispatcher, EventIntake, HookSettings};
 use crate::events::catalog::TypeCatalog;
 use crate::events::{Change, ChangeEvent, EventBuilder, Operation, TxnInfo};
 use crate::metrics::Metrics;
@@ -378,14 +378,14 @@ impl Pipeline {
         if hooks.is_empty() {
             return Ok(());
         }
-        let max_body = self.config.delivery.max_body_bytes;
-        fit_event(
+        let config = Arc::clone(&self.config);
+        let intake = EventIntake::fitted(
             &mut event,
-            &self.config.events.context_identifier,
-            max_body,
+            &config.events.context_identifier,
+            config.delivery.max_body_bytes,
             &self.metrics,
         );
-        let intake = EventIntake::new(&event, &self.config.events.context_identifier, max_body);
+        let event = intake.event();
         for hook in hooks {
             self.backfill.live_event(
                 &event.table,
@@ -431,17 +431,17 @@ impl Pipeline {
             .builder
             .backfill_events(relation, primary_key, &info, first_index, rows)
             .with_context(|| format!("backfill {backfill_id} of {}", shape.qualified()))?;
-        let max_body = self.config.delivery.max_body_bytes;
+        let config = Arc::clone(&self.config);
         let mut sent = 0;
         for mut event in events {
             event.backfill = Some(backfill_id);
-            fit_event(
+            let intake = EventIntake::fitted(
                 &mut event,
-                &self.config.events.context_identifier,
-                max_body,
+                &config.events.context_identifier,
+                config.delivery.max_body_bytes,
                 &self.metrics,
             );
-            let intake = EventIntake::new(&event, &self.config.events.context_identifier, max_body);
+            let event = intake.event();
             for &webhook_id in &closed.chunk.webhook_ids {
                 if !closed.sends(webhook_id, &event.ordering_key) {
                     continue;

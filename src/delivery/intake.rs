@@ -47,6 +47,18 @@ pub struct EventIntake<'e> {
 }
 
 impl<'e> EventIntake<'e> {
+    /// `event` fitted to `max_body` ([`fit_event`]), then made ready for
+    /// its hooks: what the pipeline and backfill do with each event.
+    pub fn fitted(
+        event: &'e mut ChangeEvent,
+        context_identifier: &'e str,
+        max_body: usize,
+        metrics: &Metrics,
+    ) -> Self {
+        fit_event(event, context_identifier, max_body, metrics);
+        EventIntake::new(event, context_identifier, max_body)
+    }
+
     /// `event`, already fitted ([`fit_event`]), for its hooks.
     pub fn new(event: &'e ChangeEvent, context_identifier: &'e str, max_body: usize) -> Self {
         let scope = match (&event.operation, &event.previous_key) {
@@ -61,6 +73,11 @@ impl<'e> EventIntake<'e> {
             context_identifier,
             max_body,
         }
+    }
+
+    /// The event, as fitted.
+    pub fn event(&self) -> &'e ChangeEvent {
+        self.event
     }
 
     /// The event's job for `hook`: its body rendered from the shared
