@@ -56,6 +56,18 @@ pub struct Metrics {
     /// Times a hook's parked events passed the warning share of
     /// `delivery.max_parked_events_per_webhook`.
     pub hooks_near_parked_limit: Counter,
+    /// Logical messages read and ignored, by why: under another prefix,
+    /// too large for walhook's prefix, or not a watermark.
+    pub logical_messages_ignored: Family<Vec<(String, String)>, Counter>,
+}
+
+impl Metrics {
+    /// Count a logical message ignored for `reason`.
+    pub fn logical_message_ignored(&self, reason: &str) {
+        self.logical_messages_ignored
+            .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+            .inc();
+    }
 }
 
 /// The outcomes of `deliveries`.
@@ -76,6 +88,13 @@ impl Default for Metrics {
         let parked_waiting = Family::<Vec<(String, String)>, Gauge>::default();
         let hooks_stopped_parked_limit = Counter::default();
         let hooks_near_parked_limit = Counter::default();
+        let logical_messages_ignored = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            "logical_messages_ignored",
+            "pg_logical_emit_message messages read and ignored, by reason (other_prefix, \
+             too_large, not_a_watermark)",
+            logical_messages_ignored.clone(),
+        );
         registry.register(
             "changes_decoded",
             "Row changes decoded from the replication stream",
@@ -158,6 +177,7 @@ impl Default for Metrics {
             parked_waiting_hooks: Default::default(),
             hooks_stopped_parked_limit,
             hooks_near_parked_limit,
+            logical_messages_ignored,
         }
     }
 }
@@ -228,6 +248,11 @@ pub struct Health {
     streaming: AtomicBool,
     slot_lost: AtomicBool,
     confirmed: AtomicI64,
+    /// Milliseconds since start when the replication stream last brought
+    /// a message.
+    heard_at: AtomicU64,
+    /// Silence on the stream after which the daemon is not ready; 0: none.
+    silence_limit_ms: AtomicU64,
 }
 
 impl Default for Health {
@@ -239,6 +264,8 @@ impl Default for Health {
             streaming: AtomicBool::new(false),
             slot_lost: AtomicBool::new(false),
             confirmed: AtomicI64::new(-1),
+            heard_at: AtomicU64::new(0),
+            silence_limit_ms: AtomicU64::new(0),
         }
     }
 }
@@ -268,6 +295,18 @@ impl Health {
         let now = self.now();
         self.loop_at.store(now, Ordering::Release);
         self.progress_at.store(now, Ordering::Release);
+        self.heard_at.store(now, Ordering::Release);
+    }
+
+    /// The replication stream brought a message (a keepalive included).
+    pub fn heard_from_server(&self) {
+        self.heard_at.store(self.now(), Ordering::Release);
+    }
+
+    /// Not ready after `limit` without a message on the stream.
+    pub fn set_silence_limit(&self, limit: Duration) {
+        self.silence_limit_ms
+            .store(limit.as_millis() as u64, Ordering::Release);
     }
 
     pub fn set_slot_lost(&self) {
@@ -279,12 +318,19 @@ impl Health {
         !self.streaming.load(Ordering::Acquire) || self.since(&self.loop_at) < STALL_LIMIT
     }
 
+    fn silent(&self) -> bool {
+        let limit = self.silence_limit_ms.load(Ordering::Acquire);
+        limit > 0 && self.since(&self.heard_at) >= Duration::from_millis(limit)
+    }
+
     /// Why the daemon is not ready, if it is not.
     pub fn not_ready(&self) -> Option<&'static str> {
         if self.slot_lost.load(Ordering::Acquire) {
             Some("the replication slot is lost")
         } else if !self.streaming.load(Ordering::Acquire) {
             Some("not streaming")
+        } else if self.silent() {
+            Some("no message from PostgreSQL on the replication connection for over 3/4 of postgres.receive_timeout: the network or the server may be down")
         } else if self.since(&self.loop_at) >= STALL_LIMIT {
             Some("the pipeline loop is stuck")
         } else if self.since(&self.progress_at) >= STALL_LIMIT {
@@ -385,6 +431,14 @@ mod tests {
         assert_eq!(h.not_ready(), Some("not streaming"));
         h.set_streaming(true);
         h.tick(10, true);
+        assert_eq!(h.not_ready(), None);
+        h.set_silence_limit(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(h
+            .not_ready()
+            .is_some_and(|why| why.contains("receive_timeout")));
+        h.heard_from_server();
+        h.set_silence_limit(Duration::from_secs(60));
         assert_eq!(h.not_ready(), None);
         h.set_slot_lost();
         assert_eq!(h.not_ready(), Some("the replication slot is lost"));

@@ -33,9 +33,16 @@ use tokio_postgres::config::SslMode as PgSslMode;
 
 use crate::config::{Connection, SslMode};
 
+/// An open SQL session: the client, and a handle that ends its connection
+/// at once (every waiting statement then fails as on a closed connection).
+pub struct SqlSession {
+    pub client: tokio_postgres::Client,
+    pub cut: tokio::task::AbortHandle,
+}
+
 /// Open an ordinary SQL session (application_name, timeouts, TLS as
 /// configured).
-pub async fn connect_sql(conn: &Connection) -> anyhow::Result<tokio_postgres::Client> {
+pub async fn connect_sql(conn: &Connection) -> anyhow::Result<SqlSession> {
     let mut config = conn.sql_config();
     let target = || format!("{conn:?} (sslmode={})", mode_name(conn.sslmode));
     let tls = client_tls_config(conn)
@@ -47,8 +54,8 @@ pub async fn connect_sql(conn: &Connection) -> anyhow::Result<tokio_postgres::Cl
                 .connect(tokio_postgres::NoTls)
                 .await
                 .with_context(|| format!("connecting to PostgreSQL at {}", target()))?;
-            spawn_connection(connection);
-            Ok(client)
+            let cut = spawn_connection(connection);
+            Ok(SqlSession { client, cut })
         }
         Some(tls) => {
             config.ssl_mode(match conn.sslmode {
@@ -64,8 +71,8 @@ pub async fn connect_sql(conn: &Connection) -> anyhow::Result<tokio_postgres::Cl
                         .context(format!("connecting to PostgreSQL at {}{hint}", target())));
                 }
             };
-            spawn_connection(connection);
-            Ok(client)
+            let cut = spawn_connection(connection);
+            Ok(SqlSession { client, cut })
         }
     }
 }
@@ -118,7 +125,7 @@ fn is_unix_socket(host: &str) -> bool {
     host.starts_with('/')
 }
 
-fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>)
+fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>) -> tokio::task::AbortHandle
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -127,7 +134,8 @@ where
         if let Err(e) = connection.await {
             tracing::warn!("SQL session ended: {e}");
         }
-    });
+    })
+    .abort_handle()
 }
 
 /// The trust anchors: the `sslrootcert` file, or the webpki roots when it

@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
 use pgwire_replication::{
-    PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
+    MessageFilter, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, SkipReason,
+    TcpSettings, TlsConfig,
 };
 
 use crate::config::{Connection, SslMode};
@@ -58,10 +59,23 @@ pub enum SourceMessage {
         lsn: Lsn,
         transactional: bool,
     },
+    /// A logical message read off the wire and dropped without being held:
+    /// under a prefix walhook does not read (any role may emit messages,
+    /// of any size), or under one it reads but too large to be what it
+    /// expects there.
+    SkippedLogical {
+        prefix: String,
+        lsn: Lsn,
+        frame_bytes: usize,
+        /// Under one of `message_prefixes`, but over `max_message_bytes`.
+        too_large: bool,
+    },
 }
 
 pub struct Source {
     client: ReplicationClient,
+    slot: String,
+    publications: Vec<String>,
     pub system_id: String,
 }
 
@@ -74,6 +88,11 @@ pub struct SourceSettings<'a> {
     /// Where to start: transactions committed before it are not sent. It is
     /// also the position first reported as flushed.
     pub start: Lsn,
+    /// The `pg_logical_emit_message` prefixes whose messages walhook
+    /// reads; the others are skipped without being held.
+    pub message_prefixes: Vec<String>,
+    /// The largest message content read under those prefixes.
+    pub max_message_bytes: usize,
 }
 
 /// The shortest gap between two status updates that carry a newer
@@ -92,6 +111,22 @@ impl Source {
     /// makes it the snapshot builder's `start_decoding_at`).
     pub async fn start(settings: SourceSettings<'_>) -> anyhow::Result<Source> {
         let conn = settings.connection;
+        // Connecting, authenticating and starting on a server that went
+        // silent would otherwise wait for ever: the whole start gets the
+        // connect timeout plus one receive timeout.
+        let limit = conn.connect_timeout + conn.receive_timeout;
+        match tokio::time::timeout(limit, Source::open(&settings)).await {
+            Ok(source) => source,
+            Err(_) => Err(anyhow::Error::new(LostConnection(anyhow!(
+                "replication session: no answer from {conn:?} within {}s of connecting \
+                 (postgres.connect_timeout + postgres.receive_timeout)",
+                limit.as_secs()
+            )))),
+        }
+    }
+
+    async fn open(settings: &SourceSettings<'_>) -> anyhow::Result<Source> {
+        let conn = settings.connection;
         let tls = match conn.sslmode {
             SslMode::Disable => TlsConfig::disabled(),
             SslMode::Prefer => TlsConfig {
@@ -102,6 +137,7 @@ impl Source {
             SslMode::VerifyCa => TlsConfig::verify_ca(conn.sslrootcert.clone()),
             SslMode::VerifyFull => TlsConfig::verify_full(conn.sslrootcert.clone()),
         };
+        let tcp = conn.tcp_settings();
         let config = ReplicationConfig::new(
             conn.host.clone(),
             conn.user.clone(),
@@ -118,16 +154,29 @@ impl Source {
         .with_status_interval(settings.status_interval.min(CONFIRM_GAP))
         .with_wakeup_interval(settings.status_interval)
         .with_start_lsn(settings.start)
-        .with_buffer_size(1024);
+        .with_buffer_size(1024)
+        .with_message_filter(MessageFilter {
+            prefixes: settings.message_prefixes.clone(),
+            max_content_bytes: settings.max_message_bytes,
+        })
+        .with_receive_timeout(conn.receive_timeout)
+        .with_connect_timeout(conn.connect_timeout)
+        .with_tcp(TcpSettings {
+            keepalive_idle: tcp.keepalive_idle,
+            keepalive_interval: tcp.keepalive_interval,
+            keepalive_retries: tcp.keepalive_retries,
+            user_timeout: tcp.user_timeout,
+        });
 
+        let explain = |e| explain(e, Phase::Start, settings.slot, &settings.publications);
         let mut client = ReplicationClient::connect_gated(config)
             .await
-            .map_err(|e| explain(e, settings.slot, &settings.publications))?;
+            .map_err(explain)?;
         for (name, value) in OUTPUT_SETTINGS {
             client
                 .simple_query(&format!("SET {name} = '{value}'"))
                 .await
-                .map_err(|e| explain(e, settings.slot, &settings.publications))
+                .map_err(explain)
                 .with_context(|| format!("setting {name} on the replication session"))?;
         }
         for (name, value) in [
@@ -137,22 +186,15 @@ impl Source {
             client
                 .simple_query(&format!("SET {name} = {}", value.as_millis()))
                 .await
-                .map_err(|e| explain(e, settings.slot, &settings.publications))?;
+                .map_err(explain)?;
         }
-        let system = client
-            .identify_system()
-            .await
-            .map_err(|e| explain(e, settings.slot, &settings.publications))?;
-        client
-            .start()
-            .await
-            .map_err(|e| explain(e, settings.slot, &settings.publications))?;
-        client
-            .wait_started()
-            .await
-            .map_err(|e| explain(e, settings.slot, &settings.publications))?;
+        let system = client.identify_system().await.map_err(explain)?;
+        client.start().await.map_err(explain)?;
+        client.wait_started().await.map_err(explain)?;
         Ok(Source {
             client,
+            slot: settings.slot.to_owned(),
+            publications: settings.publications.clone(),
             system_id: system.system_id,
         })
     }
@@ -164,13 +206,7 @@ impl Source {
                 Ok(Some(e)) => e,
                 Ok(None) => return Ok(None),
                 Err(e) => {
-                    let lost = is_lost_connection(&e);
-                    let error = anyhow!("replication stream failed: {e}");
-                    return Err(if lost {
-                        anyhow::Error::new(LostConnection(error))
-                    } else {
-                        error
-                    });
+                    return Err(explain(e, Phase::Stream, &self.slot, &self.publications));
                 }
             };
             return Ok(Some(match event {
@@ -205,6 +241,18 @@ impl Source {
                     lsn,
                     transactional,
                 },
+                ReplicationEvent::MessageSkipped {
+                    lsn,
+                    prefix,
+                    frame_bytes,
+                    reason,
+                    ..
+                } => SourceMessage::SkippedLogical {
+                    prefix,
+                    lsn,
+                    frame_bytes,
+                    too_large: reason == SkipReason::TooLarge,
+                },
                 // The stop event is never requested.
                 ReplicationEvent::StoppedAt { .. } => continue,
             }));
@@ -229,32 +277,59 @@ impl Source {
     }
 }
 
-/// Turn connection and start errors into messages that say what to do.
-fn explain(e: PgWireError, slot: &str, publications: &[String]) -> anyhow::Error {
+/// When a replication session error came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Connecting, authenticating, starting: the slot is looked up here.
+    Start,
+    /// Streaming: the publication is looked up when the first change is
+    /// decoded.
+    Stream,
+}
+
+/// Turn connection, start and stream errors into messages that say what
+/// to do. The hint is chosen by the server's SQLSTATE and the phase, never
+/// by the message's words: a server whose `lc_messages` is not English
+/// says the same things in other words.
+fn explain(e: PgWireError, phase: Phase, slot: &str, publications: &[String]) -> anyhow::Error {
     let text = e.to_string();
-    let hint = if text.contains("does not exist") && text.contains("slot") {
-        format!(" (replication slot {slot:?} is missing: run `walhook setup`)")
-    } else if text.contains("publication") && text.contains("does not exist") {
-        format!(" (publication {publications:?} is missing: run `walhook setup`)")
-    } else if text.contains("is active for PID") {
-        format!(" (another walhook or client is streaming from slot {slot:?})")
-    } else if text.contains("wal_level") {
-        " (set wal_level = logical in postgresql.conf and restart PostgreSQL)".to_owned()
-    } else if text.contains("must be superuser or replication role")
-        || text.contains("permission denied to start WAL sender")
-    {
-        " (the role needs the REPLICATION attribute: ALTER ROLE ... REPLICATION)".to_owned()
-    } else if text.contains("password authentication failed") {
-        " (check the password in postgres.url, postgres.password_file or PGPASSWORD)".to_owned()
-    } else if text.contains("invalidated") || text.contains("can no longer") {
-        format!(
-            " (slot {slot:?} was invalidated by the server: changes since its position are lost; \
-             walhook never re-creates it silently)"
-        )
-    } else {
-        String::new()
+    let hint = match (sqlstate(&text), phase) {
+        // undefined_object: START_REPLICATION looks the slot up; decoding
+        // looks the publication up once streaming.
+        (Some("42704"), Phase::Start) => {
+            format!(" (replication slot {slot:?} is missing: run `walhook setup`)")
+        }
+        (Some("42704"), Phase::Stream) => {
+            format!(" (publication {publications:?} is missing: run `walhook setup`)")
+        }
+        // object_in_use
+        (Some("55006"), _) => {
+            format!(" (another walhook or client is streaming from slot {slot:?})")
+        }
+        // object_not_in_prerequisite_state: an invalidated slot, or a
+        // server without wal_level = logical.
+        (Some("55000"), _) => format!(
+            " (the server cannot stream from slot {slot:?}: either it was invalidated, and the \
+             changes since its position are lost (walhook never re-creates it silently), or \
+             wal_level is not logical; `walhook check` says which)"
+        ),
+        // insufficient_privilege
+        (Some("42501"), _) => {
+            " (the role needs the REPLICATION attribute: ALTER ROLE ... REPLICATION)".to_owned()
+        }
+        // invalid_password, invalid_authorization_specification
+        (Some("28P01" | "28000"), _) => {
+            " (check the user and the password in postgres.url, postgres.password_file or \
+             PGPASSWORD, and pg_hba.conf's replication lines)"
+                .to_owned()
+        }
+        _ => String::new(),
     };
-    let error = anyhow!("replication session: {text}{hint}");
+    let what = match phase {
+        Phase::Start => "replication session",
+        Phase::Stream => "replication stream failed",
+    };
+    let error = anyhow!("{what}: {}{hint}", crate::text::printable(&text));
     if is_lost_connection(&e) {
         anyhow::Error::new(LostConnection(error))
     } else {

@@ -115,8 +115,7 @@ impl Watermark {
         if prefix != MESSAGE_PREFIX {
             return Ok(None);
         }
-        // A watermark is well under 200 bytes; anything larger is not one.
-        if content.len() > 1024 {
+        if content.len() > MAX_WATERMARK_BYTES {
             return Err(NotAWatermark {
                 lsn,
                 reason: format!("{} bytes", content.len()),
@@ -130,6 +129,11 @@ impl Watermark {
             })
     }
 }
+
+/// The largest logical message read as a watermark: one is well under 200
+/// bytes, so anything larger is not one (and is skipped by the source
+/// without being held).
+pub const MAX_WATERMARK_BYTES: usize = 1024;
 
 /// A chunk read between two watermarks, waiting for its high watermark.
 #[derive(Debug)]

@@ -33,6 +33,10 @@ pub struct Connection {
     pub application_name: String,
     pub statement_timeout: Duration,
     pub lock_timeout: Duration,
+    /// `postgres.receive_timeout`: silence after which a connection is
+    /// presumed lost.
+    pub receive_timeout: Duration,
+    pub connect_timeout: Duration,
 }
 
 impl std::fmt::Debug for Connection {
@@ -152,6 +156,8 @@ impl Connection {
             application_name: pg.application_name.clone(),
             statement_timeout: pg.statement_timeout,
             lock_timeout: pg.lock_timeout,
+            receive_timeout: pg.receive_timeout,
+            connect_timeout: pg.connect_timeout,
         })
     }
 
@@ -163,17 +169,58 @@ impl Connection {
             .user(&self.user)
             .dbname(&self.dbname)
             .application_name(&self.application_name)
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(self.connect_timeout)
             .options(format!(
                 "-c statement_timeout={} -c lock_timeout={} -c synchronous_commit=on",
                 self.statement_timeout.as_millis(),
                 self.lock_timeout.as_millis()
             ));
+        let tcp = self.tcp_settings();
+        c.keepalives(true)
+            .keepalives_idle(tcp.keepalive_idle)
+            .keepalives_interval(tcp.keepalive_interval)
+            .keepalives_retries(tcp.keepalive_retries)
+            .tcp_user_timeout(tcp.user_timeout);
         if let Some(p) = &self.password {
             c.password(p);
         }
         c
     }
+
+    /// How long a statement's answer may take before the session is
+    /// presumed lost: what the server itself allows it (statement_timeout)
+    /// plus the network's share (receive_timeout).
+    pub fn answer_timeout(&self) -> Duration {
+        self.statement_timeout + self.receive_timeout
+    }
+}
+
+impl Connection {
+    /// Keepalives and TCP_USER_TIMEOUT for every socket to the server,
+    /// from `receive_timeout`: a peer that vanished while nothing was being
+    /// sent (keepalives: idle a third of it, then three probes a sixth
+    /// apart) or while something was (unacknowledged data) ends the
+    /// connection within it, not after the kernel's 15 minutes of
+    /// retransmissions, or never while idle.
+    pub fn tcp_settings(&self) -> TcpSettings {
+        let idle = (self.receive_timeout / 3).max(Duration::from_secs(1));
+        TcpSettings {
+            keepalive_idle: idle,
+            keepalive_interval: (self.receive_timeout / 6).max(Duration::from_secs(1)),
+            keepalive_retries: 3,
+            user_timeout: self.receive_timeout,
+        }
+    }
+}
+
+/// Socket settings that notice a vanished server (see
+/// [`Connection::tcp_settings`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSettings {
+    pub keepalive_idle: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_retries: u32,
+    pub user_timeout: Duration,
 }
 
 /// The password for a connection from `$PGPASSFILE` or `~/.pgpass`, as

@@ -83,6 +83,15 @@ pub struct PostgresConfig {
     /// pipeline is doing.
     #[serde(deserialize_with = "duration")]
     pub status_interval: Duration,
+    /// How long a connection to the server may stay silent while walhook
+    /// waits on it (replication stream, or a statement's answer beyond
+    /// `statement_timeout`) before it is presumed lost and reopened; also
+    /// sets the sockets' keepalives and TCP_USER_TIMEOUT.
+    #[serde(deserialize_with = "duration")]
+    pub receive_timeout: Duration,
+    /// How long opening a connection (TCP, TLS, authentication) may take.
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
 }
 
 impl Default for PostgresConfig {
@@ -100,6 +109,8 @@ impl Default for PostgresConfig {
             statement_timeout: Duration::from_secs(30),
             lock_timeout: Duration::from_secs(5),
             status_interval: Duration::from_secs(1),
+            receive_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }

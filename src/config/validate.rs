@@ -79,6 +79,18 @@ impl Config {
             ),
             ("postgres.lock_timeout", p.lock_timeout, ms(1), hours(24)),
             (
+                "postgres.receive_timeout",
+                p.receive_timeout,
+                secs(2),
+                secs(3600),
+            ),
+            (
+                "postgres.connect_timeout",
+                p.connect_timeout,
+                ms(100),
+                secs(300),
+            ),
+            (
                 "postgres.status_interval",
                 p.status_interval,
                 ms(100),

@@ -10,6 +10,7 @@
 //! (see [`crate::errors`]).
 
 mod leader;
+mod log_limit;
 mod open_files;
 mod pipeline;
 mod reload;
@@ -76,6 +77,12 @@ pub async fn run_with_reload(
         settled: None,
     };
     process.reload.mark_unchanged();
+    // An idle stream hears from the server at least every half
+    // receive_timeout (walhook asks it to answer then): silence past three
+    // quarters of it is a connection in trouble.
+    process
+        .health
+        .set_silence_limit(config.postgres.receive_timeout * 3 / 4);
     if let Some(listen) = config.metrics.listen {
         let (metrics, health) = (Arc::clone(&process.metrics), Arc::clone(&process.health));
         // Fails fast (a taken port, a bad address) rather than running blind.

@@ -2,9 +2,11 @@
 //! from the source through decoding, events and the registry to delivery.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 
+use super::log_limit::LogLimit;
 use super::reload::ReloadPlan;
 use crate::backfill::{self, ClosedChunk, Reconciler, Watermark};
 use crate::checkpoint::{Checkpoint, OpenTxn, Ticket};
@@ -57,6 +59,9 @@ pub(super) struct Pipeline {
     settled: Lsn,
     /// Backfill watermarks and the live changes between them.
     backfill: Reconciler,
+    /// Warnings about logical messages under walhook's prefix that are
+    /// not watermarks: any role can emit them.
+    odd_messages: LogLimit,
 }
 
 /// What a pipeline is made of, from the session that starts it.
@@ -91,6 +96,7 @@ impl Pipeline {
             server_end: parts.start,
             settled: parts.start,
             backfill: parts.backfill,
+            odd_messages: LogLimit::new(Duration::from_secs(60)),
         }
     }
 
@@ -207,11 +213,31 @@ impl Pipeline {
                         self.send_chunk(closed).await?;
                     }
                 }
-                Ok(_) => {}
+                Ok(Some(_)) => {}
+                // Only messages under walhook's prefix reach this far.
+                Ok(None) => self.metrics.logical_message_ignored("other_prefix"),
                 // Someone else's message under walhook's prefix: not ours
                 // to act on, and no reason to stop the stream.
-                Err(e) => tracing::warn!("{e}"),
+                Err(e) => self.odd_message("not_a_watermark", &e.to_string()),
             },
+            SourceMessage::SkippedLogical {
+                prefix,
+                lsn,
+                frame_bytes,
+                too_large,
+            } => {
+                if too_large {
+                    self.odd_message(
+                        "too_large",
+                        &format!(
+                            "logical message with prefix {prefix:?} at {lsn} is not a backfill \
+                         watermark: {frame_bytes} bytes (skipped unread)"
+                        ),
+                    );
+                } else {
+                    self.metrics.logical_message_ignored("other_prefix");
+                }
+            }
             SourceMessage::Data(bytes) => {
                 let message = pgoutput::decode(&bytes).with_context(|| {
                     format!(
@@ -224,6 +250,20 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// A message under walhook's prefix that is not a watermark: counted,
+    /// and logged at most once a minute.
+    fn odd_message(&mut self, reason: &str, what: &str) {
+        self.metrics.logical_message_ignored(reason);
+        if let Some(held_back) = self.odd_messages.admit(std::time::Instant::now()) {
+            let more = if held_back > 0 {
+                format!(" ({held_back} more like it in the last minute not logged)")
+            } else {
+                String::new()
+            };
+            tracing::warn!("{}{more}", crate::text::printable(what));
+        }
     }
 
     async fn reload_types(&mut self) -> anyhow::Result<()> {

@@ -250,6 +250,8 @@ impl Session {
             publications,
             status_interval: config.postgres.status_interval,
             start,
+            message_prefixes: vec![crate::store::backfill::MESSAGE_PREFIX.to_owned()],
+            max_message_bytes: crate::backfill::MAX_WATERMARK_BYTES,
         })
         .await?;
         tracing::info!(
@@ -427,7 +429,10 @@ impl Session {
                 }
                 message = self.source.recv() => {
                     let message = match message? {
-                        Some(m) => m,
+                        Some(m) => {
+                            process.health.heard_from_server();
+                            m
+                        }
                         None => {
                             return Err(anyhow::Error::new(LostConnection(anyhow!(
                                 "the server ended the replication stream"

@@ -46,11 +46,33 @@ pub struct Store {
 impl Store {
     /// Open an SQL session (application_name, timeouts and TLS as
     /// configured). A refused connection is a [`LostConnection`].
+    ///
+    /// A server that stops answering (a partition: no close, no reset)
+    /// would leave every statement waiting for ever, and TCP's own timers
+    /// cannot tell when a middlebox still acknowledges: a probe statement
+    /// runs every half `receive_timeout`, and when one goes unanswered for
+    /// [`Connection::answer_timeout`] the connection is cut, so every
+    /// waiting statement fails as on a lost connection.
     pub async fn connect(conn: &Connection, schema: &str) -> anyhow::Result<Store> {
-        let client = crate::postgres::connect_sql(conn)
-            .await
-            .map_err(mark_sql_error)?;
-        Ok(Store::new(Arc::new(client), schema))
+        let session =
+            tokio::time::timeout(conn.connect_timeout, crate::postgres::connect_sql(conn))
+                .await
+                .map_err(|_| {
+                    anyhow::Error::new(LostConnection(anyhow::anyhow!(
+                        "connecting to PostgreSQL at {conn:?}: no answer within {}s \
+                     (postgres.connect_timeout)",
+                        conn.connect_timeout.as_secs_f64()
+                    )))
+                })?
+                .map_err(mark_sql_error)?;
+        let client = Arc::new(session.client);
+        tokio::spawn(watch_answers(
+            Arc::downgrade(&client),
+            session.cut,
+            conn.receive_timeout / 2,
+            conn.answer_timeout(),
+        ));
+        Ok(Store::new(client, schema))
     }
 
     pub fn new(client: Arc<Client>, schema: &str) -> Store {
@@ -86,6 +108,41 @@ impl Store {
     /// One of walhook's tables as people read it, in messages.
     pub fn table_name(&self, name: &str) -> String {
         format!("{}.{name}", self.schema)
+    }
+}
+
+/// Probe the session every `every`; cut it when a probe goes unanswered
+/// for `limit`. Ends with the store (the last client dropped) or the
+/// connection.
+async fn watch_answers(
+    client: std::sync::Weak<Client>,
+    cut: tokio::task::AbortHandle,
+    every: Duration,
+    limit: Duration,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(session) = client.upgrade() else {
+            return;
+        };
+        if session.is_closed() {
+            return;
+        }
+        // The probe waits behind any statement already sent, which the
+        // server may run for up to statement_timeout: hence the limit.
+        match tokio::time::timeout(limit, session.simple_query("SELECT 1")).await {
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!(
+                    "no answer from PostgreSQL on an SQL session for {}s \
+                     (postgres.statement_timeout + postgres.receive_timeout): \
+                     presuming the connection lost and closing it",
+                    limit.as_secs()
+                );
+                cut.abort();
+                return;
+            }
+        }
     }
 }
 
