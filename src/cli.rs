@@ -158,8 +158,9 @@ pub enum WebhookCommand {
     RotateSecret {
         /// The webhook_id.
         id: i32,
-        /// A file whose first line is the new secret; without it a
-        /// whsec_ secret of 32 random bytes is generated and printed.
+        /// A file whose first line is the new secret (- reads standard
+        /// input); without it a whsec_ secret of 32 random bytes is
+        /// generated and printed.
         #[arg(long, value_name = "FILE")]
         secret_file: Option<PathBuf>,
         /// How long the old secret keeps signing: 0 to 30 days, e.g. 90m,
@@ -305,10 +306,11 @@ pub struct AddArgs {
     #[arg(long)]
     pub url: String,
     /// The signing secret. It shows in the process list and shell history:
-    /// prefer --secret-file.
+    /// prefer --secret-file (- reads it from standard input).
     #[arg(long, conflicts_with = "secret_file")]
     pub secret: Option<String>,
-    /// A file whose first line is the signing secret.
+    /// A file whose first line is the signing secret; - reads standard
+    /// input.
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
     /// An extra request header NAME=VALUE; may be repeated.

@@ -381,4 +381,40 @@ mod tests {
             "unknown issuer".into()
         )));
     }
+
+    /// The hint follows the SQLSTATE (and when the error came), whatever
+    /// language the server speaks.
+    #[test]
+    fn hints_follow_the_sqlstate_not_the_words() {
+        let publications = ["walhook".to_owned()];
+        let hint = |text: &str, phase| {
+            format!(
+                "{:#}",
+                explain(
+                    PgWireError::Server(text.into()),
+                    phase,
+                    "walhook",
+                    &publications
+                )
+            )
+        };
+        let missing = "Replikations-Slot »walhook« existiert nicht (SQLSTATE 42704)";
+        assert!(hint(missing, Phase::Start)
+            .ends_with("(replication slot \"walhook\" is missing: run `walhook setup`)"));
+        let missing = "Publikation »walhook« existiert nicht (SQLSTATE 42704)";
+        assert!(hint(missing, Phase::Stream)
+            .ends_with("(publication [\"walhook\"] is missing: run `walhook setup`)"));
+        let busy = "Replikations-Slot »walhook« ist aktiv für PID 42 (SQLSTATE 55006)";
+        assert!(hint(busy, Phase::Start).contains("another walhook or client is streaming"));
+        let denied = "keine Berechtigung, um Replikation zu starten (SQLSTATE 42501)";
+        assert!(hint(denied, Phase::Start).contains("ALTER ROLE ... REPLICATION"));
+        let password =
+            "Passwort-Authentifizierung für Benutzer »w« fehlgeschlagen (SQLSTATE 28P01)";
+        assert!(hint(password, Phase::Start).contains("postgres.password_file"));
+        // No SQLSTATE, no guess.
+        assert_eq!(
+            hint("replication slot does not exist", Phase::Start),
+            "replication session: server error: replication slot does not exist"
+        );
+    }
 }

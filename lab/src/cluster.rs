@@ -79,6 +79,9 @@ pub struct ClusterOptions {
     /// precedence (except `port`, which is always the one [`Cluster`] chose).
     /// Values are quoted and escaped; names must be plain GUC names.
     pub extra_settings: Vec<(String, String)>,
+    /// Environment variables of the server process, e.g. `LANGUAGE=de`
+    /// (with `lc_messages = 'C.UTF-8'`) for its messages in German.
+    pub server_env: Vec<(String, String)>,
 }
 
 /// How clients authenticate over TCP. The Unix socket in the cluster's
@@ -140,6 +143,8 @@ pub struct Cluster {
     bin_dir: PathBuf,
     port: u16,
     child: Option<Child>,
+    /// The server process's extra environment.
+    server_env: Vec<(String, String)>,
     /// `Some` when running as root and the server runs as `postgres`.
     run_as: Option<RunAs>,
     auth: Auth,
@@ -206,6 +211,7 @@ impl Cluster {
             bin_dir,
             port: 0,
             child: None,
+            server_env: options.server_env.clone(),
             run_as,
             auth,
         };
@@ -236,6 +242,7 @@ impl Cluster {
                 ("primary_slot_name".into(), primary_slot.into()),
                 ("hot_standby".into(), "on".into()),
             ],
+            ..Default::default()
         };
         settings.extra_settings.extend(options.extra_settings);
         let settings = settings_text(&settings)?;
@@ -261,6 +268,7 @@ impl Cluster {
             bin_dir: self.bin_dir.clone(),
             port: 0,
             child: None,
+            server_env: self.server_env.clone(),
             run_as: self.run_as,
             auth: self.auth.clone(),
         };
@@ -540,6 +548,7 @@ impl Cluster {
             .arg(&self.data_dir)
             .arg("-p")
             .arg(self.port.to_string())
+            .envs(self.server_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -997,10 +1006,12 @@ mod tests {
     fn rejects_odd_setting_names() {
         let options = ClusterOptions {
             extra_settings: vec![("x = 1\nport".into(), "1".into())],
+            ..Default::default()
         };
         assert!(settings_text(&options).is_err());
         let options = ClusterOptions {
             extra_settings: vec![("wal_sender_timeout".into(), "5s".into())],
+            ..Default::default()
         };
         assert_eq!(
             settings_text(&options).unwrap(),

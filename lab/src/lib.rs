@@ -11,5 +11,6 @@
 pub mod ca;
 pub mod cluster;
 pub mod h2_target;
+pub mod partition;
 pub mod receiver;
 pub mod tls;

@@ -171,6 +171,7 @@ async fn cluster_smoke() -> anyhow::Result<()> {
 async fn drop_kills_a_running_server() -> anyhow::Result<()> {
     let cluster = Cluster::start_with(ClusterOptions {
         extra_settings: vec![("wal_sender_timeout".into(), "5s".into())],
+        ..Default::default()
     })?;
     let client = cluster.client("postgres").await?;
     let timeout: String = client

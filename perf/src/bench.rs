@@ -427,5 +427,6 @@ pub fn cluster_options() -> ClusterOptions {
             ("autovacuum".into(), "off".into()),
             ("max_wal_size".into(), "4GB".into()),
         ],
+        ..Default::default()
     }
 }

@@ -65,15 +65,7 @@ async fn rotate_secret(
     let refuse = |why: String| invalid(format!("webhook_id {id}: {why}"));
     let (secret, generated) = match secret_file {
         Some(file) => {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| refuse(format!("cannot read secret file {}: {e}", file.display())))?;
-            let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
-            if line.is_empty() {
-                return Err(refuse(format!(
-                    "secret file {}: the first line is empty",
-                    file.display()
-                )));
-            }
+            let line = &secret_from_file(file, &refuse)?;
             if line.chars().count() > 400 {
                 return Err(refuse(format!(
                     "secret file {}: the secret is longer than 400 characters (webhook.secret is varchar(400))",
@@ -251,6 +243,36 @@ const LIMITS: [(&str, usize); 4] = [
     ("secret", 400),
 ];
 
+/// The first line of a secret file; `-` is standard input, so a secret
+/// can be piped in without being named on the command line (where the
+/// process list shows it) or written to a file.
+fn secret_from_file(
+    file: &std::path::Path,
+    refuse: &dyn Fn(String) -> anyhow::Error,
+) -> anyhow::Result<String> {
+    use std::io::Read;
+    // A secret is at most 400 characters; no reason to read more than this.
+    const MOST: u64 = 64 * 1024;
+    let stdin = file.as_os_str() == "-";
+    let source = if stdin {
+        "standard input".to_owned()
+    } else {
+        format!("secret file {}", file.display())
+    };
+    let mut text = String::new();
+    let read = if stdin {
+        std::io::stdin().take(MOST).read_to_string(&mut text)
+    } else {
+        std::fs::File::open(file).and_then(|f| f.take(MOST).read_to_string(&mut text))
+    };
+    read.map_err(|e| refuse(format!("cannot read the secret from {source}: {e}")))?;
+    let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if line.is_empty() {
+        return Err(refuse(format!("{source}: the first line is empty")));
+    }
+    Ok(line.to_owned())
+}
+
 /// The secret from `--secret` or the first line of `--secret-file`.
 fn secret(
     args: &AddArgs,
@@ -258,18 +280,7 @@ fn secret(
 ) -> anyhow::Result<Option<String>> {
     let secret = match (&args.secret, &args.secret_file) {
         (Some(s), _) => Some(s.clone()),
-        (None, Some(file)) => {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| refuse(format!("cannot read secret file {}: {e}", file.display())))?;
-            let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
-            if line.is_empty() {
-                return Err(refuse(format!(
-                    "secret file {}: the first line is empty",
-                    file.display()
-                )));
-            }
-            Some(line.to_owned())
-        }
+        (None, Some(file)) => Some(secret_from_file(file, refuse)?),
         (None, None) => None,
     };
     if secret.as_deref() == Some("") {

@@ -62,6 +62,7 @@ async fn wal_level_not_logical_is_named_with_the_fix() {
     let cluster = tokio::task::spawn_blocking(|| {
         Cluster::start_with(ClusterOptions {
             extra_settings: vec![("wal_level".into(), "replica".into())],
+            ..Default::default()
         })
     })
     .await
@@ -380,4 +381,64 @@ async fn a_slot_left_idle_past_the_timeout_is_named_with_the_fix() {
     )
     .await;
     assert_lost_slot_named(&h, "(idle_timeout)", "idle_replication_slot_timeout");
+}
+
+/// A server whose `lc_messages` is not English says the same things in
+/// other words: walhook's hints are chosen by SQLSTATE, so they come the
+/// same. The server here speaks German (`LANGUAGE=de`); a build without
+/// German messages says so and the check is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_are_the_same_from_a_server_speaking_german() {
+    let options = ClusterOptions {
+        extra_settings: vec![("lc_messages".into(), "C.UTF-8".into())],
+        server_env: vec![("LANGUAGE".into(), "de".into())],
+    };
+    let h = Harness::start_with_options(options, "CREATE TABLE t (id int PRIMARY KEY);", "").await;
+    let e =
+        h.db.batch_execute("SELECT * FROM nonexistent")
+            .await
+            .unwrap_err();
+    let said = e
+        .as_db_error()
+        .map(|db| db.message().to_owned())
+        .unwrap_or_default();
+    if !said.contains("existiert nicht") {
+        eprintln!(
+            "errors: hints from a German-speaking server NOT CHECKED: this server build has no \
+             German messages (it said {said:?})"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+
+    // A role without REPLICATION (42501).
+    h.db.batch_execute(
+        "CREATE ROLE norep LOGIN; GRANT USAGE ON SCHEMA walhook TO norep; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA walhook TO norep;",
+    )
+    .await
+    .unwrap();
+    let url = format!("postgres://norep@127.0.0.1:{}/postgres", h.cluster.port());
+    let (code, err) = run_to_exit(&write_config(dir.path(), &url), Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("the role needs the REPLICATION attribute: ALTER ROLE ... REPLICATION"),
+        "{err}"
+    );
+
+    // The publication dropped (42704 once streaming).
+    h.db.batch_execute("DROP PUBLICATION walhook; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let url = h.cluster.url("postgres");
+    let (code, err) = run_to_exit(&write_config(dir.path(), &url), Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("publication [\"walhook\"] is missing: run `walhook setup`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("existiert nicht"),
+        "the server's own words stay: {err}"
+    );
 }

@@ -132,6 +132,7 @@ async fn a_promoted_standby_carries_on_from_the_synced_slot() {
                     ("sync_replication_slots".into(), "on".into()),
                     ("hot_standby_feedback".into(), "on".into()),
                 ],
+                ..Default::default()
             },
         )
     })

@@ -400,3 +400,111 @@ async fn jsonb_of_any_depth_postgresql_accepts_is_delivered_as_to_jsonb_gives_it
     assert!(body.contains(&format!("\"Properties\":{properties}").replace(": ", ":")));
     assert!(!h.daemon_log().contains("not valid JSON"));
 }
+
+/// Any role may emit logical messages (`pg_logical_emit_message` is
+/// executable by PUBLIC), under any prefix and of any size, and the stream
+/// carries them all. One under another prefix is read off the wire in
+/// pieces and dropped, never held whole; one under walhook's prefix that
+/// is too large to be a watermark, or is not one, is counted and logged
+/// (at most once a minute), and the changes around them go out.
+///
+/// `WALHOOK_TEST_MESSAGE_MB` sets the size of the large message (64 by
+/// default; the issue's figure was taken at 300).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_logical_message_from_any_role_is_skipped_without_being_held() {
+    let mib: usize = std::env::var("WALHOOK_TEST_MESSAGE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let port = free_port();
+    let mut h = Harness::start(
+        ITEMS,
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .await;
+    let receiver = Receiver::start().await.unwrap();
+    h.add_hook("item.created", &receiver.url("/items"), None)
+        .await;
+    h.start_daemon().await;
+    h.db.batch_execute("INSERT INTO item VALUES (1, 'before')")
+        .await
+        .unwrap();
+    let got = receiver
+        .wait_until(Duration::from_secs(30), |r| r.len() == 1)
+        .await;
+    assert_eq!(got.len(), 1);
+    let baseline = peak_rss_kib(h.daemon_pid());
+
+    // An unprivileged role, as any application user.
+    h.db.batch_execute("CREATE ROLE nobody LOGIN")
+        .await
+        .unwrap();
+    let nobody = {
+        let url = h.cluster.url("postgres").replace("postgres@", "nobody@");
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+    };
+    let started = Instant::now();
+    nobody
+        .batch_execute(&format!(
+            "SELECT pg_logical_emit_message(true, 'someone.else', repeat('x', {mib} * 1024 * 1024)); \
+             SELECT pg_logical_emit_message(false, 'someone.else', repeat('y', 1024 * 1024)); \
+             SELECT pg_logical_emit_message(true, 'walhook', repeat('z', 2 * 1024 * 1024)); \
+             SELECT pg_logical_emit_message(true, 'walhook', '{{\"not\": \"a watermark\"}}');"
+        ))
+        .await
+        .unwrap();
+    h.db.batch_execute("INSERT INTO item VALUES (2, 'after')")
+        .await
+        .unwrap();
+    let end = h.current_lsn().await;
+    let got = receiver
+        .wait_until(Duration::from_secs(120), |r| r.len() == 2)
+        .await;
+    assert_eq!(got.len(), 2, "the change after the messages never came");
+    h.wait_confirmed(
+        "the slot to pass the messages",
+        end,
+        Duration::from_secs(30),
+    )
+    .await;
+    let took = started.elapsed();
+    let peak = peak_rss_kib(h.daemon_pid());
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (reason, count) in [
+        ("other_prefix", 2),
+        ("too_large", 1),
+        ("not_a_watermark", 1),
+    ] {
+        let line = format!("walhook_logical_messages_ignored_total{{reason=\"{reason}\"}} {count}");
+        assert!(metrics.contains(&line), "no {line:?} in:\n{metrics}");
+    }
+    // Logged at most once a minute: the second odd message is held back.
+    let log = h.daemon_log();
+    assert!(log.contains("bytes (skipped unread)"), "{log}");
+    assert_eq!(
+        log.matches("is not a backfill watermark").count(),
+        1,
+        "{log}"
+    );
+    eprintln!(
+        "a {mib} MiB logical message under another prefix: walhook peak RSS {} MiB before, {} MiB \
+         after; passed in {took:.1?}",
+        baseline / 1024,
+        peak / 1024
+    );
+    // The message is never held: far less than its size on top.
+    assert!(
+        peak < baseline + 16 * 1024,
+        "walhook's peak RSS went from {baseline} KiB to {peak} KiB around a {mib} MiB message"
+    );
+    assert!(h.stop_daemon().success());
+}

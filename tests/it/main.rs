@@ -28,6 +28,7 @@ mod roles;
 mod secrets;
 mod settings;
 mod shapes;
+mod silent_network;
 mod slot_bounds;
 mod target_guard;
 mod tls;

@@ -68,3 +68,38 @@ async fn a_secret_too_short_to_sign_is_refused_everywhere() {
     assert!(text(&rotate).contains("fewer than 16"), "{}", text(&rotate));
     assert!(h.stop_daemon().success());
 }
+
+/// `--secret-file -` reads the secret from standard input, so it is never
+/// on the command line (where the process list shows it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_can_come_from_standard_input() {
+    use std::io::Write;
+    let h = Harness::start(CRM, "").await;
+    let secret = "whsec_c3RhbmRhcmQtaW5wdXQtc2VjcmV0LWtleQ==";
+    let mut add = std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(&h.config_path)
+        .args(["webhook", "add", "--name", "piped", "--events", "*"])
+        .args(["--url", "http://127.0.0.1:9/h", "--secret-file", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    add.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{secret}\n").as_bytes())
+        .unwrap();
+    let out = add.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stored: String =
+        h.db.query_one(
+            "SELECT secret FROM walhook.webhook WHERE name = 'piped'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, secret);
+}

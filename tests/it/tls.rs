@@ -116,7 +116,7 @@ fn rootcert(path: &Path) -> String {
 
 /// Connect through walhook's SQL session; whether the session is TLS.
 async fn session_ssl(url: &str) -> anyhow::Result<bool> {
-    let client = connect_sql(&connection(url)).await?;
+    let client = connect_sql(&connection(url)).await?.client;
     let row = client
         .query_one(
             "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
@@ -169,7 +169,8 @@ async fn sql_sessions_honour_every_sslmode() {
         &format!("sslmode=verify-full&{ca}"),
     )))
     .await
-    .unwrap();
+    .unwrap()
+    .client;
     let name: String = client
         .query_one("SHOW application_name", &[])
         .await

@@ -349,8 +349,10 @@ pub fn http_client(config: &DeliveryConfig) -> anyhow::Result<HttpClient> {
         "HTTP version to targets: {} (delivery.http_version)",
         config.http_version.name()
     );
-    let mut tcp =
-        HttpConnector::new_with_resolver(PolicyResolver::new(config.allow_private_targets));
+    let mut tcp = HttpConnector::new_with_resolver(PolicyResolver::new(
+        config.allow_private_targets,
+        config.connect_timeout,
+    ));
     // https URLs are handed on to the TLS layer below.
     tcp.enforce_http(false);
     tcp.set_connect_timeout(Some(config.connect_timeout));

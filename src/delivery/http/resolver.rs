@@ -12,6 +12,11 @@
 //! and one answer per name. An answer is never kept past the
 //! lookup that produced it (no cache: the next connection asks again, so a
 //! changed DNS record is seen as before).
+//!
+//! A lookup has a time limit of its own (`delivery.connect_timeout`): a
+//! name server that never answers (the system resolver may retry for many
+//! seconds per server) fails that lookup instead of holding every
+//! connection to the name, and the next connection asks again.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,6 +25,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use hyper_util::client::legacy::connect::dns::Name;
@@ -31,20 +37,33 @@ use super::target_policy::is_public;
 type Answer = Result<Arc<[SocketAddr]>, (io::ErrorKind, Arc<str>)>;
 type Lookup = Shared<BoxFuture<'static, Answer>>;
 
+/// How a name becomes addresses: the system resolver, or a stand-in in
+/// tests.
+type Resolve = fn(String) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>>;
+
+fn system_resolve(name: String) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>> {
+    async move { Ok(tokio::net::lookup_host((name.as_str(), 0)).await?.collect()) }.boxed()
+}
+
 /// Resolves host names and keeps only the addresses the policy allows, so
 /// the check applies to the address actually connected to (a name that
 /// resolves to a private address, or re-resolves to one later, is refused).
 #[derive(Clone)]
 pub(in crate::delivery) struct PolicyResolver {
     allow_private: bool,
+    /// The longest one lookup may take.
+    limit: Duration,
+    resolve: Resolve,
     /// Lookups under way, by host name.
     lookups: Arc<Mutex<HashMap<String, Lookup>>>,
 }
 
 impl PolicyResolver {
-    pub(in crate::delivery) fn new(allow_private: bool) -> PolicyResolver {
+    pub(in crate::delivery) fn new(allow_private: bool, limit: Duration) -> PolicyResolver {
         PolicyResolver {
             allow_private,
+            limit,
+            resolve: system_resolve,
             lookups: Arc::default(),
         }
     }
@@ -59,12 +78,21 @@ impl PolicyResolver {
             return lookup.clone();
         }
         let (name, under_way) = (host.to_owned(), Arc::clone(&self.lookups));
+        let (resolve, limit) = (self.resolve, self.limit);
         // Only this task removes this name's entry, so while it runs the
         // entry is its own.
         let task = tokio::spawn(async move {
-            let answer = match tokio::net::lookup_host((name.as_str(), 0)).await {
-                Ok(addrs) => Ok(addrs.collect::<Arc<[SocketAddr]>>()),
-                Err(e) => Err((e.kind(), Arc::from(e.to_string()))),
+            let answer = match tokio::time::timeout(limit, resolve(name.clone())).await {
+                Ok(Ok(addrs)) => Ok(Arc::from(addrs)),
+                Ok(Err(e)) => Err((e.kind(), Arc::from(e.to_string()))),
+                Err(_) => Err((
+                    io::ErrorKind::TimedOut,
+                    Arc::from(format!(
+                        "the name lookup of {name} took longer than {}s \
+                         (delivery.connect_timeout)",
+                        limit.as_secs_f64()
+                    )),
+                )),
             };
             under_way
                 .lock()
@@ -130,7 +158,7 @@ mod tests {
 
     #[tokio::test]
     async fn overlapping_lookups_of_one_name_share_one() {
-        let resolver = PolicyResolver::new(true);
+        let resolver = PolicyResolver::new(true, Duration::from_secs(10));
         let first = resolver.lookup("localhost");
         let second = resolver.lookup("localhost");
         assert!(first.ptr_eq(&second));
@@ -145,7 +173,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lookup_nobody_waits_for_any_more_is_not_kept() {
-        let resolver = PolicyResolver::new(true);
+        let resolver = PolicyResolver::new(true, Duration::from_secs(10));
         // Every connection that wanted it gave up at once.
         drop(resolver.lookup("localhost"));
         let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -160,7 +188,7 @@ mod tests {
 
     #[tokio::test]
     async fn many_connections_at_once_get_the_same_answer() {
-        let resolver = PolicyResolver::new(true);
+        let resolver = PolicyResolver::new(true, Duration::from_secs(10));
         let calls = (0..100).map(|_| {
             let mut r = resolver.clone();
             r.call(Name::from_str("localhost").expect("a valid name"))
@@ -174,8 +202,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lookup_that_never_answers_fails_at_its_limit_and_is_not_kept() {
+        let mut resolver = PolicyResolver::new(true, Duration::from_millis(50));
+        resolver.resolve = |_| std::future::pending().boxed();
+        let started = tokio::time::Instant::now();
+        let error = resolver
+            .call(Name::from_str("stalls.example").expect("a valid name"))
+            .await
+            .expect_err("no answer");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            error
+                .to_string()
+                .contains("stalls.example took longer than"),
+            "{error}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The next connection asks again.
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !resolver.lookups.lock().expect("not poisoned").is_empty() {
+            assert!(tokio::time::Instant::now() < until, "the lookup was kept");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
     async fn the_policy_applies_to_the_shared_answer() {
-        let mut resolver = PolicyResolver::new(false);
+        let mut resolver = PolicyResolver::new(false, Duration::from_secs(10));
         let error = resolver
             .call(Name::from_str("localhost").expect("a valid name"))
             .await

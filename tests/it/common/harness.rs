@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Output};
 use std::time::Duration;
 
-use walhook_lab::cluster::Cluster;
+use walhook_lab::cluster::{Cluster, ClusterOptions};
 
 use super::daemon::walhook_with;
 use super::text;
@@ -34,7 +34,21 @@ impl Harness {
         host_sql: &str,
         extra_config: &str,
     ) -> Harness {
-        Harness::start_full(settings, host_sql, extra_config, true).await
+        let options = ClusterOptions {
+            extra_settings: settings,
+            ..Default::default()
+        };
+        Harness::start_full(options, host_sql, extra_config, true).await
+    }
+
+    /// As [`start`](Self::start), with the server's options (settings and
+    /// environment).
+    pub async fn start_with_options(
+        options: ClusterOptions,
+        host_sql: &str,
+        extra_config: &str,
+    ) -> Harness {
+        Harness::start_full(options, host_sql, extra_config, true).await
     }
 
     /// As [`start`](Self::start), with the target guard on
@@ -43,23 +57,19 @@ impl Harness {
     /// refused. Every other harness allows them, since its receivers listen
     /// on loopback.
     pub async fn start_guarded(host_sql: &str, extra_config: &str) -> Harness {
-        Harness::start_full(Vec::new(), host_sql, extra_config, false).await
+        Harness::start_full(ClusterOptions::default(), host_sql, extra_config, false).await
     }
 
     async fn start_full(
-        settings: Vec<(String, String)>,
+        options: ClusterOptions,
         host_sql: &str,
         extra_config: &str,
         allow_private_targets: bool,
     ) -> Harness {
-        let cluster = tokio::task::spawn_blocking(move || {
-            walhook_lab::cluster::Cluster::start_with(walhook_lab::cluster::ClusterOptions {
-                extra_settings: settings,
-            })
-        })
-        .await
-        .unwrap()
-        .expect("throwaway PostgreSQL starts");
+        let cluster = tokio::task::spawn_blocking(move || Cluster::start_with(options))
+            .await
+            .unwrap()
+            .expect("throwaway PostgreSQL starts");
         cluster
             .execute("postgres", host_sql)
             .await
