@@ -63,6 +63,10 @@ pub async fn check(config: &Config) -> u8 {
     for line in setup::check_delivery_files(config) {
         failed |= print_line(&line);
     }
+    for problem in config.password_file_problems() {
+        println!("FAIL  {problem}");
+        failed = true;
+    }
     let conn = match config.connection() {
         Ok(c) => c,
         Err(e) => {

@@ -12,6 +12,7 @@ use anyhow::Context;
 use serde::{Deserialize, Deserializer};
 
 mod connection;
+pub mod secret_file;
 mod validate;
 
 pub use self::connection::{Connection, Purpose, SslMode};
@@ -32,6 +33,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// What is wrong with who may read the password files the config
+    /// names (see [`secret_file::exposure`]).
+    pub fn password_file_problems(&self) -> Vec<String> {
+        let p = &self.postgres;
+        [
+            ("postgres.password_file", &p.password_file),
+            ("postgres.setup_password_file", &p.setup_password_file),
+        ]
+        .into_iter()
+        .filter_map(|(key, path)| secret_file::exposure(path.as_deref()?, key))
+        .collect()
+    }
+
     /// walhook's publications: the main one, and the insert-only one for
     /// tables without a replica identity (publishing their UPDATE or
     /// DELETE would make the host's statements fail).

@@ -346,3 +346,29 @@ mod validation_tests {
         assert_eq!(config.keyless_publication().len(), 63);
     }
 }
+
+/// A password file every user can read is named, with the fix; one only
+/// its owner can read is fine.
+#[cfg(unix)]
+#[test]
+fn a_password_file_readable_by_every_user_is_named() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "secret\n").unwrap();
+    let config = Config::parse(&format!(
+        "[postgres]\nurl = \"postgres://w@db/app\"\npassword_file = {:?}\n",
+        file.display().to_string()
+    ))
+    .unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o604)).unwrap();
+    let problems = config.password_file_problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("key postgres.password_file: ")
+            && problems[0].contains("readable by every user (mode 0604): chmod 600"),
+        "{problems:?}"
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(config.password_file_problems().is_empty());
+}

@@ -68,6 +68,9 @@ pub async fn run_with_reload(
     on_ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
     open_files::raise_and_report(config.delivery.concurrency_ceiling());
+    for problem in config.password_file_problems() {
+        tracing::warn!("{problem}");
+    }
     let mut config = Arc::new(config);
     let mut process = Process {
         shutdown,

@@ -220,6 +220,10 @@ pub struct EventBuilder {
     schema: String,
     entities: HashMap<String, String>,
     changed_by_columns: Vec<String>,
+    /// Tables published with a column list (`exclude_columns`): REPLICA
+    /// IDENTITY FULL would make their UPDATE and DELETE fail, so it is
+    /// never suggested for them.
+    column_filtered: HashSet<String>,
     relations: HashMap<u32, Relation>,
     types: TypeCatalog,
     warned_inexact: HashSet<String>,
@@ -235,6 +239,12 @@ impl EventBuilder {
                 .filter_map(|(k, t)| Some((k.clone(), t.entity.clone()?)))
                 .collect(),
             changed_by_columns: config.events.changed_by_columns.clone(),
+            column_filtered: config
+                .tables
+                .iter()
+                .filter(|(_, t)| !t.exclude_columns.is_empty())
+                .map(|(k, _)| k.clone())
+                .collect(),
             relations: HashMap::new(),
             types,
             warned_inexact: HashSet::new(),
@@ -247,6 +257,7 @@ impl EventBuilder {
         let fresh = EventBuilder::new(config, TypeCatalog::default());
         self.entities = fresh.entities;
         self.changed_by_columns = fresh.changed_by_columns;
+        self.column_filtered = fresh.column_filtered;
         for rel in self.relations.values_mut() {
             rel.entity = self
                 .entities
@@ -566,11 +577,23 @@ impl EventBuilder {
                                 .collect();
                             changes_exact = false;
                             if self.warned_inexact.insert(rel.qualified.clone()) {
-                                tracing::warn!(
-                                    table = %rel.qualified,
-                                    "UPDATE events of this table list every sent column in Changes \
-                                     (ChangesExact false); ALTER TABLE ... REPLICA IDENTITY FULL makes them exact"
-                                );
+                                if self.column_filtered.contains(&rel.qualified) {
+                                    tracing::warn!(
+                                        table = %rel.qualified,
+                                        "UPDATE events of this table list every sent column in \
+                                         Changes (ChangesExact false); they stay so: its \
+                                         publication leaves columns out (exclude_columns), and \
+                                         REPLICA IDENTITY FULL would make its UPDATEs and \
+                                         DELETEs fail"
+                                    );
+                                } else {
+                                    tracing::warn!(
+                                        table = %rel.qualified,
+                                        "UPDATE events of this table list every sent column in \
+                                         Changes (ChangesExact false); ALTER TABLE ... REPLICA \
+                                         IDENTITY FULL makes them exact"
+                                    );
+                                }
                             }
                         }
                     },

@@ -234,6 +234,17 @@ async fn wanted_tables(
         );
     }
     for table in captured_tables(store, config).await? {
+        if table.unlogged {
+            // PostgreSQL refuses them in a publication: their changes never
+            // reach the WAL, so no logical decoding can see them.
+            warnings.push(format!(
+                "table {} is UNLOGGED: its changes never reach the WAL, so walhook cannot see \
+                 them; left out of the publication (ALTER TABLE ... SET LOGGED, then run setup \
+                 again, to capture it)",
+                table.qualified()
+            ));
+            continue;
+        }
         let named = config
             .tables
             .get(&table.qualified())

@@ -20,6 +20,8 @@ pub struct HostTable {
     /// in table order; empty under FULL or without an identity.
     pub identity_columns: Vec<String>,
     pub columns: Vec<String>,
+    /// UNLOGGED: never in the WAL, so never publishable.
+    pub unlogged: bool,
 }
 
 impl HostTable {
@@ -421,7 +423,8 @@ impl Store {
                                       WHERE i.indrelid = c.oid \
                                         AND ((c.relreplident = 'd' AND i.indisprimary) \
                                           OR (c.relreplident = 'i' AND i.indisreplident))) \
-                               ORDER BY a.attnum) \
+                               ORDER BY a.attnum), \
+                        c.relpersistence = 'u' \
                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                   WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
                     AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1) \
@@ -440,6 +443,7 @@ impl Store {
                 columns: r.get(3),
                 identity_full: r.get(4),
                 identity_columns: r.get(5),
+                unlogged: r.get(6),
             })
             .collect())
     }

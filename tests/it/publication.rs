@@ -183,3 +183,37 @@ async fn auto_add_tables_adds_every_table_it_can_and_names_the_others() {
         .await
         .expect("the application's UPDATE on b_secret works");
 }
+
+/// An UNLOGGED host table cannot be published (its changes never reach
+/// the WAL): setup leaves it out with a warning naming it and the fix,
+/// instead of failing on it, and the logged tables are captured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_leaves_out_an_unlogged_table_with_a_warning() {
+    // The harness runs setup and requires it to succeed.
+    let h = Harness::start(
+        "CREATE TABLE contact (id int PRIMARY KEY); \
+         CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY);",
+        "",
+    )
+    .await;
+    let again = h.walhook(&["setup"]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again).contains("table public.scratch is UNLOGGED")
+            && text(&again).contains("SET LOGGED"),
+        "{}",
+        text(&again)
+    );
+    let published: Vec<String> =
+        h.db.query(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables \
+              WHERE pubname LIKE 'walhook%' AND schemaname = 'public'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(published, ["public.contact"]);
+}

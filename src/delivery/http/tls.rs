@@ -209,33 +209,10 @@ fn read_private_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
     })
 }
 
-/// What is wrong with who may read the client key, or `None` when only
-/// its owner may (0600), or root owns it and only a group may also read it
-/// (0640 root:walhook): PostgreSQL's rule for its own key files.
-#[cfg(unix)]
+/// What is wrong with who may read the client key (see
+/// [`crate::config::secret_file::exposure`]).
 pub fn key_file_exposure(path: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    let mode = meta.mode() & 0o777;
-    let allowed = if meta.uid() == 0 { 0o037 } else { 0o077 };
-    (mode & allowed != 0).then(|| {
-        format!(
-            "key delivery.client_key_file: {} is readable by {} (mode {mode:04o}): \
-             chmod 600 it (owned by the user walhook runs as), or chown root:walhook and \
-             chmod 640",
-            path.display(),
-            if mode & 0o007 != 0 {
-                "every user"
-            } else {
-                "its group"
-            },
-        )
-    })
-}
-
-#[cfg(not(unix))]
-pub fn key_file_exposure(_path: &Path) -> Option<String> {
-    None
+    crate::config::secret_file::exposure(path, "delivery.client_key_file")
 }
 
 /// The TLS failure behind a failed request, in words a DBA can act on,
