@@ -99,7 +99,9 @@ pub async fn plan(store: &Store, config: &Config) -> anyhow::Result<Plan> {
         full,
         keyless,
         refused,
+        unlogged,
     } = wanted_tables(store, config, &mut plan.warnings).await?;
+    plan.warnings.extend(unlogged.into_values());
     if !refused.is_empty() {
         bail!(
             "setup refuses a publication that would make the application's statements fail, \
@@ -167,6 +169,9 @@ struct WantedTables {
     keyless: Wanted,
     /// Tables left out, each with why and the fix, keyed by `schema.table`.
     refused: BTreeMap<String, String>,
+    /// UNLOGGED tables, left out (PostgreSQL refuses them in a
+    /// publication), each with what to do, keyed by `schema.table`.
+    unlogged: BTreeMap<String, String>,
 }
 
 /// Why a table with a replica identity cannot be published with the
@@ -237,12 +242,13 @@ async fn wanted_tables(
         if table.unlogged {
             // PostgreSQL refuses them in a publication: their changes never
             // reach the WAL, so no logical decoding can see them.
-            warnings.push(format!(
+            let why = format!(
                 "table {} is UNLOGGED: its changes never reach the WAL, so walhook cannot see \
                  them; left out of the publication (ALTER TABLE ... SET LOGGED, then run setup \
                  again, to capture it)",
                 table.qualified()
-            ));
+            );
+            wanted.unlogged.insert(table.qualified(), why);
             continue;
         }
         let named = config
@@ -376,12 +382,14 @@ pub async fn add_new_tables(store: &Store, config: &Config) -> anyhow::Result<()
         full,
         keyless,
         refused,
+        unlogged,
     } = wanted_tables(store, config, &mut Vec::new()).await?;
     let [main, insert_only] = config.publications();
     let mut published = store.published_tables(&main).await?;
     published.extend(store.published_tables(&insert_only).await?);
     let mut failures: Vec<String> = refused
         .into_iter()
+        .chain(unlogged)
         .filter(|(qualified, _)| !published.contains_key(qualified))
         .map(|(_, why)| why)
         .collect();

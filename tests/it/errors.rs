@@ -426,15 +426,21 @@ async fn hints_are_the_same_from_a_server_speaking_german() {
         "{err}"
     );
 
-    // The publication dropped (42704 once streaming).
+    // The publication dropped while streaming (42704 from the stream,
+    // when the next change is decoded).
+    let url = h.cluster.url("postgres");
+    let config = write_config(dir.path(), &url);
+    let daemon = tokio::task::spawn_blocking(move || run_to_exit(&config, Duration::from_secs(30)));
+    h.wait_slot_active(Duration::from_secs(20)).await;
     h.db.batch_execute("DROP PUBLICATION walhook; INSERT INTO t VALUES (1)")
         .await
         .unwrap();
-    let url = h.cluster.url("postgres");
-    let (code, err) = run_to_exit(&write_config(dir.path(), &url), Duration::from_secs(20));
+    let (code, err) = daemon.await.unwrap();
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("publication [\"walhook\"] is missing: run `walhook setup`"),
+        err.contains(
+            "(publication [\"walhook\", \"walhook_keyless\"] is missing: run `walhook setup`)"
+        ),
         "{err}"
     );
     assert!(

@@ -166,7 +166,7 @@ async fn auto_add_tables_adds_every_table_it_can_and_names_the_others() {
         })
     })
     .await;
-    h.wait_log("table public.a_scratch was not added").await;
+    h.wait_log("table public.a_scratch is UNLOGGED").await;
     h.wait_log("table public.b_secret: ").await;
     h.wait_log("exclude_columns leaves out id, part of its replica identity")
         .await;
