@@ -38,6 +38,9 @@
 //!         ReplicationEvent::Message { prefix, content, .. } => println!(
 //!             "Logical message: prefix={}, {} bytes", prefix, content.len()
 //!         ),
+//!         ReplicationEvent::MessageSkipped { prefix, .. } => println!(
+//!             "Logical message under {prefix} skipped unread"
+//!         ),
 //!         ReplicationEvent::StoppedAt {reached: _} => break,
 //!         ReplicationEvent::Begin { .. } => println!(
 //!             "Transaction start, probably want to flush in-flight events to the sinks."
