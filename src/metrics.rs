@@ -425,6 +425,48 @@ mod tests {
         assert!(text.contains("walhook_delivery_seconds_bucket"), "{text}");
     }
 
+    /// Every metric the README names is exported under that name (counters
+    /// with their `_total`), so a query written from the README works.
+    #[test]
+    fn the_readme_names_metrics_as_exported() {
+        let readme = include_str!("../README.md");
+        let metrics = Metrics::default();
+        // A family is rendered once it has a series.
+        metrics.logical_message_ignored("other_prefix");
+        metrics
+            .parked_waiting
+            .get_or_create(&vec![("webhook_id".to_owned(), "1".to_owned())]);
+        let text = metrics.render();
+        let families: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .collect();
+        let exported = |name: &str| {
+            families.iter().any(|&(family, kind)| match kind {
+                "counter" => name == format!("{family}_total"),
+                _ => name == family,
+            })
+        };
+        let mut named = 0;
+        for (at, _) in readme.match_indices("walhook_") {
+            let name: String = readme[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            // Roles and publications, not metrics.
+            if ["walhook_", "walhook_setup", "walhook_keyless"].contains(&name.as_str()) {
+                continue;
+            }
+            named += 1;
+            assert!(
+                exported(&name),
+                "the README names {name}, which is not exported:\n{text}"
+            );
+        }
+        assert!(named > 10, "only {named} metric names found in the README");
+    }
+
     #[test]
     fn readiness_follows_streaming_and_progress() {
         let h = Health::default();

@@ -96,11 +96,20 @@ impl Connection {
             format!("key {url_key} is not a valid PostgreSQL URL or connection string")
         })?;
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        // No URL at all (the default): everything from the PG* variables,
+        // then walhook's own defaults, walhook@127.0.0.1:5432/postgres.
+        // A URL that leaves parts out gets libpq's defaults for them.
+        let unset = url.trim().is_empty();
+        let (default_host, default_user) = if unset {
+            ("127.0.0.1", Some("walhook"))
+        } else {
+            ("localhost", None)
+        };
         let host = match parsed.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             #[cfg(unix)]
             Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-            None => env("PGHOST").unwrap_or_else(|| "localhost".into()),
+            None => env("PGHOST").unwrap_or_else(|| default_host.into()),
         };
         let port = match parsed.get_ports().first() {
             Some(p) => *p,
@@ -115,12 +124,18 @@ impl Connection {
             .get_user()
             .map(str::to_owned)
             .or_else(|| env("PGUSER"))
-            .unwrap_or_else(|| "postgres".into());
+            .unwrap_or_else(|| default_user.unwrap_or("postgres").into());
         let dbname = parsed
             .get_dbname()
             .map(str::to_owned)
             .or_else(|| env("PGDATABASE"))
-            .unwrap_or_else(|| user.clone());
+            .unwrap_or_else(|| {
+                if unset {
+                    "postgres".into()
+                } else {
+                    user.clone()
+                }
+            });
         let password = match (password_file, parsed.get_password()) {
             (Some(file), _) => {
                 let text = std::fs::read_to_string(file).with_context(|| {

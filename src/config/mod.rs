@@ -73,7 +73,8 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PostgresConfig {
-    /// libpq-style URL or key=value connection string.
+    /// libpq-style URL or key=value connection string; empty: the PG*
+    /// variables, then walhook@127.0.0.1:5432/postgres.
     pub url: String,
     /// A file whose first line is the password (instead of the URL or PGPASSWORD).
     pub password_file: Option<PathBuf>,
@@ -111,7 +112,7 @@ pub struct PostgresConfig {
 impl Default for PostgresConfig {
     fn default() -> Self {
         PostgresConfig {
-            url: "postgres://walhook@127.0.0.1:5432/postgres".into(),
+            url: String::new(),
             password_file: None,
             setup_url: None,
             setup_password_file: None,

@@ -372,3 +372,18 @@ fn a_password_file_readable_by_every_user_is_named() {
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(config.password_file_problems().is_empty());
 }
+
+/// Without a URL, the connection is walhook@127.0.0.1:5432/postgres (the
+/// PG* variables, when set, come first: `errors::the_pg_variables_apply_without_a_url`).
+#[test]
+fn no_url_means_walhook_on_the_local_server() {
+    if ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+    {
+        eprintln!("no_url_means_walhook_on_the_local_server NOT CHECKED: PG* variables are set");
+        return;
+    }
+    let conn = Config::parse("").unwrap().connection().unwrap();
+    assert_eq!(format!("{conn:?}"), "walhook@127.0.0.1:5432/postgres");
+}

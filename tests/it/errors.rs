@@ -448,3 +448,32 @@ async fn hints_are_the_same_from_a_server_speaking_german() {
         "the server's own words stay: {err}"
     );
 }
+
+/// With no `postgres.url` (an empty config file), the standard PG*
+/// variables say where to connect, as the README says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pg_variables_apply_without_a_url() {
+    let h = Harness::start("CREATE TABLE t (id int PRIMARY KEY);", "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("walhook.toml");
+    std::fs::write(&config, "").unwrap();
+    let port = h.cluster.port().to_string();
+    let out = Command::new(BIN)
+        .arg("-c")
+        .arg(&config)
+        .arg("check")
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", &port)
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", "postgres")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "OK    connected to postgres@127.0.0.1:{port}/postgres"
+        )),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
