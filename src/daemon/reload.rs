@@ -69,3 +69,46 @@ impl ReloadPlan {
         ReloadPlan { sections, restart }
     }
 }
+
+#[cfg(test)]
+mod restart_keys {
+    use super::*;
+
+    /// The README names every key a reload reports as needing a restart.
+    #[test]
+    fn the_readme_lists_every_restart_only_key() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("which keys\n  need a restart")
+            .expect("the README's paragraph on SIGHUP");
+        let paragraph: String = readme[start..]
+            .split("\n- ")
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut changed = Config::default();
+        changed.postgres.schema = "other".into();
+        changed.capture.auto_add_tables = true;
+        changed.metrics.listen = Some("127.0.0.1:1".parse().unwrap());
+        changed.backfill.chunk_rows += 1;
+        let d = &mut changed.delivery;
+        d.connect_timeout *= 2;
+        d.timeout *= 2;
+        d.allow_private_targets = !d.allow_private_targets;
+        d.max_in_flight_bytes *= 2;
+        d.http_version = crate::config::HttpVersion::Http1;
+        d.ca_file = Some("/x".into());
+        d.client_cert_file = Some("/x".into());
+        d.client_key_file = Some("/x".into());
+        let plan = ReloadPlan::of(&Config::default(), &changed);
+        assert_eq!(plan.restart.len(), 12, "{:?}", plan.restart);
+        for key in &plan.restart {
+            assert!(
+                paragraph.contains(&format!("`{key}`")),
+                "the README's restart list lacks {key}: {paragraph}"
+            );
+        }
+    }
+}
