@@ -86,11 +86,11 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<u8> {
         publications.push(json!({"name": name, "exists": exists}));
     }
 
-    let hooks = match store.hook_stats().await {
-        Ok(hooks) => hooks,
+    let (hooks, hooks_readable) = match store.hook_stats().await {
+        Ok(hooks) => (hooks, true),
         Err(e) => {
             problems.push((exit::FAILURE, format!("{e:#}")));
-            Vec::new()
+            (Vec::new(), false)
         }
     };
     let parked_total: i64 = hooks.iter().map(|h| h.parked).sum();
@@ -132,7 +132,9 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<u8> {
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        print_status(&report, &hooks, parked_total, &store.table_name("webhook"));
+        let webhook_table = store.table_name("webhook");
+        let hooks = hooks_readable.then_some(hooks.as_slice());
+        print_status(&report, hooks, parked_total, &webhook_table);
         if !backfills.is_empty() {
             println!("\nBackfills:\n{}", super::backfill::table(&backfills));
         }
@@ -231,7 +233,14 @@ fn time_lag(slot: &SlotStatus) -> (Option<f64>, String) {
     }
 }
 
-fn print_status(report: &SlotReport, hooks: &[HookStats], parked_total: i64, webhook_table: &str) {
+/// `hooks` is `None` when they could not be read (the PROBLEM lines say
+/// why).
+fn print_status(
+    report: &SlotReport,
+    hooks: Option<&[HookStats]>,
+    parked_total: i64,
+    webhook_table: &str,
+) {
     let slot = &report.slot;
     let mut lines: Vec<(&str, String)> = Vec::new();
     if !slot.exists {
@@ -281,7 +290,7 @@ fn print_status(report: &SlotReport, hooks: &[HookStats], parked_total: i64, web
         lines.push((
             "confirmed",
             format!(
-                "{} (server at {})",
+                "{} (the slot's position: the server keeps WAL from about here; server at {})",
                 or_dash(slot.confirmed_flush_lsn.as_deref()),
                 or_dash(slot.server_lsn.as_deref())
             ),
@@ -290,7 +299,9 @@ fn print_status(report: &SlotReport, hooks: &[HookStats], parked_total: i64, web
             lines.push((
                 "settled",
                 format!(
-                    "{settled} (recorded by walhook; it resumes from here if the slot is behind)"
+                    "{settled} (recorded by walhook: every event before it delivered, parked or \
+                     dropped; confirmed follows it within a moment, and after a crash walhook \
+                     resumes from the later of the two)"
                 ),
             ));
         }
@@ -318,6 +329,10 @@ fn print_status(report: &SlotReport, hooks: &[HookStats], parked_total: i64, web
     print!("{}", pairs(&lines));
 
     println!();
+    let Some(hooks) = hooks else {
+        println!("hooks: {webhook_table} could not be read (see PROBLEM below)");
+        return;
+    };
     if hooks.is_empty() {
         println!("no hooks in {webhook_table} (add one with `walhook webhook add`)");
         return;
@@ -340,8 +355,10 @@ fn print_status(report: &SlotReport, hooks: &[HookStats], parked_total: i64, web
                 h.parked.to_string(),
                 // When it happened: after a recovery the last error is
                 // history, and its time says so.
+                // The last column: no need to cut it short, and the cause
+                // is at the end of an error's chain.
                 h.last_error.as_deref().map_or("-".into(), |e| {
-                    format!("{} {}", or_dash(h.last_failure.as_deref()), short(e, 60))
+                    format!("{} {}", or_dash(h.last_failure.as_deref()), short(e, 300))
                 }),
             ]
         })

@@ -456,6 +456,43 @@ async fn status_reports_slot_and_hook_counts() {
         !human.contains("boom"),
         "only the first line of last_error:\n{human}"
     );
+    assert!(
+        human.contains("the slot's position"),
+        "confirmed says what it is:\n{human}"
+    );
+
+    // A long error keeps its cause, at the end of its chain.
+    h.db.execute(
+        "UPDATE walhook.webhook_usage SET last_error = \
+           'sending to https://hooks.example.com/busy: client error (Connect): tcp connect error: \
+            Connection refused (os error 111)' WHERE webhook_id = $1",
+        &[&busy],
+    )
+    .await
+    .unwrap();
+    let human = stdout(&h.walhook(&["status"]));
+    assert!(
+        human.contains("Connection refused (os error 111)"),
+        "the cause was cut:\n{human}"
+    );
+
+    // A role that cannot read the hooks is told so, not that there are none.
+    h.db.batch_execute("CREATE ROLE outsider LOGIN")
+        .await
+        .unwrap();
+    let config = std::fs::read_to_string(&h.config_path)
+        .unwrap()
+        .replace("postgres@", "outsider@");
+    let outsider = h.dir.path().join("outsider.toml");
+    std::fs::write(&outsider, config).unwrap();
+    let out = walhook_with(&outsider, &["status"]);
+    let human = stdout(&out);
+    assert!(!human.contains("no hooks in"), "{human}");
+    assert!(
+        human.contains("could not be read (see PROBLEM below)") && human.contains("PROBLEM: "),
+        "{human}\n{}",
+        text(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
