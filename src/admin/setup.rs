@@ -42,6 +42,9 @@ pub async fn setup(config: &Config, dry_run: bool) -> anyhow::Result<()> {
         "walhook is set up in {conn:?}: schema {:?}, publication {:?}, slot {:?}",
         config.postgres.schema, config.postgres.publication, config.postgres.slot
     );
+    for change in &plan.publication_changes {
+        println!("  {change}");
+    }
     if let Some(role) = setup::run_role_to_grant(config)? {
         println!("role {role:?} (postgres.url) may use walhook's tables");
     }

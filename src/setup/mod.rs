@@ -48,6 +48,8 @@ pub fn encoding_problem(encoding: &str) -> Option<String> {
 #[derive(Debug, Default)]
 pub struct Plan {
     pub statements: Vec<String>,
+    /// What the statements change in the publications, in words.
+    pub publication_changes: Vec<String>,
     pub warnings: Vec<String>,
     /// Run outside any transaction, after the statements.
     pub create_slot: Option<String>,
@@ -340,6 +342,21 @@ async fn plan_publication(
         .collect();
     if current == wanted_columns {
         return Ok(());
+    }
+    for (qualified, columns) in &wanted_columns {
+        match current.get(qualified) {
+            None => plan
+                .publication_changes
+                .push(format!("publication {name:?} adds table {qualified}")),
+            Some(now) if now != columns => plan.publication_changes.push(format!(
+                "publication {name:?} changes the columns it publishes of {qualified}"
+            )),
+            Some(_) => {}
+        }
+    }
+    for qualified in current.keys().filter(|q| !wanted_columns.contains_key(*q)) {
+        plan.publication_changes
+            .push(format!("publication {name:?} drops table {qualified}"));
     }
     if tables.is_empty() {
         // A publication cannot SET an empty table list: re-create it.

@@ -217,3 +217,23 @@ async fn setup_leaves_out_an_unlogged_table_with_a_warning() {
         .collect();
     assert_eq!(published, ["public.contact"]);
 }
+
+/// A re-run of setup after a migration says which tables it now publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_says_which_new_tables_it_publishes() {
+    let h = Harness::start("CREATE TABLE contact (id int PRIMARY KEY);", "").await;
+    h.db.batch_execute(
+        "CREATE TABLE invoice (id int PRIMARY KEY); CREATE TABLE audit_line (note text);",
+    )
+    .await
+    .unwrap();
+    let out = h.walhook(&["setup"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = stdout(&out);
+    assert!(
+        said.contains("publication \"walhook\" adds table public.invoice")
+            && said.contains("publication \"walhook_keyless\" adds table public.audit_line"),
+        "{said}"
+    );
+    assert!(!said.contains("public.contact"), "{said}");
+}
