@@ -41,6 +41,9 @@ pub(crate) struct Process {
     /// server crash rewound it, or the last status update never reached
     /// the server), even if recording it failed.
     settled: Option<(String, crate::pgoutput::Lsn)>,
+    /// Statistics not yet written: a session that ends keeps those of
+    /// events it settled, for the next one to write with its position.
+    usage: crate::delivery::UsageBook,
 }
 
 /// Longest pause between two sessions after lost connections.
@@ -74,6 +77,7 @@ pub async fn run_with_reload(
         metrics: Arc::new(Metrics::default()),
         health: Arc::new(Health::default()),
         settled: None,
+        usage: crate::delivery::UsageBook::default(),
     };
     process.reload.mark_unchanged();
     if let Some(listen) = config.metrics.listen {

@@ -91,6 +91,9 @@ pub(super) struct Session {
     store: Store,
     source: Source,
     pipeline: Pipeline,
+    /// The statistics not yet written (the process's, so a new session
+    /// writes what the last one settled but could not record).
+    usage: UsageBook,
     /// Writes `webhook_usage` once a second; stopped by `usage_stop`.
     usage_writer: JoinHandle<()>,
     usage_stop: watch::Sender<bool>,
@@ -217,6 +220,18 @@ impl Session {
             stored.and_then(|s| s.settled).unwrap_or(Lsn(0))
         };
         let start = resume.start;
+        // Counts of events from `start` on are counted again when those are
+        // resent. Without slot_progress, counts go out as they come, as no
+        // position can carry them.
+        let usage = process.usage.clone();
+        usage.resume(
+            start,
+            if stored.is_some() {
+                recorded
+            } else {
+                Lsn(u64::MAX)
+            },
+        );
         let mut publications = Vec::new();
         for (name, exists) in crate::setup::publications(&store, &config).await? {
             if !exists {
@@ -233,7 +248,6 @@ impl Session {
         };
         let types = TypeCatalog::from_rows(store.type_catalog().await?);
 
-        let usage = UsageBook::default();
         let (usage_stop, usage_stop_rx) = watch::channel(false);
         let usage_writer = tokio::spawn(
             UsageWriter {
@@ -268,6 +282,7 @@ impl Session {
                     store: store.clone(),
                     slot: slot.clone(),
                     recorded,
+                    usage: usage.clone(),
                 }
                 .run(position),
             );
@@ -282,7 +297,7 @@ impl Session {
             http,
             config: Live::new(config.delivery.clone()),
             metrics: Arc::clone(&process.metrics),
-            usage,
+            usage: usage.clone(),
             store: Arc::new(store.clone()),
         });
         let board = Board::new();
@@ -304,6 +319,7 @@ impl Session {
             store,
             source,
             pipeline,
+            usage,
             usage_writer,
             usage_stop,
             progress,
@@ -311,20 +327,28 @@ impl Session {
         }))
     }
 
-    /// Confirm what is settled, and have it recorded when it passed a
-    /// transaction with events (passing anything else changes nothing a
-    /// restart would resend, and recording it would only write more WAL,
-    /// which in turn moves the position).
+    /// Have what is settled recorded when it passed a transaction with
+    /// events (passing anything else changes nothing a restart would
+    /// resend, and recording it would only write more WAL, which in turn
+    /// moves the position), and confirm it to the server once it is: the
+    /// slot never gets ahead of the recorded position over events, whose
+    /// statistics go with that record (a restart from the slot's position
+    /// would neither resend those events nor find their counts).
     async fn advance(&mut self) -> anyhow::Result<Lsn> {
         let lsn = self.pipeline.write_snapshots_and_confirmable().await?;
-        self.source.confirm(lsn);
         let events = self.pipeline.checkpoint().events_settled();
+        let mut confirm = lsn;
         if let Some(progress) = self.progress.as_mut() {
             if events > progress.events_handed {
                 progress.events_handed = events;
                 progress.settled.send_replace(lsn);
             }
+            let recorded = self.usage.recorded();
+            if events > recorded {
+                confirm = recorded;
+            }
         }
+        self.source.confirm(confirm);
         Ok(lsn)
     }
 
@@ -479,8 +503,6 @@ impl Session {
                 crate::text::human_duration(timeout)
             );
         }
-        let _ = self.usage_stop.send(true);
-        let _ = (&mut self.usage_writer).await;
         // Without the snapshot written, nothing new may be confirmed: the
         // position stays where the last successful tick put it.
         let last = match self.pipeline.write_snapshots_and_confirmable().await {
@@ -490,21 +512,32 @@ impl Session {
                 self.source.reported()
             }
         };
-        self.source.confirm(last);
+        let mut confirm = last;
         if let Some(progress) = self.progress.take() {
-            // Whatever the writer was doing, this write supersedes it.
-            progress.writer.abort();
+            // The writer ends after the write it is doing (its counts are
+            // written, or back in the book); this write supersedes it.
+            drop(progress.settled);
+            let _ = progress.writer.await;
             if let Err(e) = self
                 .store
-                .write_progress(&self.config.postgres.slot, last)
+                .record_progress(&self.config.postgres.slot, last, &self.usage)
                 .await
             {
                 tracing::warn!(position = %last, "recording the settled position failed: {e:#}");
+                let recorded = self.usage.recorded();
+                if self.pipeline.checkpoint().events_settled() > recorded {
+                    confirm = recorded;
+                }
             }
         }
+        self.source.confirm(confirm);
+        // What the position write did not take: counts without a position,
+        // or (without slot_progress) all of them.
+        let _ = self.usage_stop.send(true);
+        let _ = (&mut self.usage_writer).await;
         // The status update goes out on the source's timer; give it that long.
         let deadline = tokio::time::Instant::now() + self.config.postgres.status_interval * 3;
-        while self.source.reported() < last && tokio::time::Instant::now() < deadline {
+        while self.source.reported() < confirm && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let confirmed = self.source.reported();

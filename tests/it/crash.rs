@@ -364,6 +364,65 @@ async fn kills_in_a_steady_single_row_workload_resend_only_what_was_in_flight() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_during_delivery_leave_each_delivered_change_counted_once() {
+    // The receiver answers 200 to everything, so each delivery is one call.
+    // At a kill, a change whose call was counted is behind the recorded
+    // position and never sent again; one whose call was not is sent again
+    // and counted then. Either way every change that arrived is counted
+    // exactly once: none lost (calls made but never written), none twice
+    // (written, then sent and counted again).
+    let mut h = Harness::start(ITEMS, "").await;
+    let receiver = Receiver::start().await.unwrap();
+    let id = h.add_hook("item.*", &receiver.url("/usage"), None).await;
+    h.start_daemon().await;
+    let committed = Arc::new(Committed::default());
+    let writer = tokio::spawn(write(
+        h.cluster.url("postgres"),
+        300,
+        Duration::from_millis(4),
+        Arc::clone(&committed),
+    ));
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    for _ in 0..3 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let gap = 20 + (state >> 33) as usize % 40;
+        let seen = receiver.requests().len();
+        receiver
+            .wait_until(Duration::from_secs(10), |r| r.len() >= seen + gap)
+            .await;
+        h.kill_daemon();
+        h.start_daemon().await;
+    }
+    writer.await.unwrap();
+    let committed = committed.0.lock().unwrap().clone();
+    let got = receiver
+        .wait_until(WAIT, |r| delivered_all(r, &committed))
+        .await;
+    verify(&got, &committed);
+    h.wait_caught_up("every change settled").await;
+    assert!(h.stop_daemon().success());
+    let got = receiver.requests();
+    let changes = distinct_events(&got);
+    let usage = h.usage(id).await;
+    eprintln!(
+        "3 kills: {changes} changes, {} requests, total_calls {}",
+        got.len(),
+        usage.total_calls
+    );
+    assert_eq!(
+        usage.total_calls,
+        changes as i64,
+        "{changes} changes arrived ({} requests, the rest sent again after a kill), so \
+         webhook_usage must count {changes} calls; daemon log:\n{}",
+        got.len(),
+        h.daemon_log()
+    );
+    assert_eq!(usage.total_errors, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarts_and_a_terminated_walsender_lose_nothing() {
     let mut h = Harness::start(ITEMS, "").await;
     let receiver = Receiver::start().await.unwrap();
