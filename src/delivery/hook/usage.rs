@@ -214,7 +214,7 @@ impl UsageBook {
         let mut book = self.lock();
         book.recorded = recorded;
         book.hooks.retain(|_, entries| {
-            entries.retain(|e| !e.commit.is_some_and(|c| c >= start));
+            entries.retain(|e| e.commit.is_none_or(|c| c < start));
             !entries.is_empty()
         });
     }
