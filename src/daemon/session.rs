@@ -114,11 +114,12 @@ struct Progress {
     events_handed: Lsn,
 }
 
-/// Where a session resumes, and why not from a recorded position.
+/// Where a session resumes, and what the operator should know about it.
 #[derive(Debug, PartialEq, Eq)]
 struct Resume {
     start: Lsn,
-    ignored: Vec<String>,
+    /// Recorded positions ignored, or taken beyond the slot's.
+    warnings: Vec<String>,
     /// The recorded position was ignored: it must go, or it would be
     /// ignored (and never overwritten) on every start.
     clear_stored: bool,
@@ -130,6 +131,12 @@ struct Resume {
 /// the server, or rewound by a server crash). A position beyond the
 /// server's WAL belongs to another history (a restored backup) and is
 /// ignored.
+///
+/// A recorded position beyond the slot's is taken with a warning: walhook
+/// leaves one there only when it or PostgreSQL stopped before the slot's
+/// position caught up (a kill, a crash), and anything else is a role that
+/// can write `slot_progress` making walhook skip changes. Only this
+/// process's own earlier session is taken without a word.
 fn resume_position(
     slot: &str,
     slot_position: Lsn,
@@ -138,7 +145,7 @@ fn resume_position(
 ) -> Resume {
     let mut resume = Resume {
         start: slot_position,
-        ignored: Vec::new(),
+        warnings: Vec::new(),
         clear_stored: false,
     };
     for (recorded, position) in [(true, stored.settled), (false, earlier_session)] {
@@ -150,7 +157,7 @@ fn resume_position(
                 } else {
                     "the position settled before reconnecting"
                 };
-                resume.ignored.push(format!(
+                resume.warnings.push(format!(
                     "{what} for slot {slot:?}, {position}, is beyond the server's WAL position \
                      {wal} (pg_current_wal_lsn()): ignored, as it cannot be of this server's \
                      history; resuming from the slot's position {slot_position}"
@@ -158,6 +165,21 @@ fn resume_position(
                 resume.clear_stored |= recorded;
             }
             _ => resume.start = resume.start.max(position),
+        }
+    }
+    if let Some(recorded) = stored.settled {
+        let within_wal = stored.server_wal.is_none_or(|wal| recorded <= wal);
+        let vouched = earlier_session.is_some_and(|own| own >= recorded);
+        if within_wal && recorded > slot_position && !vouched {
+            resume.warnings.push(format!(
+                "slot_progress records position {recorded} for slot {slot:?}, {} bytes beyond \
+                 the slot's confirmed position {slot_position}: resuming from it, so what was \
+                 committed in between is not sent. walhook leaves a position ahead of the \
+                 slot's when it or PostgreSQL stops before the slot's position caught up (a \
+                 kill, a crash); otherwise a role that can write slot_progress raised it, and \
+                 `walhook check` names every role but walhook's own that can",
+                recorded.0 - slot_position.0
+            ));
         }
     }
     resume
@@ -210,7 +232,7 @@ impl Session {
             }),
             earlier_session,
         );
-        for warning in &resume.ignored {
+        for warning in &resume.warnings {
             tracing::warn!("{warning}");
         }
         let recorded = if resume.clear_stored {
@@ -564,21 +586,57 @@ mod tests {
 
     #[test]
     fn resumes_from_the_latest_settled_position() {
-        let r = resume_position("w", Lsn(100), stored(Some(300), Some(1000)), Some(Lsn(200)));
+        let r = resume_position("w", Lsn(100), stored(Some(300), Some(1000)), Some(Lsn(400)));
         assert_eq!(
             r,
             Resume {
-                start: Lsn(300),
-                ignored: vec![],
+                start: Lsn(400),
+                warnings: vec![],
                 clear_stored: false
             }
         );
-        let r = resume_position("w", Lsn(100), stored(Some(300), Some(1000)), Some(Lsn(400)));
-        assert_eq!(r.start, Lsn(400));
+        let r = resume_position("w", Lsn(100), stored(Some(300), Some(1000)), Some(Lsn(200)));
+        assert_eq!(r.start, Lsn(300));
         let r = resume_position("w", Lsn(500), stored(Some(300), Some(1000)), None);
         assert_eq!(r.start, Lsn(500), "a slot ahead of the record wins");
         let r = resume_position("w", Lsn(100), stored(None, None), None);
         assert_eq!(r.start, Lsn(100));
+    }
+
+    #[test]
+    fn a_recorded_position_beyond_the_slots_is_taken_with_a_warning() {
+        let r = resume_position("w", Lsn(0x100), stored(Some(0x300), Some(0x1000)), None);
+        assert_eq!(r.start, Lsn(0x300));
+        assert!(!r.clear_stored);
+        assert_eq!(r.warnings.len(), 1);
+        let w = &r.warnings[0];
+        assert!(w.contains("position 0/300 "), "{w}");
+        assert!(
+            w.contains("512 bytes beyond the slot's confirmed position 0/100"),
+            "{w}"
+        );
+        assert!(w.contains("walhook check"), "{w}");
+        // Behind or at the slot's, or vouched for by this process: no word.
+        for r in [
+            resume_position("w", Lsn(0x300), stored(Some(0x300), Some(0x1000)), None),
+            resume_position("w", Lsn(0x400), stored(Some(0x300), Some(0x1000)), None),
+            resume_position(
+                "w",
+                Lsn(0x100),
+                stored(Some(0x300), Some(0x1000)),
+                Some(Lsn(0x300)),
+            ),
+        ] {
+            assert!(r.warnings.is_empty(), "{r:?}");
+        }
+        // A position this process settled does not vouch for a higher one.
+        let r = resume_position(
+            "w",
+            Lsn(0x100),
+            stored(Some(0x300), Some(0x1000)),
+            Some(Lsn(0x200)),
+        );
+        assert_eq!(r.warnings.len(), 1);
     }
 
     #[test]
@@ -591,9 +649,9 @@ mod tests {
         );
         assert_eq!(r.start, Lsn(100));
         assert!(r.clear_stored);
-        assert_eq!(r.ignored.len(), 1);
-        assert!(r.ignored[0].contains("2/0"), "{}", r.ignored[0]);
-        assert!(r.ignored[0].contains("0/1000"), "{}", r.ignored[0]);
-        assert!(r.ignored[0].contains("\"w\""), "{}", r.ignored[0]);
+        assert_eq!(r.warnings.len(), 1);
+        assert!(r.warnings[0].contains("2/0"), "{}", r.warnings[0]);
+        assert!(r.warnings[0].contains("0/1000"), "{}", r.warnings[0]);
+        assert!(r.warnings[0].contains("\"w\""), "{}", r.warnings[0]);
     }
 }

@@ -423,6 +423,57 @@ async fn kills_during_delivery_leave_each_delivered_change_counted_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_position_beyond_the_slot_is_taken_only_with_a_warning() {
+    let mut h = Harness::start(ITEMS, "").await;
+    let receiver = Receiver::start().await.unwrap();
+    h.add_hook("item.*", &receiver.url("/raised"), None).await;
+    h.start_daemon().await;
+    h.db.execute("INSERT INTO item VALUES (1, 0)", &[])
+        .await
+        .unwrap();
+    receiver.wait_until(WAIT, |r| !r.is_empty()).await;
+    h.wait_caught_up("the first change settled").await;
+    assert!(h.stop_daemon().success());
+    // While walhook is stopped, a change it has not seen, and a role that
+    // may write slot_progress raises the position past it.
+    h.db.execute("INSERT INTO item VALUES (2, 0)", &[])
+        .await
+        .unwrap();
+    let slot: String =
+        h.db.query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots \
+              WHERE slot_name = 'walhook'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let raised: String =
+        h.db.query_one(
+            "UPDATE walhook.slot_progress SET lsn = pg_current_wal_lsn() \
+              WHERE slot_name = 'walhook' RETURNING lsn::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(parse_lsn(&raised) > parse_lsn(&slot));
+    h.start_daemon().await;
+    h.wait_log("beyond the slot's confirmed position").await;
+    let log = h.daemon_log();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("beyond the slot's confirmed position"))
+        .unwrap();
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains(&format!("position {raised} ")) && warning.contains(&slot),
+        "names both positions: {warning}"
+    );
+    assert!(warning.contains("walhook check"), "{warning}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarts_and_a_terminated_walsender_lose_nothing() {
     let mut h = Harness::start(ITEMS, "").await;
     let receiver = Receiver::start().await.unwrap();
