@@ -208,7 +208,7 @@ async fn redeliver(config: &Config, event_id: Uuid) -> anyhow::Result<u8> {
     .await;
     let book = UsageBook::default();
     let shown = redacted_url(&hook.target_url);
-    outcome.record_usage(&book, id, None);
+    outcome.record_usage(&book, id);
     let code = match outcome {
         DeliveryOutcome::Delivered(status) => {
             store.discard_parked_event(id, position).await?;

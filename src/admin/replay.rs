@@ -90,7 +90,7 @@ pub async fn replay(config: &Config, webhook: Option<i32>) -> anyhow::Result<()>
                     },
                 )
                 .await;
-                outcome.record_usage(&book, id, None);
+                outcome.record_usage(&book, id);
                 match outcome {
                     DeliveryOutcome::Delivered(_) => {
                         store.remove_parked(id, &[row.position]).await?;

@@ -41,8 +41,8 @@ pub(crate) struct Process {
     /// server crash rewound it, or the last status update never reached
     /// the server), even if recording it failed.
     settled: Option<(String, crate::pgoutput::Lsn)>,
-    /// Statistics not yet written: a session that ends keeps those of
-    /// events it settled, for the next one to write with its position.
+    /// Statistics not yet written: what a session could not write (its SQL
+    /// session was lost) the next one writes.
     usage: crate::delivery::UsageBook,
 }
 

@@ -92,7 +92,7 @@ pub(super) struct Session {
     source: Source,
     pipeline: Pipeline,
     /// The statistics not yet written (the process's, so a new session
-    /// writes what the last one settled but could not record).
+    /// writes what the last one could not).
     usage: UsageBook,
     /// Writes `webhook_usage` once a second; stopped by `usage_stop`.
     usage_writer: JoinHandle<()>,
@@ -109,6 +109,8 @@ struct Progress {
     /// The newest settled position to record (the newest wins).
     settled: watch::Sender<Lsn>,
     writer: JoinHandle<Lsn>,
+    /// The position last recorded.
+    recorded: watch::Receiver<Lsn>,
     /// [`Checkpoint::events_settled`](crate::checkpoint::Checkpoint::events_settled)
     /// when a position was last handed to the writer.
     events_handed: Lsn,
@@ -242,18 +244,7 @@ impl Session {
             stored.and_then(|s| s.settled).unwrap_or(Lsn(0))
         };
         let start = resume.start;
-        // Counts of events from `start` on are counted again when those are
-        // resent. Without slot_progress, counts go out as they come, as no
-        // position can carry them.
         let usage = process.usage.clone();
-        usage.resume(
-            start,
-            if stored.is_some() {
-                recorded
-            } else {
-                Lsn(u64::MAX)
-            },
-        );
         let mut publications = Vec::new();
         for (name, exists) in crate::setup::publications(&store, &config).await? {
             if !exists {
@@ -297,6 +288,7 @@ impl Session {
         );
         let progress = stored.map(|_| {
             let (settled, position) = watch::channel(start);
+            let (recorded_to, recorded_rx) = watch::channel(recorded);
             // The start itself is recorded when it is newer (it came from
             // an earlier session of this process).
             let writer = tokio::spawn(
@@ -305,6 +297,7 @@ impl Session {
                     slot: slot.clone(),
                     recorded,
                     usage: usage.clone(),
+                    recorded_to,
                 }
                 .run(position),
             );
@@ -312,6 +305,7 @@ impl Session {
             Progress {
                 settled,
                 writer,
+                recorded: recorded_rx,
                 events_handed: Lsn(0),
             }
         });
@@ -365,7 +359,7 @@ impl Session {
                 progress.events_handed = events;
                 progress.settled.send_replace(lsn);
             }
-            let recorded = self.usage.recorded();
+            let recorded = *progress.recorded.borrow();
             if events > recorded {
                 confirm = recorded;
             }
@@ -540,21 +534,21 @@ impl Session {
             // written, or back in the book); this write supersedes it.
             drop(progress.settled);
             let _ = progress.writer.await;
+            let recorded = *progress.recorded.borrow();
             if let Err(e) = self
                 .store
                 .record_progress(&self.config.postgres.slot, last, &self.usage)
                 .await
             {
                 tracing::warn!(position = %last, "recording the settled position failed: {e:#}");
-                let recorded = self.usage.recorded();
                 if self.pipeline.checkpoint().events_settled() > recorded {
                     confirm = recorded;
                 }
             }
         }
         self.source.confirm(confirm);
-        // What the position write did not take: counts without a position,
-        // or (without slot_progress) all of them.
+        // What was booked after the position write, or everything when it
+        // failed or there is no slot_progress.
         let _ = self.usage_stop.send(true);
         let _ = (&mut self.usage_writer).await;
         // The status update goes out on the source's timer; give it that long.

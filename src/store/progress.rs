@@ -80,8 +80,7 @@ impl Store {
     }
 
     /// Record `lsn` as settled for `slot`, and in the same statement (one
-    /// transaction) add `usage` to the statistics: the counts of the events
-    /// this position covers (see [`UsageBook`]), so a crash keeps both or
+    /// transaction) add `usage` to the statistics, so a crash keeps both or
     /// neither. The row never moves backwards, so a late write cannot undo
     /// a newer one. Committed asynchronously: a write lost in a server
     /// crash only means a little more is sent again (and counted again),
@@ -119,21 +118,24 @@ impl Store {
         Ok(())
     }
 
-    /// [`write_progress`](Self::write_progress) with what `book` holds for
-    /// `lsn`; on failure the counts go back into the book, and on success
-    /// the book knows `lsn` is recorded.
+    /// [`write_progress`](Self::write_progress) with everything `book`
+    /// holds; on failure the counts go back into the book.
+    ///
+    /// Every call is booked before its event settles, so this write carries
+    /// (or follows the write of) the calls of every event before `lsn`:
+    /// those events are never sent again, and their calls are never lost.
+    /// The calls of later events it carries too: such an event is sent
+    /// again after a crash, and its new calls count again, as they are
+    /// made again.
     pub async fn record_progress(
         &self,
         slot: &str,
         lsn: Lsn,
         book: &UsageBook,
     ) -> anyhow::Result<()> {
-        let batch = book.take_before(lsn);
+        let batch = book.take();
         match self.write_progress(slot, lsn, &batch).await {
-            Ok(()) => {
-                book.mark_recorded(lsn);
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(e) => {
                 book.restore(batch);
                 Err(e)
@@ -192,7 +194,10 @@ pub struct ProgressWriter {
     pub slot: String,
     /// The position already recorded (the session's start).
     pub recorded: Lsn,
+    /// The statistics, written with each position.
     pub usage: UsageBook,
+    /// Told each position once it is recorded.
+    pub recorded_to: watch::Sender<Lsn>,
 }
 
 impl ProgressWriter {
@@ -213,6 +218,7 @@ impl ProgressWriter {
             {
                 Ok(()) => {
                     self.recorded = lsn;
+                    self.recorded_to.send_replace(lsn);
                     pause = Duration::from_millis(100);
                 }
                 Err(e) => {

@@ -1,6 +1,7 @@
 //! Statistics (`webhook_usage`) and the states delivery decides, written
-//! from the in-memory [`UsageBook`] in batches: with the settled position
-//! (`progress`), and once a second for what that already covers.
+//! from the in-memory [`UsageBook`] in batches: once a second, and with
+//! each settled position recorded (`progress`), so that a crash never
+//! loses the calls of an event it does not send again.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -144,11 +145,10 @@ impl Store {
         Ok(())
     }
 
-    /// Write what the book may write now (see
-    /// [`UsageBook::take_recorded`]); on failure it goes back into the book
+    /// Write what the book holds; on failure it goes back into the book
     /// for the next try.
     pub async fn flush_usage(&self, book: &UsageBook) -> anyhow::Result<()> {
-        let batch = book.take_recorded();
+        let batch = book.take();
         if batch.is_empty() {
             return Ok(());
         }
@@ -178,9 +178,7 @@ impl Store {
     }
 }
 
-/// Writes what the book may write now (outcomes without a position, and
-/// those of events before the recorded position) every `interval` until
-/// `stop` fires, then once more.
+/// Writes the book every `interval` until `stop` fires, then once more.
 pub struct UsageWriter {
     pub book: UsageBook,
     pub store: Store,

@@ -220,7 +220,6 @@ async fn run_job(ctx: &DeliveryContext, runtime: &HookRuntime, http: Sender<'_>,
         body: &job.body,
         retry: 0,
         from: From::Queue,
-        commit: Some(job.commit_lsn),
     };
     let outcome = deliver(ctx, runtime, http, outgoing).await;
     let (attempts, error) = match outcome {

@@ -112,7 +112,6 @@ async fn replay_parked(ctx: &DeliveryContext, runtime: &HookRuntime) -> anyhow::
                         body: &row.body,
                         retry: u32::try_from(row.attempts).unwrap_or(0),
                         from: From::Parked,
-                        commit: None,
                     },
                 )
                 .await;

@@ -11,7 +11,6 @@ use crate::delivery::hook::settings::HookSettings;
 use crate::delivery::hook::usage::UsageBook;
 use crate::delivery::http::{check_target, read_body_prefix, tls, SendError, Sender};
 use crate::delivery::request::{self, SigningKey, SigningKeys};
-use crate::pgoutput::Lsn;
 use crate::registry::Webhook;
 use crate::text::{truncate_chars, LAST_ERROR_MAX_CHARS};
 
@@ -54,17 +53,16 @@ impl DeliveryOutcome {
     /// Count the attempt in the hook's statistics: a 2xx is a success, a
     /// throttling answer a call but no error, anything else (410
     /// included) an error with its text. The state a 410 or too many
-    /// errors leads to is decided by the caller. `commit` is the event's
-    /// commit position when it comes from the stream (see [`UsageBook`]).
-    pub fn record_usage(&self, usage: &UsageBook, webhook_id: i32, commit: Option<Lsn>) {
+    /// errors leads to is decided by the caller.
+    pub fn record_usage(&self, usage: &UsageBook, webhook_id: i32) {
         match self {
-            DeliveryOutcome::Delivered(_) => usage.success(webhook_id, commit),
-            DeliveryOutcome::Gone => usage.failure(webhook_id, commit, GONE_ERROR),
+            DeliveryOutcome::Delivered(_) => usage.success(webhook_id),
+            DeliveryOutcome::Gone => usage.failure(webhook_id, GONE_ERROR),
             DeliveryOutcome::Failed {
                 kind: FailureKind::Throttled,
                 ..
-            } => usage.throttled(webhook_id, commit),
-            DeliveryOutcome::Failed { error, .. } => usage.failure(webhook_id, commit, error),
+            } => usage.throttled(webhook_id),
+            DeliveryOutcome::Failed { error, .. } => usage.failure(webhook_id, error),
         }
     }
 }

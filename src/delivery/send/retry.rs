@@ -13,7 +13,6 @@ use crate::delivery::context::DeliveryContext;
 use crate::delivery::hook::concurrency::Signal;
 use crate::delivery::hook::HookRuntime;
 use crate::delivery::http::Sender;
-use crate::pgoutput::Lsn;
 use crate::registry::WebhookState;
 use crate::text::{first_line, human_duration, redacted_url};
 
@@ -65,10 +64,6 @@ pub(in crate::delivery) struct Outgoing<'a> {
     pub body: &'a Bytes,
     pub retry: u32,
     pub from: From,
-    /// The event's commit position, for a streamed event (its statistics
-    /// are written with the position that covers it); `None` for a parked
-    /// one.
-    pub commit: Option<Lsn>,
 }
 
 /// Attempt until delivered, gone, or the hook trips, stops, pauses or
@@ -87,7 +82,6 @@ pub(in crate::delivery) async fn deliver(
 ) -> SendResult {
     let retry = outgoing.retry;
     let event_id = outgoing.event_id;
-    let commit = outgoing.commit;
     let sending = std::panic::AssertUnwindSafe(send_until_settled(ctx, runtime, http, outgoing));
     match futures_util::FutureExt::catch_unwind(sending).await {
         Ok(result) => result,
@@ -101,7 +95,7 @@ pub(in crate::delivery) async fn deliver(
             let id = runtime.id();
             tracing::error!(webhook_id = id, event_id = %event_id,
                 "{error}; the hook is set to TooManyErrors (3) and its events are parked");
-            ctx.usage.failure(id, commit, &error);
+            ctx.usage.failure(id, &error);
             if runtime.trip() {
                 ctx.usage.set_state(id, WebhookState::TooManyErrors);
             }
@@ -125,7 +119,6 @@ async fn send_until_settled(
         body,
         mut retry,
         from,
-        commit,
     } = outgoing;
     let id = runtime.id();
     let mut last_error = None;
@@ -199,7 +192,7 @@ async fn send_until_settled(
             runtime.record_attempt(signal);
         }
         ctx.metrics.delivery(kind, took);
-        outcome.record_usage(&ctx.usage, id, commit);
+        outcome.record_usage(&ctx.usage, id);
         match outcome {
             DeliveryOutcome::Delivered(_) => {
                 runtime.record_success();
