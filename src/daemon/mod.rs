@@ -42,6 +42,9 @@ pub(crate) struct Process {
     /// server crash rewound it, or the last status update never reached
     /// the server), even if recording it failed.
     settled: Option<(String, crate::pgoutput::Lsn)>,
+    /// Statistics not yet written: what a session could not write (its SQL
+    /// session was lost) the next one writes.
+    usage: crate::delivery::UsageBook,
 }
 
 /// Longest pause between two sessions after lost connections.
@@ -78,6 +81,7 @@ pub async fn run_with_reload(
         metrics: Arc::new(Metrics::default()),
         health: Arc::new(Health::default()),
         settled: None,
+        usage: crate::delivery::UsageBook::default(),
     };
     process.reload.mark_unchanged();
     // An idle stream hears from the server at least every half

@@ -91,6 +91,9 @@ pub(super) struct Session {
     store: Store,
     source: Source,
     pipeline: Pipeline,
+    /// The statistics not yet written (the process's, so a new session
+    /// writes what the last one could not).
+    usage: UsageBook,
     /// Writes `webhook_usage` once a second; stopped by `usage_stop`.
     usage_writer: JoinHandle<()>,
     usage_stop: watch::Sender<bool>,
@@ -106,16 +109,19 @@ struct Progress {
     /// The newest settled position to record (the newest wins).
     settled: watch::Sender<Lsn>,
     writer: JoinHandle<Lsn>,
+    /// The position last recorded.
+    recorded: watch::Receiver<Lsn>,
     /// [`Checkpoint::events_settled`](crate::checkpoint::Checkpoint::events_settled)
     /// when a position was last handed to the writer.
     events_handed: Lsn,
 }
 
-/// Where a session resumes, and why not from a recorded position.
+/// Where a session resumes, and what the operator should know about it.
 #[derive(Debug, PartialEq, Eq)]
 struct Resume {
     start: Lsn,
-    ignored: Vec<String>,
+    /// Recorded positions ignored, or taken beyond the slot's.
+    warnings: Vec<String>,
     /// The recorded position was ignored: it must go, or it would be
     /// ignored (and never overwritten) on every start.
     clear_stored: bool,
@@ -127,6 +133,12 @@ struct Resume {
 /// the server, or rewound by a server crash). A position beyond the
 /// server's WAL belongs to another history (a restored backup) and is
 /// ignored.
+///
+/// A recorded position beyond the slot's is taken with a warning: walhook
+/// leaves one there only when it or PostgreSQL stopped before the slot's
+/// position caught up (a kill, a crash), and anything else is a role that
+/// can write `slot_progress` making walhook skip changes. Only this
+/// process's own earlier session is taken without a word.
 fn resume_position(
     slot: &str,
     slot_position: Lsn,
@@ -135,7 +147,7 @@ fn resume_position(
 ) -> Resume {
     let mut resume = Resume {
         start: slot_position,
-        ignored: Vec::new(),
+        warnings: Vec::new(),
         clear_stored: false,
     };
     for (recorded, position) in [(true, stored.settled), (false, earlier_session)] {
@@ -147,7 +159,7 @@ fn resume_position(
                 } else {
                     "the position settled before reconnecting"
                 };
-                resume.ignored.push(format!(
+                resume.warnings.push(format!(
                     "{what} for slot {slot:?}, {position}, is beyond the server's WAL position \
                      {wal} (pg_current_wal_lsn()): ignored, as it cannot be of this server's \
                      history; resuming from the slot's position {slot_position}"
@@ -155,6 +167,21 @@ fn resume_position(
                 resume.clear_stored |= recorded;
             }
             _ => resume.start = resume.start.max(position),
+        }
+    }
+    if let Some(recorded) = stored.settled {
+        let within_wal = stored.server_wal.is_none_or(|wal| recorded <= wal);
+        let vouched = earlier_session.is_some_and(|own| own >= recorded);
+        if within_wal && recorded > slot_position && !vouched {
+            resume.warnings.push(format!(
+                "slot_progress records position {recorded} for slot {slot:?}, {} bytes beyond \
+                 the slot's confirmed position {slot_position}: resuming from it, so what was \
+                 committed in between is not sent. walhook leaves a position ahead of the \
+                 slot's when it or PostgreSQL stops before the slot's position caught up (a \
+                 kill, a crash); otherwise a role that can write slot_progress raised it, and \
+                 `walhook check` names every role but walhook's own that can",
+                recorded.0 - slot_position.0
+            ));
         }
     }
     resume
@@ -207,7 +234,7 @@ impl Session {
             }),
             earlier_session,
         );
-        for warning in &resume.ignored {
+        for warning in &resume.warnings {
             tracing::warn!("{warning}");
         }
         let recorded = if resume.clear_stored {
@@ -217,6 +244,7 @@ impl Session {
             stored.and_then(|s| s.settled).unwrap_or(Lsn(0))
         };
         let start = resume.start;
+        let usage = process.usage.clone();
         let mut publications = Vec::new();
         for (name, exists) in crate::setup::publications(&store, &config).await? {
             if !exists {
@@ -233,7 +261,6 @@ impl Session {
         };
         let types = TypeCatalog::from_rows(store.type_catalog().await?);
 
-        let usage = UsageBook::default();
         let (usage_stop, usage_stop_rx) = watch::channel(false);
         let usage_writer = tokio::spawn(
             UsageWriter {
@@ -263,6 +290,7 @@ impl Session {
         );
         let progress = stored.map(|_| {
             let (settled, position) = watch::channel(start);
+            let (recorded_to, recorded_rx) = watch::channel(recorded);
             // The start itself is recorded when it is newer (it came from
             // an earlier session of this process).
             let writer = tokio::spawn(
@@ -270,6 +298,8 @@ impl Session {
                     store: store.clone(),
                     slot: slot.clone(),
                     recorded,
+                    usage: usage.clone(),
+                    recorded_to,
                 }
                 .run(position),
             );
@@ -277,6 +307,7 @@ impl Session {
             Progress {
                 settled,
                 writer,
+                recorded: recorded_rx,
                 events_handed: Lsn(0),
             }
         });
@@ -284,7 +315,7 @@ impl Session {
             http,
             config: Live::new(config.delivery.clone()),
             metrics: Arc::clone(&process.metrics),
-            usage,
+            usage: usage.clone(),
             store: Arc::new(store.clone()),
         });
         let board = Board::new();
@@ -306,6 +337,7 @@ impl Session {
             store,
             source,
             pipeline,
+            usage,
             usage_writer,
             usage_stop,
             progress,
@@ -313,20 +345,28 @@ impl Session {
         }))
     }
 
-    /// Confirm what is settled, and have it recorded when it passed a
-    /// transaction with events (passing anything else changes nothing a
-    /// restart would resend, and recording it would only write more WAL,
-    /// which in turn moves the position).
+    /// Have what is settled recorded when it passed a transaction with
+    /// events (passing anything else changes nothing a restart would
+    /// resend, and recording it would only write more WAL, which in turn
+    /// moves the position), and confirm it to the server once it is: the
+    /// slot never gets ahead of the recorded position over events, whose
+    /// statistics go with that record (a restart from the slot's position
+    /// would neither resend those events nor find their counts).
     async fn advance(&mut self) -> anyhow::Result<Lsn> {
         let lsn = self.pipeline.write_snapshots_and_confirmable().await?;
-        self.source.confirm(lsn);
         let events = self.pipeline.checkpoint().events_settled();
+        let mut confirm = lsn;
         if let Some(progress) = self.progress.as_mut() {
             if events > progress.events_handed {
                 progress.events_handed = events;
                 progress.settled.send_replace(lsn);
             }
+            let recorded = *progress.recorded.borrow();
+            if events > recorded {
+                confirm = recorded;
+            }
         }
+        self.source.confirm(confirm);
         Ok(lsn)
     }
 
@@ -484,8 +524,6 @@ impl Session {
                 crate::text::human_duration(timeout)
             );
         }
-        let _ = self.usage_stop.send(true);
-        let _ = (&mut self.usage_writer).await;
         // Without the snapshot written, nothing new may be confirmed: the
         // position stays where the last successful tick put it.
         let last = match self.pipeline.write_snapshots_and_confirmable().await {
@@ -495,21 +533,32 @@ impl Session {
                 self.source.reported()
             }
         };
-        self.source.confirm(last);
+        let mut confirm = last;
         if let Some(progress) = self.progress.take() {
-            // Whatever the writer was doing, this write supersedes it.
-            progress.writer.abort();
+            // The writer ends after the write it is doing (its counts are
+            // written, or back in the book); this write supersedes it.
+            drop(progress.settled);
+            let _ = progress.writer.await;
+            let recorded = *progress.recorded.borrow();
             if let Err(e) = self
                 .store
-                .write_progress(&self.config.postgres.slot, last)
+                .record_progress(&self.config.postgres.slot, last, &self.usage)
                 .await
             {
                 tracing::warn!(position = %last, "recording the settled position failed: {e:#}");
+                if self.pipeline.checkpoint().events_settled() > recorded {
+                    confirm = recorded;
+                }
             }
         }
+        self.source.confirm(confirm);
+        // What was booked after the position write, or everything when it
+        // failed or there is no slot_progress.
+        let _ = self.usage_stop.send(true);
+        let _ = (&mut self.usage_writer).await;
         // The status update goes out on the source's timer; give it that long.
         let deadline = tokio::time::Instant::now() + self.config.postgres.status_interval * 3;
-        while self.source.reported() < last && tokio::time::Instant::now() < deadline {
+        while self.source.reported() < confirm && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let confirmed = self.source.reported();
@@ -536,21 +585,57 @@ mod tests {
 
     #[test]
     fn resumes_from_the_latest_settled_position() {
-        let r = resume_position("w", Lsn(100), stored(Some(300), Some(1000)), Some(Lsn(200)));
+        let r = resume_position("w", Lsn(100), stored(Some(300), Some(1000)), Some(Lsn(400)));
         assert_eq!(
             r,
             Resume {
-                start: Lsn(300),
-                ignored: vec![],
+                start: Lsn(400),
+                warnings: vec![],
                 clear_stored: false
             }
         );
-        let r = resume_position("w", Lsn(100), stored(Some(300), Some(1000)), Some(Lsn(400)));
-        assert_eq!(r.start, Lsn(400));
+        let r = resume_position("w", Lsn(100), stored(Some(300), Some(1000)), Some(Lsn(200)));
+        assert_eq!(r.start, Lsn(300));
         let r = resume_position("w", Lsn(500), stored(Some(300), Some(1000)), None);
         assert_eq!(r.start, Lsn(500), "a slot ahead of the record wins");
         let r = resume_position("w", Lsn(100), stored(None, None), None);
         assert_eq!(r.start, Lsn(100));
+    }
+
+    #[test]
+    fn a_recorded_position_beyond_the_slots_is_taken_with_a_warning() {
+        let r = resume_position("w", Lsn(0x100), stored(Some(0x300), Some(0x1000)), None);
+        assert_eq!(r.start, Lsn(0x300));
+        assert!(!r.clear_stored);
+        assert_eq!(r.warnings.len(), 1);
+        let w = &r.warnings[0];
+        assert!(w.contains("position 0/300 "), "{w}");
+        assert!(
+            w.contains("512 bytes beyond the slot's confirmed position 0/100"),
+            "{w}"
+        );
+        assert!(w.contains("walhook check"), "{w}");
+        // Behind or at the slot's, or vouched for by this process: no word.
+        for r in [
+            resume_position("w", Lsn(0x300), stored(Some(0x300), Some(0x1000)), None),
+            resume_position("w", Lsn(0x400), stored(Some(0x300), Some(0x1000)), None),
+            resume_position(
+                "w",
+                Lsn(0x100),
+                stored(Some(0x300), Some(0x1000)),
+                Some(Lsn(0x300)),
+            ),
+        ] {
+            assert!(r.warnings.is_empty(), "{r:?}");
+        }
+        // A position this process settled does not vouch for a higher one.
+        let r = resume_position(
+            "w",
+            Lsn(0x100),
+            stored(Some(0x300), Some(0x1000)),
+            Some(Lsn(0x200)),
+        );
+        assert_eq!(r.warnings.len(), 1);
     }
 
     #[test]
@@ -563,9 +648,9 @@ mod tests {
         );
         assert_eq!(r.start, Lsn(100));
         assert!(r.clear_stored);
-        assert_eq!(r.ignored.len(), 1);
-        assert!(r.ignored[0].contains("2/0"), "{}", r.ignored[0]);
-        assert!(r.ignored[0].contains("0/1000"), "{}", r.ignored[0]);
-        assert!(r.ignored[0].contains("\"w\""), "{}", r.ignored[0]);
+        assert_eq!(r.warnings.len(), 1);
+        assert!(r.warnings[0].contains("2/0"), "{}", r.warnings[0]);
+        assert!(r.warnings[0].contains("0/1000"), "{}", r.warnings[0]);
+        assert!(r.warnings[0].contains("\"w\""), "{}", r.warnings[0]);
     }
 }

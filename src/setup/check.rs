@@ -8,7 +8,8 @@ use crate::config::Config;
 use crate::delivery::{check_target, parked_limit_warning, tls};
 use crate::registry::Webhook;
 use crate::store::catalog::ColumnListFacts;
-use crate::store::Store;
+use crate::store::privileges::InternalWriter;
+use crate::store::{ident, Store};
 
 /// The HTTPS files of `[delivery]`: each readable, the client key not
 /// readable by others, and together a usable TLS configuration.
@@ -286,6 +287,8 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
         }
         Err(e) => push(CheckLevel::Fail, format!("{e:#}")),
     }
+    out.extend(check_internal_writers(store, config).await);
+    let mut push = |level, text: String| out.push(CheckLine { level, text });
     // Tables whose publication has a column list (`exclude_columns`):
     // REPLICA IDENTITY FULL is never recommended for them, and an identity
     // the list does not cover fails the application's UPDATE and DELETE.
@@ -521,4 +524,101 @@ async fn check_column_filters(
         }
     }
     out
+}
+
+/// Roles other than walhook's own that can write its internal tables
+/// (every table of its schema but `webhook`), each a failure with the
+/// REVOKE that fixes it. walhook trusts what those tables hold, so a
+/// writer there can make it skip changes, run SQL or sign any payload.
+/// Superusers are not named: no GRANT or REVOKE binds them.
+pub async fn check_internal_writers(store: &Store, config: &Config) -> Vec<CheckLine> {
+    match store.schema_exists().await {
+        Ok(true) => {}
+        Ok(false) => return Vec::new(),
+        Err(e) => {
+            return vec![CheckLine {
+                level: CheckLevel::Warn,
+                text: format!("{e:#}"),
+            }]
+        }
+    }
+    let mut own = Vec::new();
+    if let Ok(c) = config.connection() {
+        own.push(c.user);
+    }
+    if config.has_setup_url() {
+        if let Ok(c) = config.setup_connection() {
+            own.push(c.user);
+        }
+    }
+    if let Ok(powers) = store.role_powers().await {
+        own.push(powers.role);
+    }
+    let schema = store.schema();
+    match store.internal_writers(&own).await {
+        Ok(writers) if writers.is_empty() => vec![CheckLine {
+            level: CheckLevel::Ok,
+            text: format!(
+                "only walhook's roles can write its internal tables (schema {schema:?} but \
+                 webhook)"
+            ),
+        }],
+        Ok(writers) => writers
+            .iter()
+            .map(|w| CheckLine {
+                level: CheckLevel::Fail,
+                text: internal_writer_line(schema, w),
+            })
+            .collect(),
+        Err(e) => vec![CheckLine {
+            level: CheckLevel::Warn,
+            text: format!("{e:#}"),
+        }],
+    }
+}
+
+/// What a role can write of walhook's internal tables, why that matters,
+/// and the statements that take it away.
+fn internal_writer_line(schema: &str, w: &InternalWriter) -> String {
+    let public = w.role == "PUBLIC";
+    let (who, grantee) = if public {
+        ("PUBLIC (every role)".to_owned(), "PUBLIC".to_owned())
+    } else {
+        (format!("role {:?}", w.role), ident(&w.role))
+    };
+    let tables: Vec<String> = w
+        .tables
+        .iter()
+        .map(|(table, privileges)| format!("{table} ({})", privileges.join(", ")))
+        .collect();
+    let mut fixes = Vec::new();
+    if !w.granted.is_empty() {
+        let mut granted: Vec<String> = w
+            .granted
+            .iter()
+            .map(|t| format!("{}.{}", ident(schema), ident(t)))
+            .collect();
+        granted.sort();
+        fixes.push(format!(
+            "REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {} FROM {grantee}",
+            granted.join(", ")
+        ));
+    }
+    for role in &w.through {
+        fixes.push(format!("REVOKE {} FROM {grantee}", ident(role)));
+    }
+    let through = if w.through.is_empty() {
+        String::new()
+    } else {
+        format!(" (through {})", w.through.join(", "))
+    };
+    format!(
+        "{who} can write walhook's internal tables {}{through}. walhook trusts them: a raised \
+         slot_progress position makes it skip changes, a backfill row's where_sql is run as \
+         SQL, a parked event is signed with its hook's secret. Only walhook's roles may write \
+         them (the application gets the webhook table alone: see Roles in the README); the \
+         fix: {}",
+        tables.join(", "),
+        fixes.join("; ")
+    )
 }

@@ -41,6 +41,9 @@ use crate::errors::{is_lost_connection, mark_sql_error, LostConnection};
 pub struct Store {
     client: Arc<Client>,
     schema: Arc<str>,
+    /// The position write, prepared once: it runs whenever the settled
+    /// position passes events, and a crash resends what it lags behind.
+    progress_statement: Arc<tokio::sync::OnceCell<tokio_postgres::Statement>>,
 }
 
 impl Store {
@@ -79,6 +82,7 @@ impl Store {
         Store {
             client,
             schema: Arc::from(schema),
+            progress_statement: Arc::default(),
         }
     }
 

@@ -160,6 +160,109 @@ impl Store {
     }
 }
 
+/// A role, other than walhook's own, that may write walhook's internal
+/// tables (everything in its schema but `webhook`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalWriter {
+    /// The role's name, or `PUBLIC`.
+    pub role: String,
+    /// Each table it may write, with the privileges, in the order INSERT,
+    /// UPDATE, DELETE, TRUNCATE.
+    pub tables: Vec<(String, Vec<String>)>,
+    /// Tables on which the role holds a privilege by a GRANT to itself.
+    pub granted: Vec<String>,
+    /// Roles it holds privileges through: owners, grantees it is a member
+    /// of, pg_write_all_data.
+    pub through: Vec<String>,
+}
+
+impl Store {
+    /// Every role other than `own` (walhook's roles), the owners of
+    /// walhook's schema and tables, superusers (whom no GRANT binds) and
+    /// the predefined `pg_` roles (their members are named instead) that
+    /// holds INSERT, UPDATE, DELETE or TRUNCATE on one of walhook's tables
+    /// other than `webhook`; PUBLIC too, and a role that holds a privilege
+    /// only through PUBLIC is not named for it.
+    pub async fn internal_writers(&self, own: &[String]) -> anyhow::Result<Vec<InternalWriter>> {
+        let rows = self
+            .client
+            .query(
+                "WITH tabs AS ( \
+                     SELECT c.oid, c.relname::text AS relname, c.relowner, \
+                            coalesce(c.relacl, acldefault('r', c.relowner)) AS acl \
+                       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                      WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relname <> 'webhook'), \
+                 privs(p, o) AS (VALUES ('INSERT', 1), ('UPDATE', 2), ('DELETE', 3), ('TRUNCATE', 4)), \
+                 roles AS ( \
+                     SELECT r.oid, r.rolname::text AS rolname FROM pg_roles r \
+                      WHERE NOT r.rolsuper AND r.rolname !~ '^pg_' AND NOT r.rolname = ANY ($2) \
+                        AND r.oid <> (SELECT nspowner FROM pg_namespace WHERE nspname = $1) \
+                        AND NOT EXISTS (SELECT 1 FROM tabs WHERE tabs.relowner = r.oid)) \
+                 SELECT r.rolname, t.relname, pr.p, pr.o, \
+                        EXISTS (SELECT 1 FROM aclexplode(t.acl) a \
+                                 WHERE a.grantee = r.oid AND a.privilege_type = pr.p) AS granted, \
+                        ARRAY(SELECT pg_get_userbyid(a.grantee)::text FROM aclexplode(t.acl) a \
+                               WHERE a.privilege_type = pr.p AND a.grantee NOT IN (0, r.oid) \
+                                 AND pg_has_role(r.oid, a.grantee, 'USAGE') \
+                              UNION SELECT pg_get_userbyid(t.relowner)::text \
+                               WHERE pg_has_role(r.oid, t.relowner, 'USAGE') \
+                              UNION SELECT 'pg_write_all_data' \
+                               WHERE pr.p <> 'TRUNCATE' \
+                                 AND pg_has_role(r.oid, 'pg_write_all_data', 'USAGE')) AS through \
+                   FROM roles r CROSS JOIN tabs t CROSS JOIN privs pr \
+                  WHERE has_table_privilege(r.oid, t.oid, pr.p) \
+                 UNION ALL \
+                 SELECT 'PUBLIC', t.relname, pr.p, pr.o, true, ARRAY[]::text[] \
+                   FROM tabs t CROSS JOIN privs pr \
+                  WHERE EXISTS (SELECT 1 FROM aclexplode(t.acl) a \
+                                 WHERE a.grantee = 0 AND a.privilege_type = pr.p) \
+                  ORDER BY 1, 2, 4",
+                &[&self.schema(), &own],
+            )
+            .await
+            .sql(format!(
+                "reading which roles may write the tables of schema {:?}",
+                self.schema()
+            ))?;
+        let mut writers: Vec<InternalWriter> = Vec::new();
+        for row in rows {
+            let role: String = row.get(0);
+            let table: String = row.get(1);
+            let privilege: String = row.get(2);
+            let granted: bool = row.get(4);
+            let through: Vec<String> = row.get(5);
+            // Held only through PUBLIC: PUBLIC's own line names it.
+            if role != "PUBLIC" && !granted && through.is_empty() {
+                continue;
+            }
+            if writers.last().is_none_or(|w| w.role != role) {
+                writers.push(InternalWriter {
+                    role: role.clone(),
+                    tables: Vec::new(),
+                    granted: Vec::new(),
+                    through: Vec::new(),
+                });
+            }
+            let Some(writer) = writers.last_mut() else {
+                continue;
+            };
+            match writer.tables.last_mut() {
+                Some((t, privileges)) if *t == table => privileges.push(privilege),
+                _ => writer.tables.push((table.clone(), vec![privilege])),
+            }
+            if granted && !writer.granted.contains(&table) {
+                writer.granted.push(table);
+            }
+            for role in through {
+                if !writer.through.contains(&role) {
+                    writer.through.push(role);
+                }
+            }
+        }
+        Ok(writers)
+    }
+}
+
 /// The GRANTs that give `role` what the daemon needs in `schema`.
 pub fn run_role_grants(schema: &str, role: &str) -> Vec<String> {
     let (schema, role) = (ident(schema), ident(role));

@@ -7,13 +7,17 @@
 //! therefore records the position it may confirm in its own table as soon
 //! as it advances, and resumes from the later of the two.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::anyhow;
 use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 
+use super::usage::UsageColumns;
 use super::{failed, SqlResult, Store};
+use crate::delivery::{UsageBook, UsageDelta};
 use crate::errors::is_lost_connection;
 use crate::pgoutput::Lsn;
 
@@ -75,27 +79,68 @@ impl Store {
         })
     }
 
-    /// Record `lsn` as settled for `slot`. The row never moves backwards,
-    /// so a late write cannot undo a newer one. Committed asynchronously:
-    /// a write lost in a server crash only means a little more is sent
-    /// again, never that anything is skipped, and walhook adds no WAL
-    /// flush of its own to the host's commits.
-    pub async fn write_progress(&self, slot: &str, lsn: Lsn) -> anyhow::Result<()> {
+    /// Record `lsn` as settled for `slot`, and in the same statement (one
+    /// transaction) add `usage` to the statistics, so a crash keeps both or
+    /// neither. The row never moves backwards, so a late write cannot undo
+    /// a newer one. Committed asynchronously: a write lost in a server
+    /// crash only means a little more is sent again (and counted again),
+    /// never that anything is skipped, and walhook adds no WAL flush of
+    /// its own to the host's commits.
+    pub async fn write_progress(
+        &self,
+        slot: &str,
+        lsn: Lsn,
+        usage: &HashMap<i32, UsageDelta>,
+    ) -> anyhow::Result<()> {
         let table = self.table("slot_progress");
+        let columns = UsageColumns::of(usage);
+        let lsn_text = lsn.to_string();
+        let mut params: Vec<&(dyn ToSql + Sync)> = columns.params().to_vec();
+        params.push(&slot);
+        params.push(&lsn_text);
+        let sql = format!(
+            "WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true)), {} \
+             INSERT INTO {table} AS p (slot_name, lsn, updated) \
+             SELECT $13, $14::text::pg_lsn, now() FROM lazy \
+             ON CONFLICT (slot_name) DO UPDATE SET lsn = EXCLUDED.lsn, updated = now() \
+              WHERE p.lsn < EXCLUDED.lsn",
+            self.usage_ctes()
+        );
+        let statement = self
+            .progress_statement
+            .get_or_try_init(|| self.client.prepare(&sql))
+            .await
+            .map_err(|e| self.progress_error("preparing the write of", e))?;
         self.client
-            .execute(
-                &format!(
-                    "WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true)) \
-                     INSERT INTO {table} AS p (slot_name, lsn, updated) \
-                     SELECT $1, $2::text::pg_lsn, now() FROM lazy \
-                     ON CONFLICT (slot_name) DO UPDATE SET lsn = EXCLUDED.lsn, updated = now() \
-                      WHERE p.lsn < EXCLUDED.lsn"
-                ),
-                &[&slot, &lsn.to_string()],
-            )
+            .execute(statement, &params)
             .await
             .map_err(|e| self.progress_error("writing", e))?;
         Ok(())
+    }
+
+    /// [`write_progress`](Self::write_progress) with everything `book`
+    /// holds; on failure the counts go back into the book.
+    ///
+    /// Every call is booked before its event settles, so this write carries
+    /// (or follows the write of) the calls of every event before `lsn`:
+    /// those events are never sent again, and their calls are never lost.
+    /// The calls of later events it carries too: such an event is sent
+    /// again after a crash, and its new calls count again, as they are
+    /// made again.
+    pub async fn record_progress(
+        &self,
+        slot: &str,
+        lsn: Lsn,
+        book: &UsageBook,
+    ) -> anyhow::Result<()> {
+        let batch = book.take();
+        match self.write_progress(slot, lsn, &batch).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                book.restore(batch);
+                Err(e)
+            }
+        }
     }
 
     /// Forget the recorded position of `slot`: the slot is being dropped
@@ -139,20 +184,26 @@ impl Store {
     }
 }
 
-/// Records the newest settled position it is handed, one write at a time:
-/// positions that arrive while a write is in flight are coalesced into the
-/// next one. A failed write is logged and tried again after a pause that
-/// grows to [`MAX_RETRY_PAUSE`]; a lost session is the session's to notice.
+/// Records the newest settled position it is handed, with the statistics
+/// it covers, one write at a time: positions that arrive while a write is
+/// in flight are coalesced into the next one. A failed write is logged and
+/// tried again after a pause that grows to [`MAX_RETRY_PAUSE`]; a lost
+/// session is the session's to notice.
 pub struct ProgressWriter {
     pub store: Store,
     pub slot: String,
     /// The position already recorded (the session's start).
     pub recorded: Lsn,
+    /// The statistics, written with each position.
+    pub usage: UsageBook,
+    /// Told each position once it is recorded.
+    pub recorded_to: watch::Sender<Lsn>,
 }
 
 impl ProgressWriter {
-    /// Write until `settled`'s sender is dropped; returns the position last
-    /// recorded.
+    /// Write until `settled`'s sender is dropped (also during a pause after
+    /// a failure, whose counts are back in the book by then); returns the
+    /// position last recorded.
     pub async fn run(mut self, mut settled: watch::Receiver<Lsn>) -> Lsn {
         let mut pause = Duration::from_millis(100);
         while settled.changed().await.is_ok() {
@@ -160,9 +211,14 @@ impl ProgressWriter {
             if lsn <= self.recorded {
                 continue;
             }
-            match self.store.write_progress(&self.slot, lsn).await {
+            match self
+                .store
+                .record_progress(&self.slot, lsn, &self.usage)
+                .await
+            {
                 Ok(()) => {
                     self.recorded = lsn;
+                    self.recorded_to.send_replace(lsn);
                     pause = Duration::from_millis(100);
                 }
                 Err(e) => {
@@ -171,7 +227,18 @@ impl ProgressWriter {
                         "recording the settled position failed, retrying in {}: {e:#}",
                         crate::text::human_duration(pause)
                     );
-                    tokio::time::sleep(pause).await;
+                    let wake = tokio::time::sleep(pause);
+                    tokio::pin!(wake);
+                    loop {
+                        tokio::select! {
+                            _ = &mut wake => break,
+                            changed = settled.changed() => {
+                                if changed.is_err() {
+                                    return self.recorded;
+                                }
+                            }
+                        }
+                    }
                     pause = (pause * 2).min(MAX_RETRY_PAUSE);
                     settled.mark_changed();
                 }

@@ -364,6 +364,118 @@ async fn kills_in_a_steady_single_row_workload_resend_only_what_was_in_flight() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_during_delivery_lose_no_call_of_a_change_not_sent_again() {
+    // The receiver answers 200 to everything, so each call is a request it
+    // saw. At a kill, a change behind the recorded position is never sent
+    // again, so its call must already be in webhook_usage (written with
+    // that position at the latest); a change after it is sent again, and
+    // counted again if its first call was written before the kill. So every
+    // change that arrived is counted at least once, and no call is counted
+    // that the receiver did not see.
+    let mut h = Harness::start(ITEMS, "").await;
+    let receiver = Receiver::start().await.unwrap();
+    let id = h.add_hook("item.*", &receiver.url("/usage"), None).await;
+    h.start_daemon().await;
+    let committed = Arc::new(Committed::default());
+    let writer = tokio::spawn(write(
+        h.cluster.url("postgres"),
+        300,
+        Duration::from_millis(4),
+        Arc::clone(&committed),
+    ));
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    for _ in 0..3 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let gap = 20 + (state >> 33) as usize % 40;
+        let seen = receiver.requests().len();
+        receiver
+            .wait_until(Duration::from_secs(10), |r| r.len() >= seen + gap)
+            .await;
+        h.kill_daemon();
+        h.start_daemon().await;
+    }
+    writer.await.unwrap();
+    let committed = committed.0.lock().unwrap().clone();
+    let got = receiver
+        .wait_until(WAIT, |r| delivered_all(r, &committed))
+        .await;
+    verify(&got, &committed);
+    h.wait_caught_up("every change settled").await;
+    // A clean stop writes what is left.
+    assert!(h.stop_daemon().success());
+    let got = receiver.requests();
+    let changes = distinct_events(&got);
+    let usage = h.usage(id).await;
+    eprintln!(
+        "3 kills: {changes} changes, {} requests, total_calls {}",
+        got.len(),
+        usage.total_calls
+    );
+    assert!(
+        usage.total_calls >= changes as i64 && usage.total_calls <= got.len() as i64,
+        "{changes} changes arrived in {} requests, but webhook_usage counts {} calls: calls \
+         of changes not sent again were lost; daemon log:\n{}",
+        got.len(),
+        usage.total_calls,
+        h.daemon_log()
+    );
+    assert_eq!(usage.total_errors, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_position_beyond_the_slot_is_taken_only_with_a_warning() {
+    let mut h = Harness::start(ITEMS, "").await;
+    let receiver = Receiver::start().await.unwrap();
+    h.add_hook("item.*", &receiver.url("/raised"), None).await;
+    h.start_daemon().await;
+    h.db.execute("INSERT INTO item VALUES (1, 0)", &[])
+        .await
+        .unwrap();
+    receiver.wait_until(WAIT, |r| !r.is_empty()).await;
+    h.wait_caught_up("the first change settled").await;
+    assert!(h.stop_daemon().success());
+    // While walhook is stopped, a change it has not seen, and a role that
+    // may write slot_progress raises the position past it.
+    h.db.execute("INSERT INTO item VALUES (2, 0)", &[])
+        .await
+        .unwrap();
+    let slot: String =
+        h.db.query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots \
+              WHERE slot_name = 'walhook'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let raised: String =
+        h.db.query_one(
+            "UPDATE walhook.slot_progress SET lsn = pg_current_wal_lsn() \
+              WHERE slot_name = 'walhook' RETURNING lsn::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(parse_lsn(&raised) > parse_lsn(&slot));
+    h.start_daemon().await;
+    h.wait_log("beyond the slot's confirmed position").await;
+    let log = h.daemon_log();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("beyond the slot's confirmed position"))
+        .unwrap();
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains(&format!("position {raised} ")) && warning.contains(&slot),
+        "names both positions: {warning}"
+    );
+    assert!(warning.contains("walhook check"), "{warning}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarts_and_a_terminated_walsender_lose_nothing() {
     let mut h = Harness::start(ITEMS, "").await;
     let receiver = Receiver::start().await.unwrap();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use walhook_lab::cluster::{Auth, Cluster, ClusterOptions};
 use walhook_lab::receiver::Receiver;
 
-use crate::common::{stdout, text, BIN};
+use crate::common::{stdout, text, Harness, BIN};
 
 const README: &str = include_str!("../../README.md");
 
@@ -211,9 +211,19 @@ async fn the_readme_roles_recipe_works_as_written_with_scram() {
         "a second setup changes nothing: {}",
         text(&out)
     );
+    // Step 4: the application's grants, which check has nothing against.
+    let sql = recipe_block("application");
+    db.batch_execute(&sql)
+        .await
+        .unwrap_or_else(|e| panic!("the README's application grants fail: {e:?}\n{sql}"));
     let out = walhook_async(&config, &["check"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(!stdout(&out).contains("FAIL"), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("OK    only walhook's roles can write its internal tables"),
+        "{}",
+        text(&out)
+    );
     assert!(
         !stdout(&out).contains("pg_read_all_stats"),
         "{}",
@@ -310,4 +320,103 @@ async fn the_readme_roles_recipe_works_as_written_with_scram() {
     assert_eq!(count(&db, SLOTS).await, 0);
     assert_eq!(count(&db, PUBLICATIONS).await, 0);
     assert_eq!(count(&db, SCHEMA).await, 0);
+}
+
+/// The part of a check line after "the fix: ", split into its statements.
+fn fixes(line: &str) -> Vec<String> {
+    let fix = &line[line
+        .find("the fix: ")
+        .unwrap_or_else(|| panic!("a fix in {line:?}"))
+        + 9..];
+    fix.split("; ").map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_each_role_but_walhooks_that_can_write_its_internal_tables() {
+    let h = Harness::start("CREATE TABLE contact (id int PRIMARY KEY);", "").await;
+    // The application, granted as the README says: `webhook` and nothing else.
+    h.db.batch_execute(&format!(
+        "CREATE ROLE crm_owner NOLOGIN; {}",
+        recipe_block("application")
+    ))
+    .await
+    .unwrap();
+    // A role granted writes directly, one through a predefined role, and
+    // PUBLIC.
+    h.db.batch_execute(
+        "CREATE ROLE reporting; \
+         GRANT USAGE ON SCHEMA walhook TO reporting; \
+         GRANT INSERT, UPDATE ON walhook.slot_progress TO reporting; \
+         GRANT DELETE ON walhook.backfill TO reporting; \
+         CREATE ROLE etl LOGIN; GRANT pg_write_all_data TO etl; \
+         GRANT TRUNCATE ON walhook.delivery TO PUBLIC;",
+    )
+    .await
+    .unwrap();
+    let out = h.walhook(&["check"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let said = stdout(&out);
+    let writers: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("can write walhook's internal tables"))
+        .collect();
+    assert_eq!(writers.len(), 3, "reporting, etl and PUBLIC: {said}");
+    let line = |who: &str| -> &str {
+        writers
+            .iter()
+            .find(|l| l.starts_with(&format!("FAIL  {who} ")))
+            .unwrap_or_else(|| panic!("no line for {who}: {said}"))
+    };
+    let reporting = line("role \"reporting\"");
+    assert!(
+        reporting.contains("backfill (DELETE)")
+            && reporting.contains("slot_progress (INSERT, UPDATE)"),
+        "{reporting}"
+    );
+    assert_eq!(
+        fixes(reporting),
+        vec![
+            r#"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON "walhook"."backfill", "walhook"."slot_progress" FROM "reporting""#
+        ]
+    );
+    let etl = line("role \"etl\"");
+    assert!(etl.contains("through pg_write_all_data"), "{etl}");
+    assert_eq!(fixes(etl), vec![r#"REVOKE "pg_write_all_data" FROM "etl""#]);
+    let public = line("PUBLIC");
+    assert!(public.contains("delivery (TRUNCATE)"), "{public}");
+    assert_eq!(
+        fixes(public),
+        vec![r#"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON "walhook"."delivery" FROM PUBLIC"#]
+    );
+    assert!(
+        !said.contains("crm_owner"),
+        "the application's grants are fine: {said}"
+    );
+
+    // The fixes, as printed, leave walhook's roles alone with its tables.
+    for line in &writers {
+        for fix in fixes(line) {
+            h.db.batch_execute(&fix)
+                .await
+                .unwrap_or_else(|e| panic!("{fix}: {e:?}"));
+        }
+    }
+    let out = h.walhook(&["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("OK    only walhook's roles can write its internal tables"),
+        "{}",
+        text(&out)
+    );
+    // And the application can do all it needs with its hooks.
+    h.db.batch_execute(
+        "SET ROLE crm_owner; \
+         INSERT INTO walhook.webhook (name, events, target_url) \
+              VALUES ('app', 'contact.*', 'https://example.com/hook'); \
+         UPDATE walhook.webhook SET state = 2 WHERE name = 'app'; \
+         DELETE FROM walhook.webhook WHERE name = 'app'; \
+         RESET ROLE;",
+    )
+    .await
+    .unwrap();
 }

@@ -1,6 +1,7 @@
 //! Call and error statistics as delivery records them: in memory, per
-//! hook, until the store writes them to `webhook_usage` (about once a
-//! second, in one batch: statistics cost nothing on the hot path).
+//! hook, until the store writes them to `webhook_usage`, in one batch,
+//! about once a second and with every settled position it records (see
+//! [`crate::store::progress`]): statistics cost nothing on the hot path.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
