@@ -433,7 +433,7 @@ mod tests {
         let metrics = Metrics::default();
         // A family is rendered once it has a series.
         metrics.logical_message_ignored("other_prefix");
-        metrics
+        let _series = metrics
             .parked_waiting
             .get_or_create(&vec![("webhook_id".to_owned(), "1".to_owned())]);
         let text = metrics.render();

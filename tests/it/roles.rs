@@ -144,6 +144,10 @@ async fn the_readme_roles_recipe_works_as_written_with_scram() {
     ] {
         let path = parsed["postgres"][key].as_str().expect(key);
         std::fs::write(path, format!("{}\n", password_of(&sql, role))).unwrap();
+        // Readable by its owner only, as the README says (0600, or 0640
+        // root:walhook): check refuses a password file others can read.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     let receiver = Receiver::start().await.unwrap();
     let config = dir.path().join("walhook.toml");
