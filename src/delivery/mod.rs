@@ -40,7 +40,9 @@ pub use self::parking::{parked_limit_warning, PARKED_WARN_PERCENT};
 pub use self::request::signing;
 pub use self::request::SigningKey;
 pub use self::send::{attempt, backoff, Attempt, DeliveryOutcome, GONE_ERROR};
-pub use self::storage::{DeliveryStore, ParkedBody, ParkedEvent, ParkedRow, Payload, Position};
+pub use self::storage::{
+    DeliveryStore, ParkedBody, ParkedEvent, ParkedRow, ParkedSize, Payload, Position,
+};
 
 #[cfg(test)]
 mod tests;
