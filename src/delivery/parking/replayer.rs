@@ -129,8 +129,15 @@ async fn replay_parked(ctx: &DeliveryContext, runtime: &HookRuntime) -> anyhow::
                 .go_live_if_caught_up(store.parked_count(runtime.id()))
                 .await?
             {
-                // Its stored Properties, held by no parked event now.
-                store.release_properties(runtime.id()).await?;
+                // Its stored Properties, held by no parked event now. The
+                // hook is live: a failure here is left to the retention
+                // sweep, not a reason to replay again.
+                if let Err(e) = store.release_properties(runtime.id()).await {
+                    tracing::warn!(
+                        webhook_id = runtime.id(),
+                        "removing the properties of delivered parked events: {e:#}"
+                    );
+                }
                 return Ok(true);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
