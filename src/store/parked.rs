@@ -316,6 +316,33 @@ impl Store {
             .collect())
     }
 
+    /// Parked events per hook and the bytes they count, by webhook_id.
+    pub async fn parked_sizes(&self) -> anyhow::Result<Vec<(i32, ParkedSize)>> {
+        Ok(self
+            .client
+            .query(
+                &format!(
+                    "SELECT webhook_id, count(*), coalesce(sum(coalesce(bytes, 0)), 0)::bigint \
+                       FROM {} GROUP BY 1 ORDER BY 1",
+                    self.table("delivery")
+                ),
+                &[],
+            )
+            .await
+            .sql("counting parked events")?
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    ParkedSize {
+                        events: r.get(1),
+                        bytes: r.get(2),
+                    },
+                )
+            })
+            .collect())
+    }
+
     /// The hooks that have parked events, as a set.
     pub async fn parked_hook_set(&self) -> anyhow::Result<HashSet<i32>> {
         Ok(self.hooks_with_parked().await?.into_iter().collect())

@@ -134,4 +134,14 @@ async fn the_byte_bound_parks_what_fits_counting_properties_once_and_stops_the_h
     );
     assert_eq!(receiver.count(), 0);
     assert!(h.stop_daemon().success());
+    // `walhook check` and `walhook status` warn for a hook at 80% of the
+    // bound or more.
+    let warning = format!("webhook_id {id} has {stored} bytes of parked events");
+    for command in ["check", "status"] {
+        let out = text(&h.walhook(&[command]));
+        assert!(
+            out.contains(&warning) && out.contains("max_parked_bytes_per_webhook (65536)"),
+            "{command}: {out}"
+        );
+    }
 }
