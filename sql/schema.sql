@@ -79,12 +79,23 @@ CREATE TABLE IF NOT EXISTS {schema}.delivery (
     commit_lsn   pg_lsn        NOT NULL,
     change_index integer       NOT NULL,
     event_id     uuid          NOT NULL,
-    -- The hook's name and properties as they stood at the change, JSON
-    -- text; or the whole body, when this hook's copy had to leave out
-    -- values (its properties made it too large).
+    -- The hook's name as it stood at the change, JSON text. Its properties
+    -- are stored once per version in delivery_properties, named by the
+    -- digest (the properties column holds them only in rows an older
+    -- walhook wrote).
     webhook_name text,
     properties   text,
+    properties_digest bytea,
+    -- This hook's FieldValues and MissingColumns, when its copy had to
+    -- leave out more values than the payload's (its name and properties
+    -- made it too large); or the whole body, in rows an older walhook
+    -- wrote.
+    fields       text,
     body         text,
+    -- What the event counts toward delivery.max_parked_bytes_per_webhook:
+    -- its body without its properties, plus theirs for the first event of
+    -- each version the hook parks.
+    bytes        bigint,
     reason       text          NOT NULL,
     attempts     integer       NOT NULL DEFAULT 0,
     last_error   varchar(4000),
@@ -137,15 +148,79 @@ $migrate$;
 CREATE INDEX IF NOT EXISTS delivery_payload_ref
     ON {schema}.delivery (commit_lsn, change_index);
 
--- A parked event as one row, with its body exactly as it is sent.
+-- A hook's properties as its parked events were made with them, JSON text,
+-- once per version (by the text's SHA-256) however many events hold them:
+-- a hook with large properties and a dead target must not store them with
+-- every event. Removed by the daemon's session once no parked event of the
+-- hook names them, as payloads are.
+CREATE TABLE IF NOT EXISTS {schema}.delivery_properties (
+    webhook_id integer NOT NULL,
+    digest     bytea   NOT NULL,
+    properties text    NOT NULL,
+    PRIMARY KEY (webhook_id, digest)
+);
+
+-- Installs from before delivery_properties: each parked event held its
+-- hook's properties. They move to delivery_properties, and every event
+-- gains what it counts toward the parked bytes bound (the properties
+-- counted with the first event of each version, in commit order).
+DO $migrate$
+DECLARE
+    before_properties boolean := false;
+BEGIN
+    BEGIN
+        PERFORM bytes FROM {schema}.delivery LIMIT 0;
+    EXCEPTION WHEN undefined_column THEN
+        before_properties := true;
+    END;
+    IF before_properties THEN
+        ALTER TABLE {schema}.delivery
+            ADD COLUMN properties_digest bytea,
+            ADD COLUMN fields text,
+            ADD COLUMN bytes bigint;
+        INSERT INTO {schema}.delivery_properties (webhook_id, digest, properties)
+        SELECT DISTINCT webhook_id, sha256(convert_to(properties, 'UTF8')), properties
+          FROM {schema}.delivery
+         WHERE properties IS NOT NULL
+        ON CONFLICT DO NOTHING;
+        UPDATE {schema}.delivery d
+           SET properties_digest = m.digest, properties = NULL, bytes = m.bytes
+          FROM (SELECT d.webhook_id, d.commit_lsn, d.change_index, h.digest,
+                       coalesce(octet_length(d.body),
+                                48 + octet_length(p.head) + octet_length(d.webhook_name)
+                                + octet_length(p.fields) + octet_length(p.tail)
+                                + CASE WHEN h.digest IS NOT NULL
+                                        AND row_number() OVER (
+                                                PARTITION BY d.webhook_id, h.digest
+                                                ORDER BY d.commit_lsn, d.change_index) = 1
+                                       THEN octet_length(d.properties) ELSE 0 END,
+                                0) AS bytes
+                  FROM {schema}.delivery d
+                  LEFT JOIN {schema}.delivery_payload p USING (commit_lsn, change_index)
+                 CROSS JOIN LATERAL (SELECT sha256(convert_to(d.properties, 'UTF8')) AS digest) h
+               ) m
+         WHERE d.webhook_id = m.webhook_id AND d.commit_lsn = m.commit_lsn
+           AND d.change_index = m.change_index;
+    END IF;
+END
+$migrate$;
+
+-- A parked event as one row, with its body exactly as it is sent (NULL
+-- when the properties it names are missing).
 CREATE OR REPLACE VIEW {schema}.parked_event AS
 SELECT d.webhook_id, d.event_id, p.event, p.ordering_key, p.also_after, p.barrier,
        d.commit_lsn, d.change_index, d.reason, d.attempts, d.last_error, d.created,
        coalesce(d.body,
-                '{"EventId":"' || d.event_id::text || p.head || d.webhook_name || p.fields
-                || coalesce(',"Properties":' || d.properties, '') || p.tail) AS body
+                '{"EventId":"' || d.event_id::text || p.head || d.webhook_name
+                || coalesce(d.fields, p.fields)
+                || CASE WHEN d.properties_digest IS NULL
+                        THEN coalesce(',"Properties":' || d.properties, '')
+                        ELSE ',"Properties":' || pp.properties END
+                || p.tail) AS body
   FROM {schema}.delivery d
-  JOIN {schema}.delivery_payload p USING (commit_lsn, change_index);
+  JOIN {schema}.delivery_payload p USING (commit_lsn, change_index)
+  LEFT JOIN {schema}.delivery_properties pp
+         ON pp.webhook_id = d.webhook_id AND pp.digest = d.properties_digest;
 
 -- The hooks as they stood at a stream position, so that changes replayed
 -- after a restart are matched against the hooks of their time.

@@ -7,7 +7,7 @@ use super::connect;
 use super::render::{bytes, columns, or_dash, pairs, short, state_name};
 use crate::cli::exit;
 use crate::config::Config;
-use crate::delivery::parked_limit_warning;
+use crate::delivery::{parked_bytes_warning, parked_limit_warning};
 use crate::store::slot::SlotStatus;
 use crate::store::webhooks::HookStats;
 
@@ -105,13 +105,15 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<u8> {
         .filter(|(n, b)| b.state.is_open() || *n < 5)
         .map(|(_, b)| b)
         .collect();
-    // Well before the limit stops a hook.
-    warnings.extend(hooks.iter().filter_map(|h| {
-        parked_limit_warning(
-            h.id,
-            h.parked,
-            config.delivery.max_parked_events_per_webhook,
-        )
+    // Well before a bound stops a hook.
+    let d = &config.delivery;
+    warnings.extend(hooks.iter().flat_map(|h| {
+        [
+            parked_limit_warning(h.id, h.parked, d.max_parked_events_per_webhook),
+            parked_bytes_warning(h.id, h.parked_bytes, d.max_parked_bytes_per_webhook),
+        ]
+        .into_iter()
+        .flatten()
     }));
 
     if as_json {
@@ -176,6 +178,7 @@ fn hook_json(h: &HookStats) -> Value {
         "last_failure": h.last_failure,
         "last_error": h.last_error.as_deref().map(|e| short(e, 200)),
         "parked": h.parked,
+        "parked_bytes": h.parked_bytes,
         "oldest_parked": h.oldest_parked,
         "paused": h.paused,
         "max_per_minute": h.max_per_minute,

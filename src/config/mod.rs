@@ -339,6 +339,11 @@ pub struct DeliveryConfig {
     /// Parked events one hook may have in `delivery`: a hook that reaches
     /// it is set to Stopped, so a dead target never fills the database.
     pub max_parked_events_per_webhook: u64,
+    /// Bytes of parked events one hook may have in `delivery` (bodies
+    /// without their Properties, which are stored once per version and
+    /// counted once): a hook that reaches it is set to Stopped, as at the
+    /// event bound.
+    pub max_parked_bytes_per_webhook: u64,
     /// The largest request body: an event that would be larger is sent
     /// with its largest values left out and named in `MissingColumns`.
     pub max_body_bytes: usize,
@@ -382,6 +387,7 @@ impl Default for DeliveryConfig {
             backlog_max_age: Duration::from_secs(300),
             parked_retention: Duration::from_secs(30 * 24 * 3600),
             max_parked_events_per_webhook: 1_000_000,
+            max_parked_bytes_per_webhook: 10 * 1024 * 1024 * 1024,
             max_body_bytes: 16 * 1024 * 1024,
             ca_file: None,
             client_cert_file: None,
@@ -449,6 +455,8 @@ pub const MAX_CONCURRENCY: usize = 4096;
 /// and PostgreSQL refuses any message over 1 GiB.
 pub const MIN_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+/// The most `delivery.max_parked_bytes_per_webhook` may be: 64 TiB.
+pub const MAX_PARKED_BYTES: u64 = 1 << 46;
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;

@@ -322,6 +322,19 @@ mod validation_tests {
                 "[delivery]\nmax_parked_events_per_webhook = 0",
                 "delivery.max_parked_events_per_webhook",
             ),
+            (
+                "[delivery]\nmax_parked_bytes_per_webhook = 1000",
+                "delivery.max_parked_bytes_per_webhook",
+            ),
+            (
+                "[delivery]\nmax_parked_bytes_per_webhook = 100000000000000000",
+                "delivery.max_parked_bytes_per_webhook",
+            ),
+            // Room for one event of the largest size at least.
+            (
+                "[delivery]\nmax_body_bytes = 1048576\nmax_parked_bytes_per_webhook = 1000000",
+                "delivery.max_parked_bytes_per_webhook",
+            ),
             ("[postgres]\nstatus_interval = \"0s\"", "postgres.status_interval"),
             ("[log]\nlevel = \"(((\"", "log.level"),
             ("[log]\nlevel = \"info,walhook=loud\"", "log.level"),

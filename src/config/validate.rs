@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use super::{Concurrency, Config, MAX_BODY_BYTES, MAX_CONCURRENCY, MIN_BODY_BYTES};
+use super::{
+    Concurrency, Config, MAX_BODY_BYTES, MAX_CONCURRENCY, MAX_PARKED_BYTES, MIN_BODY_BYTES,
+};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -174,6 +176,12 @@ impl Config {
                 1_000_000_000,
             ),
             (
+                "delivery.max_parked_bytes_per_webhook",
+                d.max_parked_bytes_per_webhook,
+                MIN_BODY_BYTES as u64,
+                MAX_PARKED_BYTES,
+            ),
+            (
                 "delivery.max_in_flight_bytes",
                 d.max_in_flight_bytes,
                 64 * 1024,
@@ -189,6 +197,15 @@ impl Config {
             if value < min || value > max {
                 bail!("key {key}: {value} is out of range: it must be from {min} to {max}");
             }
+        }
+        if d.max_parked_bytes_per_webhook < d.max_body_bytes as u64 {
+            bail!(
+                "key delivery.max_parked_bytes_per_webhook: {} is less than \
+                 delivery.max_body_bytes ({}): a hook could not park one event of the largest \
+                 size; raise it, or lower delivery.max_body_bytes",
+                d.max_parked_bytes_per_webhook,
+                d.max_body_bytes
+            );
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             bail!(

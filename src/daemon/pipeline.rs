@@ -11,7 +11,7 @@ use super::reload::ReloadPlan;
 use crate::backfill::{self, ClosedChunk, Reconciler, Watermark};
 use crate::checkpoint::{Checkpoint, OpenTxn, Ticket};
 use crate::config::Config;
-use crate::delivery::{Dispatcher, EventIntake, HookSettings};
+use crate::delivery::{Dispatcher, EventIntake, HookSettings, ParkedSize};
 use crate::events::catalog::TypeCatalog;
 use crate::events::{Change, ChangeEvent, EventBuilder, Operation, TxnInfo};
 use crate::metrics::Metrics;
@@ -126,8 +126,8 @@ impl Pipeline {
 
     /// Parked events dropped for their age (see
     /// [`Dispatcher::parked_expired`]).
-    pub fn parked_expired(&self, webhook_id: i32, count: i64) {
-        self.dispatcher.parked_expired(webhook_id, count);
+    pub fn parked_expired(&self, webhook_id: i32, expired: ParkedSize) {
+        self.dispatcher.parked_expired(webhook_id, expired);
     }
 
     /// Delivery's look at every hook on its own clock (see

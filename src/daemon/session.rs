@@ -454,11 +454,11 @@ impl Session {
                 _ = retention_tick.tick(), if !retention.is_zero() => {
                     match self.store.drop_expired(retention).await {
                         Ok(dropped) => {
-                            for (webhook_id, count) in dropped {
-                                self.pipeline.parked_expired(webhook_id, count);
+                            for (webhook_id, expired) in dropped {
+                                self.pipeline.parked_expired(webhook_id, expired);
                                 tracing::warn!(
                                     webhook_id,
-                                    dropped = count,
+                                    dropped = expired.events,
                                     "parked events older than delivery.parked_retention ({}) were dropped undelivered",
                                     humantime::format_duration(retention)
                                 );

@@ -17,6 +17,7 @@ use super::hook::{epoch_millis, Admission, HookRuntime, ParkReason};
 use super::job::Job;
 use super::live::{run_queue, Queued};
 use super::parking::{past_bound, run_replayer, ParkQueue};
+use super::storage::ParkedSize;
 use crate::config::{Concurrency, DeliveryConfig};
 use crate::errors::DeliveryTaskFailed;
 use crate::registry::{Webhook, WebhookState};
@@ -202,14 +203,14 @@ impl Dispatcher {
         }
     }
 
-    /// `count` parked events of a hook passed `delivery.parked_retention`
-    /// and were dropped from the table: they no longer count toward its
-    /// parked limit.
-    pub fn parked_expired(&self, id: i32, count: i64) {
+    /// Parked events of a hook passed `delivery.parked_retention` and were
+    /// dropped from the table: they no longer count toward its parked
+    /// bounds.
+    pub fn parked_expired(&self, id: i32, expired: ParkedSize) {
         if let Some(known) = self.hooks.get(&id) {
             known
                 .runtime
-                .parked_removed(usize::try_from(count).unwrap_or(0));
+                .parked_removed(usize::try_from(expired.events).unwrap_or(0), expired.bytes);
         }
     }
 

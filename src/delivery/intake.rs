@@ -84,15 +84,35 @@ impl<'e> EventIntake<'e> {
     /// parts, with the hook's EventId and the transaction's ticket.
     pub fn job(&self, hook: Arc<Webhook>, event_id: Uuid, ticket: Ticket) -> Job {
         let event = self.event;
-        let (body, shared) = request::hook_body(
+        let body = request::hook_body(
             &self.shared,
             event,
             event_id,
             &hook,
             self.context_identifier,
             self.max_body,
-        )
-        .for_job(&self.shared);
+        );
+        if let request::HookBody::Own(own, _) = &body {
+            if own.len() > self.max_body {
+                // Properties are never cut: the DBA set them for the
+                // receiver, which may route by them.
+                tracing::warn!(
+                    webhook_id = hook.id,
+                    table = %event.table,
+                    key = %event.primary_key,
+                    lsn = %event.txn.commit_lsn,
+                    "the body for webhook_id {} is {} bytes without any column values, over \
+                     delivery.max_body_bytes ({}), because of its name and its {} bytes of \
+                     Properties: it is sent as it is (Properties are never cut); raise \
+                     delivery.max_body_bytes or make the hook's properties smaller",
+                    hook.id,
+                    own.len(),
+                    self.max_body,
+                    hook.properties_text.as_ref().map_or(0, |p| p.json.len())
+                );
+            }
+        }
+        let (body, shared) = body.for_job(&self.shared);
         Job {
             event: event.event.clone(),
             event_id,

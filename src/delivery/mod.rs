@@ -36,11 +36,13 @@ pub use self::http::{
 };
 pub use self::intake::{fit_event, EventIntake};
 pub use self::job::Job;
-pub use self::parking::{parked_limit_warning, PARKED_WARN_PERCENT};
+pub use self::parking::{parked_bytes_warning, parked_limit_warning, PARKED_WARN_PERCENT};
 pub use self::request::signing;
 pub use self::request::SigningKey;
 pub use self::send::{attempt, backoff, Attempt, DeliveryOutcome, GONE_ERROR};
-pub use self::storage::{DeliveryStore, ParkedBody, ParkedEvent, ParkedRow, Payload, Position};
+pub use self::storage::{
+    DeliveryStore, ParkedBody, ParkedEvent, ParkedRow, ParkedSize, Payload, Position,
+};
 
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::hook::order::OrderScope;
 use super::hook::ParkReason;
 use crate::pgoutput::Lsn;
-use crate::registry::WebhookState;
+use crate::registry::{PropertiesText, WebhookState};
 
 /// What delivery stores: parked events, read back in commit order, and the
 /// hook states it decides. The store implements it for PostgreSQL; tests
@@ -30,12 +30,19 @@ pub trait DeliveryStore: Send + Sync {
         limit: i64,
     ) -> anyhow::Result<Vec<ParkedRow>>;
     async fn parked_count(&self, webhook_id: i32) -> anyhow::Result<i64>;
+    /// A hook's parked events and the bytes they count toward
+    /// `delivery.max_parked_bytes_per_webhook`.
+    async fn parked_size(&self, webhook_id: i32) -> anyhow::Result<ParkedSize>;
     /// Remove a hook's delivered events.
     async fn remove_parked(&self, webhook_id: i32, delivered: &[Position]) -> anyhow::Result<()>;
     /// Remove the changes' payloads at `positions` that no parked event
     /// holds any more. Only the daemon, whose one session also parks,
     /// calls it.
     async fn release_payloads(&self, positions: &[Position]) -> anyhow::Result<()>;
+    /// Remove the hook's stored properties that no parked event of it
+    /// names any more. Only the daemon, whose one session also parks,
+    /// calls it.
+    async fn release_properties(&self, webhook_id: i32) -> anyhow::Result<()>;
     async fn record_parked_failure(
         &self,
         webhook_id: i32,
@@ -62,6 +69,13 @@ pub struct Position {
     pub change_index: u32,
 }
 
+/// A hook's parked events as counted toward its bounds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParkedSize {
+    pub events: i64,
+    pub bytes: i64,
+}
+
 /// An event to park.
 pub struct ParkedEvent<'a> {
     pub webhook_id: i32,
@@ -76,6 +90,9 @@ pub struct ParkedEvent<'a> {
     pub attempts: i32,
     pub last_error: Option<&'a str>,
     pub position: Position,
+    /// What it counts toward `delivery.max_parked_bytes_per_webhook`, as
+    /// reserved for it; subtracted again when it leaves the table.
+    pub bytes: i64,
 }
 
 /// A change's body parts shared by the hooks that park it, JSON text
@@ -90,10 +107,13 @@ pub struct Payload<'a> {
 /// What a parked event stores of its own body.
 pub enum ParkedBody<'a> {
     /// The hook's part, JSON text; the body is assembled from it and the
-    /// payload.
+    /// payload. Its properties are stored once per hook and version.
     Assembled {
         name: &'a [u8],
-        properties: Option<&'a [u8]>,
+        /// This hook's own FieldValues and MissingColumns, when its copy
+        /// left out more values than the payload's.
+        fields: Option<&'a [u8]>,
+        properties: Option<&'a PropertiesText>,
     },
     /// The whole body, rendered for this hook alone.
     Whole(&'a [u8]),
@@ -109,4 +129,6 @@ pub struct ParkedRow {
     pub scope: OrderScope,
     pub body: Bytes,
     pub attempts: i32,
+    /// What it counts toward `delivery.max_parked_bytes_per_webhook`.
+    pub bytes: i64,
 }

@@ -57,14 +57,18 @@ impl DeliveryStore for MemoryStore {
             return Ok(());
         }
         let body = match &event.body {
-            ParkedBody::Assembled { name, properties } => Bytes::from(
+            ParkedBody::Assembled {
+                name,
+                fields,
+                properties,
+            } => Bytes::from(
                 request::assemble_parts(
                     event.event_id,
                     &request::BodyParts {
                         head: event.payload.head,
                         name,
-                        fields: event.payload.fields,
-                        properties: *properties,
+                        fields: fields.unwrap_or(event.payload.fields),
+                        properties: properties.map(|p| p.json.as_bytes()),
                         tail: event.payload.tail,
                     },
                 )
@@ -83,6 +87,7 @@ impl DeliveryStore for MemoryStore {
                 scope: event.scope.clone(),
                 body,
                 attempts: event.attempts,
+                bytes: event.bytes,
             },
         ));
         Ok(())
@@ -121,6 +126,15 @@ impl DeliveryStore for MemoryStore {
         Ok(self.parked_of(webhook_id).len() as i64)
     }
 
+    async fn parked_size(&self, webhook_id: i32) -> anyhow::Result<ParkedSize> {
+        let parked = self.parked.lock().unwrap();
+        let rows = parked.iter().filter(|p| p.0 == webhook_id);
+        Ok(ParkedSize {
+            events: rows.clone().count() as i64,
+            bytes: rows.map(|p| p.2.bytes).sum(),
+        })
+    }
+
     async fn remove_parked(&self, webhook_id: i32, delivered: &[Position]) -> anyhow::Result<()> {
         self.parked
             .lock()
@@ -131,6 +145,10 @@ impl DeliveryStore for MemoryStore {
 
     async fn release_payloads(&self, _positions: &[Position]) -> anyhow::Result<()> {
         // Bodies are kept whole per event here.
+        Ok(())
+    }
+
+    async fn release_properties(&self, _webhook_id: i32) -> anyhow::Result<()> {
         Ok(())
     }
 
@@ -633,4 +651,74 @@ async fn a_burst_of_parked_events_is_written_in_few_batches_in_order_and_settled
         .collect();
     assert_eq!(ids, (1..=1000).collect::<Vec<u128>>(), "in order");
     assert!(target.bodies().is_empty());
+}
+
+/// The parked form of `job`, assembled again as the store does it.
+fn reassembled(job: &Job) -> (Bytes, bool, bool) {
+    let parked = job.parked(ParkReason::Backlog, 0, None, 0);
+    let ParkedBody::Assembled {
+        name,
+        fields,
+        properties,
+    } = parked.body
+    else {
+        panic!("a body assembled from parts is parked as parts");
+    };
+    let body = request::assemble_parts(
+        job.event_id,
+        &request::BodyParts {
+            head: parked.payload.head,
+            name,
+            fields: fields.unwrap_or(parked.payload.fields),
+            properties: properties.map(|p| p.json.as_bytes()),
+            tail: parked.payload.tail,
+        },
+    )
+    .0;
+    (Bytes::from(body), fields.is_some(), properties.is_some())
+}
+
+#[test]
+fn a_parked_copy_names_its_properties_and_keeps_only_its_own_values_apart() {
+    let mut row: BTreeMap<String, Option<String>> = [
+        ("webhook_id", "7"),
+        ("name", "test"),
+        ("events", "*"),
+        ("target_url", "http://127.0.0.1:1/"),
+        ("type", "webhook"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), Some(v.to_owned())))
+    .collect();
+    row.insert(
+        "properties".into(),
+        Some(serde_json::json!({"blob": "p".repeat(40_000)}).to_string()),
+    );
+    let with_properties = Arc::new(Webhook::from_row(&WebhookRow(row)).unwrap());
+    let plain = hook("http://127.0.0.1:1/", WebhookState::Active);
+    let mut event = crate::events::ChangeEvent::sample("item", crate::events::Operation::Created);
+    event.key_columns = vec!["id".into()];
+    event.field_values = serde_json::json!({"id": 1, "big": "b".repeat(40_000)})
+        .as_object()
+        .cloned()
+        .unwrap();
+    let max = 64 * 1024;
+    let intake = EventIntake::new(&event, "D", max);
+    let mut checkpoint = Checkpoint::new(Lsn(1));
+    let txn = checkpoint.begin();
+    // Fits as it is: parked as the change's parts and the hook's name.
+    let shared = intake.job(Arc::clone(&plain), Uuid::from_u128(1), txn.ticket());
+    assert_eq!(reassembled(&shared), (shared.body.clone(), false, false));
+    // Its properties push it over: its own copy leaves out `big`; parked
+    // as the change's parts, its own values and its properties by name.
+    let own = intake.job(with_properties, Uuid::from_u128(2), txn.ticket());
+    assert!(own.body.len() <= max);
+    let doc: serde_json::Value = serde_json::from_slice(&own.body).unwrap();
+    assert_eq!(doc["MissingColumns"], serde_json::json!(["big"]));
+    assert_eq!(reassembled(&own), (own.body.clone(), true, true));
+    assert_eq!(
+        own.park_size().body,
+        (own.body.len() - ",\"Properties\":".len() - 40_011) as i64,
+        "its bytes without its properties"
+    );
 }

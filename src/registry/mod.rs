@@ -24,9 +24,9 @@ use self::index::MatchIndex;
 pub use self::index::Matches;
 pub use self::snapshots::{PendingSnapshots, SPILL_PENDING_BYTES, SPILL_PENDING_STATES};
 pub use self::webhook::{
-    secret_problem, standard_webhooks_key, EventPattern, InvalidRow, Webhook, WebhookState,
-    MAX_FILTER_COLUMNS, MAX_HEADERS, MAX_HEADER_BYTES, MAX_PROPERTIES_BYTES, MAX_TEXT_CHARS,
-    MIN_SECRET_KEY_BYTES,
+    secret_problem, standard_webhooks_key, EventPattern, InvalidRow, PropertiesText, Webhook,
+    WebhookState, MAX_FILTER_COLUMNS, MAX_HEADERS, MAX_HEADER_BYTES, MAX_PROPERTIES_BYTES,
+    MAX_TEXT_CHARS, MIN_SECRET_KEY_BYTES,
 };
 
 /// A webhook row as it stands after a change, `None` when it is gone.

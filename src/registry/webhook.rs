@@ -3,9 +3,11 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::events::{ChangeEvent, Operation, WebhookRow};
@@ -256,6 +258,23 @@ pub fn secret_problem(secret: &str) -> Option<String> {
 #[error("{0}")]
 pub struct InvalidRow(pub String);
 
+/// A hook's `properties` as its bodies carry them: JSON text rendered once
+/// per version of the row (not per event), and the SHA-256 of that text,
+/// by which parked events name the one copy stored for all of them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PropertiesText {
+    pub json: String,
+    pub digest: [u8; 32],
+}
+
+impl PropertiesText {
+    pub fn of(properties: &Map<String, Value>) -> PropertiesText {
+        let json = serde_json::to_string(properties).expect("a JSON map serialises");
+        let digest = Sha256::digest(json.as_bytes()).into();
+        PropertiesText { json, digest }
+    }
+}
+
 /// A valid row of the `webhook` table.
 #[derive(Debug, Clone)]
 pub struct Webhook {
@@ -267,6 +286,8 @@ pub struct Webhook {
     pub kind: String,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub properties: Option<Map<String, Value>>,
+    /// `properties` as the body's JSON text.
+    pub properties_text: Option<Arc<PropertiesText>>,
     pub secret: Option<String>,
     pub state: WebhookState,
 }
@@ -377,6 +398,7 @@ impl Webhook {
             target_url,
             kind: get("type").unwrap_or("webhook").to_owned(),
             headers,
+            properties_text: properties.as_ref().map(|p| Arc::new(PropertiesText::of(p))),
             properties,
             secret: match get("secret").filter(|s| !s.is_empty()) {
                 Some(secret) => match secret_problem(secret) {

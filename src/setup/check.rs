@@ -5,7 +5,7 @@
 use super::line::{CheckLevel, CheckLine};
 use super::{failover, publications, MIN_SERVER_VERSION};
 use crate::config::Config;
-use crate::delivery::{check_target, parked_limit_warning, tls};
+use crate::delivery::{check_target, parked_bytes_warning, parked_limit_warning, tls};
 use crate::registry::Webhook;
 use crate::store::catalog::ColumnListFacts;
 use crate::store::privileges::InternalWriter;
@@ -394,12 +394,19 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
         }),
     }
     let mut push = |level, text: String| out.push(CheckLine { level, text });
-    let limit = config.delivery.max_parked_events_per_webhook;
-    match store.parked_counts().await {
-        Ok(counts) => {
-            for (webhook_id, parked) in counts {
-                // Warn well before the limit stops the hook.
-                if let Some(warning) = parked_limit_warning(webhook_id, parked, limit) {
+    let d = &config.delivery;
+    match store.parked_sizes().await {
+        Ok(sizes) => {
+            for (webhook_id, parked) in sizes {
+                // Warn well before a bound stops the hook.
+                let events = parked_limit_warning(
+                    webhook_id,
+                    parked.events,
+                    d.max_parked_events_per_webhook,
+                );
+                let bytes =
+                    parked_bytes_warning(webhook_id, parked.bytes, d.max_parked_bytes_per_webhook);
+                for warning in [events, bytes].into_iter().flatten() {
                     push(CheckLevel::Warn, warning);
                 }
             }

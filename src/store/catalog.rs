@@ -456,7 +456,7 @@ impl Store {
                 "SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL \
                     AND to_regclass($3) IS NOT NULL AND to_regclass($4) IS NOT NULL \
                     AND to_regclass($5) IS NOT NULL AND to_regclass($6) IS NOT NULL \
-                    AND to_regclass($7) IS NOT NULL \
+                    AND to_regclass($7) IS NOT NULL AND to_regclass($8) IS NOT NULL \
                     AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'webhook_touch' \
                                 AND tgrelid = to_regclass($1))",
                 &[
@@ -468,6 +468,8 @@ impl Store {
                     &self.table("webhook_control"),
                     // Made last, by the migration to shared payloads too.
                     &self.table("parked_event"),
+                    // Made with the move of properties out of `delivery`.
+                    &self.table("delivery_properties"),
                 ],
             )
             .await

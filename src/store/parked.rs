@@ -10,17 +10,24 @@ use bytes::Bytes;
 use tokio_postgres::types::PgLsn;
 
 use super::{SqlResult, Store};
-use crate::delivery::{DeliveryStore, OrderScope, ParkedBody, ParkedEvent, ParkedRow, Position};
+use crate::delivery::{
+    DeliveryStore, OrderScope, ParkedBody, ParkedEvent, ParkedRow, ParkedSize, Position,
+};
 use crate::pgoutput::Lsn;
 use crate::registry::WebhookState;
 use crate::text::{truncate_chars, LAST_ERROR_MAX_CHARS};
 
-/// A parked event's body, from `delivery d` and `delivery_payload p`: the
+/// A parked event's body, from `delivery d`, `delivery_payload p` and
+/// `delivery_properties pp` (joined by [`Store::properties_join`]): the
 /// same expression as sql/schema.sql's `parked_event` view, spelled here
-/// so reading needs no view (setup may not have made it yet).
+/// so reading needs no view (setup may not have made it yet). NULL when
+/// the properties it names are missing.
 pub(super) const BODY: &str = "coalesce(d.body, '{\"EventId\":\"' || d.event_id::text || p.head \
-                    || d.webhook_name || p.fields \
-                    || coalesce(',\"Properties\":' || d.properties, '') || p.tail)";
+                    || d.webhook_name || coalesce(d.fields, p.fields) \
+                    || CASE WHEN d.properties_digest IS NULL \
+                            THEN coalesce(',\"Properties\":' || d.properties, '') \
+                            ELSE ',\"Properties\":' || pp.properties END \
+                    || p.tail)";
 
 #[async_trait]
 impl DeliveryStore for Store {
@@ -57,15 +64,17 @@ impl DeliveryStore for Store {
                     // statistics (a table just filled) then sorts the
                     // hook's small rows, never joins all of them first.
                     "SELECT d.commit_lsn::text, d.change_index, d.event_id::text, p.event::text, \
-                            p.ordering_key, p.also_after, p.barrier, {BODY}, d.attempts \
+                            p.ordering_key, p.also_after, p.barrier, {BODY}, d.attempts, \
+                            coalesce(d.bytes, 0) \
                        FROM (SELECT * FROM {} \
                               WHERE webhook_id = $1 \
                                 AND (commit_lsn, change_index) > ($2::text::pg_lsn, $3) \
                               ORDER BY commit_lsn, change_index LIMIT $4) d \
-                       JOIN {} p USING (commit_lsn, change_index) \
+                       JOIN {} p USING (commit_lsn, change_index) {} \
                       ORDER BY d.commit_lsn, d.change_index",
                     self.table("delivery"),
                     self.table("delivery_payload"),
+                    self.properties_join(),
                 ),
                 &[
                     &webhook_id,
@@ -83,14 +92,16 @@ impl DeliveryStore for Store {
                 let id: String = r.get(2);
                 let also_after: Option<String> = r.get(5);
                 let barrier: bool = r.get(6);
-                // Only a row written by hand lacks both the whole body
-                // and the hook's part of it.
+                // Only a row written or removed by hand lacks the whole
+                // body, the hook's part of it, or the properties it names.
                 let body: String = r.get::<_, Option<String>>(7).ok_or_else(|| {
                     anyhow::anyhow!(
                         "the parked event {id} of webhook_id {webhook_id} at {lsn}/{index} has \
-                         neither a body nor a webhook_name in {}: it cannot be sent; \
+                         neither a body nor a webhook_name in {}, or the properties it names \
+                         are missing from {}: it cannot be sent as it was parked; \
                          `walhook parked discard {id}` removes it",
-                        self.table("delivery")
+                        self.table_name("delivery"),
+                        self.table_name("delivery_properties")
                     )
                 })?;
                 Ok(ParkedRow {
@@ -113,6 +124,7 @@ impl DeliveryStore for Store {
                     },
                     body: Bytes::from(body),
                     attempts: r.get(8),
+                    bytes: r.get(9),
                 })
             })
             .collect()
@@ -131,6 +143,27 @@ impl DeliveryStore for Store {
             .await
             .sql(format!("counting parked events of webhook_id {webhook_id}"))?
             .get(0))
+    }
+
+    async fn parked_size(&self, webhook_id: i32) -> anyhow::Result<ParkedSize> {
+        let row = self
+            .client
+            .query_one(
+                &format!(
+                    // Only rows an older walhook wrote after setup lack
+                    // their bytes.
+                    "SELECT count(*), coalesce(sum(coalesce(bytes, 0)), 0)::bigint \
+                       FROM {} WHERE webhook_id = $1",
+                    self.table("delivery")
+                ),
+                &[&webhook_id],
+            )
+            .await
+            .sql(format!("counting parked events of webhook_id {webhook_id}"))?;
+        Ok(ParkedSize {
+            events: row.get(0),
+            bytes: row.get(1),
+        })
     }
 
     /// Remove delivered events, a batch at a time: after a crash between a
@@ -168,6 +201,13 @@ impl DeliveryStore for Store {
         }
         let (lsns, indexes) = position_arrays(positions);
         self.remove_unheld_payloads(Some((&lsns, &indexes))).await
+    }
+
+    /// Only the session that parks may call it (see `release_payloads`):
+    /// a batch that names properties stores them in the same statement, so
+    /// no parked event is ever left naming properties that were removed.
+    async fn release_properties(&self, webhook_id: i32) -> anyhow::Result<()> {
+        self.remove_unheld_properties(Some(webhook_id)).await
     }
 
     async fn record_parked_failure(
@@ -276,30 +316,84 @@ impl Store {
             .collect())
     }
 
+    /// Parked events per hook and the bytes they count, by webhook_id.
+    pub async fn parked_sizes(&self) -> anyhow::Result<Vec<(i32, ParkedSize)>> {
+        Ok(self
+            .client
+            .query(
+                &format!(
+                    "SELECT webhook_id, count(*), coalesce(sum(coalesce(bytes, 0)), 0)::bigint \
+                       FROM {} GROUP BY 1 ORDER BY 1",
+                    self.table("delivery")
+                ),
+                &[],
+            )
+            .await
+            .sql("counting parked events")?
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    ParkedSize {
+                        events: r.get(1),
+                        bytes: r.get(2),
+                    },
+                )
+            })
+            .collect())
+    }
+
     /// The hooks that have parked events, as a set.
     pub async fn parked_hook_set(&self) -> anyhow::Result<HashSet<i32>> {
         Ok(self.hooks_with_parked().await?.into_iter().collect())
     }
 
     /// Drop parked events older than `retention`; returns how many per
-    /// hook, for the log.
-    pub async fn drop_expired(&self, retention: Duration) -> anyhow::Result<Vec<(i32, i64)>> {
+    /// hook and the bytes they counted, for the log and the hooks' bounds.
+    pub async fn drop_expired(
+        &self,
+        retention: Duration,
+    ) -> anyhow::Result<Vec<(i32, ParkedSize)>> {
         let rows = self
             .client
             .query(
                 &format!(
                     "WITH gone AS (DELETE FROM {} WHERE created < now() - make_interval(secs => $1) \
-                     RETURNING webhook_id) SELECT webhook_id, count(*) FROM gone GROUP BY 1",
+                     RETURNING webhook_id, bytes) \
+                     SELECT webhook_id, count(*), coalesce(sum(coalesce(bytes, 0)), 0)::bigint \
+                       FROM gone GROUP BY 1",
                     self.table("delivery")
                 ),
                 &[&retention.as_secs_f64()],
             )
             .await
             .sql("dropping parked events past delivery.parked_retention")?;
-        // Also the payloads left by events removed elsewhere (a deleted
-        // hook, an admin's discard or replay). Run by the daemon's session.
+        // Also the payloads and properties left by events removed
+        // elsewhere (a deleted hook, an admin's discard or replay). Run by
+        // the daemon's session.
         self.remove_unheld_payloads(None).await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        self.remove_unheld_properties(None).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    ParkedSize {
+                        events: r.get(1),
+                        bytes: r.get(2),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// `LEFT JOIN delivery_properties pp`, to the parked events `d`: what
+    /// [`BODY`] reads their properties from.
+    pub(super) fn properties_join(&self) -> String {
+        format!(
+            "LEFT JOIN {} pp ON pp.webhook_id = d.webhook_id AND pp.digest = d.properties_digest",
+            self.table("delivery_properties")
+        )
     }
 
     /// Write parked events and their payloads (once per change) in one
@@ -320,14 +414,21 @@ impl Store {
         let mut p_heads = Vec::new();
         let mut p_fields = Vec::new();
         let mut p_tails = Vec::new();
+        // The hooks' properties, once per hook and version.
+        let mut seen_properties = HashSet::new();
+        let mut pr_hooks = Vec::new();
+        let mut pr_digests: Vec<&[u8]> = Vec::new();
+        let mut pr_texts: Vec<&str> = Vec::new();
         // The per-hook columns.
         let mut webhook_ids = Vec::with_capacity(n);
         let mut lsns = Vec::with_capacity(n);
         let mut indexes = Vec::with_capacity(n);
         let mut event_ids = Vec::with_capacity(n);
         let mut hook_names = Vec::with_capacity(n);
-        let mut properties = Vec::with_capacity(n);
+        let mut digests: Vec<Option<&[u8]>> = Vec::with_capacity(n);
+        let mut own_fields = Vec::with_capacity(n);
         let mut bodies = Vec::with_capacity(n);
+        let mut bytes = Vec::with_capacity(n);
         let mut reasons = Vec::with_capacity(n);
         let mut attempts = Vec::with_capacity(n);
         let mut errors = Vec::with_capacity(n);
@@ -357,18 +458,29 @@ impl Store {
             match &event.body {
                 ParkedBody::Assembled {
                     name,
-                    properties: p,
+                    fields,
+                    properties,
                 } => {
                     hook_names.push(Some(json_text(event, "webhook_name", name)?));
-                    properties.push(p.map(|p| json_text(event, "properties", p)).transpose()?);
+                    own_fields.push(fields.map(|f| json_text(event, "fields", f)).transpose()?);
+                    digests.push(properties.map(|p| p.digest.as_slice()));
+                    if let Some(p) = properties {
+                        if seen_properties.insert((event.webhook_id, p.digest)) {
+                            pr_hooks.push(event.webhook_id);
+                            pr_digests.push(p.digest.as_slice());
+                            pr_texts.push(p.json.as_str());
+                        }
+                    }
                     bodies.push(None);
                 }
                 ParkedBody::Whole(body) => {
                     hook_names.push(None);
-                    properties.push(None);
+                    own_fields.push(None);
+                    digests.push(None);
                     bodies.push(Some(json_text(event, "body", body)?));
                 }
             }
+            bytes.push(event.bytes);
             reasons.push(event.reason.as_str());
             attempts.push(event.attempts);
             errors.push(
@@ -378,8 +490,8 @@ impl Store {
             );
         }
         // One statement from arrays: a single round trip and, outside a
-        // transaction, a single commit. The foreign key's check sees the
-        // payloads inserted by the same statement.
+        // transaction, a single commit. Properties stored already (the
+        // same text, by its digest) are kept as they are.
         let sql = format!(
             "WITH payload AS ( \
                INSERT INTO {payload} (commit_lsn, change_index, event, ordering_key, also_after, \
@@ -388,15 +500,22 @@ impl Store {
                  FROM unnest($1::pg_lsn[], $2::int[], $3::text[], $4::text[], $5::text[], \
                              $6::bool[], $7::text[], $8::text[], $9::text[]) \
                       AS p (c, i, n, k, a, b, h, f, t) \
+               ON CONFLICT DO NOTHING), \
+             properties AS ( \
+               INSERT INTO {properties} (webhook_id, digest, properties) \
+               SELECT w, g, t FROM unnest($20::int[], $21::bytea[], $22::text[]) AS p (w, g, t) \
                ON CONFLICT DO NOTHING) \
              INSERT INTO {delivery} (webhook_id, commit_lsn, change_index, event_id, webhook_name, \
-                                     properties, body, reason, attempts, last_error) \
-             SELECT w, c, i, e, wn, pr, bo, r, a, l \
+                                     properties_digest, fields, body, bytes, reason, attempts, \
+                                     last_error) \
+             SELECT w, c, i, e, wn, g, f, bo, n, r, a, l \
                FROM unnest($10::int[], $11::pg_lsn[], $12::int[], $13::uuid[], $14::text[], \
-                           $15::text[], $16::text[], $17::text[], $18::int[], $19::text[]) \
-                    AS d (w, c, i, e, wn, pr, bo, r, a, l) \
+                           $15::bytea[], $16::text[], $17::text[], $23::int8[], $18::text[], \
+                           $19::int[], $24::text[]) \
+                    AS d (w, c, i, e, wn, g, f, bo, n, r, a, l) \
              ON CONFLICT DO NOTHING",
             payload = self.table("delivery_payload"),
+            properties = self.table("delivery_properties"),
             delivery = self.table("delivery"),
         );
         self.client
@@ -417,10 +536,15 @@ impl Store {
                     &indexes,
                     &event_ids,
                     &hook_names,
-                    &properties,
+                    &digests,
+                    &own_fields,
                     &bodies,
                     &reasons,
                     &attempts,
+                    &pr_hooks,
+                    &pr_digests,
+                    &pr_texts,
+                    &bytes,
                     &errors,
                 ],
             )
@@ -468,6 +592,27 @@ impl Store {
             }
         }
         .sql("removing the payloads of delivered parked events")?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Remove the stored properties no parked event names any more: one
+    /// hook's, or all.
+    async fn remove_unheld_properties(&self, webhook_id: Option<i32>) -> anyhow::Result<()> {
+        self.client
+            .execute(
+                &format!(
+                    "DELETE FROM {} pp WHERE ($1::int IS NULL OR pp.webhook_id = $1) \
+                        AND NOT EXISTS (SELECT 1 FROM {} d WHERE d.webhook_id = pp.webhook_id \
+                                           AND d.properties_digest = pp.digest)",
+                    self.table("delivery_properties"),
+                    self.table("delivery")
+                ),
+                &[&webhook_id],
+            )
+            .await
+            .sql("removing the properties of delivered parked events")?;
         Ok(())
     }
 }

@@ -3,9 +3,9 @@
 //!
 //! Kept apart from the daemon's own statements on `delivery` (parked.rs)
 //! so that a change of the table's layout touches each side in one place.
-//! Payloads left without a parked event by a discard here are removed by
-//! the daemon's session (see `drop_expired`), the only one that removes
-//! payloads.
+//! Payloads and properties left without a parked event by a discard here
+//! are removed by the daemon's session (see `drop_expired`), the only one
+//! that removes them.
 
 use std::time::SystemTime;
 
@@ -124,10 +124,11 @@ impl Store {
                             d.commit_lsn::text, d.change_index, d.reason, d.attempts, \
                             d.last_error::text, \
                             to_char(d.created AT TIME ZONE 'UTC', {RFC3339}), {BODY} \
-                       FROM {} d JOIN {} p USING (commit_lsn, change_index) \
+                       FROM {} d JOIN {} p USING (commit_lsn, change_index) {} \
                       WHERE d.event_id = $1::text::uuid ORDER BY d.webhook_id",
                     self.table("delivery"),
                     self.table("delivery_payload"),
+                    self.properties_join(),
                 ),
                 &[&event_id.to_string()],
             )
@@ -148,11 +149,13 @@ impl Store {
                 attempts: r.get(8),
                 last_error: r.get(9),
                 created: r.get(10),
-                // Only a row written by hand lacks both the whole body
-                // and the hook's part of it.
-                body: r
-                    .get::<_, Option<String>>(11)
-                    .unwrap_or_else(|| "(no body: neither body nor webhook_name is set)".into()),
+                // Only a row written or removed by hand lacks the whole
+                // body, the hook's part of it, or the properties it names.
+                body: r.get::<_, Option<String>>(11).unwrap_or_else(|| {
+                    "(no body: neither body nor webhook_name is set, or the properties it names \
+                     are missing)"
+                        .into()
+                }),
             })
             .collect())
     }

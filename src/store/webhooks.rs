@@ -88,6 +88,9 @@ pub struct HookStats {
     pub last_failure: Option<String>,
     pub last_error: Option<String>,
     pub parked: i64,
+    /// What its parked events count toward
+    /// `delivery.max_parked_bytes_per_webhook`.
+    pub parked_bytes: i64,
     pub oldest_parked: Option<String>,
     /// `walhook webhook pause` holds its events.
     pub paused: bool,
@@ -236,7 +239,8 @@ impl Store {
     /// Every hook with a row, statistics or parked events, for `status`.
     pub async fn hook_stats(&self) -> anyhow::Result<Vec<HookStats>> {
         let sql = format!(
-            "WITH parked AS (SELECT webhook_id, count(*) AS n, min(created) AS oldest \
+            "WITH parked AS (SELECT webhook_id, count(*) AS n, min(created) AS oldest, \
+                                    sum(coalesce(bytes, 0)) AS bytes \
                                FROM {delivery} GROUP BY 1), \
                   ids AS (SELECT webhook_id FROM {webhook} \
                           UNION SELECT webhook_id FROM {usage} \
@@ -246,7 +250,7 @@ impl Store {
                     coalesce(u.consecutive_errors, 0)::int, {last_success}, {last_failure}, \
                     u.last_error::text, coalesce(p.n, 0)::bigint, {oldest}, \
                     c.paused_at IS NOT NULL, c.max_per_minute, \
-                    coalesce(u.total_throttled, 0)::bigint \
+                    coalesce(u.total_throttled, 0)::bigint, coalesce(p.bytes, 0)::bigint \
                FROM ids i \
                LEFT JOIN {webhook} w ON w.webhook_id = i.webhook_id \
                LEFT JOIN {usage} u ON u.webhook_id = i.webhook_id \
@@ -285,6 +289,7 @@ impl Store {
                 paused: r.get(12),
                 max_per_minute: r.get(13),
                 total_throttled: r.get(14),
+                parked_bytes: r.get(15),
             })
             .collect())
     }

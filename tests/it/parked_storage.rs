@@ -363,3 +363,274 @@ async fn setup_migrates_parked_events_of_the_old_layout_and_they_are_delivered()
     );
     assert!(h.stop_daemon().success());
 }
+
+/// A `properties` object of about `bytes` bytes of JSON that does not
+/// compress (PostgreSQL would otherwise store copies in a fraction of their
+/// size), from a fixed seed.
+fn incompressible_properties(bytes: usize, seed: u64) -> serde_json::Value {
+    let mut state = seed | 1;
+    let mut next = move || {
+        // xorshift64: enough to defeat pglz, and the same on every run.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut map = serde_json::Map::new();
+    let mut len = 2;
+    while len + 80 < bytes {
+        let value: String = (0..64)
+            .map(|_| CHARS[(next() % CHARS.len() as u64) as usize] as char)
+            .collect();
+        let key = format!("k{}", map.len());
+        len += key.len() + value.len() + 8;
+        map.insert(key, serde_json::Value::String(value));
+    }
+    serde_json::Value::Object(map)
+}
+
+/// Bytes walhook's parked tables take on disk, with their TOAST and
+/// indexes (the tables that exist: older layouts lack some).
+async fn parked_tables_bytes(h: &Harness) -> i64 {
+    h.db.query_one(
+        "SELECT coalesce(sum(pg_total_relation_size(c)), 0)::bigint \
+           FROM unnest(ARRAY['walhook.delivery', 'walhook.delivery_payload', \
+                             'walhook.delivery_properties']) AS t, \
+                to_regclass(t) AS c \
+          WHERE c IS NOT NULL",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn properties_are_stored_once_per_version_and_each_replayed_event_carries_its_own() {
+    let mut h = Harness::start(CRM, "").await;
+    let receiver = Receiver::start().await.unwrap();
+    // The largest properties a row may have (64 KiB of JSON text), in two
+    // versions.
+    let first = incompressible_properties(60 * 1024, 1);
+    let second = incompressible_properties(60 * 1024, 2);
+    let properties_len = first.to_string().len() as i64;
+    let hook: i32 =
+        h.db.query_one(
+            "INSERT INTO walhook.webhook (name, events, target_url, secret, properties, state) \
+             VALUES ('big', '*', $1, 'k-0123456789abcdef', $2::text::jsonb, 3) \
+             RETURNING webhook_id",
+            &[&receiver.url("/big"), &first.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    h.start_daemon().await;
+    let empty = parked_tables_bytes(&h).await;
+    // The issue's figure: 59 changes parked for a hook in TooManyErrors.
+    h.db.batch_execute("INSERT INTO contact SELECT i, 'c' || i, 0 FROM generate_series(1, 59) i")
+        .await
+        .unwrap();
+    let parked_sql = format!("SELECT count(*) FROM walhook.delivery WHERE webhook_id = {hook}");
+    wait_count(&h, &parked_sql, |n| n == 59).await;
+    h.wait_caught_up("the slot to pass the parked changes")
+        .await;
+    let grown = parked_tables_bytes(&h).await - empty;
+    eprintln!(
+        "59 parked events with {properties_len} bytes of Properties: the parked tables grew by \
+         {grown} bytes ({:.1} copies of the Properties)",
+        grown as f64 / properties_len as f64
+    );
+    // One copy, the rows, and the pages, indexes and TOAST of three
+    // tables; one copy per event would be 59.
+    assert!(
+        grown < 10 * properties_len,
+        "59 parked events took {grown} bytes, as if each stored its {properties_len} bytes \
+         of Properties"
+    );
+
+    // A new version of the properties: the events after it carry it.
+    h.db.execute(
+        "UPDATE walhook.webhook SET properties = $2::text::jsonb WHERE webhook_id = $1",
+        &[&hook, &second.to_string()],
+    )
+    .await
+    .unwrap();
+    h.db.batch_execute("UPDATE contact SET version = 1 WHERE contact_id <= 10")
+        .await
+        .unwrap();
+    wait_count(&h, &parked_sql, |n| n == 69).await;
+    assert_eq!(
+        count(&h, "SELECT count(*) FROM walhook.delivery_properties").await,
+        2,
+        "one copy per version of the hook's properties"
+    );
+
+    h.db.execute(
+        "UPDATE walhook.webhook SET state = 1 WHERE webhook_id = $1",
+        &[&hook],
+    )
+    .await
+    .unwrap();
+    let got = receiver.wait_until(WAIT, |r| r.len() >= 69).await;
+    assert_eq!(got.len(), 69, "log:\n{}", h.daemon_log());
+    for r in &got {
+        let doc = r.json();
+        let want = if doc["Event"] == "contact.created" {
+            &first
+        } else {
+            &second
+        };
+        assert!(
+            doc["Properties"] == *want,
+            "{} carries the properties of its time",
+            doc["Event"]
+        );
+        assert_eq!(
+            r.header("x-superoffice-eventid"),
+            doc["EventId"].as_str(),
+            "the EventId is the one parked"
+        );
+    }
+    // Nothing parked refers to them any more: both copies are removed.
+    wait_count(&h, &parked_sql, |n| n == 0).await;
+    wait_count(
+        &h,
+        "SELECT count(*) FROM walhook.delivery_properties",
+        |n| n == 0,
+    )
+    .await;
+    assert!(h.stop_daemon().success());
+}
+
+/// The body of each parked event, as the view gives it, by EventId.
+async fn parked_bodies(h: &Harness) -> BTreeMap<String, String> {
+    h.db.query("SELECT event_id::text, body FROM walhook.parked_event", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_moves_the_properties_of_parked_events_out_of_their_rows_and_loses_none() {
+    let mut h = Harness::start(CRM, "").await;
+    let receiver = Receiver::start().await.unwrap();
+    let with_properties = add_hook(&h, &receiver.url("/with"), 3).await;
+    let without = h.add_hook("*", &receiver.url("/without"), None).await;
+    h.db.execute(
+        "UPDATE walhook.webhook SET state = 3 WHERE webhook_id = $1",
+        &[&without],
+    )
+    .await
+    .unwrap();
+    h.start_daemon().await;
+    h.db.batch_execute(
+        "INSERT INTO contact SELECT i, 'c' || i, 0 FROM generate_series(1, 3) i;
+         UPDATE contact SET version = 1 WHERE contact_id = 2;",
+    )
+    .await
+    .unwrap();
+    wait_count(&h, "SELECT count(*) FROM walhook.delivery", |n| n == 8).await;
+    h.wait_caught_up("the slot to pass the parked changes")
+        .await;
+    assert!(h.stop_daemon().success());
+    let parked = parked_bodies(&h).await;
+
+    // Back to the layout of an install from before delivery_properties:
+    // each row holds its hook's properties.
+    h.db.batch_execute(
+        "DROP VIEW walhook.parked_event;
+         UPDATE walhook.delivery d SET properties = pp.properties
+           FROM walhook.delivery_properties pp
+          WHERE pp.webhook_id = d.webhook_id AND pp.digest = d.properties_digest;
+         ALTER TABLE walhook.delivery
+             DROP COLUMN properties_digest, DROP COLUMN fields, DROP COLUMN bytes;
+         DROP TABLE walhook.delivery_properties;",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        count(
+            &h,
+            "SELECT count(*) FROM walhook.delivery WHERE properties IS NOT NULL"
+        )
+        .await,
+        4
+    );
+    for run in 0..2 {
+        let out = h.walhook(&["setup"]);
+        assert!(out.status.success(), "setup run {run}: {}", text(&out));
+    }
+    assert_eq!(parked_bodies(&h).await, parked, "every body as it was");
+    assert_eq!(
+        count(
+            &h,
+            "SELECT count(*) FROM walhook.delivery WHERE properties IS NOT NULL"
+        )
+        .await,
+        0,
+        "moved out of the rows"
+    );
+    assert_eq!(
+        count(&h, "SELECT count(*) FROM walhook.delivery_properties").await,
+        1
+    );
+    // Each event counts its body without the properties, the first of the
+    // version the properties too.
+    let properties_len = count(
+        &h,
+        "SELECT octet_length(properties)::bigint FROM walhook.delivery_properties",
+    )
+    .await;
+    let body_len = |hook: i32| {
+        format!(
+            "SELECT (sum(octet_length(body)) - count(*) * ({} + {properties_len}) \
+                     + {properties_len})::bigint \
+               FROM walhook.parked_event WHERE webhook_id = {hook}",
+            r#"octet_length(',"Properties":')"#
+        )
+    };
+    assert_eq!(
+        count(
+            &h,
+            &format!("SELECT sum(bytes)::bigint FROM walhook.delivery WHERE webhook_id = {with_properties}")
+        )
+        .await,
+        count(&h, &body_len(with_properties)).await
+    );
+    assert_eq!(
+        count(
+            &h,
+            &format!("SELECT sum(bytes)::bigint FROM walhook.delivery WHERE webhook_id = {without}")
+        )
+        .await,
+        count(
+            &h,
+            &format!("SELECT sum(octet_length(body))::bigint FROM walhook.parked_event WHERE webhook_id = {without}")
+        )
+        .await
+    );
+
+    // Both hooks Active again: each parked event is sent as it was parked.
+    h.db.execute("UPDATE walhook.webhook SET state = 1", &[])
+        .await
+        .unwrap();
+    h.start_daemon().await;
+    let got = receiver.wait_until(WAIT, |r| r.len() >= 8).await;
+    assert_eq!(got.len(), 8, "log:\n{}", h.daemon_log());
+    let mut sent = bodies(&got);
+    let mut want: Vec<String> = parked.into_values().collect();
+    sent.sort();
+    want.sort();
+    assert_eq!(sent, want);
+    wait_count(&h, "SELECT count(*) FROM walhook.delivery", |n| n == 0).await;
+    wait_count(
+        &h,
+        "SELECT count(*) FROM walhook.delivery_properties",
+        |n| n == 0,
+    )
+    .await;
+    assert!(h.stop_daemon().success());
+}

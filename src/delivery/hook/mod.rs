@@ -8,7 +8,10 @@ mod runtime;
 pub mod settings;
 pub mod usage;
 
-pub use self::runtime::{epoch_millis, Admission, HookRuntime, HookWithKey, ParkReason};
+pub use self::runtime::{
+    epoch_millis, Admission, HookRuntime, HookWithKey, ParkReason, ParkSize, ParkedBound,
+    ParkedLimits, Reservation,
+};
 
 #[cfg(test)]
 mod tests;

@@ -35,7 +35,7 @@
 //! [`activate`]: HookRuntime::activate
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,7 @@ use tokio::sync::Notify;
 use super::concurrency::{ConcurrencyLimit, Signal};
 use super::settings::HookSettings;
 use crate::delivery::request::SigningKey;
+use crate::delivery::storage::ParkedSize;
 use crate::registry::{Webhook, WebhookState};
 
 /// Why a hook's events are parked.
@@ -63,6 +64,60 @@ impl ParkReason {
             ParkReason::Paused => "paused",
         }
     }
+}
+
+/// What one event adds to its hook's parked bytes: its body without its
+/// Properties, and the Properties' digest and size when it has them
+/// (counted once per version: see [`HookRuntime::reserve_parked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParkSize {
+    pub body: i64,
+    pub properties: Option<([u8; 32], i64)>,
+}
+
+impl ParkSize {
+    /// The event's bytes with its own Properties counted.
+    pub fn whole(&self) -> i64 {
+        self.body + self.properties.map_or(0, |(_, len)| len)
+    }
+}
+
+/// The bounds on one hook's parked events:
+/// `delivery.max_parked_events_per_webhook` and
+/// `delivery.max_parked_bytes_per_webhook`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParkedLimits {
+    pub events: i64,
+    pub bytes: i64,
+}
+
+/// The bound a hook reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkedBound {
+    Events,
+    Bytes,
+}
+
+/// What [`HookRuntime::reserve_parked`] granted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reservation {
+    /// The bytes each granted event counts: the first `counted.len()` of
+    /// those asked for may be parked, the rest may not.
+    pub counted: Vec<i64>,
+    /// The bound the hook is at, when it may park no more.
+    pub full: Option<ParkedBound>,
+}
+
+/// A hook's parked events as this process counts them.
+#[derive(Debug)]
+struct ParkedTally {
+    /// -1: not counted yet.
+    events: i64,
+    bytes: i64,
+    /// The Properties version the last parked event had: the events after
+    /// it with the same version share its stored copy, so they count their
+    /// bodies only.
+    properties: Option<[u8; 32]>,
 }
 
 /// Whether new events of a hook go to its queue or to `delivery`.
@@ -100,9 +155,9 @@ pub struct HookRuntime {
     /// Events being parked that the parking writer has not written yet:
     /// the replayer must not switch to Live while any are on their way.
     unwritten: AtomicUsize,
-    /// Parked events of the hook in `delivery` as far as this process
-    /// knows (-1: not counted yet).
-    parked: AtomicI64,
+    /// Parked events of the hook in `delivery`, and their bytes, as far
+    /// as this process knows.
+    parked: Mutex<ParkedTally>,
     /// The hook reached `delivery.max_parked_events_per_webhook` and was
     /// set to Stopped: its new events are dropped until it is set Active.
     parked_limit_reached: AtomicBool,
@@ -149,7 +204,11 @@ impl HookRuntime {
             consecutive_errors: AtomicU32::new(0),
             in_flight: AtomicUsize::new(0),
             unwritten: AtomicUsize::new(0),
-            parked: AtomicI64::new(-1),
+            parked: Mutex::new(ParkedTally {
+                events: -1,
+                bytes: 0,
+                properties: None,
+            }),
             parked_limit_reached: AtomicBool::new(false),
             oldest_queued: AtomicU64::new(0),
             concurrency: Mutex::new(limit),
@@ -492,45 +551,83 @@ impl HookRuntime {
         self.unwritten.fetch_sub(1, Ordering::AcqRel);
     }
 
+    fn tally(&self) -> MutexGuard<'_, ParkedTally> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Parked events in `delivery` as this process counts them (-1: not
     /// counted yet).
     pub fn parked(&self) -> i64 {
-        self.parked.load(Ordering::Acquire)
+        self.tally().events
     }
 
-    /// The table's own count of the hook's parked events.
-    pub fn set_parked(&self, parked: i64) {
-        self.parked.store(parked, Ordering::Release);
+    /// The bytes of the hook's parked events as this process counts them
+    /// (meaningful once [`parked`](Self::parked) is counted).
+    pub fn parked_bytes(&self) -> i64 {
+        self.tally().bytes
     }
 
-    /// Room for `wanted` more parked events under `limit`: returns how
-    /// many may be parked (all, some or none), counted as parked at once,
-    /// so parking never passes the limit, however many write at a time.
-    /// The count must be known ([`set_parked`](Self::set_parked)).
-    pub fn reserve_parked(&self, wanted: usize, limit: i64) -> usize {
-        let mut granted = 0;
-        let _ = self
-            .parked
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                if n < 0 {
-                    granted = 0;
-                    return None;
-                }
-                let room = usize::try_from(limit.saturating_sub(n)).unwrap_or(0);
-                granted = wanted.min(room);
-                Some(n + granted as i64)
-            });
-        granted
+    /// The table's own count of the hook's parked events and bytes.
+    pub fn set_parked(&self, parked: ParkedSize) {
+        *self.tally() = ParkedTally {
+            events: parked.events,
+            bytes: parked.bytes,
+            // Unknown which version the table's last event has: the next
+            // event counts its Properties (one copy too many at most).
+            properties: None,
+        };
     }
 
-    /// `removed` more parked events left `delivery` (delivered, or past
-    /// their retention).
-    pub fn parked_removed(&self, removed: usize) {
-        let _ = self
-            .parked
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n >= 0).then(|| (n - removed as i64).max(0))
-            });
+    /// Room for the events of `sizes`, in order, under `limits`: returns
+    /// the bytes each granted event counts (all, the first some, or none)
+    /// and the bound reached, counted as parked at once, so parking never
+    /// passes a bound, however many write at a time. An event's
+    /// Properties count only when its version differs from the last
+    /// parked event's (they are stored once per version). The count must
+    /// be known ([`set_parked`](Self::set_parked)).
+    pub fn reserve_parked(&self, sizes: &[ParkSize], limits: ParkedLimits) -> Reservation {
+        let mut tally = self.tally();
+        let mut reserved = Reservation::default();
+        if tally.events < 0 {
+            return reserved;
+        }
+        for size in sizes {
+            if tally.events >= limits.events {
+                break;
+            }
+            let bytes = match size.properties {
+                Some((digest, len)) if tally.properties != Some(digest) => size.body + len,
+                _ => size.body,
+            };
+            if tally.bytes.saturating_add(bytes) > limits.bytes {
+                reserved.full = Some(ParkedBound::Bytes);
+                return reserved;
+            }
+            tally.events += 1;
+            tally.bytes += bytes;
+            tally.properties = size.properties.map(|(digest, _)| digest);
+            reserved.counted.push(bytes);
+        }
+        if tally.events >= limits.events {
+            reserved.full = Some(ParkedBound::Events);
+        }
+        reserved
+    }
+
+    /// `removed` more parked events, counting `bytes`, left `delivery`
+    /// (delivered, or past their retention).
+    pub fn parked_removed(&self, removed: usize, bytes: i64) {
+        let mut tally = self.tally();
+        if tally.events < 0 {
+            return;
+        }
+        tally.events = (tally.events - removed as i64).max(0);
+        tally.bytes = (tally.bytes - bytes).max(0);
+        if tally.events == 0 {
+            // No event holds a stored copy of Properties any more.
+            tally.bytes = 0;
+            tally.properties = None;
+        }
     }
 
     /// When the oldest event still queued or running was queued

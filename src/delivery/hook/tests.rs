@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use super::concurrency::ConcurrencyLimit;
 use super::settings::HookSettings;
-use super::{Admission, HookRuntime, ParkReason};
+use super::{Admission, HookRuntime, ParkReason, ParkSize, ParkedBound, ParkedLimits, Reservation};
+use crate::delivery::ParkedSize;
 use crate::events::WebhookRow;
 use crate::registry::{Webhook, WebhookState};
 
@@ -175,19 +176,90 @@ async fn one_replayer_at_a_time_and_it_goes_on_when_reactivated_meanwhile() {
     assert!(!runtime.claim_replayer());
 }
 
+/// Events of `body` bytes without Properties.
+fn plain(n: usize, body: i64) -> Vec<ParkSize> {
+    vec![
+        ParkSize {
+            body,
+            properties: None,
+        };
+        n
+    ]
+}
+
 #[tokio::test]
 async fn parking_reserves_room_under_the_limit_once_counted_from_the_table() {
     let runtime = live();
-    assert_eq!(runtime.reserve_parked(5, 10), 0, "not counted yet");
+    let limits = ParkedLimits {
+        events: 10,
+        bytes: i64::MAX,
+    };
+    assert_eq!(
+        runtime.reserve_parked(&plain(5, 1), limits),
+        Reservation::default(),
+        "not counted yet"
+    );
     assert_eq!(runtime.parked(), -1);
-    runtime.set_parked(2);
-    assert_eq!(runtime.reserve_parked(5, 10), 5);
-    // Only the room left under the limit, however much is wanted.
-    assert_eq!(runtime.reserve_parked(5, 10), 3);
-    assert_eq!(runtime.reserve_parked(1, 10), 0);
-    assert_eq!(runtime.parked(), 10);
-    runtime.parked_removed(20);
-    assert_eq!(runtime.parked(), 0);
+    runtime.set_parked(ParkedSize {
+        events: 2,
+        bytes: 2,
+    });
+    assert_eq!(
+        runtime.reserve_parked(&plain(5, 1), limits).counted.len(),
+        5
+    );
+    // Only the room left under the limit, however much is wanted; the
+    // hook is then at its bound.
+    let last = runtime.reserve_parked(&plain(5, 1), limits);
+    assert_eq!(
+        (last.counted.len(), last.full),
+        (3, Some(ParkedBound::Events))
+    );
+    assert!(runtime
+        .reserve_parked(&plain(1, 1), limits)
+        .counted
+        .is_empty());
+    assert_eq!((runtime.parked(), runtime.parked_bytes()), (10, 10));
+    runtime.parked_removed(20, 20);
+    assert_eq!((runtime.parked(), runtime.parked_bytes()), (0, 0));
+}
+
+#[tokio::test]
+async fn the_byte_bound_grants_events_in_order_while_they_fit_and_counts_properties_once_per_version(
+) {
+    let runtime = live();
+    runtime.set_parked(ParkedSize::default());
+    let limits = ParkedLimits {
+        events: 1000,
+        bytes: 10_000,
+    };
+    let with = |digest: u8, body: i64| ParkSize {
+        body,
+        properties: Some(([digest; 32], 3000)),
+    };
+    // The first event of a version counts its Properties, the next of the
+    // same version only its body; a new version counts them again.
+    let reserved = runtime.reserve_parked(
+        &[with(1, 100), with(1, 100), with(2, 100), with(2, 100)],
+        limits,
+    );
+    assert_eq!(reserved.counted, [3100, 100, 3100, 100]);
+    assert_eq!(reserved.full, None);
+    assert_eq!(runtime.parked_bytes(), 6400);
+    // 3600 bytes are left: a large event does not fit and the hook is
+    // full, though a smaller one after it would (order: no event parks
+    // after one that was dropped).
+    let reserved = runtime.reserve_parked(&[with(2, 3000), with(3, 4000), with(2, 10)], limits);
+    assert_eq!(reserved.counted, [3000]);
+    assert_eq!(reserved.full, Some(ParkedBound::Bytes));
+    assert_eq!((runtime.parked(), runtime.parked_bytes()), (5, 9400));
+    // Delivered: what they counted is free again.
+    runtime.parked_removed(2, 3200);
+    assert_eq!((runtime.parked(), runtime.parked_bytes()), (3, 6200));
+    assert_eq!(
+        runtime.reserve_parked(&[with(2, 3000)], limits).counted,
+        [3000]
+    );
 }
 
 #[tokio::test]

@@ -9,6 +9,6 @@ mod replayer;
 mod writer;
 
 pub(in crate::delivery) use self::policy::past_bound;
-pub use self::policy::{parked_limit_warning, PARKED_WARN_PERCENT};
+pub use self::policy::{parked_bytes_warning, parked_limit_warning, PARKED_WARN_PERCENT};
 pub(in crate::delivery) use self::replayer::run_replayer;
 pub(in crate::delivery) use self::writer::{park_until_done, ParkQueue};

@@ -6,7 +6,8 @@ use std::time::Duration;
 use crate::config::DeliveryConfig;
 use crate::delivery::hook::HookRuntime;
 
-/// The share of `delivery.max_parked_events_per_webhook`, in percent, at
+/// The share of `delivery.max_parked_events_per_webhook` (and of
+/// `max_parked_bytes_per_webhook`), in percent, at
 /// which `check`, `status` and the daemon warn: well before the limit stops
 /// the hook.
 pub const PARKED_WARN_PERCENT: u64 = 80;
@@ -23,6 +24,22 @@ pub fn parked_limit_warning(webhook_id: i32, parked: i64, limit: u64) -> Option<
          delivery.max_parked_events_per_webhook ({limit}): at the limit it is set to \
          Stopped (2); fix its target and set it Active to deliver them",
         parked.saturating_mul(100) / limit.max(1)
+    ))
+}
+
+/// The warning for a hook whose parked events count `bytes` against
+/// `delivery.max_parked_bytes_per_webhook` (`limit`), once they hold
+/// [`PARKED_WARN_PERCENT`] of it.
+pub fn parked_bytes_warning(webhook_id: i32, bytes: i64, limit: u64) -> Option<String> {
+    let bytes = u64::try_from(bytes).ok()?;
+    if bytes.saturating_mul(100) < limit.saturating_mul(PARKED_WARN_PERCENT) {
+        return None;
+    }
+    Some(format!(
+        "webhook_id {webhook_id} has {bytes} bytes of parked events, {}% of \
+         delivery.max_parked_bytes_per_webhook ({limit}): at the limit it is set to \
+         Stopped (2); fix its target and set it Active to deliver them",
+        bytes.saturating_mul(100) / limit.max(1)
     ))
 }
 

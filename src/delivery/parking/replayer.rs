@@ -70,7 +70,7 @@ async fn replay_parked(ctx: &DeliveryContext, runtime: &HookRuntime) -> anyhow::
     let mut cursor: Option<Position> = None;
     // The last read found nothing more after the cursor.
     let mut read_all = false;
-    let mut delivered: Vec<Position> = Vec::with_capacity(REMOVE_BATCH);
+    let mut delivered: Vec<(Position, i64)> = Vec::with_capacity(REMOVE_BATCH);
     // The next batch being read and the last delivered being removed run
     // beside the deliveries (the statements queue on the store's session):
     // awaited in turn, each stopped every delivery from starting.
@@ -81,8 +81,8 @@ async fn replay_parked(ctx: &DeliveryContext, runtime: &HookRuntime) -> anyhow::
     loop {
         if failed || !runtime.may_replay() {
             // What was started finishes; what waits stays parked.
-            while let Some((_, position, settled)) = running.next().await {
-                settle(ctx, runtime, position, settled, &mut delivered).await?;
+            while let Some((_, parked, settled)) = running.next().await {
+                settle(ctx, runtime, parked, settled, &mut delivered).await?;
             }
             if let Some(removal) = removing.take() {
                 removal.await?;
@@ -115,7 +115,7 @@ async fn replay_parked(ctx: &DeliveryContext, runtime: &HookRuntime) -> anyhow::
                     },
                 )
                 .await;
-                (keys, row.position, settled)
+                (keys, (row.position, row.bytes), settled)
             });
         }
         if running.is_empty() && reading.is_none() && removing.is_none() {
@@ -129,6 +129,15 @@ async fn replay_parked(ctx: &DeliveryContext, runtime: &HookRuntime) -> anyhow::
                 .go_live_if_caught_up(store.parked_count(runtime.id()))
                 .await?
             {
+                // Its stored Properties, held by no parked event now. The
+                // hook is live: a failure here is left to the retention
+                // sweep, not a reason to replay again.
+                if let Err(e) = store.release_properties(runtime.id()).await {
+                    tracing::warn!(
+                        webhook_id = runtime.id(),
+                        "removing the properties of delivered parked events: {e:#}"
+                    );
+                }
                 return Ok(true);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -139,9 +148,9 @@ async fn replay_parked(ctx: &DeliveryContext, runtime: &HookRuntime) -> anyhow::
             continue;
         }
         tokio::select! {
-            Some((keys, position, settled)) = running.next(), if !running.is_empty() => {
+            Some((keys, parked, settled)) = running.next(), if !running.is_empty() => {
                 gate.finished(keys);
-                failed = !settle(ctx, runtime, position, settled, &mut delivered).await?;
+                failed = !settle(ctx, runtime, parked, settled, &mut delivered).await?;
             }
             batch = async { reading.as_mut().expect("guarded").await }, if reading.is_some() => {
                 reading = None;
@@ -163,16 +172,17 @@ async fn replay_parked(ctx: &DeliveryContext, runtime: &HookRuntime) -> anyhow::
 
 /// Book one finished replay; returns false when replay must stop (the
 /// event stays parked, with its failed attempts counted when it tripped).
+/// `parked` is the event's position and the bytes it counts.
 async fn settle(
     ctx: &DeliveryContext,
     runtime: &HookRuntime,
-    position: Position,
+    (position, bytes): (Position, i64),
     settled: SendResult,
-    delivered: &mut Vec<Position>,
+    delivered: &mut Vec<(Position, i64)>,
 ) -> anyhow::Result<bool> {
     match settled {
         SendResult::Delivered => {
-            delivered.push(position);
+            delivered.push((position, bytes));
             Ok(true)
         }
         SendResult::Dropped
@@ -194,13 +204,15 @@ async fn settle(
 async fn remove_batch(
     ctx: &DeliveryContext,
     runtime: &HookRuntime,
-    delivered: Vec<Position>,
+    delivered: Vec<(Position, i64)>,
 ) -> anyhow::Result<()> {
     if delivered.is_empty() {
         return Ok(());
     }
+    let bytes = delivered.iter().map(|(_, bytes)| bytes).sum();
+    let delivered: Vec<Position> = delivered.into_iter().map(|(p, _)| p).collect();
     ctx.store.remove_parked(runtime.id(), &delivered).await?;
-    runtime.parked_removed(delivered.len());
+    runtime.parked_removed(delivered.len(), bytes);
     ctx.store.release_payloads(&delivered).await?;
     Ok(())
 }

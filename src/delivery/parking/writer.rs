@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
-use super::policy::parked_limit_warning;
+use super::policy::{parked_bytes_warning, parked_limit_warning};
 use crate::delivery::context::DeliveryContext;
-use crate::delivery::hook::{HookRuntime, ParkReason};
+use crate::delivery::hook::{HookRuntime, ParkReason, ParkSize, ParkedBound, ParkedLimits};
 use crate::delivery::job::Job;
 use crate::delivery::storage::ParkedEvent;
 use crate::registry::WebhookState;
@@ -42,6 +42,8 @@ struct Unwritten {
     job: Job,
     reason: ParkReason,
     runtime: Arc<HookRuntime>,
+    /// What it counts toward its hook's parked bytes, once reserved.
+    bytes: i64,
     /// Returned to the byte budget once the event is written.
     _budget: OwnedSemaphorePermit,
 }
@@ -77,6 +79,7 @@ impl ParkQueue {
             job,
             reason,
             runtime,
+            bytes: 0,
             _budget: budget,
         };
         let Some(sender) = &self.sender else {
@@ -160,37 +163,41 @@ async fn finish(ctx: &DeliveryContext, mut batch: Vec<Unwritten>, written: bool)
 }
 
 /// Hold each hook of a batch to `delivery.max_parked_events_per_webhook`
-/// exactly: its events past the limit are dropped and counted, never
-/// written, and the hook is set to Stopped (2). Returns the events to
-/// write, in the batch's order.
+/// and `delivery.max_parked_bytes_per_webhook` exactly: its events past
+/// either bound are dropped and counted, never written, and the hook is
+/// set to Stopped (2). Returns the events to write, in the batch's order,
+/// each with the bytes it counts.
 async fn within_parked_limits(ctx: &DeliveryContext, batch: Vec<Unwritten>) -> Vec<Unwritten> {
-    let mut wanted: Vec<(Arc<HookRuntime>, usize)> = Vec::new();
+    // Each hook's events, in the batch's order.
+    let mut wanted: Vec<(Arc<HookRuntime>, Vec<ParkSize>)> = Vec::new();
     for item in &batch {
+        let size = item.job.park_size();
         match wanted.iter_mut().find(|(r, _)| r.id() == item.runtime.id()) {
-            Some((_, n)) => *n += 1,
-            None => wanted.push((Arc::clone(&item.runtime), 1)),
+            Some((_, sizes)) => sizes.push(size),
+            None => wanted.push((Arc::clone(&item.runtime), vec![size])),
         }
     }
-    let mut granted: Vec<(i32, usize)> = Vec::with_capacity(wanted.len());
-    for (runtime, n) in wanted {
-        granted.push((runtime.id(), reserve_parked(ctx, &runtime, n).await));
+    let mut granted: Vec<(i32, std::vec::IntoIter<i64>)> = Vec::with_capacity(wanted.len());
+    for (runtime, sizes) in wanted {
+        let counted = reserve_parked(ctx, &runtime, &sizes).await;
+        granted.push((runtime.id(), counted.into_iter()));
     }
     let mut kept = Vec::with_capacity(batch.len());
-    for item in batch {
+    for mut item in batch {
         let room = granted
             .iter_mut()
             .find(|(id, _)| *id == item.runtime.id())
-            .map(|(_, room)| room);
+            .and_then(|(_, counted)| counted.next());
         match room {
-            Some(room) if *room > 0 => {
-                *room -= 1;
+            Some(bytes) => {
+                item.bytes = bytes;
                 kept.push(item);
             }
-            _ => {
+            None => {
                 tracing::debug!(
                     webhook_id = item.runtime.id(),
                     event_id = %item.job.event_id,
-                    "dropped: the hook is at its parked events limit"
+                    "dropped: the hook is at a bound on its parked events"
                 );
                 ctx.metrics.dropped();
                 item.job.ticket.settle();
@@ -201,66 +208,104 @@ async fn within_parked_limits(ctx: &DeliveryContext, batch: Vec<Unwritten>) -> V
     kept
 }
 
-/// Room for `wanted` more parked events of a hook under its limit (see
-/// [`HookRuntime::reserve_parked`]); the hook is stopped once it has no
-/// more. The count is read from the table the first time, and warned
-/// about once it crosses [`PARKED_WARN_PERCENT`](super::PARKED_WARN_PERCENT)
-/// of the limit.
-async fn reserve_parked(ctx: &DeliveryContext, runtime: &HookRuntime, wanted: usize) -> usize {
-    let configured = ctx.config.get().max_parked_events_per_webhook;
-    let limit = i64::try_from(configured).unwrap_or(i64::MAX);
+/// Room for the events of `sizes`, in order, under the hook's bounds (see
+/// [`HookRuntime::reserve_parked`]): the bytes each granted event counts.
+/// The hook is stopped once it has no more room. The count is read from
+/// the table the first time, and warned about once it crosses
+/// [`PARKED_WARN_PERCENT`](super::PARKED_WARN_PERCENT) of a bound.
+async fn reserve_parked(
+    ctx: &DeliveryContext,
+    runtime: &HookRuntime,
+    sizes: &[ParkSize],
+) -> Vec<i64> {
+    let config = ctx.config.get();
+    let limits = ParkedLimits {
+        events: i64::try_from(config.max_parked_events_per_webhook).unwrap_or(i64::MAX),
+        bytes: i64::try_from(config.max_parked_bytes_per_webhook).unwrap_or(i64::MAX),
+    };
     if runtime.parked_limit_reached() {
-        return 0;
+        return Vec::new();
     }
-    let mut before = runtime.parked();
-    if before < 0 {
-        match ctx.store.parked_count(runtime.id()).await {
-            Ok(n) => runtime.set_parked(n),
+    let mut before = (runtime.parked(), runtime.parked_bytes());
+    if before.0 < 0 {
+        match ctx.store.parked_size(runtime.id()).await {
+            Ok(size) => runtime.set_parked(size),
             Err(e) => {
-                // Unknown: park them, and count again with the next batch.
+                // Unknown: park them, each counting its own Properties,
+                // and count again with the next batch.
                 tracing::warn!(webhook_id = runtime.id(), "counting parked events: {e:#}");
-                return wanted;
+                return sizes.iter().map(ParkSize::whole).collect();
             }
         }
-        before = -1;
+        before = (-1, -1);
     }
-    let granted = runtime.reserve_parked(wanted, limit);
-    let now = runtime.parked();
-    // Once per crossing, well before the limit stops the hook.
-    if let Some(warning) = parked_limit_warning(runtime.id(), now, configured) {
-        if before < 0 || parked_limit_warning(runtime.id(), before, configured).is_none() {
-            ctx.metrics.hooks_near_parked_limit.inc();
-            tracing::warn!(webhook_id = runtime.id(), "{warning}");
-        }
+    let reserved = runtime.reserve_parked(sizes, limits);
+    let now = (runtime.parked(), runtime.parked_bytes());
+    // Once per crossing, well before a bound stops the hook.
+    let crossed = |warning: fn(i32, i64, u64) -> Option<String>, before: i64, now: i64, limit| {
+        warning(runtime.id(), now, limit)
+            .filter(|_| before < 0 || warning(runtime.id(), before, limit).is_none())
+    };
+    for warning in [
+        crossed(
+            parked_limit_warning,
+            before.0,
+            now.0,
+            config.max_parked_events_per_webhook,
+        ),
+        crossed(
+            parked_bytes_warning,
+            before.1,
+            now.1,
+            config.max_parked_bytes_per_webhook,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        ctx.metrics.hooks_near_parked_limit.inc();
+        tracing::warn!(webhook_id = runtime.id(), "{warning}");
     }
-    if now >= limit {
-        stop_at_parked_limit(ctx, runtime, now, limit).await;
+    if let Some(bound) = reserved.full {
+        stop_at_parked_limit(ctx, runtime, bound, now, limits).await;
     }
-    granted
+    reserved.counted
 }
 
-/// A hook reached `delivery.max_parked_events_per_webhook`: a dead target
-/// must never fill the database walhook sits beside. What is parked stays
-/// for replay; later events follow the Stopped rule (dropped and counted).
+/// A hook reached `delivery.max_parked_events_per_webhook` or
+/// `delivery.max_parked_bytes_per_webhook`: a dead target must never fill
+/// the database walhook sits beside. What is parked stays for replay;
+/// later events follow the Stopped rule (dropped and counted).
 async fn stop_at_parked_limit(
     ctx: &DeliveryContext,
     runtime: &HookRuntime,
-    parked: i64,
-    limit: i64,
+    bound: ParkedBound,
+    (parked, bytes): (i64, i64),
+    limits: ParkedLimits,
 ) {
     if runtime.parked_limit_reached() {
         return;
     }
     runtime.stop_at_parked_limit();
     ctx.metrics.hooks_stopped_parked_limit.inc();
+    let reached = match bound {
+        ParkedBound::Events => format!(
+            "{parked} parked events, the limit of delivery.max_parked_events_per_webhook ({})",
+            limits.events
+        ),
+        ParkedBound::Bytes => format!(
+            "{parked} parked events of {bytes} bytes, and the next would pass \
+             delivery.max_parked_bytes_per_webhook ({})",
+            limits.bytes
+        ),
+    };
     tracing::error!(
         webhook_id = runtime.id(),
         name = %runtime.current().name,
         parked,
-        limit,
-        "webhook {} has {parked} parked events, the limit of delivery.max_parked_events_per_webhook \
-         ({limit}): it is set to Stopped (2); its parked events are kept and are delivered \
-         once it is set Active again, events until then are dropped",
+        bytes,
+        "webhook {} has {reached}: it is set to Stopped (2); its parked events are kept and are \
+         delivered once it is set Active again, events until then are dropped",
         runtime.id()
     );
     if let Err(e) = ctx
@@ -280,7 +325,7 @@ async fn stop_at_parked_limit(
 async fn write_until_done(ctx: &DeliveryContext, batch: &[Unwritten]) -> bool {
     let events: Vec<ParkedEvent<'_>> = batch
         .iter()
-        .map(|item| item.job.parked(item.reason, 0, None))
+        .map(|item| item.job.parked(item.reason, 0, None, item.bytes))
         .collect();
     let mut wait = Duration::from_secs(1);
     loop {
@@ -306,10 +351,11 @@ async fn park_job(
     reason: ParkReason,
     attempts: i32,
     last_error: Option<&str>,
+    bytes: i64,
 ) -> anyhow::Result<()> {
     ctx.metrics.parked_events.inc();
     ctx.store
-        .park(&job.parked(reason, attempts, last_error))
+        .park(&job.parked(reason, attempts, last_error, bytes))
         .await
 }
 
@@ -325,13 +371,16 @@ pub(in crate::delivery) async fn park_until_done(
     attempts: i32,
     error: Option<&str>,
 ) -> bool {
-    if reserve_parked(ctx, runtime, 1).await == 0 {
-        // At the limit: dropped and counted, as the Stopped rule says.
+    let Some(&bytes) = reserve_parked(ctx, runtime, &[job.park_size()])
+        .await
+        .first()
+    else {
+        // At a bound: dropped and counted, as the Stopped rule says.
         ctx.metrics.dropped();
         return true;
-    }
+    };
     let mut wait = Duration::from_secs(1);
-    while let Err(e) = park_job(ctx, job, reason, attempts, error).await {
+    while let Err(e) = park_job(ctx, job, reason, attempts, error, bytes).await {
         if ctx.store.is_closed() {
             return false;
         }

@@ -9,7 +9,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::events::ChangeEvent;
-use crate::registry::Webhook;
+use crate::registry::{PropertiesText, Webhook};
 
 /// The parts of a body that are the same for every hook an event goes
 /// to, in the contract's field order, each already JSON. A body is
@@ -32,15 +32,16 @@ pub struct SharedBody {
 pub struct HookPart {
     /// A JSON string.
     pub name: String,
-    /// A JSON object, when the hook has properties.
-    pub properties: Option<String>,
+    /// A JSON object, when the hook has properties: rendered once per
+    /// version of the hook's row, shared by its events.
+    pub properties: Option<Arc<PropertiesText>>,
 }
 
 impl HookPart {
     pub fn of(hook: &Webhook) -> HookPart {
         HookPart {
             name: json_text(&hook.name),
-            properties: hook.properties.as_ref().map(json_text),
+            properties: hook.properties_text.clone(),
         }
     }
 }
@@ -100,7 +101,7 @@ impl SharedBody {
                 head: self.head.as_bytes(),
                 name: hook.name.as_bytes(),
                 fields: self.fields.as_bytes(),
-                properties: hook.properties.as_deref().map(str::as_bytes),
+                properties: hook.properties.as_ref().map(|p| p.json.as_bytes()),
                 tail: self.tail.as_bytes(),
             },
         );
@@ -121,7 +122,8 @@ pub struct BodyParts<'a> {
 
 /// `{"EventId":"` and the id's 36 characters: where `head` starts.
 const HEAD_START: usize = 12 + 36;
-const PROPERTIES_KEY: &[u8] = b",\"Properties\":";
+/// What comes before a body's Properties.
+pub const PROPERTIES_KEY: &[u8] = b",\"Properties\":";
 
 /// Where the parts lie in a body assembled from them. A queued job keeps
 /// this instead of a second copy of the shared parts (which its share of
@@ -200,16 +202,19 @@ pub fn assemble_parts(event_id: Uuid, parts: &BodyParts<'_>) -> (Vec<u8>, PartsL
 pub enum SharedParts {
     /// In its own body, which was assembled from them.
     InBody(PartsLayout),
-    /// Kept apart: the body was rendered for this hook alone (rare).
+    /// Kept apart: the body was assembled for this hook alone from parts of
+    /// its own (fewer values: rare), laid out as the layout says.
+    Own(Arc<SharedBody>, PartsLayout),
+    /// Kept apart, and the body was not made from parts (tests).
     Apart(Arc<SharedBody>),
 }
 
 /// A hook's body of an event: assembled from the event's shared parts, or
-/// (`Own`) rendered for this hook alone because its Properties or name
-/// pushed the body over the bound and some values were left out.
+/// (`Own`) from parts of its own because its Properties or name pushed the
+/// body over the bound and some values were left out.
 pub enum HookBody {
     Shared(Bytes, PartsLayout),
-    Own(Bytes),
+    Own(Bytes, PartsLayout),
 }
 
 impl HookBody {
@@ -218,13 +223,18 @@ impl HookBody {
     pub fn for_job(self, shared: &SharedBody) -> (Bytes, SharedParts) {
         match self {
             HookBody::Shared(body, layout) => (body, SharedParts::InBody(layout)),
-            HookBody::Own(body) => (body, SharedParts::Apart(Arc::new(shared.clone()))),
+            HookBody::Own(body, layout) => {
+                (body, SharedParts::Own(Arc::new(shared.clone()), layout))
+            }
         }
     }
 }
 
 /// The body of `event` for `hook`, from the event's `shared` parts unless
-/// it is over `max_bytes`.
+/// it is over `max_bytes`. Then this hook's copy leaves out values, largest
+/// first and never the key's, until it fits; its Properties are never cut
+/// (a receiver may route by them): a copy whose key and Properties alone
+/// pass the bound is sent as it is, as a key alone that passes it is.
 pub fn hook_body(
     shared: &SharedBody,
     event: &ChangeEvent,
@@ -241,13 +251,11 @@ pub fn hook_body(
     // hook's copy.
     let mut event = event.clone();
     let hook_part = HookPart::of(hook);
-    let mut body = body;
+    let (mut body, mut layout) = (body, layout);
     while body.len() > max_bytes && !leave_out(&mut event, body.len() - max_bytes).is_empty() {
-        body = SharedBody::of(&event, context_identifier)
-            .assemble(event_id, &hook_part)
-            .0;
+        (body, layout) = SharedBody::of(&event, context_identifier).assemble(event_id, &hook_part);
     }
-    HookBody::Own(body)
+    HookBody::Own(body, layout)
 }
 
 /// The bytes a value takes in a body, counted without building the text.

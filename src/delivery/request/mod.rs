@@ -7,7 +7,7 @@ pub mod signing;
 
 pub use self::body::{
     assemble_parts, fit_fields, hook_body, test_body, BodyParts, HookBody, HookPart, PartsLayout,
-    SharedBody, SharedParts,
+    SharedBody, SharedParts, PROPERTIES_KEY,
 };
 pub use self::headers::{headers, SigningKeys};
 pub use self::signing::SigningKey;

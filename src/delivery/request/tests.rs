@@ -31,7 +31,7 @@ fn event_body(
         context_identifier,
         max_bytes,
     ) {
-        HookBody::Shared(b, _) | HookBody::Own(b) => b,
+        HookBody::Shared(b, _) | HookBody::Own(b, _) => b,
     }
 }
 
@@ -116,7 +116,7 @@ fn a_body_assembled_from_shared_parts_is_the_contract_body_byte_for_byte() {
             assert_eq!(parts.fields, shared.fields.as_bytes());
             assert_eq!(
                 parts.properties,
-                part.properties.as_deref().map(str::as_bytes)
+                part.properties.as_deref().map(|p| p.json.as_bytes())
             );
             assert_eq!(parts.tail, shared.tail.as_bytes());
             assert_eq!(assemble_parts(id, &parts).0, assembled.to_vec());
@@ -255,6 +255,23 @@ fn a_hook_whose_properties_push_the_body_over_gets_a_smaller_copy() {
     assert_eq!(doc["MissingColumns"], json!(["medium"]));
     // The event itself is unchanged for other hooks.
     assert!(e.missing_columns.is_empty());
+}
+
+#[test]
+fn properties_are_never_cut_and_a_copy_they_alone_push_over_goes_without_values() {
+    // Nearly the most properties a row may have, at the smallest bound.
+    let properties = json!({"blob": "p".repeat(65_400)});
+    let hook = hook(Some(&properties.to_string()));
+    let mut e = event(json!({"id": 1, "small": "s", "medium": "m".repeat(5_000)}));
+    e.key_columns = vec!["id".into()];
+    let max = 64 * 1024;
+    let body = event_body(&e, Uuid::nil(), &hook, "D", max);
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["Properties"], properties, "whole");
+    // Every value but the key's left out, and still over: sent as it is.
+    assert!(body.len() > max, "{} bytes", body.len());
+    assert_eq!(doc["FieldValues"], json!({"id": 1}));
+    assert_eq!(doc["MissingColumns"], json!(["medium", "small"]));
 }
 
 /// The smallest body of an event fitted to `max`, as the intake fits it.
