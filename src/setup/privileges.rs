@@ -20,11 +20,42 @@ pub fn run_role_to_grant(config: &Config) -> anyhow::Result<Option<String>> {
     Ok((run != setup).then_some(run))
 }
 
+/// What the server lacks for walhook, as `check` reports it: asked before
+/// setup changes anything, so a server without `wal_level = logical` (say)
+/// never gets the schema and publications and then a refused slot.
+async fn server_problems(store: &Store, config: &Config) -> anyhow::Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let features = store.server_features().await?;
+    if features.version_num < super::MIN_SERVER_VERSION {
+        problems.push(format!(
+            "server version {} is too old: walhook needs PostgreSQL 15 or newer",
+            features.version
+        ));
+    }
+    problems.extend(super::encoding_problem(&store.server_encoding().await?));
+    let level = store.wal_level().await?;
+    if level != "logical" {
+        problems.push(format!(
+            "wal_level is {level}, and a logical replication slot needs logical: set wal_level = \
+             logical in postgresql.conf and restart PostgreSQL"
+        ));
+    }
+    let capacity = store.slot_capacity(&config.postgres.slot).await?;
+    if !capacity.ours && capacity.used >= capacity.max {
+        problems.push(format!(
+            "max_replication_slots is {} and all are in use, so the replication slot cannot be \
+             created: raise it in postgresql.conf (restart needed) or drop an unused slot",
+            capacity.max
+        ));
+    }
+    Ok(problems)
+}
+
 /// What the connected role lacks for `setup`, each with the statement
 /// that gives it; empty when setup can run to the end.
 pub async fn setup_problems(store: &Store, config: &Config) -> anyhow::Result<Vec<String>> {
     let powers = store.role_powers().await?;
-    let mut problems = Vec::new();
+    let mut problems = server_problems(store, config).await?;
     if let Some(run_role) = run_role_to_grant(config)? {
         if !store.role_exists(&run_role).await? {
             problems.push(format!(

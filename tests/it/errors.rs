@@ -90,7 +90,23 @@ async fn wal_level_not_logical_is_named_with_the_fix() {
         .unwrap();
     let err = String::from_utf8_lossy(&setup.stderr);
     assert_eq!(setup.status.code(), Some(1));
-    assert!(err.contains("wal_level"), "{err}");
+    assert!(
+        err.contains("nothing was changed")
+            && err.contains("wal_level is replica, and a logical replication slot needs logical: set wal_level = logical in postgresql.conf"),
+        "{err}"
+    );
+    // Checked first: no schema or publication left behind without a slot.
+    let db = cluster.client("postgres").await.unwrap();
+    let left: i64 = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook') \
+                  + (SELECT count(*) FROM pg_publication WHERE pubname LIKE 'walhook%')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "setup changed things before failing: {err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
