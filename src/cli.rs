@@ -214,6 +214,16 @@ pub enum ParkedCommand {
         /// Only this webhook_id.
         #[arg(long, value_name = "ID")]
         webhook: Option<i32>,
+        /// With --webhook: the events themselves, oldest first (in commit
+        /// order), each with its EventId, reason and row key.
+        #[arg(long, requires = "webhook")]
+        events: bool,
+        /// With --events: at most this many.
+        #[arg(long, value_name = "N", default_value_t = 100, requires = "events")]
+        limit: i64,
+        /// With --events: after skipping this many (the next page).
+        #[arg(long, value_name = "N", default_value_t = 0, requires = "events")]
+        skip: i64,
         /// Print a JSON array instead of a table.
         #[arg(long)]
         json: bool,

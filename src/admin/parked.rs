@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::render::{columns, pairs};
+use super::render::{columns, pairs, row_key};
 use super::{connect, invalid};
 use crate::cli::{exit, ParkedCommand};
 use crate::config::Config;
@@ -30,7 +30,14 @@ use crate::text::{first_line, redacted_url};
 
 pub async fn parked(config: &Config, command: ParkedCommand) -> anyhow::Result<u8> {
     match command {
-        ParkedCommand::List { webhook, json } => list(config, webhook, json).await,
+        ParkedCommand::List {
+            webhook: Some(webhook),
+            events: true,
+            limit,
+            skip,
+            json,
+        } => list_events(config, webhook, limit, skip, json).await,
+        ParkedCommand::List { webhook, json, .. } => list(config, webhook, json).await,
         ParkedCommand::Show { event_id, json } => show(config, event_id, json).await,
         ParkedCommand::Redeliver { event_id } => redeliver(config, event_id).await,
         ParkedCommand::Discard {
@@ -99,6 +106,60 @@ async fn list(config: &Config, webhook: Option<i32>, as_json: bool) -> anyhow::R
     Ok(exit::OK)
 }
 
+/// `parked list --webhook ID --events`: a page of the hook's parked
+/// events, oldest first, so each can be shown, redelivered or discarded by
+/// its EventId.
+async fn list_events(
+    config: &Config,
+    webhook: i32,
+    limit: i64,
+    skip: i64,
+    as_json: bool,
+) -> anyhow::Result<u8> {
+    if limit < 1 || skip < 0 {
+        return Err(invalid(format!(
+            "parked list: --limit must be at least 1 and --skip at least 0 (got {limit} and {skip})"
+        )));
+    }
+    let store = connect(config).await?;
+    let events = store.parked_events_of(webhook, limit, skip).await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&events)?);
+        return Ok(exit::OK);
+    }
+    if events.is_empty() {
+        println!("no parked events for webhook_id {webhook} after skipping {skip}");
+        return Ok(exit::OK);
+    }
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                e.created.clone(),
+                e.event_id.to_string(),
+                e.event.clone(),
+                row_key(&e.ordering_key),
+                e.reason.clone(),
+                e.attempts.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        columns(
+            &["PARKED", "EVENTID", "EVENT", "ROW", "REASON", "ATTEMPTS"],
+            &rows
+        )
+    );
+    if events.len() as i64 == limit {
+        println!(
+            "(the next page: walhook parked list --webhook {webhook} --events --skip {})",
+            skip + limit
+        );
+    }
+    Ok(exit::OK)
+}
+
 /// The one parked event with this EventId, or an error saying why not.
 async fn find(store: &Store, event_id: Uuid) -> anyhow::Result<ParkedDetail> {
     let mut found = store.parked_by_event_id(event_id).await?;
@@ -138,7 +199,7 @@ async fn show(config: &Config, event_id: Uuid, as_json: bool) -> anyhow::Result<
             ("EventId", event.event_id.to_string()),
             ("webhook_id", event.webhook_id.to_string()),
             ("event", event.event.clone()),
-            ("row", event.ordering_key.clone()),
+            ("row", row_key(&event.ordering_key)),
             (
                 "position",
                 format!("{} change {}", event.commit_lsn, event.change_index)

@@ -38,6 +38,16 @@ pub(super) fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A parked event's row key as people read it: `crm.contact (4)` for the
+/// stored `crm.contact<US>4` (the unit separator keeps table and key
+/// values apart, and would print as a control character).
+pub(super) fn row_key(key: &str) -> String {
+    match key.split_once('\u{1f}') {
+        Some((table, values)) => format!("{table} ({values})"),
+        None => key.to_owned(),
+    }
+}
+
 /// `key   value` lines, the values aligned.
 pub(super) fn pairs(lines: &[(&str, String)]) -> String {
     let width = lines

@@ -26,6 +26,20 @@ pub struct ParkedSummary {
     pub reasons: Vec<(String, i64)>,
 }
 
+/// One parked event in a hook's list, for `walhook parked list --events`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ParkedListed {
+    pub event_id: Uuid,
+    pub event: String,
+    pub ordering_key: String,
+    pub commit_lsn: String,
+    pub change_index: i32,
+    pub reason: String,
+    pub attempts: i32,
+    /// RFC 3339 UTC.
+    pub created: String,
+}
+
 /// One parked event, whole, for `walhook parked show` and `redeliver`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ParkedDetail {
@@ -111,6 +125,52 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// A page of one hook's parked events, in commit order (the order
+    /// they are delivered in): `limit` of them after skipping `skip`.
+    pub async fn parked_events_of(
+        &self,
+        webhook_id: i32,
+        limit: i64,
+        skip: i64,
+    ) -> anyhow::Result<Vec<ParkedListed>> {
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "SELECT d.event_id::text, p.event::text, p.ordering_key, d.commit_lsn::text, \
+                            d.change_index, d.reason, d.attempts, \
+                            to_char(d.created AT TIME ZONE 'UTC', {RFC3339}) \
+                       FROM {} d JOIN {} p USING (commit_lsn, change_index) \
+                      WHERE d.webhook_id = $1 \
+                      ORDER BY d.commit_lsn, d.change_index LIMIT $2 OFFSET $3",
+                    self.table("delivery"),
+                    self.table("delivery_payload"),
+                ),
+                &[&webhook_id, &limit, &skip],
+            )
+            .await
+            .sql(format!(
+                "listing the parked events of webhook_id {webhook_id}"
+            ))?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                Ok(ParkedListed {
+                    event_id: id
+                        .parse()
+                        .map_err(|e| anyhow::anyhow!("parked event_id {id:?}: {e}"))?,
+                    event: r.get(1),
+                    ordering_key: r.get(2),
+                    commit_lsn: r.get(3),
+                    change_index: r.get(4),
+                    reason: r.get(5),
+                    attempts: r.get(6),
+                    created: r.get(7),
+                })
+            })
+            .collect()
     }
 
     /// The parked events with this EventId: one, except in the unlikely

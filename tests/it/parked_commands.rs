@@ -112,11 +112,85 @@ async fn parked_events_listed_shown_redelivered_in_row_order_and_discarded() {
     assert!(table.contains("TooManyErrors 3"), "{table}");
     assert!(!table.contains(&format!("\n{bad} ")), "{table}");
 
+    // list --events: the events themselves, in commit order, paged.
+    let page = |skip: &str| {
+        let config = h.config_path.clone();
+        let id = good.to_string();
+        let skip = skip.to_owned();
+        async move {
+            let args = [
+                "parked",
+                "list",
+                "--webhook",
+                &id,
+                "--events",
+                "--limit",
+                "2",
+                "--skip",
+                &skip,
+            ];
+            walhook_async(&config, &args).await
+        }
+    };
+    let first = stdout(&page("0").await);
+    let lines: Vec<&str> = first.lines().collect();
+    assert!(
+        lines[0].starts_with("PARKED") && lines[0].contains("EVENTID"),
+        "{first}"
+    );
+    assert!(
+        lines[1].contains(created_1.as_str()) && lines[2].contains(changed_1.as_str()),
+        "{first}"
+    );
+    assert!(
+        lines[1].contains("contact.created")
+            && lines[1].contains("public.contact (1)")
+            && lines[1].contains("TooManyErrors"),
+        "the row key is shown readable, with the event and reason: {first}"
+    );
+    assert!(
+        first.contains("--skip 2"),
+        "the next page is named: {first}"
+    );
+    let second = stdout(&page("2").await);
+    assert!(
+        second.contains(created_2.as_str()) && !second.contains(created_1.as_str()),
+        "{second}"
+    );
+    let out = walhook_async(
+        &h.config_path,
+        &[
+            "parked",
+            "list",
+            "--webhook",
+            &good.to_string(),
+            "--events",
+            "--json",
+        ],
+    )
+    .await;
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [created_1.as_str(), changed_1.as_str(), created_2.as_str()]
+    );
+
     // show
     let out = walhook_async(&h.config_path, &["parked", "show", changed_1, "--json"]).await;
     assert!(out.status.success(), "{}", text(&out));
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["webhook_id"], good);
+    let human = stdout(&walhook_async(&h.config_path, &["parked", "show", changed_1]).await);
+    assert!(
+        human.contains("public.contact (1)") && !human.contains("\\x1f"),
+        "{human}"
+    );
     assert_eq!(shown["body"]["EventId"], changed_1.as_str());
     assert_eq!(shown["body"]["FieldValues"]["name"], "b");
     assert_eq!(shown["attempts"], 0);
