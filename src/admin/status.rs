@@ -1,5 +1,7 @@
 //! `walhook status`: the slot, the publications and the hooks.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -93,6 +95,22 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<u8> {
             (Vec::new(), false)
         }
     };
+    // Rows the daemon skips (a row it cannot use) look Active in the table:
+    // named here, as `webhook list` names them.
+    let skipped: BTreeMap<i32, String> = match store.webhook_rows().await {
+        Ok(rows) => rows
+            .iter()
+            .filter_map(|row| {
+                let why = crate::registry::Webhook::from_row(row).err()?;
+                let id = row.0.get("webhook_id")?.as_deref()?.parse().ok()?;
+                Some((id, why.0))
+            })
+            .collect(),
+        Err(_) => BTreeMap::new(),
+    };
+    for (id, why) in &skipped {
+        warnings.push(format!("webhook_id {id} is skipped by the daemon: {why}"));
+    }
     let parked_total: i64 = hooks.iter().map(|h| h.parked).sum();
     // Every backfill with work left and the few that ended last;
     // informative only, like the recorded position.
@@ -126,7 +144,14 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<u8> {
             "slot": slot_json,
             "publications": publications,
             "schema": config.postgres.schema,
-            "hooks": hooks.iter().map(hook_json).collect::<Vec<_>>(),
+            "hooks": hooks
+                .iter()
+                .map(|h| {
+                    let mut hook = hook_json(h);
+                    hook["skipped"] = json!(skipped.get(&h.id));
+                    hook
+                })
+                .collect::<Vec<_>>(),
             "parked_total": parked_total,
             "backfills": backfills.iter().map(super::backfill::backfill_json).collect::<Vec<_>>(),
             "warnings": warnings,
@@ -136,7 +161,7 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<u8> {
     } else {
         let webhook_table = store.table_name("webhook");
         let hooks = hooks_readable.then_some(hooks.as_slice());
-        print_status(&report, hooks, parked_total, &webhook_table);
+        print_status(&report, hooks, &skipped, parked_total, &webhook_table);
         if !backfills.is_empty() {
             println!("\nBackfills:\n{}", super::backfill::table(&backfills));
         }
@@ -241,6 +266,7 @@ fn time_lag(slot: &SlotStatus) -> (Option<f64>, String) {
 fn print_status(
     report: &SlotReport,
     hooks: Option<&[HookStats]>,
+    skipped: &BTreeMap<i32, String>,
     parked_total: i64,
     webhook_table: &str,
 ) {
@@ -350,7 +376,11 @@ fn print_status(
                     (Some(n), true) => short(n, 30),
                     _ => "(removed)".into(),
                 },
-                hook_state(h),
+                if skipped.contains_key(&h.id) {
+                    format!("{}, SKIPPED (see below)", hook_state(h))
+                } else {
+                    hook_state(h)
+                },
                 h.total_calls.to_string(),
                 h.total_errors.to_string(),
                 h.consecutive_errors.to_string(),

@@ -376,6 +376,19 @@ async fn add(config: &Config, args: &AddArgs) -> anyhow::Result<u8> {
          changes committed from now on",
         args.name, args.state
     );
+    // A typo in an entity or a filtered column is a hook that never fires
+    // for it: say so now, not when nothing arrives.
+    match crate::setup::published_tables(&store, config).await {
+        Ok(tables) => {
+            let hook = Webhook { id, ..hook };
+            for warning in crate::setup::unknown_entities(&hook, &tables, config) {
+                eprintln!("warning: {warning}");
+            }
+        }
+        Err(e) => {
+            eprintln!("warning: could not check the events against the published tables: {e:#}")
+        }
+    }
     Ok(exit::OK)
 }
 

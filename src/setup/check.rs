@@ -6,8 +6,8 @@ use super::line::{CheckLevel, CheckLine};
 use super::{failover, publications, MIN_SERVER_VERSION};
 use crate::config::Config;
 use crate::delivery::{check_target, parked_bytes_warning, parked_limit_warning, tls};
-use crate::registry::Webhook;
-use crate::store::catalog::ColumnListFacts;
+use crate::registry::{EventPattern, Webhook};
+use crate::store::catalog::{ColumnListFacts, FilterTable};
 use crate::store::privileges::InternalWriter;
 use crate::store::{ident, Store};
 
@@ -353,6 +353,21 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
     match store.webhook_rows().await {
         Ok(rows) => {
             out.extend(check_column_filters(store, config, &rows, &listed).await);
+            match published_tables(store, config).await {
+                Ok(tables) => out.extend(
+                    rows.iter()
+                        .filter_map(|r| Webhook::from_row(r).ok())
+                        .flat_map(|hook| unknown_entities(&hook, &tables, config))
+                        .map(|text| CheckLine {
+                            level: CheckLevel::Warn,
+                            text,
+                        }),
+                ),
+                Err(e) => out.push(CheckLine {
+                    level: CheckLevel::Warn,
+                    text: format!("{e:#}"),
+                }),
+            }
             let mut push = |level, text: String| out.push(CheckLine { level, text });
             let mut bad = 0;
             for row in &rows {
@@ -480,32 +495,13 @@ async fn check_column_filters(
         let id = hook.id;
         // One line per hook and table, however many filters name it.
         let mut not_exact = std::collections::BTreeSet::new();
-        for (entity, columns) in hook.column_filters() {
+        for (entity, _) in hook.column_filters() {
             let of_entity: Vec<_> = tables
                 .iter()
                 .filter(|t| config.entity_for(&t.schema, &t.table) == entity)
                 .collect();
-            if of_entity.is_empty() {
-                warn(format!(
-                    "webhook_id {id}: its column filter on {entity} matches nothing: no published \
-                     table has the entity {entity:?}"
-                ));
-            }
+            // Unknown entities and columns: `unknown_entities`.
             for t in of_entity {
-                let unknown: Vec<&str> = columns
-                    .iter()
-                    .filter(|c| !t.columns.contains(c))
-                    .map(String::as_str)
-                    .collect();
-                if !unknown.is_empty() {
-                    warn(format!(
-                        "webhook_id {id}: its column filter on {entity} names {} that table \
-                         {}.{} does not publish; they never appear in Changes",
-                        unknown.join(", "),
-                        t.schema,
-                        t.table
-                    ));
-                }
                 let qualified = format!("{}.{}", t.schema, t.table);
                 let has_list = listed.iter().any(|l| l.table == qualified);
                 if !t.full && has_list && not_exact.insert((&t.schema, &t.table)) {
@@ -525,6 +521,71 @@ async fn check_column_filters(
                          not change its columns; ALTER TABLE {0}.{1} REPLICA IDENTITY FULL makes \
                          it exact",
                         t.schema, t.table
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The host tables walhook's publications publish (both of them).
+pub async fn published_tables(store: &Store, config: &Config) -> anyhow::Result<Vec<FilterTable>> {
+    let mut tables = Vec::new();
+    for publication in config.publications() {
+        tables.extend(store.published_for_filters(&publication).await?);
+    }
+    Ok(tables)
+}
+
+/// What in a hook's events can never fire: an entity no published table
+/// has (a typo such as `contcat.*`), or a column filter on an entity whose
+/// tables do not publish the columns it names. Each a line naming the
+/// hook; empty when every entry can fire.
+pub fn unknown_entities(hook: &Webhook, tables: &[FilterTable], config: &Config) -> Vec<String> {
+    let entities: std::collections::BTreeSet<&str> = tables
+        .iter()
+        .map(|t| config.entity_for(&t.schema, &t.table))
+        .collect();
+    let mut out = Vec::new();
+    let mut named = std::collections::BTreeSet::new();
+    for pattern in &hook.events {
+        let entity = match pattern {
+            EventPattern::Entity(e) | EventPattern::ChangedColumns { entity: e, .. } => e.as_str(),
+            EventPattern::Exact(text) => text.split_once('.').map_or(text.as_str(), |(e, _)| e),
+            EventPattern::Any | EventPattern::Operation(_) => continue,
+        };
+        if !entities.contains(entity) && named.insert(entity) {
+            out.push(format!(
+                "webhook_id {}: its events name the entity {entity:?}, which no published table \
+                 has, so they never fire (published entities: {}; an entity is a table's name \
+                 unless [tables.\"schema.table\"] entity renames it)",
+                hook.id,
+                if entities.is_empty() {
+                    "none".to_owned()
+                } else {
+                    entities.iter().copied().collect::<Vec<_>>().join(", ")
+                }
+            ));
+        }
+        if let EventPattern::ChangedColumns { entity, columns } = pattern {
+            for t in tables
+                .iter()
+                .filter(|t| config.entity_for(&t.schema, &t.table) == entity)
+            {
+                let unknown: Vec<&str> = columns
+                    .iter()
+                    .filter(|c| !t.columns.contains(c))
+                    .map(String::as_str)
+                    .collect();
+                if !unknown.is_empty() {
+                    out.push(format!(
+                        "webhook_id {}: its column filter on {entity} names {} that table \
+                         {}.{} does not publish; they never appear in Changes",
+                        hook.id,
+                        unknown.join(", "),
+                        t.schema,
+                        t.table
                     ));
                 }
             }

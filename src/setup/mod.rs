@@ -17,7 +17,9 @@ use std::fmt::Write as _;
 
 use anyhow::bail;
 
-pub use self::check::{check, check_delivery_files, check_setup_role, is_set_up};
+pub use self::check::{
+    check, check_delivery_files, check_setup_role, is_set_up, published_tables, unknown_entities,
+};
 pub use self::line::{CheckLevel, CheckLine};
 pub use self::privileges::{run_role_to_grant, setup_problems, teardown_problems};
 use crate::config::Config;

@@ -873,3 +873,83 @@ async fn webhook_list_hides_tokens_in_the_urls_query() {
         );
     }
 }
+
+/// Hooks that can never fire are named: `add` and `check` warn on an
+/// entity no published table has and on a filter column no table
+/// publishes, and `status` marks a row the daemon skips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_that_can_never_fire_are_named() {
+    let h = Harness::start(HOST, "").await;
+    let add = |events: &'static str| {
+        let config = h.config_path.clone();
+        async move {
+            walhook_async(
+                &config,
+                &[
+                    "webhook",
+                    "add",
+                    "--name",
+                    "n",
+                    "--events",
+                    events,
+                    "--url",
+                    "http://127.0.0.1:9/h",
+                ],
+            )
+            .await
+        }
+    };
+    let out = add("contcat.*, contact.created").await;
+    assert!(out.status.success(), "{}", text(&out));
+    let typo = stdout(&out).trim().parse::<i32>().unwrap();
+    let said = text(&out);
+    assert!(
+        said.contains(&format!("warning: webhook_id {typo}: its events name the entity \"contcat\", which no published table has"))
+            && said.contains("published entities: contact"),
+        "{said}"
+    );
+    assert!(!said.contains("\"contact\", which"), "{said}");
+    let out = add("contact.changed(nmae)").await;
+    let said = text(&out);
+    assert!(
+        said.contains(
+            "its column filter on contact names nmae that table public.contact does not publish"
+        ),
+        "{said}"
+    );
+    let out = add("*, *.deleted, contact.changed(name)").await;
+    assert!(!text(&out).contains("warning"), "{}", text(&out));
+
+    let check = h.walhook(&["check"]);
+    let said = stdout(&check);
+    assert!(
+        said.contains(&format!(
+            "WARN  webhook_id {typo}: its events name the entity \"contcat\""
+        )),
+        "{said}"
+    );
+
+    // A row the daemon skips (headers not an object) is marked by status.
+    let skipped: i32 = h
+        .db
+        .query_one(
+            "INSERT INTO walhook.webhook (name, events, target_url, type, headers, state) \
+             VALUES ('broken', '*', 'http://127.0.0.1:9/b', 'webhook', '[1]', 1) RETURNING webhook_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let said = stdout(&h.walhook(&["status"]));
+    let line = said
+        .lines()
+        .find(|l| l.starts_with(&format!("{skipped} ")))
+        .unwrap_or_else(|| panic!("no line for {skipped}:\n{said}"));
+    assert!(line.contains("SKIPPED"), "{said}");
+    assert!(
+        said.contains(&format!(
+            "WARNING: webhook_id {skipped} is skipped by the daemon: headers"
+        )),
+        "{said}"
+    );
+}

@@ -132,14 +132,19 @@ async fn check_warns_per_hook_and_table_where_a_filter_is_not_exact() {
     );
     assert!(
         report.contains(&format!(
-            "webhook_id {typo}: its column filter on contcat matches nothing"
+            "webhook_id {typo}: its events name the entity \"contcat\", which no published table has"
         )),
         "{report}"
     );
     assert_eq!(
         report.matches("its column filter on").count(),
-        3,
+        2,
         "one line per problem: {report}"
+    );
+    assert_eq!(
+        report.matches("which no published table has").count(),
+        1,
+        "{report}"
     );
 
     // `webhook add` refuses the same text before writing anything.
