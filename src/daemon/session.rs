@@ -201,6 +201,19 @@ impl Session {
         let http = http_client(&config.delivery)?;
         let store = Store::connect(&conn, &config.postgres.schema).await?;
         let slot = config.postgres.slot.clone();
+        // A role without walhook's grants would wait as a standby, or fail
+        // on its first statement naming a table: say what it lacks first.
+        if store.schema_exists().await? && !store.run_role_has_grants(&conn.user).await? {
+            bail!(
+                "role {:?} (postgres.url) lacks privileges on walhook's schema {:?}: {} (as the \
+                 schema's owner; `walhook setup` with postgres.setup_url naming another role \
+                 grants them, and `walhook check` names what is missing)",
+                conn.user,
+                config.postgres.schema,
+                crate::store::privileges::run_role_grants(&config.postgres.schema, &conn.user)
+                    .join("; ")
+            );
+        }
         wait_for_leadership(&store, &slot, &mut process.shutdown).await?;
         if *process.shutdown.borrow() {
             return Ok(None);

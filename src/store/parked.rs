@@ -244,16 +244,20 @@ impl DeliveryStore for Store {
     /// A table filled since autovacuum last looked has statistics that
     /// say it is nearly empty: the planner then reads all of a hook's rows
     /// for every batch (30-50 ms each for 100,000 rows instead of 1). The
-    /// role may not own the tables: PostgreSQL then skips them, with a
-    /// warning to this session only.
+    /// role may not own the tables (the README's role split): PostgreSQL
+    /// then skips them with a WARNING to this session, which would reach
+    /// the log at every replay, so the session hears errors only.
     async fn refresh_statistics(&self) {
         let sql = format!(
-            "ANALYZE {}, {}",
+            "SET client_min_messages = error; ANALYZE {}, {}; RESET client_min_messages",
             self.table("delivery"),
             self.table("delivery_payload")
         );
+        // Not in a transaction: a failed ANALYZE must not leave the shared
+        // session in an aborted one.
         if let Err(e) = self.client.batch_execute(&sql).await {
             tracing::debug!("analyzing the parked tables before a replay: {e}");
+            let _ = self.client.batch_execute("RESET client_min_messages").await;
         }
     }
 

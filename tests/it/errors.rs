@@ -117,7 +117,8 @@ async fn missing_objects_privileges_busy_slot_and_passwords() {
     // A role without REPLICATION.
     h.db.batch_execute(
         "CREATE ROLE norep LOGIN; GRANT USAGE ON SCHEMA walhook TO norep; \
-         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA walhook TO norep;",
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA walhook TO norep; \
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA walhook TO norep;",
     )
     .await
     .unwrap();
@@ -430,7 +431,8 @@ async fn hints_are_the_same_from_a_server_speaking_german() {
     // A role without REPLICATION (42501).
     h.db.batch_execute(
         "CREATE ROLE norep LOGIN; GRANT USAGE ON SCHEMA walhook TO norep; \
-         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA walhook TO norep;",
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA walhook TO norep; \
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA walhook TO norep;",
     )
     .await
     .unwrap();
@@ -491,5 +493,30 @@ async fn the_pg_variables_apply_without_a_url() {
         )),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A role that may stream but lacks walhook's grants is told which GRANTs
+/// it needs before it waits as a standby or fails on a table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_role_without_walhooks_grants_is_told_which() {
+    let h = Harness::start("CREATE TABLE t (id int PRIMARY KEY);", "").await;
+    h.db.batch_execute("CREATE ROLE nogrants LOGIN REPLICATION")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "postgres://nogrants@127.0.0.1:{}/postgres",
+        h.cluster.port()
+    );
+    let (code, err) = run_to_exit(&write_config(dir.path(), &url), Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("role \"nogrants\" (postgres.url) lacks privileges on walhook's schema")
+            && err.contains("GRANT USAGE ON SCHEMA \"walhook\" TO \"nogrants\"")
+            && err.contains(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA \"walhook\" TO \"nogrants\""
+            ),
+        "{err}"
     );
 }
