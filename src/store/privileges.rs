@@ -146,6 +146,28 @@ impl Store {
             .get(0))
     }
 
+    /// Whether `role` may use walhook's schema and read and write every
+    /// table in it: what the daemon needs (setup grants sequences too, for
+    /// the commands that add rows).
+    pub async fn run_role_can_work(&self, role: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .client
+            .query_one(
+                "SELECT has_schema_privilege($1, $2, 'USAGE') \
+                    AND NOT EXISTS ( \
+                        SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = $2 AND c.relkind IN ('r', 'p') AND NOT ( \
+                               has_table_privilege($1, c.oid, 'SELECT') \
+                           AND has_table_privilege($1, c.oid, 'INSERT') \
+                           AND has_table_privilege($1, c.oid, 'UPDATE') \
+                           AND has_table_privilege($1, c.oid, 'DELETE')))",
+                &[&role, &self.schema()],
+            )
+            .await
+            .sql(format!("reading the privileges of role {role:?}"))?
+            .get(0))
+    }
+
     /// Whether `role` is a member of pg_read_all_stats (directly or not).
     pub async fn reads_all_stats(&self, role: &str) -> anyhow::Result<bool> {
         Ok(self
