@@ -287,6 +287,7 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
         }
         Err(e) => push(CheckLevel::Fail, format!("{e:#}")),
     }
+    out.extend(unpublished_tables(store, config).await);
     out.extend(check_internal_writers(store, config).await);
     let mut push = |level, text: String| out.push(CheckLine { level, text });
     // Tables whose publication has a column list (`exclude_columns`):
@@ -527,6 +528,53 @@ async fn check_column_filters(
         }
     }
     out
+}
+
+/// Captured host tables that neither publication has yet (created since
+/// `setup` last ran): their changes are not sent until `setup` runs again.
+async fn unpublished_tables(store: &Store, config: &Config) -> Vec<CheckLine> {
+    // A missing publication is reported above, with the same fix.
+    let names = config.publications();
+    if !store
+        .existing_publications(&names)
+        .await
+        .is_ok_and(|present| present.len() == names.len())
+    {
+        return Vec::new();
+    }
+    let captured = match super::captured_tables(store, config).await {
+        Ok(tables) => tables,
+        Err(e) => {
+            return vec![CheckLine {
+                level: CheckLevel::Warn,
+                text: format!("{e:#}"),
+            }]
+        }
+    };
+    let mut published = std::collections::BTreeSet::new();
+    for publication in config.publications() {
+        match store.published_tables(&publication).await {
+            Ok(tables) => published.extend(tables.into_keys()),
+            Err(e) => {
+                return vec![CheckLine {
+                    level: CheckLevel::Warn,
+                    text: format!("{e:#}"),
+                }]
+            }
+        }
+    }
+    captured
+        .iter()
+        .filter(|t| !t.unlogged && !published.contains(&t.qualified()))
+        .map(|t| CheckLine {
+            level: CheckLevel::Next,
+            text: format!(
+                "table {} is captured ([capture]) but not published yet, so its changes are not \
+                 sent: run `walhook setup` to publish it",
+                t.qualified()
+            ),
+        })
+        .collect()
 }
 
 /// The host tables walhook's publications publish (both of them).

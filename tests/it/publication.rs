@@ -227,6 +227,16 @@ async fn setup_says_which_new_tables_it_publishes() {
     )
     .await
     .unwrap();
+    // check names them first, as the next step rather than a failure.
+    let check = h.walhook(&["check"]);
+    let said = stdout(&check);
+    assert_eq!(check.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("NEXT  table public.invoice is captured ([capture]) but not published yet")
+            && said.contains("NEXT  table public.audit_line is captured"),
+        "{said}"
+    );
+    assert!(!said.contains("table public.contact is captured"), "{said}");
     let out = h.walhook(&["setup"]);
     assert!(out.status.success(), "{}", text(&out));
     let said = stdout(&out);
@@ -236,4 +246,6 @@ async fn setup_says_which_new_tables_it_publishes() {
         "{said}"
     );
     assert!(!said.contains("public.contact"), "{said}");
+    let said = stdout(&h.walhook(&["check"]));
+    assert!(!said.contains("not published yet"), "{said}");
 }
