@@ -335,15 +335,7 @@ impl Store {
             .await
             .sql("counting parked events")?
             .iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    ParkedSize {
-                        events: r.get(1),
-                        bytes: r.get(2),
-                    },
-                )
-            })
+            .map(hook_size)
             .collect())
     }
 
@@ -377,18 +369,7 @@ impl Store {
         // the daemon's session.
         self.remove_unheld_payloads(None).await?;
         self.remove_unheld_properties(None).await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    ParkedSize {
-                        events: r.get(1),
-                        bytes: r.get(2),
-                    },
-                )
-            })
-            .collect())
+        Ok(rows.iter().map(hook_size).collect())
     }
 
     /// `LEFT JOIN delivery_properties pp`, to the parked events `d`: what
@@ -627,4 +608,15 @@ fn position_arrays(positions: &[Position]) -> (Vec<PgLsn>, Vec<i32>) {
         .iter()
         .map(|p| (PgLsn::from(p.commit_lsn.0), p.change_index as i32))
         .unzip()
+}
+
+/// A `(webhook_id, count, bytes)` row as the hook and its parked size.
+fn hook_size(row: &tokio_postgres::Row) -> (i32, ParkedSize) {
+    (
+        row.get(0),
+        ParkedSize {
+            events: row.get(1),
+            bytes: row.get(2),
+        },
+    )
 }

@@ -51,6 +51,20 @@ fn run_to_exit(config: &std::path::Path, timeout: Duration) -> (Option<i32>, Str
     }
 }
 
+/// `run` as a role with walhook's grants but without REPLICATION, to its
+/// exit (code and stderr).
+async fn run_as_role_without_replication(h: &Harness, dir: &Path) -> (Option<i32>, String) {
+    h.db.batch_execute(
+        "CREATE ROLE norep LOGIN; GRANT USAGE ON SCHEMA walhook TO norep; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA walhook TO norep; \
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA walhook TO norep;",
+    )
+    .await
+    .unwrap();
+    let url = format!("postgres://norep@127.0.0.1:{}/postgres", h.cluster.port());
+    run_to_exit(&write_config(dir, &url), Duration::from_secs(20))
+}
+
 fn write_config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
     let path = dir.join("walhook.toml");
     std::fs::write(&path, format!("[postgres]\nurl = \"{url}\"\n")).unwrap();
@@ -115,15 +129,7 @@ async fn missing_objects_privileges_busy_slot_and_passwords() {
     let dir = tempfile::tempdir().unwrap();
 
     // A role without REPLICATION.
-    h.db.batch_execute(
-        "CREATE ROLE norep LOGIN; GRANT USAGE ON SCHEMA walhook TO norep; \
-         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA walhook TO norep; \
-         GRANT USAGE ON ALL SEQUENCES IN SCHEMA walhook TO norep;",
-    )
-    .await
-    .unwrap();
-    let url = format!("postgres://norep@127.0.0.1:{}/postgres", h.cluster.port());
-    let (code, err) = run_to_exit(&write_config(dir.path(), &url), Duration::from_secs(20));
+    let (code, err) = run_as_role_without_replication(&h, dir.path()).await;
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("REPLICATION"), "{err}");
 
@@ -429,15 +435,7 @@ async fn hints_are_the_same_from_a_server_speaking_german() {
     let dir = tempfile::tempdir().unwrap();
 
     // A role without REPLICATION (42501).
-    h.db.batch_execute(
-        "CREATE ROLE norep LOGIN; GRANT USAGE ON SCHEMA walhook TO norep; \
-         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA walhook TO norep; \
-         GRANT USAGE ON ALL SEQUENCES IN SCHEMA walhook TO norep;",
-    )
-    .await
-    .unwrap();
-    let url = format!("postgres://norep@127.0.0.1:{}/postgres", h.cluster.port());
-    let (code, err) = run_to_exit(&write_config(dir.path(), &url), Duration::from_secs(20));
+    let (code, err) = run_as_role_without_replication(&h, dir.path()).await;
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("the role needs the REPLICATION attribute: ALTER ROLE ... REPLICATION"),
