@@ -10,7 +10,7 @@ use super::render::{columns, short};
 use super::{connect, invalid};
 use crate::cli::{exit, BackfillArgs, BackfillCommand};
 use crate::config::Config;
-use crate::store::backfill::{BackfillRow, NewBackfill, TableRefused};
+use crate::store::backfill::{BackfillRow, MissingGrant, NewBackfill, TableRefused};
 use crate::store::Store;
 
 /// The longest `--where` accepted: a condition, not a program.
@@ -78,35 +78,33 @@ async fn register(config: &Config, store: &Store, args: BackfillArgs) -> anyhow:
             .await
         {
             Ok(shape) => shape,
-            Err(e) if e.downcast_ref::<TableRefused>().is_some() => {
-                return Err(invalid(format!("{e:#}")))
-            }
+            Err(e) if refused(&e) => return Err(invalid(format!("{e:#}"))),
             Err(e) => return Err(e),
         };
         if let Some(w) = where_sql {
             match store.check_backfill_where(&shape, w).await {
                 Ok(()) => {}
-                Err(e) if e.downcast_ref::<TableRefused>().is_some() => {
-                    return Err(invalid(format!("{e:#}")))
-                }
+                Err(e) if refused(&e) => return Err(invalid(format!("{e:#}"))),
                 Err(e) => return Err(e),
             }
         }
-        shapes.push(shape);
+        let rows_estimate = store.estimate_rows(&shape).await?;
+        shapes.push((shape, rows_estimate));
     }
     let mut ids = Vec::new();
-    for shape in &shapes {
+    for (shape, rows_estimate) in &shapes {
         let id = store
             .register_backfill(&NewBackfill {
                 table: shape,
                 webhook_ids: &webhook_ids,
                 where_sql,
+                rows_estimate: *rows_estimate,
             })
             .await?;
         println!(
             "backfill {id}: {} (about {} rows) to webhook_id {}",
             shape.qualified(),
-            shape.rows_estimate,
+            rows_estimate,
             webhook_ids
                 .iter()
                 .map(|i| i.to_string())
@@ -120,6 +118,11 @@ async fn register(config: &Config, store: &Store, args: BackfillArgs) -> anyhow:
         return Ok(exit::OK);
     }
     follow(store, &ids).await
+}
+
+/// Whether the command refuses a table with a fix (rather than failing).
+fn refused(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<TableRefused>().is_some() || e.downcast_ref::<MissingGrant>().is_some()
 }
 
 /// Show progress until every backfill in `ids` ended; exits non-zero when
@@ -211,7 +214,10 @@ pub(super) fn table(rows: &[BackfillRow]) -> String {
                 b.state.to_string(),
                 progress(b),
                 b.updated.clone(),
-                b.error.as_deref().map(|e| short(e, 80)).unwrap_or_default(),
+                b.error
+                    .as_deref()
+                    .map(|e| short(e, 400))
+                    .unwrap_or_default(),
             ]
         })
         .collect();

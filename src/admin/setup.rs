@@ -136,6 +136,7 @@ fn print_line(line: &setup::CheckLine) -> bool {
     let tag = match line.level {
         setup::CheckLevel::Ok => "OK  ",
         setup::CheckLevel::Next => "NEXT",
+        setup::CheckLevel::Note => "NOTE",
         setup::CheckLevel::Warn => "WARN",
         setup::CheckLevel::Fail => "FAIL",
     };

@@ -20,7 +20,8 @@ fn shape() -> TableShape {
         }],
         key: vec![0],
         primary_key: vec!["id".into()],
-        rows_estimate: 0,
+        rows_estimate: None,
+        reader: "walhook".into(),
     }
 }
 

@@ -79,7 +79,18 @@ impl Worker {
                         )
                         .await?;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // The backfill stays open and is taken up again; until
+                    // then its row says why it does not move.
+                    if let Err(record) = self
+                        .store
+                        .record_backfill_error(backfill.id, &format!("{e:#}"))
+                        .await
+                    {
+                        tracing::debug!("{record:#}");
+                    }
+                    return Err(e);
+                }
             }
         }
     }

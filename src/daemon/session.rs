@@ -53,14 +53,19 @@ fn sql_session_closed() -> anyhow::Error {
     )))
 }
 
-/// How long the backfill worker waits before it starts again after its
-/// SQL session failed.
+/// How long the backfill worker waits before it starts again after it
+/// failed, at first; the wait doubles while it keeps failing at once (a
+/// missing GRANT: the backfill's row shows the error meanwhile).
 const BACKFILL_RESTART: Duration = Duration::from_secs(5);
+/// The longest wait between two starts of the backfill worker.
+const BACKFILL_RESTART_MAX: Duration = Duration::from_secs(60);
 
 /// The backfill worker, started again on its own SQL session whenever that
 /// fails: a backfill must not end the stream, and its progress is stored.
 async fn run_backfills(config: Arc<Config>, conn: crate::config::Connection, board: Arc<Board>) {
+    let mut wait = BACKFILL_RESTART;
     loop {
+        let started = tokio::time::Instant::now();
         let result = async {
             let store = Store::connect(&conn, &config.postgres.schema).await?;
             Worker {
@@ -75,13 +80,18 @@ async fn run_backfills(config: Arc<Config>, conn: crate::config::Connection, boa
             .await
         }
         .await;
+        // A worker that ran a while before failing starts again soon.
+        if started.elapsed() > BACKFILL_RESTART_MAX {
+            wait = BACKFILL_RESTART;
+        }
         if let Err(e) = result {
             tracing::warn!(
                 "backfill worker: {e:#}; starting again in {}",
-                crate::text::human_duration(BACKFILL_RESTART)
+                crate::text::human_duration(wait)
             );
         }
-        tokio::time::sleep(BACKFILL_RESTART).await;
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(BACKFILL_RESTART_MAX);
     }
 }
 

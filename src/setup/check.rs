@@ -288,6 +288,7 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
         Err(e) => push(CheckLevel::Fail, format!("{e:#}")),
     }
     out.extend(unpublished_tables(store, config).await);
+    out.extend(backfill_readable(store, config).await);
     out.extend(check_internal_writers(store, config).await);
     let mut push = |level, text: String| out.push(CheckLine { level, text });
     // Tables whose publication has a column list (`exclude_columns`):
@@ -430,6 +431,89 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
         Err(e) => push(CheckLevel::Warn, format!("{e:#}")),
     }
     out
+}
+
+/// At most this many tables are named in a GRANT; past it, each schema's
+/// tables are granted at once.
+const MAX_GRANTED_TABLES: usize = 20;
+
+/// Whether the run role may read the published tables, as `walhook
+/// backfill` needs (delivering does not): a note with the GRANTs when not.
+async fn backfill_readable(store: &Store, config: &Config) -> Vec<CheckLine> {
+    let line = |level, text| vec![CheckLine { level, text }];
+    let (role, tables) = match (
+        store.role().await,
+        store
+            .unreadable_published_tables(&config.postgres.publication)
+            .await,
+    ) {
+        (Ok(role), Ok(tables)) => (role.name, tables),
+        (Err(e), _) | (_, Err(e)) => return line(CheckLevel::Warn, format!("{e:#}")),
+    };
+    if tables.is_empty() {
+        return line(
+            CheckLevel::Ok,
+            format!("role {role:?} may read every published table (as `walhook backfill` needs)"),
+        );
+    }
+    let mut grants: Vec<String> = Vec::new();
+    let mut schemas: Vec<&str> = tables
+        .iter()
+        .filter(|t| t.needs_usage)
+        .map(|t| t.schema.as_str())
+        .collect();
+    schemas.dedup();
+    for schema in &schemas {
+        grants.push(format!(
+            "GRANT USAGE ON SCHEMA {} TO {}",
+            ident(schema),
+            ident(&role)
+        ));
+    }
+    let unselectable: Vec<_> = tables.iter().filter(|t| t.needs_select).collect();
+    if unselectable.len() > MAX_GRANTED_TABLES {
+        let mut schemas: Vec<&str> = unselectable.iter().map(|t| t.schema.as_str()).collect();
+        schemas.dedup();
+        for schema in schemas {
+            grants.push(format!(
+                "GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}",
+                ident(schema),
+                ident(&role)
+            ));
+        }
+    } else if !unselectable.is_empty() {
+        let names: Vec<String> = unselectable
+            .iter()
+            .map(|t| format!("{}.{}", ident(&t.schema), ident(&t.name)))
+            .collect();
+        grants.push(format!(
+            "GRANT SELECT ON {} TO {}",
+            names.join(", "),
+            ident(&role)
+        ));
+    }
+    let named: Vec<String> = tables
+        .iter()
+        .take(MAX_GRANTED_TABLES)
+        .map(|t| format!("{}.{}", t.schema, t.name))
+        .collect();
+    let more = tables.len().saturating_sub(named.len());
+    line(
+        CheckLevel::Note,
+        format!(
+            "role {role:?} may not read {} published table(s): {}{}; delivering needs no such \
+             privilege, but `walhook backfill` reads a table as this role: to backfill them, as \
+             their owner or a superuser: {}",
+            tables.len(),
+            named.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            },
+            grants.join("; ")
+        ),
+    )
 }
 
 /// The failure for a published table whose column list leaves out part of

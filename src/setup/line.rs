@@ -6,6 +6,8 @@ pub enum CheckLevel {
     Ok,
     /// Not a problem: what to do next (before `setup`, run it).
     Next,
+    /// Not a problem: what a later step needs (a backfill's GRANTs).
+    Note,
     Warn,
     Fail,
 }

@@ -294,3 +294,52 @@ pub fn run_role_grants(schema: &str, role: &str) -> Vec<String> {
         format!("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"),
     ]
 }
+
+impl Store {
+    /// The tables of `publication` the connected role may not read whole
+    /// (what `walhook backfill` needs of the daemon's role), with the
+    /// GRANTs that fix it.
+    pub async fn unreadable_published_tables(
+        &self,
+        publication: &str,
+    ) -> anyhow::Result<Vec<UnreadableTable>> {
+        Ok(self
+            .client
+            .query(
+                "SELECT p.schemaname::text, p.tablename::text, \
+                        has_schema_privilege(n.oid, 'USAGE'), \
+                        has_table_privilege(c.oid, 'SELECT') \
+                   FROM pg_publication_tables p \
+                   JOIN pg_namespace n ON n.nspname = p.schemaname \
+                   JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename \
+                  WHERE p.pubname = $1 \
+                    AND NOT (has_schema_privilege(n.oid, 'USAGE') \
+                             AND has_table_privilege(c.oid, 'SELECT')) \
+                  ORDER BY 1, 2",
+                &[&publication],
+            )
+            .await
+            .sql(format!(
+                "reading which tables of publication {publication:?} the role may read"
+            ))?
+            .iter()
+            .map(|r| UnreadableTable {
+                schema: r.get(0),
+                name: r.get(1),
+                needs_usage: !r.get::<_, bool>(2),
+                needs_select: !r.get::<_, bool>(3),
+            })
+            .collect())
+    }
+}
+
+/// A published table the connected role may not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableTable {
+    pub schema: String,
+    pub name: String,
+    /// It lacks USAGE on the schema.
+    pub needs_usage: bool,
+    /// It lacks SELECT on the table.
+    pub needs_select: bool,
+}

@@ -2,7 +2,9 @@
 //! superuser and its config with only the host and file paths replaced,
 //! against a cluster that authenticates TCP with scram-sha-256, where an
 //! application role owns the tables. Then `check`, `setup`, `run`, one
-//! delivery and `teardown`, each as the role the README says.
+//! delivery, a backfill (refused, then granted as step 5 says, then with a
+//! GRANT revoked before it reads) and `teardown`, each as the role the
+//! README says.
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -22,7 +24,11 @@ const HOST_SQL: &str = "\
                           name text, balance numeric(12, 2), data jsonb);
     CREATE TABLE audit_note (note text);
     ALTER TABLE contact OWNER TO crm_owner;
-    ALTER TABLE audit_note OWNER TO crm_owner;";
+    ALTER TABLE audit_note OWNER TO crm_owner;
+    CREATE SCHEMA crm AUTHORIZATION crm_owner;
+    CREATE TABLE crm.person (person_id integer PRIMARY KEY, name text);
+    INSERT INTO crm.person VALUES (1, 'Ann'), (2, 'Bo'), (3, 'Cy');
+    ALTER TABLE crm.person OWNER TO crm_owner;";
 
 /// The code block after the `<!-- roles-recipe: NAME -->` marker in the
 /// README's Roles section.
@@ -98,6 +104,77 @@ async fn wait_true(db: &tokio_postgres::Client, what: &str, sql: &str) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `walhook run` as configured, its log appended to `log`.
+fn start_daemon(config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(BIN)
+        .arg("-c")
+        .arg(config)
+        .arg("run")
+        .env("RUST_LOG", "info")
+        .env_remove("PGPASSWORD")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// SIGTERM, and the exit status.
+async fn stop_daemon(mut daemon: Child) -> std::process::ExitStatus {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    tokio::task::spawn_blocking(move || daemon.wait().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Poll `backfill list --json` until backfill `id` satisfies `done`.
+async fn wait_backfill(
+    config: &Path,
+    id: i64,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = walhook_async(config, &["backfill", "list", "--json"]).await;
+        assert!(out.status.success(), "{}", text(&out));
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let found = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["backfill_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("backfill {id} in {list}"));
+        if done(&found) {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for backfill {id} to {what}: {found}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The backfill id of `walhook backfill`'s first line ("backfill 7: ...").
+fn backfill_id(out: &Output) -> i64 {
+    let said = stdout(out);
+    said.strip_prefix("backfill ")
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("a backfill id in {said:?}"))
 }
 
 const SLOTS: &str = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walhook'";
@@ -233,6 +310,19 @@ async fn the_readme_roles_recipe_works_as_written_with_scram() {
         "{}",
         text(&out)
     );
+    // Delivering needs no privilege on the application's tables; check
+    // notes what a backfill would.
+    let note = stdout(&out)
+        .lines()
+        .find(|l| l.starts_with("NOTE  role \"walhook\" may not read"))
+        .unwrap_or_else(|| panic!("a note on backfill's grants: {}", text(&out)))
+        .to_owned();
+    assert!(
+        note.contains(r#"GRANT USAGE ON SCHEMA "crm" TO "walhook""#)
+            && note.contains(r#""crm"."person""#)
+            && note.contains(r#""public"."contact""#),
+        "{note}"
+    );
 
     // The run role adds a hook and streams; the application commits.
     let out = walhook_async(
@@ -250,18 +340,8 @@ async fn the_readme_roles_recipe_works_as_written_with_scram() {
     )
     .await;
     assert!(out.status.success(), "{}", text(&out));
-    let log = std::fs::File::create(dir.path().join("run.log")).unwrap();
-    let mut daemon: Child = Command::new(BIN)
-        .arg("-c")
-        .arg(&config)
-        .arg("run")
-        .env("RUST_LOG", "info")
-        .env_remove("PGPASSWORD")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let log = dir.path().join("run.log");
+    let daemon = start_daemon(&config, &log);
     wait_true(
         &db,
         "the daemon to stream as role walhook",
@@ -280,17 +360,80 @@ async fn the_readme_roles_recipe_works_as_written_with_scram() {
     let got = receiver
         .wait_until(Duration::from_secs(30), |r| !r.is_empty())
         .await;
-    let log_text = || std::fs::read_to_string(dir.path().join("run.log")).unwrap_or_default();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(got.len(), 1, "one delivery; daemon log:\n{}", log_text());
     assert_eq!(got[0].json()["Event"], "contact.created", "{}", log_text());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
+
+    // Step 5: a backfill as the run role is refused with the GRANTs until
+    // they are given, then sends the table's rows.
+    let out = walhook_async(&config, &["backfill", "--webhook", "1", "crm.person"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let refusal = stderr(&out);
+    for said in [
+        r#"role "walhook" may not read crm.person"#,
+        r#"GRANT USAGE ON SCHEMA "crm" TO "walhook""#,
+        r#"GRANT SELECT ON "crm"."person" TO "walhook""#,
+    ] {
+        assert!(refusal.contains(said), "{said} in {refusal}");
+    }
+    let grants = recipe_block("backfill");
+    db.batch_execute(&grants)
+        .await
+        .unwrap_or_else(|e| panic!("the README's backfill grants fail: {e:?}\n{grants}"));
+    // Never analysed: the estimate counts the rows.
+    let out = walhook_async(&config, &["backfill", "--webhook", "1", "crm.person"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout(&out).contains("(about 3 rows)"), "{}", text(&out));
+    let first = backfill_id(&out);
+    wait_backfill(&config, first, "finish", |b| b["state"] == "done").await;
+    let persons = |got: &[walhook_lab::receiver::ReceivedRequest]| {
+        got.iter()
+            .filter(|r| r.json()["Event"] == "person.created")
+            .count()
+    };
+    let got = receiver
+        .wait_until(Duration::from_secs(30), |r| persons(r) >= 3)
+        .await;
+    assert_eq!(persons(&got), 3, "{}", log_text());
+
+    // A GRANT revoked before the daemon reads: the backfill stays open
+    // with the error and the fix, and goes on once the GRANT is back.
+    let status = stop_daemon(daemon).await;
+    assert!(status.success(), "daemon exit: {status}\n{}", log_text());
+    let out = walhook_async(
+        &config,
+        &["backfill", "--webhook", "1", "--detach", "crm.person"],
     )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || daemon.wait().unwrap())
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let second = backfill_id(&out);
+    db.batch_execute("REVOKE SELECT ON crm.person FROM walhook")
         .await
         .unwrap();
+    let daemon = start_daemon(&config, &log);
+    let stuck = wait_backfill(&config, second, "show its error", |b| !b["error"].is_null()).await;
+    assert_eq!(stuck["state"], "running", "{stuck}");
+    let error = stuck["error"].as_str().unwrap();
+    assert!(
+        error.contains(r#"role "walhook" may not read crm.person"#)
+            && error.contains(r#"GRANT SELECT ON "crm"."person" TO "walhook""#),
+        "{error}"
+    );
+    let out = walhook_async(&config, &["status"]).await;
+    assert!(
+        stdout(&out).contains(r#"GRANT SELECT ON "crm"."person" TO "walhook""#),
+        "status shows the backfill's error: {}",
+        text(&out)
+    );
+    db.batch_execute(&grants).await.unwrap();
+    let done = wait_backfill(&config, second, "finish", |b| b["state"] == "done").await;
+    assert!(done["error"].is_null(), "{done}");
+    let got = receiver
+        .wait_until(Duration::from_secs(30), |r| persons(r) >= 6)
+        .await;
+    assert_eq!(persons(&got), 6, "{}", log_text());
+
+    let status = stop_daemon(daemon).await;
     assert!(status.success(), "daemon exit: {status}\n{}", log_text());
     assert!(!log_text().contains("ERROR"), "{}", log_text());
     wait_true(
