@@ -88,10 +88,26 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<u8> {
         publications.push(json!({"name": name, "exists": exists}));
     }
 
+    // A role without walhook's grants: the GRANTs, not the first table
+    // that failed.
+    let role = store.role().await?.name;
+    let lacks_grants = store.schema_exists().await? && !store.run_role_can_work(&role).await?;
+    if lacks_grants {
+        problems.push((
+            exit::FAILURE,
+            crate::errors::RunRoleLacksGrants {
+                role,
+                schema: config.postgres.schema.clone(),
+            }
+            .to_string(),
+        ));
+    }
     let (hooks, hooks_readable) = match store.hook_stats().await {
         Ok(hooks) => (hooks, true),
         Err(e) => {
-            problems.push((exit::FAILURE, format!("{e:#}")));
+            if !lacks_grants {
+                problems.push((exit::FAILURE, format!("{e:#}")));
+            }
             (Vec::new(), false)
         }
     };

@@ -214,15 +214,11 @@ impl Session {
         // A role without walhook's grants would wait as a standby, or fail
         // on its first statement naming a table: say what it lacks first.
         if store.schema_exists().await? && !store.run_role_can_work(&conn.user).await? {
-            bail!(
-                "role {:?} (postgres.url) lacks privileges on walhook's schema {:?}: {} (as the \
-                 schema's owner; `walhook setup` with postgres.setup_url naming another role \
-                 grants them, and `walhook check` names what is missing)",
-                conn.user,
-                config.postgres.schema,
-                crate::store::privileges::run_role_grants(&config.postgres.schema, &conn.user)[..2]
-                    .join("; ")
-            );
+            return Err(crate::errors::RunRoleLacksGrants {
+                role: conn.user.clone(),
+                schema: config.postgres.schema.clone(),
+            }
+            .into());
         }
         wait_for_leadership(&store, &slot, &mut process.shutdown).await?;
         if *process.shutdown.borrow() {

@@ -517,4 +517,25 @@ async fn a_run_role_without_walhooks_grants_is_told_which() {
             ),
         "{err}"
     );
+    // status, as that role, says the same instead of the first table that
+    // failed.
+    let out = std::process::Command::new(crate::common::BIN)
+        .arg("-c")
+        .arg(dir.path().join("walhook.toml"))
+        .arg("status")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    let problems: Vec<&str> = said.lines().filter(|l| l.starts_with("PROBLEM")).collect();
+    assert_eq!(problems.len(), 1, "{said}");
+    assert!(
+        problems[0].contains("role \"nogrants\" (postgres.url) lacks privileges")
+            && problems[0].contains("GRANT USAGE ON SCHEMA \"walhook\" TO \"nogrants\""),
+        "{said}"
+    );
+    assert!(
+        said.contains("could not be read (see PROBLEM below)") && !said.contains("no hooks in"),
+        "{said}"
+    );
 }
