@@ -567,3 +567,75 @@ async fn check_names_each_role_but_walhooks_that_can_write_its_internal_tables()
     .await
     .unwrap();
 }
+
+/// Under the role split the daemon's role does not own walhook's tables:
+/// the ANALYZE a replay runs first is skipped by PostgreSQL with a
+/// WARNING, which must not reach the log at every replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_by_a_role_that_does_not_own_the_tables_logs_no_analyze_warning() {
+    let mut h = Harness::start(
+        "CREATE TABLE contact (contact_id int PRIMARY KEY, name text);",
+        "",
+    )
+    .await;
+    let grants = walhook::store::privileges::run_role_grants("walhook", "runner").join("; ");
+    h.db.batch_execute(&format!("CREATE ROLE runner LOGIN REPLICATION; {grants}"))
+        .await
+        .unwrap();
+    let config = std::fs::read_to_string(&h.config_path).unwrap();
+    let superuser_url = h.cluster.url("postgres");
+    let runner_url = superuser_url.replacen("postgres@", "runner@", 1);
+    assert_ne!(superuser_url, runner_url, "{superuser_url}");
+    std::fs::write(&h.config_path, config.replace(&superuser_url, &runner_url)).unwrap();
+    let receiver = Receiver::start().await.unwrap();
+    let hook = h.add_hook("contact.*", &receiver.url("/hook"), None).await;
+    // TooManyErrors parks the event; Active again replays it.
+    h.db.execute(
+        "UPDATE walhook.webhook SET state = 3 WHERE webhook_id = $1",
+        &[&hook],
+    )
+    .await
+    .unwrap();
+    h.start_daemon().await;
+    h.db.batch_execute("INSERT INTO contact VALUES (1, 'a')")
+        .await
+        .unwrap();
+    h.wait_caught_up("the event to be parked").await;
+    assert_eq!(h.parked_count(hook).await, 1, "{}", h.daemon_log());
+    h.db.execute(
+        "UPDATE walhook.webhook SET state = 1 WHERE webhook_id = $1",
+        &[&hook],
+    )
+    .await
+    .unwrap();
+    let got = receiver
+        .wait_until(Duration::from_secs(30), |r| !r.is_empty())
+        .await;
+    assert_eq!(got.len(), 1, "the replay delivers: {}", h.daemon_log());
+    let owner: String =
+        h.db.query_one(
+            "SELECT pg_get_userbyid(relowner)::text FROM pg_class \
+              WHERE oid = 'walhook.delivery'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(owner, "runner", "the run role must not own the table");
+    let streams_as: String =
+        h.db.query_one(
+            "SELECT usename::text FROM pg_stat_replication r \
+               JOIN pg_replication_slots s ON s.active_pid = r.pid \
+              WHERE s.slot_name = 'walhook'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(streams_as, "runner");
+    let log = h.daemon_log();
+    assert!(
+        !log.contains("can analyze") && !log.contains("WARNING"),
+        "{log}"
+    );
+}
