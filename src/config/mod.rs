@@ -476,17 +476,35 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 /// `delivery.allowed_private_networks`: each entry a network in CIDR
 /// notation. The error names the key, the entry and what is wrong with it.
 fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
-    let entries = Vec::<String>::deserialize(d)?;
-    entries
-        .iter()
-        .map(|entry| {
-            validate::network_entry(entry).map_err(|why| {
-                serde::de::Error::custom(format!(
-                    "key delivery.allowed_private_networks: entry {entry:?} {why}"
-                ))
-            })
-        })
-        .collect()
+    struct Networks;
+    impl<'de> serde::de::Visitor<'de> for Networks {
+        type Value = Vec<ipnet::IpNet>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            // Named here so that a wrong type names the key too.
+            f.write_str(
+                "key delivery.allowed_private_networks to be a list of networks, such as \
+                 [\"10.20.0.0/16\", \"fd00::/8\"]",
+            )
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut networks = Vec::new();
+            let key = "key delivery.allowed_private_networks";
+            while let Some(entry) = seq
+                .next_element::<String>()
+                .map_err(|e| serde::de::Error::custom(format!("{key}: {e}")))?
+            {
+                let network = validate::network_entry(&entry).map_err(|why| {
+                    serde::de::Error::custom(format!("{key}: entry {entry:?} {why}"))
+                })?;
+                networks.push(network);
+            }
+            Ok(networks)
+        }
+    }
+    d.deserialize_seq(Networks)
 }
 
 impl Config {
