@@ -305,6 +305,11 @@ pub struct DeliveryConfig {
     pub max_consecutive_errors: u32,
     pub allow_http: bool,
     pub allow_private_targets: bool,
+    /// Non-public networks targets may be in while `allow_private_targets`
+    /// is false. Cloud metadata addresses are allowed only by an entry
+    /// naming the address alone (/32 or /128), never by a wider one.
+    #[serde(deserialize_with = "networks")]
+    pub allowed_private_networks: Vec<ipnet::IpNet>,
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
     #[serde(deserialize_with = "duration")]
@@ -374,6 +379,7 @@ impl Default for DeliveryConfig {
             max_consecutive_errors: 9,
             allow_http: false,
             allow_private_targets: false,
+            allowed_private_networks: Vec::new(),
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(15),
             max_backoff: Duration::from_secs(300),
@@ -465,6 +471,40 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
             "invalid duration {text:?} ({e}); write it like \"5s\" or \"250ms\""
         ))
     })
+}
+
+/// `delivery.allowed_private_networks`: each entry a network in CIDR
+/// notation. The error names the key, the entry and what is wrong with it.
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    struct Networks;
+    impl<'de> serde::de::Visitor<'de> for Networks {
+        type Value = Vec<ipnet::IpNet>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            // Named here so that a wrong type names the key too.
+            f.write_str(
+                "key delivery.allowed_private_networks to be a list of networks, such as \
+                 [\"10.20.0.0/16\", \"fd00::/8\"]",
+            )
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut networks = Vec::new();
+            let key = "key delivery.allowed_private_networks";
+            while let Some(entry) = seq
+                .next_element::<String>()
+                .map_err(|e| serde::de::Error::custom(format!("{key}: {e}")))?
+            {
+                let network = validate::network_entry(&entry).map_err(|why| {
+                    serde::de::Error::custom(format!("{key}: entry {entry:?} {why}"))
+                })?;
+                networks.push(network);
+            }
+            Ok(networks)
+        }
+    }
+    d.deserialize_seq(Networks)
 }
 
 impl Config {

@@ -127,6 +127,40 @@ fn a_wrong_http_version_is_refused_naming_the_key_and_the_choices() {
     }
 }
 
+/// Entries are checked one by one (see the target policy's tests); a
+/// wrong type names the key as well.
+#[test]
+fn allowed_private_networks_is_a_list_of_networks() {
+    assert!(Config::parse("")
+        .unwrap()
+        .delivery
+        .allowed_private_networks
+        .is_empty());
+    let c =
+        Config::parse("[delivery]\nallowed_private_networks = [\"127.0.0.0/8\", \"fd00::/8\"]\n")
+            .unwrap();
+    let shown: Vec<String> = c
+        .delivery
+        .allowed_private_networks
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(shown, ["127.0.0.0/8", "fd00::/8"]);
+    for (value, shown) in [
+        ("\"10.0.0.0/8\"", "invalid type: string \"10.0.0.0/8\""),
+        ("[10]", "invalid type: integer `10`"),
+    ] {
+        let toml = format!("[delivery]\nallowed_private_networks = {value}\n");
+        let err = format!("{:#}", Config::parse(&toml).unwrap_err());
+        assert!(
+            err.contains("key delivery.allowed_private_networks"),
+            "{toml}: {err}"
+        );
+        assert!(err.contains(shown), "{toml}: {err}");
+        assert!(err.contains("line 2"), "{toml}: {err}");
+    }
+}
+
 #[test]
 fn bad_slot_name_is_refused() {
     let err = Config::parse("[postgres]\nslot = \"My Slot\"\n").unwrap_err();

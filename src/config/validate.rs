@@ -1,9 +1,11 @@
 //! Every value checked against what the code can honour, when the file
 //! is read: the error names the key, the value and the range.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::bail;
+use ipnet::IpNet;
 
 use super::{
     Concurrency, Config, MAX_BODY_BYTES, MAX_CONCURRENCY, MAX_PARKED_BYTES, MIN_BODY_BYTES,
@@ -17,6 +19,44 @@ fn secs(n: u64) -> Duration {
 }
 fn hours(n: u64) -> Duration {
     Duration::from_secs(n * 3600)
+}
+
+/// One `delivery.allowed_private_networks` entry: an address, "/" and a
+/// prefix length. Bits set past the prefix are refused: "10.20.1.0/16"
+/// would otherwise allow all of 10.20.0.0/16 where one address or a /24
+/// was likely meant. The error says what is wrong; the caller names the
+/// key and the entry.
+pub(super) fn network_entry(text: &str) -> Result<IpNet, String> {
+    let example = "write e.g. \"10.20.0.0/16\", or \"127.0.0.1/32\" for one address";
+    let Some((addr, len)) = text.split_once('/') else {
+        return Err(match text.parse::<IpAddr>() {
+            Ok(ip) => format!(
+                "has no prefix length: write \"{ip}/{}\" for this one address",
+                if ip.is_ipv4() { 32 } else { 128 }
+            ),
+            Err(_) => format!("is not a network in CIDR notation: {example}"),
+        });
+    };
+    let ip: IpAddr = addr.parse().map_err(|_| {
+        format!(
+            "is not a network in CIDR notation: {addr:?} is not an IPv4 or IPv6 address; {example}"
+        )
+    })?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = len
+        .parse::<u8>()
+        .ok()
+        .filter(|n| *n <= max)
+        .ok_or_else(|| format!("has prefix length {len:?}: it must be a number from 0 to {max}"))?;
+    let net = IpNet::new(ip, len).map_err(|e| format!("is not a network: {e}"))?;
+    if net.addr() != net.network() {
+        return Err(format!(
+            "has bits set past its prefix length: write \"{}\" for the network, or \"{ip}/{max}\" \
+             for the one address",
+            net.trunc()
+        ));
+    }
+    Ok(net)
 }
 
 impl Config {

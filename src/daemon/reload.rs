@@ -48,6 +48,10 @@ impl ReloadPlan {
                 old.allow_private_targets == d.allow_private_targets,
             ),
             (
+                "delivery.allowed_private_networks",
+                old.allowed_private_networks == d.allowed_private_networks,
+            ),
+            (
                 "delivery.max_in_flight_bytes",
                 old.max_in_flight_bytes == d.max_in_flight_bytes,
             ),
@@ -97,13 +101,14 @@ mod restart_keys {
         d.connect_timeout *= 2;
         d.timeout *= 2;
         d.allow_private_targets = !d.allow_private_targets;
+        d.allowed_private_networks = vec!["10.0.0.0/8".parse().unwrap()];
         d.max_in_flight_bytes *= 2;
         d.http_version = crate::config::HttpVersion::Http1;
         d.ca_file = Some("/x".into());
         d.client_cert_file = Some("/x".into());
         d.client_key_file = Some("/x".into());
         let plan = ReloadPlan::of(&Config::default(), &changed);
-        assert_eq!(plan.restart.len(), 12, "{:?}", plan.restart);
+        assert_eq!(plan.restart.len(), 13, "{:?}", plan.restart);
         for key in &plan.restart {
             assert!(
                 paragraph.contains(&format!("`{key}`")),

@@ -5,7 +5,9 @@
 //! or a name that only the resolver finds to be loopback. Every other test
 //! allows private targets, since their receivers listen on loopback; here
 //! receivers listen on 127.0.0.1 and ::1 and must never get a request,
-//! while each hook records the refusal.
+//! while each hook records the refusal. With
+//! `delivery.allowed_private_networks`, only the networks listed are
+//! reached, and never a cloud metadata address a listed network contains.
 
 use std::net::{IpAddr, Ipv6Addr, ToSocketAddrs};
 
@@ -90,7 +92,7 @@ async fn loopback_targets_are_refused_however_spelled_and_never_reached() {
         ),
         (
             format!("http://{name}:{port}/name"),
-            "resolves only to non-public addresses (127.",
+            "resolves only to non-public addresses: 127.",
         ),
     ];
     let mut hooks = Vec::new();
@@ -126,6 +128,72 @@ async fn loopback_targets_are_refused_however_spelled_and_never_reached() {
         reached.is_empty(),
         "the guard let requests reach loopback: {reached:?}; daemon log:\n{}",
         h.daemon_log()
+    );
+    assert!(h.stop_daemon().success());
+}
+
+/// With `delivery.allowed_private_networks` and the switch off, a
+/// non-public target is delivered to only when a listed network holds it,
+/// and a metadata address is refused even inside a listed network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_allowed_private_networks_are_reached() {
+    let config =
+        format!("{CONFIG}allowed_private_networks = [\"127.0.0.1/32\", \"169.254.0.0/16\"]\n");
+    let mut h = Harness::start_guarded(HOST, &config).await;
+    let receiver = Receiver::start().await.unwrap();
+    let port = receiver.port();
+    let allowed = h.add_hook("item.*", &receiver.url("/allowed"), None).await;
+    let refused = [
+        (
+            format!("http://127.0.0.2:{port}/outside"),
+            "127.0.0.2 is a non-public address (loopback 127.0.0.0/8; to allow it, add \
+             \"127.0.0.2/32\" or a network containing it to delivery.allowed_private_networks, \
+             or set delivery.allow_private_targets = true)",
+        ),
+        (
+            format!("http://169.254.169.254:{port}/metadata"),
+            "169.254.169.254 is a cloud metadata address",
+        ),
+    ];
+    let mut hooks = Vec::new();
+    for (url, refusal) in &refused {
+        hooks.push((h.add_hook("item.*", url, None).await, url, refusal));
+    }
+    h.start_daemon().await;
+    h.db.execute("INSERT INTO item VALUES (1, 'a')", &[])
+        .await
+        .unwrap();
+
+    let delivered = receiver
+        .wait_until(std::time::Duration::from_secs(30), |r| !r.is_empty())
+        .await;
+    assert_eq!(
+        delivered
+            .iter()
+            .map(|r| r.path.as_str())
+            .collect::<Vec<_>>(),
+        ["/allowed"],
+        "daemon log:\n{}",
+        h.daemon_log()
+    );
+    let usage = h.wait_usage(allowed, |u| u.total_calls >= 1).await;
+    assert_eq!(usage.total_errors, 0, "{usage:?}");
+    for (id, url, refusal) in &hooks {
+        let usage = h
+            .wait_usage(*id, |u| u.total_errors >= 2 && u.last_error.is_some())
+            .await;
+        let last_error = usage.last_error.as_deref().unwrap();
+        assert!(
+            last_error.contains("refused") && last_error.contains(*refusal),
+            "webhook {id} ({url}): last_error {last_error:?}, expected a refusal naming {refusal:?}"
+        );
+        assert_eq!(usage.total_calls, usage.total_errors, "{url}: {usage:?}");
+    }
+    h.wait_caught_up("the refused changes settled").await;
+    assert_eq!(
+        receiver.requests().len(),
+        1,
+        "only the allowed hook is reached"
     );
     assert!(h.stop_daemon().success());
 }

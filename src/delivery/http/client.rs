@@ -42,6 +42,7 @@ use tokio::time::Instant;
 
 use super::origins::{Admission, Origins};
 use super::resolver::PolicyResolver;
+use super::target_policy::AddressPolicy;
 use super::tls;
 use crate::config::{DeliveryConfig, HttpVersion};
 
@@ -350,7 +351,7 @@ pub fn http_client(config: &DeliveryConfig) -> anyhow::Result<HttpClient> {
         config.http_version.name()
     );
     let mut tcp = HttpConnector::new_with_resolver(PolicyResolver::new(
-        config.allow_private_targets,
+        AddressPolicy::new(config),
         config.connect_timeout,
     ));
     // https URLs are handed on to the TLS layer below.

@@ -30,7 +30,7 @@ use std::time::Duration;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use hyper_util::client::legacy::connect::dns::Name;
 
-use super::target_policy::is_public;
+use super::target_policy::AddressPolicy;
 
 /// One lookup's answer, shareable between the connections waiting for it.
 /// `io::Error` is not `Clone`: its kind and text are shared instead.
@@ -50,7 +50,7 @@ fn system_resolve(name: String) -> BoxFuture<'static, io::Result<Vec<SocketAddr>
 /// resolves to a private address, or re-resolves to one later, is refused).
 #[derive(Clone)]
 pub(in crate::delivery) struct PolicyResolver {
-    allow_private: bool,
+    policy: AddressPolicy,
     /// The longest one lookup may take.
     limit: Duration,
     resolve: Resolve,
@@ -59,9 +59,9 @@ pub(in crate::delivery) struct PolicyResolver {
 }
 
 impl PolicyResolver {
-    pub(in crate::delivery) fn new(allow_private: bool, limit: Duration) -> PolicyResolver {
+    pub(in crate::delivery) fn new(policy: AddressPolicy, limit: Duration) -> PolicyResolver {
         PolicyResolver {
-            allow_private,
+            policy,
             limit,
             resolve: system_resolve,
             lookups: Arc::default(),
@@ -132,17 +132,25 @@ impl tower_service::Service<Name> for PolicyResolver {
             let host = name.as_str();
             let answer = resolver.lookup(host).await;
             let addrs = answer.map_err(|(kind, text)| io::Error::new(kind, text.to_string()))?;
-            let allowed: Vec<SocketAddr> = addrs
-                .iter()
-                .copied()
-                .filter(|a| resolver.allow_private || is_public(&a.ip()))
-                .collect();
-            if allowed.is_empty() && !addrs.is_empty() {
-                let list: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+            let mut allowed = Vec::new();
+            let mut refusals = Vec::new();
+            for addr in addrs.iter() {
+                match resolver.policy.refusal(addr.ip()) {
+                    None => allowed.push(*addr),
+                    Some(refusal) => {
+                        let text = refusal.to_string();
+                        if !refusals.contains(&text) {
+                            refusals.push(text);
+                        }
+                    }
+                }
+            }
+            // Refused addresses are left out; only a name with nothing
+            // left is an error, which says why each address was refused.
+            if allowed.is_empty() && !refusals.is_empty() {
                 return Err(io::Error::other(format!(
-                    "refused: {host} resolves only to non-public addresses ({}); set \
-                     delivery.allow_private_targets = true to allow them",
-                    list.join(", ")
+                    "refused: {host} resolves only to non-public addresses: {}",
+                    refusals.join("; and ")
                 )));
             }
             Ok(allowed.into_iter())
@@ -153,12 +161,22 @@ impl tower_service::Service<Name> for PolicyResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DeliveryConfig;
+    use std::net::IpAddr;
     use std::str::FromStr;
     use tower_service::Service;
 
+    /// The policy of `delivery.allow_private_targets = true`.
+    fn open() -> AddressPolicy {
+        AddressPolicy::new(&DeliveryConfig {
+            allow_private_targets: true,
+            ..DeliveryConfig::default()
+        })
+    }
+
     #[tokio::test]
     async fn overlapping_lookups_of_one_name_share_one() {
-        let resolver = PolicyResolver::new(true, Duration::from_secs(10));
+        let resolver = PolicyResolver::new(open(), Duration::from_secs(10));
         let first = resolver.lookup("localhost");
         let second = resolver.lookup("localhost");
         assert!(first.ptr_eq(&second));
@@ -173,7 +191,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lookup_nobody_waits_for_any_more_is_not_kept() {
-        let resolver = PolicyResolver::new(true, Duration::from_secs(10));
+        let resolver = PolicyResolver::new(open(), Duration::from_secs(10));
         // Every connection that wanted it gave up at once.
         drop(resolver.lookup("localhost"));
         let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -188,7 +206,7 @@ mod tests {
 
     #[tokio::test]
     async fn many_connections_at_once_get_the_same_answer() {
-        let resolver = PolicyResolver::new(true, Duration::from_secs(10));
+        let resolver = PolicyResolver::new(open(), Duration::from_secs(10));
         let calls = (0..100).map(|_| {
             let mut r = resolver.clone();
             r.call(Name::from_str("localhost").expect("a valid name"))
@@ -203,7 +221,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lookup_that_never_answers_fails_at_its_limit_and_is_not_kept() {
-        let mut resolver = PolicyResolver::new(true, Duration::from_millis(50));
+        let mut resolver = PolicyResolver::new(open(), Duration::from_millis(50));
         resolver.resolve = |_| std::future::pending().boxed();
         let started = tokio::time::Instant::now();
         let error = resolver
@@ -228,7 +246,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_policy_applies_to_the_shared_answer() {
-        let mut resolver = PolicyResolver::new(false, Duration::from_secs(10));
+        let mut resolver = PolicyResolver::new(AddressPolicy::default(), Duration::from_secs(10));
         let error = resolver
             .call(Name::from_str("localhost").expect("a valid name"))
             .await
@@ -237,5 +255,91 @@ mod tests {
             error.to_string().contains("resolves only to non-public"),
             "{error}"
         );
+    }
+
+    /// A stand-in resolver: every name is the metadata address, spelled
+    /// in IPv4 and as IPv4-mapped IPv6.
+    fn metadata_resolve(_: String) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>> {
+        let v4 = IpAddr::from([169, 254, 169, 254]);
+        let mapped = IpAddr::V6(std::net::Ipv6Addr::from([
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 169, 254, 169, 254,
+        ]));
+        std::future::ready(Ok(vec![SocketAddr::new(v4, 0), SocketAddr::new(mapped, 0)])).boxed()
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_to_a_metadata_address_is_refused_under_the_blanket_switch() {
+        for policy in [
+            open(),
+            AddressPolicy::new(&DeliveryConfig {
+                allow_private_targets: true,
+                allowed_private_networks: vec!["169.254.0.0/16".parse().expect("a network")],
+                ..DeliveryConfig::default()
+            }),
+        ] {
+            let mut resolver = PolicyResolver::new(policy, Duration::from_secs(10));
+            resolver.resolve = metadata_resolve;
+            let error = resolver
+                .call(Name::from_str("metadata.google.internal").expect("a valid name"))
+                .await
+                .expect_err("the metadata address is refused");
+            let text = error.to_string();
+            assert!(
+                text.starts_with("refused: metadata.google.internal resolves only to"),
+                "{text}"
+            );
+            assert!(
+                text.contains("169.254.169.254 is a cloud metadata address"),
+                "{text}"
+            );
+            assert!(
+                text.contains(
+                    "add exactly \"169.254.169.254/32\" to \
+                     delivery.allowed_private_networks"
+                ),
+                "{text}"
+            );
+            assert!(text.contains("spelled ::ffff:169.254.169.254"), "{text}");
+        }
+        // Named exactly, it is allowed, in both spellings.
+        let mut resolver = PolicyResolver::new(
+            AddressPolicy::new(&DeliveryConfig {
+                allowed_private_networks: vec!["169.254.169.254/32".parse().expect("a network")],
+                ..DeliveryConfig::default()
+            }),
+            Duration::from_secs(10),
+        );
+        resolver.resolve = metadata_resolve;
+        let addrs: Vec<SocketAddr> = resolver
+            .call(Name::from_str("metadata.google.internal").expect("a valid name"))
+            .await
+            .expect("allowed by its exact entry")
+            .collect();
+        assert_eq!(addrs.len(), 2, "{addrs:?}");
+    }
+
+    #[tokio::test]
+    async fn an_allowed_network_lets_only_its_own_addresses_through() {
+        let mut resolver = PolicyResolver::new(
+            AddressPolicy::new(&DeliveryConfig {
+                allowed_private_networks: vec!["127.0.0.1/32".parse().expect("a network")],
+                ..DeliveryConfig::default()
+            }),
+            Duration::from_secs(10),
+        );
+        resolver.resolve = |_| {
+            std::future::ready(Ok(vec![
+                SocketAddr::from(([127, 0, 0, 2], 0)),
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                SocketAddr::from(([10, 0, 0, 1], 0)),
+            ]))
+            .boxed()
+        };
+        let addrs: Vec<SocketAddr> = resolver
+            .call(Name::from_str("db.internal").expect("a valid name"))
+            .await
+            .expect("127.0.0.1 is allowed")
+            .collect();
+        assert_eq!(addrs, vec![SocketAddr::from(([127, 0, 0, 1], 0))]);
     }
 }
