@@ -112,6 +112,15 @@ pub enum Command {
     /// the live stream; the running daemon does the work. `backfill list`
     /// and `backfill cancel ID` manage them.
     Backfill(BackfillArgs),
+    /// The configuration: `show` prints the effective one, `check FILE`
+    /// validates a file without connecting to PostgreSQL.
+    #[command(after_help = "Examples:\n  \
+        walhook -c /etc/walhook/crm.toml config show\n  \
+        walhook config check crm.toml")]
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// A self-contained demonstration with a throwaway PostgreSQL.
     Demo,
     /// Write the man pages and shell completions under DIR (the Debian
@@ -203,6 +212,23 @@ pub enum WebhookCommand {
         /// Also delete the hook's webhook_usage row and its parked events.
         #[arg(long)]
         purge: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration as TOML: the file's values and
+    /// every default, each with where it came from (`# file`, `# default`),
+    /// how the connections resolve with the PG* variables, and passwords
+    /// as `***`.
+    Show,
+    /// Validate a config file (default: -c, else /etc/walhook/walhook.toml)
+    /// without touching the database: every key and its range, the
+    /// connection strings, who may read the password and TLS key files.
+    /// Exits 2 when the file is invalid, 3 when a check fails.
+    Check {
+        /// The file to check.
+        file: Option<PathBuf>,
     },
 }
 

@@ -46,6 +46,14 @@ fn main() -> ExitCode {
     if let Command::PackageFiles { dir } = &cli.command {
         return ExitCode::from(write_package_files(dir));
     }
+    // Reads the file itself: it reports an invalid one, and says where
+    // each value came from.
+    if let Command::Config { command } = &cli.command {
+        return ExitCode::from(walhook::admin::config(
+            config_path(&cli).as_deref(),
+            command,
+        ));
+    }
     let mut config = match load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -94,6 +102,14 @@ fn main() -> ExitCode {
     // the exit up.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     ExitCode::from(code)
+}
+
+/// The config file a command reads: -c, else the default when it exists.
+fn config_path(cli: &Cli) -> Option<std::path::PathBuf> {
+    cli.config.clone().or_else(|| {
+        let default = std::path::Path::new(DEFAULT_CONFIG);
+        default.exists().then(|| default.to_owned())
+    })
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
@@ -179,6 +195,8 @@ async fn dispatch(command: Command, config: Config, reloader: Reloader) -> u8 {
         Command::Check => return admin::check(&config).await,
         Command::Demo => (demo::run().await.map(|()| exit::OK), true),
         Command::PackageFiles { dir } => return write_package_files(&dir),
+        // Handled in main, before the config is loaded.
+        Command::Config { .. } => return exit::FAILURE,
         Command::Status { json } => (admin::status(&config, json).await, false),
         Command::Webhook { command } => (admin::webhook(&config, command).await, false),
         Command::Backfill(args) => (admin::backfill(&config, args).await, false),

@@ -166,6 +166,15 @@ concurrency_per_webhook = {concurrency}
         self.db.text("SELECT pg_current_wal_lsn()").await
     }
 
+    /// Bytes of WAL written since `lsn`.
+    pub async fn wal_since(&mut self, lsn: &str) -> anyhow::Result<f64> {
+        self.db
+            .float(&format!(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{lsn}')::float8"
+            ))
+            .await
+    }
+
     pub async fn slot_at(&mut self, slot: &str, lsn: &str) -> bool {
         self.db
             .is_true(&format!(

@@ -1,6 +1,6 @@
 //! The DBA's commands: `status`, `webhook list|add|set-state|test|remove`,
-//! `replay`, `parked list|show|redeliver|discard`, `backfill` and
-//! `teardown`.
+//! `replay`, `parked list|show|redeliver|discard`, `backfill`,
+//! `teardown` and `config show|check`.
 //!
 //! Each opens one ordinary SQL session through the [`Store`], prints for a
 //! person (aligned columns) or, where asked, one JSON document for scripts,
@@ -8,6 +8,7 @@
 //! webhook_id, the file, the URL, the slot.
 
 mod backfill;
+mod config;
 mod parked;
 mod render;
 mod replay;
@@ -17,6 +18,7 @@ mod teardown;
 mod webhook;
 
 pub use self::backfill::backfill;
+pub use self::config::config;
 pub use self::parked::parked;
 pub use self::replay::replay;
 pub use self::setup::{check, setup};

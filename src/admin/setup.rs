@@ -132,7 +132,7 @@ pub async fn check(config: &Config) -> u8 {
 }
 
 /// Print a line of `walhook check`; true when it reports a problem.
-fn print_line(line: &setup::CheckLine) -> bool {
+pub(super) fn print_line(line: &setup::CheckLine) -> bool {
     let tag = match line.level {
         setup::CheckLevel::Ok => "OK  ",
         setup::CheckLevel::Next => "NEXT",

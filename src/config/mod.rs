@@ -9,16 +9,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod connection;
 pub mod secret_file;
+pub mod show;
 mod validate;
 
 pub use self::connection::{Connection, Purpose, SslMode};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub postgres: PostgresConfig,
@@ -63,14 +64,14 @@ impl Config {
 }
 
 /// The optional Prometheus metrics and health listener.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// A loopback address such as "127.0.0.1:9187"; unset: no listener.
     pub listen: Option<std::net::SocketAddr>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PostgresConfig {
     /// libpq-style URL or key=value connection string; empty: the PG*
@@ -90,23 +91,27 @@ pub struct PostgresConfig {
     pub failover_slot: bool,
     pub publication: String,
     pub application_name: String,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub statement_timeout: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub lock_timeout: Duration,
     /// How often the confirmed position is sent to the server, whatever the
     /// pipeline is doing.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub status_interval: Duration,
     /// How long a connection to the server may stay silent while walhook
     /// waits on it (replication stream, or a statement's answer beyond
     /// `statement_timeout`) before it is presumed lost and reopened; also
     /// sets the sockets' keepalives and TCP_USER_TIMEOUT.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub receive_timeout: Duration,
     /// How long opening a connection (TCP, TLS, authentication) may take.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub connect_timeout: Duration,
+    /// The shortest time between two writes of the settled position (with
+    /// the statistics) to `slot_progress`: the host's WAL pays for each.
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
+    pub progress_interval: Duration,
 }
 
 impl Default for PostgresConfig {
@@ -126,12 +131,13 @@ impl Default for PostgresConfig {
             status_interval: Duration::from_secs(1),
             receive_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            progress_interval: Duration::from_millis(50),
         }
     }
 }
 
 /// Which host tables `setup` publishes.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CaptureConfig {
     /// `schema.table` patterns; `*` matches any run of characters.
@@ -144,7 +150,7 @@ pub struct CaptureConfig {
     /// (as `setup` would), checking every `auto_add_interval`. Needs a run
     /// role that owns the tables; off by default.
     pub auto_add_tables: bool,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub auto_add_interval: Duration,
 }
 
@@ -160,7 +166,7 @@ impl Default for CaptureConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EventsConfig {
     pub context_identifier: String,
@@ -184,7 +190,7 @@ impl Default for EventsConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TableConfig {
     /// The entity name events use instead of the table's name.
@@ -194,7 +200,7 @@ pub struct TableConfig {
 }
 
 /// How events of one hook are ordered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryOrder {
     /// Events of one row keep commit order; rows go concurrently.
@@ -299,7 +305,7 @@ impl<'de> Deserialize<'de> for Concurrency {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
     pub max_consecutive_errors: u32,
@@ -308,14 +314,14 @@ pub struct DeliveryConfig {
     /// Non-public networks targets may be in while `allow_private_targets`
     /// is false. Cloud metadata addresses are allowed only by an entry
     /// naming the address alone (/32 or /128), never by a wider one.
-    #[serde(deserialize_with = "networks")]
+    #[serde(deserialize_with = "networks", serialize_with = "show_networks")]
     pub allowed_private_networks: Vec<ipnet::IpNet>,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub connect_timeout: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub timeout: Duration,
     /// Longest wait between two attempts of one event.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub max_backoff: Duration,
     pub ordering: DeliveryOrder,
     /// Requests one hook may have in flight at once (rows spread over
@@ -329,17 +335,17 @@ pub struct DeliveryConfig {
     /// Bytes of request bodies in flight before walhook stops reading WAL.
     pub max_in_flight_bytes: u64,
     /// How long SIGTERM waits for in-flight deliveries.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub shutdown_timeout: Duration,
     /// Events one hook may have queued before its new events are parked.
     pub backlog_limit: usize,
     /// How long a hook may go without delivering anything while it has
     /// queued events before its new events are parked.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub backlog_max_age: Duration,
     /// Parked events older than this are dropped (counted and logged);
     /// "0s" keeps them until delivered or discarded.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub parked_retention: Duration,
     /// Parked events one hook may have in `delivery`: a hook that reaches
     /// it is set to Stopped, so a dead target never fills the database.
@@ -402,14 +408,14 @@ impl Default for DeliveryConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// A tracing filter such as `info` or `walhook=debug`; RUST_LOG wins.
@@ -427,7 +433,7 @@ impl Default for LogConfig {
 }
 
 /// `walhook backfill`: how the daemon reads existing rows.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackfillConfig {
     /// Rows per chunk (one SELECT between two watermarks), 1..=MAX_CHUNK_ROWS;
@@ -436,7 +442,7 @@ pub struct BackfillConfig {
     /// The most rows a second all backfills together read; 0: no limit.
     pub max_rows_per_second: u64,
     /// statement_timeout of one chunk's SELECT.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub statement_timeout: Duration,
 }
 
@@ -471,6 +477,31 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
             "invalid duration {text:?} ({e}); write it like \"5s\" or \"250ms\""
         ))
     })
+}
+
+/// A duration as the file writes it ("30s", "1m 30s"), for `config show`.
+fn show_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+/// The networks as the file writes them.
+fn show_networks<S: Serializer>(networks: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(networks.iter().map(|n| n.to_string()))
+}
+
+impl Serialize for HttpVersion {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl Serialize for Concurrency {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Concurrency::Adaptive => s.serialize_str("adaptive"),
+            Concurrency::Fixed(n) => s.serialize_u64(*n as u64),
+        }
+    }
 }
 
 /// `delivery.allowed_private_networks`: each entry a network in CIDR

@@ -139,6 +139,12 @@ impl Config {
                 secs(60),
             ),
             (
+                "postgres.progress_interval",
+                p.progress_interval,
+                ms(0),
+                secs(10),
+            ),
+            (
                 "capture.auto_add_interval",
                 self.capture.auto_add_interval,
                 secs(1),

@@ -319,6 +319,7 @@ impl Session {
                     recorded,
                     usage: usage.clone(),
                     recorded_to,
+                    min_interval: config.postgres.progress_interval,
                 }
                 .run(position),
             );

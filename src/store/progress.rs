@@ -5,7 +5,8 @@
 //! of walhook or a crash of PostgreSQL it is behind what walhook had
 //! settled, and everything in between would be sent again. walhook
 //! therefore records the position it may confirm in its own table as soon
-//! as it advances, and resumes from the later of the two.
+//! as it advances (at most once per `postgres.progress_interval`, since
+//! each write is WAL on the host), and resumes from the later of the two.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -198,6 +199,11 @@ pub struct ProgressWriter {
     pub usage: UsageBook,
     /// Told each position once it is recorded.
     pub recorded_to: watch::Sender<Lsn>,
+    /// The shortest time between two writes (`postgres.progress_interval`):
+    /// each write costs the host a few hundred bytes of WAL, so a busy
+    /// stream gets one write per interval, not one per transaction, while
+    /// a quiet one still has each transaction recorded at once.
+    pub min_interval: Duration,
 }
 
 impl ProgressWriter {
@@ -220,6 +226,26 @@ impl ProgressWriter {
                     self.recorded = lsn;
                     self.recorded_to.send_replace(lsn);
                     pause = Duration::from_millis(100);
+                    // Positions that come meanwhile wait for the next
+                    // write; a closed channel ends the writer at once (the
+                    // session records the last position itself).
+                    let next_write = tokio::time::sleep(self.min_interval);
+                    tokio::pin!(next_write);
+                    let mut pending = false;
+                    loop {
+                        tokio::select! {
+                            _ = &mut next_write => break,
+                            changed = settled.changed() => {
+                                if changed.is_err() {
+                                    return self.recorded;
+                                }
+                                pending = true;
+                            }
+                        }
+                    }
+                    if pending {
+                        settled.mark_changed();
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(

@@ -175,6 +175,25 @@ fn duplicates_per_kill(requests: &[ReceivedRequest], kills: &[(usize, u64)]) -> 
     per_kill
 }
 
+/// The default `postgres.progress_interval` plus room for the position
+/// write itself on a loaded machine: a change answered longer than this
+/// before a kill is behind the recorded position, and never sent again.
+const RECORDED_WITHIN: Duration = Duration::from_millis(50 + 250);
+
+/// Per kill, how many requests had been answered within
+/// [`RECORDED_WITHIN`] before it: those may rightly come again.
+fn answered_just_before(requests: &[ReceivedRequest], kill_times: &[Instant]) -> Vec<usize> {
+    kill_times
+        .iter()
+        .map(|&killed| {
+            requests
+                .iter()
+                .filter(|r| r.at <= killed && killed.duration_since(r.at) <= RECORDED_WITHIN)
+                .count()
+        })
+        .collect()
+}
+
 /// The commit position of the request's change.
 fn lsn_of(r: &ReceivedRequest) -> u64 {
     parse_lsn(r.json()["Lsn"].as_str().unwrap())
@@ -192,6 +211,21 @@ async fn ten_kills_during_a_sustained_workload_lose_nothing() {
     // kill is rightly sent again; the benchmark's crash section measures
     // the default settings.
     let mut h = Harness::start(ITEMS, "concurrency_per_webhook = 8").await;
+    // Every settled position written at once: what this test bounds is
+    // what was in flight. Kills this close together (about one a second,
+    // each during the catch-up of the last) resend, with the default
+    // interval, also up to 50 ms of the catch-up's fast deliveries; the
+    // steady test below checks that interval.
+    let config = std::fs::read_to_string(&h.config_path).unwrap();
+    std::fs::write(
+        &h.config_path,
+        config.replacen(
+            "[postgres]\n",
+            "[postgres]\nprogress_interval = \"0s\"\n",
+            1,
+        ),
+    )
+    .unwrap();
     let receiver = Receiver::start().await.unwrap();
     h.add_hook("item.*", &receiver.url("/k"), None).await;
     h.start_daemon().await;
@@ -264,7 +298,8 @@ async fn kills_in_a_steady_single_row_workload_resend_only_what_was_in_flight() 
     // known: with more allowed, an answer that comes late (a busy machine
     // delays the receiver) lets the next changes go out beside it, and
     // all of those are rightly sent again. What this test checks is that
-    // the position is recorded as fast as changes settle.
+    // the position is recorded within postgres.progress_interval (the
+    // default, 50 ms) of the changes settling.
     let mut h = Harness::start(ITEMS, "concurrency_per_webhook = 1").await;
     let receiver = Receiver::start().await.unwrap();
     h.add_hook("item.*", &receiver.url("/steady"), None).await;
@@ -295,6 +330,7 @@ async fn kills_in_a_steady_single_row_workload_resend_only_what_was_in_flight() 
     };
     let mut state: u64 = 0x51_7cc1_b727;
     let mut kills = Vec::new();
+    let mut kill_times = Vec::new();
     for _ in 0..10 {
         // Steady state first: every change committed so far has arrived
         // (the backlog of the restart is gone), then a varying number more.
@@ -318,6 +354,7 @@ async fn kills_in_a_steady_single_row_workload_resend_only_what_was_in_flight() 
         receiver
             .wait_until(WAIT, |r| r.len() >= caught_up.len() + gap)
             .await;
+        let killed_at = Instant::now();
         h.kill_daemon();
         let recorded = h
             .stored_progress()
@@ -325,6 +362,7 @@ async fn kills_in_a_steady_single_row_workload_resend_only_what_was_in_flight() 
             .expect("walhook recorded a position before the kill");
         h.start_daemon().await;
         kills.push((receiver.requests().len(), recorded));
+        kill_times.push(killed_at);
     }
     stop.store(true, Ordering::SeqCst);
     writer.await.unwrap();
@@ -351,13 +389,19 @@ async fn kills_in_a_steady_single_row_workload_resend_only_what_was_in_flight() 
         duplicates as f64 / 10.0
     );
     // One request is in flight (the one whose arrival the kill waited
-    // for), and the position is recorded within a write's round trip: at
-    // most two changes come twice per kill.
+    // for), and the position is recorded within the interval of a change
+    // being answered, plus the write's own round trip: what was answered
+    // longer ago than that is never sent again. A loaded machine slows the
+    // write, not the rule: the window is measured, not the count.
     let per_kill = duplicates_per_kill(&got, &kills);
+    let answered_within = answered_just_before(&got, &kill_times);
     assert!(
-        per_kill.iter().all(|&d| d <= 2),
-        "{duplicates} of {n} changes sent twice over 10 kills, per kill {per_kill:?}; \
-         daemon log:\n{}",
+        per_kill
+            .iter()
+            .zip(&answered_within)
+            .all(|(&d, &recent)| d <= 2 + recent),
+        "{duplicates} of {n} changes sent twice over 10 kills, per kill {per_kill:?}, \
+         answered within {RECORDED_WITHIN:?} of each kill {answered_within:?}; daemon log:\n{}",
         h.daemon_log()
     );
     assert!(h.stop_daemon().success());

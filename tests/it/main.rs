@@ -7,6 +7,7 @@ mod common;
 
 mod admin;
 mod backfill;
+mod config_commands;
 mod crash;
 mod delivery;
 mod errors;
