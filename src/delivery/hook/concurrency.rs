@@ -35,9 +35,7 @@
 //! and usual round trips then become what those windows saw and slow
 //! start begins again from the limit as it is, as it would for a fresh
 //! hook; waiting for a probe, and then growing by one per round trip,
-//! held such a hook at a fifth of a fresh hook's rate for seconds. A
-//! probe that finds the unloaded round trip that far above the one before
-//! starts slow start again too.
+//! held such a hook at a fifth of a fresh hook's rate for seconds.
 //!
 //! [`ConcurrencyLimit::restart`] starts a limit afresh, for a hook whose
 //! target changed: answers to requests sent before it say nothing of the
@@ -475,21 +473,14 @@ impl Adaptive {
     }
 
     /// A probe ended at `now`, having timed `unloaded` (None: no answer it
-    /// could time); the next is due an interval later, or, when the target
-    /// turned out far slower than before, once the slow start this begins
-    /// again ends.
+    /// could time); the next is due an interval later. (A probe cannot
+    /// find the target far slower than the windows before it did: their
+    /// fastest answers would have said so first.)
     fn end_probe(&mut self, now: Instant, unloaded: Option<Duration>) {
-        self.probe = Probe::next_after(now);
-        if let Some(measured) = unloaded {
-            if self
-                .unloaded
-                .is_some_and(|before| far_above(measured, before))
-            {
-                self.slow_start_again(measured);
-                self.probe = Probe::Due(None);
-            }
-            self.unloaded = Some(measured);
+        if unloaded.is_some() {
+            self.unloaded = unloaded;
         }
+        self.probe = Probe::next_after(now);
     }
 
     /// The limit after a window outside a probe.
