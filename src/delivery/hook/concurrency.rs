@@ -356,8 +356,12 @@ impl Adaptive {
             if self.stale_streak >= STALE_WINDOWS {
                 self.stale_streak = 0;
                 self.queueing_streak = 0;
+                // Grow as a fresh hook does, from the limit as it is; the
+                // old usual round trip would take the new latency for a
+                // rise.
                 self.unloaded = Some(fastest);
-                self.slow_start_again(mean);
+                self.baseline = Some(mean);
+                self.slow_start = true;
                 // As a fresh hook's: measured 10 s after slow start.
                 self.probe = Probe::Due(None);
             }
@@ -461,15 +465,6 @@ impl Adaptive {
         self.samples = 0;
         self.cut = false;
         self.held_back = false;
-    }
-
-    /// The target's latency is no longer the one the limit was set
-    /// against: grow as a fresh hook does, from the limit as it is, with
-    /// `usual` as the usual round trip (the old one would take the new
-    /// latency for a rise).
-    fn slow_start_again(&mut self, usual: Duration) {
-        self.slow_start = true;
-        self.baseline = Some(usual);
     }
 
     /// A probe ended at `now`, having timed `unloaded` (None: no answer it
