@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use nix::sys::signal::Signal;
 
 use crate::nginx::Cert;
-use crate::process::{self, http_get, log_file, nap, tail, Deadline};
+use crate::process::{self, http_get, http_request, log_file, nap, tail, Deadline};
 
 pub struct Sink {
     child: Child,
@@ -130,6 +130,47 @@ impl Sink {
             );
         }
         Ok(stats)
+    }
+
+    /// Its answers wait `ms` from now on (`PUT /delay`): a target that
+    /// slows down while walhook sends.
+    pub async fn set_delay(&self, ms: u64) -> anyhow::Result<()> {
+        let body = ms.to_string();
+        match &self.ca {
+            None => {
+                http_request(
+                    self.port,
+                    &format!(
+                        "PUT /delay HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    ),
+                )
+                .await?;
+            }
+            Some(ca) => {
+                let status = tokio::process::Command::new("curl")
+                    .args([
+                        "-sf",
+                        "--max-time",
+                        "5",
+                        "-X",
+                        "PUT",
+                        "--data",
+                        &body,
+                        "--cacert",
+                    ])
+                    .arg(ca)
+                    .arg(format!("{}/delay", self.base()))
+                    .stdout(Stdio::null())
+                    .status()
+                    .await
+                    .context("running curl to set the sink's delay over https")?;
+                if !status.success() {
+                    bail!("curl -X PUT {}/delay failed ({status})", self.base());
+                }
+            }
+        }
+        Ok(())
     }
 
     pub async fn stat(&self, key: &str) -> anyhow::Result<u64> {

@@ -609,6 +609,49 @@ async fn a_changed_url_applies_from_the_next_attempt_with_the_same_event_id() {
     assert_eq!(broken.bodies(), fixed.bodies(), "same body");
 }
 
+/// A hook moved from a target on loopback to one 50 ms away (another
+/// origin) starts its concurrency limit afresh: the distant target gets
+/// hundreds of requests at once, as a new hook's does, not the few the
+/// fast one was held to.
+#[tokio::test]
+async fn a_hook_moved_to_a_distant_target_gets_a_new_hooks_concurrency() {
+    let (fast, fast_url) = Target::start(200).await;
+    let (distant, distant_url) = Target::start(200).await;
+    distant.delay_ms.store(50, Ordering::Release);
+    let store = Arc::new(MemoryStore::default());
+    let mut dispatcher = Dispatcher::new(context(store, |c| {
+        c.concurrency_per_webhook = Concurrency::Adaptive;
+    }));
+    let mut checkpoint = Checkpoint::new(Lsn(1));
+    let keys: Vec<String> = (0..500).map(|i| format!("row{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let before = hook(&fast_url, WebhookState::Active);
+    dispatch_committed(&mut dispatcher, &mut checkpoint, &before, &keys).await;
+    wait_for("the fast target's deliveries", || {
+        checkpoint.confirmable() == Lsn(200)
+    })
+    .await;
+    assert_eq!(fast.bodies().len(), 500);
+
+    let moved = hook(&distant_url, WebhookState::Active);
+    dispatcher.hook_changed(&moved, true).await;
+    assert_eq!(dispatcher.ensure_queue(&moved).concurrency_limit(), 8);
+    let keys: Vec<String> = (0..2_000).map(|i| format!("moved{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let (jobs, txn) = jobs(&mut checkpoint, &moved, &keys);
+    checkpoint.commit(txn, Lsn(300));
+    for job in jobs {
+        dispatcher.take(job).await.unwrap();
+    }
+    wait_for("the distant target's deliveries", || {
+        checkpoint.confirmable() == Lsn(300)
+    })
+    .await;
+    assert_eq!(distant.bodies().len(), 2_000);
+    let most = distant.most_at_once.load(Ordering::Acquire);
+    assert!(most > 100, "at most {most} requests at once");
+}
+
 #[tokio::test]
 async fn a_burst_of_parked_events_is_written_in_few_batches_in_order_and_settled_after() {
     let (target, url) = Target::start(200).await;

@@ -1,7 +1,9 @@
 //! walhook-sink: a webhook target for walhook-perf's sections.
 //!
-//! It answers every request with 200, optionally after a fixed delay (a slow
-//! target), counts what it answered, and can log one line per delivery:
+//! It answers every request with 200, optionally after a delay (a slow
+//! target; `PUT /delay` with a number of milliseconds as the body changes
+//! it, for a target that slows down while walhook sends), counts what it
+//! answered, and can log one line per delivery:
 //! `arrival_unix_micros event_id [field ...]`, where each field is a value of
 //! the body's `FieldValues` named with `--field`. `GET /stats` gives the
 //! counters as `name value` lines, for the harness to poll, with the times
@@ -77,7 +79,8 @@ fn field_name(name: &str) -> Result<String, String> {
 
 /// What every request handler shares.
 struct Sink {
-    delay: Duration,
+    /// Milliseconds each answer waits.
+    delay_ms: AtomicU64,
     log: Option<Mutex<File>>,
     fields: Vec<String>,
     /// Deliveries answered 200 (and logged, with --log).
@@ -121,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
         _ => None,
     };
     let sink = Arc::new(Sink {
-        delay: Duration::from_millis(args.delay_ms),
+        delay_ms: AtomicU64::new(args.delay_ms),
         log,
         fields: args.fields,
         requests: AtomicU64::new(0),
@@ -168,6 +171,23 @@ async fn receive(
     if uri.path() == "/stats" && method == Method::GET {
         return sink.stats().into_response();
     }
+    if uri.path() == "/delay" && method == Method::PUT {
+        return match std::str::from_utf8(&body)
+            .ok()
+            .and_then(|b| b.trim().parse::<u64>().ok())
+            .filter(|ms| *ms <= 60_000)
+        {
+            Some(ms) => {
+                sink.delay_ms.store(ms, Ordering::Relaxed);
+                (StatusCode::OK, format!("delay {ms} ms\n")).into_response()
+            }
+            None => (
+                StatusCode::BAD_REQUEST,
+                "walhook-sink: PUT /delay takes milliseconds (0 to 60000)\n",
+            )
+                .into_response(),
+        };
+    }
     let arrival = unix_micros();
     let line = match sink.log_line(arrival, &headers, &body) {
         Ok(line) => line,
@@ -183,8 +203,9 @@ async fn receive(
         Ordering::Relaxed,
     );
     sink.in_flight.fetch_add(1, Ordering::Relaxed);
-    if !sink.delay.is_zero() {
-        tokio::time::sleep(sink.delay).await;
+    let delay = sink.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     sink.in_flight.fetch_sub(1, Ordering::Relaxed);
     if let Some(log) = &sink.log {
@@ -336,7 +357,7 @@ mod tests {
 
     fn sink(fields: &[&str]) -> Sink {
         Sink {
-            delay: Duration::ZERO,
+            delay_ms: AtomicU64::new(0),
             log: None,
             fields: fields.iter().map(|f| f.to_string()).collect(),
             requests: AtomicU64::new(0),

@@ -25,6 +25,22 @@
 //! target's own latency, and an unloaded time from before the target got
 //! slower for good would hold its load down.
 //!
+//! Queueing is told from a target that got slower for good by how far
+//! the fastest answer of a window is from the unloaded round trip. The
+//! rules above never let queueing grow past SLOW_START_QUEUE_RATIO times
+//! the unloaded round trip for long, so two windows in a row in which
+//! even the fastest answer took more than that, and 10 ms more, had no
+//! request that waited in no queue at the old latency: the target itself
+//! got slower (a target at 0.3 ms now answering in 50 ms). The unloaded
+//! and usual round trips then become what those windows saw and slow
+//! start begins again from the limit as it is, as it would for a fresh
+//! hook; waiting for a probe, and then growing by one per round trip,
+//! held such a hook at a fifth of a fresh hook's rate for seconds.
+//!
+//! [`ConcurrencyLimit::restart`] starts a limit afresh, for a hook whose
+//! target changed: answers to requests sent before it say nothing of the
+//! new target and are not counted.
+//!
 //! Slow start grows per answer, not per window, because a window's decision
 //! waits for an answer that comes after the window: on a distant target
 //! the answers of one round trip arrive together, so a decision per window
@@ -72,6 +88,16 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(10);
 /// unloaded round trip is measured again at once: so many cuts that still
 /// find a long round trip suggest the target got slower for good.
 const QUEUEING_STREAK_PROBE: u32 = 7;
+/// A window's fastest answer more than SLOW_START_QUEUE_RATIO times the
+/// unloaded round trip and this much more is not queueing the rules let
+/// build: its target got slower. The margin is for walhook's own queueing
+/// on a busy machine (up to 8 ms measured on loopback at a steady load).
+const STALE_FLOOR: Duration = Duration::from_millis(10);
+/// Windows in a row whose fastest answer is that slow before the unloaded
+/// round trip is taken as stale: one stall of walhook's process delays
+/// every answer it then reads at once, but those answers land in one
+/// window, and the next window's fresh requests are fast again.
+const STALE_WINDOWS: u32 = 2;
 /// The limit while it is measured: for a distant target, about two round
 /// trips of 4 requests in flight in 10 s, some 1% of its throughput.
 const PROBE_LIMIT: usize = 4;
@@ -143,8 +169,16 @@ struct Adaptive {
     probe: Probe,
     /// Windows in a row judged queueing.
     queueing_streak: u32,
+    /// Windows in a row whose fastest answer was far above the unloaded
+    /// round trip (see STALE_WINDOWS).
+    stale_streak: u32,
+    /// Answers to requests sent before this are not counted: the limit was
+    /// started afresh for a new target then ([`ConcurrencyLimit::restart`]).
+    counts_from: Option<Instant>,
     window_start: Option<Instant>,
     rtt_sum: Duration,
+    /// The fastest answer of this window.
+    rtt_min: Option<Duration>,
     samples: u32,
     /// The limit was already cut in this window: one cut per round trip,
     /// so a burst of failures from one moment does not count many times.
@@ -182,14 +216,32 @@ impl ConcurrencyLimit {
                 unloaded: None,
                 probe: Probe::Due(None),
                 queueing_streak: 0,
+                stale_streak: 0,
+                counts_from: None,
                 window_start: None,
                 rtt_sum: Duration::ZERO,
+                rtt_min: None,
                 samples: 0,
                 cut: false,
                 held_back: false,
                 waiting: 0,
                 window_base: INITIAL.min(ceiling),
             }),
+        }
+    }
+
+    /// Start an adaptive limit afresh at `now`, as a new hook's, for a hook
+    /// whose target changed: what it learned of the old target (its round
+    /// trips, the limit it reached, that it pushed back) says nothing of
+    /// the new one. Answers to requests sent before now are not counted.
+    /// A fixed limit stays.
+    pub fn restart(&mut self, now: Instant) {
+        if let Some(a) = &self.adaptive {
+            let mut fresh = ConcurrencyLimit::adaptive(a.ceiling);
+            if let Some(f) = &mut fresh.adaptive {
+                f.counts_from = Some(now);
+            }
+            *self = fresh;
         }
     }
 
@@ -218,6 +270,14 @@ impl ConcurrencyLimit {
         let Some(a) = &mut self.adaptive else {
             return;
         };
+        if let (Some(from), Signal::Answered(rtt)) = (a.counts_from, signal) {
+            if now.checked_sub(rtt).is_none_or(|sent| sent < from) {
+                // Sent to the old target: its place still goes to a
+                // waiting event.
+                a.waiting = a.waiting.saturating_sub(1);
+                return;
+            }
+        }
         // One decision per round trip: the effect of the last change is
         // seen before the next. The answer that ends a window opens the
         // next one: on a distant target it is the first of a batch that
@@ -238,6 +298,7 @@ impl ConcurrencyLimit {
         match signal {
             Signal::Answered(rtt) => {
                 a.rtt_sum += rtt;
+                a.rtt_min = Some(a.rtt_min.map_or(rtt, |min| min.min(rtt)));
                 a.samples += 1;
                 if let Probe::Running {
                     since,
@@ -282,6 +343,35 @@ impl Adaptive {
     /// End the window at `now`: the new limit.
     fn decide(&mut self, now: Instant, limit: usize) -> usize {
         let mean = (self.samples > 0).then(|| self.rtt_sum / self.samples);
+        // A probe times its own requests; outside one, a window without a
+        // fast answer says the unloaded round trip is stale.
+        let stale = match (self.rtt_min, self.unloaded, self.probe) {
+            (Some(fastest), Some(unloaded), Probe::Due(_)) if far_above(fastest, unloaded) => {
+                Some(fastest)
+            }
+            _ => None,
+        };
+        if let (Some(fastest), Some(mean)) = (stale, mean) {
+            self.stale_streak += 1;
+            if self.stale_streak >= STALE_WINDOWS {
+                self.stale_streak = 0;
+                self.queueing_streak = 0;
+                // Grow as a fresh hook does, from the limit as it is; the
+                // old usual round trip would take the new latency for a
+                // rise.
+                self.unloaded = Some(fastest);
+                self.baseline = Some(mean);
+                self.slow_start = true;
+                // As a fresh hook's: measured 10 s after slow start.
+                self.probe = Probe::Due(None);
+            }
+            // Neither cut nor grown: the round trips were judged against
+            // a stale unloaded one (or a stall, which the next window
+            // tells).
+            self.end_window();
+            return limit.clamp(1, self.ceiling);
+        }
+        self.stale_streak = 0;
         let above_usual = match (mean, self.baseline) {
             (Some(mean), Some(usual)) => {
                 mean > usual.mul_f64(RISE_RATIO) && mean - usual > RISE_FLOOR
@@ -363,16 +453,24 @@ impl Adaptive {
                 Some(usual) => usual.mul_f64(1.0 - BASELINE_WEIGHT) + mean.mul_f64(BASELINE_WEIGHT),
             });
         }
-        self.window_start = None;
-        self.rtt_sum = Duration::ZERO;
-        self.samples = 0;
-        self.cut = false;
-        self.held_back = false;
+        self.end_window();
         next.clamp(1, self.ceiling)
     }
 
+    /// The next window starts afresh.
+    fn end_window(&mut self) {
+        self.window_start = None;
+        self.rtt_sum = Duration::ZERO;
+        self.rtt_min = None;
+        self.samples = 0;
+        self.cut = false;
+        self.held_back = false;
+    }
+
     /// A probe ended at `now`, having timed `unloaded` (None: no answer it
-    /// could time); the next is due an interval later.
+    /// could time); the next is due an interval later. (A probe cannot
+    /// find the target far slower than the windows before it did: their
+    /// fastest answers would have said so first.)
     fn end_probe(&mut self, now: Instant, unloaded: Option<Duration>) {
         if unloaded.is_some() {
             self.unloaded = unloaded;
@@ -393,6 +491,12 @@ impl Adaptive {
             limit
         }
     }
+}
+
+/// Whether `rtt` is farther above `unloaded` than any queueing the rules
+/// let build (see STALE_FLOOR).
+fn far_above(rtt: Duration, unloaded: Duration) -> bool {
+    rtt > unloaded.mul_f64(SLOW_START_QUEUE_RATIO) + STALE_FLOOR
 }
 
 #[cfg(test)]
@@ -749,6 +853,129 @@ mod tests {
             limit.limit(),
             at.duration_since(slower)
         );
+    }
+
+    /// A target `latency` away that serves `per_second` requests a second:
+    /// up to `latency * per_second` in flight it keeps its latency, each
+    /// request beyond them waits its turn.
+    fn distant_paced(latency: Duration, limit: usize, per_second: u32) -> Duration {
+        latency.max(Duration::from_secs(1) * limit as u32 / per_second)
+    }
+
+    /// Busy windows against a target 50 ms away serving 6,000 requests a
+    /// second until `limit` keeps it busy (300 in flight): how many it
+    /// took, then as many more again; the limit then.
+    fn windows_to_keep_busy(limit: &mut ConcurrencyLimit, at: &mut Instant) -> (u32, usize) {
+        let (latency, per_second) = (Duration::from_millis(50), 6_000);
+        let busy = 300;
+        let mut windows = 0;
+        while limit.limit() < busy {
+            assert!(
+                windows < 200,
+                "still at {} after 200 windows",
+                limit.limit()
+            );
+            let rtt = distant_paced(latency, limit.limit(), per_second);
+            busy_windows(limit, at, rtt, 1);
+            windows += 1;
+        }
+        for _ in 0..windows {
+            let rtt = distant_paced(latency, limit.limit(), per_second);
+            busy_windows(limit, at, rtt, 1);
+        }
+        (windows, limit.limit())
+    }
+
+    /// A hook that delivered to a target 0.3 ms away whose target then
+    /// answers in 50 ms for good (a slower upstream, peak hours) gets the
+    /// load a fresh hook gets within a round trip or two of the fresh one,
+    /// instead of being held against the old unloaded round trip.
+    #[test]
+    fn a_target_far_slower_for_good_is_loaded_as_by_a_fresh_hook() {
+        let (fresh_windows, fresh_after) =
+            windows_to_keep_busy(&mut ConcurrencyLimit::adaptive(512), &mut Instant::now());
+        // Seasoned on the fast target: past slow start, queueing judged
+        // against 0.3 ms, a probe or two behind it.
+        let (mut seasoned, mut at) = paced_for(100, 24_000);
+        let start = at;
+        while at.duration_since(start) < PROBE_INTERVAL * 3 / 2 {
+            let rtt = cpu_paced(seasoned.limit(), 24_000);
+            busy_windows(&mut seasoned, &mut at, rtt, 1);
+        }
+        assert!(!seasoned.in_slow_start());
+        let (windows, after) = windows_to_keep_busy(&mut seasoned, &mut at);
+        assert!(
+            windows <= fresh_windows + 2,
+            "{windows} windows to keep the target busy, a fresh hook {fresh_windows}"
+        );
+        assert!(
+            after >= fresh_after * 9 / 10,
+            "{after} in flight after {} windows, a fresh hook {fresh_after}",
+            2 * windows
+        );
+    }
+
+    /// A stall of walhook's own process delays every answer it then reads
+    /// at once: one window of slow answers, then fast ones again. That is
+    /// not a slower target: the unloaded round trip stays.
+    #[test]
+    fn one_stall_is_not_a_slower_target() {
+        let (mut limit, mut at) = paced_for(100, 24_000);
+        let unloaded = |l: &ConcurrencyLimit| l.adaptive.as_ref().and_then(|a| a.unloaded);
+        let before = unloaded(&limit);
+        assert!(
+            before.is_some_and(|u| u < Duration::from_millis(1)),
+            "{before:?}"
+        );
+        // 40 ms without reading, then what answered meanwhile, read at once.
+        at += Duration::from_millis(40);
+        for i in 0..limit.limit() as u32 {
+            limit.record(
+                at + Duration::from_micros(u64::from(i)),
+                Signal::Answered(Duration::from_millis(40)),
+            );
+        }
+        for _ in 0..20 {
+            let rtt = cpu_paced(limit.limit(), 24_000);
+            busy_windows(&mut limit, &mut at, rtt, 1);
+        }
+        assert!(!limit.in_slow_start());
+        assert_eq!(unloaded(&limit), before);
+        assert!(limit.limit() <= 64, "{}", limit.limit());
+    }
+
+    /// A limit started afresh (its hook's target changed) is a new hook's:
+    /// slow start from INITIAL, nothing of the old target kept, and the
+    /// answers to requests sent before the restart do not count.
+    #[test]
+    fn a_restarted_limit_starts_as_a_fresh_one() {
+        let (mut limit, mut at) = past_slow_start(Duration::from_micros(300), 50);
+        assert!(!limit.in_slow_start());
+        limit.restart(at);
+        assert_eq!(limit.limit(), INITIAL);
+        assert!(limit.in_slow_start());
+        let a = limit.adaptive.as_ref().expect("adaptive");
+        assert_eq!((a.baseline, a.unloaded), (None, None));
+        // Requests sent before it answer fast; they neither grow the
+        // limit nor set the unloaded round trip.
+        limit.looked(EVENTS_WAITING);
+        for i in 1..=20 {
+            let now = at + Duration::from_micros(100 * i);
+            limit.record(now, Signal::Answered(Duration::from_millis(3)));
+            limit.looked(EVENTS_WAITING);
+        }
+        assert_eq!(limit.limit(), INITIAL);
+        // The new target, 50 ms away, is then reached as by a fresh hook
+        // (from the first request sent after the restart).
+        at += Duration::from_millis(50);
+        busy_windows(&mut limit, &mut at, Duration::from_millis(50), 6);
+        assert_eq!(limit.limit(), 512);
+        let unloaded = limit.adaptive.as_ref().and_then(|a| a.unloaded);
+        assert_eq!(unloaded, Some(Duration::from_millis(50)));
+
+        let mut fixed = ConcurrencyLimit::fixed(3);
+        fixed.restart(at);
+        assert_eq!(fixed.limit(), 3);
     }
 
     #[test]

@@ -243,9 +243,20 @@ impl HookRuntime {
     }
 
     /// The hook's row as the registry has it now: attempts from now on use
-    /// it (URL, secret, headers).
+    /// it (URL, secret, headers). A target at another origin gets the
+    /// concurrency limit of a new hook.
     pub fn set_current(&self, hook: Arc<Webhook>) {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if !same_origin(&current.0, &hook) {
+            // Before the new URL is seen, so that every request to it is
+            // counted by the fresh limit. (The concurrency lock is never
+            // held while taking this one.)
+            self.concurrency().restart(Instant::now());
+            tracing::debug!(
+                webhook_id = self.id,
+                "target moved to another origin: concurrency limit starts afresh"
+            );
+        }
         let key = signing_key(&hook, Some(&*current));
         *current = (hook, key);
     }
@@ -732,6 +743,19 @@ impl HookRuntime {
     pub fn set_concurrency(&self, limit: ConcurrencyLimit) {
         *self.concurrency() = limit;
     }
+}
+
+/// Whether two rows of a hook send to the same origin (scheme, host,
+/// port): the same servers, reached over the same connections. A new path
+/// there keeps the hook's concurrency limit: usually the same service
+/// behind a renamed endpoint, and should its latency differ, the limit
+/// finds out within a few round trips; another origin is another server,
+/// whose load the old one's round trips say nothing of.
+fn same_origin(old: &Webhook, new: &Webhook) -> bool {
+    let (old, new) = (&old.target_url, &new.target_url);
+    old.scheme() == new.scheme()
+        && old.host() == new.host()
+        && old.port_or_known_default() == new.port_or_known_default()
 }
 
 /// The prepared keys of `hook`'s secret: those of `before` when its

@@ -2,8 +2,9 @@
 //! queue, no network, no database.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::concurrency::ConcurrencyLimit;
+use super::concurrency::{ConcurrencyLimit, Signal};
 use super::settings::HookSettings;
 use super::{Admission, HookRuntime, ParkReason, ParkSize, ParkedBound, ParkedLimits, Reservation};
 use crate::delivery::ParkedSize;
@@ -11,11 +12,15 @@ use crate::events::WebhookRow;
 use crate::registry::{Webhook, WebhookState};
 
 pub(super) fn hook(state: WebhookState) -> Arc<Webhook> {
+    hook_at(state, "http://127.0.0.1:9/")
+}
+
+fn hook_at(state: WebhookState, url: &str) -> Arc<Webhook> {
     let row = [
         ("webhook_id", "7"),
         ("name", "h"),
         ("events", "*"),
-        ("target_url", "http://127.0.0.1:9/"),
+        ("target_url", url),
         ("type", "webhook"),
         ("state", &(state as i16).to_string()),
     ]
@@ -160,6 +165,53 @@ async fn a_removed_hook_is_stopped_until_its_row_comes_back() {
     assert!(!runtime.is_stopped());
     runtime.row_changed(hook(WebhookState::Stopped));
     assert!(runtime.is_stopped(), "Stopped takes no events");
+}
+
+/// A hook whose adaptive limit slow start grew by `answers` past INITIAL
+/// (8), delivering to `url`.
+fn grown(url: &str, answers: usize) -> HookRuntime {
+    let runtime = HookRuntime::new(
+        hook_at(WebhookState::Active, url),
+        ConcurrencyLimit::adaptive(512),
+        None,
+    );
+    runtime.held_back(1_000);
+    for _ in 0..answers {
+        runtime.record_attempt(Signal::Answered(Duration::ZERO));
+    }
+    assert_eq!(runtime.concurrency_limit(), 8 + answers);
+    runtime
+}
+
+#[test]
+fn a_target_at_another_origin_gets_a_new_hooks_concurrency_limit() {
+    // A new path on the same origin (the default port spelled out or not)
+    // keeps what the limit learned of its servers.
+    let runtime = grown("http://example.com/hook", 3);
+    runtime.row_changed(hook_at(
+        WebhookState::Active,
+        "http://example.com:80/v2/hook",
+    ));
+    assert_eq!(runtime.concurrency_limit(), 11);
+    // Another host, port or scheme starts it afresh.
+    for moved in [
+        "http://example.net/hook",
+        "http://example.com:8080/hook",
+        "https://example.com/hook",
+    ] {
+        let runtime = grown("http://example.com/hook", 3);
+        runtime.set_current(hook_at(WebhookState::Active, moved));
+        assert_eq!(runtime.concurrency_limit(), 8, "{moved}");
+    }
+    // An answer to a request sent to the old target does not count toward
+    // the new one's limit; one sent after the change does.
+    let runtime = grown("http://example.com/hook", 3);
+    runtime.row_changed(hook_at(WebhookState::Active, "http://example.net/hook"));
+    runtime.held_back(1_000);
+    runtime.record_attempt(Signal::Answered(Duration::from_secs(1)));
+    assert_eq!(runtime.concurrency_limit(), 8);
+    runtime.record_attempt(Signal::Answered(Duration::ZERO));
+    assert_eq!(runtime.concurrency_limit(), 9);
 }
 
 #[tokio::test]
