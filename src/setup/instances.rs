@@ -14,9 +14,14 @@ pub const INSTANCE_VAR: &str = "WALHOOK_INSTANCE";
 
 /// The instance named by WALHOOK_INSTANCE, if it is set.
 pub fn instance_from_env() -> anyhow::Result<Option<String>> {
-    let Some(value) = std::env::var_os(INSTANCE_VAR) else {
-        return Ok(None);
-    };
+    std::env::var_os(INSTANCE_VAR)
+        .map(instance_name)
+        .transpose()
+}
+
+/// The instance's name from WALHOOK_INSTANCE's value, refused when it
+/// cannot name a file under /etc/walhook.
+fn instance_name(value: std::ffi::OsString) -> anyhow::Result<String> {
     let name = value.into_string().map_err(|_| {
         anyhow::anyhow!(
             "{INSTANCE_VAR} is not valid UTF-8: set it to the instance's name, e.g. crm"
@@ -29,7 +34,7 @@ pub fn instance_from_env() -> anyhow::Result<Option<String>> {
              walhook@NAME.service (e.g. crm, for /etc/walhook/crm.toml), or unset it"
         );
     }
-    Ok(Some(name))
+    Ok(name)
 }
 
 /// The config file of instance `name`, as walhook@.service reads it.
@@ -72,5 +77,30 @@ pub fn check_metrics_listen(config: &Config, daemon_running: bool) -> Option<Che
             CheckLevel::Warn,
             format!("metrics.listen {addr}: cannot listen there: {e}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_name_is_a_file_name_under_etc_walhook() {
+        let name = instance_name("crm".into()).unwrap();
+        assert_eq!(
+            instance_config(&name),
+            PathBuf::from("/etc/walhook/crm.toml")
+        );
+        assert_eq!(
+            instance_line(&name, Some(&instance_config(&name))),
+            "instance crm (/etc/walhook/crm.toml)"
+        );
+        for bad in ["", "../etc/shadow", "a/b", ".hidden"] {
+            let e = instance_name(bad.into()).unwrap_err().to_string();
+            assert!(
+                e.contains("WALHOOK_INSTANCE") && e.contains("e.g. crm"),
+                "{e}"
+            );
+        }
     }
 }
