@@ -238,6 +238,22 @@ async fn two_instances_on_two_databases_deliver_their_own_changes_and_check_name
         );
     }
 
+    // status names the instance too, but not in its JSON.
+    let out = walhook_async("billing", &billing, &["status"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        stdout(&out).lines().next(),
+        Some(format!("instance billing ({})", billing.display()).as_str()),
+        "{}",
+        text(&out)
+    );
+    let out = walhook_async("billing", &billing, &["status", "--json"]).await;
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok(),
+        "{}",
+        text(&out)
+    );
+
     // A third config for billing that kept crm's slot name and metrics
     // port, as a copied file would: check fails naming crm's database and
     // the fix, and warns about the port crm's daemon holds.
