@@ -70,7 +70,7 @@ pub fn check_metrics_listen(config: &Config, daemon_running: bool) -> Option<Che
                  instance?) while this config's daemon is not running: it would fail to start. \
                  Give each instance its own port (e.g. 127.0.0.1:{}) or leave metrics.listen \
                  unset",
-                addr.port().wrapping_add(1)
+                addr.port().checked_add(1).unwrap_or(9188)
             ),
         ),
         Err(e) => line(
