@@ -228,8 +228,8 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
         Err(e) => push(CheckLevel::Fail, format!("{e:#}")),
     }
     // A second instance (walhook@.service) for another database of the
-    // cluster that kept the first one's slot name: its own setup would
-    // skip creating the slot, and streaming from it is refused.
+    // cluster that kept the first one's slot name: the server refuses to
+    // stream it to another database, and `setup` refuses it too.
     let facts = store.slot_facts(slot).await;
     let mut daemon_running = false;
     if let Ok(Some(f)) = &facts {
