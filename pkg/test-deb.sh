@@ -77,6 +77,15 @@ unit=/usr/lib/systemd/system/walhook.service
 [ -f "$unit" ] || fail "no $unit"
 exec_start="$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "$unit")"
 [ -x "$exec_start" ] || fail "the unit's ExecStart ($exec_start) is not an installed executable"
+template=/usr/lib/systemd/system/walhook@.service
+[ -f "$template" ] || fail "no $template"
+grep -qx 'ExecStart=/usr/bin/walhook -c /etc/walhook/%i.toml run' "$template" ||
+    fail "$template does not run /etc/walhook/%i.toml"
+# Only the description, ExecStart and the instance's name may differ.
+if diff <(grep -v '^#' "$unit") <(grep -v '^#' "$template") | grep '^[<>]' |
+    grep -Ev '^[<>] (Description|ExecStart|Environment=WALHOOK_INSTANCE)='; then
+    fail "$template differs from $unit in more than Description, ExecStart and Environment"
+fi
 [ -f /usr/lib/sysusers.d/walhook.conf ] || fail "no sysusers snippet"
 [ -f /usr/lib/tmpfiles.d/walhook.conf ] || fail "no tmpfiles snippet"
 if systemctl is-enabled walhook >/dev/null 2>&1; then
@@ -129,6 +138,10 @@ if grep -q '^NEXT ' "$work/check-after-setup.out"; then
     fail "check after setup still names a next step"
 fi
 sed 's/^/    /' "$work/check-after-setup.out"
+# As walhook@walhook.service would: the instance's name picks its config.
+run_logged check-as-instance runuser -u walhook -- env WALHOOK_INSTANCE=walhook walhook check
+[ "$(head -n 1 "$work/check-as-instance.out")" = "instance walhook (/etc/walhook/walhook.toml)" ] ||
+    { cat "$work/check-as-instance.out" >&2; fail "check with WALHOOK_INSTANCE did not name the instance first"; }
 run_logged teardown walhook teardown --drop-schema --yes
 slots="$(runuser -u postgres -- "$pg_bin/psql" -h "$pg_socket" -At -c 'SELECT count(*) FROM pg_replication_slots')"
 [ "$slots" = 0 ] || fail "teardown left $slots replication slot(s)"

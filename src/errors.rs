@@ -52,6 +52,19 @@ pub struct SlotLost {
     pub cause: Invalidation,
 }
 
+/// The configured slot belongs to another database of the cluster: a
+/// slot's name is cluster-wide, so a second walhook for another database
+/// that keeps the first one's slot name cannot stream (`check` and `setup`
+/// say it).
+pub fn slot_of_other_database(slot: &str, other: &str, this: &str) -> String {
+    let suggested = format!("walhook_{this}");
+    format!(
+        "replication slot {slot:?} belongs to database {other:?}, not {this:?}: a slot name is \
+         shared by every database of the cluster, so each walhook instance needs its own. Set \
+         postgres.slot in this config, e.g. slot = {suggested:?}, then run `walhook setup`"
+    )
+}
+
 /// Why the server invalidated a slot: `invalidation_reason` (17+; 18 adds
 /// `idle_timeout`), `conflicting` (16) or `wal_status lost` (15, 16).
 #[derive(Debug, Clone, PartialEq, Eq)]

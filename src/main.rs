@@ -49,18 +49,28 @@ fn main() -> ExitCode {
     // Reads the file itself: it reports an invalid one, and says where
     // each value came from.
     if let Command::Config { command } = &cli.command {
-        return ExitCode::from(walhook::admin::config(
-            config_path(&cli).as_deref(),
-            command,
-        ));
+        return ExitCode::from(match config_path(&cli) {
+            Ok(path) => walhook::admin::config(path.as_deref(), command),
+            Err(e) => {
+                eprintln!("walhook: {e:#}");
+                exit::CONFIG
+            }
+        });
     }
-    let mut config = match load_config(&cli) {
-        Ok(c) => c,
+    let (mut config, instance) = match load_config(&cli).and_then(|config| {
+        let instance = walhook::setup::instance_from_env()?;
+        Ok((config, instance))
+    }) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("walhook: {e:#}");
             return ExitCode::from(exit::CONFIG);
         }
     };
+    // `check` and `status` say which instance (walhook@NAME) they speak for.
+    let instance = instance.map(|name| {
+        walhook::setup::instance_line(&name, config_path(&cli).ok().flatten().as_deref())
+    });
     // The demo narrates on stdout; the daemon it runs says only what went
     // wrong, so its log lines do not interleave with the story (RUST_LOG
     // still shows everything).
@@ -91,7 +101,7 @@ fn main() -> ExitCode {
     // On a runtime thread, not main's: those threads have the stacks sized
     // above, and block_on would run the whole command on main's.
     let code = runtime.block_on(async {
-        tokio::spawn(dispatch(cli.command, config, reloader))
+        tokio::spawn(dispatch(cli.command, config, reloader, instance))
             .await
             .unwrap_or_else(|e| {
                 eprintln!("walhook: {e}");
@@ -104,22 +114,25 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// The config file a command reads: -c, else the default when it exists.
-fn config_path(cli: &Cli) -> Option<std::path::PathBuf> {
-    cli.config.clone().or_else(|| {
-        let default = std::path::Path::new(DEFAULT_CONFIG);
-        default.exists().then(|| default.to_owned())
-    })
-}
-
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    match &cli.config {
-        Some(path) => Config::load(path),
-        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
-            Config::load(std::path::Path::new(DEFAULT_CONFIG))
-        }
+    match config_path(cli)? {
+        Some(path) => Config::load(&path),
         None => Ok(Config::default()),
     }
+}
+
+/// The config file: -c, else the instance's (WALHOOK_INSTANCE, as
+/// walhook@.service sets it, so `check` run with it set reads the same file
+/// as the daemon), else the default one if it exists.
+fn config_path(cli: &Cli) -> anyhow::Result<Option<std::path::PathBuf>> {
+    if let Some(path) = &cli.config {
+        return Ok(Some(path.clone()));
+    }
+    if let Some(name) = walhook::setup::instance_from_env()? {
+        return Ok(Some(walhook::setup::instance_config(&name)));
+    }
+    let default = std::path::Path::new(DEFAULT_CONFIG);
+    Ok(default.exists().then(|| default.to_owned()))
 }
 
 /// `walhook package-files DIR`: prints each file written.
@@ -185,7 +198,15 @@ struct Reloader {
     log_filter: LogFilterHandle,
 }
 
-async fn dispatch(command: Command, config: Config, reloader: Reloader) -> u8 {
+async fn dispatch(
+    command: Command,
+    config: Config,
+    reloader: Reloader,
+    instance: Option<String>,
+) -> u8 {
+    if let (Some(line), Command::Check | Command::Status { json: false }) = (&instance, &command) {
+        println!("{line}");
+    }
     let (result, logged) = match command {
         Command::Run => (run(config, reloader).await.map(|()| exit::OK), true),
         Command::Setup { dry_run } => (

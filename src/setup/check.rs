@@ -71,7 +71,12 @@ async fn installed_parts(store: &Store, config: &Config) -> anyhow::Result<Vec<S
             parts.push(format!("publication {publication:?}"));
         }
     }
-    if store.slot_facts(&config.postgres.slot).await?.is_some() {
+    // Another database's slot of that name is not part of this install.
+    if store
+        .slot_facts(&config.postgres.slot)
+        .await?
+        .is_some_and(|f| f.other_database().is_none())
+    {
         parts.push(format!("replication slot {:?}", config.postgres.slot));
     }
     Ok(parts)
@@ -222,6 +227,25 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
         ),
         Err(e) => push(CheckLevel::Fail, format!("{e:#}")),
     }
+    // A second instance (walhook@.service) for another database of the
+    // cluster that kept the first one's slot name: the server refuses to
+    // stream it to another database, and `setup` refuses it too.
+    let facts = store.slot_facts(slot).await;
+    let mut daemon_running = false;
+    if let Ok(Some(f)) = &facts {
+        match f.other_database() {
+            Some(other) => push(
+                CheckLevel::Fail,
+                crate::errors::slot_of_other_database(slot, other, &f.this_database),
+            ),
+            None => daemon_running = f.active,
+        }
+    }
+    out.extend(super::instances::check_metrics_listen(
+        config,
+        daemon_running,
+    ));
+    let mut push = |level, text: String| out.push(CheckLine { level, text });
     // Before setup nothing of walhook's exists yet: that is the next
     // step, not a list of failures.
     let set_up = match installed_parts(store, config).await {
@@ -251,7 +275,9 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
     if !set_up {
         return out;
     }
-    match store.slot_facts(slot).await {
+    match facts {
+        // Said above.
+        Ok(Some(facts)) if facts.other_database().is_some() => {}
         Ok(None) => push(
             CheckLevel::Fail,
             format!("replication slot {slot:?} does not exist: run `walhook setup`"),

@@ -9,6 +9,7 @@
 
 mod check;
 mod failover;
+mod instances;
 mod line;
 mod privileges;
 
@@ -20,6 +21,7 @@ use anyhow::bail;
 pub use self::check::{
     check, check_delivery_files, check_setup_role, is_set_up, published_tables, unknown_entities,
 };
+pub use self::instances::{instance_config, instance_from_env, instance_line, INSTANCE_VAR};
 pub use self::line::{CheckLevel, CheckLine};
 pub use self::privileges::{run_role_to_grant, setup_problems, teardown_problems};
 use crate::config::Config;

@@ -17,6 +17,21 @@ pub struct SlotFacts {
     pub active: bool,
     /// Whether it is a failover slot (`None` before PostgreSQL 17).
     pub failover: Option<bool>,
+    /// The database a logical slot belongs to (`None` for a physical
+    /// one); a slot's name is unique in the whole cluster.
+    pub database: Option<String>,
+    /// The database this session is connected to.
+    pub this_database: String,
+}
+
+impl SlotFacts {
+    /// The other database this slot belongs to, when it is not this
+    /// session's: another walhook (or another program) uses the name.
+    pub fn other_database(&self) -> Option<&str> {
+        self.database
+            .as_deref()
+            .filter(|db| *db != self.this_database)
+    }
 }
 
 /// The slot and the server's position, for `walhook status`.
@@ -160,7 +175,7 @@ impl Store {
             .query_opt(
                 &format!(
                     "SELECT s.plugin::text, s.active, (to_jsonb(s)->>'failover')::bool, \
-                            {HEALTH_COLUMNS} \
+                            {HEALTH_COLUMNS}, s.database::text, current_database()::text \
                        FROM pg_replication_slots s WHERE s.slot_name = $1"
                 ),
                 &[&slot],
@@ -172,6 +187,8 @@ impl Store {
             active: r.get(1),
             failover: r.get(2),
             lost: invalidation(&r, 3),
+            database: r.get(6),
+            this_database: r.get(7),
         }))
     }
 
@@ -295,6 +312,12 @@ impl Store {
         let Some(facts) = self.slot_facts(slot).await? else {
             return Ok(false);
         };
+        if let Some(other) = facts.other_database() {
+            bail!(
+                "{}",
+                crate::errors::slot_of_other_database(slot, other, &facts.this_database)
+            );
+        }
         if facts.plugin.as_deref() != Some("pgoutput") {
             bail!(
                 "replication slot {slot:?} exists but uses plugin {:?}, not pgoutput; \

@@ -16,6 +16,7 @@ mod filters;
 mod hostile;
 mod http2;
 mod https;
+mod instances;
 mod large;
 mod operations;
 mod parked_bounds;
