@@ -58,6 +58,50 @@ fn the_example_config_is_the_defaults() {
     assert!(d.ca_file.is_some() && d.client_cert_file.is_some() && d.client_key_file.is_some());
 }
 
+/// Every key the parser accepts is in the example config, set or in a
+/// comment (`# key = ...`, for the keys whose default is unset): the file
+/// the README calls the list of every key is one.
+#[test]
+fn the_example_config_names_every_key() {
+    let example = include_str!("../../systemd/walhook.toml");
+    let parsed: toml::Table = toml::from_str(example).unwrap();
+    let every = toml::Value::try_from(Config::default()).unwrap();
+    let mut missing = Vec::new();
+    for (section, keys) in every.as_table().unwrap() {
+        for key in keys.as_table().unwrap().keys() {
+            let set = parsed
+                .get(section)
+                .and_then(|s| s.get(key.as_str()))
+                .is_some();
+            if !set {
+                missing.push(format!("{section}.{key}"));
+            }
+        }
+    }
+    let optional = [
+        ("postgres", "password_file"),
+        ("postgres", "setup_url"),
+        ("postgres", "setup_password_file"),
+        ("delivery", "ca_file"),
+        ("delivery", "client_cert_file"),
+        ("delivery", "client_key_file"),
+        ("metrics", "listen"),
+    ];
+    for (section, key) in optional {
+        let commented = example
+            .split(&format!("\n[{section}]"))
+            .nth(1)
+            .is_some_and(|rest| {
+                let rest = rest.split("\n[").next().unwrap_or(rest);
+                rest.lines().any(|l| l.starts_with(&format!("# {key} = ")))
+            });
+        if !commented {
+            missing.push(format!("{section}.{key} (commented out)"));
+        }
+    }
+    assert!(missing.is_empty(), "systemd/walhook.toml lacks {missing:?}");
+}
+
 #[test]
 fn client_certificate_needs_both_files() {
     let both = Config::parse(

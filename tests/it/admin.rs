@@ -460,6 +460,10 @@ async fn status_reports_slot_and_hook_counts() {
         human.contains("the slot's position"),
         "confirmed says what it is:\n{human}"
     );
+    assert!(
+        human.contains("recorded by walhook: every event before it delivered, parked or dropped"),
+        "settled says what it is:\n{human}"
+    );
 
     // A long error keeps its cause, at the end of its chain.
     h.db.execute(
