@@ -116,9 +116,10 @@ fn render_table(
                 Some(_) => Source::File,
                 None => Source::Default,
             };
+            let empty = matches!(value, toml::Value::String(text) if text.is_empty());
             (
                 format!("{} = {shown}", bare_or_quoted(key)),
-                note(&key_path, source),
+                note(&key_path, source, empty),
             )
         })
         .collect();
@@ -184,8 +185,8 @@ fn shown_value(key_path: &str, value: &toml::Value) -> String {
     }
 }
 
-/// What the comment after a value says.
-fn note(key_path: &str, source: Source) -> String {
+/// What the comment after a value says (`empty`: the value is "").
+fn note(key_path: &str, source: Source, empty: bool) -> String {
     let mut note = match source {
         Source::File => "file".to_owned(),
         Source::Default => "default".to_owned(),
@@ -199,8 +200,8 @@ fn note(key_path: &str, source: Source) -> String {
                 ));
             }
         }
-        "postgres.url" if source == Source::Default => {
-            note.push_str("; the PG* variables, then walhook@127.0.0.1:5432/postgres");
+        "postgres.url" if empty => {
+            note.push_str("; empty: the PG* variables, then walhook@127.0.0.1:5432/postgres");
         }
         _ => {}
     }
