@@ -65,7 +65,7 @@ pub struct Metrics {
     slot_retained_wal_bytes: Gauge<f64, AtomicU64>,
     slot_wal_status: Family<Vec<(String, String)>, Gauge>,
     slot_safe_wal_size_bytes: Gauge<f64, AtomicU64>,
-    slot_active: Gauge,
+    slot_active: Gauge<f64, AtomicU64>,
     /// Per-hook gauges, set together by [`Metrics::set_hooks`].
     hook_state: Family<Vec<(String, String)>, Gauge>,
     hook_queue_depth: Family<Vec<(String, String)>, Gauge>,
@@ -143,16 +143,13 @@ impl Default for Metrics {
         let slot_retained_wal_bytes = Gauge::<f64, AtomicU64>::default();
         let slot_wal_status = Family::<Vec<(String, String)>, Gauge>::default();
         let slot_safe_wal_size_bytes = Gauge::<f64, AtomicU64>::default();
-        let slot_active = Gauge::default();
+        let slot_active = Gauge::<f64, AtomicU64>::default();
         let hook_state = Family::<Vec<(String, String)>, Gauge>::default();
         let hook_queue_depth = Family::<Vec<(String, String)>, Gauge>::default();
         let hook_in_flight_requests = Family::<Vec<(String, String)>, Gauge>::default();
         let hook_concurrency_limit = Family::<Vec<(String, String)>, Gauge>::default();
         let hook_oldest_parked_age =
             Family::<Vec<(String, String)>, Gauge<f64, AtomicU64>>::default();
-        // Unknown until the slot is first read.
-        slot_retained_wal_bytes.set(f64::NAN);
-        slot_safe_wal_size_bytes.set(f64::NAN);
         for status in WAL_STATUSES {
             let _ = slot_wal_status.get_or_create(&vec![("status".to_owned(), status.to_owned())]);
         }
@@ -164,25 +161,28 @@ impl Default for Metrics {
         registry.register(
             "slot_retained_wal_bytes",
             "WAL the replication slot keeps on the server: from its restart_lsn to the server's \
-             current position (the received position on a standby); NaN until read or when \
-             the slot has no restart_lsn",
+             current position (the received position on a standby); NaN while this process \
+             does not stream (a standby instance, reconnecting) or the slot has no restart_lsn",
             slot_retained_wal_bytes.clone(),
         );
         registry.register(
             "slot_wal_status",
             "The slot's wal_status in pg_replication_slots: 1 for the current one of reserved, \
-             extended, unreserved and lost, 0 for the others",
+             extended, unreserved and lost, 0 for the others (all 0 while this process does not \
+             stream)",
             slot_wal_status.clone(),
         );
         registry.register(
             "slot_safe_wal_size_bytes",
             "WAL that can still be written before the slot is in danger of being lost \
-             (safe_wal_size); NaN when the server sets no limit (max_slot_wal_keep_size = -1)",
+             (safe_wal_size); NaN when the server sets no limit (max_slot_wal_keep_size = -1) \
+             and while this process does not stream",
             slot_safe_wal_size_bytes.clone(),
         );
         registry.register(
             "slot_active",
-            "1 when the replication slot is in use by a walsender, 0 otherwise",
+            "1 when the replication slot is in use by a walsender, 0 when not; NaN while this \
+             process does not stream",
             slot_active.clone(),
         );
         registry.register(
@@ -285,7 +285,7 @@ impl Default for Metrics {
                 .clone();
             (outcome, series)
         });
-        Metrics {
+        let metrics = Metrics {
             registry,
             changes_decoded,
             events_matched,
@@ -313,7 +313,9 @@ impl Default for Metrics {
             hook_concurrency_limit,
             hook_oldest_parked_age,
             hooks_known: Default::default(),
-        }
+        };
+        metrics.clear_slot();
+        metrics
     }
 }
 
@@ -418,7 +420,21 @@ impl Metrics {
                 .get_or_create(&vec![("status".to_owned(), status.to_owned())])
                 .set(i64::from(wal_status == Some(status)));
         }
-        self.slot_active.set(i64::from(active));
+        self.slot_active.set(if active { 1.0 } else { 0.0 });
+    }
+
+    /// The slot is not read while this process does not stream: its gauges
+    /// say unknown rather than keep a reading that gets stale, and a
+    /// standby instance, which never reads it, alerts on nothing.
+    pub fn clear_slot(&self) {
+        self.slot_retained_wal_bytes.set(f64::NAN);
+        self.slot_safe_wal_size_bytes.set(f64::NAN);
+        for status in WAL_STATUSES {
+            self.slot_wal_status
+                .get_or_create(&vec![("status".to_owned(), status.to_owned())])
+                .set(0);
+        }
+        self.slot_active.set(f64::NAN);
     }
 
     pub fn render(&self) -> String {
@@ -735,6 +751,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("walhook_slot_active 1"), "{text}");
+        m.clear_slot();
+        let text = m.render();
+        assert!(text.contains("walhook_slot_active NaN"), "{text}");
+        assert!(
+            text.contains("walhook_slot_wal_status{status=\"reserved\"} 0"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -586,6 +586,7 @@ impl Session {
         // the next session, from the key recorded last.
         self.backfill_worker.abort();
         self.slot_watch.abort();
+        self.pipeline.metrics().clear_slot();
         let timeout = self.config.delivery.shutdown_timeout;
         if !self.pipeline.drain(timeout).await {
             tracing::warn!(
