@@ -98,6 +98,13 @@ zcat "$man_page" | grep -q '^\.SH "\?EXIT STATUS' || fail "walhook(1) has no EXI
 bash -c 'source /usr/share/bash-completion/completions/walhook && complete -p walhook' >/dev/null ||
     fail "the bash completion does not register for walhook"
 [ -f /usr/share/zsh/vendor-completions/_walhook ] || fail "no zsh completion"
+# The alert rules, tested where they are installed when promtool is there.
+cmp -s /usr/share/walhook/walhook-alerts.yml monitoring/walhook-alerts.yml ||
+    fail "/usr/share/walhook/walhook-alerts.yml is missing or differs from monitoring/"
+if command -v promtool >/dev/null 2>&1; then
+    promtool test rules /usr/share/walhook/walhook-alerts.test.yml >/dev/null ||
+        fail "promtool test rules fails on the installed alert rules"
+fi
 [ -f /usr/share/fish/vendor_completions.d/walhook.fish ] || fail "no fish completion"
 
 step "a throwaway PostgreSQL for check, setup and teardown"

@@ -59,6 +59,56 @@ pub struct Metrics {
     /// Logical messages read and ignored, by why: under another prefix,
     /// too large for walhook's prefix, or not a watermark.
     pub logical_messages_ignored: Family<Vec<(String, String)>, Counter>,
+    /// 1 while `/readyz` would answer ready, set at each scrape.
+    ready: Gauge,
+    /// The slot as the session last read it (see [`Metrics::set_slot`]).
+    slot_retained_wal_bytes: Gauge<f64, AtomicU64>,
+    slot_wal_status: Family<Vec<(String, String)>, Gauge>,
+    slot_safe_wal_size_bytes: Gauge<f64, AtomicU64>,
+    slot_active: Gauge<f64, AtomicU64>,
+    /// Per-hook gauges, set together by [`Metrics::set_hooks`].
+    hook_state: Family<Vec<(String, String)>, Gauge>,
+    hook_queue_depth: Family<Vec<(String, String)>, Gauge>,
+    hook_in_flight_requests: Family<Vec<(String, String)>, Gauge>,
+    hook_concurrency_limit: Family<Vec<(String, String)>, Gauge>,
+    /// Set with `parked_waiting`, from the same count of the table.
+    hook_oldest_parked_age: Family<Vec<(String, String)>, Gauge<f64, AtomicU64>>,
+    /// The hooks the per-hook gauges have a series for.
+    hooks_known: std::sync::Mutex<Vec<i32>>,
+}
+
+/// The values of `wal_status` in `pg_replication_slots`: a fixed set, so
+/// the gauge's series are bounded.
+pub const WAL_STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
+
+/// One hook's gauges as delivery sees them now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HookGauges {
+    pub webhook_id: i32,
+    /// The numeric `webhook.state`: 0 Unknown, 1 Active, 2 Stopped,
+    /// 3 TooManyErrors.
+    pub state: i64,
+    /// Events held in memory for it: queued, waiting for a retry or being
+    /// sent.
+    pub queue_depth: i64,
+    /// Requests under way to its target.
+    pub in_flight_requests: i64,
+    /// Requests it may have in flight now.
+    pub concurrency_limit: i64,
+}
+
+/// A hook's parked events, as counted in the `delivery` table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ParkedCount {
+    pub webhook_id: i32,
+    pub events: i64,
+    /// Seconds since the oldest of them was parked.
+    pub oldest_age_seconds: f64,
+}
+
+/// The `webhook_id` label of a per-hook series.
+fn hook_label(id: i32) -> Vec<(String, String)> {
+    vec![("webhook_id".to_owned(), id.to_string())]
 }
 
 impl Metrics {
@@ -89,6 +139,80 @@ impl Default for Metrics {
         let hooks_stopped_parked_limit = Counter::default();
         let hooks_near_parked_limit = Counter::default();
         let logical_messages_ignored = Family::<Vec<(String, String)>, Counter>::default();
+        let ready = Gauge::default();
+        let slot_retained_wal_bytes = Gauge::<f64, AtomicU64>::default();
+        let slot_wal_status = Family::<Vec<(String, String)>, Gauge>::default();
+        let slot_safe_wal_size_bytes = Gauge::<f64, AtomicU64>::default();
+        let slot_active = Gauge::<f64, AtomicU64>::default();
+        let hook_state = Family::<Vec<(String, String)>, Gauge>::default();
+        let hook_queue_depth = Family::<Vec<(String, String)>, Gauge>::default();
+        let hook_in_flight_requests = Family::<Vec<(String, String)>, Gauge>::default();
+        let hook_concurrency_limit = Family::<Vec<(String, String)>, Gauge>::default();
+        let hook_oldest_parked_age =
+            Family::<Vec<(String, String)>, Gauge<f64, AtomicU64>>::default();
+        for status in WAL_STATUSES {
+            let _ = slot_wal_status.get_or_create(&vec![("status".to_owned(), status.to_owned())]);
+        }
+        registry.register(
+            "ready",
+            "1 while walhook is ready (/readyz answers 200), 0 otherwise",
+            ready.clone(),
+        );
+        registry.register(
+            "slot_retained_wal_bytes",
+            "WAL the replication slot keeps on the server: from its restart_lsn to the server's \
+             current position (the received position on a standby); NaN while this process \
+             does not stream (a standby instance, reconnecting) or the slot has no restart_lsn",
+            slot_retained_wal_bytes.clone(),
+        );
+        registry.register(
+            "slot_wal_status",
+            "The slot's wal_status in pg_replication_slots: 1 for the current one of reserved, \
+             extended, unreserved and lost, 0 for the others (all 0 while this process does not \
+             stream)",
+            slot_wal_status.clone(),
+        );
+        registry.register(
+            "slot_safe_wal_size_bytes",
+            "WAL that can still be written before the slot is in danger of being lost \
+             (safe_wal_size); NaN when the server sets no limit (max_slot_wal_keep_size = -1) \
+             and while this process does not stream",
+            slot_safe_wal_size_bytes.clone(),
+        );
+        registry.register(
+            "slot_active",
+            "1 when the replication slot is in use by a walsender, 0 when not; NaN while this \
+             process does not stream",
+            slot_active.clone(),
+        );
+        registry.register(
+            "hook_state",
+            "The hook's webhook.state, per webhook_id: 0 Unknown, 1 Active, 2 Stopped, \
+             3 TooManyErrors",
+            hook_state.clone(),
+        );
+        registry.register(
+            "hook_queue_depth",
+            "Events held in memory per webhook_id: queued, waiting for a retry or being sent",
+            hook_queue_depth.clone(),
+        );
+        registry.register(
+            "hook_in_flight_requests",
+            "Requests under way to the hook's target, per webhook_id",
+            hook_in_flight_requests.clone(),
+        );
+        registry.register(
+            "hook_concurrency_limit",
+            "Requests the hook may have in flight now, per webhook_id (adapted to its target \
+             when delivery.concurrency_per_webhook is adaptive)",
+            hook_concurrency_limit.clone(),
+        );
+        registry.register(
+            "hook_oldest_parked_age_seconds",
+            "Age of the hook's oldest parked event, per webhook_id (counted in the delivery \
+             table with parked_waiting)",
+            hook_oldest_parked_age.clone(),
+        );
         registry.register(
             "logical_messages_ignored",
             "pg_logical_emit_message messages read and ignored, by reason (other_prefix, \
@@ -161,7 +285,7 @@ impl Default for Metrics {
                 .clone();
             (outcome, series)
         });
-        Metrics {
+        let metrics = Metrics {
             registry,
             changes_decoded,
             events_matched,
@@ -178,7 +302,20 @@ impl Default for Metrics {
             hooks_stopped_parked_limit,
             hooks_near_parked_limit,
             logical_messages_ignored,
-        }
+            ready,
+            slot_retained_wal_bytes,
+            slot_wal_status,
+            slot_safe_wal_size_bytes,
+            slot_active,
+            hook_state,
+            hook_queue_depth,
+            hook_in_flight_requests,
+            hook_concurrency_limit,
+            hook_oldest_parked_age,
+            hooks_known: Default::default(),
+        };
+        metrics.clear_slot();
+        metrics
     }
 }
 
@@ -208,10 +345,9 @@ impl Metrics {
         self.count("dropped");
     }
 
-    /// Set the parked gauge from a count of the table, (webhook_id,
-    /// events); a hook left out has none any more and loses its series.
-    pub fn set_parked_waiting(&self, counts: &[(i32, i64)]) {
-        let label = |id: i32| vec![("webhook_id".to_owned(), id.to_string())];
+    /// Set the parked gauges from a count of the table; a hook left out
+    /// has none any more and loses its series.
+    pub fn set_parked_waiting(&self, counts: &[ParkedCount]) {
         // A poisoned lock only means a panic elsewhere mid-update; the list
         // is rebuilt here whole.
         let mut known = self
@@ -219,14 +355,86 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         for id in known.iter() {
-            if !counts.iter().any(|(c, _)| c == id) {
-                self.parked_waiting.remove(&label(*id));
+            if !counts.iter().any(|c| c.webhook_id == *id) {
+                self.parked_waiting.remove(&hook_label(*id));
+                self.hook_oldest_parked_age.remove(&hook_label(*id));
             }
         }
-        for (id, n) in counts {
-            self.parked_waiting.get_or_create(&label(*id)).set(*n);
+        for c in counts {
+            let label = hook_label(c.webhook_id);
+            self.parked_waiting.get_or_create(&label).set(c.events);
+            self.hook_oldest_parked_age
+                .get_or_create(&label)
+                .set(c.oldest_age_seconds);
         }
-        *known = counts.iter().map(|(id, _)| *id).collect();
+        *known = counts.iter().map(|c| c.webhook_id).collect();
+    }
+
+    /// Set the per-hook gauges; a hook left out is gone and loses its
+    /// series.
+    pub fn set_hooks(&self, hooks: &[HookGauges]) {
+        let families = [
+            &self.hook_state,
+            &self.hook_queue_depth,
+            &self.hook_in_flight_requests,
+            &self.hook_concurrency_limit,
+        ];
+        let mut known = self.hooks_known.lock().unwrap_or_else(|e| e.into_inner());
+        for id in known.iter() {
+            if !hooks.iter().any(|h| h.webhook_id == *id) {
+                for family in families {
+                    family.remove(&hook_label(*id));
+                }
+            }
+        }
+        for h in hooks {
+            let label = hook_label(h.webhook_id);
+            self.hook_state.get_or_create(&label).set(h.state);
+            self.hook_queue_depth
+                .get_or_create(&label)
+                .set(h.queue_depth);
+            self.hook_in_flight_requests
+                .get_or_create(&label)
+                .set(h.in_flight_requests);
+            self.hook_concurrency_limit
+                .get_or_create(&label)
+                .set(h.concurrency_limit);
+        }
+        *known = hooks.iter().map(|h| h.webhook_id).collect();
+    }
+
+    /// Set the slot gauges from `pg_replication_slots`; `None` is NULL
+    /// there (no restart_lsn, no wal_status, no max_slot_wal_keep_size).
+    pub fn set_slot(
+        &self,
+        retained_bytes: Option<i64>,
+        wal_status: Option<&str>,
+        safe_wal_size: Option<i64>,
+        active: bool,
+    ) {
+        let bytes = |v: Option<i64>| v.map_or(f64::NAN, |v| v as f64);
+        self.slot_retained_wal_bytes.set(bytes(retained_bytes));
+        self.slot_safe_wal_size_bytes.set(bytes(safe_wal_size));
+        for status in WAL_STATUSES {
+            self.slot_wal_status
+                .get_or_create(&vec![("status".to_owned(), status.to_owned())])
+                .set(i64::from(wal_status == Some(status)));
+        }
+        self.slot_active.set(if active { 1.0 } else { 0.0 });
+    }
+
+    /// The slot is not read while this process does not stream: its gauges
+    /// say unknown rather than keep a reading that gets stale, and a
+    /// standby instance, which never reads it, alerts on nothing.
+    pub fn clear_slot(&self) {
+        self.slot_retained_wal_bytes.set(f64::NAN);
+        self.slot_safe_wal_size_bytes.set(f64::NAN);
+        for status in WAL_STATUSES {
+            self.slot_wal_status
+                .get_or_create(&vec![("status".to_owned(), status.to_owned())])
+                .set(0);
+        }
+        self.slot_active.set(f64::NAN);
     }
 
     pub fn render(&self) -> String {
@@ -365,6 +573,10 @@ pub async fn serve(
 }
 
 async fn render_metrics(State(s): State<Shared>) -> (StatusCode, String) {
+    // At the scrape, so it holds between sessions too.
+    s.metrics
+        .ready
+        .set(i64::from(s.health.not_ready().is_none()));
     (StatusCode::OK, s.metrics.render())
 }
 
@@ -433,9 +645,18 @@ mod tests {
         let metrics = Metrics::default();
         // A family is rendered once it has a series.
         metrics.logical_message_ignored("other_prefix");
-        let _series = metrics
-            .parked_waiting
-            .get_or_create(&vec![("webhook_id".to_owned(), "1".to_owned())]);
+        metrics.set_parked_waiting(&[ParkedCount {
+            webhook_id: 1,
+            events: 1,
+            oldest_age_seconds: 1.0,
+        }]);
+        metrics.set_hooks(&[HookGauges {
+            webhook_id: 1,
+            state: 1,
+            queue_depth: 0,
+            in_flight_requests: 0,
+            concurrency_limit: 8,
+        }]);
         let text = metrics.render();
         let families: Vec<(&str, &str)> = text
             .lines()
@@ -454,8 +675,15 @@ mod tests {
                 .chars()
                 .take_while(|c| c.is_ascii_lowercase() || *c == '_')
                 .collect();
-            // Roles and publications, not metrics.
-            if ["walhook_", "walhook_setup", "walhook_keyless"].contains(&name.as_str()) {
+            // Roles, publications and the example slot, not metrics.
+            if [
+                "walhook_",
+                "walhook_setup",
+                "walhook_keyless",
+                "walhook_crm",
+            ]
+            .contains(&name.as_str())
+            {
                 continue;
             }
             named += 1;
@@ -465,6 +693,71 @@ mod tests {
             );
         }
         assert!(named > 10, "only {named} metric names found in the README");
+    }
+
+    /// A hook gone from the list loses its series; the slot's wal_status
+    /// has one series per status, 1 for the current one.
+    #[test]
+    fn hook_and_slot_gauges() {
+        let m = Metrics::default();
+        let hook = |id| HookGauges {
+            webhook_id: id,
+            state: 3,
+            queue_depth: 5,
+            in_flight_requests: 2,
+            concurrency_limit: 8,
+        };
+        m.set_hooks(&[hook(1), hook(2)]);
+        let text = m.render();
+        assert!(
+            text.contains("walhook_hook_state{webhook_id=\"2\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("walhook_hook_queue_depth{webhook_id=\"1\"} 5"),
+            "{text}"
+        );
+        m.set_hooks(&[hook(1)]);
+        let text = m.render();
+        assert!(!text.contains("webhook_id=\"2\""), "{text}");
+        assert!(text.contains("walhook_hook_in_flight_requests{webhook_id=\"1\"} 2"));
+
+        m.set_parked_waiting(&[ParkedCount {
+            webhook_id: 4,
+            events: 7,
+            oldest_age_seconds: 12.5,
+        }]);
+        let text = m.render();
+        assert!(text.contains("walhook_hook_oldest_parked_age_seconds{webhook_id=\"4\"} 12.5"));
+        m.set_parked_waiting(&[]);
+        assert!(!m.render().contains("webhook_id=\"4\""));
+
+        m.set_slot(Some(4096), Some("reserved"), None, true);
+        let text = m.render();
+        assert!(
+            text.contains("walhook_slot_retained_wal_bytes 4096"),
+            "{text}"
+        );
+        assert!(
+            text.contains("walhook_slot_wal_status{status=\"reserved\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("walhook_slot_wal_status{status=\"lost\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("walhook_slot_safe_wal_size_bytes NaN"),
+            "{text}"
+        );
+        assert!(text.contains("walhook_slot_active 1"), "{text}");
+        m.clear_slot();
+        let text = m.render();
+        assert!(text.contains("walhook_slot_active NaN"), "{text}");
+        assert!(
+            text.contains("walhook_slot_wal_status{status=\"reserved\"} 0"),
+            "{text}"
+        );
     }
 
     #[test]

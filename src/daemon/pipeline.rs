@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::delivery::{Dispatcher, EventIntake, HookSettings, ParkedSize};
 use crate::events::catalog::TypeCatalog;
 use crate::events::{Change, ChangeEvent, EventBuilder, Operation, TxnInfo};
-use crate::metrics::Metrics;
+use crate::metrics::{HookGauges, Metrics};
 use crate::pgoutput::{self, Lsn, Message};
 use crate::registry::{PendingSnapshots, Registry, RegistryUpdate};
 use crate::source::SourceMessage;
@@ -122,6 +122,14 @@ impl Pipeline {
     /// Bytes of request bodies queued or in flight.
     pub fn in_flight_bytes(&self) -> u64 {
         self.dispatcher.in_flight_bytes()
+    }
+
+    /// The gauges of every hook in the registry, as delivery sees them.
+    pub fn hook_gauges(&self) -> Vec<HookGauges> {
+        self.registry
+            .hooks()
+            .map(|hook| self.dispatcher.hook_gauges(hook))
+            .collect()
     }
 
     /// Parked events dropped for their age (see

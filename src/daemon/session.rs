@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::leader::wait_for_leadership;
+use super::log_limit::LogLimit;
 use super::pipeline::{Pipeline, PipelineParts};
 use super::Process;
 use crate::backfill::{Board, Reconciler, Worker};
@@ -44,6 +45,10 @@ const DELIVERY_TICK: Duration = Duration::from_secs(1);
 const PARKED_GAUGE_EVERY: Duration = Duration::from_secs(15);
 /// How often the systemd status line is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
+/// How often the slot's metrics are read from `pg_replication_slots`.
+const SLOT_GAUGES_EVERY: Duration = Duration::from_secs(5);
+/// How often the per-hook gauges are taken from delivery.
+const HOOK_GAUGES_EVERY: Duration = Duration::from_secs(2);
 
 /// A lost SQL session: it carries the leadership lock, parking and
 /// statistics, so a new session must start.
@@ -95,6 +100,37 @@ async fn run_backfills(config: Arc<Config>, conn: crate::config::Connection, boa
     }
 }
 
+/// Read the slot's metrics every [`SLOT_GAUGES_EVERY`] on the session's
+/// SQL connection, in a task of its own so the reader never waits on it. A
+/// failed read keeps the last values and is logged at most once a minute.
+async fn watch_slot(store: Store, slot: String, metrics: Arc<crate::metrics::Metrics>) {
+    let mut warnings = LogLimit::new(Duration::from_secs(60));
+    let mut tick = tokio::time::interval(SLOT_GAUGES_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let problem = match store.slot_gauges(&slot).await {
+            Ok(Some(g)) => {
+                metrics.set_slot(
+                    g.retained_bytes,
+                    g.wal_status.as_deref(),
+                    g.safe_wal_size,
+                    g.active,
+                );
+                continue;
+            }
+            Ok(None) => format!("replication slot {slot:?} does not exist"),
+            Err(e) => format!("{e:#}"),
+        };
+        if let Some(held_back) = warnings.admit(std::time::Instant::now()) {
+            tracing::warn!(
+                held_back,
+                "slot metrics not updated (they keep their last values): {problem}"
+            );
+        }
+    }
+}
+
 /// A streaming session and what it started.
 pub(super) struct Session {
     config: Arc<Config>,
@@ -112,6 +148,8 @@ pub(super) struct Session {
     progress: Option<Progress>,
     /// Runs the backfills (on its own SQL session); ends with the session.
     backfill_worker: JoinHandle<()>,
+    /// Reads the slot's metrics; ends with the session.
+    slot_watch: JoinHandle<()>,
 }
 
 /// The session's end of the [`ProgressWriter`].
@@ -352,6 +390,11 @@ impl Session {
         });
         pipeline.restore_hooks().await?;
         let backfill_worker = tokio::spawn(run_backfills(Arc::clone(&config), conn, board));
+        let slot_watch = tokio::spawn(watch_slot(
+            store.clone(),
+            slot.clone(),
+            Arc::clone(&process.metrics),
+        ));
         Ok(Some(Session {
             config,
             store,
@@ -362,6 +405,7 @@ impl Session {
             usage_stop,
             progress,
             backfill_worker,
+            slot_watch,
         }))
     }
 
@@ -415,6 +459,8 @@ impl Session {
         delivery_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut parked_gauge_tick = tokio::time::interval(PARKED_GAUGE_EVERY);
         parked_gauge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hook_gauge_tick = tokio::time::interval(HOOK_GAUGES_EVERY);
+        hook_gauge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reload_open = true;
         let mut auto_add_tick = tokio::time::interval(config.capture.auto_add_interval);
         let mut status_at = tokio::time::Instant::now();
@@ -465,6 +511,9 @@ impl Session {
                     }
                 }
                 _ = delivery_tick.tick() => self.pipeline.tick_delivery().await?,
+                _ = hook_gauge_tick.tick() => {
+                    process.metrics.set_hooks(&self.pipeline.hook_gauges());
+                }
                 _ = parked_gauge_tick.tick() => {
                     match self.store.parked_counts().await {
                         Ok(counts) => process.metrics.set_parked_waiting(&counts),
@@ -536,6 +585,8 @@ impl Session {
         // A chunk read but not yet at its high watermark is read again by
         // the next session, from the key recorded last.
         self.backfill_worker.abort();
+        self.slot_watch.abort();
+        self.pipeline.metrics().clear_slot();
         let timeout = self.config.delivery.shutdown_timeout;
         if !self.pipeline.drain(timeout).await {
             tracing::warn!(

@@ -20,6 +20,7 @@ use super::parking::{past_bound, run_replayer, ParkQueue};
 use super::storage::ParkedSize;
 use crate::config::{Concurrency, DeliveryConfig};
 use crate::errors::DeliveryTaskFailed;
+use crate::metrics::HookGauges;
 use crate::registry::{Webhook, WebhookState};
 
 /// Memory a queued job takes besides its body: the job and its strings,
@@ -457,6 +458,35 @@ impl Dispatcher {
             }
         }
         self.ctx.config.set(config);
+    }
+
+    /// A hook's gauges from its runtime; a hook no event has reached yet
+    /// has none, and shows the limit it would start with.
+    pub fn hook_gauges(&self, hook: &Webhook) -> HookGauges {
+        let Some(known) = self.hooks.get(&hook.id) else {
+            return HookGauges {
+                webhook_id: hook.id,
+                state: hook.state as i64,
+                queue_depth: 0,
+                in_flight_requests: 0,
+                concurrency_limit: concurrency_limit(&self.ctx.config.get()).limit() as i64,
+            };
+        };
+        let runtime = &known.runtime;
+        // A trip shows at once, before the registry reads the new state
+        // back from the WAL.
+        let state = if runtime.is_tripped() {
+            WebhookState::TooManyErrors
+        } else {
+            runtime.current().state
+        };
+        HookGauges {
+            webhook_id: hook.id,
+            state: state as i64,
+            queue_depth: runtime.in_flight() as i64,
+            in_flight_requests: runtime.requests() as i64,
+            concurrency_limit: runtime.concurrency_limit() as i64,
+        }
     }
 
     /// Bytes of request bodies currently queued or in flight.

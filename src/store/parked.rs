@@ -13,6 +13,7 @@ use super::{SqlResult, Store};
 use crate::delivery::{
     DeliveryStore, OrderScope, ParkedBody, ParkedEvent, ParkedRow, ParkedSize, Position,
 };
+use crate::metrics::ParkedCount;
 use crate::pgoutput::Lsn;
 use crate::registry::WebhookState;
 use crate::text::{truncate_chars, LAST_ERROR_MAX_CHARS};
@@ -302,13 +303,16 @@ impl Store {
             .collect())
     }
 
-    /// Parked events per hook, by webhook_id.
-    pub async fn parked_counts(&self) -> anyhow::Result<Vec<(i32, i64)>> {
+    /// Parked events per hook and the age of the oldest, by webhook_id:
+    /// one grouped scan for both gauges.
+    pub async fn parked_counts(&self) -> anyhow::Result<Vec<ParkedCount>> {
         Ok(self
             .client
             .query(
                 &format!(
-                    "SELECT webhook_id, count(*) FROM {} GROUP BY 1 ORDER BY 1",
+                    "SELECT webhook_id, count(*), \
+                            greatest(extract(epoch FROM now() - min(created)), 0)::float8 \
+                       FROM {} GROUP BY 1 ORDER BY 1",
                     self.table("delivery")
                 ),
                 &[],
@@ -316,7 +320,11 @@ impl Store {
             .await
             .sql("counting parked events")?
             .iter()
-            .map(|r| (r.get(0), r.get(1)))
+            .map(|r| ParkedCount {
+                webhook_id: r.get(0),
+                events: r.get(1),
+                oldest_age_seconds: r.get(2),
+            })
             .collect())
     }
 

@@ -81,6 +81,18 @@ pub struct SlotForTeardown {
     pub retained_bytes: Option<i64>,
 }
 
+/// The slot as its metrics report it, each `None` where the column is
+/// NULL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotGauges {
+    /// From `restart_lsn` to the server's position.
+    pub retained_bytes: Option<i64>,
+    pub wal_status: Option<String>,
+    /// NULL when `max_slot_wal_keep_size` is -1 (no limit).
+    pub safe_wal_size: Option<i64>,
+    pub active: bool,
+}
+
 /// How dropping the slot went.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SlotDrop {
@@ -260,6 +272,29 @@ impl Store {
             active_pid: r.get(1),
             wal_status: r.get(2),
             retained_bytes: r.get(3),
+        }))
+    }
+
+    /// The slot's gauges, `None` when it does not exist: one row of
+    /// `pg_replication_slots`, cheap enough to read every few seconds.
+    pub async fn slot_gauges(&self, slot: &str) -> anyhow::Result<Option<SlotGauges>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() \
+                                             THEN pg_last_wal_receive_lsn() \
+                                             ELSE pg_current_wal_lsn() END, restart_lsn)::bigint, \
+                        wal_status, safe_wal_size, active \
+                   FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .sql(format!("reading replication slot {slot:?} for metrics"))?;
+        Ok(row.map(|r| SlotGauges {
+            retained_bytes: r.get(0),
+            wal_status: r.get(1),
+            safe_wal_size: r.get(2),
+            active: r.get(3),
         }))
     }
 

@@ -114,6 +114,186 @@ async fn metrics_health_and_sighup_reload() {
     }
 }
 
+/// The metric names an alert rule file queries: the identifiers of its
+/// `expr:` lines outside label matchers, ranges and strings that are not
+/// functions or PromQL keywords, with a histogram's suffixes taken off.
+fn rule_metric_names(rules: &str) -> Vec<String> {
+    const KEYWORDS: [&str; 11] = [
+        "and",
+        "or",
+        "unless",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "offset",
+    ];
+    let mut names = Vec::new();
+    for line in rules.lines() {
+        let Some(expr) = line.trim().strip_prefix("expr:") else {
+            continue;
+        };
+        // Blank out what is inside {...}, [...] and quotes.
+        let mut plain = String::new();
+        let mut closing = None;
+        for c in expr.chars() {
+            match (closing, c) {
+                (None, '{') => closing = Some('}'),
+                (None, '[') => closing = Some(']'),
+                (None, '"') => closing = Some('"'),
+                (Some(end), c) if c == end => closing = None,
+                (None, c) => plain.push(c),
+                _ => {}
+            }
+            if closing.is_some() {
+                plain.push(' ');
+            }
+        }
+        let chars: Vec<char> = plain.chars().collect();
+        let mut i = 0;
+        while i < chars.len() {
+            if chars[i].is_ascii_alphabetic() || chars[i] == '_' {
+                let start = i;
+                while i < chars.len()
+                    && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i]))
+                {
+                    i += 1;
+                }
+                let word: String = chars[start..i].iter().collect();
+                let call = chars[i..].iter().find(|c| !c.is_whitespace()) == Some(&'(');
+                if !call && !KEYWORDS.contains(&word.as_str()) {
+                    let name = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|suffix| word.strip_suffix(suffix))
+                        .unwrap_or(&word)
+                        .to_owned();
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+            } else if chars[i].is_ascii_digit() {
+                // A number, 1e9 and 0x10 included.
+                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                    i += 1;
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+    names
+}
+
+/// The value of the sample `series` (name and labels as rendered).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Every metric the shipped alert rules query is in `/metrics`, and the
+/// slot and hook gauges say what a healthy daemon has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_rules_query_exported_metrics() {
+    let rules = include_str!("../../monitoring/walhook-alerts.yml");
+    let names = rule_metric_names(rules);
+    assert!(
+        names.contains(&"walhook_slot_retained_wal_bytes".to_owned())
+            && names.contains(&"walhook_hooks_near_parked_limit_total".to_owned())
+            && names.contains(&"up".to_owned()),
+        "{names:?}"
+    );
+    let port = free_port();
+    let mut h = Harness::start(
+        "CREATE TABLE contact (id serial PRIMARY KEY, name text);",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .await;
+    let receiver = Receiver::start().await.unwrap();
+    let live = h.add_hook("*", &receiver.url("/live"), None).await;
+    // A paused hook parks its events: the parked series exist.
+    let paused = h.add_hook("*", &receiver.url("/paused"), None).await;
+    h.start_daemon().await;
+    let out = h.walhook(&["webhook", "pause", &paused.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    h.db.batch_execute("INSERT INTO contact (name) VALUES ('a')")
+        .await
+        .unwrap();
+    receiver.wait_until(WAIT, |r| !r.is_empty()).await;
+    h.wait_caught_up("the daemon to park the change").await;
+
+    // The slot is read every 5 s, the parked events counted every 15 s.
+    let base = format!("http://127.0.0.1:{port}");
+    let parked = format!("walhook_parked_waiting{{webhook_id=\"{paused}\"}}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    let metrics = loop {
+        let (status, metrics) = get(&format!("{base}/metrics")).await;
+        assert_eq!(status, 200);
+        if sample(&metrics, &parked) == Some(1.0)
+            && sample(&metrics, "walhook_slot_active") == Some(1.0)
+        {
+            break metrics;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot or parked gauges never came:\n{metrics}\n{}",
+            h.daemon_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let exported: Vec<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    for name in names.iter().filter(|n| *n != "up") {
+        assert!(
+            exported.iter().any(|e| {
+                e == name
+                    || ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|suffix| e.strip_suffix(suffix) == Some(name.as_str()))
+            }),
+            "the alert rules query {name}, which /metrics lacks:\n{metrics}"
+        );
+    }
+
+    let retained = sample(&metrics, "walhook_slot_retained_wal_bytes");
+    assert!(retained.is_some_and(|b| b >= 0.0), "{metrics}");
+    for (series, value) in [
+        ("walhook_slot_wal_status{status=\"reserved\"}", 1.0),
+        ("walhook_slot_wal_status{status=\"lost\"}", 0.0),
+        ("walhook_slot_active", 1.0),
+        ("walhook_ready", 1.0),
+        (&format!("walhook_hook_state{{webhook_id=\"{live}\"}}"), 1.0),
+        (
+            &format!("walhook_hook_in_flight_requests{{webhook_id=\"{live}\"}}"),
+            0.0,
+        ),
+    ] {
+        assert_eq!(
+            sample(&metrics, series),
+            Some(value),
+            "{series} in:\n{metrics}"
+        );
+    }
+    let limit = sample(
+        &metrics,
+        &format!("walhook_hook_concurrency_limit{{webhook_id=\"{live}\"}}"),
+    );
+    assert!(limit.is_some_and(|l| l >= 1.0), "{metrics}");
+    let age = sample(
+        &metrics,
+        &format!("walhook_hook_oldest_parked_age_seconds{{webhook_id=\"{paused}\"}}"),
+    );
+    assert!(age.is_some_and(|a| a >= 0.0), "{metrics}");
+    assert!(h.stop_daemon().success());
+}
+
 #[test]
 fn metrics_listen_must_be_loopback() {
     let dir = tempfile::tempdir().unwrap();

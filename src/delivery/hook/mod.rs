@@ -10,7 +10,7 @@ pub mod usage;
 
 pub use self::runtime::{
     epoch_millis, Admission, HookRuntime, HookWithKey, ParkReason, ParkSize, ParkedBound,
-    ParkedLimits, Reservation,
+    ParkedLimits, RequestInFlight, Reservation,
 };
 
 #[cfg(test)]

@@ -141,6 +141,15 @@ pub enum Admission {
 /// A hook and its secret's prepared keys, replaced together.
 pub type HookWithKey = (Arc<Webhook>, Option<Arc<SigningKey>>);
 
+/// A request under way, counted in [`HookRuntime::requests`] while held.
+pub struct RequestInFlight<'a>(&'a HookRuntime);
+
+impl Drop for RequestInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// One hook's runtime state (see the module's state table).
 pub struct HookRuntime {
     id: i32,
@@ -152,6 +161,8 @@ pub struct HookRuntime {
     consecutive_errors: AtomicU32,
     /// Jobs queued in or running from its queue.
     in_flight: AtomicUsize,
+    /// Requests under way to its target, from its queue or its replayer.
+    requests: AtomicUsize,
     /// Events being parked that the parking writer has not written yet:
     /// the replayer must not switch to Live while any are on their way.
     unwritten: AtomicUsize,
@@ -203,6 +214,7 @@ impl HookRuntime {
             current: RwLock::new((Arc::clone(&hook), signing_key(&hook, None))),
             consecutive_errors: AtomicU32::new(0),
             in_flight: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
             unwritten: AtomicUsize::new(0),
             parked: Mutex::new(ParkedTally {
                 events: -1,
@@ -554,6 +566,18 @@ impl HookRuntime {
     /// Jobs queued in or running from the hook's queue.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// A request to the target starts; it counts as in flight until the
+    /// guard is dropped (answered, failed or cancelled).
+    pub fn request_started(&self) -> RequestInFlight<'_> {
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        RequestInFlight(self)
+    }
+
+    /// Requests under way to the hook's target.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::Acquire)
     }
 
     /// An event admitted for parking was written to the table, or will

@@ -156,6 +156,7 @@ async fn send_until_settled(
         let settings = runtime.settings();
         let config = ctx.config.get();
         let started = Instant::now();
+        let request = runtime.request_started();
         let outcome = attempt(
             http,
             &config,
@@ -170,6 +171,7 @@ async fn send_until_settled(
             },
         )
         .await;
+        drop(request);
         retry = retry.saturating_add(1);
         let took = started.elapsed();
         let (kind, signal) = match &outcome {
