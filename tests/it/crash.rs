@@ -175,25 +175,6 @@ fn duplicates_per_kill(requests: &[ReceivedRequest], kills: &[(usize, u64)]) -> 
     per_kill
 }
 
-/// The default `postgres.progress_interval` plus room for the position
-/// write itself on a loaded machine: a change answered longer than this
-/// before a kill is behind the recorded position, and never sent again.
-const RECORDED_WITHIN: Duration = Duration::from_millis(50 + 250);
-
-/// Per kill, how many requests had been answered within
-/// [`RECORDED_WITHIN`] before it: those may rightly come again.
-fn answered_just_before(requests: &[ReceivedRequest], kill_times: &[Instant]) -> Vec<usize> {
-    kill_times
-        .iter()
-        .map(|&killed| {
-            requests
-                .iter()
-                .filter(|r| r.at <= killed && killed.duration_since(r.at) <= RECORDED_WITHIN)
-                .count()
-        })
-        .collect()
-}
-
 /// The commit position of the request's change.
 fn lsn_of(r: &ReceivedRequest) -> u64 {
     parse_lsn(r.json()["Lsn"].as_str().unwrap())
@@ -298,8 +279,11 @@ async fn kills_in_a_steady_single_row_workload_resend_only_what_was_in_flight() 
     // known: with more allowed, an answer that comes late (a busy machine
     // delays the receiver) lets the next changes go out beside it, and
     // all of those are rightly sent again. What this test checks is that
-    // the position is recorded within postgres.progress_interval (the
-    // default, 50 ms) of the changes settling.
+    // the position is recorded once changes settle: before each kill the
+    // test waits until the recorded position has passed the change of the
+    // last answer it saw (an observed fact, not a time), so every change
+    // answered before that is never sent again, and what comes twice is
+    // at most what was answered after it.
     let mut h = Harness::start(ITEMS, "concurrency_per_webhook = 1").await;
     let receiver = Receiver::start().await.unwrap();
     h.add_hook("item.*", &receiver.url("/steady"), None).await;
@@ -330,7 +314,7 @@ async fn kills_in_a_steady_single_row_workload_resend_only_what_was_in_flight() 
     };
     let mut state: u64 = 0x51_7cc1_b727;
     let mut kills = Vec::new();
-    let mut kill_times = Vec::new();
+    let mut answered_after_record = Vec::new();
     for _ in 0..10 {
         // Steady state first: every change committed so far has arrived
         // (the backlog of the restart is gone), then a varying number more.
@@ -354,15 +338,41 @@ async fn kills_in_a_steady_single_row_workload_resend_only_what_was_in_flight() 
         receiver
             .wait_until(WAIT, |r| r.len() >= caught_up.len() + gap)
             .await;
-        let killed_at = Instant::now();
+        let seen = receiver.requests();
+        let marker = seen.len() - 1;
+        let marker_lsn = lsn_of(&seen[marker]);
+        h.wait_for(
+            "the position recorded past the last answered change",
+            WAIT,
+            |db| {
+                Box::pin(async move {
+                    db.query_opt(
+                        "SELECT lsn >= $1::text::pg_lsn FROM walhook.slot_progress \
+                          WHERE slot_name = 'walhook'",
+                        &[&format!(
+                            "{:X}/{:X}",
+                            marker_lsn >> 32,
+                            marker_lsn & 0xFFFF_FFFF
+                        )],
+                    )
+                    .await
+                    .unwrap()
+                    .is_some_and(|r| r.get::<_, bool>(0))
+                })
+            },
+        )
+        .await;
         h.kill_daemon();
         let recorded = h
             .stored_progress()
             .await
             .expect("walhook recorded a position before the kill");
+        // The requests that reached the receiver by the kill, the one in
+        // flight included: those after the marker may rightly come again.
+        let boundary = receiver.requests().len();
+        answered_after_record.push(boundary - marker - 1);
         h.start_daemon().await;
-        kills.push((receiver.requests().len(), recorded));
-        kill_times.push(killed_at);
+        kills.push((boundary, recorded));
     }
     stop.store(true, Ordering::SeqCst);
     writer.await.unwrap();
@@ -388,20 +398,17 @@ async fn kills_in_a_steady_single_row_workload_resend_only_what_was_in_flight() 
         duplicates as f64 * 100.0 / n as f64,
         duplicates as f64 / 10.0
     );
-    // One request is in flight (the one whose arrival the kill waited
-    // for), and the position is recorded within the interval of a change
-    // being answered, plus the write's own round trip: what was answered
-    // longer ago than that is never sent again. A loaded machine slows the
-    // write, not the rule: the window is measured, not the count.
+    // Only changes answered after the recorded position passed the marker
+    // (the one in flight among them) come twice.
     let per_kill = duplicates_per_kill(&got, &kills);
-    let answered_within = answered_just_before(&got, &kill_times);
     assert!(
         per_kill
             .iter()
-            .zip(&answered_within)
-            .all(|(&d, &recent)| d <= 2 + recent),
-        "{duplicates} of {n} changes sent twice over 10 kills, per kill {per_kill:?}, \
-         answered within {RECORDED_WITHIN:?} of each kill {answered_within:?}; daemon log:\n{}",
+            .zip(&answered_after_record)
+            .all(|(&d, &after)| d <= after),
+        "{duplicates} of {n} changes sent twice over 10 kills, per kill {per_kill:?}, answered \
+         after the recorded position passed the last seen answer {answered_after_record:?}; \
+         daemon log:\n{}",
         h.daemon_log()
     );
     assert!(h.stop_daemon().success());
