@@ -17,6 +17,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio::sync::Notify;
 
@@ -30,6 +31,8 @@ struct TxnState {
     end: AtomicU64,
     /// Whether any event of the transaction was handed to delivery.
     had_events: AtomicBool,
+    /// When the transaction committed, for the lag in seconds.
+    committed_at: SystemTime,
     /// The checkpoint's wake-up, for when `pending` reaches zero.
     settled: Arc<Notify>,
 }
@@ -90,11 +93,13 @@ impl Checkpoint {
         }
     }
 
-    pub fn begin(&mut self) -> OpenTxn {
+    /// A transaction that committed at `committed_at` (its Begin says when).
+    pub fn begin(&mut self, committed_at: SystemTime) -> OpenTxn {
         let state = Arc::new(TxnState {
             pending: AtomicUsize::new(1),
             end: AtomicU64::new(0),
             had_events: AtomicBool::new(false),
+            committed_at,
             settled: Arc::clone(&self.settled),
         });
         self.txns.push_back(Arc::clone(&state));
@@ -156,6 +161,14 @@ impl Checkpoint {
     pub fn pending_transactions(&self) -> usize {
         self.txns.len()
     }
+
+    /// When the oldest transaction not yet confirmable committed: the lag
+    /// in time of what a restart would send again. `None` when every
+    /// transaction read is settled. (As of the last
+    /// [`confirmable`](Self::confirmable).)
+    pub fn oldest_unsettled_commit(&self) -> Option<SystemTime> {
+        self.txns.front().map(|t| t.committed_at)
+    }
 }
 
 #[cfg(test)]
@@ -165,10 +178,10 @@ mod tests {
     #[test]
     fn waits_for_the_oldest_unsettled_transaction() {
         let mut c = Checkpoint::new(Lsn(100));
-        let t1 = c.begin();
+        let t1 = c.begin(SystemTime::UNIX_EPOCH);
         let a = t1.ticket();
         c.commit(t1, Lsn(200));
-        let t2 = c.begin();
+        let t2 = c.begin(SystemTime::UNIX_EPOCH);
         let b = t2.ticket();
         c.commit(t2, Lsn(300));
         assert_eq!(c.confirmable(), Lsn(100));
@@ -181,7 +194,7 @@ mod tests {
     #[test]
     fn dropped_tickets_never_confirm() {
         let mut c = Checkpoint::new(Lsn(100));
-        let t = c.begin();
+        let t = c.begin(SystemTime::UNIX_EPOCH);
         drop(t.ticket());
         c.commit(t, Lsn(200));
         c.keepalive(Lsn(500));
@@ -193,7 +206,7 @@ mod tests {
         let mut c = Checkpoint::new(Lsn(100));
         c.keepalive(Lsn(400));
         assert_eq!(c.confirmable(), Lsn(400));
-        let t = c.begin();
+        let t = c.begin(SystemTime::UNIX_EPOCH);
         c.keepalive(Lsn(900));
         assert_eq!(c.confirmable(), Lsn(400));
         c.commit(t, Lsn(950));
@@ -204,7 +217,7 @@ mod tests {
     async fn the_last_settle_wakes_the_owner_once_committed() {
         let mut c = Checkpoint::new(Lsn(100));
         let woken = c.settled();
-        let t = c.begin();
+        let t = c.begin(SystemTime::UNIX_EPOCH);
         let a = t.ticket();
         let b = t.ticket();
         c.commit(t, Lsn(200));
@@ -221,10 +234,10 @@ mod tests {
     #[test]
     fn only_transactions_with_events_move_events_settled() {
         let mut c = Checkpoint::new(Lsn(100));
-        let t1 = c.begin();
+        let t1 = c.begin(SystemTime::UNIX_EPOCH);
         let a = t1.ticket();
         c.commit(t1, Lsn(200));
-        let t2 = c.begin();
+        let t2 = c.begin(SystemTime::UNIX_EPOCH);
         c.commit(t2, Lsn(300));
         c.keepalive(Lsn(400));
         assert_eq!(c.confirmable(), Lsn(100));
@@ -232,5 +245,25 @@ mod tests {
         a.settle();
         assert_eq!(c.confirmable(), Lsn(400));
         assert_eq!(c.events_settled(), Lsn(200), "t2 had no events");
+    }
+
+    #[test]
+    fn the_oldest_unsettled_transaction_says_when_it_committed() {
+        let mut c = Checkpoint::new(Lsn(10));
+        assert_eq!(c.oldest_unsettled_commit(), None);
+        let (early, late) = (
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(100),
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(200),
+        );
+        let t1 = c.begin(early);
+        let ticket = t1.ticket();
+        c.commit(t1, Lsn(20));
+        let t2 = c.begin(late);
+        c.commit(t2, Lsn(30));
+        c.confirmable();
+        assert_eq!(c.oldest_unsettled_commit(), Some(early));
+        ticket.settle();
+        c.confirmable();
+        assert_eq!(c.oldest_unsettled_commit(), None, "both are settled");
     }
 }

@@ -42,6 +42,8 @@ pub struct Metrics {
     outcomes: [(&'static str, Counter); 5],
     pub delivery_seconds: Histogram,
     pub lag_bytes: Gauge,
+    /// Seconds since the oldest transaction not yet settled committed.
+    pub lag_seconds: Gauge<f64, AtomicU64>,
     pub in_flight_bytes: Gauge,
     pub parked_events: Gauge,
     /// Events waiting in the `delivery` table, per webhook_id, as last
@@ -133,6 +135,7 @@ impl Default for Metrics {
         let deliveries = Family::<Vec<(String, String)>, Counter>::default();
         let delivery_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let lag_bytes = Gauge::default();
+        let lag_seconds = Gauge::<f64, AtomicU64>::default();
         let in_flight_bytes = Gauge::default();
         let parked_events = Gauge::default();
         let parked_waiting = Family::<Vec<(String, String)>, Gauge>::default();
@@ -255,6 +258,13 @@ impl Default for Metrics {
             lag_bytes.clone(),
         );
         registry.register(
+            "replication_lag_seconds",
+            "Seconds since the commit of the oldest transaction read but not yet settled \
+             (delivered, parked or dropped): what a restart would send again; 0 when every \
+             transaction read is settled",
+            lag_seconds.clone(),
+        );
+        registry.register(
             "in_flight_bytes",
             "Request bodies queued or being sent",
             in_flight_bytes.clone(),
@@ -295,6 +305,7 @@ impl Default for Metrics {
             outcomes,
             delivery_seconds,
             lag_bytes,
+            lag_seconds,
             in_flight_bytes,
             parked_events,
             parked_waiting,

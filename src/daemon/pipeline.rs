@@ -184,7 +184,7 @@ impl Pipeline {
                         commit_lsn: final_lsn,
                         commit_time,
                     },
-                    checkpoint: self.checkpoint.begin(),
+                    checkpoint: self.checkpoint.begin(crate::pgoutput::pg_time(commit_time)),
                     next_index: 0,
                     registry_changed: false,
                     origin: None,

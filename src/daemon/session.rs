@@ -480,6 +480,12 @@ impl Session {
                     process.health.tick(lsn.0, pending);
                     let lag = self.pipeline.server_end().0.saturating_sub(lsn.0);
                     process.metrics.lag_bytes.set(lag as i64);
+                    let lag_seconds = self
+                        .pipeline
+                        .checkpoint()
+                        .oldest_unsettled_commit()
+                        .map_or(0.0, |at| at.elapsed().map_or(0.0, |d| d.as_secs_f64()));
+                    process.metrics.lag_seconds.set(lag_seconds);
                     process
                         .metrics
                         .in_flight_bytes

@@ -275,7 +275,7 @@ fn jobs(
     hook: &Arc<Webhook>,
     keys: &[&str],
 ) -> (Vec<Job>, crate::checkpoint::OpenTxn) {
-    let txn = checkpoint.begin();
+    let txn = checkpoint.begin(std::time::SystemTime::now());
     let jobs = keys
         .iter()
         .enumerate()
@@ -522,7 +522,7 @@ async fn reactivation_delivers_parked_events_first_then_live_ones() {
     // and an event dispatched meanwhile queues behind them.
     let active = hook(&url, WebhookState::Active);
     dispatcher.hook_changed(&active, false).await;
-    let txn = checkpoint.begin();
+    let txn = checkpoint.begin(std::time::SystemTime::now());
     dispatcher
         .take(Job {
             hook: Arc::clone(&active),
@@ -748,7 +748,7 @@ fn a_parked_copy_names_its_properties_and_keeps_only_its_own_values_apart() {
     let max = 64 * 1024;
     let intake = EventIntake::new(&event, "D", max);
     let mut checkpoint = Checkpoint::new(Lsn(1));
-    let txn = checkpoint.begin();
+    let txn = checkpoint.begin(std::time::SystemTime::now());
     // Fits as it is: parked as the change's parts and the hook's name.
     let shared = intake.job(Arc::clone(&plain), Uuid::from_u128(1), txn.ticket());
     assert_eq!(reassembled(&shared), (shared.body.clone(), false, false));

@@ -11,7 +11,6 @@ pub mod catalog;
 pub mod value;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -135,14 +134,7 @@ impl ChangeEvent {
 
 /// PostgreSQL epoch (2000-01-01) microseconds as RFC 3339 UTC.
 pub fn rfc3339(pg_micros: i64) -> String {
-    const PG_EPOCH_UNIX_SECS: u64 = 946_684_800;
-    let unix = SystemTime::UNIX_EPOCH + Duration::from_secs(PG_EPOCH_UNIX_SECS);
-    let at = if pg_micros >= 0 {
-        unix + Duration::from_micros(pg_micros as u64)
-    } else {
-        unix - Duration::from_micros(pg_micros.unsigned_abs())
-    };
-    humantime::format_rfc3339_micros(at).to_string()
+    humantime::format_rfc3339_micros(pgoutput::pg_time(pg_micros)).to_string()
 }
 
 /// A row of walhook's `webhook` table as text, column name to value.

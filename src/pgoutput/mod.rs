@@ -20,6 +20,18 @@ use std::fmt;
 use bytes::Bytes;
 pub use pgwire_replication::Lsn;
 
+/// A PostgreSQL timestamp (microseconds since 2000-01-01 UTC, as Begin and
+/// Commit carry the commit time) as a point in time.
+pub fn pg_time(pg_micros: i64) -> std::time::SystemTime {
+    const PG_EPOCH_UNIX_SECS: u64 = 946_684_800;
+    let epoch = std::time::UNIX_EPOCH + std::time::Duration::from_secs(PG_EPOCH_UNIX_SECS);
+    if pg_micros >= 0 {
+        epoch + std::time::Duration::from_micros(pg_micros as u64)
+    } else {
+        epoch - std::time::Duration::from_micros(pg_micros.unsigned_abs())
+    }
+}
+
 /// One decoded pgoutput message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {

@@ -264,6 +264,11 @@ async fn alert_rules_query_exported_metrics() {
 
     let retained = sample(&metrics, "walhook_slot_retained_wal_bytes");
     assert!(retained.is_some_and(|b| b >= 0.0), "{metrics}");
+    let lag_seconds = sample(&metrics, "walhook_replication_lag_seconds");
+    assert!(
+        lag_seconds.is_some_and(|s| s.is_finite() && s >= 0.0),
+        "{metrics}"
+    );
     for (series, value) in [
         ("walhook_slot_wal_status{status=\"reserved\"}", 1.0),
         ("walhook_slot_wal_status{status=\"lost\"}", 0.0),
@@ -384,4 +389,51 @@ async fn tables_created_later_are_published_when_the_config_allows_it() {
         h.daemon_log()
     );
     assert!(h.stop_daemon().success());
+}
+
+/// `walhook_replication_lag_seconds` counts from the commit of the oldest
+/// transaction not yet settled, and is 0 once everything is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_in_seconds_counts_from_the_oldest_unsettled_commit() {
+    let port = free_port();
+    let mut h = Harness::start(
+        "CREATE TABLE contact (id serial PRIMARY KEY, name text);",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .await;
+    let slow = Receiver::start_slow(Duration::from_secs(3)).await.unwrap();
+    h.add_hook("*", &slow.url("/slow"), None).await;
+    h.start_daemon().await;
+    h.db.batch_execute("INSERT INTO contact (name) VALUES ('a')")
+        .await
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let lag = |metrics: &str| sample(metrics, "walhook_replication_lag_seconds");
+    // While the answer is held, the transaction is unsettled and ages.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = get(&url).await;
+        if lag(&metrics).is_some_and(|s| s >= 1.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lag never reached 1 s while the answer was held:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    slow.wait_until(WAIT, |r| !r.is_empty()).await;
+    h.wait_caught_up("the change to settle").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = get(&url).await;
+        if lag(&metrics) == Some(0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lag stayed above 0 with everything settled:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
