@@ -218,7 +218,7 @@ fn read_one(
 ) -> usize {
     let message = pgoutput::decode(message).expect("a valid Insert");
     let changes = builder.change(&TXN, index, message).expect("an event");
-    let txn = checkpoint.begin();
+    let txn = checkpoint.begin(std::time::SystemTime::now());
     let mut bytes = 0;
     for change in changes {
         let Change::Event(event) = change else {
