@@ -23,21 +23,6 @@ pub struct LostConnection(pub anyhow::Error);
 #[error("a delivery task failed ({0}): a new session delivers its events again")]
 pub struct DeliveryTaskFailed(pub String);
 
-/// The role of `postgres.url` lacks walhook's grants: it would wait as a
-/// standby, or fail on its first statement naming a table, so the daemon
-/// and `status` say what it lacks first.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "role {role:?} (postgres.url) lacks privileges on walhook's schema {schema:?}: {} (as the \
-     schema's owner; `walhook setup` with postgres.setup_url naming another role grants them, \
-     and `walhook check` names what is missing)",
-    crate::store::privileges::run_role_grants(schema, role)[..2].join("; ")
-)]
-pub struct RunRoleLacksGrants {
-    pub role: String,
-    pub schema: String,
-}
-
 /// The server invalidated the replication slot: the changes since its
 /// position are gone, and walhook never re-creates it silently.
 #[derive(Debug, thiserror::Error)]

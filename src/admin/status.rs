@@ -95,7 +95,7 @@ pub async fn status(config: &Config, as_json: bool) -> anyhow::Result<u8> {
     if lacks_grants {
         problems.push((
             exit::FAILURE,
-            crate::errors::RunRoleLacksGrants {
+            crate::store::privileges::RunRoleLacksGrants {
                 role,
                 schema: config.postgres.schema.clone(),
             }

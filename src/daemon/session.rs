@@ -252,7 +252,7 @@ impl Session {
         // A role without walhook's grants would wait as a standby, or fail
         // on its first statement naming a table: say what it lacks first.
         if store.schema_exists().await? && !store.run_role_can_work(&conn.user).await? {
-            return Err(crate::errors::RunRoleLacksGrants {
+            return Err(crate::store::privileges::RunRoleLacksGrants {
                 role: conn.user.clone(),
                 schema: config.postgres.schema.clone(),
             }

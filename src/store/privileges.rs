@@ -285,6 +285,21 @@ impl Store {
     }
 }
 
+/// The role of `postgres.url` lacks walhook's grants: it would wait as a
+/// standby, or fail on its first statement naming a table, so the daemon
+/// and `status` say what it lacks first.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "role {role:?} (postgres.url) lacks privileges on walhook's schema {schema:?}: {} (as the \
+     schema's owner; `walhook setup` with postgres.setup_url naming another role grants them, \
+     and `walhook check` names what is missing)",
+    run_role_grants(schema, role)[..2].join("; ")
+)]
+pub struct RunRoleLacksGrants {
+    pub role: String,
+    pub schema: String,
+}
+
 /// The GRANTs that give `role` what the daemon needs in `schema`.
 pub fn run_role_grants(schema: &str, role: &str) -> Vec<String> {
     let (schema, role) = (ident(schema), ident(role));
