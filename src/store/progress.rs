@@ -229,22 +229,10 @@ impl ProgressWriter {
                     // Positions that come meanwhile wait for the next
                     // write; a closed channel ends the writer at once (the
                     // session records the last position itself).
-                    let next_write = tokio::time::sleep(self.min_interval);
-                    tokio::pin!(next_write);
-                    let mut pending = false;
-                    loop {
-                        tokio::select! {
-                            _ = &mut next_write => break,
-                            changed = settled.changed() => {
-                                if changed.is_err() {
-                                    return self.recorded;
-                                }
-                                pending = true;
-                            }
-                        }
-                    }
-                    if pending {
-                        settled.mark_changed();
+                    match wait_out(&mut settled, self.min_interval).await {
+                        None => return self.recorded,
+                        Some(true) => settled.mark_changed(),
+                        Some(false) => {}
                     }
                 }
                 Err(e) => {
@@ -253,17 +241,8 @@ impl ProgressWriter {
                         "recording the settled position failed, retrying in {}: {e:#}",
                         crate::text::human_duration(pause)
                     );
-                    let wake = tokio::time::sleep(pause);
-                    tokio::pin!(wake);
-                    loop {
-                        tokio::select! {
-                            _ = &mut wake => break,
-                            changed = settled.changed() => {
-                                if changed.is_err() {
-                                    return self.recorded;
-                                }
-                            }
-                        }
+                    if wait_out(&mut settled, pause).await.is_none() {
+                        return self.recorded;
                     }
                     pause = (pause * 2).min(MAX_RETRY_PAUSE);
                     settled.mark_changed();
@@ -271,5 +250,23 @@ impl ProgressWriter {
             }
         }
         self.recorded
+    }
+}
+
+/// Wait `duration` while positions keep coming (the newest wins): `None`
+/// when the session dropped its end meanwhile, else whether a position
+/// came.
+async fn wait_out(settled: &mut watch::Receiver<Lsn>, duration: Duration) -> Option<bool> {
+    let wake = tokio::time::sleep(duration);
+    tokio::pin!(wake);
+    let mut came = false;
+    loop {
+        tokio::select! {
+            _ = &mut wake => return Some(came),
+            changed = settled.changed() => {
+                changed.ok()?;
+                came = true;
+            }
+        }
     }
 }

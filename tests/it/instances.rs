@@ -12,7 +12,7 @@ use std::time::Duration;
 use walhook_lab::cluster::Cluster;
 use walhook_lab::receiver::{ReceivedRequest, Receiver};
 
-use crate::common::{free_port, stdout, text, BIN};
+use crate::common::{free_port, stdout, stop_child, text, BIN};
 
 /// The same table in both databases, so only the database tells their
 /// changes apart.
@@ -73,17 +73,6 @@ fn start_daemon(instance: &str, config: &Path, log: &Path) -> Child {
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .expect("walhook run starts")
-}
-
-async fn stop_daemon(mut daemon: Child) -> std::process::ExitStatus {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    tokio::task::spawn_blocking(move || daemon.wait().unwrap())
-        .await
-        .unwrap()
 }
 
 /// Wait until `slot` is being streamed from.
@@ -299,6 +288,6 @@ async fn two_instances_on_two_databases_deliver_their_own_changes_and_check_name
         assert_eq!(receiver.requests().len(), 2, "{db}: {}", log_text());
     }
     for daemon in daemons {
-        assert!(stop_daemon(daemon).await.success(), "{}", log_text());
+        assert!(stop_child(daemon).await.success(), "{}", log_text());
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use walhook_lab::cluster::{Auth, Cluster, ClusterOptions};
 use walhook_lab::receiver::Receiver;
 
-use crate::common::{stdout, text, Harness, BIN};
+use crate::common::{stdout, stop_child, text, Harness, BIN};
 
 const README: &str = include_str!("../../README.md");
 
@@ -123,18 +123,6 @@ fn start_daemon(config: &Path, log: &Path) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .unwrap()
-}
-
-/// SIGTERM, and the exit status.
-async fn stop_daemon(mut daemon: Child) -> std::process::ExitStatus {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    tokio::task::spawn_blocking(move || daemon.wait().unwrap())
-        .await
         .unwrap()
 }
 
@@ -398,7 +386,7 @@ async fn the_readme_roles_recipe_works_as_written_with_scram() {
 
     // A GRANT revoked before the daemon reads: the backfill stays open
     // with the error and the fix, and goes on once the GRANT is back.
-    let status = stop_daemon(daemon).await;
+    let status = stop_child(daemon).await;
     assert!(status.success(), "daemon exit: {status}\n{}", log_text());
     let out = walhook_async(
         &config,
@@ -433,7 +421,7 @@ async fn the_readme_roles_recipe_works_as_written_with_scram() {
         .await;
     assert_eq!(persons(&got), 6, "{}", log_text());
 
-    let status = stop_daemon(daemon).await;
+    let status = stop_child(daemon).await;
     assert!(status.success(), "daemon exit: {status}\n{}", log_text());
     assert!(!log_text().contains("ERROR"), "{}", log_text());
     wait_true(

@@ -124,23 +124,13 @@ impl Store {
             }
             // A GRANT revoked after the backfill was registered.
             Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
-                return Err(MissingGrant {
-                    role: table.reader.clone(),
-                    table: table.qualified(),
-                    cause: pg_message(&e),
-                    grants: vec![
-                        format!(
-                            "GRANT USAGE ON SCHEMA {} TO {}",
-                            ident(&table.namespace),
-                            ident(&table.reader)
-                        ),
-                        format!(
-                            "GRANT SELECT ON {} TO {}",
-                            table.sql_name(),
-                            ident(&table.reader)
-                        ),
-                    ],
-                }
+                return Err(MissingGrant::new(
+                    &table.reader,
+                    (&table.namespace, &table.name),
+                    pg_message(&e),
+                    true,
+                    true,
+                )
                 .into())
             }
             Err(e) => return Err(failed(what(), e)),

@@ -102,7 +102,9 @@ pub struct MissingGrant {
 }
 
 impl MissingGrant {
-    fn new(
+    /// The refusal for `role` on `(namespace, name)`, with the GRANTs it
+    /// lacks.
+    pub(super) fn new(
         role: &str,
         (namespace, name): (&str, &str),
         cause: String,

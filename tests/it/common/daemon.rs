@@ -129,3 +129,16 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// SIGTERM a `walhook run` started outside the harness, and its exit
+/// status.
+pub async fn stop_child(mut daemon: Child) -> std::process::ExitStatus {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    tokio::task::spawn_blocking(move || daemon.wait().unwrap())
+        .await
+        .unwrap()
+}

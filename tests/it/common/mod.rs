@@ -19,7 +19,7 @@ mod json;
 mod signatures;
 mod waits;
 
-pub use self::daemon::{stdout, text, walhook_async, walhook_with};
+pub use self::daemon::{stdout, stop_child, text, walhook_async, walhook_with};
 pub use self::harness::Harness;
 pub use self::host::{free_port, peak_rss_kib};
 pub use self::json::{decimal, same_json};
