@@ -100,8 +100,13 @@ pub struct RunArgs {
     crash_rate: Option<u64>,
     #[arg(long, env = "CRASH_KILLS")]
     crash_kills: Option<u64>,
+    /// The longest gap between two disturbances, in seconds; each gap is
+    /// drawn between 1 s and this.
     #[arg(long, env = "CRASH_INTERVAL")]
     crash_interval: Option<u64>,
+    /// How long the crash section's receiver takes per request.
+    #[arg(long, env = "CRASH_SINK_DELAY_MS", default_value_t = 3)]
+    crash_sink_delay_ms: u64,
     #[arg(long, env = "CRASH_DRAIN_TIMEOUT", default_value_t = 300)]
     crash_drain_timeout: u64,
     /// The sink over https (1) or plain http (0).
@@ -157,6 +162,7 @@ pub struct Knobs {
     pub crash_rate: u64,
     pub crash_kills: u64,
     pub crash_interval: u64,
+    pub crash_sink_delay_ms: u64,
     pub crash_drain_timeout: u64,
     pub sink_tls: bool,
 }
@@ -223,9 +229,10 @@ impl Knobs {
             parked_rows: size(a.parked_rows, 20_000, 1_000),
             parked_lat_seconds: size(a.parked_lat_seconds, 10, 2),
             replay_events: size(a.replay_events, 100_000, 2_000),
-            crash_rate: size(a.crash_rate, 700, 200),
+            crash_rate: size(a.crash_rate, 500, 200),
             crash_kills: size(a.crash_kills, 10, 3),
-            crash_interval: size(a.crash_interval, 3, 1),
+            crash_interval: size(a.crash_interval, 4, 1),
+            crash_sink_delay_ms: a.crash_sink_delay_ms,
             crash_drain_timeout: a.crash_drain_timeout,
             sink_tls: a.sink_tls == 1,
         };

@@ -1,7 +1,9 @@
-//! crash: single-row transactions at CRASH_RATE per second while walhook is
-//! killed (kill -9, restarted at once) CRASH_KILLS times; then again with a
-//! fast PostgreSQL restart, an immediate one and a terminated walsender
-//! mixed in. The sink logs the EventId and row id of every delivery: every
+//! crash: single-row transactions at CRASH_RATE per second to a receiver
+//! that takes CRASH_SINK_DELAY_MS per request, while walhook is killed
+//! (kill -9, restarted at once) CRASH_KILLS times, each after 1 to
+//! CRASH_INTERVAL seconds, so most kills land while walhook is still
+//! catching up after the last; then again with a fast PostgreSQL restart,
+//! an immediate one and a terminated walsender mixed in. The sink logs the EventId and row id of every delivery: every
 //! committed row must have arrived, and duplicates are counted per change.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -58,6 +60,8 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
         arrivals.display().to_string(),
         "--field".into(),
         "id".into(),
+        "--delay-ms".into(),
+        k.crash_sink_delay_ms.to_string(),
     ];
     let sink = Sink::start(&b.tools.sink, &b.dir, "crash", &args, b.sink_cert()).await?;
     b.logs.push(sink.err_log.clone());
@@ -76,12 +80,15 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut load = start_load(b, phase.clone(), stop.clone())?;
     say!(
-        "crash: phase 1: {} tx/s, walhook killed {} times",
+        "crash: phase 1: {} tx/s to a receiver taking {} ms, walhook killed {} times, 1-{} s apart",
         k.crash_rate,
-        k.crash_kills
+        k.crash_sink_delay_ms,
+        k.crash_kills,
+        k.crash_interval
     );
+    let mut gaps = Gaps::new(k.crash_interval);
     for _ in 0..k.crash_kills {
-        step(b, &sink, &mut kept, Disturbance::Kill).await?;
+        step(b, &sink, &mut kept, Disturbance::Kill, gaps.next()).await?;
     }
     phase.store(2, Ordering::Relaxed);
     // Phase 2: the kills with the three PostgreSQL disturbances spread among them.
@@ -101,7 +108,7 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
     }
     say!("crash: phase 2: {steps:?}");
     for s in steps {
-        step(b, &sink, &mut kept, s).await?;
+        step(b, &sink, &mut kept, s, gaps.next()).await?;
     }
     stop.store(true, Ordering::Relaxed);
     if tokio::time::timeout(Duration::from_secs(15), &mut load)
@@ -183,13 +190,39 @@ fn start_load(
     }))
 }
 
+/// The gaps between disturbances: pseudo-random between 1 s and the
+/// longest, the same sequence in every run so runs compare.
+struct Gaps {
+    longest_ms: u64,
+    state: u64,
+}
+
+impl Gaps {
+    fn new(longest_s: u64) -> Gaps {
+        Gaps {
+            longest_ms: longest_s.max(1) * 1000,
+            state: 0x9e37_79b9,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        self.state = self
+            .state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let span = self.longest_ms.saturating_sub(1000) + 1;
+        Duration::from_millis(1000 + (self.state >> 33) % span)
+    }
+}
+
 /// Waits until walhook delivers again since the last step, lets it run
-/// CRASH_INTERVAL seconds, then disturbs it.
+/// `gap`, then disturbs it.
 async fn step(
     b: &mut Bench,
     sink: &Sink,
     kept: &mut Kept,
     what: Disturbance,
+    gap: Duration,
 ) -> anyhow::Result<()> {
     let base = sink.requests().await?;
     let deadline = Deadline::secs(120);
@@ -199,7 +232,7 @@ async fn step(
         nap().await;
     }
     // The disturbance lands mid-stream, at an arbitrary point.
-    tokio::time::sleep(Duration::from_secs(b.knobs.crash_interval)).await;
+    tokio::time::sleep(gap).await;
     kept.keep(b)?;
     kept.note_peak_rss();
     match what {
@@ -301,7 +334,10 @@ async fn check_deliveries(
         say!("crash: phase {phase}: {changes} changes, {deliveries} deliveries, {distinct} EventIds, {dup:.2}% duplicates");
         let (figure, rss) = if phase == 1 {
             (
-                format!("kill -9 x{} at ~{} tx/s", k.crash_kills, k.crash_rate),
+                format!(
+                    "kill -9 x{} at ~{} tx/s, {} ms receiver",
+                    k.crash_kills, k.crash_rate, k.crash_sink_delay_ms
+                ),
                 String::new(),
             )
         } else {
