@@ -330,6 +330,9 @@ pub struct DeliveryConfig {
     pub concurrency_per_webhook: Concurrency,
     /// The most requests an adaptive hook may have in flight.
     pub max_concurrency_per_webhook: usize,
+    /// Requests in flight over all hooks together beyond each hook's
+    /// first, which every hook may always send.
+    pub max_shared_in_flight: usize,
     /// HTTP/2 or HTTP/1.1 to targets.
     pub http_version: HttpVersion,
     /// Bytes of request bodies in flight before walhook stops reading WAL.
@@ -392,6 +395,7 @@ impl Default for DeliveryConfig {
             ordering: DeliveryOrder::Row,
             concurrency_per_webhook: Concurrency::Adaptive,
             max_concurrency_per_webhook: 512,
+            max_shared_in_flight: 512,
             http_version: HttpVersion::Auto,
             max_in_flight_bytes: 8 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
@@ -463,6 +467,9 @@ impl Default for BackfillConfig {
 /// The most requests one hook may have in flight: over HTTP/1.1 each is a
 /// connection to the target.
 pub const MAX_CONCURRENCY: usize = 4096;
+/// The most of `delivery.max_shared_in_flight`: tokio's semaphore holds
+/// far more, but past this the bound no longer bounds memory.
+pub const MAX_SHARED_IN_FLIGHT: usize = 65_536;
 /// Bounds of `delivery.max_body_bytes`: parked bodies are stored as text,
 /// and PostgreSQL refuses any message over 1 GiB.
 pub const MIN_BODY_BYTES: usize = 64 * 1024;

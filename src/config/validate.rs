@@ -8,7 +8,8 @@ use anyhow::bail;
 use ipnet::IpNet;
 
 use super::{
-    Concurrency, Config, MAX_BODY_BYTES, MAX_CONCURRENCY, MAX_PARKED_BYTES, MIN_BODY_BYTES,
+    Concurrency, Config, MAX_BODY_BYTES, MAX_CONCURRENCY, MAX_PARKED_BYTES, MAX_SHARED_IN_FLIGHT,
+    MIN_BODY_BYTES,
 };
 
 fn ms(n: u64) -> Duration {
@@ -208,6 +209,12 @@ impl Config {
                 d.max_concurrency_per_webhook as u64,
                 1,
                 MAX_CONCURRENCY as u64,
+            ),
+            (
+                "delivery.max_shared_in_flight",
+                d.max_shared_in_flight as u64,
+                1,
+                MAX_SHARED_IN_FLIGHT as u64,
             ),
             (
                 "delivery.backlog_limit",

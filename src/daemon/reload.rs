@@ -55,6 +55,10 @@ impl ReloadPlan {
                 "delivery.max_in_flight_bytes",
                 old.max_in_flight_bytes == d.max_in_flight_bytes,
             ),
+            (
+                "delivery.max_shared_in_flight",
+                old.max_shared_in_flight == d.max_shared_in_flight,
+            ),
             ("delivery.http_version", old.http_version == d.http_version),
             ("delivery.ca_file", old.ca_file == d.ca_file),
             (
@@ -103,12 +107,13 @@ mod restart_keys {
         d.allow_private_targets = !d.allow_private_targets;
         d.allowed_private_networks = vec!["10.0.0.0/8".parse().unwrap()];
         d.max_in_flight_bytes *= 2;
+        d.max_shared_in_flight *= 2;
         d.http_version = crate::config::HttpVersion::Http1;
         d.ca_file = Some("/x".into());
         d.client_cert_file = Some("/x".into());
         d.client_key_file = Some("/x".into());
         let plan = ReloadPlan::of(&Config::default(), &changed);
-        assert_eq!(plan.restart.len(), 13, "{:?}", plan.restart);
+        assert_eq!(plan.restart.len(), 14, "{:?}", plan.restart);
         for key in &plan.restart {
             assert!(
                 paragraph.contains(&format!("`{key}`")),

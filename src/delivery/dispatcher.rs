@@ -15,7 +15,7 @@ use super::hook::order::order_keys;
 use super::hook::settings::HookSettings;
 use super::hook::{epoch_millis, Admission, HookRuntime, ParkReason};
 use super::job::Job;
-use super::live::{run_queue, Queued};
+use super::live::{run_queue, Queued, SharedInFlight};
 use super::parking::{past_bound, run_replayer, ParkQueue};
 use super::storage::ParkedSize;
 use crate::config::{Concurrency, DeliveryConfig};
@@ -38,6 +38,8 @@ pub struct Dispatcher {
     /// Bytes of request bodies that may be queued or in flight.
     budget: Arc<Semaphore>,
     budget_max: u32,
+    /// Requests in flight beyond each hook's first, shared by all hooks.
+    shared_in_flight: SharedInFlight,
     hooks: HashMap<i32, HookQueue>,
     /// Queues, replayers and the parking writer.
     tasks: JoinSet<()>,
@@ -60,6 +62,7 @@ impl Dispatcher {
         Dispatcher {
             budget: Arc::new(Semaphore::new(budget_max as usize)),
             budget_max,
+            shared_in_flight: SharedInFlight::new(ctx.config.get().max_shared_in_flight),
             ctx,
             hooks: HashMap::new(),
             tasks,
@@ -87,8 +90,12 @@ impl Dispatcher {
                 runtime.set_settings(Arc::clone(settings));
             }
             let (queue, rx) = mpsc::unbounded_channel();
-            self.tasks
-                .spawn(run_queue(rx, self.ctx.clone(), Arc::clone(&runtime)));
+            self.tasks.spawn(run_queue(
+                rx,
+                self.ctx.clone(),
+                Arc::clone(&runtime),
+                self.shared_in_flight.clone(),
+            ));
             HookQueue { runtime, queue }
         });
         entry.runtime.set_current(Arc::clone(hook));

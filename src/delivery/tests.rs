@@ -387,6 +387,89 @@ async fn a_fixed_concurrency_is_never_exceeded() {
     assert_eq!(most, 3);
 }
 
+/// A hook like [`hook`] with its own webhook_id.
+fn hook_with_id(url: &str, id: i32) -> Arc<Webhook> {
+    let row = WebhookRow(
+        [
+            ("webhook_id", id.to_string()),
+            ("name", format!("test{id}")),
+            ("events", "*".into()),
+            ("target_url", url.into()),
+            ("type", "webhook".into()),
+            ("state", (WebhookState::Active as i16).to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), Some(v)))
+        .collect(),
+    );
+    Arc::new(Webhook::from_row(&row).expect("a valid hook"))
+}
+
+/// On two workers: three hooks with a fixed concurrency of 16 each, and 4
+/// shared requests: never more than each hook's first plus the 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_each_hooks_first_stay_within_the_shared_pool() {
+    let (target, url) = Target::start(200).await;
+    target.delay_ms.store(20, Ordering::Release);
+    let store = Arc::new(MemoryStore::default());
+    let mut dispatcher = Dispatcher::new(context(store, |c| {
+        c.concurrency_per_webhook = Concurrency::Fixed(16);
+        c.max_shared_in_flight = 4;
+    }));
+    let keys: Vec<String> = (0..40).map(|i| format!("row{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut checkpoint = Checkpoint::new(Lsn(1));
+    for id in 1..=3 {
+        let hook = hook_with_id(&url, id);
+        dispatch_committed(&mut dispatcher, &mut checkpoint, &hook, &keys).await;
+    }
+    wait_for("every delivery", || target.bodies().len() == 120).await;
+    let most = target.most_at_once.load(Ordering::Acquire);
+    assert!(most <= 3 + 4, "{most} requests at once");
+    assert!(most > 3, "the shared pool was never used: {most} at once");
+}
+
+/// One hook holds every shared permit on a slow target; another still
+/// delivers at once, on its first request.
+#[tokio::test]
+async fn a_hook_sends_its_first_request_while_others_hold_every_shared_one() {
+    let (slow, slow_url) = Target::start(200).await;
+    slow.delay_ms.store(3_000, Ordering::Release);
+    let (fast, fast_url) = Target::start(200).await;
+    let store = Arc::new(MemoryStore::default());
+    let mut dispatcher = Dispatcher::new(context(store, |c| {
+        c.concurrency_per_webhook = Concurrency::Fixed(16);
+        c.max_shared_in_flight = 2;
+    }));
+    let mut checkpoint = Checkpoint::new(Lsn(1));
+    let keys: Vec<String> = (0..10).map(|i| format!("row{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    dispatch_committed(
+        &mut dispatcher,
+        &mut checkpoint,
+        &hook_with_id(&slow_url, 1),
+        &keys,
+    )
+    .await;
+    wait_for("the slow hook's first and both shared requests", || {
+        slow.open.load(Ordering::Acquire) == 3
+    })
+    .await;
+    dispatch_committed(
+        &mut dispatcher,
+        &mut checkpoint,
+        &hook_with_id(&fast_url, 2),
+        &["a"],
+    )
+    .await;
+    wait_for("the other hook's delivery", || fast.bodies().len() == 1).await;
+    assert_eq!(
+        slow.open.load(Ordering::Acquire),
+        3,
+        "the slow hook's requests were still in flight"
+    );
+}
+
 #[tokio::test]
 async fn a_target_answering_503_gets_no_more_requests_at_once_and_fewer_new_events() {
     let (target, url) = Target::start(503).await;

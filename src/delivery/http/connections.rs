@@ -21,7 +21,8 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
 use bytes::Bytes;
@@ -88,6 +89,12 @@ fn speaks_http1_only(url: &url::Url, version: HttpVersion) -> bool {
 /// their bytes.
 pub struct TaskConnections {
     pool: HttpClient,
+    /// The most idle connections kept: a connection coming back past it
+    /// is closed. Set by the hook's queue to what the hook may have in
+    /// flight, so a hook that held many shared requests gives their
+    /// connections back as soon as it holds fewer, rather than after
+    /// the idle timeout.
+    idle_cap: Arc<AtomicUsize>,
     // Held only within one poll of the owning task: never contended.
     state: Mutex<State>,
 }
@@ -140,6 +147,7 @@ impl TaskConnections {
     pub fn new(pool: HttpClient) -> TaskConnections {
         TaskConnections {
             pool,
+            idle_cap: Arc::new(AtomicUsize::new(usize::MAX)),
             state: Mutex::new(State {
                 target: None,
                 origin_generation: 0,
@@ -149,6 +157,12 @@ impl TaskConnections {
                 sweep: Box::pin(tokio::time::sleep(POOL_IDLE_TIMEOUT)),
             }),
         }
+    }
+
+    /// Keep at most `cap` idle connections, read at each return.
+    pub fn with_idle_cap(mut self, cap: Arc<AtomicUsize>) -> TaskConnections {
+        self.idle_cap = cap;
+        self
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -285,7 +299,11 @@ impl TaskConnections {
     /// unread closes it). One to an origin the target has left is closed.
     fn checkin(&self, sender: http1::SendRequest<Full<Bytes>>, generation: u64) {
         let mut state = self.state();
-        if generation == state.origin_generation {
+        // Past the cap the sender is dropped: the connection reads the
+        // rest of its answer, then closes.
+        if generation == state.origin_generation
+            && state.idle.len() < self.idle_cap.load(Ordering::Relaxed)
+        {
             state.idle.push_back(Idle {
                 sender,
                 since: Instant::now(),

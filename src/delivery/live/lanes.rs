@@ -2,6 +2,7 @@
 //! driving its own HTTP/1.1 connections, and what running one event
 //! means (deliver, park or drop it, then settle its ticket).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -30,6 +31,10 @@ pub(super) struct Lanes {
     most: usize,
     finished_tx: mpsc::UnboundedSender<Finished>,
     pub done: mpsc::UnboundedReceiver<Finished>,
+    /// The requests the hook may have in flight now (its limit and its
+    /// share of the shared pool): each lane keeps at most this many idle
+    /// connections.
+    allowed: Arc<AtomicUsize>,
 }
 
 struct Lane {
@@ -68,7 +73,13 @@ impl Lanes {
                 .max(1),
             finished_tx,
             done,
+            allowed: Arc::new(AtomicUsize::new(usize::MAX)),
         }
+    }
+
+    /// The queue's allowance changed: see `allowed`.
+    pub(super) fn set_allowed(&self, allowed: usize) {
+        self.allowed.store(allowed, Ordering::Relaxed);
     }
 
     /// Start an event in the lane with the fewest running, or in a new
@@ -98,6 +109,7 @@ impl Lanes {
             self.finished_tx.clone(),
             self.ctx.clone(),
             Arc::clone(&self.runtime),
+            Arc::clone(&self.allowed),
         ));
         self.lanes.push(Lane {
             tx,
@@ -167,9 +179,10 @@ async fn run_lane(
     finished: mpsc::UnboundedSender<Finished>,
     ctx: DeliveryContext,
     runtime: Arc<HookRuntime>,
+    allowed: Arc<AtomicUsize>,
 ) {
     // Declared first: they outlive the requests running on them.
-    let connections = TaskConnections::new(ctx.http.clone());
+    let connections = TaskConnections::new(ctx.http.clone()).with_idle_cap(allowed);
     let mut running = FuturesUnordered::new();
     let mut open = true;
     loop {

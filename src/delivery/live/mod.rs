@@ -4,5 +4,7 @@
 
 mod lanes;
 mod queue;
+mod shared;
 
 pub(in crate::delivery) use self::queue::{run_queue, Queued};
+pub(in crate::delivery) use self::shared::SharedInFlight;

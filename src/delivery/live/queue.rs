@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::lanes::{Finished, Lanes, Started};
+use super::shared::{Share, SharedInFlight};
 use crate::delivery::context::DeliveryContext;
 use crate::delivery::hook::order::{Keys, OrderGate};
 use crate::delivery::hook::HookRuntime;
@@ -42,7 +43,11 @@ pub(in crate::delivery) async fn run_queue(
     mut rx: mpsc::UnboundedReceiver<Queued>,
     ctx: DeliveryContext,
     runtime: Arc<HookRuntime>,
+    shared: SharedInFlight,
 ) {
+    let mut share = shared.share();
+    // Set when events wait that only a shared permit would start.
+    let mut short = false;
     let mut gate: OrderGate<Queued> = OrderGate::new();
     let mut lanes = Lanes::new(&ctx, &runtime);
     // When each running event was queued, by arrival number: the oldest
@@ -78,6 +83,7 @@ pub(in crate::delivery) async fn run_queue(
                     done = lanes.done.try_recv().ok();
                 }
             }
+            Some(more) = Share::one_more(share.pool()), if short => share.add(more),
             // Closed and nothing running: whatever waits starts below.
             else => {}
         }
@@ -87,12 +93,24 @@ pub(in crate::delivery) async fn run_queue(
         // A parking hook parks its waiting events at once, whatever the
         // limit: that frees the byte budget, and parking costs the target
         // nothing.
-        let limit = if runtime.is_parking_now() {
+        let parking = runtime.is_parking_now();
+        let own = if parking {
             usize::MAX
         } else {
             runtime.concurrency_limit()
         };
-        runtime.held_back(gate.take_ready(limit, &mut ready));
+        let limit = if parking {
+            own
+        } else {
+            share.allowed(lanes.running() + gate.waiting(), own)
+        };
+        lanes.set_allowed(limit);
+        let held_back = gate.take_ready(limit, &mut ready);
+        // Held back by the shared pool, not by the hook's own limit: its
+        // controller must not read that as the target's limit, and the
+        // queue waits for a permit.
+        short = held_back > 0 && limit < own;
+        runtime.held_back(if short { 0 } else { held_back });
         for (keys, queued) in ready.drain(..) {
             arrivals += 1;
             running_since.insert(arrivals, queued.enqueued);
@@ -103,6 +121,7 @@ pub(in crate::delivery) async fn run_queue(
                 arrival: arrivals,
             });
         }
+        share.keep_for(lanes.running());
         let oldest = running_since
             .values()
             .next()
