@@ -45,10 +45,4 @@ impl Store {
             .sql(format!("setting the columns of webhook_id {id}"))?;
         Ok(n > 0)
     }
-
-    /// The (condition, columns_only, columns_except) of every hook that
-    /// has one, for `check`.
-    pub async fn hook_rules(&self) -> anyhow::Result<Vec<crate::events::WebhookRow>> {
-        self.control_rows().await
-    }
 }
