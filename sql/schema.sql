@@ -280,3 +280,11 @@ CREATE TABLE IF NOT EXISTS {schema}.backfill (
     created       timestamptz   NOT NULL DEFAULT now(),
     updated       timestamptz   NOT NULL DEFAULT now()
 );
+
+-- A hook's condition and the columns it may see (`walhook webhook
+-- condition|columns`), applied in commit order like the rest of the row.
+-- The lists are JSON arrays of column names; at most one is set.
+ALTER TABLE {schema}.webhook_control
+    ADD COLUMN IF NOT EXISTS condition      text,
+    ADD COLUMN IF NOT EXISTS columns_only   jsonb,
+    ADD COLUMN IF NOT EXISTS columns_except jsonb;

@@ -204,6 +204,47 @@ pub enum WebhookCommand {
         /// The webhook_id.
         id: i32,
     },
+    /// Send a hook only the rows a SQL condition over new.<column> and
+    /// old.<column> holds true for (README: the condition subset), or
+    /// clear it; the running walhook applies it from this commit on.
+    #[command(after_help = "Examples:\n  \
+        walhook webhook condition 7 --where \"new.status = 'won' and old.status is distinct from 'won'\"\n  \
+        walhook webhook condition 7 --where \"new.amount >= 1000 and new.country in ('NO', 'SE')\"\n  \
+        walhook webhook condition 7 --clear")]
+    Condition {
+        /// The webhook_id.
+        id: i32,
+        /// The condition, as in a WHERE clause.
+        #[arg(
+            long = "where",
+            value_name = "SQL",
+            conflicts_with = "clear",
+            required_unless_present = "clear"
+        )]
+        condition: Option<String>,
+        /// Remove the condition: the hook gets every event its `events` select.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Limit the columns a hook's events carry (FieldValues, Changes,
+    /// MissingColumns); the key's columns always stay.
+    #[command(after_help = "Examples:\n  \
+        walhook webhook columns 7 --only name,email\n  \
+        walhook webhook columns 7 --except ssn\n  \
+        walhook webhook columns 7 --clear")]
+    Columns {
+        /// The webhook_id.
+        id: i32,
+        /// Only these columns (comma-separated).
+        #[arg(long, value_name = "A,B", group = "columns_choice")]
+        only: Option<String>,
+        /// Every column but these (comma-separated).
+        #[arg(long, value_name = "A,B", group = "columns_choice")]
+        except: Option<String>,
+        /// Every column again.
+        #[arg(long, group = "columns_choice")]
+        clear: bool,
+    },
     /// Delete a hook's row. Its statistics (webhook_usage) and parked events
     /// (delivery) are kept unless --purge is given.
     Remove {

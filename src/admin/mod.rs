@@ -12,6 +12,7 @@ mod config;
 mod parked;
 mod render;
 mod replay;
+mod rules;
 mod setup;
 mod status;
 mod teardown;

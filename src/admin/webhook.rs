@@ -40,6 +40,12 @@ pub async fn webhook(config: &Config, command: WebhookCommand) -> anyhow::Result
         WebhookCommand::Throttle { id, rate } => throttle(config, id, rate).await,
         WebhookCommand::Pause { id } => pause(config, id, true).await,
         WebhookCommand::Resume { id } => pause(config, id, false).await,
+        WebhookCommand::Condition { id, condition, .. } => {
+            super::rules::condition(config, id, condition.as_deref()).await
+        }
+        WebhookCommand::Columns {
+            id, only, except, ..
+        } => super::rules::columns(config, id, only.as_deref(), except.as_deref()).await,
     }
 }
 
@@ -143,7 +149,7 @@ async fn pause(config: &Config, id: i32, paused: bool) -> anyhow::Result<u8> {
 }
 
 /// The error for a webhook_id that is not in the table.
-fn no_such_webhook(store: &Store, id: i32) -> anyhow::Error {
+pub(super) fn no_such_webhook(store: &Store, id: i32) -> anyhow::Error {
     anyhow!(
         "webhook_id {id} does not exist in {}",
         store.table_name("webhook")

@@ -1,6 +1,7 @@
 //! The reading side of a session: one message at a time, in WAL order,
 //! from the source through decoding, events and the registry to delivery.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use crate::events::catalog::TypeCatalog;
 use crate::events::{Change, ChangeEvent, EventBuilder, Operation, TxnInfo};
 use crate::metrics::{HookGauges, Metrics};
 use crate::pgoutput::{self, Lsn, Message};
-use crate::registry::{PendingSnapshots, Registry, RegistryUpdate};
+use crate::registry::{Admission, PendingSnapshots, Registry, RegistryUpdate};
 use crate::source::SourceMessage;
 use crate::store::Store;
 
@@ -385,15 +386,20 @@ impl Pipeline {
             WebhookChange::Rekey { from, row } => {
                 if let Ok(id) = from.parse::<i32>() {
                     self.dispatcher.settings_changed(id, None).await;
+                    self.registry.set_rules(id, None);
                 }
                 self.apply_control_row(&row, Some(info)).await;
             }
             WebhookChange::Delete { webhook_id } => {
                 if let Some(id) = webhook_id.and_then(|id| id.parse::<i32>().ok()) {
                     self.dispatcher.settings_changed(id, None).await;
+                    self.registry.set_rules(id, None);
                 }
             }
-            WebhookChange::Truncate => self.dispatcher.all_settings_removed().await,
+            WebhookChange::Truncate => {
+                self.dispatcher.all_settings_removed().await;
+                self.registry.clear_rules();
+            }
         }
     }
 
@@ -414,6 +420,10 @@ impl Pipeline {
             tracing::info!(lsn = %info.commit_lsn, webhook_id = id, ?settings, "webhook_control changed");
         }
         self.dispatcher.settings_changed(id, Some(settings)).await;
+        // The condition and the columns the hook may see, for routing.
+        if let Some((id, rules)) = crate::registry::RowRules::from_row(row) {
+            self.registry.set_rules(id, Some(rules));
+        }
     }
 
     /// Address an event to every matching hook, by the hook's state.
@@ -426,6 +436,14 @@ impl Pipeline {
         if hooks.is_empty() {
             return Ok(());
         }
+        // Conditions read the whole row, before it is fitted to the bound.
+        let admissions: Vec<_> = hooks
+            .iter()
+            .map(|hook| match hook.state.takes_events() {
+                true => self.registry.admit(hook.id, &event),
+                false => Admission::Held,
+            })
+            .collect();
         let config = Arc::clone(&self.config);
         let intake = EventIntake::fitted(
             &mut event,
@@ -434,7 +452,7 @@ impl Pipeline {
             &self.metrics,
         );
         let event = intake.event();
-        for hook in hooks {
+        for (hook, admission) in hooks.into_iter().zip(admissions) {
             self.backfill.live_event(
                 &event.table,
                 &event.ordering_key,
@@ -446,11 +464,17 @@ impl Pipeline {
                 self.metrics.events_skipped.inc();
                 continue;
             }
+            let Admission::Send(columns) = admission else {
+                continue;
+            };
             let event_id = event.event_id(&self.system_id, hook.id);
             let ticket = self.ticket().context("an event outside a transaction")?;
-            self.dispatcher
-                .take(intake.job(hook, event_id, ticket))
-                .await?;
+            // A hook that may see only some columns gets its own copy.
+            let job = match columns {
+                None => intake.job(hook, event_id, ticket),
+                Some(columns) => intake.job_for_copy(&columns.apply(event), hook, event_id, ticket),
+            };
+            self.dispatcher.take(job).await?;
         }
         Ok(())
     }
@@ -483,6 +507,13 @@ impl Pipeline {
         let mut sent = 0;
         for mut event in events {
             event.backfill = Some(backfill_id);
+            // Conditions read the whole row, before it is fitted to the bound.
+            let admissions: HashMap<i32, Admission> = closed
+                .chunk
+                .webhook_ids
+                .iter()
+                .map(|&id| (id, self.registry.admit(id, &event)))
+                .collect();
             let intake = EventIntake::fitted(
                 &mut event,
                 &config.events.context_identifier,
@@ -502,14 +533,21 @@ impl Pipeline {
                     self.metrics.events_skipped.inc();
                     continue;
                 }
+                let Some(Admission::Send(columns)) = admissions.get(&webhook_id).cloned() else {
+                    continue;
+                };
                 let event_id =
                     backfill::event_id(&self.system_id, backfill_id, &event.ordering_key, hook.id);
                 let ticket = self
                     .ticket()
                     .context("a backfill watermark outside a transaction")?;
-                self.dispatcher
-                    .take(intake.job(hook, event_id, ticket))
-                    .await?;
+                let job = match columns {
+                    None => intake.job(hook, event_id, ticket),
+                    Some(columns) => {
+                        intake.job_for_copy(&columns.apply(event), hook, event_id, ticket)
+                    }
+                };
+                self.dispatcher.take(job).await?;
                 sent += 1;
             }
         }

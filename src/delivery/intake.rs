@@ -127,3 +127,29 @@ impl<'e> EventIntake<'e> {
         }
     }
 }
+
+impl EventIntake<'_> {
+    /// The job for `hook` of this change as `own` (a copy of the event with
+    /// fewer columns, for a hook that may see only those): its body is
+    /// rendered from `own`, but the change's shared parts stay this event's,
+    /// so a parked copy stores the change's payload once and this hook's
+    /// differing parts apart, never the other way round.
+    pub fn job_for_copy(
+        &self,
+        own: &ChangeEvent,
+        hook: Arc<Webhook>,
+        event_id: Uuid,
+        ticket: Ticket,
+    ) -> Job {
+        let mut job = EventIntake::new(own, self.context_identifier, self.max_body)
+            .job(hook, event_id, ticket);
+        let change = Arc::new(self.shared.clone());
+        job.shared = match job.shared {
+            request::SharedParts::InBody(layout) | request::SharedParts::Own(_, layout) => {
+                request::SharedParts::Own(change, layout)
+            }
+            request::SharedParts::Apart(_) => request::SharedParts::Apart(change),
+        };
+        job
+    }
+}

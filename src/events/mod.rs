@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod value;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -80,6 +81,28 @@ pub struct ChangeEvent {
     /// The backfill_id when the event is an existing row sent by `walhook
     /// backfill` rather than a change.
     pub backfill: Option<i64>,
+    /// What a hook's condition reads beyond FieldValues; never sent.
+    pub condition_row: ConditionRow,
+}
+
+/// The column types and the old row of a change, for hook conditions.
+#[derive(Debug, Clone, Default)]
+pub struct ConditionRow {
+    /// Column name to type oid, shared by every event of the relation.
+    pub types: Arc<BTreeMap<String, u32>>,
+    /// UPDATE: the old row as the WAL carried it (none when the server
+    /// sent none: REPLICA IDENTITY DEFAULT and an unchanged key).
+    pub old: Option<OldRow>,
+}
+
+/// An UPDATE's old row: every column under REPLICA IDENTITY FULL (`full`),
+/// else only the key's.
+#[derive(Debug, Clone)]
+pub struct OldRow {
+    pub values: Map<String, Value>,
+    /// Columns the old row did not carry (an unchanged TOASTed value).
+    pub unknown: Vec<String>,
+    pub full: bool,
 }
 
 /// Namespace of walhook's EventIds (UUIDv5).
@@ -128,6 +151,7 @@ impl ChangeEvent {
             ordering_key: "1".into(),
             previous_key: None,
             backfill: None,
+            condition_row: ConditionRow::default(),
         }
     }
 }
@@ -205,6 +229,8 @@ struct Relation {
     columns: Vec<pgoutput::Column>,
     /// Indices of the columns PrimaryKey and Values report.
     key: Vec<usize>,
+    /// Column name to type oid, for hook conditions.
+    types: Arc<BTreeMap<String, u32>>,
 }
 
 /// Builds events from the stream; holds the relations seen so far.
@@ -315,6 +341,12 @@ impl EventBuilder {
                 .filter(|&i| rel.columns[i].is_key)
                 .collect(),
         };
+        let types = Arc::new(
+            rel.columns
+                .iter()
+                .map(|c| (c.name.clone(), c.type_oid))
+                .collect(),
+        );
         self.relations.insert(
             rel.oid,
             Relation {
@@ -324,6 +356,7 @@ impl EventBuilder {
                 kind,
                 columns: rel.columns,
                 key,
+                types,
             },
         );
     }
@@ -400,6 +433,7 @@ impl EventBuilder {
                             ordering_key: rel.qualified.clone(),
                             previous_key: None,
                             backfill: None,
+                            condition_row: ConditionRow::default(),
                         }))),
                     }
                 }
@@ -683,6 +717,15 @@ impl EventBuilder {
             ordering_key,
             previous_key,
             backfill: None,
+            condition_row: ConditionRow {
+                types: rel.types.clone(),
+                old: match (operation, &old_values) {
+                    (Operation::Changed, Some(old_row)) => {
+                        Some(old_row_of(rel, old_row, old_is_full))
+                    }
+                    _ => None,
+                },
+            },
         }))))
     }
 
@@ -710,6 +753,29 @@ impl EventBuilder {
                 })
             })
             .collect()
+    }
+}
+
+/// An UPDATE's old row for conditions: under FULL every column, else the
+/// key's only (the rest of an old-key tuple is NULL placeholders).
+fn old_row_of(rel: &Relation, old_row: &[Slot], full: bool) -> OldRow {
+    let mut values = Map::new();
+    let mut unknown = Vec::new();
+    for (i, col) in rel.columns.iter().enumerate() {
+        if !full && !rel.key.contains(&i) {
+            continue;
+        }
+        match &old_row[i] {
+            Slot::Value(v) => {
+                values.insert(col.name.clone(), v.clone());
+            }
+            Slot::Unchanged => unknown.push(col.name.clone()),
+        }
+    }
+    OldRow {
+        values,
+        unknown,
+        full,
     }
 }
 

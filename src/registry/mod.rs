@@ -11,7 +11,9 @@
 //! the states kept for registry snapshots share the rows instead of
 //! copying them ([`snapshots`]).
 
+pub mod condition;
 mod index;
+mod rules;
 mod snapshots;
 mod webhook;
 
@@ -29,6 +31,8 @@ pub use self::webhook::{
     MAX_TEXT_CHARS, MIN_SECRET_KEY_BYTES,
 };
 
+pub use self::rules::{column_list_json, ColumnFilter, HookRules, RowRules, MAX_COLUMN_LIST};
+
 /// A webhook row as it stands after a change, `None` when it is gone.
 pub type RowChange = (i32, Option<Arc<WebhookRow>>);
 
@@ -44,6 +48,20 @@ pub struct Registry {
     index: MatchIndex,
     /// Rows changed since [`Registry::take_row_changes`] last ran.
     changed_rows: BTreeSet<i32>,
+    /// Conditions and column filters (`webhook_control`), by webhook_id.
+    rules: BTreeMap<i32, Arc<RowRules>>,
+    /// (webhook_id, message) of condition failures already logged, so a
+    /// failing condition warns once per hook and reason, not per event.
+    warned: BTreeSet<(i32, String)>,
+}
+
+/// Whether an event goes to a hook its `events` matched.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admission {
+    /// It goes, with the columns the hook may see (`None`: all).
+    Send(Option<ColumnFilter>),
+    /// Its condition is false or NULL, failed, or its rules are invalid.
+    Held,
 }
 
 /// What applying a change did, for the log and for delivery.
@@ -174,6 +192,65 @@ impl Registry {
                     self.index.remove(&old);
                 }
                 RegistryUpdate::Invalid(id)
+            }
+        }
+    }
+
+    /// A hook's `webhook_control` rules changed (`None`: the row is gone).
+    pub fn set_rules(&mut self, id: i32, rules: Option<RowRules>) {
+        self.warned.retain(|(hook, _)| *hook != id);
+        match rules {
+            Some(RowRules::Valid(r)) if r == HookRules::default() => {
+                self.rules.remove(&id);
+            }
+            Some(rules) => {
+                if let RowRules::Invalid(why) = &rules {
+                    tracing::warn!(
+                        webhook_id = id,
+                        "webhook_control: {why}; the hook receives no events until it is fixed"
+                    );
+                }
+                self.rules.insert(id, Arc::new(rules));
+            }
+            None => {
+                self.rules.remove(&id);
+            }
+        }
+    }
+
+    /// `webhook_control` was truncated.
+    pub fn clear_rules(&mut self) {
+        self.rules.clear();
+        self.warned.clear();
+    }
+
+    /// Whether `event`, which hook `id`'s `events` matched, goes to it:
+    /// its condition is evaluated here, and only here.
+    pub fn admit(&mut self, id: i32, event: &ChangeEvent) -> Admission {
+        let Some(rules) = self.rules.get(&id) else {
+            return Admission::Send(None);
+        };
+        let rules = match &**rules {
+            RowRules::Valid(rules) => rules,
+            RowRules::Invalid(_) => return Admission::Held,
+        };
+        match rules.admits(event) {
+            Ok(true) => Admission::Send(rules.columns.clone()),
+            Ok(false) => Admission::Held,
+            Err(e) => {
+                let message = e.to_string();
+                const MAX_WARNED: usize = 10_000;
+                if self.warned.len() < MAX_WARNED && self.warned.insert((id, message.clone())) {
+                    tracing::warn!(
+                        webhook_id = id,
+                        table = %event.table,
+                        lsn = %event.txn.commit_lsn,
+                        "the hook's condition has no answer for this event ({message}): \
+                         it is not sent, as when the condition is false; warned once per \
+                         hook and reason"
+                    );
+                }
+                Admission::Held
             }
         }
     }

@@ -382,15 +382,25 @@ pub async fn check(store: &Store, config: &Config) -> Vec<CheckLine> {
         Ok(rows) => {
             out.extend(check_column_filters(store, config, &rows, &listed).await);
             match published_tables(store, config).await {
-                Ok(tables) => out.extend(
-                    rows.iter()
-                        .filter_map(|r| Webhook::from_row(r).ok())
-                        .flat_map(|hook| unknown_entities(&hook, &tables, config))
-                        .map(|text| CheckLine {
-                            level: CheckLevel::Warn,
-                            text,
-                        }),
-                ),
+                Ok(tables) => {
+                    out.extend(
+                        rows.iter()
+                            .filter_map(|r| Webhook::from_row(r).ok())
+                            .flat_map(|hook| unknown_entities(&hook, &tables, config))
+                            .map(|text| CheckLine {
+                                level: CheckLevel::Warn,
+                                text,
+                            }),
+                    );
+                    // Conditions and column lists (webhook_control).
+                    if let Ok(control) = store.control_rows().await {
+                        let hooks: Vec<_> = rows
+                            .iter()
+                            .filter_map(|r| Webhook::from_row(r).ok())
+                            .collect();
+                        out.extend(super::rule_lines(&control, &hooks, &tables, config));
+                    }
+                }
                 Err(e) => out.push(CheckLine {
                     level: CheckLevel::Warn,
                     text: format!("{e:#}"),

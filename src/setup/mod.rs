@@ -12,6 +12,7 @@ mod failover;
 mod instances;
 mod line;
 mod privileges;
+mod rules_check;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -24,6 +25,7 @@ pub use self::check::{
 pub use self::instances::{instance_config, instance_from_env, instance_line, INSTANCE_VAR};
 pub use self::line::{CheckLevel, CheckLine};
 pub use self::privileges::{run_role_to_grant, setup_problems, teardown_problems};
+pub use self::rules_check::{old_columns_warning, rule_lines};
 use crate::config::Config;
 use crate::store::catalog::{HostTable, PublicationOptions, PublishedTable};
 use crate::store::privileges::run_role_grants;

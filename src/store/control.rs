@@ -10,13 +10,19 @@ use crate::events::WebhookRow;
 /// The `webhook_control` columns, as text; timestamps in UTC with a `Z`.
 const CONTROL_SELECT: &str = "webhook_id::text, previous_secret::text, \
      to_char(previous_secret_expires AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
-     max_per_minute::text, paused_at::text";
-const CONTROL_COLUMNS: [&str; 5] = [
+     max_per_minute::text, paused_at::text, \
+     to_jsonb(c) ->> 'condition', to_jsonb(c) ->> 'columns_only', to_jsonb(c) ->> 'columns_except'";
+// The last three read through to_jsonb so an install whose table predates
+// them (setup not yet run again) still reads, as without rules.
+const CONTROL_COLUMNS: [&str; 8] = [
     "webhook_id",
     "previous_secret",
     "previous_secret_expires",
     "max_per_minute",
     "paused_at",
+    "condition",
+    "columns_only",
+    "columns_except",
 ];
 
 /// What `walhook webhook pause|resume` found.
@@ -52,7 +58,7 @@ impl Store {
             .client
             .query(
                 &format!(
-                    "SELECT {CONTROL_SELECT} FROM {} ORDER BY webhook_id",
+                    "SELECT {CONTROL_SELECT} FROM {} c ORDER BY webhook_id",
                     self.table("webhook_control")
                 ),
                 &[],

@@ -17,6 +17,7 @@ pub mod backfill;
 pub mod catalog;
 pub mod control;
 pub mod ddl;
+mod hook_rules;
 pub mod parked;
 pub mod parked_admin;
 pub mod privileges;

@@ -7,6 +7,8 @@ mod common;
 
 mod admin;
 mod backfill;
+mod condition_oracle;
+mod conditions;
 mod config_commands;
 mod crash;
 mod delivery;
