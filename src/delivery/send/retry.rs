@@ -194,6 +194,7 @@ async fn send_until_settled(
             runtime.record_attempt(signal);
         }
         ctx.metrics.delivery(kind, took);
+        ctx.metrics.hook_delivery(id, kind);
         outcome.record_usage(&ctx.usage, id);
         match outcome {
             DeliveryOutcome::Delivered(_) => {
