@@ -79,6 +79,9 @@ pub struct Metrics {
     hooks_known: std::sync::Mutex<Vec<i32>>,
     /// Attempts per webhook_id and outcome, for per-hook rates.
     hook_deliveries: Family<HookOutcome, Counter>,
+    /// Attempts the failure log dropped: its writer's queue was full or
+    /// the database refused them.
+    pub attempt_log_dropped: Counter,
 }
 
 /// The labels of a per-hook attempt counter: hashed without building
@@ -160,6 +163,7 @@ impl Default for Metrics {
         let hook_oldest_parked_age =
             Family::<Vec<(String, String)>, Gauge<f64, AtomicU64>>::default();
         let hook_deliveries = Family::<HookOutcome, Counter>::default();
+        let attempt_log_dropped = Counter::default();
         for status in WAL_STATUSES {
             let _ = slot_wal_status.get_or_create(&vec![("status".to_owned(), status.to_owned())]);
         }
@@ -301,6 +305,12 @@ impl Default for Metrics {
             "Delivery attempts per webhook_id and outcome (delivered, failed, throttled, gone)",
             hook_deliveries.clone(),
         );
+        registry.register(
+            "attempt_log_dropped",
+            "Delivery attempts the failure log (delivery.attempt_log) did not write: its queue \
+             was full or the database refused them",
+            attempt_log_dropped.clone(),
+        );
         let outcomes = OUTCOMES.map(|outcome| {
             let series = deliveries
                 .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
@@ -337,6 +347,7 @@ impl Default for Metrics {
             hook_oldest_parked_age,
             hooks_known: Default::default(),
             hook_deliveries,
+            attempt_log_dropped,
         };
         metrics.clear_slot();
         metrics

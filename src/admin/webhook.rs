@@ -40,6 +40,12 @@ pub async fn webhook(config: &Config, command: WebhookCommand) -> anyhow::Result
         WebhookCommand::Throttle { id, rate } => throttle(config, id, rate).await,
         WebhookCommand::Pause { id } => pause(config, id, true).await,
         WebhookCommand::Resume { id } => pause(config, id, false).await,
+        WebhookCommand::Attempts {
+            id,
+            since,
+            limit,
+            json,
+        } => super::attempts::attempts(config, id, since, limit, json).await,
     }
 }
 

@@ -6,6 +6,7 @@
 mod common;
 
 mod admin;
+mod attempt_log;
 mod backfill;
 mod config_commands;
 mod crash;
