@@ -101,6 +101,8 @@ bash -c 'source /usr/share/bash-completion/completions/walhook && complete -p wa
 # The alert rules, tested where they are installed when promtool is there.
 cmp -s /usr/share/walhook/walhook-alerts.yml monitoring/walhook-alerts.yml ||
     fail "/usr/share/walhook/walhook-alerts.yml is missing or differs from monitoring/"
+cmp -s /usr/share/walhook/walhook-dashboard.json monitoring/walhook-dashboard.json ||
+    fail "/usr/share/walhook/walhook-dashboard.json is missing or differs from monitoring/"
 if command -v promtool >/dev/null 2>&1; then
     promtool test rules /usr/share/walhook/walhook-alerts.test.yml >/dev/null ||
         fail "promtool test rules fails on the installed alert rules"

@@ -51,6 +51,7 @@ has -rw-r--r-- root root /usr/lib/tmpfiles.d/walhook.conf
 has -rw-r--r-- root root /usr/share/doc/walhook/README.md
 has -rw-r--r-- root root /usr/share/walhook/walhook-alerts.yml
 has -rw-r--r-- root root /usr/share/walhook/walhook-alerts.test.yml
+has -rw-r--r-- root root /usr/share/walhook/walhook-dashboard.json
 has -rw-r--r-- root root /usr/share/man/man1/walhook.1.gz
 has -rw-r--r-- root root /usr/share/man/man1/walhook-setup.1.gz
 has -rw-r--r-- root root /usr/share/bash-completion/completions/walhook

@@ -288,3 +288,32 @@ ALTER TABLE {schema}.webhook_control
     ADD COLUMN IF NOT EXISTS condition      text,
     ADD COLUMN IF NOT EXISTS columns_only   jsonb,
     ADD COLUMN IF NOT EXISTS columns_except jsonb;
+
+-- The failure log (delivery.attempt_log): delivery attempts, the failed
+-- ones by default, each with what the target answered. Written by the
+-- daemon in batches; rows past delivery.attempt_log_retention or the
+-- newest delivery.attempt_log_max_rows_per_webhook of their hook are
+-- removed in small batches. `walhook webhook attempts ID` reads it.
+CREATE TABLE IF NOT EXISTS {schema}.delivery_attempt (
+    attempt_id  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at          timestamptz      NOT NULL,
+    webhook_id  integer          NOT NULL,
+    event_id    uuid             NOT NULL,
+    event       text             NOT NULL,
+    -- 0 for the first (X-SuperOffice-Retry).
+    attempt     integer          NOT NULL,
+    outcome     text             NOT NULL
+                CHECK (outcome IN ('delivered', 'failed', 'throttled', 'gone')),
+    -- The HTTP status, when the target answered.
+    status      smallint,
+    -- Why it failed: status, timeout, connect, tls, refused (target policy),
+    -- transport; NULL when delivered.
+    error_kind  text,
+    duration_ms double precision NOT NULL,
+    -- The answer's status line, headers and body, or the transport error:
+    -- at most 1000 characters.
+    answer      text
+);
+CREATE INDEX IF NOT EXISTS delivery_attempt_webhook
+    ON {schema}.delivery_attempt (webhook_id, attempt_id);
+CREATE INDEX IF NOT EXISTS delivery_attempt_at ON {schema}.delivery_attempt (at);

@@ -254,6 +254,41 @@ pub enum WebhookCommand {
         #[arg(long)]
         purge: bool,
     },
+    /// A hook's delivery attempts from the failure log (delivery_attempt;
+    /// failed ones unless delivery.attempt_log = "all"), oldest first.
+    #[command(after_help = "Examples:\n  \
+        walhook webhook attempts 7\n  \
+        walhook webhook attempts 7 --since 2h\n  \
+        walhook webhook attempts 7 --since 2026-01-31T03:00:00Z --json")]
+    Attempts {
+        /// The webhook_id.
+        id: i32,
+        /// Only attempts from this time on: an RFC 3339 time, or how long
+        /// ago (90m, 2h, 7d).
+        #[arg(long, value_name = "T", value_parser = parse_since)]
+        since: Option<std::time::SystemTime>,
+        /// At most this many, the newest.
+        #[arg(long, value_name = "N", default_value_t = 100,
+              value_parser = clap::value_parser!(i64).range(1..=100_000))]
+        limit: i64,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--since`: an RFC 3339 time, or a duration back from now.
+pub fn parse_since(text: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return std::time::SystemTime::now()
+            .checked_sub(ago)
+            .ok_or_else(|| format!("{text} ago is before any time walhook can name"));
+    }
+    humantime::parse_rfc3339_weak(text).map_err(|_| {
+        format!(
+            "{text:?} is neither a time (2026-01-31T03:00:00Z) nor a duration ago (90m, 2h, 7d)"
+        )
+    })
 }
 
 #[derive(Debug, Subcommand)]

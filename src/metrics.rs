@@ -77,7 +77,16 @@ pub struct Metrics {
     hook_oldest_parked_age: Family<Vec<(String, String)>, Gauge<f64, AtomicU64>>,
     /// The hooks the per-hook gauges have a series for.
     hooks_known: std::sync::Mutex<Vec<i32>>,
+    /// Attempts per webhook_id and outcome, for per-hook rates.
+    hook_deliveries: Family<HookOutcome, Counter>,
+    /// Attempts the failure log dropped: its writer's queue was full or
+    /// the database refused them.
+    pub attempt_log_dropped: Counter,
 }
+
+/// The labels of a per-hook attempt counter: hashed without building
+/// strings, so counting one costs an attempt no allocation.
+type HookOutcome = ([(&'static str, i32); 1], [(&'static str, &'static str); 1]);
 
 /// The values of `wal_status` in `pg_replication_slots`: a fixed set, so
 /// the gauge's series are bounded.
@@ -153,6 +162,8 @@ impl Default for Metrics {
         let hook_concurrency_limit = Family::<Vec<(String, String)>, Gauge>::default();
         let hook_oldest_parked_age =
             Family::<Vec<(String, String)>, Gauge<f64, AtomicU64>>::default();
+        let hook_deliveries = Family::<HookOutcome, Counter>::default();
+        let attempt_log_dropped = Counter::default();
         for status in WAL_STATUSES {
             let _ = slot_wal_status.get_or_create(&vec![("status".to_owned(), status.to_owned())]);
         }
@@ -289,6 +300,17 @@ impl Default for Metrics {
             "Times a hook's parked events passed 80% of delivery.max_parked_events_per_webhook",
             hooks_near_parked_limit.clone(),
         );
+        registry.register(
+            "hook_deliveries",
+            "Delivery attempts per webhook_id and outcome (delivered, failed, throttled, gone)",
+            hook_deliveries.clone(),
+        );
+        registry.register(
+            "attempt_log_dropped",
+            "Delivery attempts the failure log (delivery.attempt_log) did not write: its queue \
+             was full or the database refused them",
+            attempt_log_dropped.clone(),
+        );
         let outcomes = OUTCOMES.map(|outcome| {
             let series = deliveries
                 .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
@@ -324,6 +346,8 @@ impl Default for Metrics {
             hook_concurrency_limit,
             hook_oldest_parked_age,
             hooks_known: Default::default(),
+            hook_deliveries,
+            attempt_log_dropped,
         };
         metrics.clear_slot();
         metrics
@@ -334,6 +358,13 @@ impl Metrics {
     pub fn delivery(&self, outcome: &'static str, took: Duration) {
         self.count(outcome);
         self.delivery_seconds.observe(took.as_secs_f64());
+    }
+
+    /// One attempt of hook `webhook_id` ended with `outcome`.
+    pub fn hook_delivery(&self, webhook_id: i32, outcome: &'static str) {
+        self.hook_deliveries
+            .get_or_create(&([("webhook_id", webhook_id)], [("outcome", outcome)]))
+            .inc();
     }
 
     /// One more in the `deliveries` series of `outcome`.
@@ -395,6 +426,10 @@ impl Metrics {
             if !hooks.iter().any(|h| h.webhook_id == *id) {
                 for family in families {
                     family.remove(&hook_label(*id));
+                }
+                for outcome in OUTCOMES {
+                    self.hook_deliveries
+                        .remove(&([("webhook_id", *id)], [("outcome", outcome)]));
                 }
             }
         }
@@ -668,6 +703,7 @@ mod tests {
             in_flight_requests: 0,
             concurrency_limit: 8,
         }]);
+        metrics.hook_delivery(1, "delivered");
         let text = metrics.render();
         let families: Vec<(&str, &str)> = text
             .lines()
@@ -719,7 +755,13 @@ mod tests {
             concurrency_limit: 8,
         };
         m.set_hooks(&[hook(1), hook(2)]);
+        m.hook_delivery(2, "failed");
+        m.hook_delivery(2, "failed");
         let text = m.render();
+        assert!(
+            text.contains("walhook_hook_deliveries_total{webhook_id=\"2\",outcome=\"failed\"} 2"),
+            "{text}"
+        );
         assert!(
             text.contains("walhook_hook_state{webhook_id=\"2\"} 3"),
             "{text}"

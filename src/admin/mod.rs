@@ -7,6 +7,7 @@
 //! and returns the exit code. Errors name the object at fault: the
 //! webhook_id, the file, the URL, the slot.
 
+mod attempts;
 mod backfill;
 mod config;
 mod parked;

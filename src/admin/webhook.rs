@@ -46,6 +46,12 @@ pub async fn webhook(config: &Config, command: WebhookCommand) -> anyhow::Result
         WebhookCommand::Columns {
             id, only, except, ..
         } => super::rules::columns(config, id, only.as_deref(), except.as_deref()).await,
+        WebhookCommand::Attempts {
+            id,
+            since,
+            limit,
+            json,
+        } => super::attempts::attempts(config, id, since, limit, json).await,
     }
 }
 

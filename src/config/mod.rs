@@ -369,6 +369,26 @@ pub struct DeliveryConfig {
     pub client_cert_file: Option<PathBuf>,
     /// The PEM private key of `client_cert_file`.
     pub client_key_file: Option<PathBuf>,
+    /// Which attempts `delivery_attempt` keeps (`walhook webhook attempts`).
+    pub attempt_log: AttemptLogMode,
+    /// Attempts older than this leave `delivery_attempt`.
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
+    pub attempt_log_retention: Duration,
+    /// The newest attempts per hook `delivery_attempt` keeps.
+    pub attempt_log_max_rows_per_webhook: u64,
+}
+
+/// Which delivery attempts are written to `delivery_attempt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptLogMode {
+    /// Failed, throttled and 410 attempts: why a hook fails, at the cost
+    /// of a row per failure only.
+    Failures,
+    /// Every attempt, delivered ones too: a row per delivery.
+    All,
+    /// None.
+    Off,
 }
 
 impl DeliveryConfig {
@@ -408,6 +428,9 @@ impl Default for DeliveryConfig {
             ca_file: None,
             client_cert_file: None,
             client_key_file: None,
+            attempt_log: AttemptLogMode::Failures,
+            attempt_log_retention: Duration::from_secs(7 * 24 * 3600),
+            attempt_log_max_rows_per_webhook: 10_000,
         }
     }
 }

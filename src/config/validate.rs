@@ -181,6 +181,19 @@ impl Config {
                 );
             }
         }
+        if d.attempt_log_retention < secs(60) || d.attempt_log_retention > hours(24 * 3650) {
+            bail!(
+                "key delivery.attempt_log_retention: {} is out of range: it must be from 1m to 10years",
+                humantime::format_duration(d.attempt_log_retention)
+            );
+        }
+        if !(1..=100_000_000).contains(&d.attempt_log_max_rows_per_webhook) {
+            bail!(
+                "key delivery.attempt_log_max_rows_per_webhook: {} is out of range: it must be \
+                 from 1 to 100000000",
+                d.attempt_log_max_rows_per_webhook
+            );
+        }
         if !d.parked_retention.is_zero() && d.parked_retention < secs(60) {
             bail!(
                 "key delivery.parked_retention: {} is too short: \"0s\" keeps parked events until \

@@ -21,7 +21,7 @@ use super::pipeline::{Pipeline, PipelineParts};
 use super::Process;
 use crate::backfill::{Board, Reconciler, Worker};
 use crate::config::{Config, Live};
-use crate::delivery::{http_client, DeliveryContext, Dispatcher, UsageBook};
+use crate::delivery::{http_client, AttemptLog, DeliveryContext, Dispatcher, UsageBook};
 use crate::errors::LostConnection;
 use crate::events::catalog::TypeCatalog;
 use crate::events::EventBuilder;
@@ -369,12 +369,21 @@ impl Session {
                 events_handed: Lsn(0),
             }
         });
+        let delivery_config = Live::new(config.delivery.clone());
+        // The log's writer ends, writing what it holds, with the session's
+        // delivery (the last handle dropped).
+        let (attempts, _attempt_writer) = AttemptLog::start(
+            Arc::new(store.clone()),
+            delivery_config.clone(),
+            Arc::clone(&process.metrics),
+        );
         let dispatcher = Dispatcher::new(DeliveryContext {
             http,
-            config: Live::new(config.delivery.clone()),
+            config: delivery_config,
             metrics: Arc::clone(&process.metrics),
             usage: usage.clone(),
             store: Arc::new(store.clone()),
+            attempts,
         });
         let board = Board::new();
         let mut pipeline = Pipeline::new(PipelineParts {

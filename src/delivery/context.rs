@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::hook::usage::UsageBook;
 use super::http::HttpClient;
+use super::send::AttemptLog;
 use super::storage::DeliveryStore;
 use crate::config::{DeliveryConfig, Live};
 use crate::metrics::Metrics;
@@ -18,4 +19,6 @@ pub struct DeliveryContext {
     pub metrics: Arc<Metrics>,
     pub usage: UsageBook,
     pub store: Arc<dyn DeliveryStore>,
+    /// The failure log's writer (`delivery.attempt_log`).
+    pub attempts: AttemptLog,
 }

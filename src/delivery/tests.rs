@@ -266,6 +266,7 @@ fn context(store: Arc<MemoryStore>, tune: impl FnOnce(&mut DeliveryConfig)) -> D
         metrics: Arc::default(),
         usage: UsageBook::default(),
         store,
+        attempts: crate::delivery::AttemptLog::off(Arc::default()),
     }
 }
 

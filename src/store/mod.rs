@@ -13,6 +13,7 @@
 //! [`LostConnection`](crate::errors::LostConnection) here, where it
 //! happens.
 
+pub mod attempts;
 pub mod backfill;
 pub mod catalog;
 pub mod control;

@@ -6,6 +6,7 @@
 mod common;
 
 mod admin;
+mod attempt_log;
 mod backfill;
 mod condition_oracle;
 mod conditions;

@@ -118,6 +118,43 @@ async fn metrics_health_and_sighup_reload() {
 /// `expr:` lines outside label matchers, ranges and strings that are not
 /// functions or PromQL keywords, with a histogram's suffixes taken off.
 fn rule_metric_names(rules: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for line in rules.lines() {
+        if let Some(expr) = line.trim().strip_prefix("expr:") {
+            expr_metric_names(expr, &mut names);
+        }
+    }
+    names
+}
+
+/// The metrics the queries (`"expr"`) of a Grafana dashboard's panels
+/// name.
+fn dashboard_metric_names(dashboard: &str) -> Vec<String> {
+    fn walk(value: &serde_json::Value, names: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        ("expr", serde_json::Value::String(expr)) => expr_metric_names(expr, names),
+                        _ => walk(value, names),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, names)),
+            _ => {}
+        }
+    }
+    let dashboard: serde_json::Value =
+        serde_json::from_str(dashboard).expect("the dashboard is JSON");
+    let mut names = Vec::new();
+    walk(&dashboard, &mut names);
+    names
+}
+
+/// Add the metric names PromQL `expr` queries to `names`: the words that
+/// are neither functions, keywords, label lists nor inside `{...}`,
+/// `[...]` or quotes.
+fn expr_metric_names(expr: &str, names: &mut Vec<String>) {
     const KEYWORDS: [&str; 11] = [
         "and",
         "or",
@@ -131,60 +168,66 @@ fn rule_metric_names(rules: &str) -> Vec<String> {
         "bool",
         "offset",
     ];
-    let mut names = Vec::new();
-    for line in rules.lines() {
-        let Some(expr) = line.trim().strip_prefix("expr:") else {
-            continue;
-        };
-        // Blank out what is inside {...}, [...] and quotes.
-        let mut plain = String::new();
-        let mut closing = None;
-        for c in expr.chars() {
-            match (closing, c) {
-                (None, '{') => closing = Some('}'),
-                (None, '[') => closing = Some(']'),
-                (None, '"') => closing = Some('"'),
-                (Some(end), c) if c == end => closing = None,
-                (None, c) => plain.push(c),
-                _ => {}
-            }
-            if closing.is_some() {
-                plain.push(' ');
-            }
+    // Blank out what is inside {...}, [...] and quotes.
+    let mut plain = String::new();
+    let mut closing = None;
+    for c in expr.chars() {
+        match (closing, c) {
+            (None, '{') => closing = Some('}'),
+            (None, '[') => closing = Some(']'),
+            (None, '"') => closing = Some('"'),
+            (Some(end), c) if c == end => closing = None,
+            (None, c) => plain.push(c),
+            _ => {}
         }
-        let chars: Vec<char> = plain.chars().collect();
-        let mut i = 0;
-        while i < chars.len() {
-            if chars[i].is_ascii_alphabetic() || chars[i] == '_' {
-                let start = i;
-                while i < chars.len()
-                    && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i]))
-                {
-                    i += 1;
-                }
-                let word: String = chars[start..i].iter().collect();
-                let call = chars[i..].iter().find(|c| !c.is_whitespace()) == Some(&'(');
-                if !call && !KEYWORDS.contains(&word.as_str()) {
-                    let name = ["_bucket", "_sum", "_count"]
-                        .iter()
-                        .find_map(|suffix| word.strip_suffix(suffix))
-                        .unwrap_or(&word)
-                        .to_owned();
-                    if !names.contains(&name) {
-                        names.push(name);
-                    }
-                }
-            } else if chars[i].is_ascii_digit() {
-                // A number, 1e9 and 0x10 included.
-                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
-                    i += 1;
-                }
-            } else {
-                i += 1;
-            }
+        if closing.is_some() {
+            plain.push(' ');
         }
     }
-    names
+    let chars: Vec<char> = plain.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i].is_ascii_alphabetic() || chars[i] == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i])) {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let call = chars[i..].iter().find(|c| !c.is_whitespace()) == Some(&'(');
+            // `sum by (...) (...)`: an aggregation with its clause first.
+            let next_word: String = chars[i..]
+                .iter()
+                .skip_while(|c| c.is_whitespace())
+                .take_while(|c| c.is_ascii_alphanumeric() || **c == '_')
+                .collect();
+            let aggregation = ["by", "without"].contains(&next_word.as_str());
+            if aggregation {
+                continue;
+            }
+            if call && KEYWORDS.contains(&word.as_str()) {
+                // `by (webhook_id)` and the like: labels, not metrics.
+                while i < chars.len() && chars[i] != ')' {
+                    i += 1;
+                }
+            } else if !call && !KEYWORDS.contains(&word.as_str()) {
+                let name = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| word.strip_suffix(suffix))
+                    .unwrap_or(&word)
+                    .to_owned();
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        } else if chars[i].is_ascii_digit() {
+            // A number, 1e9 and 0x10 included.
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                i += 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
 }
 
 /// The value of the sample `series` (name and labels as rendered).
@@ -195,10 +238,10 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Every metric the shipped alert rules query is in `/metrics`, and the
-/// slot and hook gauges say what a healthy daemon has.
+/// Every metric the shipped alert rules and dashboard query is in
+/// `/metrics`, and the slot and hook gauges say what a healthy daemon has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alert_rules_query_exported_metrics() {
+async fn alert_rules_and_dashboard_query_exported_metrics() {
     let rules = include_str!("../../monitoring/walhook-alerts.yml");
     let names = rule_metric_names(rules);
     assert!(
@@ -206,6 +249,13 @@ async fn alert_rules_query_exported_metrics() {
             && names.contains(&"walhook_hooks_near_parked_limit_total".to_owned())
             && names.contains(&"up".to_owned()),
         "{names:?}"
+    );
+    let dashboard = dashboard_metric_names(include_str!("../../monitoring/walhook-dashboard.json"));
+    assert!(
+        dashboard.contains(&"walhook_hook_deliveries_total".to_owned())
+            && dashboard.contains(&"walhook_delivery_seconds".to_owned())
+            && !dashboard.contains(&"webhook_id".to_owned()),
+        "{dashboard:?}"
     );
     let port = free_port();
     let mut h = Harness::start(
@@ -250,7 +300,7 @@ async fn alert_rules_query_exported_metrics() {
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())
         .collect();
-    for name in names.iter().filter(|n| *n != "up") {
+    for name in names.iter().chain(&dashboard).filter(|n| *n != "up") {
         assert!(
             exported.iter().any(|e| {
                 e == name
@@ -258,7 +308,7 @@ async fn alert_rules_query_exported_metrics() {
                         .iter()
                         .any(|suffix| e.strip_suffix(suffix) == Some(name.as_str()))
             }),
-            "the alert rules query {name}, which /metrics lacks:\n{metrics}"
+            "the alert rules or the dashboard query {name}, which /metrics lacks:\n{metrics}"
         );
     }
 

@@ -26,7 +26,38 @@ pub enum DeliveryOutcome {
         error: String,
         retry_after: Option<Duration>,
         kind: FailureKind,
+        /// What went wrong, for the failure log.
+        cause: FailureCause,
     },
+}
+
+/// Why an attempt failed, as the failure log names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureCause {
+    /// The target answered with this (non-2xx, non-410) status.
+    Status(StatusCode),
+    Timeout,
+    /// The TCP connection (or the name's resolution) failed.
+    Connect,
+    Tls,
+    /// The target policy refused it: nothing was sent.
+    Refused,
+    /// Any other transport failure (a reset, a broken answer).
+    Transport,
+}
+
+impl FailureCause {
+    /// The failure log's `error_kind`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureCause::Status(_) => "status",
+            FailureCause::Timeout => "timeout",
+            FailureCause::Connect => "connect",
+            FailureCause::Tls => "tls",
+            FailureCause::Refused => "refused",
+            FailureCause::Transport => "transport",
+        }
+    }
 }
 
 /// What a failed attempt says about the target's capacity, for the
@@ -92,6 +123,7 @@ pub async fn attempt(
             error: refusal.to_string(),
             retry_after: None,
             kind: FailureKind::NotSent,
+            cause: FailureCause::Refused,
         };
     }
     let started = tokio::time::Instant::now();
@@ -126,6 +158,21 @@ pub async fn attempt(
                     FailureKind::Overloaded
                 } else {
                     FailureKind::Answered
+                },
+                cause: if e.is_timeout() {
+                    FailureCause::Timeout
+                } else if tls::describe_failure(
+                    &e,
+                    job.hook.target_url.host_str().unwrap_or_default(),
+                    config,
+                )
+                .is_some()
+                {
+                    FailureCause::Tls
+                } else if e.is_connect() {
+                    FailureCause::Connect
+                } else {
+                    FailureCause::Transport
                 },
                 error: transport_error(&e, &job.hook.target_url, config),
                 retry_after: None,
@@ -167,6 +214,7 @@ pub async fn attempt(
     error.push_str(&String::from_utf8_lossy(&body));
     DeliveryOutcome::Failed {
         error: storable(&truncate_chars(&error, LAST_ERROR_MAX_CHARS)),
+        cause: FailureCause::Status(status),
         retry_after,
         kind: if status == StatusCode::TOO_MANY_REQUESTS
             || (status == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some())

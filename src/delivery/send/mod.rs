@@ -3,8 +3,10 @@
 //! or the hook trips.
 
 mod attempt;
+pub mod attempt_log;
 mod retry;
 
-pub use self::attempt::{attempt, Attempt, DeliveryOutcome, FailureKind, GONE_ERROR};
+pub use self::attempt::{attempt, Attempt, DeliveryOutcome, FailureCause, FailureKind, GONE_ERROR};
+pub use self::attempt_log::{AttemptLog, AttemptStore, AttemptTableMissing, LoggedAttempt};
 pub use self::retry::backoff;
 pub(in crate::delivery) use self::retry::{deliver, From, Outgoing, SendResult};

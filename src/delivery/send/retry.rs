@@ -2,13 +2,14 @@
 //! attempts, then growing, jittered pauses, until it is delivered, the
 //! target answers 410, or the hook trips.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use rand::RngExt;
 use uuid::Uuid;
 
-use super::attempt::{attempt, Attempt, DeliveryOutcome, FailureKind};
+use super::attempt::{attempt, Attempt, DeliveryOutcome, FailureCause, FailureKind, GONE_ERROR};
+use super::attempt_log::LoggedAttempt;
 use crate::delivery::context::DeliveryContext;
 use crate::delivery::hook::concurrency::Signal;
 use crate::delivery::hook::HookRuntime;
@@ -194,6 +195,18 @@ async fn send_until_settled(
             runtime.record_attempt(signal);
         }
         ctx.metrics.delivery(kind, took);
+        ctx.metrics.hook_delivery(id, kind);
+        if ctx.attempts.wants(config.attempt_log, kind == "delivered") {
+            ctx.attempts.record(logged_attempt(
+                &outcome,
+                id,
+                event_id,
+                event,
+                retry - 1,
+                kind,
+                took,
+            ));
+        }
         outcome.record_usage(&ctx.usage, id);
         match outcome {
             DeliveryOutcome::Delivered(_) => {
@@ -223,6 +236,7 @@ async fn send_until_settled(
                 error,
                 retry_after,
                 kind: FailureKind::Throttled,
+                ..
             } => {
                 // The target asks for less: the whole hook waits as long
                 // as it says (at most delivery.max_backoff), and it is not
@@ -267,6 +281,47 @@ async fn send_until_settled(
                 }
             }
         }
+    }
+}
+
+/// What the failure log keeps of one attempt.
+fn logged_attempt(
+    outcome: &DeliveryOutcome,
+    webhook_id: i32,
+    event_id: Uuid,
+    event: &str,
+    attempt: u32,
+    kind: &'static str,
+    took: Duration,
+) -> LoggedAttempt {
+    let (status, error_kind, answer) = match outcome {
+        DeliveryOutcome::Delivered(status) => (Some(*status), None, None),
+        DeliveryOutcome::Gone => (
+            Some(http::StatusCode::GONE),
+            Some("status"),
+            Some(GONE_ERROR.to_owned()),
+        ),
+        DeliveryOutcome::Failed { error, cause, .. } => (
+            match cause {
+                FailureCause::Status(status) => Some(*status),
+                _ => None,
+            },
+            Some(cause.name()),
+            Some(LoggedAttempt::bounded_answer(error)),
+        ),
+    };
+    LoggedAttempt {
+        at: SystemTime::now(),
+        webhook_id,
+        event_id,
+        event: event.to_owned(),
+        attempt: i32::try_from(attempt).unwrap_or(i32::MAX),
+        outcome: kind,
+        // A status is 100..=999: it fits.
+        status: status.map(|s| s.as_u16() as i16),
+        error_kind,
+        duration: took,
+        answer,
     }
 }
 
