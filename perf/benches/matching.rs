@@ -39,7 +39,7 @@ use walhook::delivery::EventIntake;
 use walhook::events::catalog::TypeCatalog;
 use walhook::events::{Change, ChangeEvent, EventBuilder, TxnInfo, WebhookChange, WebhookRow};
 use walhook::pgoutput::{self, Column, Lsn, Relation, ReplicaIdentity};
-use walhook::registry::{PendingSnapshots, Registry, Webhook};
+use walhook::registry::{Admission, PendingSnapshots, Registry, RowRules, Webhook};
 
 /// Counts allocations, so a figure can say what an operation allocates.
 struct CountingAllocator;
@@ -325,6 +325,47 @@ fn one_matching_call(c: &mut Criterion) {
     group.finish();
 }
 
+/// A condition on every hook of the table, as `webhook condition` sets it.
+const CONDITION: &str = "new.n >= 0 and new.label like 'item%' and new.id is distinct from old.id";
+
+/// Matching, then each matched hook's condition: what routing costs per
+/// event when hooks have conditions (only matched hooks evaluate theirs).
+fn matching_with_conditions(c: &mut Criterion) {
+    let event = first_event(&inserts(1));
+    let mut group = c.benchmark_group("one Registry::matching call and its hooks' conditions");
+    for (name, mut registry) in tables().into_iter().filter(|(_, r)| r.hooks().count() > 0) {
+        let ids: Vec<i32> = registry.hooks().map(|h| h.id).collect();
+        for id in ids {
+            let row = WebhookRow(
+                [
+                    ("webhook_id".to_owned(), Some(id.to_string())),
+                    ("condition".to_owned(), Some(CONDITION.to_owned())),
+                ]
+                .into_iter()
+                .collect(),
+            );
+            let (id, rules) = RowRules::from_row(&row).expect("a valid webhook_control row");
+            registry.set_rules(id, Some(rules));
+        }
+        group.bench_function(BenchmarkId::new("by index, with conditions", name), |b| {
+            b.iter(|| {
+                let hooks: Vec<_> = registry.matching(black_box(&event)).cloned().collect();
+                let sent = hooks
+                    .iter()
+                    .filter(|h| matches!(registry.admit(h.id, &event), Admission::Send(_)))
+                    .count();
+                assert_eq!(
+                    sent,
+                    hooks.len(),
+                    "the condition is true for bench_item rows"
+                );
+                black_box(sent)
+            })
+        });
+    }
+    group.finish();
+}
+
 /// Changes per batch of the reading-side benchmarks.
 const BATCH: usize = 1_000;
 
@@ -537,6 +578,7 @@ criterion_group!(
     benches,
     registry_memory,
     one_matching_call,
+    matching_with_conditions,
     reading_side,
     webhook_row_changes,
     fan_out
