@@ -7,6 +7,7 @@ mod common;
 
 mod admin;
 mod backfill;
+mod cluster;
 mod config_commands;
 mod crash;
 mod delivery;
