@@ -335,8 +335,10 @@ async fn shard_leases_split_move_on_a_kill_and_rebalance_on_join_and_leave() {
         "cluster: a killed instance's {} shards moved in {took:?} (bound {bound:?})",
         b_had.len()
     );
+    // The bound counts from the last renewal, before the kill; the slack
+    // of one heartbeat is the looks' own round trips on a loaded machine.
     assert!(
-        took <= bound + Duration::from_millis(500),
+        took <= bound + cluster.heartbeat(),
         "took {took:?}, bound {bound:?}"
     );
 
