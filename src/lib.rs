@@ -22,6 +22,7 @@ pub mod text;
 
 pub mod backfill;
 pub mod checkpoint;
+pub mod cluster;
 pub mod delivery;
 pub mod events;
 pub mod pgoutput;

@@ -5,12 +5,14 @@
 //! records every request, and [`h2_target`] an HTTP/2 target that refuses
 //! streams as busy servers do. They exist to show and to test walhook
 //! against a real server and real HTTP; the daemon itself never uses them.
-//! With the `ca` feature, [`ca`] makes the test certificates.
+//! [`nats`] starts throwaway NATS servers (one, or a cluster of three)
+//! for cluster mode. With the `ca` feature, [`ca`] makes the test certificates.
 
 #[cfg(feature = "ca")]
 pub mod ca;
 pub mod cluster;
 pub mod h2_target;
+pub mod nats;
 pub mod partition;
 pub mod receiver;
 pub mod tls;

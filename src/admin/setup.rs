@@ -70,6 +70,9 @@ pub async fn check(config: &Config) -> u8 {
         println!("FAIL  {problem}");
         failed = true;
     }
+    for line in setup::check_cluster(config).await {
+        failed |= print_line(&line);
+    }
     let conn = match config.connection() {
         Ok(c) => c,
         Err(e) => {

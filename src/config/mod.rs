@@ -11,11 +11,13 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod cluster;
 mod connection;
 pub mod secret_file;
 pub mod show;
 mod validate;
 
+pub use self::cluster::ClusterConfig;
 pub use self::connection::{Connection, Purpose, SslMode};
 
 /// The whole configuration file.
@@ -31,6 +33,8 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub backfill: BackfillConfig,
+    /// Cluster mode over NATS JetStream; absent: one process.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Config {
@@ -43,6 +47,12 @@ impl Config {
             ("postgres.setup_password_file", &p.setup_password_file),
         ]
         .into_iter()
+        .chain(self.cluster.iter().flat_map(|c| {
+            [
+                ("cluster.credentials_file", &c.credentials_file),
+                ("cluster.nkey_seed_file", &c.nkey_seed_file),
+            ]
+        }))
         .filter_map(|(key, path)| secret_file::exposure(path.as_deref()?, key))
         .collect()
     }

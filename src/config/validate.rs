@@ -62,6 +62,9 @@ pub(super) fn network_entry(text: &str) -> Result<IpNet, String> {
 
 impl Config {
     pub(super) fn validate(&self) -> anyhow::Result<()> {
+        if let Some(cluster) = &self.cluster {
+            cluster.validate(self.delivery.max_body_bytes)?;
+        }
         if !(1..=super::MAX_CHUNK_ROWS).contains(&self.backfill.chunk_rows) {
             bail!(
                 "backfill.chunk_rows = {} is outside 1..={}",

@@ -70,6 +70,9 @@ pub async fn run_with_reload(
     reload: watch::Receiver<Arc<Config>>,
     on_ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
+    if config.cluster.is_some() {
+        anyhow::bail!("{}", crate::cluster::RUN_NOT_YET);
+    }
     open_files::raise_and_report(config.delivery.concurrency_ceiling());
     for problem in config.password_file_problems() {
         tracing::warn!("{problem}");

@@ -8,6 +8,7 @@
 //! store's.
 
 mod check;
+mod cluster;
 mod failover;
 mod instances;
 mod line;
@@ -22,6 +23,7 @@ use anyhow::bail;
 pub use self::check::{
     check, check_delivery_files, check_setup_role, is_set_up, published_tables, unknown_entities,
 };
+pub use self::cluster::check_cluster;
 pub use self::instances::{instance_config, instance_from_env, instance_line, INSTANCE_VAR};
 pub use self::line::{CheckLevel, CheckLine};
 pub use self::privileges::{run_role_to_grant, setup_problems, teardown_problems};

@@ -8,6 +8,7 @@ mod common;
 mod admin;
 mod attempt_log;
 mod backfill;
+mod cluster;
 mod condition_oracle;
 mod conditions;
 mod config_commands;

@@ -1,0 +1,356 @@
+//! Cluster mode against a real `nats-server` (the lab's throwaway one, or
+//! a three-node cluster of them).
+//!
+//! `cargo test --release` must pass on a machine without NATS (the
+//! README's two commands never need it): without a `nats-server` these
+//! tests print a SKIPPED line and pass, unless `WALHOOK_REQUIRE_NATS` is
+//! set, as `.ci/run` sets it after installing the server.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use walhook_lab::nats::{self, NatsCluster, NatsServer};
+
+use walhook::cluster::leases::{LeaseEvent, LeaseKeeper};
+use walhook::config::ClusterConfig;
+
+use crate::common::{text, Harness};
+
+/// Whether the tests can run here: a `nats-server` is found, or the run
+/// requires one (then its absence fails the test).
+fn nats_available(test: &str) -> bool {
+    match nats::find_server() {
+        Ok(_) => true,
+        Err(e) if std::env::var_os("WALHOOK_REQUIRE_NATS").is_none() => {
+            println!("cluster: {test} SKIPPED: {e}");
+            false
+        }
+        Err(e) => panic!("WALHOOK_REQUIRE_NATS is set: {e}"),
+    }
+}
+
+/// A stream of `replicas` copies on the server(s) at `url`, one message
+/// published and acknowledged: what every cluster test builds on.
+async fn publish_one(urls: &[String], replicas: usize) -> anyhow::Result<u64> {
+    let addrs = urls
+        .iter()
+        .map(|u| u.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(addrs)
+        .await?;
+    let js = jetstream::new(client);
+    js.get_or_create_stream(stream::Config {
+        name: "probe".into(),
+        subjects: vec!["probe.>".into()],
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await?;
+    let ack = js.publish("probe.1", "hello".into()).await?.await?;
+    Ok(ack.sequence)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_nats_server_takes_jetstream_publishes() {
+    if !nats_available("lab_nats_server_takes_jetstream_publishes") {
+        return;
+    }
+    let server = NatsServer::start().expect("nats-server starts");
+    assert_eq!(publish_one(&[server.url()], 1).await.expect("publish"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_nats_cluster_keeps_a_replicated_stream_with_one_node_killed() {
+    if !nats_available("lab_nats_cluster_keeps_a_replicated_stream_with_one_node_killed") {
+        return;
+    }
+    let mut cluster = NatsCluster::start(3).expect("three nats-servers start");
+    assert_eq!(publish_one(&cluster.urls(), 3).await.expect("publish"), 1);
+    cluster.kill(0);
+    // Two of three replicas still make a quorum: the next publish is
+    // stored and acknowledged, through the nodes left.
+    let survivors = cluster.urls()[1..].to_vec();
+    assert_eq!(
+        publish_one(&survivors, 3)
+            .await
+            .expect("publish with a node down"),
+        2
+    );
+    cluster.restart(0).expect("the killed node comes back");
+}
+
+/// A config file's `[cluster]` section for the servers at `urls`.
+fn cluster_section(urls: &[String], extra: &str) -> String {
+    let quoted: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
+    format!("[cluster]\nnats_urls = [{}]\n{extra}\n", quoted.join(", "))
+}
+
+/// `walhook check` in cluster mode connects to NATS and reports the
+/// server, JetStream and the stream (missing, then filling past the warning
+/// level, then with limits other than the config's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_nats_jetstream_and_the_streams_fill() {
+    if !nats_available("check_reports_nats_jetstream_and_the_streams_fill") {
+        return;
+    }
+    let server = NatsServer::start().expect("nats-server starts");
+    let h = Harness::start(
+        "",
+        &cluster_section(&[server.url()], "max_bytes = 67108864"),
+    )
+    .await;
+    let out = h.walhook(&["check"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("OK    NATS reachable: server"), "{said}");
+    assert!(said.contains("OK    JetStream enabled"), "{said}");
+    assert!(
+        said.contains("OK    stream \"walhook\" does not exist yet"),
+        "{said}"
+    );
+
+    // The stream as `run` makes it, filled to 90% of its 64 MiB.
+    let config = walhook::config::Config::load(&h.config_path).unwrap();
+    let cluster = config.cluster.clone().unwrap();
+    let js = jetstream::new(walhook::cluster::connect(&cluster, "test").await.unwrap());
+    js.create_stream(walhook::cluster::stream::config(
+        &cluster,
+        config.delivery.max_body_bytes,
+    ))
+    .await
+    .unwrap();
+    let chunk = bytes::Bytes::from(vec![b'x'; 512 * 1024]);
+    let mut stored = 0u64;
+    while stored < 64 * 1024 * 1024 * 9 / 10 {
+        js.publish("walhook.jobs.0", chunk.clone())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        stored += chunk.len() as u64;
+    }
+    let out = h.walhook(&["check"]);
+    let said = text(&out);
+    assert!(
+        said.contains("WARN  stream \"walhook\": 116 jobs")
+            && said.contains("(cluster.max_bytes, 9"),
+        "{said}"
+    );
+    assert!(
+        said.contains("the capture waits, holding the slot"),
+        "{said}"
+    );
+
+    // The stream is full: a further publish is refused, never stored by
+    // dropping an older job (discard new).
+    let mut refused = false;
+    for _ in 0..64 {
+        match js.publish("walhook.jobs.0", chunk.clone()).await {
+            Ok(ack) => {
+                if ack.await.is_err() {
+                    refused = true;
+                    break;
+                }
+            }
+            Err(_) => {
+                refused = true;
+                break;
+            }
+        }
+    }
+    assert!(refused, "a full stream took more jobs");
+    let info = js
+        .get_stream("walhook")
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(info.state.first_sequence, 1, "the oldest job was dropped");
+
+    // Limits on the servers other than the config's are named.
+    let mut changed = walhook::cluster::stream::config(&cluster, config.delivery.max_body_bytes);
+    changed.max_bytes = 128 * 1024 * 1024;
+    js.update_stream(changed).await.unwrap();
+    let said = text(&h.walhook(&["check"]));
+    assert!(
+        said.contains(
+            "WARN  cluster.max_bytes: the stream has 134217728, the config says 67108864"
+        ),
+        "{said}"
+    );
+}
+
+/// An unreachable NATS server fails `check`, naming the URL and the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_fails_naming_an_unreachable_nats_server() {
+    let port = walhook_lab::cluster::free_port().unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    let h = Harness::start(
+        "",
+        &cluster_section(std::slice::from_ref(&url), "connect_timeout = \"500ms\""),
+    )
+    .await;
+    let out = h.walhook(&["check"]);
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "FAIL  cannot connect to NATS at {url} (cluster.nats_urls) within 500ms"
+        )),
+        "{said}"
+    );
+}
+
+/// Until the capture publishes to the stream, `run` with `[cluster]`
+/// refuses, saying so, instead of running as one process unannounced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_cluster_mode_until_it_is_built() {
+    let h = Harness::start("", &cluster_section(&["nats://127.0.0.1:4222".into()], "")).await;
+    let out = h.walhook(&["run"]);
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("does not run in cluster mode yet"), "{said}");
+}
+
+/// One instance's lease keeper, run as a task, with the shards it holds
+/// as its events say (a handover is acknowledged at once: nothing is being
+/// delivered here).
+struct Keeper {
+    held: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<u32>>>,
+    keeper: tokio::task::JoinHandle<()>,
+    follower: tokio::task::JoinHandle<()>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Keeper {
+    async fn start(js: &jetstream::Context, cluster: &ClusterConfig, id: &str) -> Keeper {
+        let (events, mut receiver) = tokio::sync::mpsc::channel(64);
+        let (keeper, _view) = LeaseKeeper::open(js, cluster, id.to_string(), events)
+            .await
+            .expect("lease bucket");
+        let (shutdown, stop) = tokio::sync::watch::channel(false);
+        let held = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let mine = std::sync::Arc::clone(&held);
+        let follower = tokio::spawn(async move {
+            while let Some(event) = receiver.recv().await {
+                let mut held = mine.lock().unwrap();
+                match event {
+                    LeaseEvent::Acquired(shard) => assert!(held.insert(shard), "{shard} twice"),
+                    LeaseEvent::Lost(shard) => panic!("shard {shard} lost while renewed"),
+                    LeaseEvent::Release { shard, stopped } => {
+                        held.remove(&shard);
+                        let _ = stopped.send(());
+                    }
+                }
+            }
+        });
+        Keeper {
+            held,
+            keeper: tokio::spawn(keeper.run(stop)),
+            follower,
+            shutdown,
+        }
+    }
+
+    fn held(&self) -> std::collections::BTreeSet<u32> {
+        self.held.lock().unwrap().clone()
+    }
+
+    /// As kill -9: the keeper stops renewing and deletes nothing.
+    fn kill(self) {
+        self.keeper.abort();
+        self.follower.abort();
+    }
+
+    async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        self.keeper.await.unwrap();
+    }
+}
+
+/// Waits until `done` holds, failing with `what` after `limit`; returns
+/// how long it took.
+async fn within(limit: Duration, what: &str, done: impl Fn() -> bool) -> Duration {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what} not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+fn lease_config(url: &str, ttl: &str, shards: u32) -> ClusterConfig {
+    walhook::config::Config::parse(&format!(
+        "[cluster]\nnats_urls = [{url:?}]\nlease_ttl = {ttl:?}\nshards = {shards}\n"
+    ))
+    .unwrap()
+    .cluster
+    .unwrap()
+}
+
+/// Two instances split the shards between them without overlap; one
+/// killed (no renewal, nothing deleted) loses its shards to the other
+/// within lease_ttl + heartbeat; one stopped hands its shards over at the
+/// next heartbeat; one joining takes its share without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_leases_split_move_on_a_kill_and_rebalance_on_join_and_leave() {
+    if !nats_available("shard_leases_split_move_on_a_kill_and_rebalance_on_join_and_leave") {
+        return;
+    }
+    let server = NatsServer::start().expect("nats-server starts");
+    let cluster = lease_config(&server.url(), "3s", 16);
+    let bound = cluster.lease_ttl + cluster.heartbeat();
+    let js = jetstream::new(walhook::cluster::connect(&cluster, "test").await.unwrap());
+    let all: std::collections::BTreeSet<u32> = (0..16).collect();
+
+    let a = Keeper::start(&js, &cluster, "a").await;
+    within(bound, "a alone holding every shard", || a.held() == all).await;
+
+    // b joins: the shards move to it only as a hands them over, so at no
+    // moment do both hold one.
+    let b = Keeper::start(&js, &cluster, "b").await;
+    within(bound * 2, "a and b splitting the shards", || {
+        let (ha, hb) = (a.held(), b.held());
+        assert!(ha.is_disjoint(&hb), "both hold {:?}", ha.intersection(&hb));
+        !hb.is_empty()
+            && ha
+                .union(&hb)
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>()
+                == all
+    })
+    .await;
+    let b_had = b.held();
+
+    // b killed: its leases run out and a takes them.
+    b.kill();
+    let took = within(bound * 2, "a taking the killed b's shards", || {
+        a.held() == all
+    })
+    .await;
+    println!(
+        "cluster: a killed instance's {} shards moved in {took:?} (bound {bound:?})",
+        b_had.len()
+    );
+    // The bound counts from the last renewal, before the kill; the slack
+    // of one heartbeat is the looks' own round trips on a loaded machine.
+    assert!(
+        took <= bound + cluster.heartbeat(),
+        "took {took:?}, bound {bound:?}"
+    );
+
+    // c joins, then leaves cleanly: its shards come back to a at the next
+    // heartbeat, without waiting for the leases to run out.
+    let c = Keeper::start(&js, &cluster, "c").await;
+    within(bound * 2, "c taking its share", || !c.held().is_empty()).await;
+    c.stop().await;
+    let back = within(bound, "a taking the stopped c's shards", || a.held() == all).await;
+    assert!(
+        back < cluster.lease_ttl,
+        "a clean leave waited for the leases to run out: {back:?}"
+    );
+    a.stop().await;
+}
