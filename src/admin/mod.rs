@@ -55,3 +55,11 @@ async fn connect_for_setup(config: &Config) -> anyhow::Result<Store> {
         .map_err(|e| invalid(format!("{e:#}")))?;
     Store::connect(&conn, &config.postgres.schema).await
 }
+
+/// The error for a webhook_id that is not in the table.
+fn no_such_webhook(store: &Store, id: i32) -> anyhow::Error {
+    anyhow::anyhow!(
+        "webhook_id {id} does not exist in {}",
+        store.table_name("webhook")
+    )
+}

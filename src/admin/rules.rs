@@ -2,8 +2,7 @@
 //! it may see, validated here as the daemon will read them, and written
 //! to `webhook_control` so the daemon applies them in commit order.
 
-use super::webhook::no_such_webhook;
-use super::{connect, invalid};
+use super::{connect, invalid, no_such_webhook};
 use crate::cli::exit;
 use crate::config::Config;
 use crate::registry::condition::Condition;

@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::render::{columns, state_name};
-use super::{connect, invalid};
+use super::{connect, invalid, no_such_webhook};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 
@@ -152,14 +152,6 @@ async fn pause(config: &Config, id: i32, paused: bool) -> anyhow::Result<u8> {
         }
     }
     Ok(exit::OK)
-}
-
-/// The error for a webhook_id that is not in the table.
-pub(super) fn no_such_webhook(store: &Store, id: i32) -> anyhow::Error {
-    anyhow!(
-        "webhook_id {id} does not exist in {}",
-        store.table_name("webhook")
-    )
 }
 
 async fn list(config: &Config, as_json: bool) -> anyhow::Result<u8> {

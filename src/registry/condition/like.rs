@@ -4,7 +4,7 @@
 //! a dozen lines, and a regex crate would need the pattern translated
 //! with the same care.
 
-use super::eval::EvalError;
+use super::error::EvalError;
 
 enum Token {
     Char(char),

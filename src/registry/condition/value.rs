@@ -13,7 +13,7 @@ use std::str::FromStr;
 use bigdecimal::BigDecimal;
 use serde_json::Value;
 
-use super::eval::EvalError;
+use super::error::EvalError;
 
 /// The types a condition computes with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
