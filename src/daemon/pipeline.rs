@@ -470,10 +470,7 @@ impl Pipeline {
             let event_id = event.event_id(&self.system_id, hook.id);
             let ticket = self.ticket().context("an event outside a transaction")?;
             // A hook that may see only some columns gets its own copy.
-            let job = match columns {
-                None => intake.job(hook, event_id, ticket),
-                Some(columns) => intake.job_for_copy(&columns.apply(event), hook, event_id, ticket),
-            };
+            let job = intake.job_seeing(columns.as_ref(), hook, event_id, ticket);
             self.dispatcher.take(job).await?;
         }
         Ok(())
@@ -533,7 +530,7 @@ impl Pipeline {
                     self.metrics.events_skipped.inc();
                     continue;
                 }
-                let Some(Admission::Send(columns)) = admissions.get(&webhook_id).cloned() else {
+                let Some(Admission::Send(columns)) = admissions.get(&webhook_id) else {
                     continue;
                 };
                 let event_id =
@@ -541,12 +538,7 @@ impl Pipeline {
                 let ticket = self
                     .ticket()
                     .context("a backfill watermark outside a transaction")?;
-                let job = match columns {
-                    None => intake.job(hook, event_id, ticket),
-                    Some(columns) => {
-                        intake.job_for_copy(&columns.apply(event), hook, event_id, ticket)
-                    }
-                };
+                let job = intake.job_seeing(columns.as_ref(), hook, event_id, ticket);
                 self.dispatcher.take(job).await?;
                 sent += 1;
             }

@@ -12,7 +12,7 @@ use super::request::{self, SharedBody};
 use crate::checkpoint::Ticket;
 use crate::events::{ChangeEvent, Operation};
 use crate::metrics::Metrics;
-use crate::registry::Webhook;
+use crate::registry::{ColumnFilter, Webhook};
 
 /// One event must never stall the pipeline or be refused by the database
 /// when parked: when its body would pass `max_body` bytes, its largest
@@ -129,19 +129,23 @@ impl<'e> EventIntake<'e> {
 }
 
 impl EventIntake<'_> {
-    /// The job for `hook` of this change as `own` (a copy of the event with
-    /// fewer columns, for a hook that may see only those): its body is
-    /// rendered from `own`, but the change's shared parts stay this event's,
-    /// so a parked copy stores the change's payload once and this hook's
-    /// differing parts apart, never the other way round.
-    pub fn job_for_copy(
+    /// The job for `hook`, which may see only `columns` of the event
+    /// (`None`: all of them). A filtered copy's body is rendered from the
+    /// copy, but the change's shared parts stay this event's, so a parked
+    /// copy stores the change's payload once and this hook's differing
+    /// parts apart, never the other way round.
+    pub fn job_seeing(
         &self,
-        own: &ChangeEvent,
+        columns: Option<&ColumnFilter>,
         hook: Arc<Webhook>,
         event_id: Uuid,
         ticket: Ticket,
     ) -> Job {
-        let mut job = EventIntake::new(own, self.context_identifier, self.max_body)
+        let Some(columns) = columns else {
+            return self.job(hook, event_id, ticket);
+        };
+        let own = columns.apply(self.event);
+        let mut job = EventIntake::new(&own, self.context_identifier, self.max_body)
             .job(hook, event_id, ticket);
         let change = Arc::new(self.shared.clone());
         job.shared = match job.shared {
