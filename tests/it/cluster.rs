@@ -30,8 +30,9 @@ fn nats_available(test: &str) -> bool {
 }
 
 /// A stream of `replicas` copies on the server(s) at `url`, one message
-/// published and acknowledged: what every cluster test builds on.
-async fn publish_one(urls: &[String], replicas: usize) -> anyhow::Result<u64> {
+/// (message id `id`) published and acknowledged: what every cluster test
+/// builds on.
+async fn publish_one(urls: &[String], replicas: usize, id: &str) -> anyhow::Result<u64> {
     let addrs = urls
         .iter()
         .map(|u| u.parse::<async_nats::ServerAddr>())
@@ -48,7 +49,10 @@ async fn publish_one(urls: &[String], replicas: usize) -> anyhow::Result<u64> {
         ..Default::default()
     })
     .await?;
-    let ack = js.publish("probe.1", "hello".into()).await?.await?;
+    let message = jetstream::message::PublishMessage::build()
+        .payload("hello".into())
+        .message_id(id);
+    let ack = js.send_publish("probe.1", message).await?.await?;
     Ok(ack.sequence)
 }
 
@@ -58,7 +62,12 @@ async fn lab_nats_server_takes_jetstream_publishes() {
         return;
     }
     let server = NatsServer::start().expect("nats-server starts");
-    assert_eq!(publish_one(&[server.url()], 1).await.expect("publish"), 1);
+    assert_eq!(
+        publish_one(&[server.url()], 1, "first")
+            .await
+            .expect("publish"),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,17 +76,32 @@ async fn lab_nats_cluster_keeps_a_replicated_stream_with_one_node_killed() {
         return;
     }
     let mut cluster = NatsCluster::start(3).expect("three nats-servers start");
-    assert_eq!(publish_one(&cluster.urls(), 3).await.expect("publish"), 1);
+    assert_eq!(
+        publish_one(&cluster.urls(), 3, "first")
+            .await
+            .expect("publish"),
+        1
+    );
     cluster.kill(0);
     // Two of three replicas still make a quorum: the next publish is
-    // stored and acknowledged, through the nodes left.
+    // stored and acknowledged, through the nodes left. The killed node may
+    // have led the stream; until the two left elect another (seconds, more
+    // on a busy machine) a publish times out, so it is sent again until
+    // acknowledged, with the same message id: one stored before its answer
+    // was lost is not stored twice.
     let survivors = cluster.urls()[1..].to_vec();
-    assert_eq!(
-        publish_one(&survivors, 3)
-            .await
-            .expect("publish with a node down"),
-        2
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let sequence = loop {
+        match publish_one(&survivors, 3, "second").await {
+            Ok(sequence) => break sequence,
+            Err(e) if std::time::Instant::now() < deadline => {
+                println!("cluster: publish with a node down, trying again: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("publish with a node down, for 60 s: {e}"),
+        }
+    };
+    assert_eq!(sequence, 2);
     cluster.restart(0).expect("the killed node comes back");
 }
 
