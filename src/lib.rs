@@ -18,6 +18,7 @@ pub mod config;
 pub mod errors;
 pub mod metrics;
 pub mod postgres;
+pub mod telemetry;
 pub mod text;
 
 pub mod backfill;

@@ -61,6 +61,8 @@ pub struct Metrics {
     /// Logical messages read and ignored, by why: under another prefix,
     /// too large for walhook's prefix, or not a watermark.
     pub logical_messages_ignored: Family<Vec<(String, String)>, Counter>,
+    /// Trace contexts read from `walhook.trace` messages, by outcome.
+    trace_contexts: Family<Vec<(String, String)>, Counter>,
     /// 1 while `/readyz` would answer ready, set at each scrape.
     ready: Gauge,
     /// The slot as the session last read it (see [`Metrics::set_slot`]).
@@ -124,6 +126,13 @@ fn hook_label(id: i32) -> Vec<(String, String)> {
 
 impl Metrics {
     /// Count a logical message ignored for `reason`.
+    /// A `walhook.trace` message: `used`, or why it was ignored.
+    pub fn trace_context(&self, outcome: &str) {
+        self.trace_contexts
+            .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
+            .inc();
+    }
+
     pub fn logical_message_ignored(&self, reason: &str) {
         self.logical_messages_ignored
             .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
@@ -151,6 +160,7 @@ impl Default for Metrics {
         let hooks_stopped_parked_limit = Counter::default();
         let hooks_near_parked_limit = Counter::default();
         let logical_messages_ignored = Family::<Vec<(String, String)>, Counter>::default();
+        let trace_contexts = Family::<Vec<(String, String)>, Counter>::default();
         let ready = Gauge::default();
         let slot_retained_wal_bytes = Gauge::<f64, AtomicU64>::default();
         let slot_wal_status = Family::<Vec<(String, String)>, Gauge>::default();
@@ -232,6 +242,12 @@ impl Default for Metrics {
             "pg_logical_emit_message messages read and ignored, by reason (other_prefix, \
              too_large, not_a_watermark)",
             logical_messages_ignored.clone(),
+        );
+        registry.register(
+            "trace_contexts",
+            "Trace contexts read from 'walhook.trace' messages, by outcome (used; ignored as \
+             malformed, too_large or not_transactional)",
+            trace_contexts.clone(),
         );
         registry.register(
             "changes_decoded",
@@ -335,6 +351,7 @@ impl Default for Metrics {
             hooks_stopped_parked_limit,
             hooks_near_parked_limit,
             logical_messages_ignored,
+            trace_contexts,
             ready,
             slot_retained_wal_bytes,
             slot_wal_status,

@@ -264,6 +264,7 @@ async fn redeliver(config: &Config, event_id: Uuid) -> anyhow::Result<u8> {
             retry: attempts,
             settings: &settings,
             key: None,
+            trace: Default::default(),
         },
     )
     .await;

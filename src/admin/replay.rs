@@ -87,6 +87,7 @@ pub async fn replay(config: &Config, webhook: Option<i32>) -> anyhow::Result<()>
                         retry: attempts,
                         settings: &settings,
                         key: key.as_ref(),
+                        trace: Default::default(),
                     },
                 )
                 .await;

@@ -15,10 +15,12 @@ pub mod cluster;
 mod connection;
 pub mod secret_file;
 pub mod show;
+pub mod telemetry;
 mod validate;
 
 pub use self::cluster::ClusterConfig;
 pub use self::connection::{Connection, Purpose, SslMode};
+pub use self::telemetry::TelemetryConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -32,6 +34,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    /// OpenTelemetry traces of deliveries; off by default.
+    pub telemetry: TelemetryConfig,
     pub backfill: BackfillConfig,
     /// Cluster mode over NATS JetStream; absent: one process.
     pub cluster: Option<ClusterConfig>,

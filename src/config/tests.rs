@@ -89,6 +89,7 @@ fn the_example_config_names_every_key() {
         ("delivery", "client_cert_file"),
         ("delivery", "client_key_file"),
         ("metrics", "listen"),
+        ("telemetry", "endpoint"),
     ];
     for (section, key) in optional {
         let commented = example

@@ -65,6 +65,7 @@ impl Config {
         if let Some(cluster) = &self.cluster {
             cluster.validate(self.delivery.max_body_bytes)?;
         }
+        self.telemetry.validate()?;
         if !(1..=super::MAX_CHUNK_ROWS).contains(&self.backfill.chunk_rows) {
             bail!(
                 "backfill.chunk_rows = {} is outside 1..={}",

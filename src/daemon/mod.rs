@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::errors::Fault;
 use crate::metrics::{Health, Metrics};
 use crate::store::Store;
+use crate::telemetry::Telemetry;
 use crate::text::human_duration;
 
 /// What outlives one session: the signals, metrics and health.
@@ -45,6 +46,8 @@ pub(crate) struct Process {
     /// Statistics not yet written: what a session could not write (its SQL
     /// session was lost) the next one writes.
     usage: crate::delivery::UsageBook,
+    /// Spans of deliveries (`[telemetry]`), for every session.
+    telemetry: Telemetry,
 }
 
 /// Longest pause between two sessions after lost connections.
@@ -77,7 +80,10 @@ pub async fn run_with_reload(
     for problem in config.password_file_problems() {
         tracing::warn!("{problem}");
     }
-    let mut config = Arc::new(config);
+    // A bad endpoint fails the start, naming the key, rather than
+    // running with traces silently gone.
+    let telemetry = Telemetry::start(&config.telemetry)?;
+    let config = Arc::new(config);
     let mut process = Process {
         shutdown,
         reload,
@@ -85,6 +91,7 @@ pub async fn run_with_reload(
         health: Arc::new(Health::default()),
         settled: None,
         usage: crate::delivery::UsageBook::default(),
+        telemetry: telemetry.clone(),
     };
     process.reload.mark_unchanged();
     // An idle stream hears from the server at least every half
@@ -106,10 +113,23 @@ pub async fn run_with_reload(
         });
     }
     tokio::spawn(crate::metrics::watchdog(Arc::clone(&process.health)));
+    let ended = sessions(&mut process, config, on_ready).await;
+    // The spans of the last deliveries are exported before the exit.
+    telemetry.shutdown().await;
+    ended
+}
+
+/// Sessions, one after another, until shutdown or a failure that needs
+/// an operator.
+async fn sessions(
+    process: &mut Process,
+    mut config: Arc<Config>,
+    on_ready: impl FnOnce(),
+) -> anyhow::Result<()> {
     let mut on_ready = Some(on_ready);
     let mut pause = Duration::from_secs(1);
     loop {
-        let outcome = match Session::start(Arc::clone(&config), &mut process).await {
+        let outcome = match Session::start(Arc::clone(&config), process).await {
             Ok(None) => return Ok(()),
             Ok(Some(session)) => {
                 process.health.set_streaming(true);
@@ -118,7 +138,7 @@ pub async fn run_with_reload(
                 }
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status("streaming")]);
                 pause = Duration::from_secs(1);
-                session.run(&mut process, &mut config).await
+                session.run(process, &mut config).await
             }
             Err(e) => Err(e),
         };

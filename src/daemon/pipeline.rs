@@ -20,6 +20,7 @@ use crate::pgoutput::{self, Lsn, Message};
 use crate::registry::{Admission, PendingSnapshots, Registry, RegistryUpdate};
 use crate::source::SourceMessage;
 use crate::store::Store;
+use crate::telemetry::{TraceParent, TRACE_PREFIX};
 
 /// Registry snapshots written (each the rows a commit changed) between
 /// two compactions into one full snapshot at the slot's position: what
@@ -34,6 +35,9 @@ struct OpenTransaction {
     registry_changed: bool,
     /// The replication origin the transaction came from, if any.
     origin: Option<String>,
+    /// The trace context the transaction emitted last (`walhook.trace`):
+    /// its later events' deliveries continue that trace.
+    trace: Option<Arc<TraceParent>>,
 }
 
 /// The reading side of the pipeline.
@@ -189,6 +193,7 @@ impl Pipeline {
                     next_index: 0,
                     registry_changed: false,
                     origin: None,
+                    trace: None,
                 });
             }
             SourceMessage::Commit { end_lsn, .. } => {
@@ -210,6 +215,16 @@ impl Pipeline {
             SourceMessage::KeepAlive { wal_end } => {
                 self.server_end = self.server_end.max(wal_end);
                 self.checkpoint.keepalive(wal_end);
+            }
+            SourceMessage::Logical {
+                prefix,
+                content,
+                transactional,
+                ..
+            } if prefix == TRACE_PREFIX => self.trace_context(&content, transactional),
+            SourceMessage::SkippedLogical { prefix, .. } if prefix == TRACE_PREFIX => {
+                // Over MAX_TRACE_MESSAGE_BYTES: skipped unread by the source.
+                self.metrics.trace_context("too_large");
             }
             SourceMessage::Logical {
                 prefix,
@@ -259,6 +274,23 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// A `walhook.trace` message: the transaction's deliveries from here on
+    /// continue its context. One that does not parse, or comes outside a
+    /// transaction, is counted and ignored: any role may emit one.
+    fn trace_context(&mut self, content: &[u8], transactional: bool) {
+        let Some(txn) = self.txn.as_mut().filter(|_| transactional) else {
+            self.metrics.trace_context("not_transactional");
+            return;
+        };
+        match TraceParent::parse(content) {
+            Ok(parent) => {
+                txn.trace = Some(Arc::new(parent));
+                self.metrics.trace_context("used");
+            }
+            Err(e) => self.metrics.trace_context(e.reason()),
+        }
     }
 
     /// A message under walhook's prefix that is not a watermark: counted,
@@ -470,7 +502,8 @@ impl Pipeline {
             let event_id = event.event_id(&self.system_id, hook.id);
             let ticket = self.ticket().context("an event outside a transaction")?;
             // A hook that may see only some columns gets its own copy.
-            let job = intake.job_seeing(columns.as_ref(), hook, event_id, ticket);
+            let mut job = intake.job_seeing(columns.as_ref(), hook, event_id, ticket);
+            job.trace = self.txn.as_ref().and_then(|txn| txn.trace.clone());
             self.dispatcher.take(job).await?;
         }
         Ok(())

@@ -334,8 +334,12 @@ impl Session {
             publications,
             status_interval: config.postgres.status_interval,
             start,
-            message_prefixes: vec![crate::store::backfill::MESSAGE_PREFIX.to_owned()],
-            max_message_bytes: crate::backfill::MAX_WATERMARK_BYTES,
+            message_prefixes: vec![
+                crate::store::backfill::MESSAGE_PREFIX.to_owned(),
+                crate::telemetry::TRACE_PREFIX.to_owned(),
+            ],
+            max_message_bytes: crate::backfill::MAX_WATERMARK_BYTES
+                .max(crate::telemetry::MAX_TRACE_MESSAGE_BYTES),
         })
         .await?;
         tracing::info!(
@@ -384,6 +388,7 @@ impl Session {
             usage: usage.clone(),
             store: Arc::new(store.clone()),
             attempts,
+            telemetry: process.telemetry.clone(),
         });
         let board = Board::new();
         let mut pipeline = Pipeline::new(PipelineParts {

@@ -9,6 +9,7 @@ use super::send::AttemptLog;
 use super::storage::DeliveryStore;
 use crate::config::{DeliveryConfig, Live};
 use crate::metrics::Metrics;
+use crate::telemetry::Telemetry;
 
 /// Everything a hook's queue or its replayer needs.
 #[derive(Clone)]
@@ -21,4 +22,6 @@ pub struct DeliveryContext {
     pub store: Arc<dyn DeliveryStore>,
     /// The failure log's writer (`delivery.attempt_log`).
     pub attempts: AttemptLog,
+    /// Spans of deliveries (`[telemetry]`); off by default.
+    pub telemetry: Telemetry,
 }

@@ -124,6 +124,7 @@ impl<'e> EventIntake<'e> {
             change_index: event.index,
             ticket,
             hook,
+            trace: None,
         }
     }
 }

@@ -14,6 +14,7 @@ use super::storage::{ParkedBody, ParkedEvent, Payload, Position};
 use crate::checkpoint::Ticket;
 use crate::pgoutput::Lsn;
 use crate::registry::Webhook;
+use crate::telemetry::TraceParent;
 
 /// One event addressed to one hook.
 pub struct Job {
@@ -31,6 +32,9 @@ pub struct Job {
     pub commit_lsn: Lsn,
     pub change_index: u32,
     pub ticket: Ticket,
+    /// The trace context its transaction emitted, if any: its delivery's
+    /// span continues that trace.
+    pub trace: Option<Arc<TraceParent>>,
 }
 
 impl Job {

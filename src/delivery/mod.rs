@@ -39,7 +39,7 @@ pub use self::job::Job;
 pub use self::parking::{parked_bytes_warning, parked_limit_warning, PARKED_WARN_PERCENT};
 pub use self::request::signing;
 pub use self::request::SigningKey;
-pub use self::send::{attempt, backoff, Attempt, DeliveryOutcome, GONE_ERROR};
+pub use self::send::{attempt, backoff, Attempt, DeliveryOutcome, TraceHeaders, GONE_ERROR};
 pub use self::send::{AttemptLog, AttemptStore, AttemptTableMissing, LoggedAttempt};
 pub use self::storage::{
     DeliveryStore, ParkedBody, ParkedEvent, ParkedRow, ParkedSize, Payload, Position,

@@ -267,6 +267,7 @@ fn context(store: Arc<MemoryStore>, tune: impl FnOnce(&mut DeliveryConfig)) -> D
         usage: UsageBook::default(),
         store,
         attempts: crate::delivery::AttemptLog::off(Arc::default()),
+        telemetry: crate::telemetry::Telemetry::off(),
     }
 }
 
@@ -291,6 +292,7 @@ fn jobs(
             commit_lsn: Lsn(100),
             change_index: i as u32,
             ticket: txn.ticket(),
+            trace: None,
         })
         .collect();
     (jobs, txn)
@@ -619,6 +621,7 @@ async fn reactivation_delivers_parked_events_first_then_live_ones() {
             commit_lsn: Lsn(300),
             change_index: 0,
             ticket: txn.ticket(),
+            trace: None,
         })
         .await
         .unwrap();

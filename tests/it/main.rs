@@ -37,5 +37,6 @@ mod shapes;
 mod silent_network;
 mod slot_bounds;
 mod target_guard;
+mod telemetry;
 mod tls;
 mod types;

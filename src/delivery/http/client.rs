@@ -43,6 +43,7 @@ use tokio::time::Instant;
 use super::origins::{Admission, Origins};
 use super::resolver::PolicyResolver;
 use super::target_policy::AddressPolicy;
+use super::timings::{Phase, Timed};
 use super::tls;
 use crate::config::{DeliveryConfig, HttpVersion};
 
@@ -63,7 +64,7 @@ pub(in crate::delivery) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(
 const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Connector = HttpsConnector<HttpConnector<PolicyResolver>>;
+type Connector = Timed<HttpsConnector<Timed<HttpConnector<PolicyResolver>>>>;
 
 /// A connection the connector made: TCP, or TLS over it.
 pub(in crate::delivery) type Stream =
@@ -363,7 +364,12 @@ pub fn http_client(config: &DeliveryConfig) -> anyhow::Result<HttpClient> {
     // The TLS configuration's ALPN, set by `tls` from
     // `delivery.http_version`, is kept as it is: the target's choice
     // decides h2 or HTTP/1.1 under `auto`.
-    let connector = HttpsConnector::from((tcp, Arc::new(tls)));
+    // Each layer reports its time to the attempt that connects, for its
+    // trace span (timings.rs).
+    let connector = Timed::new(
+        HttpsConnector::from((Timed::new(tcp, Phase::Tcp), Arc::new(tls))),
+        Phase::Whole,
+    );
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())

@@ -7,6 +7,7 @@ mod connections;
 mod origins;
 mod resolver;
 pub mod target_policy;
+pub mod timings;
 pub mod tls;
 
 pub use self::client::{http_client, read_body_prefix, HttpClient, ReadError, SendError};

@@ -130,7 +130,9 @@ impl tower_service::Service<Name> for PolicyResolver {
         let resolver = self.clone();
         Box::pin(async move {
             let host = name.as_str();
+            let started = tokio::time::Instant::now();
             let answer = resolver.lookup(host).await;
+            super::timings::record(super::timings::Phase::Dns, started.elapsed());
             let addrs = answer.map_err(|(kind, text)| io::Error::new(kind, text.to_string()))?;
             let mut allowed = Vec::new();
             let mut refusals = Vec::new();

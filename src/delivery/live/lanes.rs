@@ -233,6 +233,7 @@ async fn run_job(ctx: &DeliveryContext, runtime: &HookRuntime, http: Sender<'_>,
         body: &job.body,
         retry: 0,
         from: From::Queue,
+        trace: job.trace.as_deref(),
     };
     let outcome = deliver(ctx, runtime, http, outgoing).await;
     let (attempts, error) = match outcome {

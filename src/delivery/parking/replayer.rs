@@ -112,6 +112,9 @@ async fn replay_parked(ctx: &DeliveryContext, runtime: &HookRuntime) -> anyhow::
                         body: &row.body,
                         retry: u32::try_from(row.attempts).unwrap_or(0),
                         from: From::Parked,
+                        // A parked event's context is not kept: its
+                        // replay starts a trace of its own.
+                        trace: None,
                     },
                 )
                 .await;

@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::StatusCode;
+use http::{HeaderValue, StatusCode};
 use uuid::Uuid;
 
 use crate::config::DeliveryConfig;
@@ -110,7 +110,19 @@ pub struct Attempt<'a> {
     /// The hook's secret's keys, prepared once per hook; `None` prepares
     /// them for this attempt.
     pub key: Option<&'a SigningKey>,
+    /// The W3C trace context the request carries.
+    pub trace: TraceHeaders<'a>,
 }
+
+/// `traceparent` and `tracestate`, when the attempt has a trace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceHeaders<'a> {
+    pub traceparent: Option<&'a HeaderValue>,
+    pub tracestate: Option<&'a HeaderValue>,
+}
+
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 /// One POST. Never panics on anything the target does.
 pub async fn attempt(
@@ -137,7 +149,7 @@ pub async fn attempt(
     };
     let deadline = started + config.timeout;
     let headers = || {
-        request::headers(
+        let mut headers = request::headers(
             job.hook,
             &keys,
             job.event,
@@ -145,7 +157,14 @@ pub async fn attempt(
             job.body,
             job.retry,
             now,
-        )
+        );
+        if let Some(parent) = job.trace.traceparent {
+            headers.insert(TRACEPARENT, parent.clone());
+            if let Some(state) = job.trace.tracestate {
+                headers.insert(TRACESTATE, state.clone());
+            }
+        }
+        headers
     };
     let sent = http
         .post(&job.hook.target_url, headers, job.body.clone(), deadline)

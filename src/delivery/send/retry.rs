@@ -8,13 +8,17 @@ use bytes::Bytes;
 use rand::RngExt;
 use uuid::Uuid;
 
-use super::attempt::{attempt, Attempt, DeliveryOutcome, FailureCause, FailureKind, GONE_ERROR};
+use super::attempt::{
+    attempt, Attempt, DeliveryOutcome, FailureCause, FailureKind, TraceHeaders, GONE_ERROR,
+};
 use super::attempt_log::LoggedAttempt;
 use crate::delivery::context::DeliveryContext;
 use crate::delivery::hook::concurrency::Signal;
 use crate::delivery::hook::HookRuntime;
+use crate::delivery::http::timings::{self, ConnectTimings};
 use crate::delivery::http::Sender;
 use crate::registry::WebhookState;
+use crate::telemetry::{AttemptFacts, DeliveryFacts, DeliverySpan, TraceParent};
 use crate::text::{first_line, human_duration, redacted_url};
 
 /// How delivering one event ended.
@@ -65,6 +69,8 @@ pub(in crate::delivery) struct Outgoing<'a> {
     pub body: &'a Bytes,
     pub retry: u32,
     pub from: From,
+    /// The trace context its transaction emitted, if any.
+    pub trace: Option<&'a TraceParent>,
 }
 
 /// Attempt until delivered, gone, or the hook trips, stops, pauses or
@@ -83,8 +89,29 @@ pub(in crate::delivery) async fn deliver(
 ) -> SendResult {
     let retry = outgoing.retry;
     let event_id = outgoing.event_id;
-    let sending = std::panic::AssertUnwindSafe(send_until_settled(ctx, runtime, http, outgoing));
-    match futures_util::FutureExt::catch_unwind(sending).await {
+    let mut trace = Trace {
+        parent: outgoing.trace,
+        span: ctx.telemetry.delivery(
+            outgoing.trace,
+            DeliveryFacts {
+                webhook_id: runtime.id(),
+                event_id,
+                event: outgoing.event,
+            },
+        ),
+        attempts: 0,
+    };
+    let sending =
+        std::panic::AssertUnwindSafe(send_until_settled(ctx, runtime, http, outgoing, &mut trace));
+    let result = futures_util::FutureExt::catch_unwind(sending).await;
+    if let Some(span) = trace.span {
+        let outcome = match &result {
+            Ok(result) => result.name(),
+            Err(_) => "tripped",
+        };
+        span.end(outcome, trace.attempts);
+    }
+    match result {
         Ok(result) => result,
         Err(panic) => {
             let what = panic
@@ -108,11 +135,36 @@ pub(in crate::delivery) async fn deliver(
     }
 }
 
+/// One delivery's trace: the transaction's context, and the delivery's
+/// span when walhook exports spans.
+struct Trace<'a> {
+    parent: Option<&'a TraceParent>,
+    span: Option<DeliverySpan>,
+    /// Attempts made by this delivery.
+    attempts: u32,
+}
+
+impl SendResult {
+    /// The delivery span's outcome.
+    fn name(&self) -> &'static str {
+        match self {
+            SendResult::Delivered => "delivered",
+            SendResult::Dropped => "gone",
+            SendResult::StoreClosed => "unsettled",
+            SendResult::Stopped => "stopped",
+            SendResult::Tripped { .. } => "tripped",
+            SendResult::Paused { .. } => "paused",
+            SendResult::Parking { .. } => "parked",
+        }
+    }
+}
+
 async fn send_until_settled(
     ctx: &DeliveryContext,
     runtime: &HookRuntime,
     http: Sender<'_>,
     outgoing: Outgoing<'_>,
+    trace: &mut Trace<'_>,
 ) -> SendResult {
     let Outgoing {
         event,
@@ -120,6 +172,7 @@ async fn send_until_settled(
         body,
         mut retry,
         from,
+        trace: _,
     } = outgoing;
     let id = runtime.id();
     let mut last_error = None;
@@ -158,22 +211,41 @@ async fn send_until_settled(
         let config = ctx.config.get();
         let started = Instant::now();
         let request = runtime.request_started();
-        let outcome = attempt(
-            http,
-            &config,
-            &Attempt {
-                hook: &hook,
-                event,
-                event_id,
-                body,
-                retry,
-                settings: &settings,
-                key: key.as_deref(),
+        let span = trace
+            .span
+            .as_ref()
+            .map(|span| span.attempt(retry, redacted_url(&hook.target_url).as_str()));
+        // With no span of its own, the request passes the transaction's
+        // context on as it came.
+        let headers = match (&span, trace.parent) {
+            (Some(span), _) => TraceHeaders {
+                traceparent: span.traceparent.as_ref(),
+                tracestate: span.tracestate.as_ref(),
             },
-        )
-        .await;
+            (None, Some(parent)) => TraceHeaders {
+                traceparent: Some(&parent.traceparent),
+                tracestate: parent.tracestate.as_ref(),
+            },
+            (None, None) => TraceHeaders::default(),
+        };
+        let job = Attempt {
+            hook: &hook,
+            event,
+            event_id,
+            body,
+            retry,
+            settings: &settings,
+            key: key.as_deref(),
+            trace: headers,
+        };
+        let sending = attempt(http, &config, &job);
+        let (outcome, connect) = match span {
+            Some(_) => timings::measured(sending).await,
+            None => (sending.await, ConnectTimings::default()),
+        };
         drop(request);
         retry = retry.saturating_add(1);
+        trace.attempts = trace.attempts.saturating_add(1);
         let took = started.elapsed();
         let (kind, signal) = match &outcome {
             DeliveryOutcome::Delivered(_) => ("delivered", Some(Signal::Answered(took))),
@@ -193,6 +265,9 @@ async fn send_until_settled(
         };
         if let Some(signal) = signal {
             runtime.record_attempt(signal);
+        }
+        if let Some(span) = span {
+            span.end(attempt_facts(&outcome, kind, connect, took));
         }
         ctx.metrics.delivery(kind, took);
         ctx.metrics.hook_delivery(id, kind);
@@ -281,6 +356,37 @@ async fn send_until_settled(
                 }
             }
         }
+    }
+}
+
+/// What an attempt's span records.
+fn attempt_facts<'a>(
+    outcome: &'a DeliveryOutcome,
+    kind: &'static str,
+    connect: ConnectTimings,
+    took: Duration,
+) -> AttemptFacts<'a> {
+    let (status, error_kind, error) = match outcome {
+        DeliveryOutcome::Delivered(status) => (Some(status.as_u16()), None, None),
+        DeliveryOutcome::Gone => (Some(410), Some("status"), Some(GONE_ERROR.into())),
+        DeliveryOutcome::Failed { error, cause, .. } => (
+            match cause {
+                FailureCause::Status(status) => Some(status.as_u16()),
+                _ => None,
+            },
+            Some(cause.name()),
+            Some(first_line(error).into()),
+        ),
+    };
+    AttemptFacts {
+        status,
+        outcome: kind,
+        error_kind,
+        error,
+        dns: connect.dns,
+        connect: connect.connect,
+        tls: connect.tls,
+        answer: Some(took.saturating_sub(connect.total())),
     }
 }
 
