@@ -10,8 +10,15 @@ use clap::Args;
 use serde::Serialize;
 
 /// The sections in the order they run.
-pub const ALL_SECTIONS: [&str; 7] = [
-    "decode", "nginx", "wrk", "slow", "latency", "parked", "crash",
+pub const ALL_SECTIONS: [&str; 8] = [
+    "decode",
+    "nginx",
+    "wrk",
+    "slow",
+    "latency",
+    "parked",
+    "crash",
+    "observability",
 ];
 
 #[derive(Args, Debug)]
@@ -317,7 +324,10 @@ impl Knobs {
     }
 
     pub fn needs_nginx(&self) -> bool {
-        self.hooks.is_some() || self.wants("nginx") || self.wants("wrk")
+        self.hooks.is_some()
+            || self.wants("nginx")
+            || self.wants("wrk")
+            || self.wants("observability")
     }
 
     pub fn needs_sink(&self) -> bool {

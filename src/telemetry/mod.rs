@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfig, BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
+};
 use opentelemetry_sdk::Resource;
 
 pub use self::context::{TraceContextError, TraceParent, MAX_TRACE_MESSAGE_BYTES, TRACE_PREFIX};
@@ -51,8 +53,11 @@ impl Telemetry {
         if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
             resource = resource.with_service_name(config.service_name.clone());
         }
+        let processor = BatchSpanProcessor::builder(exporter)
+            .with_batch_config(batch_config())
+            .build();
         let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
+            .with_span_processor(processor)
             // A transaction's own context decides for its deliveries; the
             // ratio decides for the rest.
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
@@ -106,3 +111,23 @@ impl Telemetry {
         }
     }
 }
+
+/// The spans waiting for export, at most, and the most sent at once,
+/// unless `OTEL_BSP_MAX_QUEUE_SIZE` / `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` say
+/// otherwise. The SDK's defaults (2,048 and 512) dropped 7% of the spans
+/// of a 15,000 changes/s catch-up (two spans a change); 16,384 spans are
+/// a few MiB.
+fn batch_config() -> BatchConfig {
+    // The default builder reads the OTEL_BSP_* variables.
+    let mut config = BatchConfigBuilder::default();
+    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        config = config.with_max_queue_size(MAX_QUEUED_SPANS);
+    }
+    if std::env::var_os("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
+        config = config.with_max_export_batch_size(MAX_EXPORT_BATCH);
+    }
+    config.build()
+}
+
+const MAX_QUEUED_SPANS: usize = 16_384;
+const MAX_EXPORT_BATCH: usize = 2_048;

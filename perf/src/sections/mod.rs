@@ -6,6 +6,7 @@ pub mod decode;
 pub mod hooks;
 pub mod latency;
 pub mod nginx;
+pub mod observability;
 pub mod parked;
 pub mod slow;
 pub mod wrk;
@@ -23,6 +24,7 @@ pub async fn run(b: &mut Bench, section: &str) -> anyhow::Result<()> {
         "latency" => latency::run(b).await,
         "parked" => parked::run(b).await,
         "crash" => crash::run(b).await,
+        "observability" => observability::run(b).await,
         other => bail!("unknown section '{other}'"),
     }
 }

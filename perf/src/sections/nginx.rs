@@ -12,21 +12,21 @@ use crate::procfs::{self, MachineBusy, MachineTicks};
 use crate::report::{mib, rate, ratio, Better};
 
 /// One timed run of walhook against the backlog.
-struct Measured {
-    catch_up: CatchUp,
-    rate: f64,
-    calls: Option<(i64, i64)>,
+pub(crate) struct Measured {
+    pub(crate) catch_up: CatchUp,
+    pub(crate) rate: f64,
+    pub(crate) calls: Option<(i64, i64)>,
     /// Requests nginx counted, when it counts.
-    nginx_counted: Option<u64>,
-    hwm_kib: u64,
-    walhook_cpu: f64,
-    walsender_cpu: f64,
-    sql_cpu: f64,
-    nginx_cpu: f64,
-    machine: MachineBusy,
-    warn_lines: Vec<String>,
-    exit_ok: bool,
-    exit: String,
+    pub(crate) nginx_counted: Option<u64>,
+    pub(crate) hwm_kib: u64,
+    pub(crate) walhook_cpu: f64,
+    pub(crate) walsender_cpu: f64,
+    pub(crate) sql_cpu: f64,
+    pub(crate) nginx_cpu: f64,
+    pub(crate) machine: MachineBusy,
+    pub(crate) warn_lines: Vec<String>,
+    pub(crate) exit_ok: bool,
+    pub(crate) exit: String,
 }
 
 pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
@@ -226,7 +226,18 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
 /// `walhook setup` of installation `name` (capturing bench_item), and its
 /// one hook for every event at `url`.
 async fn register(b: &mut Bench, name: &str, extra: &str, url: &str) -> anyhow::Result<i64> {
-    let config = b.walhook_config(name, extra, "bench_item");
+    register_with(b, name, extra, "", url).await
+}
+
+/// [`register`], with `sections` (whole config sections) appended.
+pub(crate) async fn register_with(
+    b: &mut Bench,
+    name: &str,
+    extra: &str,
+    sections: &str,
+    url: &str,
+) -> anyhow::Result<i64> {
+    let config = b.walhook_config(name, extra, "bench_item") + sections;
     std::fs::write(b.config_path(name), config).context("writing the config")?;
     b.setup(name).await?;
     b.logs.push(b.log_path(name));
@@ -240,7 +251,7 @@ async fn register(b: &mut Bench, name: &str, extra: &str, url: &str) -> anyhow::
 
 /// Runs walhook of installation `name` until it has caught up with the
 /// backlog; its figures, read while it still runs.
-async fn measure(
+pub(crate) async fn measure(
     b: &mut Bench,
     label: &str,
     name: &str,
@@ -349,7 +360,7 @@ async fn measure(
     })
 }
 
-fn verdicts(label: &str, m: &Measured, expected: u64) -> Vec<String> {
+pub(crate) fn verdicts(label: &str, m: &Measured, expected: u64) -> Vec<String> {
     let mut problems = Vec::new();
     match m.calls {
         None => problems.push(format!("{label}: webhook_usage has no row for the hook")),
