@@ -9,6 +9,7 @@
 //! after a pause; a lost slot or anything a DBA must fix ends the daemon
 //! (see [`crate::errors`]).
 
+mod bus;
 mod leader;
 mod log_limit;
 mod open_files;
@@ -45,6 +46,8 @@ pub(crate) struct Process {
     /// Statistics not yet written: what a session could not write (its SQL
     /// session was lost) the next one writes.
     usage: crate::delivery::UsageBook,
+    /// Cluster mode: where the leader's capture publishes its jobs.
+    bus: Option<(async_nats::jetstream::Context, crate::config::ClusterConfig)>,
 }
 
 /// Longest pause between two sessions after lost connections.
@@ -70,9 +73,6 @@ pub async fn run_with_reload(
     reload: watch::Receiver<Arc<Config>>,
     on_ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
-    if config.cluster.is_some() {
-        anyhow::bail!("{}", crate::cluster::RUN_NOT_YET);
-    }
     open_files::raise_and_report(config.delivery.concurrency_ceiling());
     for problem in config.password_file_problems() {
         tracing::warn!("{problem}");
@@ -85,6 +85,7 @@ pub async fn run_with_reload(
         health: Arc::new(Health::default()),
         settled: None,
         usage: crate::delivery::UsageBook::default(),
+        bus: None,
     };
     process.reload.mark_unchanged();
     // An idle stream hears from the server at least every half
@@ -106,10 +107,55 @@ pub async fn run_with_reload(
         });
     }
     tokio::spawn(crate::metrics::watchdog(Arc::clone(&process.health)));
+    let Some(cluster) = config.cluster.clone() else {
+        return sessions(&mut config, &mut process, on_ready).await;
+    };
+    // Cluster mode: this instance delivers its shards whether or not it
+    // leads the capture; a failed delivery node ends the process as a lost
+    // slot would, through the sessions' shutdown.
+    let mut bus = bus::Bus::start(&config, &cluster, Arc::clone(&process.metrics)).await?;
+    process.bus = Some((bus.js.clone(), bus.cluster.clone()));
+    let signal = process.shutdown.clone();
+    let (stop, stopped) = watch::channel(false);
+    process.shutdown = stopped;
+    let node_failure = tokio::spawn({
+        let mut signal = signal.clone();
+        async move {
+            let failure = async {
+                tokio::select! {
+                    e = bus.failed() => Some(e),
+                    _ = signal.wait_for(|s| *s) => None,
+                }
+            }
+            .await;
+            let _ = stop.send(true);
+            (bus, failure)
+        }
+    });
+    let result = sessions(&mut config, &mut process, on_ready).await;
+    // The capture has stopped publishing: now the delivery node.
+    let (bus, failure) = node_failure
+        .await
+        .map_err(|e| anyhow::anyhow!("cluster delivery watch panicked: {e}"))?;
+    let stopped = bus.stop().await;
+    match (result, failure) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Some(e)) => Err(e.context("cluster delivery failed")),
+        (Ok(()), None) => stopped,
+    }
+}
+
+/// Sessions, one after another, until shutdown or a failure that needs an
+/// operator.
+async fn sessions(
+    config: &mut Arc<Config>,
+    process: &mut Process,
+    on_ready: impl FnOnce(),
+) -> anyhow::Result<()> {
     let mut on_ready = Some(on_ready);
     let mut pause = Duration::from_secs(1);
     loop {
-        let outcome = match Session::start(Arc::clone(&config), &mut process).await {
+        let outcome = match Session::start(Arc::clone(config), process).await {
             Ok(None) => return Ok(()),
             Ok(Some(session)) => {
                 process.health.set_streaming(true);
@@ -118,7 +164,7 @@ pub async fn run_with_reload(
                 }
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status("streaming")]);
                 pause = Duration::from_secs(1);
-                session.run(&mut process, &mut config).await
+                session.run(process, config).await
             }
             Err(e) => Err(e),
         };
@@ -146,7 +192,7 @@ pub async fn run_with_reload(
                 process.health.set_slot_lost();
                 return Err(e);
             }
-            Fault::NeedsOperator => return Err(slot_lost_or(e, &config).await),
+            Fault::NeedsOperator => return Err(slot_lost_or(e, config).await),
         }
     }
 }
