@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::message::{Acker, AckKind};
+use async_nats::jetstream::message::{AckKind, Acker};
 use async_nats::jetstream::stream::Stream;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch, Notify};

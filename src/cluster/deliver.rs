@@ -233,7 +233,12 @@ impl BusDelivery {
         let rows: HashMap<String, WebhookRow> = rows
             .into_iter()
             .map(|row| {
-                let id = row.0.get("webhook_id").cloned().flatten().unwrap_or_default();
+                let id = row
+                    .0
+                    .get("webhook_id")
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_default();
                 (id, row)
             })
             .collect();
@@ -241,14 +246,22 @@ impl BusDelivery {
             .iter()
             .filter(|(id, row)| self.rows.get(*id) != Some(*row))
             .map(|(id, _)| id.clone())
-            .chain(self.rows.keys().filter(|id| !rows.contains_key(*id)).cloned())
+            .chain(
+                self.rows
+                    .keys()
+                    .filter(|id| !rows.contains_key(*id))
+                    .cloned(),
+            )
             .collect();
         if changed.is_empty() {
             // Nothing new: the registry stays (rebuilding it would warn
             // about an invalid row once a second).
             return self.refresh_settings().await;
         }
-        let old = std::mem::replace(&mut self.registry, Registry::from_rows(rows.values().cloned()));
+        let old = std::mem::replace(
+            &mut self.registry,
+            Registry::from_rows(rows.values().cloned()),
+        );
         self.rows = rows;
         for id in changed.iter().filter_map(|id| id.parse::<i32>().ok()) {
             let shard = shard_of(id, self.shards);
@@ -257,9 +270,7 @@ impl BusDelivery {
             }
             match self.registry.get(id).cloned() {
                 Some(hook) => {
-                    let was_active = old
-                        .get(id)
-                        .is_some_and(|h| h.state == WebhookState::Active);
+                    let was_active = old.get(id).is_some_and(|h| h.state == WebhookState::Active);
                     self.dispatcher.hook_changed(&hook, was_active).await;
                 }
                 None => {

@@ -87,6 +87,30 @@ pub async fn ensure(
     cluster: &ClusterConfig,
     max_body_bytes: usize,
 ) -> anyhow::Result<stream::Stream> {
+    // Instances started together race to create the stream and consumers:
+    // the loser finds them made, the next time round.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match ensure_once(js, cluster, max_body_bytes).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) if tries < ENSURE_TRIES => {
+                tracing::debug!("setting up the stream, trying again: {e:#}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Tries of [`ensure`] before it gives up.
+const ENSURE_TRIES: u32 = 3;
+
+async fn ensure_once(
+    js: &jetstream::Context,
+    cluster: &ClusterConfig,
+    max_body_bytes: usize,
+) -> anyhow::Result<stream::Stream> {
     let wanted = config(cluster, max_body_bytes);
     let stream = match js.get_stream(&cluster.stream).await {
         Ok(mut stream) => {
@@ -116,10 +140,9 @@ pub async fn ensure(
             if matches!(e.kind(), GetStreamErrorKind::JetStream(ref js_error)
                 if js_error.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
         {
-            js
-            .create_stream(wanted)
-            .await
-            .with_context(|| format!("creating stream {:?}", cluster.stream))?
+            js.create_stream(wanted)
+                .await
+                .with_context(|| format!("creating stream {:?}", cluster.stream))?
         }
         Err(e) => {
             return Err(anyhow::Error::new(e))

@@ -39,8 +39,8 @@ impl Bus {
         let id = instance_id();
         let client = crate::cluster::connect(cluster, &format!("walhook {id}")).await?;
         let js = jetstream::new(client);
-        let stream = crate::cluster::stream::ensure(&js, cluster, config.delivery.max_body_bytes)
-            .await?;
+        let stream =
+            crate::cluster::stream::ensure(&js, cluster, config.delivery.max_body_bytes).await?;
         let conn = config.connection()?;
         let http = http_client(&config.delivery)?;
         let store = Store::connect(&conn, &config.postgres.schema)

@@ -115,11 +115,10 @@ pub async fn run_with_reload(
     // slot would, through the sessions' shutdown.
     let mut bus = bus::Bus::start(&config, &cluster, Arc::clone(&process.metrics)).await?;
     process.bus = Some((bus.js.clone(), bus.cluster.clone()));
-    let signal = process.shutdown.clone();
+    let mut signal = process.shutdown.clone();
     let (stop, stopped) = watch::channel(false);
     process.shutdown = stopped;
     let node_failure = tokio::spawn({
-        let mut signal = signal.clone();
         async move {
             let failure = async {
                 tokio::select! {

@@ -467,7 +467,9 @@ fn check_hook(requests: &[walhook_lab::receiver::ReceivedRequest], hook: &str) -
 }
 
 /// The changes a hook received, without repeats.
-fn received(requests: &[walhook_lab::receiver::ReceivedRequest]) -> std::collections::BTreeSet<Change> {
+fn received(
+    requests: &[walhook_lab::receiver::ReceivedRequest],
+) -> std::collections::BTreeSet<Change> {
     requests.iter().map(|r| change_of(r).0).collect()
 }
 
@@ -525,7 +527,8 @@ async fn two_instances_deliver_every_change_and_a_dead_target_does_not_hold_the_
     let receiver = walhook_lab::receiver::Receiver::start().await.unwrap();
     let paths = ["/a", "/b", "/c"];
     for path in paths {
-        h.add_hook("item.*", &receiver.url(path), Some(SECRET)).await;
+        h.add_hook("item.*", &receiver.url(path), Some(SECRET))
+            .await;
     }
     let dead_url = format!("http://127.0.0.1:{}/dead", crate::common::free_port());
     let dead = h.add_hook("item.*", &dead_url, Some(SECRET)).await;
@@ -534,13 +537,14 @@ async fn two_instances_deliver_every_change_and_a_dead_target_does_not_hold_the_
     const N: i32 = 200;
     write_items(h.cluster.url("postgres"), 1, N, Duration::ZERO).await;
     let written = h.current_lsn().await;
+    let writes_done = std::time::Instant::now();
     h.wait_confirmed(
         "the slot to pass the writes while a target is dead",
         written,
         Duration::from_secs(30),
     )
     .await;
-    let slot_moved = started.elapsed();
+    let slot_moved = writes_done.elapsed();
 
     // The dead hook's jobs wait on the bus, unacknowledged, not in the slot.
     let config = walhook::config::Config::load(&h.config_path).unwrap();
@@ -572,7 +576,11 @@ async fn two_instances_deliver_every_change_and_a_dead_target_does_not_hold_the_
         .await;
     let mut duplicates = 0;
     for path in paths {
-        let to: Vec<_> = requests.iter().filter(|r| r.path == path).cloned().collect();
+        let to: Vec<_> = requests
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect();
         assert_eq!(
             received(&to),
             expected,
@@ -584,7 +592,7 @@ async fn two_instances_deliver_every_change_and_a_dead_target_does_not_hold_the_
     assert_eq!(h.parked_count(dead).await, 0, "the dead hook was parked");
     println!(
         "cluster: {} changes to each of 3 hooks, {duplicates} duplicates; slot past the writes \
-         at {slot_moved:?} with the dead hook's jobs on the bus ({} unacked, {} pending, {} \
+         {slot_moved:?} after they ended, with the dead hook's jobs on the bus ({} unacked, {} pending, {} \
          failed attempts); all delivered at {:?}",
         expected.len(),
         info.num_ack_pending,
@@ -606,11 +614,16 @@ async fn a_killed_delivery_instance_s_shards_move_and_nothing_is_lost() {
     let started = std::time::Instant::now();
     let server = NatsServer::start().expect("nats-server starts");
     let mut h = Harness::start(ITEMS, &run_section(&server.url())).await;
-    let receiver = walhook_lab::receiver::Receiver::start().await.unwrap();
+    // A target taking 20 ms a request: jobs are in flight, unacknowledged,
+    // when the instance is killed.
+    let receiver = walhook_lab::receiver::Receiver::start_slow(Duration::from_millis(20))
+        .await
+        .unwrap();
     // Four hooks over four shards: each instance holds some of them.
     let paths = ["/a", "/b", "/c", "/d"];
     for path in paths {
-        h.add_hook("item.*", &receiver.url(path), Some(SECRET)).await;
+        h.add_hook("item.*", &receiver.url(path), Some(SECRET))
+            .await;
     }
     let mut children = start_instances(&mut h).await;
     let leads = |run: usize| {
@@ -632,6 +645,12 @@ async fn a_killed_delivery_instance_s_shards_move_and_nothing_is_lost() {
     receiver
         .wait_until(Duration::from_secs(30), |all| all.len() >= 200)
         .await;
+    let victim_shards: Vec<String> = std::fs::read_to_string(h.log_path(victim + 1))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("delivering the shard's jobs"))
+        .filter_map(|l| l.split("shard=").nth(1).map(str::to_owned))
+        .collect();
     let mut killed = children.remove(victim);
     killed.kill().unwrap();
     killed.wait().unwrap();
@@ -649,7 +668,11 @@ async fn a_killed_delivery_instance_s_shards_move_and_nothing_is_lost() {
         .await;
     let mut duplicates = 0;
     for path in paths {
-        let to: Vec<_> = requests.iter().filter(|r| r.path == path).cloned().collect();
+        let to: Vec<_> = requests
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect();
         let got = received(&to);
         let missing: Vec<_> = expected.difference(&got).take(5).collect();
         assert!(
@@ -659,9 +682,15 @@ async fn a_killed_delivery_instance_s_shards_move_and_nothing_is_lost() {
         );
         duplicates += check_hook(&to, path);
     }
+    let taken_up = std::fs::read_to_string(h.log_path(2 - victim))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("were not acknowledged"))
+        .count();
     println!(
-        "cluster: instance {} killed at {killed_at:?}; {} changes to each of 4 hooks all \
-         delivered at {:?}, {duplicates} duplicates",
+        "cluster: instance {} (shards {victim_shards:?} started) killed at {killed_at:?}; the \
+         other took up {taken_up} shard(s) with unacknowledged jobs; {} changes to each of 4 \
+         hooks all delivered at {:?}, {duplicates} duplicates",
         victim + 1,
         expected.len(),
         started.elapsed()
