@@ -151,16 +151,24 @@ impl ShardConsumer {
         let mut progress = tokio::time::interval(PROGRESS_EVERY);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut deadline: Option<Instant> = None;
+        // A job pulled and not yet taken by delivery's inbox.
+        let mut waiting: Option<Inbound> = None;
         tracing::info!(shard = self.shard, "delivering the shard's jobs");
         loop {
-            if let Stop::Settle(grace) = *stop.borrow() {
+            let settling = *stop.borrow();
+            if let Stop::Settle(grace) = settling {
+                // A job not handed to delivery yet is handed back.
+                if waiting.take().is_some() {
+                    sweep(&mut outstanding).await;
+                }
                 let until = *deadline.get_or_insert_with(|| Instant::now() + grace);
                 if outstanding.is_empty() || Instant::now() >= until {
                     break;
                 }
             }
-            let pulling =
-                deadline.is_none() && outstanding.len() < usize::try_from(MAX_ACK_PENDING)?;
+            let pulling = deadline.is_none()
+                && waiting.is_none()
+                && outstanding.len() < usize::try_from(MAX_ACK_PENDING)?;
             let until = deadline.unwrap_or_else(|| Instant::now() + PROGRESS_EVERY);
             tokio::select! {
                 changed = stop.changed() => {
@@ -177,17 +185,25 @@ impl ShardConsumer {
                     }
                 }
                 _ = tokio::time::sleep_until(until), if deadline.is_some() => {}
+                // Delivery's inbox is awaited here, not inside the pull's
+                // arm, so a back-pressured delivery never holds up the
+                // progress acks of the jobs it already has.
+                permit = self.deliver.reserve(), if waiting.is_some() => match permit {
+                    Ok(permit) => {
+                        if let Some(inbound) = waiting.take() {
+                            permit.send(inbound);
+                        }
+                    }
+                    // Delivery ended: the instance is stopping.
+                    Err(_) => break,
+                },
                 next = messages.next(), if pulling => match next {
                     Some(Ok(message)) => {
                         let (message, acker) = message.split();
                         match decode(message.payload) {
                             Ok(job) => {
                                 let (ticket, settlement) = Ticket::watched(Arc::clone(&wake));
-                                let inbound = Inbound::Job { shard: self.shard, job, ticket };
-                                if self.deliver.send(inbound).await.is_err() {
-                                    // Delivery ended: the instance is stopping.
-                                    break;
-                                }
+                                waiting = Some(Inbound::Job { shard: self.shard, job, ticket });
                                 outstanding.push(Outstanding { acker, settlement });
                             }
                             Err(e) => {
@@ -208,6 +224,7 @@ impl ShardConsumer {
                 },
             }
         }
+        drop(waiting);
         sweep(&mut outstanding).await;
         if !outstanding.is_empty() {
             tracing::info!(
