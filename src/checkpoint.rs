@@ -56,6 +56,51 @@ impl Ticket {
     pub fn settle(self) {
         self.0.release();
     }
+
+    /// A ticket of its own, outside any transaction of the stream: cluster
+    /// delivery holds one per job taken from the bus and acknowledges the
+    /// message once it is settled. `wake` is notified when it is, so one
+    /// waiter can look after many.
+    pub fn watched(wake: Arc<Notify>) -> (Ticket, Settlement) {
+        let state = Arc::new(TxnState {
+            pending: AtomicUsize::new(1),
+            // Never read: the ticket belongs to no checkpoint.
+            end: AtomicU64::new(u64::MAX),
+            had_events: AtomicBool::new(true),
+            committed_at: SystemTime::now(),
+            settled: wake,
+        });
+        (Ticket(Arc::clone(&state)), Settlement(state))
+    }
+}
+
+/// What became of a [`Ticket::watched`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Still held by delivery.
+    Pending,
+    /// Delivered, parked or deliberately dropped.
+    Settled,
+    /// Dropped without being settled (a queue ended, a shutdown): the job
+    /// must be delivered again.
+    Abandoned,
+}
+
+/// The watching end of a [`Ticket::watched`].
+#[derive(Debug)]
+pub struct Settlement(Arc<TxnState>);
+
+impl Settlement {
+    pub fn state(&self) -> Settled {
+        if self.0.pending.load(Ordering::Acquire) == 0 {
+            Settled::Settled
+        } else if Arc::strong_count(&self.0) == 1 {
+            // Only this end is left and the ticket was never settled.
+            Settled::Abandoned
+        } else {
+            Settled::Pending
+        }
+    }
 }
 
 /// The transaction currently being read.
@@ -229,6 +274,21 @@ mod tests {
             .await
             .expect("the last settle wakes the checkpoint's owner");
         assert_eq!(c.confirmable(), Lsn(200));
+    }
+
+    #[tokio::test]
+    async fn a_watched_ticket_says_whether_it_was_settled_or_abandoned() {
+        let wake = Arc::new(Notify::new());
+        let (ticket, watch) = Ticket::watched(Arc::clone(&wake));
+        assert_eq!(watch.state(), Settled::Pending);
+        ticket.settle();
+        tokio::time::timeout(std::time::Duration::from_secs(1), wake.notified())
+            .await
+            .expect("settling wakes the watcher");
+        assert_eq!(watch.state(), Settled::Settled);
+        let (ticket, watch) = Ticket::watched(wake);
+        drop(ticket);
+        assert_eq!(watch.state(), Settled::Abandoned);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! after a pause; a lost slot or anything a DBA must fix ends the daemon
 //! (see [`crate::errors`]).
 
+mod bus;
 mod leader;
 mod log_limit;
 mod open_files;
@@ -48,6 +49,8 @@ pub(crate) struct Process {
     usage: crate::delivery::UsageBook,
     /// Spans of deliveries (`[telemetry]`), for every session.
     telemetry: Telemetry,
+    /// Cluster mode: where the leader's capture publishes its jobs.
+    bus: Option<(async_nats::jetstream::Context, crate::config::ClusterConfig)>,
 }
 
 /// Longest pause between two sessions after lost connections.
@@ -73,9 +76,6 @@ pub async fn run_with_reload(
     reload: watch::Receiver<Arc<Config>>,
     on_ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
-    if config.cluster.is_some() {
-        anyhow::bail!("{}", crate::cluster::RUN_NOT_YET);
-    }
     open_files::raise_and_report(config.delivery.concurrency_ceiling());
     for problem in config.password_file_problems() {
         tracing::warn!("{problem}");
@@ -83,7 +83,7 @@ pub async fn run_with_reload(
     // A bad endpoint fails the start, naming the key, rather than
     // running with traces silently gone.
     let telemetry = Telemetry::start(&config.telemetry)?;
-    let config = Arc::new(config);
+    let mut config = Arc::new(config);
     let mut process = Process {
         shutdown,
         reload,
@@ -92,6 +92,7 @@ pub async fn run_with_reload(
         settled: None,
         usage: crate::delivery::UsageBook::default(),
         telemetry: telemetry.clone(),
+        bus: None,
     };
     process.reload.mark_unchanged();
     // An idle stream hears from the server at least every half
@@ -113,23 +114,73 @@ pub async fn run_with_reload(
         });
     }
     tokio::spawn(crate::metrics::watchdog(Arc::clone(&process.health)));
-    let ended = sessions(&mut process, config, on_ready).await;
+    let ended = serve(&mut config, &mut process, on_ready).await;
     // The spans of the last deliveries are exported before the exit.
     telemetry.shutdown().await;
     ended
 }
 
-/// Sessions, one after another, until shutdown or a failure that needs
-/// an operator.
-async fn sessions(
+/// The sessions of one process, or of one instance of a cluster with the
+/// shards it delivers beside them.
+async fn serve(
+    config: &mut Arc<Config>,
     process: &mut Process,
-    mut config: Arc<Config>,
+    on_ready: impl FnOnce(),
+) -> anyhow::Result<()> {
+    let Some(cluster) = config.cluster.clone() else {
+        return sessions(config, process, on_ready).await;
+    };
+    // Cluster mode: this instance delivers its shards whether or not it
+    // leads the capture; a failed delivery node ends the process as a lost
+    // slot would, through the sessions' shutdown.
+    let mut bus = bus::Bus::start(
+        config,
+        &cluster,
+        Arc::clone(&process.metrics),
+        process.telemetry.clone(),
+    )
+    .await?;
+    process.bus = Some((bus.js.clone(), bus.cluster.clone()));
+    let mut signal = process.shutdown.clone();
+    let (stop, stopped) = watch::channel(false);
+    process.shutdown = stopped;
+    let node_failure = tokio::spawn({
+        async move {
+            let failure = async {
+                tokio::select! {
+                    e = bus.failed() => Some(e),
+                    _ = signal.wait_for(|s| *s) => None,
+                }
+            }
+            .await;
+            let _ = stop.send(true);
+            (bus, failure)
+        }
+    });
+    let result = sessions(config, process, on_ready).await;
+    // The capture has stopped publishing: now the delivery node.
+    let (bus, failure) = node_failure
+        .await
+        .map_err(|e| anyhow::anyhow!("cluster delivery watch panicked: {e}"))?;
+    let stopped = bus.stop().await;
+    match (result, failure) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Some(e)) => Err(e.context("cluster delivery failed")),
+        (Ok(()), None) => stopped,
+    }
+}
+
+/// Sessions, one after another, until shutdown or a failure that needs an
+/// operator.
+async fn sessions(
+    config: &mut Arc<Config>,
+    process: &mut Process,
     on_ready: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let mut on_ready = Some(on_ready);
     let mut pause = Duration::from_secs(1);
     loop {
-        let outcome = match Session::start(Arc::clone(&config), process).await {
+        let outcome = match Session::start(Arc::clone(config), process).await {
             Ok(None) => return Ok(()),
             Ok(Some(session)) => {
                 process.health.set_streaming(true);
@@ -138,7 +189,7 @@ async fn sessions(
                 }
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status("streaming")]);
                 pause = Duration::from_secs(1);
-                session.run(process, &mut config).await
+                session.run(process, config).await
             }
             Err(e) => Err(e),
         };
@@ -166,7 +217,7 @@ async fn sessions(
                 process.health.set_slot_lost();
                 return Err(e);
             }
-            Fault::NeedsOperator => return Err(slot_lost_or(e, &config).await),
+            Fault::NeedsOperator => return Err(slot_lost_or(e, config).await),
         }
     }
 }

@@ -11,6 +11,7 @@ use super::log_limit::LogLimit;
 use super::reload::ReloadPlan;
 use crate::backfill::{self, ClosedChunk, Reconciler, Watermark};
 use crate::checkpoint::{Checkpoint, OpenTxn, Ticket};
+use crate::cluster::publish::Publisher;
 use crate::config::Config;
 use crate::delivery::{Dispatcher, EventIntake, HookSettings, ParkedSize};
 use crate::events::catalog::TypeCatalog;
@@ -51,6 +52,9 @@ pub(super) struct Pipeline {
     registry: Registry,
     checkpoint: Checkpoint,
     dispatcher: Dispatcher,
+    /// Cluster mode: jobs go to the bus, and the instances holding their
+    /// shards deliver them; the dispatcher above then gets none.
+    publisher: Option<Publisher>,
     txn: Option<OpenTransaction>,
     /// Registry states to record before confirming past their commit.
     snapshots: PendingSnapshots,
@@ -79,6 +83,8 @@ pub(super) struct PipelineParts {
     /// Where the session starts reading.
     pub start: Lsn,
     pub dispatcher: Dispatcher,
+    /// Cluster mode's way for jobs.
+    pub publisher: Option<Publisher>,
     pub metrics: Arc<Metrics>,
     pub backfill: Reconciler,
 }
@@ -94,6 +100,7 @@ impl Pipeline {
             registry: parts.registry,
             checkpoint: Checkpoint::new(parts.start),
             dispatcher: parts.dispatcher,
+            publisher: parts.publisher,
             txn: None,
             snapshots,
             snapshots_since_compaction: 0,
@@ -152,7 +159,22 @@ impl Pipeline {
     /// Stop delivery, waiting up to `timeout` for what is in flight; false
     /// when some was left unfinished (see [`Dispatcher::drain`]).
     pub async fn drain(&mut self, timeout: std::time::Duration) -> bool {
-        self.dispatcher.drain(timeout).await
+        let published = match self.publisher.take() {
+            Some(publisher) => publisher.drain(timeout).await,
+            None => true,
+        };
+        self.dispatcher.drain(timeout).await && published
+    }
+
+    /// Hand a job on: to the bus in cluster mode, else to delivery.
+    async fn take(&mut self, job: crate::delivery::Job) -> anyhow::Result<()> {
+        match self.publisher.as_mut() {
+            Some(publisher) => {
+                let commit_time = self.txn.as_ref().map_or(0, |t| t.info.commit_time);
+                publisher.publish(job, commit_time).await
+            }
+            None => self.dispatcher.take(job).await,
+        }
     }
 
     /// Apply a re-read config: delivery tuning, table mappings and the
@@ -504,7 +526,7 @@ impl Pipeline {
             // A hook that may see only some columns gets its own copy.
             let mut job = intake.job_seeing(columns.as_ref(), hook, event_id, ticket);
             job.trace = self.txn.as_ref().and_then(|txn| txn.trace.clone());
-            self.dispatcher.take(job).await?;
+            self.take(job).await?;
         }
         Ok(())
     }
@@ -572,7 +594,7 @@ impl Pipeline {
                     .ticket()
                     .context("a backfill watermark outside a transaction")?;
                 let job = intake.job_seeing(columns.as_ref(), hook, event_id, ticket);
-                self.dispatcher.take(job).await?;
+                self.take(job).await?;
                 sent += 1;
             }
         }
@@ -641,6 +663,11 @@ impl Pipeline {
                  rate limits and pauses need it)",
                 self.store.table_name("webhook_control")
             );
+        }
+        if self.publisher.is_some() {
+            // Parked events and error counts are taken up by the instance
+            // holding each hook's shard (crate::cluster::deliver).
+            return Ok(());
         }
         let parked = self.store.parked_hook_set().await?;
         let errors = self.store.consecutive_errors().await?;

@@ -399,6 +399,13 @@ impl Session {
             registry,
             start,
             dispatcher,
+            publisher: process.bus.as_ref().map(|(js, cluster)| {
+                crate::cluster::publish::Publisher::new(
+                    js.clone(),
+                    cluster.clone(),
+                    Arc::clone(&process.metrics),
+                )
+            }),
             metrics: Arc::clone(&process.metrics),
             backfill: Reconciler::new(Arc::clone(&board)),
         });

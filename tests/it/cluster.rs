@@ -135,16 +135,14 @@ async fn check_reports_nats_jetstream_and_the_streams_fill() {
         "{said}"
     );
 
-    // The stream as `run` makes it, filled to 90% of its 64 MiB.
+    // The stream as `run` makes it (with its shards' consumers, without
+    // which it keeps no job), filled to 90% of its 64 MiB.
     let config = walhook::config::Config::load(&h.config_path).unwrap();
     let cluster = config.cluster.clone().unwrap();
     let js = jetstream::new(walhook::cluster::connect(&cluster, "test").await.unwrap());
-    js.create_stream(walhook::cluster::stream::config(
-        &cluster,
-        config.delivery.max_body_bytes,
-    ))
-    .await
-    .unwrap();
+    walhook::cluster::stream::ensure(&js, &cluster, config.delivery.max_body_bytes)
+        .await
+        .unwrap();
     let chunk = bytes::Bytes::from(vec![b'x'; 512 * 1024]);
     let mut stored = 0u64;
     while stored < 64 * 1024 * 1024 * 9 / 10 {
@@ -226,17 +224,6 @@ async fn check_fails_naming_an_unreachable_nats_server() {
         )),
         "{said}"
     );
-}
-
-/// Until the capture publishes to the stream, `run` with `[cluster]`
-/// refuses, saying so, instead of running as one process unannounced.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_refuses_cluster_mode_until_it_is_built() {
-    let h = Harness::start("", &cluster_section(&["nats://127.0.0.1:4222".into()], "")).await;
-    let out = h.walhook(&["run"]);
-    let said = text(&out);
-    assert!(!out.status.success(), "{said}");
-    assert!(said.contains("does not run in cluster mode yet"), "{said}");
 }
 
 /// One instance's lease keeper, run as a task, with the shards it holds
@@ -377,4 +364,336 @@ async fn shard_leases_split_move_on_a_kill_and_rebalance_on_join_and_leave() {
         "a clean leave waited for the leases to run out: {back:?}"
     );
     a.stop().await;
+}
+
+/// The host table of the end-to-end tests: transaction i inserts item i
+/// and sets the version of item ((i - 1) % 10) + 1 to i, so ten rows carry
+/// a chain of versions whose order can be checked.
+const ITEMS: &str = "CREATE TABLE item (id int PRIMARY KEY, version int NOT NULL);";
+/// The good hooks' secret, checked on arrival: jobs go unsigned onto the
+/// bus and are signed at delivery.
+const SECRET: &str = "cluster-test-secret-0123456789abcdef";
+
+/// `[cluster]` for `walhook run` in these tests: four shards, leases that
+/// move within a few seconds.
+fn run_section(url: &str) -> String {
+    cluster_section(
+        &[url.to_owned()],
+        "shards = 4\nlease_ttl = \"2s\"\nmax_bytes = 67108864",
+    )
+}
+
+/// Writes transactions `from..from + n`, each its own commit.
+async fn write_items(url: String, from: i32, n: i32, pause: Duration) {
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("writer connects");
+    tokio::spawn(conn);
+    for i in from..from + n {
+        db.batch_execute(&format!(
+            "BEGIN; INSERT INTO item VALUES ({i}, 0); \
+             UPDATE item SET version = {i} WHERE id = {}; COMMIT;",
+            (i - 1) % 10 + 1
+        ))
+        .await
+        .expect("write");
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// A change as (event, primary key, version).
+type Change = (String, i64, i64);
+
+fn change_of(r: &walhook_lab::receiver::ReceivedRequest) -> (Change, String) {
+    let b = r.json();
+    (
+        (
+            b["Event"].as_str().unwrap_or_default().to_owned(),
+            b["PrimaryKey"].as_i64().unwrap_or_default(),
+            b["FieldValues"]["version"].as_i64().unwrap_or(-1),
+        ),
+        b["EventId"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// Every change transactions `1..=n` made.
+fn expected_changes(n: i32) -> std::collections::BTreeSet<Change> {
+    (1..=n)
+        .flat_map(|i| {
+            [
+                ("item.created".to_owned(), i64::from(i), 0),
+                (
+                    "item.changed".to_owned(),
+                    i64::from((i - 1) % 10 + 1),
+                    i64::from(i),
+                ),
+            ]
+        })
+        .collect()
+}
+
+/// What one hook received: asserts that each change came under one
+/// EventId, signed with the hook's secret, and each row's changes first
+/// arrived in commit order (versions rising); returns how many requests
+/// repeated a change already received.
+fn check_hook(requests: &[walhook_lab::receiver::ReceivedRequest], hook: &str) -> usize {
+    let mut ids: std::collections::BTreeMap<Change, String> = Default::default();
+    let mut last_version: std::collections::BTreeMap<i64, i64> = Default::default();
+    let mut duplicates = 0;
+    for r in requests {
+        let (change, id) = change_of(r);
+        assert_eq!(
+            r.header("X-SuperOffice-Signature"),
+            Some(crate::common::expected_superoffice_signature(SECRET, &r.body).as_str()),
+            "{hook}: a request not signed with the hook's secret"
+        );
+        if let Some(first) = ids.get(&change) {
+            assert_eq!(first, &id, "{hook}: {change:?} under two EventIds");
+            duplicates += 1;
+            continue;
+        }
+        ids.insert(change.clone(), id);
+        let (_, key, version) = change;
+        if let Some(last) = last_version.insert(key, version) {
+            assert!(
+                last < version,
+                "{hook}: row {key} got version {version} after {last}"
+            );
+        }
+    }
+    duplicates
+}
+
+/// The changes a hook received, without repeats.
+fn received(
+    requests: &[walhook_lab::receiver::ReceivedRequest],
+) -> std::collections::BTreeSet<Change> {
+    requests.iter().map(|r| change_of(r).0).collect()
+}
+
+/// Two `walhook run` started with one `[cluster]` config, once both
+/// deliver some of the shards.
+async fn start_instances(h: &mut Harness) -> Vec<std::process::Child> {
+    let children = vec![h.spawn_extra_daemon(), h.spawn_extra_daemon()];
+    h.wait_slot_active(Duration::from_secs(30)).await;
+    let logs = [h.log_path(1), h.log_path(2)];
+    within(
+        Duration::from_secs(30),
+        "both instances delivering shards",
+        || {
+            logs.iter().all(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .contains("delivering the shard's jobs")
+            })
+        },
+    )
+    .await;
+    children
+}
+
+async fn stop_instances(children: Vec<std::process::Child>) {
+    for child in children {
+        let status = crate::common::stop_child(child).await;
+        assert!(status.success(), "walhook run exited with {status:?}");
+    }
+}
+
+/// Two instances, one config, one NATS server: every committed change
+/// reaches every matching hook, signed at delivery, each row's changes in
+/// order; and the slot moves past the writes while one hook's target is
+/// dead, its jobs held (unacknowledged) on the bus instead of the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_deliver_every_change_and_a_dead_target_does_not_hold_the_slot() {
+    if !nats_available(
+        "two_instances_deliver_every_change_and_a_dead_target_does_not_hold_the_slot",
+    ) {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let server = NatsServer::start().expect("nats-server starts");
+    // The dead hook never trips to TooManyErrors here (which would park
+    // its jobs and settle them): they stay retrying, held on the bus.
+    let mut h = Harness::start(
+        ITEMS,
+        &format!(
+            "max_consecutive_errors = 100000\n{}",
+            run_section(&server.url())
+        ),
+    )
+    .await;
+    let receiver = walhook_lab::receiver::Receiver::start().await.unwrap();
+    let paths = ["/a", "/b", "/c"];
+    for path in paths {
+        h.add_hook("item.*", &receiver.url(path), Some(SECRET))
+            .await;
+    }
+    let dead_url = format!("http://127.0.0.1:{}/dead", crate::common::free_port());
+    let dead = h.add_hook("item.*", &dead_url, Some(SECRET)).await;
+    let children = start_instances(&mut h).await;
+
+    const N: i32 = 200;
+    write_items(h.cluster.url("postgres"), 1, N, Duration::ZERO).await;
+    let written = h.current_lsn().await;
+    let writes_done = std::time::Instant::now();
+    h.wait_confirmed(
+        "the slot to pass the writes while a target is dead",
+        written,
+        Duration::from_secs(30),
+    )
+    .await;
+    let slot_moved = writes_done.elapsed();
+
+    // The dead hook's jobs wait on the bus, unacknowledged, not in the slot.
+    let config = walhook::config::Config::load(&h.config_path).unwrap();
+    let cluster = config.cluster.clone().unwrap();
+    let js = jetstream::new(walhook::cluster::connect(&cluster, "test").await.unwrap());
+    let shard = walhook::cluster::leases::shard_of(dead, cluster.shards);
+    let mut consumer: jetstream::consumer::PullConsumer = js
+        .get_stream(&cluster.stream)
+        .await
+        .unwrap()
+        .get_consumer(&walhook::cluster::stream::consumer_name(&cluster, shard))
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    assert!(
+        info.num_ack_pending + info.num_pending as usize > 0,
+        "the dead hook's jobs are not waiting on the bus: {info:?}"
+    );
+    let usage = h.wait_usage(dead, |u| u.total_errors > 0).await;
+
+    let expected = expected_changes(N);
+    let requests = receiver
+        .wait_until(Duration::from_secs(40), |all| {
+            paths.iter().all(|p| {
+                let to: Vec<_> = all.iter().filter(|r| r.path == *p).cloned().collect();
+                received(&to) == expected
+            })
+        })
+        .await;
+    let mut duplicates = 0;
+    for path in paths {
+        let to: Vec<_> = requests
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect();
+        assert_eq!(
+            received(&to),
+            expected,
+            "{path}: changes missing; log:\n{}",
+            h.daemon_log()
+        );
+        duplicates += check_hook(&to, path);
+    }
+    assert_eq!(h.parked_count(dead).await, 0, "the dead hook was parked");
+    println!(
+        "cluster: {} changes to each of 3 hooks, {duplicates} duplicates; slot past the writes \
+         {slot_moved:?} after they ended, with the dead hook's jobs on the bus ({} unacked, {} pending, {} \
+         failed attempts); all delivered at {:?}",
+        expected.len(),
+        info.num_ack_pending,
+        info.num_pending,
+        usage.total_errors,
+        started.elapsed()
+    );
+    stop_instances(children).await;
+}
+
+/// kill -9 of the instance not leading the capture, mid-load: its shards
+/// move to the other, whose consumers take up what it had not
+/// acknowledged; every committed change arrives (duplicates counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_delivery_instance_s_shards_move_and_nothing_is_lost() {
+    if !nats_available("a_killed_delivery_instance_s_shards_move_and_nothing_is_lost") {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let server = NatsServer::start().expect("nats-server starts");
+    let mut h = Harness::start(ITEMS, &run_section(&server.url())).await;
+    // A target taking 20 ms a request: jobs are in flight, unacknowledged,
+    // when the instance is killed.
+    let receiver = walhook_lab::receiver::Receiver::start_slow(Duration::from_millis(20))
+        .await
+        .unwrap();
+    // Four hooks over four shards: each instance holds some of them.
+    let paths = ["/a", "/b", "/c", "/d"];
+    for path in paths {
+        h.add_hook("item.*", &receiver.url(path), Some(SECRET))
+            .await;
+    }
+    let mut children = start_instances(&mut h).await;
+    let leads = |run: usize| {
+        std::fs::read_to_string(h.log_path(run))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("streaming") && l.contains("slot_position"))
+    };
+    let victim = if leads(1) { 1 } else { 0 };
+    assert!(leads(2 - victim), "no instance leads the capture");
+
+    const N: i32 = 300;
+    let writer = tokio::spawn(write_items(
+        h.cluster.url("postgres"),
+        1,
+        N,
+        Duration::from_millis(10),
+    ));
+    receiver
+        .wait_until(Duration::from_secs(30), |all| all.len() >= 200)
+        .await;
+    let victim_shards: Vec<String> = std::fs::read_to_string(h.log_path(victim + 1))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("delivering the shard's jobs"))
+        .filter_map(|l| l.split("shard=").nth(1).map(str::to_owned))
+        .collect();
+    let mut killed = children.remove(victim);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let killed_at = started.elapsed();
+    writer.await.unwrap();
+
+    let expected = expected_changes(N);
+    let requests = receiver
+        .wait_until(Duration::from_secs(45), |all| {
+            paths.iter().all(|p| {
+                let to: Vec<_> = all.iter().filter(|r| r.path == *p).cloned().collect();
+                received(&to) == expected
+            })
+        })
+        .await;
+    let mut duplicates = 0;
+    for path in paths {
+        let to: Vec<_> = requests
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect();
+        let got = received(&to);
+        let missing: Vec<_> = expected.difference(&got).take(5).collect();
+        assert!(
+            missing.is_empty(),
+            "{path}: changes missing after the kill, e.g. {missing:?}; log:\n{}",
+            h.daemon_log()
+        );
+        duplicates += check_hook(&to, path);
+    }
+    let taken_up = std::fs::read_to_string(h.log_path(2 - victim))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("were not acknowledged"))
+        .count();
+    println!(
+        "cluster: instance {} (shards {victim_shards:?} started) killed at {killed_at:?}; the \
+         other took up {taken_up} shard(s) with unacknowledged jobs; {} changes to each of 4 \
+         hooks all delivered at {:?}, {duplicates} duplicates",
+        victim + 1,
+        expected.len(),
+        started.elapsed()
+    );
+    stop_instances(children).await;
 }

@@ -153,6 +153,36 @@ impl PartsLayout {
             tail: body.get(self.tail_start..)?,
         })
     }
+
+    /// Where the parts start and end, to carry the layout beside its body
+    /// (cluster mode sends a job's body over the bus).
+    pub fn offsets(&self) -> [usize; 4] {
+        [
+            self.head_end,
+            self.fields_start,
+            self.fields_end,
+            self.tail_start,
+        ]
+    }
+
+    /// A layout carried as [`offsets`](Self::offsets) beside `body`; None
+    /// when they do not lie in order inside it (a message not of walhook's
+    /// making).
+    pub fn from_offsets(offsets: [usize; 4], body: &[u8]) -> Option<PartsLayout> {
+        let [head_end, fields_start, fields_end, tail_start] = offsets;
+        let in_order = HEAD_START <= head_end
+            && head_end <= fields_start
+            && fields_start <= fields_end
+            && fields_end <= tail_start
+            && tail_start <= body.len();
+        let layout = PartsLayout {
+            head_end,
+            fields_start,
+            fields_end,
+            tail_start,
+        };
+        (in_order && layout.parts(body).is_some()).then_some(layout)
+    }
 }
 
 /// A body from its parts, in the contract's field order.
@@ -207,6 +237,17 @@ pub enum SharedParts {
     Own(Arc<SharedBody>, PartsLayout),
     /// Kept apart, and the body was not made from parts (tests).
     Apart(Arc<SharedBody>),
+}
+
+impl SharedParts {
+    /// Where the parts lie in the job's own body, when it was assembled
+    /// from them.
+    pub fn layout(&self) -> Option<PartsLayout> {
+        match self {
+            SharedParts::InBody(layout) | SharedParts::Own(_, layout) => Some(*layout),
+            SharedParts::Apart(_) => None,
+        }
+    }
 }
 
 /// A hook's body of an event: assembled from the event's shared parts, or
