@@ -13,6 +13,7 @@ use walhook::{admin, daemon, demo};
 /// the HTTP client, and grows per-thread arenas that are slow to shrink;
 /// mimalloc is faster on this many small, short-lived allocations and
 /// returns memory sooner.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -31,7 +32,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 const THREAD_STACK_BYTES: usize = 32 * 1024 * 1024;
 
 fn main() -> ExitCode {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+    if cfg!(not(feature = "system-allocator")) && std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets one of mimalloc's options, a plain integer it reads
         // atomically; valid at any time, from any thread.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };

@@ -17,6 +17,13 @@ use crate::delivery::job::Job;
 use crate::delivery::parking::park_until_done;
 use crate::delivery::send::{deliver, From, Outgoing, SendResult};
 
+/// Requests a lane has in flight before the hook opens another. A lane
+/// costs its task, channel and connections (some 30 KiB with one idle
+/// connection); with 1,000 hooks of one or two requests each, a lane per
+/// request held 3,000 connections, while their lanes spread over the
+/// workers anyway. A single busy hook still gets a lane per worker.
+const LANE_FILL: usize = 4;
+
 /// The tasks a hook's started events run in, each with its own HTTP/1.1
 /// connections ([`TaskConnections`]), which it drives itself: an answer
 /// wakes the task whose request waits for it, and no other. One task would
@@ -43,9 +50,9 @@ struct Lane {
     running: usize,
 }
 
-/// An event handed to a lane.
+/// An event handed to a lane (the job boxed, as in [`Queued`](super::Queued)).
 pub(super) struct Started {
-    pub job: Job,
+    pub job: Box<Job>,
     pub budget: OwnedSemaphorePermit,
     pub keys: Keys,
     pub arrival: u64,
@@ -83,7 +90,7 @@ impl Lanes {
     }
 
     /// Start an event in the lane with the fewest running, or in a new
-    /// lane when every lane has some and more may open.
+    /// lane when every lane has [`LANE_FILL`] running and more may open.
     pub(super) fn start(&mut self, started: Started) {
         let least = self
             .lanes
@@ -92,7 +99,7 @@ impl Lanes {
             .min_by_key(|(_, l)| l.running)
             .map(|(i, l)| (i, l.running));
         let lane = match least {
-            Some((i, running)) if running == 0 || self.lanes.len() == self.most => i,
+            Some((i, running)) if running < LANE_FILL || self.lanes.len() == self.most => i,
             _ => self.open(),
         };
         self.lanes[lane].running += 1;
@@ -190,11 +197,13 @@ async fn run_lane(
             item = started.recv(), if open => match item {
                 Some(Started { job, budget, keys, arrival }) => {
                     let (ctx, runtime, connections) = (&ctx, &runtime, &connections);
-                    running.push(async move {
-                        run_job(ctx, runtime, Sender::Task(connections), job).await;
+                    // Boxed: the set keeps a stub of its item's size for
+                    // good, and a delivery's future is some 4 KiB.
+                    running.push(Box::pin(async move {
+                        run_job(ctx, runtime, Sender::Task(connections), *job).await;
                         drop(budget);
                         Finished { keys, arrival, lane: index }
-                    });
+                    }));
                 }
                 None => open = false,
             },
