@@ -39,15 +39,16 @@ pub(super) struct Lanes {
     finished_tx: mpsc::UnboundedSender<Finished>,
     pub done: mpsc::UnboundedReceiver<Finished>,
     /// The requests the hook may have in flight now (its limit and its
-    /// share of the shared pool): each lane keeps at most this many idle
-    /// connections.
-    allowed: Arc<AtomicUsize>,
+    /// share of the shared pool): see `set_allowed`.
+    allowed: usize,
 }
 
 struct Lane {
     tx: mpsc::UnboundedSender<Started>,
     task: AbortHandle,
     running: usize,
+    /// The most idle connections the lane keeps.
+    idle_cap: Arc<AtomicUsize>,
 }
 
 /// An event handed to a lane (the job boxed, as in [`Queued`](super::Queued)).
@@ -80,29 +81,44 @@ impl Lanes {
                 .max(1),
             finished_tx,
             done,
-            allowed: Arc::new(AtomicUsize::new(usize::MAX)),
+            allowed: usize::MAX,
         }
     }
 
-    /// The queue's allowance changed: see `allowed`.
-    pub(super) fn set_allowed(&self, allowed: usize) {
-        self.allowed.store(allowed, Ordering::Relaxed);
+    /// What the hook may have in flight now. Each lane keeps at most that
+    /// many idle connections, and a lane other than the first keeps none
+    /// while nothing runs in it: events fill the lanes in order, so a lane
+    /// opened in a burst would otherwise hold a connection for the idle
+    /// timeout, and over a long fan-out ever more hooks held one such.
+    pub(super) fn set_allowed(&mut self, allowed: usize) {
+        self.allowed = allowed;
+        for (index, lane) in self.lanes.iter().enumerate() {
+            let cap = if index == 0 || lane.running > 0 {
+                allowed
+            } else {
+                0
+            };
+            lane.idle_cap.store(cap, Ordering::Relaxed);
+        }
     }
 
-    /// Start an event in the lane with the fewest running, or in a new
-    /// lane when every lane has [`LANE_FILL`] running and more may open.
+    /// Start an event in the first lane with fewer than [`LANE_FILL`]
+    /// running, else in a new lane while more may open, else in the lane
+    /// with the fewest running.
     pub(super) fn start(&mut self, started: Started) {
-        let least = self
-            .lanes
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, l)| l.running)
-            .map(|(i, l)| (i, l.running));
-        let lane = match least {
-            Some((i, running)) if running < LANE_FILL || self.lanes.len() == self.most => i,
-            _ => self.open(),
+        let lane = match self.lanes.iter().position(|l| l.running < LANE_FILL) {
+            Some(i) => i,
+            None if self.lanes.len() < self.most => self.open(),
+            None => self
+                .lanes
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, l)| l.running)
+                .map_or(0, |(i, _)| i),
         };
         self.lanes[lane].running += 1;
+        // It runs something now: see `set_allowed`.
+        self.lanes[lane].idle_cap.store(self.allowed, Ordering::Relaxed);
         // A lane ends only when its sender is dropped (in `close`).
         let _ = self.lanes[lane].tx.send(started);
     }
@@ -110,18 +126,20 @@ impl Lanes {
     fn open(&mut self) -> usize {
         let index = self.lanes.len();
         let (tx, rx) = mpsc::unbounded_channel();
+        let idle_cap = Arc::new(AtomicUsize::new(self.allowed));
         let task = tokio::spawn(run_lane(
             index,
             rx,
             self.finished_tx.clone(),
             self.ctx.clone(),
             Arc::clone(&self.runtime),
-            Arc::clone(&self.allowed),
+            Arc::clone(&idle_cap),
         ));
         self.lanes.push(Lane {
             tx,
             task: task.abort_handle(),
             running: 0,
+            idle_cap,
         });
         self.tasks.push(task);
         index
@@ -186,10 +204,10 @@ async fn run_lane(
     finished: mpsc::UnboundedSender<Finished>,
     ctx: DeliveryContext,
     runtime: Arc<HookRuntime>,
-    allowed: Arc<AtomicUsize>,
+    idle_cap: Arc<AtomicUsize>,
 ) {
     // Declared first: they outlive the requests running on them.
-    let connections = TaskConnections::new(ctx.http.clone()).with_idle_cap(allowed);
+    let connections = TaskConnections::new(ctx.http.clone()).with_idle_cap(idle_cap);
     let mut running = FuturesUnordered::new();
     let mut open = true;
     loop {
