@@ -49,8 +49,16 @@ extern "C" fn set_allocator_options() {
         fn getenv(name: *const std::ffi::c_char) -> *mut std::ffi::c_char;
     }
     let options = [
-        (c"MIMALLOC_PURGE_DELAY", MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS),
-        (c"MIMALLOC_ARENA_EAGER_COMMIT", MI_OPTION_ARENA_EAGER_COMMIT, ARENA_COMMIT_ON_DEMAND),
+        (
+            c"MIMALLOC_PURGE_DELAY",
+            MI_OPTION_PURGE_DELAY,
+            ALLOCATOR_PURGE_DELAY_MS,
+        ),
+        (
+            c"MIMALLOC_ARENA_EAGER_COMMIT",
+            MI_OPTION_ARENA_EAGER_COMMIT,
+            ARENA_COMMIT_ON_DEMAND,
+        ),
     ];
     for (variable, option, value) in options {
         // SAFETY: getenv reads the environment, complete before any

@@ -99,12 +99,8 @@ pub async fn run(b: &mut Bench, mode: &str) -> anyhow::Result<()> {
             .figure("fanout.requests_per_s", per_s, "requests/s", Better::Higher);
         b.report
             .figure("fanout.changes_per_s", m.rate, "changes/s", Better::Higher);
-        b.report.figure(
-            "fanout.cpu_us_per_request",
-            cpu_us,
-            "us",
-            Better::Lower,
-        );
+        b.report
+            .figure("fanout.cpu_us_per_request", cpu_us, "us", Better::Lower);
         b.report.figure(
             "fanout.peak_rss_kib",
             m.hwm_kib as f64,

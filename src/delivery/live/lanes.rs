@@ -118,7 +118,9 @@ impl Lanes {
         };
         self.lanes[lane].running += 1;
         // It runs something now: see `set_allowed`.
-        self.lanes[lane].idle_cap.store(self.allowed, Ordering::Relaxed);
+        self.lanes[lane]
+            .idle_cap
+            .store(self.allowed, Ordering::Relaxed);
         // A lane ends only when its sender is dropped (in `close`).
         let _ = self.lanes[lane].tx.send(started);
     }
