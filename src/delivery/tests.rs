@@ -468,7 +468,10 @@ async fn a_fan_out_to_many_hooks_stays_within_the_byte_budget() {
             most_bytes = most_bytes.max(dispatcher.in_flight_bytes());
         }
     }
-    assert!(most_bytes <= BUDGET, "{most_bytes} bytes queued or in flight");
+    assert!(
+        most_bytes <= BUDGET,
+        "{most_bytes} bytes queued or in flight"
+    );
     let all = HOOKS as usize * keys.len();
     wait_for("every delivery", || target.bodies().len() == all).await;
     let at_once = target.most_at_once.load(Ordering::Acquire);
