@@ -38,8 +38,10 @@ mod allocator_options {
     /// value that commits arena memory only as it is used. Its default commits
     /// the whole arena up front on Linux, where overcommit makes that free;
     /// but then memory it purges stayed in RSS: 1,000 hooks all matching
-    /// peaked at 140 MiB with it and 110-114 MiB without, for the same
-    /// requests/s and CPU. MIMALLOC_ARENA_EAGER_COMMIT still overrides it.
+    /// peaked at 152 MiB with it and 124-125 MiB without (1.5 million
+    /// requests to nginx), at some 13% more CPU per request (62 us against
+    /// 55 us, on a busy 2-core machine). MIMALLOC_ARENA_EAGER_COMMIT still
+    /// overrides it.
     const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
     const ARENA_COMMIT_ON_DEMAND: std::ffi::c_long = 0;
 
