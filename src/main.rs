@@ -13,29 +13,75 @@ use walhook::{admin, daemon, demo};
 /// the HTTP client, and grows per-thread arenas that are slow to shrink;
 /// mimalloc is faster on this many small, short-lived allocations and
 /// returns memory sooner.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// How long mimalloc keeps freed memory before giving it back (its default
-/// is 10 ms). Request data is made on one thread and freed on another at
-/// tens of thousands a second; at the start of a backlog the default kept
-/// 20-30 MiB of freed memory (peak RSS 73-86 MiB in the benchmark's parked
-/// and replay runs, 48-59 MiB with 2 ms, for about 9% fewer requests a
-/// second to nginx on loopback). MIMALLOC_PURGE_DELAY still overrides it.
-const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 2;
-/// mimalloc's number for the `purge_delay` option (the same in its v2 and
-/// v3), which libmimalloc-sys names no constant for.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Stack of each runtime thread: see where the runtime is built.
 const THREAD_STACK_BYTES: usize = 32 * 1024 * 1024;
 
-fn main() -> ExitCode {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets one of mimalloc's options, a plain integer it reads
-        // atomically; valid at any time, from any thread.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS) };
+/// mimalloc's options that walhook sets unless its environment does.
+#[cfg(all(target_os = "linux", not(feature = "system-allocator")))]
+mod allocator_options {
+    /// How long mimalloc keeps freed memory before giving it back (its default
+    /// is 10 ms). Request data is made on one thread and freed on another at
+    /// tens of thousands a second; at the start of a backlog the default kept
+    /// 20-30 MiB of freed memory (peak RSS 73-86 MiB in the benchmark's parked
+    /// and replay runs, 48-59 MiB with 2 ms, for about 9% fewer requests a
+    /// second to nginx on loopback). MIMALLOC_PURGE_DELAY still overrides it.
+    const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 2;
+    /// mimalloc's number for the `purge_delay` option (the same in its v2 and
+    /// v3), which libmimalloc-sys names no constant for.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+    /// mimalloc's number for the `arena_eager_commit` option (v3), and the
+    /// value that commits arena memory only as it is used. Its default commits
+    /// the whole arena up front on Linux, where overcommit makes that free;
+    /// but then memory it purges stayed in RSS: 1,000 hooks all matching
+    /// peaked at 152 MiB with it and 124-125 MiB without (1.5 million
+    /// requests to nginx), at some 13% more CPU per request (62 us against
+    /// 55 us, on a busy 2-core machine). MIMALLOC_ARENA_EAGER_COMMIT still
+    /// overrides it.
+    const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+    const ARENA_COMMIT_ON_DEMAND: std::ffi::c_long = 0;
+
+    /// mimalloc's options that walhook sets unless its environment does. The
+    /// arena is reserved at the first allocation, which may come before
+    /// `main`, so this runs from `.init_array`, before Rust's start-up.
+    extern "C" fn set_allocator_options() {
+        extern "C" {
+            fn getenv(name: *const std::ffi::c_char) -> *mut std::ffi::c_char;
+        }
+        let options = [
+            (
+                c"MIMALLOC_PURGE_DELAY",
+                MI_OPTION_PURGE_DELAY,
+                ALLOCATOR_PURGE_DELAY_MS,
+            ),
+            (
+                c"MIMALLOC_ARENA_EAGER_COMMIT",
+                MI_OPTION_ARENA_EAGER_COMMIT,
+                ARENA_COMMIT_ON_DEMAND,
+            ),
+        ];
+        for (variable, option, value) in options {
+            // SAFETY: getenv reads the environment, complete before any
+            // constructor runs; mi_option_set stores a plain integer.
+            unsafe {
+                if getenv(variable.as_ptr()).is_null() {
+                    libmimalloc_sys::mi_option_set(option, value);
+                }
+            }
+        }
     }
+
+    /// Runs [`set_allocator_options`] as the process loads.
+    #[used]
+    #[link_section = ".init_array"]
+    static SET_ALLOCATOR_OPTIONS: extern "C" fn() = set_allocator_options;
+}
+
+fn main() -> ExitCode {
     // pgwire-replication, tokio-postgres-rustls and the HTTP client all use rustls; with more than one
     // provider compiled in, rustls needs the process to choose one.
     let _ = rustls::crypto::ring::default_provider().install_default();

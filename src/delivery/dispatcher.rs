@@ -340,7 +340,7 @@ impl Dispatcher {
         );
         runtime.queued();
         let queued = Queued {
-            job,
+            job: Box::new(job),
             keys,
             enqueued: epoch_millis(),
             budget: permit,

@@ -432,6 +432,70 @@ async fn requests_beyond_each_hooks_first_stay_within_the_shared_pool() {
     assert!(most > 3, "the shared pool was never used: {most} at once");
 }
 
+/// A fan-out: each change goes to every one of 200 hooks, behind a byte
+/// budget far below what they would queue. The bytes queued or in flight
+/// never pass the budget, the requests at once never pass each hook's
+/// first plus the shared pool, and every event arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_to_many_hooks_stays_within_the_byte_budget() {
+    const HOOKS: i32 = 200;
+    const SHARED: usize = 16;
+    const BUDGET: u64 = 64 * 1024;
+    let (target, url) = Target::start(200).await;
+    target.delay_ms.store(5, Ordering::Release);
+    let store = Arc::new(MemoryStore::default());
+    let mut dispatcher = Dispatcher::new(context(store, |c| {
+        c.max_in_flight_bytes = BUDGET;
+        c.max_shared_in_flight = SHARED;
+    }));
+    let hooks: Vec<Arc<Webhook>> = (1..=HOOKS).map(|id| hook_with_id(&url, id)).collect();
+    let keys: Vec<String> = (0..10).map(|i| format!("row{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut checkpoint = Checkpoint::new(Lsn(1));
+    let mut txns = Vec::new();
+    let mut per_hook: Vec<std::vec::IntoIter<Job>> = Vec::new();
+    for hook in &hooks {
+        let (jobs, txn) = jobs(&mut checkpoint, hook, &keys);
+        per_hook.push(jobs.into_iter());
+        txns.push(txn);
+    }
+    for txn in txns {
+        checkpoint.commit(txn, Lsn(200));
+    }
+    let mut most_bytes = 0;
+    for _ in 0..keys.len() {
+        for jobs in &mut per_hook {
+            let job = jobs.next().expect("one job per key");
+            dispatcher.take(job).await.unwrap();
+            most_bytes = most_bytes.max(dispatcher.in_flight_bytes());
+        }
+    }
+    assert!(
+        most_bytes <= BUDGET,
+        "{most_bytes} bytes queued or in flight"
+    );
+    let all = HOOKS as usize * keys.len();
+    wait_for("every delivery", || target.bodies().len() == all).await;
+    let at_once = target.most_at_once.load(Ordering::Acquire);
+    assert!(
+        at_once <= HOOKS as usize + SHARED,
+        "{at_once} requests at once"
+    );
+    wait_for("every event settled", || {
+        checkpoint.confirmable() == Lsn(200)
+    })
+    .await;
+}
+
+/// What a hook's queue holds per event stays small: its channel allocates
+/// slots 32 at a time and its order gate keeps entries by value, for
+/// every hook, busy or not.
+#[test]
+fn a_queued_event_is_a_few_words_its_job_boxed() {
+    let size = std::mem::size_of::<live::Queued>();
+    assert!(size <= 64, "a queued event takes {size} bytes");
+}
+
 /// One hook holds every shared permit on a slow target; another still
 /// delivers at once, on its first request.
 #[tokio::test]

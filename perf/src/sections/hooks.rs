@@ -86,8 +86,11 @@ pub async fn run(b: &mut Bench, mode: &str) -> anyhow::Result<()> {
             m.requests, m.seconds
         );
         text += &format!("changes         : {:.0} changes/s\n", m.rate);
+        // CPU per request: requests/s alone reads better on an idle
+        // machine; this stays comparable between busy runs.
+        let cpu_us = m.cpu * 1e6 / m.requests.max(1) as f64;
         text += &format!(
-            "walhook         : peak RSS {} MiB, CPU {:.2} s\n",
+            "walhook         : peak RSS {} MiB, CPU {:.2} s, {cpu_us:.1} us CPU per request\n",
             m.hwm_kib / 1024,
             m.cpu
         );
@@ -96,6 +99,8 @@ pub async fn run(b: &mut Bench, mode: &str) -> anyhow::Result<()> {
             .figure("fanout.requests_per_s", per_s, "requests/s", Better::Higher);
         b.report
             .figure("fanout.changes_per_s", m.rate, "changes/s", Better::Higher);
+        b.report
+            .figure("fanout.cpu_us_per_request", cpu_us, "us", Better::Lower);
         b.report.figure(
             "fanout.peak_rss_kib",
             m.hwm_kib as f64,

@@ -17,6 +17,13 @@ use crate::delivery::job::Job;
 use crate::delivery::parking::park_until_done;
 use crate::delivery::send::{deliver, From, Outgoing, SendResult};
 
+/// Requests a lane has in flight before the hook opens another. A lane
+/// costs its task, channel and connections (some 30 KiB with one idle
+/// connection); with 1,000 hooks of one or two requests each, a lane per
+/// request held 3,000 connections, while their lanes spread over the
+/// workers anyway. A single busy hook still gets a lane per worker.
+const LANE_FILL: usize = 4;
+
 /// The tasks a hook's started events run in, each with its own HTTP/1.1
 /// connections ([`TaskConnections`]), which it drives itself: an answer
 /// wakes the task whose request waits for it, and no other. One task would
@@ -32,20 +39,21 @@ pub(super) struct Lanes {
     finished_tx: mpsc::UnboundedSender<Finished>,
     pub done: mpsc::UnboundedReceiver<Finished>,
     /// The requests the hook may have in flight now (its limit and its
-    /// share of the shared pool): each lane keeps at most this many idle
-    /// connections.
-    allowed: Arc<AtomicUsize>,
+    /// share of the shared pool): see `set_allowed`.
+    allowed: usize,
 }
 
 struct Lane {
     tx: mpsc::UnboundedSender<Started>,
     task: AbortHandle,
     running: usize,
+    /// The most idle connections the lane keeps.
+    idle_cap: Arc<AtomicUsize>,
 }
 
-/// An event handed to a lane.
+/// An event handed to a lane (the job boxed, as in [`Queued`](super::Queued)).
 pub(super) struct Started {
-    pub job: Job,
+    pub job: Box<Job>,
     pub budget: OwnedSemaphorePermit,
     pub keys: Keys,
     pub arrival: u64,
@@ -73,29 +81,46 @@ impl Lanes {
                 .max(1),
             finished_tx,
             done,
-            allowed: Arc::new(AtomicUsize::new(usize::MAX)),
+            allowed: usize::MAX,
         }
     }
 
-    /// The queue's allowance changed: see `allowed`.
-    pub(super) fn set_allowed(&self, allowed: usize) {
-        self.allowed.store(allowed, Ordering::Relaxed);
+    /// What the hook may have in flight now. Each lane keeps at most that
+    /// many idle connections, and a lane other than the first keeps none
+    /// while nothing runs in it: events fill the lanes in order, so a lane
+    /// opened in a burst would otherwise hold a connection for the idle
+    /// timeout, and over a long fan-out ever more hooks held one such.
+    pub(super) fn set_allowed(&mut self, allowed: usize) {
+        self.allowed = allowed;
+        for (index, lane) in self.lanes.iter().enumerate() {
+            let cap = if index == 0 || lane.running > 0 {
+                allowed
+            } else {
+                0
+            };
+            lane.idle_cap.store(cap, Ordering::Relaxed);
+        }
     }
 
-    /// Start an event in the lane with the fewest running, or in a new
-    /// lane when every lane has some and more may open.
+    /// Start an event in the first lane with fewer than [`LANE_FILL`]
+    /// running, else in a new lane while more may open, else in the lane
+    /// with the fewest running.
     pub(super) fn start(&mut self, started: Started) {
-        let least = self
-            .lanes
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, l)| l.running)
-            .map(|(i, l)| (i, l.running));
-        let lane = match least {
-            Some((i, running)) if running == 0 || self.lanes.len() == self.most => i,
-            _ => self.open(),
+        let lane = match self.lanes.iter().position(|l| l.running < LANE_FILL) {
+            Some(i) => i,
+            None if self.lanes.len() < self.most => self.open(),
+            None => self
+                .lanes
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, l)| l.running)
+                .map_or(0, |(i, _)| i),
         };
         self.lanes[lane].running += 1;
+        // It runs something now: see `set_allowed`.
+        self.lanes[lane]
+            .idle_cap
+            .store(self.allowed, Ordering::Relaxed);
         // A lane ends only when its sender is dropped (in `close`).
         let _ = self.lanes[lane].tx.send(started);
     }
@@ -103,18 +128,20 @@ impl Lanes {
     fn open(&mut self) -> usize {
         let index = self.lanes.len();
         let (tx, rx) = mpsc::unbounded_channel();
+        let idle_cap = Arc::new(AtomicUsize::new(self.allowed));
         let task = tokio::spawn(run_lane(
             index,
             rx,
             self.finished_tx.clone(),
             self.ctx.clone(),
             Arc::clone(&self.runtime),
-            Arc::clone(&self.allowed),
+            Arc::clone(&idle_cap),
         ));
         self.lanes.push(Lane {
             tx,
             task: task.abort_handle(),
             running: 0,
+            idle_cap,
         });
         self.tasks.push(task);
         index
@@ -179,10 +206,10 @@ async fn run_lane(
     finished: mpsc::UnboundedSender<Finished>,
     ctx: DeliveryContext,
     runtime: Arc<HookRuntime>,
-    allowed: Arc<AtomicUsize>,
+    idle_cap: Arc<AtomicUsize>,
 ) {
     // Declared first: they outlive the requests running on them.
-    let connections = TaskConnections::new(ctx.http.clone()).with_idle_cap(allowed);
+    let connections = TaskConnections::new(ctx.http.clone()).with_idle_cap(idle_cap);
     let mut running = FuturesUnordered::new();
     let mut open = true;
     loop {
@@ -190,11 +217,13 @@ async fn run_lane(
             item = started.recv(), if open => match item {
                 Some(Started { job, budget, keys, arrival }) => {
                     let (ctx, runtime, connections) = (&ctx, &runtime, &connections);
-                    running.push(async move {
-                        run_job(ctx, runtime, Sender::Task(connections), job).await;
+                    // Boxed: the set keeps a stub of its item's size for
+                    // good, and a delivery's future is some 4 KiB.
+                    running.push(Box::pin(async move {
+                        run_job(ctx, runtime, Sender::Task(connections), *job).await;
                         drop(budget);
                         Finished { keys, arrival, lane: index }
-                    });
+                    }));
                 }
                 None => open = false,
             },
