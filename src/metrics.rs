@@ -708,6 +708,7 @@ mod tests {
         let metrics = Metrics::default();
         // A family is rendered once it has a series.
         metrics.logical_message_ignored("other_prefix");
+        metrics.trace_context("used");
         metrics.set_parked_waiting(&[ParkedCount {
             webhook_id: 1,
             events: 1,
