@@ -466,6 +466,35 @@ fn check_hook(requests: &[walhook_lab::receiver::ReceivedRequest], hook: &str) -
     duplicates
 }
 
+/// The requests to one hook's path.
+fn requests_to(
+    requests: &[walhook_lab::receiver::ReceivedRequest],
+    path: &str,
+) -> Vec<walhook_lab::receiver::ReceivedRequest> {
+    requests
+        .iter()
+        .filter(|r| r.path == path)
+        .cloned()
+        .collect()
+}
+
+/// Waits until every hook's path has received every expected change;
+/// the requests then.
+async fn wait_every_hook(
+    receiver: &walhook_lab::receiver::Receiver,
+    paths: &[&str],
+    expected: &std::collections::BTreeSet<Change>,
+    timeout: Duration,
+) -> Vec<walhook_lab::receiver::ReceivedRequest> {
+    receiver
+        .wait_until(timeout, |all| {
+            paths
+                .iter()
+                .all(|p| received(&requests_to(all, p)) == *expected)
+        })
+        .await
+}
+
 /// The changes a hook received, without repeats.
 fn received(
     requests: &[walhook_lab::receiver::ReceivedRequest],
@@ -566,21 +595,10 @@ async fn two_instances_deliver_every_change_and_a_dead_target_does_not_hold_the_
     let usage = h.wait_usage(dead, |u| u.total_errors > 0).await;
 
     let expected = expected_changes(N);
-    let requests = receiver
-        .wait_until(Duration::from_secs(40), |all| {
-            paths.iter().all(|p| {
-                let to: Vec<_> = all.iter().filter(|r| r.path == *p).cloned().collect();
-                received(&to) == expected
-            })
-        })
-        .await;
+    let requests = wait_every_hook(&receiver, &paths, &expected, Duration::from_secs(40)).await;
     let mut duplicates = 0;
     for path in paths {
-        let to: Vec<_> = requests
-            .iter()
-            .filter(|r| r.path == path)
-            .cloned()
-            .collect();
+        let to = requests_to(&requests, path);
         assert_eq!(
             received(&to),
             expected,
@@ -658,21 +676,10 @@ async fn a_killed_delivery_instance_s_shards_move_and_nothing_is_lost() {
     writer.await.unwrap();
 
     let expected = expected_changes(N);
-    let requests = receiver
-        .wait_until(Duration::from_secs(45), |all| {
-            paths.iter().all(|p| {
-                let to: Vec<_> = all.iter().filter(|r| r.path == *p).cloned().collect();
-                received(&to) == expected
-            })
-        })
-        .await;
+    let requests = wait_every_hook(&receiver, &paths, &expected, Duration::from_secs(45)).await;
     let mut duplicates = 0;
     for path in paths {
-        let to: Vec<_> = requests
-            .iter()
-            .filter(|r| r.path == path)
-            .cloned()
-            .collect();
+        let to = requests_to(&requests, path);
         let got = received(&to);
         let missing: Vec<_> = expected.difference(&got).take(5).collect();
         assert!(

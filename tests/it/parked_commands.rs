@@ -24,16 +24,6 @@ async fn parked(h: &Harness, webhook_id: i32) -> Vec<(String, String, String)> {
     .collect()
 }
 
-async fn metrics(port: u16) -> String {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_events_listed_shown_redelivered_in_row_order_and_discarded() {
     let port = free_port();
@@ -74,7 +64,7 @@ async fn parked_events_listed_shown_redelivered_in_row_order_and_discarded() {
     let wanted = format!("walhook_parked_waiting{{webhook_id=\"{good}\"}} 3");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     loop {
-        let text = metrics(port).await;
+        let text = metrics_text(port).await;
         if text.contains(&wanted) {
             break;
         }
@@ -300,7 +290,7 @@ async fn parked_events_listed_shown_redelivered_in_row_order_and_discarded() {
     // The gauge follows the table, also after another process emptied it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     loop {
-        let text = metrics(port).await;
+        let text = metrics_text(port).await;
         if !text.contains("walhook_parked_waiting{") {
             break;
         }

@@ -216,7 +216,7 @@ async fn without_telemetry_the_application_context_passes_through() {
         assert_eq!(r.header("traceparent"), None, "{:?}", r.headers);
         assert_eq!(r.header("tracestate"), None);
     }
-    let metrics = scrape(port).await;
+    let metrics = metrics_text(port).await;
     for line in [
         "walhook_trace_contexts_total{outcome=\"used\"} 1",
         "walhook_trace_contexts_total{outcome=\"too_large\"} 1",
@@ -224,14 +224,4 @@ async fn without_telemetry_the_application_context_passes_through() {
     ] {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
-}
-
-async fn scrape(port: u16) -> String {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }

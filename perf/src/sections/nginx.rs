@@ -51,17 +51,7 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
     b.db.exec("SELECT pg_create_logical_replication_slot('bench_recvlogical', 'pgoutput')")
         .await?;
 
-    let (rows, updates) = (b.knobs.rows, b.knobs.updates);
-    say!("workload: {rows} inserts in one transaction, {updates} updates in another (no reader running)");
-    b.db.exec(&format!(
-        "INSERT INTO bench_item (id, n, label) SELECT g, g, 'item ' || g FROM generate_series(1, {rows}) AS g"
-    ))
-    .await?;
-    b.db.exec(&format!(
-        "UPDATE bench_item SET n = n + 1, label = label || ' upd' WHERE id <= {updates}"
-    ))
-    .await?;
-    let end = b.wal_lsn().await?;
+    let end = write_backlog(b, "no reader running").await?;
     let wal_bytes =
         b.db.float(&format!(
             "SELECT pg_wal_lsn_diff('{end}', restart_lsn) FROM pg_replication_slots
@@ -221,6 +211,22 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Writes the backlog (ROWS inserts in one transaction, UPDATES updates
+/// in another) while `readers` says who reads it; the WAL position after it.
+pub(crate) async fn write_backlog(b: &mut Bench, readers: &str) -> anyhow::Result<String> {
+    let (rows, updates) = (b.knobs.rows, b.knobs.updates);
+    say!("workload: {rows} inserts in one transaction, {updates} updates in another ({readers})");
+    b.db.exec(&format!(
+        "INSERT INTO bench_item (id, n, label) SELECT g, g, 'item ' || g FROM generate_series(1, {rows}) AS g"
+    ))
+    .await?;
+    b.db.exec(&format!(
+        "UPDATE bench_item SET n = n + 1, label = label || ' upd' WHERE id <= {updates}"
+    ))
+    .await?;
+    b.wal_lsn().await
 }
 
 /// `walhook setup` of installation `name` (capturing bench_item), and its

@@ -8,7 +8,7 @@
 
 use anyhow::bail;
 
-use super::nginx::{measure, register_with, verdicts, Measured};
+use super::nginx::{measure, register_with, verdicts, write_backlog, Measured};
 use crate::bench::Bench;
 use crate::report::{mib, Better};
 
@@ -43,17 +43,7 @@ pub async fn run(b: &mut Bench) -> anyhow::Result<()> {
     for (name, _, extra, sections) in &runs {
         hooks.push(register_with(b, name, extra, sections, &url).await?);
     }
-    let (rows, updates) = (b.knobs.rows, b.knobs.updates);
-    say!("workload: {rows} inserts in one transaction, {updates} updates in another, read by three installations");
-    b.db.exec(&format!(
-        "INSERT INTO bench_item (id, n, label) SELECT g, g, 'item ' || g FROM generate_series(1, {rows}) AS g"
-    ))
-    .await?;
-    b.db.exec(&format!(
-        "UPDATE bench_item SET n = n + 1, label = label || ' upd' WHERE id <= {updates}"
-    ))
-    .await?;
-    let end = b.wal_lsn().await?;
+    let end = write_backlog(b, "read by three installations").await?;
 
     let mut measured: Vec<Measured> = Vec::new();
     let mut problems = Vec::new();

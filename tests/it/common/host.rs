@@ -23,6 +23,17 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
     kib
 }
 
+/// The text of the daemon's `/metrics` on loopback `port`.
+pub async fn metrics_text(port: u16) -> String {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// A TCP port free on loopback now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

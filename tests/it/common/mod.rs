@@ -7,7 +7,7 @@
 //! - [`hooks`]: registering hooks and reading their statistics;
 //! - [`signatures`]: the receivers' signature checks, from the specs;
 //! - [`json`]: JSON compared as PostgreSQL's values are;
-//! - [`host`]: free ports and memory measurements.
+//! - [`host`]: free ports, memory measurements and the metrics page.
 //!
 //! The test CA is the lab's ([`walhook_lab::ca`]).
 
@@ -21,7 +21,7 @@ mod waits;
 
 pub use self::daemon::{stdout, stop_child, text, walhook_async, walhook_with};
 pub use self::harness::Harness;
-pub use self::host::{free_port, peak_rss_kib};
+pub use self::host::{free_port, metrics_text, peak_rss_kib};
 pub use self::json::{decimal, same_json};
 pub use self::signatures::{expected_superoffice_signature, verify_standard_webhooks};
 pub use self::waits::parse_lsn;
